@@ -1,0 +1,1 @@
+"""kubeport's agent: joins the registry, watches kube_clusters, serves the ones its selectors match."""

@@ -1,0 +1,1 @@
+"""Shared test fakes (the fake Kubernetes API)."""
