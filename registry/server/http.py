@@ -1,0 +1,419 @@
+"""A small HTTP/1.1 server: h11 (sans-IO) driven by trio streams, optionally over TLS.
+
+It turns bytes into :class:`Request` values and :class:`Response` values back into bytes; routing and
+everything else belongs to the handler. Used by the registry API and by the fake Kubernetes API in tests.
+
+Invariants:
+- A request head must arrive within ``limits.head_timeout`` and fit ``limits.max_head_bytes``; a body
+  larger than ``limits.max_body_bytes`` is refused with 413 before it is read (slowloris and memory bombs
+  cost the server little).
+- The handler never sees a half-read request, and nothing a handler raises escapes: a
+  :class:`~registry.core.errors.KubeportError` becomes its ``Status`` JSON, anything else a logged 500.
+- Streaming responses (``Response.stream``) are sent chunked, one chunk per item, flushed at once; the
+  stream is closed as soon as the client goes away, so a watch does not outlive its reader.
+- TLS handshakes run inside the connection task with a timeout; a failed handshake (no or bad client
+  certificate when one is required, another CA, an expired certificate) only ends that connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import h11
+import trio
+
+from registry.core.errors import KubeportError
+
+log = logging.getLogger(__name__)
+
+# What a trio stream raises when the peer vanishes or TLS breaks mid-connection.
+_STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError)
+
+
+@dataclass
+class Request:
+    method: str
+    target: str
+    path: str
+    query: dict[str, list[str]]
+    headers: list[tuple[str, str]]  # names lower-case, order and repeats preserved
+    body: bytes = b""
+    peer_cert: bytes | None = None  # DER of the verified client certificate, if any
+    client: str = ""
+
+    def header(self, name: str) -> str | None:
+        """The first value of header ``name`` (case-insensitive), or None."""
+        name = name.lower()
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+    def header_values(self, name: str) -> list[str]:
+        name = name.lower()
+        return [value for key, value in self.headers if key == name]
+
+    def query_value(self, name: str, default: str | None = None) -> str | None:
+        values = self.query.get(name)
+        return values[-1] if values else default
+
+    def json(self) -> Any:
+        """The body parsed as JSON; malformed bodies are a BadParameter, not a crash."""
+        from registry.core.errors import BadParameter
+
+        try:
+            return json.loads(self.body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise BadParameter(f"request body is not valid JSON: {exc}") from None
+
+
+@dataclass
+class Response:
+    status: int
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes = b""
+    stream: AsyncIterator[bytes] | None = None
+
+    @classmethod
+    def json(cls, status: int, obj: Any, headers: Iterable[tuple[str, str]] = ()) -> Response:
+        body = json.dumps(obj, separators=(",", ":")).encode()
+        return cls(status, [("content-type", "application/json"), *headers], body)
+
+    @classmethod
+    def error(cls, err: KubeportError) -> Response:
+        return cls.json(err.code, err.to_status())
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+@dataclass(frozen=True)
+class HTTPLimits:
+    max_head_bytes: int = 64 * 1024
+    max_body_bytes: int = 2 * 1024 * 1024
+    head_timeout: float = 10.0  # TLS handshake, then each request head once its first byte arrived
+    idle_timeout: float = 120.0  # keep-alive connection with no request
+    body_timeout: float = 30.0
+    max_connections: int = 2048
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    host: str
+    port: int
+
+    @property
+    def address(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+class _ClientGone(Exception):
+    """The peer closed or broke the connection; nothing more can be said to it."""
+
+
+class _Connection:
+    """One client connection: an h11 state machine fed from a trio stream."""
+
+    def __init__(self, stream: trio.abc.Stream, limits: HTTPLimits) -> None:
+        self.stream = stream
+        self.limits = limits
+        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_head_bytes)
+
+    async def _receive(self) -> None:
+        try:
+            data = await self.stream.receive_some(64 * 1024)
+        except _STREAM_ERRORS as exc:
+            raise _ClientGone from exc
+        self.conn.receive_data(bytes(data))  # b"" tells h11 about EOF
+
+    async def next_event(self) -> Any:
+        while True:
+            event = self.conn.next_event()
+            if event is h11.NEED_DATA:
+                await self._receive()
+                continue
+            return event
+
+    async def send(self, event: Any) -> None:
+        data = self.conn.send(event)
+        if data:
+            try:
+                await self.stream.send_all(data)
+            except _STREAM_ERRORS as exc:
+                raise _ClientGone from exc
+
+    async def send_response(self, response: Response) -> None:
+        headers = [(k.lower(), v) for k, v in response.headers]
+        names = {k for k, _ in headers}
+        if response.stream is None:
+            if "content-length" not in names:
+                headers.append(("content-length", str(len(response.body))))
+            await self.send(h11.Response(status_code=response.status, headers=_encode(headers)))
+            if response.body:
+                await self.send(h11.Data(data=response.body))
+            await self.send(h11.EndOfMessage())
+            return
+        if "transfer-encoding" not in names:
+            headers.append(("transfer-encoding", "chunked"))
+        await self.send(h11.Response(status_code=response.status, headers=_encode(headers)))
+        await self._send_stream(response.stream)
+        await self.send(h11.EndOfMessage())
+
+    async def _send_stream(self, chunks: AsyncIterator[bytes]) -> None:
+        """Send each chunk as it comes; stop as soon as the client hangs up (checked concurrently)."""
+        gone = False
+
+        async def watch_for_eof(cancel: trio.CancelScope) -> None:
+            nonlocal gone
+            try:
+                while True:
+                    data = await self.stream.receive_some(64 * 1024)
+                    if not data:
+                        break
+                    # A client must not send anything while a response streams (no pipelining over a
+                    # watch); keep it for h11 so the byte stream stays consistent.
+                    self.conn.receive_data(bytes(data))
+            except _STREAM_ERRORS:
+                pass
+            gone = True
+            cancel.cancel()
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(watch_for_eof, nursery.cancel_scope)
+                async for chunk in chunks:
+                    if chunk:
+                        await self.send(h11.Data(data=chunk))
+                nursery.cancel_scope.cancel()
+        finally:
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                with trio.CancelScope(shield=True):
+                    await aclose()
+        if gone:
+            raise _ClientGone
+
+    async def read_body(self, request: h11.Request) -> bytes:
+        length = _content_length(request)
+        if length is not None and length > self.limits.max_body_bytes:
+            raise _TooLarge(length)
+        parts: list[bytes] = []
+        size = 0
+        with trio.fail_after(self.limits.body_timeout):
+            while True:
+                event = await self.next_event()
+                if isinstance(event, h11.Data):
+                    size += len(event.data)
+                    if size > self.limits.max_body_bytes:
+                        raise _TooLarge(size)
+                    parts.append(bytes(event.data))
+                elif isinstance(event, h11.EndOfMessage):
+                    return b"".join(parts)
+                elif isinstance(event, h11.ConnectionClosed):
+                    raise _ClientGone
+
+
+class _TooLarge(Exception):
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+
+def _content_length(request: h11.Request) -> int | None:
+    for name, value in request.headers:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+def _encode(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    return [(k.encode("ascii"), v.encode("latin-1")) for k, v in headers]
+
+
+def _to_request(event: h11.Request, body: bytes, peer_cert: bytes | None, client: str) -> Request:
+    target = event.target.decode("latin-1")
+    split = urlsplit(target)
+    return Request(
+        method=event.method.decode("ascii", "replace"),
+        target=target,
+        path=split.path,
+        query=parse_qs(split.query, keep_blank_values=True),
+        headers=[(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in event.headers],
+        body=body,
+        peer_cert=peer_cert,
+        client=client,
+    )
+
+
+def _status_body(code: int, reason: str, message: str) -> Response:
+    return Response.json(
+        code,
+        {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": message,
+            "reason": reason,
+            "code": code,
+        },
+        headers=[("connection", "close")],
+    )
+
+
+async def _call_handler(handler: Handler, request: Request) -> Response:
+    try:
+        return await handler(request)
+    except KubeportError as err:
+        return Response.error(err)
+    except Exception:
+        log.exception("unhandled error serving %s %s", request.method, request.path)
+        return _status_body(500, "InternalError", "internal error (see the server log)")
+
+
+async def handle_connection(
+    stream: trio.abc.Stream, handler: Handler, limits: HTTPLimits, client: str = ""
+) -> None:
+    """Serve HTTP/1.1 requests on one stream until the client leaves or the connection must close."""
+    peer_cert: bytes | None = None
+    try:
+        if isinstance(stream, trio.SSLStream):
+            try:
+                with trio.fail_after(limits.head_timeout):
+                    await stream.do_handshake()
+            except (trio.BrokenResourceError, trio.TooSlowError, ssl.SSLError, OSError) as exc:
+                log.debug("TLS handshake with %s failed: %s", client, exc)
+                return
+            peer_cert = stream.getpeercert(binary_form=True) or None
+        conn = _Connection(stream, limits)
+        while True:
+            try:
+                # A kept-alive connection may wait long for its next request; once bytes start arriving
+                # the whole head must follow quickly (slowloris).
+                buffered, closed = conn.conn.trailing_data
+                if not buffered and not closed:
+                    with trio.move_on_after(limits.idle_timeout) as idle:
+                        await conn._receive()
+                    if idle.cancelled_caught:
+                        return
+                with trio.fail_after(limits.head_timeout):
+                    event = await conn.next_event()
+            except trio.TooSlowError:
+                await _reject(conn, 408, "request head did not arrive in time")
+                return
+            except h11.RemoteProtocolError as exc:
+                await _reject(conn, exc.error_status_hint, f"malformed HTTP request: {exc}")
+                return
+            if isinstance(event, h11.ConnectionClosed):
+                return
+            if not isinstance(event, h11.Request):
+                return
+            try:
+                body = await conn.read_body(event)
+            except _TooLarge as exc:
+                await _reject(
+                    conn,
+                    413,
+                    f"request body is too large ({exc.size} bytes; the limit is {limits.max_body_bytes})",
+                )
+                return
+            except trio.TooSlowError:
+                await _reject(conn, 408, "request body did not arrive in time")
+                return
+            except h11.RemoteProtocolError as exc:
+                await _reject(conn, 400, f"malformed HTTP request body: {exc}")
+                return
+            request = _to_request(event, body, peer_cert, client)
+            response = await _call_handler(handler, request)
+            await conn.send_response(response)
+            if conn.conn.our_state is h11.MUST_CLOSE or conn.conn.their_state is h11.MUST_CLOSE:
+                return
+            try:
+                conn.conn.start_next_cycle()
+            except h11.LocalProtocolError:
+                return
+    except _ClientGone:
+        return
+    finally:
+        with trio.CancelScope(shield=True), trio.move_on_after(1), contextlib.suppress(*_STREAM_ERRORS):
+            await stream.aclose()
+
+
+async def _reject(conn: _Connection, status: int, message: str) -> None:
+    """Best-effort error answer on a connection that is about to close."""
+    if conn.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+        return
+    reason = {400: "BadRequest", 408: "Timeout", 413: "RequestEntityTooLarge", 431: "BadRequest"}.get(
+        status, "BadRequest"
+    )
+    with contextlib.suppress(_ClientGone, h11.LocalProtocolError):
+        await conn.send_response(_status_body(status, reason, message))
+    # Closing with unread input makes the kernel send RST, which can destroy the answer before the client
+    # reads it; swallow a bounded amount of what the client is still sending first.
+    drained = 0
+    with trio.move_on_after(0.5), contextlib.suppress(*_STREAM_ERRORS):
+        while drained < 4 * 1024 * 1024:
+            data = await conn.stream.receive_some(64 * 1024)
+            if not data:
+                break
+            drained += len(data)
+
+
+async def serve_http(
+    handler: Handler,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    ssl_context: ssl.SSLContext | None = None,
+    limits: HTTPLimits | None = None,
+    task_status: trio.TaskStatus[ServerInfo] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Listen on host:port (0 = any free port) and serve until cancelled.
+
+    ``task_status.started`` receives the bound address, so callers can ``await nursery.start(serve_http,
+    ...)`` and then connect.
+    """
+    limits = limits or HTTPLimits()
+    tcp_listeners = await trio.open_tcp_listeners(port, host=host)
+    bound = tcp_listeners[0].socket.getsockname()
+    info = ServerInfo(host=bound[0], port=bound[1])
+    slots = trio.CapacityLimiter(limits.max_connections)
+
+    async def accept_loop(listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+        while True:
+            try:
+                sock_stream = await listener.accept()
+            except OSError as exc:  # EMFILE and friends: back off instead of spinning
+                log.warning("accept failed: %s", exc)
+                await trio.sleep(0.1)
+                continue
+            peer = sock_stream.socket.getpeername()
+            client = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+            stream: trio.abc.Stream = sock_stream
+            if ssl_context is not None:
+                stream = trio.SSLStream(sock_stream, ssl_context, server_side=True, https_compatible=True)
+            nursery.start_soon(_limited, stream, client)
+
+    async def _limited(stream: trio.abc.Stream, client: str) -> None:
+        async with slots:
+            await handle_connection(stream, handler, limits, client)
+
+    try:
+        async with trio.open_nursery() as nursery:
+            for listener in tcp_listeners:
+                nursery.start_soon(accept_loop, listener, nursery)
+            task_status.started(info)
+    finally:
+        with trio.CancelScope(shield=True):
+            for listener in tcp_listeners:
+                await listener.aclose()
