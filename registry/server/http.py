@@ -74,12 +74,20 @@ class Request:
             raise BadParameter(f"request body is not valid JSON: {exc}") from None
 
 
+Send = Callable[[bytes], Awaitable[None]]
+
+
 @dataclass
 class Response:
+    """A response: a whole ``body``, or a chunked stream from ``stream`` (an async iterator) or from
+    ``producer`` (called with a ``send`` function; it may open nurseries, which an async generator must not).
+    """
+
     status: int
     headers: list[tuple[str, str]] = field(default_factory=list)
     body: bytes = b""
     stream: AsyncIterator[bytes] | None = None
+    producer: Callable[[Send], Awaitable[None]] | None = None
 
     @classmethod
     def json(cls, status: int, obj: Any, headers: Iterable[tuple[str, str]] = ()) -> Response:
@@ -153,7 +161,7 @@ class _Connection:
     async def send_response(self, response: Response) -> None:
         headers = [(k.lower(), v) for k, v in response.headers]
         names = {k for k, _ in headers}
-        if response.stream is None:
+        if response.stream is None and response.producer is None:
             if "content-length" not in names:
                 headers.append(("content-length", str(len(response.body))))
             await self.send(h11.Response(status_code=response.status, headers=_encode(headers)))
@@ -164,10 +172,15 @@ class _Connection:
         if "transfer-encoding" not in names:
             headers.append(("transfer-encoding", "chunked"))
         await self.send(h11.Response(status_code=response.status, headers=_encode(headers)))
-        await self._send_stream(response.stream)
+        if response.producer is not None:
+            await self._send_stream(None, response.producer)
+        else:
+            await self._send_stream(response.stream, None)
         await self.send(h11.EndOfMessage())
 
-    async def _send_stream(self, chunks: AsyncIterator[bytes]) -> None:
+    async def _send_stream(
+        self, chunks: AsyncIterator[bytes] | None, producer: Callable[[Send], Awaitable[None]] | None
+    ) -> None:
         """Send each chunk as it comes; stop as soon as the client hangs up (checked concurrently)."""
         gone = False
 
@@ -186,12 +199,18 @@ class _Connection:
             gone = True
             cancel.cancel()
 
+        async def send_chunk(chunk: bytes) -> None:
+            if chunk:
+                await self.send(h11.Data(data=chunk))
+
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(watch_for_eof, nursery.cancel_scope)
-                async for chunk in chunks:
-                    if chunk:
-                        await self.send(h11.Data(data=chunk))
+                if producer is not None:
+                    await producer(send_chunk)
+                elif chunks is not None:
+                    async for chunk in chunks:
+                        await send_chunk(chunk)
                 nursery.cancel_scope.cancel()
         finally:
             aclose = getattr(chunks, "aclose", None)
@@ -343,6 +362,11 @@ async def handle_connection(
             except h11.LocalProtocolError:
                 return
     except _ClientGone:
+        return
+    except Exception:
+        # Last line of defence: one broken connection (a failing stream producer, an h11 state error)
+        # must never take the listener and every other connection down with it.
+        log.exception("connection from %s failed", client)
         return
     finally:
         with trio.CancelScope(shield=True), trio.move_on_after(1), contextlib.suppress(*_STREAM_ERRORS):

@@ -185,3 +185,23 @@ async def test_slow_head_is_cut_off(nursery: trio.Nursery) -> None:
             while chunk := await stream.receive_some():
                 reply += chunk
     assert reply.startswith(b"HTTP/1.1 408")
+
+
+async def test_a_failing_stream_producer_does_not_take_the_server_down(nursery: trio.Nursery) -> None:
+    async def broken(request: Request) -> Response:
+        if request.path == "/ok":
+            return Response.json(200, {"ok": True})
+
+        async def producer(send) -> None:  # type: ignore[no-untyped-def]
+            await send(b"partial\n")
+            raise RuntimeError("producer bug")
+
+        return Response(200, producer=producer)
+
+    info = await start(nursery, broken)
+    async with httpx.AsyncClient(base_url=f"http://{info.address}") as client:
+        with pytest.raises(httpx.HTTPError):
+            async with client.stream("GET", "/stream") as r:
+                async for _ in r.aiter_lines():
+                    pass
+        assert (await client.get("/ok")).json() == {"ok": True}

@@ -1,0 +1,97 @@
+"""Who may do what on the registry API: pure decisions, no I/O.
+
+A caller is the identity from its verified client certificate plus, for users, the roles that identity
+names (resolved by the caller of these functions). Decisions:
+
+- ``admin`` identities may do everything (the identity file written on first start, like tctl on the
+  auth host);
+- ``agent`` identities (joined with a ``Kube`` token) may list/read/watch ``kube_cluster`` (with secrets:
+  they need the kubeconfig to serve it), read roles and users (for proxy authorization), and write or delete
+  only the ``kube_server`` heartbeats of their own host id;
+- ``user`` identities act through the ``rules`` of their roles, Teleport style: a deny rule that matches
+  wins over any allow rule; ``*`` in resources or verbs matches everything.
+- ``registry`` identities are never callers (that certificate only serves TLS).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from registry.core.errors import AccessDenied
+from registry.core.identity import Identity
+from registry.core.resources import Role, Rule
+
+VERBS = ("list", "read", "create", "update", "delete")
+
+
+@dataclass(frozen=True)
+class Caller:
+    identity: Identity
+    roles: tuple[Role, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return self.identity.name
+
+    @property
+    def kind(self) -> str:
+        return self.identity.kind
+
+    def describe(self) -> str:
+        return f'{self.identity.kind} "{self.identity.name}"'
+
+
+def _rule_matches(rule: Rule, kind: str, verb: str) -> bool:
+    return ("*" in rule.resources or kind in rule.resources) and ("*" in rule.verbs or verb in rule.verbs)
+
+
+def _rules_match(rules: Iterable[Rule], kind: str, verb: str) -> bool:
+    return any(_rule_matches(rule, kind, verb) for rule in rules)
+
+
+# What a joined agent may do, by (kind, verb). Heartbeat ownership is checked separately.
+_AGENT_GRANTS = {
+    ("kube_cluster", "list"),
+    ("kube_cluster", "read"),
+    ("kube_server", "list"),
+    ("kube_server", "read"),
+    ("kube_server", "create"),
+    ("kube_server", "update"),
+    ("kube_server", "delete"),
+    ("role", "list"),
+    ("role", "read"),
+    ("user", "list"),
+    ("user", "read"),
+}
+
+
+def allowed(caller: Caller, kind: str, verb: str) -> bool:
+    if caller.kind == "admin":
+        return True
+    if caller.kind == "agent":
+        return (kind, verb) in _AGENT_GRANTS
+    if caller.kind == "user":
+        if any(_rules_match(role.deny.rules, kind, verb) for role in caller.roles):
+            return False
+        return any(_rules_match(role.allow.rules, kind, verb) for role in caller.roles)
+    return False
+
+
+def check(caller: Caller, kind: str, verb: str) -> None:
+    """Raise AccessDenied naming the caller, the verb and the kind unless ``allowed``."""
+    if not allowed(caller, kind, verb):
+        raise AccessDenied(f"access denied: {caller.describe()} may not {verb} {kind}")
+
+
+def check_heartbeat_owner(caller: Caller, host_id: str) -> None:
+    """Agents may only write and delete the kube_servers of their own host."""
+    if caller.kind == "agent" and caller.identity.host_id != host_id:
+        raise AccessDenied(
+            f"access denied: agent {caller.identity.host_id!r} may not write heartbeats of host {host_id!r}"
+        )
+
+
+def check_admin(caller: Caller, what: str) -> None:
+    if caller.kind != "admin":
+        raise AccessDenied(f"access denied: only the admin identity may {what}")
