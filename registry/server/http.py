@@ -300,9 +300,7 @@ async def _call_handler(handler: Handler, request: Request) -> Response:
         return _status_body(500, "InternalError", "internal error (see the server log)")
 
 
-async def handle_connection(
-    stream: trio.abc.Stream, handler: Handler, limits: HTTPLimits, client: str = ""
-) -> None:
+async def handle_connection(stream: trio.abc.Stream, handler: Handler, limits: HTTPLimits, client: str = "") -> None:
     """Serve HTTP/1.1 requests on one stream until the client leaves or the connection must close."""
     peer_cert: bytes | None = None
     try:

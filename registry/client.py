@@ -1,0 +1,311 @@
+"""RegistryClient: the one way kpctl, kubeport and the agent talk to the registry (httpx over mutual TLS).
+
+Every call verifies the registry's certificate against the cluster CA under the fixed name
+``registry.kubeport.local`` (sent as SNI), whatever address the registry is reached at. Errors are mapped
+at this seam: network and TLS failures become ConnectionProblem / Timeout with the address in the message,
+error bodies become the exception class they were raised as on the server (``errors.from_status``).
+httpx types never leak to callers.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from registry.core.errors import (
+    BadParameter,
+    ConnectionProblem,
+    KubeportError,
+    Timeout,
+    from_status,
+)
+from registry.core.identity import REGISTRY_SERVER_NAME, IdentityFile, check_pin
+from registry.files import read_limited
+from registry.tls import client_context, insecure_fetch_context
+
+DEFAULT_TIMEOUT = 15.0
+_SNI = {"sni_hostname": REGISTRY_SERVER_NAME}
+
+
+def _base_url(address: str) -> str:
+    address = address.strip()
+    if address.startswith("https://"):
+        address = address[len("https://") :]
+    if "://" in address:
+        raise BadParameter(f"registry address {address!r}: use host:port (https is implied)")
+    if not address:
+        raise BadParameter("registry address is empty")
+    return f"https://{address.rstrip('/')}"
+
+
+def _map_transport_error(address: str, exc: Exception) -> KubeportError:
+    text = str(exc) or exc.__class__.__name__
+    if isinstance(exc, httpx.TimeoutException):
+        return Timeout(f"registry at {address} did not answer in time ({text})")
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLError):
+            return ConnectionProblem(
+                f"TLS with the registry at {address} failed: {cause.reason or cause} (is the identity issued by "
+                "this registry's CA and still valid?)"
+            )
+        cause = cause.__cause__ or cause.__context__
+    return ConnectionProblem(f"cannot reach the registry at {address}: {text}")
+
+
+def _raise_for(response: httpx.Response) -> None:
+    if response.is_success:
+        return
+    try:
+        body = response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        body = None
+    raise from_status(body, response.status_code)
+
+
+class RegistryClient:
+    def __init__(
+        self,
+        address: str,
+        *,
+        ca_pems: Sequence[bytes],
+        cert_pem: bytes | None = None,
+        key_pem: bytes | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        self.address = address
+        self._ssl = client_context(ca_pems, cert_pem, key_pem)
+        self._http = httpx.AsyncClient(base_url=_base_url(address), verify=self._ssl, timeout=timeout, trust_env=False)
+
+    @classmethod
+    def from_identity(cls, identity: IdentityFile, address: str | None = None, **kwargs: Any) -> RegistryClient:
+        target = address or identity.registry
+        if not target:
+            raise BadParameter("no registry address: pass --registry HOST:PORT or set KUBEPORT_REGISTRY")
+        return cls(target, ca_pems=identity.ca_pems, cert_pem=identity.cert_pem, key_pem=identity.key_pem, **kwargs)
+
+    @classmethod
+    def from_identity_file(cls, path: str | Path, address: str | None = None, **kwargs: Any) -> RegistryClient:
+        data = read_limited(Path(path), limit=1 << 20, what="identity file")
+        return cls.from_identity(IdentityFile.parse(data, source=str(path)), address, **kwargs)
+
+    async def __aenter__(self) -> RegistryClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        body: Any = None,
+    ) -> Any:
+        try:
+            response = await self._http.request(
+                method, path, params=params, json=body if body is not None else None, extensions=_SNI
+            )
+        except httpx.HTTPError as exc:
+            raise _map_transport_error(self.address, exc) from None
+        except ssl.SSLError as exc:
+            raise _map_transport_error(self.address, exc) from None
+        _raise_for(response)
+        try:
+            return response.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ConnectionProblem(f"registry at {self.address} answered something that is not JSON") from None
+
+    # -- meta ----------------------------------------------------------------------------------------
+
+    async def ping(self) -> dict[str, Any]:
+        result: dict[str, Any] = await self._request("GET", "/v1/ping")
+        return result
+
+    async def whoami(self) -> dict[str, Any]:
+        result: dict[str, Any] = await self._request("GET", "/v1/whoami")
+        return result
+
+    # -- resources -----------------------------------------------------------------------------------
+
+    async def list(
+        self, kind: str, *, with_secrets: bool = False, labels: Mapping[str, str] | None = None
+    ) -> tuple[list[dict[str, Any]], int]:
+        """All resources of a kind and the store revision the list was read at (to watch from)."""
+        params = {"with_secrets": "1"} if with_secrets else {}
+        if labels:
+            params["labels"] = ",".join(f"{k}={v}" for k, v in labels.items())
+        result = await self._request("GET", f"/v1/resources/{kind}", params=params)
+        return list(result["items"]), int(result["revision"])
+
+    async def get(self, kind: str, name: str, *, with_secrets: bool = False) -> dict[str, Any]:
+        params = {"with_secrets": "1"} if with_secrets else None
+        result: dict[str, Any] = await self._request("GET", f"/v1/resources/{kind}/{name}", params=params)
+        return result
+
+    async def create(self, resource: Mapping[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = await self._request("POST", f"/v1/resources/{resource['kind']}", body=resource)
+        return result
+
+    async def update(self, resource: Mapping[str, Any]) -> dict[str, Any]:
+        name = resource["metadata"]["name"]
+        result: dict[str, Any] = await self._request("PUT", f"/v1/resources/{resource['kind']}/{name}", body=resource)
+        return result
+
+    async def create_or_update(self, resource: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
+        """``kpctl create -f``: create, or replace when it exists. Returns (resource, created)."""
+        from registry.core.errors import AlreadyExists
+
+        try:
+            return await self.create(resource), True
+        except AlreadyExists:
+            return await self.update(resource), False
+
+    async def delete(self, kind: str, name: str) -> None:
+        await self._request("DELETE", f"/v1/resources/{kind}/{name}")
+
+    # -- heartbeats, tokens, certificates, audit -----------------------------------------------------
+
+    async def heartbeat(self, server: Mapping[str, Any]) -> dict[str, Any]:
+        host_id = server["spec"]["host_id"]
+        name = server["metadata"]["name"]
+        result: dict[str, Any] = await self._request("PUT", f"/v1/kube_servers/{host_id}/{name}", body=server)
+        return result
+
+    async def delete_heartbeat(self, host_id: str, name: str) -> None:
+        await self._request("DELETE", f"/v1/kube_servers/{host_id}/{name}")
+
+    async def generate_token(
+        self, *, roles: Sequence[str] = ("Kube",), ttl_seconds: float = 1800, value: str | None = None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"roles": list(roles), "ttl_seconds": ttl_seconds}
+        if value:
+            body["value"] = value
+        result: dict[str, Any] = await self._request("POST", "/v1/tokens", body=body)
+        return result
+
+    async def renew(self, csr_pem: bytes) -> dict[str, Any]:
+        result: dict[str, Any] = await self._request("POST", "/v1/certs/renew", body={"csr_pem": csr_pem.decode()})
+        return result
+
+    async def sign_user(self, user: str, csr_pem: bytes, ttl_seconds: float) -> dict[str, Any]:
+        body = {"user": user, "csr_pem": csr_pem.decode(), "ttl_seconds": ttl_seconds}
+        result: dict[str, Any] = await self._request("POST", "/v1/certs/user", body=body)
+        return result
+
+    async def events(self, *, limit: int = 100, event: str | None = None) -> list[dict[str, Any]]:
+        params = {"limit": str(limit)}
+        if event:
+            params["event"] = event
+        result = await self._request("GET", "/v1/events", params=params)
+        return list(result["items"])
+
+    # -- watch ---------------------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def watch(
+        self, kinds: Sequence[str], *, revision: int | None = None, with_secrets: bool = False
+    ) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
+        """Stream events (dicts with type INIT/PUT/DELETE/BOOKMARK) after ``revision``.
+
+        An in-band ERROR line is raised as its error class: ``Compacted`` means relist and watch again.
+        The stream never times out on its own (the server sends bookmarks); callers put deadlines around it.
+        """
+        params = {"kinds": ",".join(kinds)}
+        if revision is not None:
+            params["revision"] = str(revision)
+        if with_secrets:
+            params["with_secrets"] = "1"
+        timeout = httpx.Timeout(DEFAULT_TIMEOUT, read=None)
+        try:
+            async with self._http.stream(
+                "GET", "/v1/watch", params=params, timeout=timeout, extensions=_SNI
+            ) as response:
+                if not response.is_success:
+                    await response.aread()
+                    _raise_for(response)
+                yield _watch_events(response, self.address)
+        except httpx.HTTPError as exc:
+            raise _map_transport_error(self.address, exc) from None
+
+
+async def _watch_events(response: httpx.Response, address: str) -> AsyncIterator[dict[str, Any]]:
+    try:
+        async for line in response.aiter_lines():
+            if not line.strip():
+                continue
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                raise ConnectionProblem(f"registry at {address} sent a malformed watch event") from None
+            if not isinstance(event, dict):
+                raise ConnectionProblem(f"registry at {address} sent a malformed watch event")
+            if event.get("type") == "ERROR":
+                raise from_status(event.get("status"), 500)
+            yield event
+    except httpx.HTTPError as exc:
+        raise _map_transport_error(address, exc) from None
+    raise ConnectionProblem(f"registry at {address} closed the watch")
+
+
+# -- joining (no identity yet) -----------------------------------------------------------------------
+
+
+async def fetch_ca(address: str, *, pins: Sequence[str], timeout: float = DEFAULT_TIMEOUT) -> list[bytes]:
+    """First contact: fetch the CA over unverified TLS and accept it only if it matches one of ``pins``.
+
+    The pin (a hash of the CA's public key that the admin copied from ``kpctl status``) is the trust
+    anchor, so the unverified channel cannot substitute a CA. Without pins callers must already have the CA.
+    """
+    if not pins:
+        raise BadParameter("fetching the registry CA needs at least one --ca-pin")
+    async with httpx.AsyncClient(
+        base_url=_base_url(address), verify=insecure_fetch_context(), timeout=timeout, trust_env=False
+    ) as http:
+        try:
+            response = await http.get("/v1/ca")
+        except httpx.HTTPError as exc:
+            raise _map_transport_error(address, exc) from None
+        _raise_for(response)
+        try:
+            ca_pems = [str(p).encode() for p in response.json()["ca_pems"]]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise ConnectionProblem(f"registry at {address} answered /v1/ca with something unexpected") from None
+    errors: list[str] = []
+    for pin in pins:
+        for ca in ca_pems:
+            try:
+                check_pin(ca, pin)
+                return ca_pems
+            except KubeportError as err:
+                errors.append(err.message)
+    from registry.core.errors import AccessDenied
+
+    raise AccessDenied(f"registry CA at {address} does not match the pin: {errors[0] if errors else 'no CA'}")
+
+
+async def join(
+    address: str,
+    *,
+    token: str,
+    nodename: str,
+    csr_pem: bytes,
+    ca_pems: Sequence[bytes],
+    host_id: str | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> dict[str, Any]:
+    """Trade a join token and a CSR for a certificate; the registry is verified against ``ca_pems``."""
+    async with RegistryClient(address, ca_pems=ca_pems, timeout=timeout) as client:
+        body = {"token": token, "nodename": nodename, "csr_pem": csr_pem.decode(), "host_id": host_id or ""}
+        result: dict[str, Any] = await client._request("POST", "/v1/join", body=body)
+        return result

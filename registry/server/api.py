@@ -1,0 +1,330 @@
+"""The registry's HTTP routes: authenticate, parse, call the service (``Registry``), answer JSON.
+
+Routes (all JSON; errors are Kubernetes ``Status`` bodies):
+
+    GET    /v1/ping                                   public: cluster name, version, CA pin
+    GET    /v1/ca                                     public: the CA certificate (joiners check its pin)
+    POST   /v1/join                                   token-authenticated: CSR -> agent certificate
+    GET    /v1/whoami
+    POST   /v1/certs/renew                            CSR -> a fresh certificate for the caller
+    POST   /v1/certs/user                             admin: CSR + user + ttl -> user certificate
+    GET    /v1/resources/{kind}[?with_secrets=1&labels=k=v,...]
+    POST   /v1/resources/{kind}                       create
+    GET    /v1/resources/{kind}/{name}[?with_secrets=1]
+    PUT    /v1/resources/{kind}/{name}                replace (metadata.revision, when given, must be current)
+    DELETE /v1/resources/{kind}/{name}
+    PUT    /v1/kube_servers/{host_id}/{name}          agent heartbeat
+    DELETE /v1/kube_servers/{host_id}/{name}
+    POST   /v1/tokens                                 generate a join token
+    GET    /v1/events[?limit=N&event=kube.create]     audit log
+    GET    /v1/watch?kinds=kube_cluster,kube_server&revision=N[&with_secrets=1]
+
+The watch answers newline-delimited JSON: first ``{"type": "INIT", "revision": N}``, then ``PUT`` /
+``DELETE`` events with their revision, a ``BOOKMARK`` every ``bookmark_interval`` seconds of silence (so
+dead connections surface), and at most one final ``ERROR`` carrying a Status (``Expired``/410 means the
+revision is too old or the watcher fell behind: relist, then watch from the list's revision).
+
+Every route except ping, ca and join requires a client certificate issued by the cluster CA; TLS already
+rejected certificates of other CAs and expired ones during the handshake, and we verify again here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any
+from urllib.parse import unquote
+
+import trio
+
+from registry.core import codec
+from registry.core.errors import BadParameter, KubeportError, NotFound, Unauthenticated
+from registry.core.resources import KIND_ALIASES, KubeServer
+from registry.server.authz import Caller
+from registry.server.http import Request, Response, Send
+from registry.server.service import Registry
+
+log = logging.getLogger(__name__)
+
+RESOURCE_KINDS = ("kube_cluster", "kube_server", "role", "user", "token")
+WATCH_KINDS = ("kube_cluster", "kube_server")
+MAX_LIST_EVENTS = 10_000
+
+
+def _kind(raw: str) -> str:
+    kind = KIND_ALIASES.get(raw, raw)
+    if kind not in RESOURCE_KINDS:
+        raise NotFound(f"unknown resource kind {raw!r}; supported: {', '.join(RESOURCE_KINDS)}")
+    return kind
+
+
+def _flag(request: Request, name: str) -> bool:
+    value = request.query_value(name, "") or ""
+    return value.lower() in ("1", "true", "yes")
+
+
+def _parse_label_filter(raw: str | None) -> dict[str, str] | None:
+    if not raw:
+        return None
+    out: dict[str, str] = {}
+    for part in raw.split(","):
+        key, sep, value = part.partition("=")
+        if not sep or not key:
+            raise BadParameter(f"labels filter must look like k=v,k2=v2 (got {raw!r})")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _int_param(request: Request, name: str, default: int | None) -> int | None:
+    raw = request.query_value(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadParameter(f"query parameter {name} must be an integer (got {raw!r})") from None
+    if value < 0:
+        raise BadParameter(f"query parameter {name} must not be negative (got {value})")
+    return value
+
+
+def _body_object(request: Request) -> dict[str, Any]:
+    body = request.json()
+    if not isinstance(body, dict):
+        raise BadParameter("request body must be a JSON object")
+    return body
+
+
+def _body_str(body: dict[str, Any], key: str, *, required: bool = True) -> str:
+    value = body.get(key)
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str) or (required and not value):
+        raise BadParameter(f"request body field {key!r} must be a non-empty string")
+    return value
+
+
+class RegistryAPI:
+    """The request handler passed to ``serve_http``."""
+
+    def __init__(self, registry: Registry, *, bookmark_interval: float = 10.0) -> None:
+        self.registry = registry
+        self.bookmark_interval = bookmark_interval
+
+    async def __call__(self, request: Request) -> Response:
+        segments = [unquote(s) for s in request.path.split("/") if s]
+        if len(segments) < 2 or segments[0] != "v1":
+            raise NotFound(f"no route for {request.method} {request.path}")
+        route = segments[1]
+        rest = segments[2:]
+        method = request.method
+
+        # Public routes: nothing secret, or authenticated by the join token itself.
+        if route == "ping" and method == "GET" and not rest:
+            return Response.json(200, self.registry.ping())
+        if route == "ca" and method == "GET" and not rest:
+            return Response.json(200, {"ca_pems": [self.registry.ca.cert_pem.decode()]})
+        if route == "join" and method == "POST" and not rest:
+            return await self._join(request)
+
+        caller = await self._authenticate(request)
+        handler = self._route(route, method, rest)
+        if handler is None:
+            raise NotFound(f"no route for {method} {request.path}")
+        return await handler(caller, request, rest)
+
+    def _route(
+        self, route: str, method: str, rest: list[str]
+    ) -> Callable[[Caller, Request, list[str]], Awaitable[Response]] | None:
+        table: dict[tuple[str, str, int], Callable[[Caller, Request, list[str]], Awaitable[Response]]] = {
+            ("whoami", "GET", 0): self._whoami,
+            ("certs", "POST", 1): self._certs,
+            ("resources", "GET", 1): self._list,
+            ("resources", "POST", 1): self._create,
+            ("resources", "GET", 2): self._get,
+            ("resources", "GET", 3): self._get,  # kube_server/<host_id>/<name>
+            ("resources", "PUT", 2): self._update,
+            ("resources", "DELETE", 2): self._delete,
+            ("resources", "DELETE", 3): self._delete,
+            ("kube_servers", "PUT", 2): self._heartbeat,
+            ("kube_servers", "DELETE", 2): self._delete_heartbeat,
+            ("tokens", "POST", 0): self._generate_token,
+            ("events", "GET", 0): self._events,
+            ("watch", "GET", 0): self._watch,
+        }
+        return table.get((route, method, len(rest)))
+
+    async def _authenticate(self, request: Request) -> Caller:
+        if request.peer_cert is None:
+            raise Unauthenticated(
+                "a client certificate is required: use an identity file (kpctl --identity, or run kpctl "
+                "on the registry host) or join with a token"
+            )
+        identity = self.registry.ca.verify(request.peer_cert, now=self.registry.now())
+        return await self.registry.caller_for(identity)
+
+    # -- handlers ------------------------------------------------------------------------------------
+
+    async def _join(self, request: Request) -> Response:
+        body = _body_object(request)
+        result = await self.registry.join(
+            token=_body_str(body, "token"),
+            host_id=_body_str(body, "host_id", required=False) or None,
+            nodename=_body_str(body, "nodename"),
+            csr_pem=_body_str(body, "csr_pem").encode(),
+            client=request.client,
+        )
+        return Response.json(200, result)
+
+    async def _whoami(self, caller: Caller, request: Request, rest: list[str]) -> Response:
+        identity = caller.identity
+        return Response.json(
+            200,
+            {
+                "name": identity.name,
+                "kind": identity.kind,
+                "roles": list(identity.roles),
+                "host_id": identity.host_id,
+                "expires": identity.expires.isoformat() if identity.expires else None,
+            },
+        )
+
+    async def _certs(self, caller: Caller, request: Request, rest: list[str]) -> Response:
+        body = _body_object(request)
+        csr = _body_str(body, "csr_pem").encode()
+        if rest[0] == "renew":
+            return Response.json(200, await self.registry.renew(caller, csr))
+        if rest[0] == "user":
+            ttl_seconds = body.get("ttl_seconds", 12 * 3600)
+            if not isinstance(ttl_seconds, int | float) or isinstance(ttl_seconds, bool):
+                raise BadParameter("ttl_seconds must be a number")
+            result = await self.registry.sign_user(
+                caller, user=_body_str(body, "user"), csr_pem=csr, ttl=timedelta(seconds=ttl_seconds)
+            )
+            return Response.json(200, result)
+        raise NotFound(f"no route for POST /v1/certs/{rest[0]}")
+
+    async def _list(self, caller: Caller, request: Request, rest: list[str]) -> Response:
+        kind = _kind(rest[0])
+        items = await self.registry.list(
+            caller,
+            kind,
+            with_secrets=_flag(request, "with_secrets"),
+            labels=_parse_label_filter(request.query_value("labels")),
+        )
+        revision = await self.registry.store.revision()
+        return Response.json(200, {"items": items, "revision": revision})
+
+    def _resource_from_body(self, request: Request, kind: str) -> Any:
+        body = _body_object(request)
+        if KIND_ALIASES.get(str(body.get("kind")), body.get("kind")) != kind:
+            raise BadParameter(f"request body kind {body.get('kind')!r} does not match the URL kind {kind!r}")
+        return codec.resource_from_dict(body, source="request body")
+
+    async def _create(self, caller: Caller, request: Request, rest: list[str]) -> Response:
+        kind = _kind(rest[0])
+        resource = self._resource_from_body(request, kind)
+        return Response.json(201, await self.registry.create(caller, resource))
+
+    async def _get(self, caller: Caller, request: Request, rest: list[str]) -> Response:
+        kind = _kind(rest[0])
+        name = "/".join(rest[1:])
+        item = await self.registry.get(caller, kind, name, with_secrets=_flag(request, "with_secrets"))
+        return Response.json(200, item)
+
+    async def _update(self, caller: Caller, request: Request, rest: list[str]) -> Response:
+        kind = _kind(rest[0])
+        resource = self._resource_from_body(request, kind)
+        if resource.metadata.name != rest[1]:
+            raise BadParameter(f"request body names {resource.metadata.name!r} but the URL names {rest[1]!r}")
+        return Response.json(200, await self.registry.update(caller, resource))
+
+    async def _delete(self, caller: Caller, request: Request, rest: list[str]) -> Response:
+        kind = _kind(rest[0])
+        await self.registry.delete(caller, kind, "/".join(rest[1:]))
+        return Response.json(200, {"kind": "Status", "status": "Success"})
+
+    async def _heartbeat(self, caller: Caller, request: Request, rest: list[str]) -> Response:
+        server = codec.resource_from_dict(_body_object(request), source="heartbeat")
+        if not isinstance(server, KubeServer):
+            raise BadParameter("heartbeat body must be a kube_server")
+        if server.host_id != rest[0] or server.metadata.name != rest[1]:
+            raise BadParameter("heartbeat body host_id/name do not match the URL")
+        return Response.json(200, await self.registry.heartbeat(caller, server))
+
+    async def _delete_heartbeat(self, caller: Caller, request: Request, rest: list[str]) -> Response:
+        await self.registry.delete_heartbeat(caller, rest[0], rest[1])
+        return Response.json(200, {"kind": "Status", "status": "Success"})
+
+    async def _generate_token(self, caller: Caller, request: Request, rest: list[str]) -> Response:
+        body = _body_object(request)
+        roles = body.get("roles", ["Kube"])
+        if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles) or not roles:
+            raise BadParameter("roles must be a non-empty list of strings")
+        ttl_seconds = body.get("ttl_seconds", 1800)
+        if not isinstance(ttl_seconds, int | float) or isinstance(ttl_seconds, bool):
+            raise BadParameter("ttl_seconds must be a number")
+        value = body.get("value")
+        if value is not None and (not isinstance(value, str) or not value):
+            raise BadParameter("value must be a non-empty string")
+        token = await self.registry.generate_token(
+            caller, roles=tuple(roles), ttl=timedelta(seconds=ttl_seconds), value=value
+        )
+        return Response.json(201, token)
+
+    async def _events(self, caller: Caller, request: Request, rest: list[str]) -> Response:
+        limit = _int_param(request, "limit", 100) or 0
+        events = await self.registry.events(
+            caller, limit=min(limit, MAX_LIST_EVENTS), event=request.query_value("event")
+        )
+        return Response.json(200, {"items": events})
+
+    async def _watch(self, caller: Caller, request: Request, rest: list[str]) -> Response:
+        kinds = tuple(k for k in (request.query_value("kinds") or "kube_cluster").split(",") if k)
+        for kind in kinds:
+            if kind not in WATCH_KINDS:
+                raise BadParameter(f"cannot watch {kind!r}; watchable kinds: {', '.join(WATCH_KINDS)}")
+        with_secrets = _flag(request, "with_secrets")
+        await self.registry.check_watch(caller, kinds, with_secrets)
+        since = _int_param(request, "revision", None)
+        registry = self.registry
+        interval = self.bookmark_interval
+
+        async def produce(send: Send) -> None:
+            lock = trio.Lock()
+            start = since if since is not None else await registry.store.revision()
+            last_revision = start
+            last_sent = trio.current_time()
+
+            async def emit(obj: dict[str, Any]) -> None:
+                nonlocal last_sent
+                async with lock:
+                    await send(json.dumps(obj, separators=(",", ":")).encode() + b"\n")
+                    last_sent = trio.current_time()
+
+            async def bookmarks() -> None:
+                while True:
+                    await trio.sleep(interval)
+                    if trio.current_time() - last_sent >= interval * 0.9:
+                        await emit({"type": "BOOKMARK", "revision": last_revision})
+
+            # Errors travel in-band as the last line: the HTTP status (200) is already on the wire.
+            try:
+                async with registry.store.watch(kinds, since=start) as events:
+                    await emit({"type": "INIT", "revision": start})
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(bookmarks)
+                        try:
+                            async for event in events:
+                                last_revision = event.record.revision
+                                wire = registry.event_to_wire(event.type, event.record, with_secrets=with_secrets)
+                                await emit(wire)
+                        except KubeportError as err:  # fell behind: the client resumes from last_revision
+                            await emit({"type": "ERROR", "status": err.to_status()})
+                        nursery.cancel_scope.cancel()
+            except KubeportError as err:  # too old to resume: the client relists
+                await emit({"type": "ERROR", "status": err.to_status()})
+
+        return Response(200, [("content-type", "application/x-ndjson")], producer=produce)

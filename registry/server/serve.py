@@ -1,0 +1,216 @@
+"""Run a registry: open the data dir, bootstrap the CA and admin identity, serve the mutual-TLS API.
+
+Data dir layout (created 0700; every file with secrets 0600):
+
+    registry.db        the SQLite store: resources, heartbeats, tokens, audit events and the cluster CA
+    admin.identity     the admin identity file (client cert + key + CA + the registry address)
+
+Invariants:
+- The first start creates the CA (kept in the store, so registry replicas sharing a store share it) and
+  the admin identity; later starts reuse both. The admin identity is re-issued when it passed half of its
+  lifetime, when it belongs to another CA, or when the registry address changed (so ``kpctl`` on this host
+  always finds a working identity and address in it).
+- The server certificate is issued per start (never written to disk) and always carries the fixed name
+  ``registry.kubeport.local`` that clients verify, so the registry can be reached at any address.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import trio
+
+from registry.core.errors import AlreadyExists, BadParameter, NotFound
+from registry.core.identity import (
+    ADMIN_TTL,
+    REGISTRY_SERVER_NAME,
+    REGISTRY_TTL,
+    CertAuthority,
+    Identity,
+    IdentityFile,
+    generate_private_key,
+    needs_renewal,
+    public_key_pem,
+)
+from registry.files import ensure_private_dir, write_secret_file
+from registry.server.api import RegistryAPI
+from registry.server.http import ServerInfo, serve_http
+from registry.server.service import Registry
+from registry.store import SQLiteStore, Store, serve_expiry
+from registry.tls import server_context
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 3025
+DEFAULT_LISTEN = f"127.0.0.1:{DEFAULT_PORT}"
+CA_KIND = "cert_authority"
+ADMIN_IDENTITY = "admin.identity"
+STORE_FILE = "registry.db"
+
+
+def default_data_dir(env: dict[str, str] | None = None) -> Path:
+    """``$KUBEPORT_DATA_DIR``, else /var/lib/kubeport for root, else ~/.kubeport."""
+    env = dict(os.environ) if env is None else env
+    if env.get("KUBEPORT_DATA_DIR"):
+        return Path(env["KUBEPORT_DATA_DIR"]).expanduser()
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        return Path("/var/lib/kubeport")
+    return Path.home() / ".kubeport"
+
+
+def parse_hostport(value: str, *, default_port: int, what: str) -> tuple[str, int]:
+    """``host:port``, ``host`` or ``[v6]:port`` -> (host, port) with clear errors."""
+    text = value.strip()
+    if not text:
+        raise BadParameter(f"{what} must not be empty")
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+        if not sep:
+            raise BadParameter(f"{what} {value!r}: missing ']'")
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    else:
+        host, port_text = text, ""
+    if not port_text:
+        return host or "127.0.0.1", default_port
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise BadParameter(f"{what} {value!r}: port must be a number") from None
+    if not 0 <= port <= 65535:
+        raise BadParameter(f"{what} {value!r}: port must be between 0 and 65535")
+    return host or "127.0.0.1", port
+
+
+@dataclass(frozen=True)
+class RegistryInfo:
+    address: str  # host:port clients should use
+    data_dir: Path
+    admin_identity: Path
+    ca_pin: str
+    cluster_name: str
+
+
+async def load_or_create_ca(store: Store, cluster_name: str, now: datetime) -> CertAuthority:
+    try:
+        record = await store.get(CA_KIND, "cluster")
+    except NotFound:
+        ca = CertAuthority.generate(cluster_name, now=now)
+        value = {"cert_pem": ca.cert_pem.decode(), "key_pem": ca.key_pem.decode()}
+        try:
+            await store.create(CA_KIND, "cluster", value)
+            log.info("created the cluster CA for %r (pin %s)", cluster_name, ca.pin)
+            return ca
+        except AlreadyExists:  # another replica won the race: use its CA
+            record = await store.get(CA_KIND, "cluster")
+    return CertAuthority.from_pem(record.value["cert_pem"].encode(), record.value["key_pem"].encode())
+
+
+def ensure_admin_identity(path: Path, ca: CertAuthority, address: str, now: datetime) -> None:
+    """Reuse a valid admin identity for this CA and address; otherwise write a fresh one (0600)."""
+    if path.exists():
+        try:
+            current = IdentityFile.parse(path.read_bytes(), source=str(path))
+            identity = ca.verify(current.cert_pem, now=now)
+            if identity.kind == "admin" and current.registry == address and not needs_renewal(identity, now):
+                return
+        except Exception as exc:  # unreadable, foreign or expired: replace it, say why
+            log.warning("replacing admin identity %s: %s", path, exc)
+    key = generate_private_key()
+    cert = ca.issue(public_key_pem(key), Identity(name="admin", kind="admin", roles=("admin",)), ttl=ADMIN_TTL, now=now)
+    write_secret_file(path, IdentityFile(cert_pem=cert, key_pem=key, ca_pems=(ca.cert_pem,), registry=address).dump())
+
+
+def advertised_address(host: str, port: int) -> str:
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def serve_registry(
+    *,
+    data_dir: Path,
+    listen: str = DEFAULT_LISTEN,
+    cluster_name: str | None = None,
+    public_addrs: tuple[str, ...] = (),
+    store: Store | None = None,
+    bookmark_interval: float = 10.0,
+    expiry_interval: float = 1.0,
+    task_status: trio.TaskStatus[RegistryInfo] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the registry until cancelled; ``task_status`` gets where it listens and the admin identity."""
+    host, port = parse_hostport(listen, default_port=DEFAULT_PORT, what="--listen")
+    data_dir = ensure_private_dir(data_dir)
+    own_store = store is None
+    if store is None:
+        store = await SQLiteStore.open(data_dir / STORE_FILE)
+    try:
+        now = datetime.now(tz=UTC)
+        ca = await load_or_create_ca(store, cluster_name or socket.gethostname() or "kubeport", now)
+        registry = Registry(store, ca, cluster_name=ca.cluster_name)
+        server_key = generate_private_key()
+        extra_names = [
+            h for h in (parse_hostport(a, default_port=port, what="public address")[0] for a in public_addrs)
+        ]
+        dns_names = [REGISTRY_SERVER_NAME, "localhost", *[n for n in extra_names if not _is_ip(n)]]
+        ips = ["127.0.0.1", "::1", *[n for n in extra_names if _is_ip(n)]]
+        if _is_ip(host) and host not in ("0.0.0.0", "::"):
+            ips.append(host)
+        server_cert = ca.issue(
+            public_key_pem(server_key),
+            Identity(name=REGISTRY_SERVER_NAME, kind="registry"),
+            ttl=REGISTRY_TTL,
+            now=now,
+            dns_names=sorted(set(dns_names)),
+            ip_addresses=sorted(set(ips)),
+        )
+        ssl_context = server_context(server_cert, server_key, [ca.cert_pem], client_certs="optional")
+        api = RegistryAPI(registry, bookmark_interval=bookmark_interval)
+        async with trio.open_nursery() as nursery:
+            info: ServerInfo = await nursery.start(
+                lambda task_status: serve_http(
+                    api, host=host, port=port, ssl_context=ssl_context, task_status=task_status
+                )
+            )
+            address = public_addrs[0] if public_addrs else advertised_address(host, info.port)
+            identity_path = data_dir / ADMIN_IDENTITY
+            ensure_admin_identity(identity_path, ca, address, now)
+            nursery.start_soon(lambda: serve_expiry(store, interval=expiry_interval))
+            nursery.start_soon(_renew_admin_identity, identity_path, ca, address)
+            log.info("registry %r listening on %s", ca.cluster_name, address)
+            task_status.started(
+                RegistryInfo(
+                    address=address,
+                    data_dir=data_dir,
+                    admin_identity=identity_path,
+                    ca_pin=ca.pin,
+                    cluster_name=ca.cluster_name,
+                )
+            )
+    finally:
+        if own_store:
+            with trio.CancelScope(shield=True):
+                await store.aclose()
+
+
+async def _renew_admin_identity(path: Path, ca: CertAuthority, address: str) -> None:
+    """Keep the admin identity on this host usable for as long as the registry runs."""
+    while True:
+        await trio.sleep(3600)
+        await trio.to_thread.run_sync(ensure_admin_identity, path, ca, address, datetime.now(tz=UTC))
+
+
+def _is_ip(value: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,367 @@
+"""The registry's rules over a Store: resources with authorization and audit, tokens, joining, certificates.
+
+HTTP handlers (``registry.server.api``) parse requests and call this; this module never sees HTTP.
+
+Invariants:
+- Every write is validated as a model first (``registry.core.codec``); stored values are wire dicts
+  *with* secrets and *without* ``metadata.revision`` (the store's revision is the truth and is added on
+  the way out). Reads work on those dicts directly, so listing 10k clusters re-validates nothing.
+- Secrets leave only on request (``with_secrets``) and only to callers allowed to ``read`` the kind;
+  token values are masked in listings and never written to the audit log.
+- Every mutation is followed by one audit event (kind ``audit`` in the same store). The mutation and its
+  event are two writes: a crash between them loses the event, never the mutation.
+- kube_clusters written through the API always carry ``kubeport.dev/origin: dynamic``.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from registry import __version__
+from registry.core import codec
+from registry.core.errors import AccessDenied, BadParameter, NotFound
+from registry.core.identity import (
+    AGENT_TTL,
+    USER_TTL,
+    CertAuthority,
+    Identity,
+)
+from registry.core.resources import (
+    ORIGIN_LABEL,
+    KubeCluster,
+    KubeServer,
+    Resource,
+    Role,
+    Token,
+    User,
+)
+from registry.server import authz
+from registry.server.authz import Caller
+from registry.store import Record, Store
+
+AUDIT_KIND = "audit"
+MAX_TOKEN_TTL = timedelta(days=30)
+MAX_USER_CERT_TTL = timedelta(days=7)
+MAX_HEARTBEAT_TTL = 3600.0
+HOST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+# Audit event names per (kind, action), Teleport's where it has one.
+_AUDIT_NAMES = {"kube_cluster": "kube"}
+
+
+def mask_token(value: str) -> str:
+    """Enough of a token to tell tokens apart in listings and audit events, never enough to use it."""
+    return value[:4] + "*" * max(len(value) - 4, 4)
+
+
+def record_to_wire(record: Record, *, with_secrets: bool) -> dict[str, Any]:
+    """The stored wire dict with the store revision filled in and secrets removed unless asked for."""
+    value = dict(record.value)
+    metadata = dict(value.get("metadata") or {})
+    metadata["revision"] = str(record.revision)
+    value["metadata"] = metadata
+    if not with_secrets:
+        if record.kind == "kube_cluster" and isinstance(value.get("spec"), dict):
+            spec = dict(value["spec"])
+            spec.pop("kubeconfig", None)
+            value["spec"] = spec
+        if record.kind == "token":
+            metadata["name"] = mask_token(str(metadata.get("name", "")))
+    return value
+
+
+def _store_name(resource: Resource) -> str:
+    if isinstance(resource, KubeServer):
+        return resource.store_name()
+    return resource.metadata.name
+
+
+def _expires_ts(resource: Resource) -> float | None:
+    expires = resource.metadata.expires
+    return expires.timestamp() if expires is not None else None
+
+
+def _to_store_value(resource: Resource) -> dict[str, Any]:
+    value = codec.resource_to_dict(resource, with_secrets=True)
+    value.get("metadata", {}).pop("revision", None)
+    return value
+
+
+class Registry:
+    """Business operations; one instance per running registry, shared by all requests."""
+
+    def __init__(
+        self,
+        store: Store,
+        ca: CertAuthority,
+        *,
+        cluster_name: str,
+        clock: Any = time.time,
+    ) -> None:
+        self.store = store
+        self.ca = ca
+        self.cluster_name = cluster_name
+        self.clock = clock
+
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self.clock(), tz=UTC)
+
+    # -- callers -------------------------------------------------------------------------------------
+
+    async def caller_for(self, identity: Identity) -> Caller:
+        """Resolve a verified identity to a Caller; users get the roles their certificate names."""
+        if identity.kind == "registry":
+            raise AccessDenied("access denied: the registry's own certificate cannot be used as a client")
+        roles: list[Role] = []
+        if identity.kind == "user":
+            for role_name in identity.roles:
+                try:
+                    record = await self.store.get("role", role_name)
+                except NotFound:
+                    continue  # a deleted role grants nothing
+                role = codec.resource_from_dict(record.value)
+                assert isinstance(role, Role)
+                roles.append(role)
+        return Caller(identity=identity, roles=tuple(roles))
+
+    # -- audit ---------------------------------------------------------------------------------------
+
+    async def audit(self, event: str, caller: Caller | None, **fields: Any) -> None:
+        value: dict[str, Any] = {
+            "event": event,
+            "time": self.now().isoformat().replace("+00:00", "Z"),
+            "success": fields.pop("success", True),
+        }
+        if caller is not None:
+            value["user"] = caller.name
+            value["identity_kind"] = caller.kind
+        value.update({k: v for k, v in fields.items() if v is not None})
+        name = f"{time.time_ns():020d}-{secrets.token_hex(4)}"
+        await self.store.create(AUDIT_KIND, name, value)
+
+    async def events(self, caller: Caller, *, limit: int = 100, event: str | None = None) -> list[dict[str, Any]]:
+        authz.check(caller, "event", "list")
+        records = await self.store.list(AUDIT_KIND)
+        values = [r.value for r in records if event is None or r.value.get("event") == event]
+        return values[-limit:] if limit > 0 else values
+
+    # -- resources -----------------------------------------------------------------------------------
+
+    def _prepare(self, caller: Caller, resource: Resource) -> Resource:
+        if isinstance(resource, KubeCluster):
+            labels = dict(resource.metadata.labels)
+            labels[ORIGIN_LABEL] = "dynamic"
+            resource = replace(resource, metadata=replace(resource.metadata, labels=labels))
+            if resource.allow_exec_plugins and caller.kind != "admin":
+                raise AccessDenied(
+                    f'access denied: kube_cluster "{resource.name}": only the admin identity may set '
+                    "spec.allow_exec_plugins (exec plugins run code on every agent that serves the cluster)"
+                )
+        if isinstance(resource, KubeServer):
+            raise BadParameter("kube_server resources are written by agents through the heartbeat API")
+        if isinstance(resource, Token) and resource.metadata.expires is None:
+            raise BadParameter(f'token "{mask_token(resource.metadata.name)}": metadata.expires is required')
+        return resource
+
+    async def create(self, caller: Caller, resource: Resource) -> dict[str, Any]:
+        authz.check(caller, resource.KIND, "create")
+        resource = self._prepare(caller, resource)
+        record = await self.store.create(
+            resource.KIND, _store_name(resource), _to_store_value(resource), expires=_expires_ts(resource)
+        )
+        await self._audit_write(caller, resource, "create")
+        return record_to_wire(record, with_secrets=False)
+
+    async def update(self, caller: Caller, resource: Resource) -> dict[str, Any]:
+        """Replace a resource. A kube_cluster without ``spec.kubeconfig`` (and no cloud spec) keeps the stored
+        kubeconfig, so ``kpctl get`` (secrets hidden) -> edit -> ``kpctl create -f`` round-trips."""
+        authz.check(caller, resource.KIND, "update")
+        resource = self._prepare(caller, resource)
+        name = _store_name(resource)
+        current = await self.store.get(resource.KIND, name)
+        if (
+            isinstance(resource, KubeCluster)
+            and not resource.kubeconfig
+            and not (resource.aws or resource.azure or resource.gcp)
+        ):
+            stored = codec.resource_from_dict(current.value)
+            assert isinstance(stored, KubeCluster)
+            resource = replace(resource, kubeconfig=stored.kubeconfig)
+        expected = int(resource.metadata.revision) if resource.metadata.revision.isdigit() else None
+        record = await self.store.update(
+            resource.KIND,
+            name,
+            _to_store_value(resource),
+            expected_revision=expected,
+            expires=_expires_ts(resource),
+        )
+        await self._audit_write(caller, resource, "update")
+        return record_to_wire(record, with_secrets=False)
+
+    async def delete(self, caller: Caller, kind: str, name: str) -> None:
+        authz.check(caller, kind, "delete")
+        await self.store.delete(kind, name)
+        audit_kind = _AUDIT_NAMES.get(kind, kind)
+        shown = mask_token(name) if kind == "token" else name
+        await self.audit(f"{audit_kind}.delete", caller, kind=kind, name=shown)
+
+    async def _audit_write(self, caller: Caller, resource: Resource, action: str) -> None:
+        audit_kind = _AUDIT_NAMES.get(resource.KIND, resource.KIND)
+        name = resource.metadata.name
+        if isinstance(resource, Token):
+            name = mask_token(name)
+        await self.audit(f"{audit_kind}.{action}", caller, kind=resource.KIND, name=name)
+
+    async def get(self, caller: Caller, kind: str, name: str, *, with_secrets: bool = False) -> dict[str, Any]:
+        authz.check(caller, kind, "read")
+        return record_to_wire(await self.store.get(kind, name), with_secrets=with_secrets)
+
+    async def list(
+        self,
+        caller: Caller,
+        kind: str,
+        *,
+        with_secrets: bool = False,
+        labels: Mapping[str, str] | None = None,
+    ) -> list[dict[str, Any]]:
+        authz.check(caller, kind, "list")
+        if with_secrets:
+            authz.check(caller, kind, "read")
+        records = await self.store.list(kind, labels=labels or None)
+        return [record_to_wire(r, with_secrets=with_secrets) for r in records]
+
+    # -- heartbeats ----------------------------------------------------------------------------------
+
+    async def heartbeat(self, caller: Caller, server: KubeServer) -> dict[str, Any]:
+        authz.check(caller, "kube_server", "update")
+        authz.check_heartbeat_owner(caller, server.host_id)
+        now = self.clock()
+        expires = _expires_ts(server)
+        if expires is None or expires <= now:
+            raise BadParameter(f'kube_server "{server.metadata.name}": metadata.expires must be in the future')
+        expires = min(expires, now + MAX_HEARTBEAT_TTL)
+        record = await self.store.put("kube_server", server.store_name(), _to_store_value(server), expires=expires)
+        return record_to_wire(record, with_secrets=False)
+
+    async def delete_heartbeat(self, caller: Caller, host_id: str, name: str) -> None:
+        authz.check(caller, "kube_server", "delete")
+        authz.check_heartbeat_owner(caller, host_id)
+        await self.store.delete("kube_server", f"{host_id}/{name}")
+
+    # -- tokens and joining --------------------------------------------------------------------------
+
+    async def generate_token(
+        self, caller: Caller, *, roles: tuple[str, ...], ttl: timedelta, value: str | None = None
+    ) -> dict[str, Any]:
+        authz.check(caller, "token", "create")
+        if ttl <= timedelta(0) or ttl > MAX_TOKEN_TTL:
+            raise BadParameter(f"token ttl must be between 1s and {MAX_TOKEN_TTL.days} days (got {ttl})")
+        token_value = value or secrets.token_hex(16)
+        doc = {
+            "kind": "token",
+            "version": "v2",
+            "metadata": {
+                "name": token_value,
+                "expires": (self.now() + ttl).isoformat().replace("+00:00", "Z"),
+            },
+            "spec": {"roles": list(roles), "join_method": "token"},
+        }
+        token = codec.resource_from_dict(doc, source="token")
+        assert isinstance(token, Token)
+        record = await self.store.create(
+            "token", token.metadata.name, _to_store_value(token), expires=_expires_ts(token)
+        )
+        await self._audit_write(caller, token, "create")
+        return record_to_wire(record, with_secrets=True)
+
+    async def join(
+        self, *, token: str, host_id: str | None, nodename: str, csr_pem: bytes, client: str
+    ) -> dict[str, Any]:
+        """Exchange a valid ``Kube`` token and a CSR for an agent certificate (the key stays on the agent)."""
+        host_id = host_id or str(uuid.uuid4())
+        if not HOST_ID_RE.match(host_id):
+            raise BadParameter(f"invalid host_id {host_id!r}: use letters, digits, '.', '_' and '-' (max 128)")
+        if not nodename or len(nodename) > 64:  # it becomes the certificate's CN (X.509: at most 64)
+            raise BadParameter(f"nodename must be 1..64 characters (got {len(nodename)})")
+        try:
+            record = await self.store.get("token", token)
+        except NotFound:
+            await self.audit(
+                "instance.join",
+                None,
+                success=False,
+                host_id=host_id,
+                nodename=nodename,
+                client=client,
+                token=mask_token(token),
+                error="unknown or expired token",
+            )
+            raise AccessDenied(
+                f'"{nodename}" can not join the cluster with role "Kube": the token is not valid (unknown or expired)'
+            ) from None
+        roles = [str(r) for r in record.value.get("spec", {}).get("roles", [])]
+        if "Kube" not in roles:
+            raise AccessDenied(f'"{nodename}" can not join the cluster with role "Kube": the token grants {roles}')
+        identity = Identity(name=nodename, kind="agent", roles=("Kube",), host_id=host_id)
+        cert = self.ca.sign_csr(csr_pem, identity, ttl=AGENT_TTL, now=self.now())
+        await self.audit(
+            "instance.join", None, host_id=host_id, nodename=nodename, client=client, token=mask_token(token)
+        )
+        return {"host_id": host_id, "cert_pem": cert.decode(), "ca_pems": [self.ca.cert_pem.decode()]}
+
+    async def renew(self, caller: Caller, csr_pem: bytes) -> dict[str, Any]:
+        """Re-issue the caller's own identity for a new key (agents and users renew before expiry)."""
+        identity = caller.identity
+        if identity.kind not in ("agent", "user"):
+            raise AccessDenied(f"access denied: {caller.describe()} cannot renew its certificate")
+        ttl = AGENT_TTL if identity.kind == "agent" else USER_TTL
+        fresh = Identity(name=identity.name, kind=identity.kind, roles=identity.roles, host_id=identity.host_id)
+        cert = self.ca.sign_csr(csr_pem, fresh, ttl=ttl, now=self.now())
+        return {"cert_pem": cert.decode(), "ca_pems": [self.ca.cert_pem.decode()]}
+
+    async def sign_user(self, caller: Caller, *, user: str, csr_pem: bytes, ttl: timedelta) -> dict[str, Any]:
+        """Admin-only: a certificate for an existing user (like ``tctl auth sign``), roles from the user."""
+        authz.check_admin(caller, "sign user certificates")
+        if ttl <= timedelta(0) or ttl > MAX_USER_CERT_TTL:
+            raise BadParameter(f"ttl must be between 1s and {MAX_USER_CERT_TTL.days} days (got {ttl})")
+        try:
+            record = await self.store.get("user", user)
+        except NotFound:
+            raise NotFound(f'user "{user}" not found; create it first with kpctl create') from None
+        model = codec.resource_from_dict(record.value)
+        assert isinstance(model, User)
+        identity = Identity(name=user, kind="user", roles=tuple(model.roles))
+        cert = self.ca.sign_csr(csr_pem, identity, ttl=ttl, now=self.now())
+        await self.audit("cert.create", caller, name=user, ttl=str(ttl))
+        return {"cert_pem": cert.decode(), "ca_pems": [self.ca.cert_pem.decode()]}
+
+    # -- watch ---------------------------------------------------------------------------------------
+
+    async def check_watch(self, caller: Caller, kinds: tuple[str, ...], with_secrets: bool) -> None:
+        for kind in kinds:
+            authz.check(caller, kind, "list")
+            authz.check(caller, kind, "read")
+
+    def event_to_wire(self, event_type: str, record: Record, *, with_secrets: bool) -> dict[str, Any]:
+        return {
+            "type": event_type,
+            "revision": record.revision,
+            "kind": record.kind,
+            "name": record.name,
+            "resource": record_to_wire(record, with_secrets=with_secrets),
+        }
+
+    def ping(self) -> dict[str, Any]:
+        return {
+            "cluster_name": self.cluster_name,
+            "version": __version__,
+            "ca_pin": self.ca.pin,
+            "server_time": self.now().isoformat().replace("+00:00", "Z"),
+        }
