@@ -13,6 +13,7 @@ import json
 import ssl
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from registry.core.errors import (
     ConnectionProblem,
     KubeportError,
     Timeout,
+    Unauthenticated,
     from_status,
 )
 from registry.core.identity import REGISTRY_SERVER_NAME, IdentityFile, check_pin
@@ -56,6 +58,12 @@ def _map_transport_error(address: str, exc: Exception) -> KubeportError:
                 "this registry's CA and still valid?)"
             )
         cause = cause.__cause__ or cause.__context__
+    if isinstance(exc, httpx.RemoteProtocolError):
+        # TLS 1.3 refuses a client certificate after the handshake: the client only sees the close.
+        return ConnectionProblem(
+            f"the registry at {address} closed the connection ({text}); if this identity is expired or from another "
+            "registry, get a fresh one"
+        )
     return ConnectionProblem(f"cannot reach the registry at {address}: {text}")
 
 
@@ -85,6 +93,13 @@ class RegistryClient:
 
     @classmethod
     def from_identity(cls, identity: IdentityFile, address: str | None = None, **kwargs: Any) -> RegistryClient:
+        """A client for an identity; an expired identity fails here, with its expiry, not as a TLS mystery."""
+        me = identity.identity()
+        if me.expires is not None and me.expires <= datetime.now(tz=UTC):
+            raise Unauthenticated(
+                f'identity of {me.kind} "{me.name}" expired at {me.expires.isoformat()}: get a fresh one '
+                "(kpctl auth sign, or restart the registry for the admin identity)"
+            )
         target = address or identity.registry
         if not target:
             raise BadParameter("no registry address: pass --registry HOST:PORT or set KUBEPORT_REGISTRY")

@@ -14,12 +14,12 @@ import pytest
 import trio
 
 from registry.server.serve import RegistryInfo, serve_registry
+from tests.fakes.fixtures import fake_kube  # noqa: F401  (re-exported fixture)
 
 
 @pytest.fixture(autouse=True)
-def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    home = tmp_path / "home"
-    home.mkdir()
+def _isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path_factory.mktemp("home")
     monkeypatch.setenv("HOME", str(home))
     for var in ("KUBEPORT_REGISTRY", "KUBEPORT_IDENTITY", "KUBEPORT_DATA_DIR", "KUBECONFIG"):
         monkeypatch.delenv(var, raising=False)

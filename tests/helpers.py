@@ -34,7 +34,10 @@ def kubeconfig_dict(
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [
-            {"name": cluster, "cluster": {"server": server, "certificate-authority-data": base64.b64encode(ca).decode()}}
+            {
+                "name": cluster,
+                "cluster": {"server": server, "certificate-authority-data": base64.b64encode(ca).decode()},
+            }
         ],
         "users": [{"name": user, "user": {"token": token}}],
         "contexts": [{"name": context, "context": {"cluster": cluster, "user": user}}],

@@ -158,15 +158,20 @@ class _Connection:
             except _STREAM_ERRORS as exc:
                 raise _ClientGone from exc
 
-    async def send_response(self, response: Response) -> None:
+    async def send_response(self, response: Response, *, head: bool = False) -> None:
+        """Send a response; for HEAD requests only the head (with the length a GET would have had)."""
         headers = [(k.lower(), v) for k, v in response.headers]
         names = {k for k, _ in headers}
         if response.stream is None and response.producer is None:
             if "content-length" not in names:
                 headers.append(("content-length", str(len(response.body))))
             await self.send(h11.Response(status_code=response.status, headers=_encode(headers)))
-            if response.body:
+            if response.body and not head:
                 await self.send(h11.Data(data=response.body))
+            await self.send(h11.EndOfMessage())
+            return
+        if head:
+            await self.send(h11.Response(status_code=response.status, headers=_encode(headers)))
             await self.send(h11.EndOfMessage())
             return
         if "transfer-encoding" not in names:
@@ -352,7 +357,7 @@ async def handle_connection(stream: trio.abc.Stream, handler: Handler, limits: H
                 return
             request = _to_request(event, body, peer_cert, client)
             response = await _call_handler(handler, request)
-            await conn.send_response(response)
+            await conn.send_response(response, head=request.method == "HEAD")
             if conn.conn.our_state is h11.MUST_CLOSE or conn.conn.their_state is h11.MUST_CLOSE:
                 return
             try:

@@ -47,6 +47,7 @@ from registry.server.authz import Caller
 from registry.store import Record, Store
 
 AUDIT_KIND = "audit"
+AUDIT_RETENTION = 30 * 24 * 3600.0  # seconds an audit event is kept (it expires like any TTL record)
 MAX_TOKEN_TTL = timedelta(days=30)
 MAX_USER_CERT_TTL = timedelta(days=7)
 MAX_HEARTBEAT_TTL = 3600.0
@@ -144,7 +145,7 @@ class Registry:
             value["identity_kind"] = caller.kind
         value.update({k: v for k, v in fields.items() if v is not None})
         name = f"{time.time_ns():020d}-{secrets.token_hex(4)}"
-        await self.store.create(AUDIT_KIND, name, value)
+        await self.store.create(AUDIT_KIND, name, value, expires=self.clock() + AUDIT_RETENTION)
 
     async def events(self, caller: Caller, *, limit: int = 100, event: str | None = None) -> list[dict[str, Any]]:
         authz.check(caller, "event", "list")

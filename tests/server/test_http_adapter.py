@@ -137,9 +137,7 @@ async def raw_exchange(info: ServerInfo, data: bytes) -> bytes:
         (b"GET / HTTP/1.1\r\nhost: x\r\ncontent-length: nope\r\n\r\n", b"400"),
     ],
 )
-async def test_malformed_requests_get_400_and_server_survives(
-    nursery: trio.Nursery, raw: bytes, status: bytes
-) -> None:
+async def test_malformed_requests_get_400_and_server_survives(nursery: trio.Nursery, raw: bytes, status: bytes) -> None:
     info = await start(nursery)
     reply = await raw_exchange(info, raw)
     assert reply.startswith(b"HTTP/1.1 " + status)
@@ -205,3 +203,13 @@ async def test_a_failing_stream_producer_does_not_take_the_server_down(nursery: 
                 async for _ in r.aiter_lines():
                     pass
         assert (await client.get("/ok")).json() == {"ok": True}
+
+
+async def test_head_gets_headers_without_body(nursery: trio.Nursery) -> None:
+    info = await start(nursery)
+    async with httpx.AsyncClient(base_url=f"http://{info.address}") as client:
+        r = await client.head("/x")
+        assert r.status_code == 200
+        assert int(r.headers["content-length"]) > 0
+        assert r.content == b""
+        assert (await client.get("/after-head")).json()["path"] == "/after-head"

@@ -1,0 +1,746 @@
+"""The agent's configuration file: parse and validate it once, render a fresh one, split static kubeconfigs.
+
+The file is YAML. Its ``kubernetes_service`` section uses Teleport's field names, so snippets from
+Teleport's docs work unchanged; a ``kubeport:`` section holds what Teleport keeps under ``teleport:``
+(registry address, join token, CA pins, data directory, node name). See :func:`render_config` for an
+annotated example.
+
+Invariants:
+
+* Validation happens here, once (Teleport's ``CheckAndSetDefaults`` habit): an :class:`AgentConfig` that
+  exists is complete and valid, with every default filled in. Nothing downstream re-checks it.
+* Every failure is a :class:`BadParameter` whose message starts with the source name and names the key
+  path and the offending value: ``agent.yaml: kubernetes_service.labels: invalid label key "a b": ...``.
+* The join token never appears in an error message: it is never quoted, YAML syntax errors are reported
+  without the source line, and as a last guard any message containing it is redacted.
+* Unknown keys are errors (with a close-match hint), so a typo cannot silently disable a setting.
+* Input is bounded and parsed by the registry's hardened YAML loader: at most :data:`MAX_CONFIG_BYTES`,
+  bounded nesting, anchors/aliases refused (no "billion laughs"), duplicate keys refused (the last one
+  would silently win otherwise).
+* Relative paths (``data_dir``, ``token_file``, ``kubeconfig_file``) are kept as written; they resolve
+  against the agent's working directory.
+
+Only :func:`load_config` touches the filesystem (it reads the one path it is given); the rest is pure
+apart from the default node name, which comes from ``socket.gethostname()``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import os
+import re
+import socket
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, NoReturn
+
+import yaml
+
+from labels import LabelError, parse_go_duration, validate_label_key, validate_labels, validate_selector_items
+from labels.schedule import validate_cron
+from registry.core import codec, validation
+from registry.core.errors import BadParameter, TooLarge
+
+MAX_CONFIG_BYTES = 1 << 20
+DEFAULT_REGISTRY_PORT = 3025
+DEFAULT_LISTEN_ADDR = ("0.0.0.0", 3027)
+DEFAULT_DATA_DIR = Path("/var/lib/kubeport")
+DEFAULT_HEARTBEAT_TTL = 600.0  # Teleport's ServerAnnounceTTL
+MIN_HEARTBEAT_TTL = 1.0
+MIN_COMMAND_PERIOD = 1.0
+DATA_DIR_ENV = "KUBEPORT_DATA_DIR"
+# Labels under this prefix are set by kubeport itself (kubeport.dev/origin); service labels override cluster
+# labels in heartbeats, so letting the config set them would let an agent relabel a cluster's origin.
+RESERVED_LABEL_PREFIX = "kubeport.dev/"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+_PIN_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+_HOST_RE = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_.-]{0,251}[A-Za-z0-9_.])?$")
+_TRUE = frozenset({"yes", "true", "on", "1"})
+_FALSE = frozenset({"no", "false", "off", "0"})
+_UNSPECIFIED_HOSTS = frozenset({"", "0.0.0.0", "::"})
+
+_TOP_KEYS = ("version", "kubeport", "kubernetes_service")
+_KUBEPORT_KEYS = (
+    "registry",
+    "token",
+    "token_file",
+    "ca_pin",
+    "data_dir",
+    "nodename",
+    "heartbeat_ttl",
+    "log_level",
+)
+_KUBE_KEYS = ("enabled", "listen_addr", "public_addr", "kubeconfig_file", "labels", "commands", "resources")
+_COMMAND_KEYS = ("name", "command", "period", "schedule")
+
+# Sections a Teleport config has and kubeport does not; each gets a message saying what to do instead.
+_TELEPORT_SECTIONS = frozenset(
+    {
+        "auth_service",
+        "proxy_service",
+        "ssh_service",
+        "app_service",
+        "db_service",
+        "windows_desktop_service",
+        "discovery_service",
+        "jamf_service",
+    }
+)
+_SPECIFIC_HINTS = {
+    ("kubernetes_service", "kube_cluster_name"): (
+        "in-pod credentials (kube_cluster_name) are not supported: kubeport agents run on hosts; "
+        "use kubeconfig_file for static clusters"
+    ),
+}
+
+# Below this length a token is too short to redact without garbling every message; such a token is still
+# never quoted by this module, the redaction is only a second guard.
+_MIN_REDACT_LENGTH = 6
+
+
+# ---------------------------------------------------------------------------------------------- models
+
+
+@dataclass(frozen=True)
+class CommandConfig:
+    """A service dynamic label: ``name`` gets the output of ``command`` every ``period`` or per ``schedule``.
+
+    Exactly one of ``period`` (seconds, >= 1) and ``schedule`` (a normalised cron expression) is set.
+    """
+
+    name: str
+    command: tuple[str, ...]
+    period: float | None
+    schedule: str | None
+
+
+@dataclass(frozen=True)
+class KubeServiceConfig:
+    """The ``kubernetes_service`` section. ``enabled`` is always True in a validated config (kept for shape).
+
+    ``resources`` holds normalised selector items (``{"labels": {key: str | list[str]}}``) ready for
+    :func:`labels.matches_any`.
+    """
+
+    enabled: bool
+    listen_addr: tuple[str, int]
+    public_addr: str
+    kubeconfig_file: Path | None
+    labels: Mapping[str, str]
+    commands: tuple[CommandConfig, ...]
+    resources: tuple[Mapping[str, Any], ...]
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """A complete, validated agent configuration. ``token`` is kept out of ``repr`` (logs, tracebacks)."""
+
+    registry: tuple[str, int]
+    token: str | None = field(repr=False)
+    token_file: Path | None
+    ca_pins: tuple[str, ...]
+    data_dir: Path
+    nodename: str
+    heartbeat_ttl: float
+    log_level: str
+    kube: KubeServiceConfig
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+# Values a user wrote are shown the way the registry shows them: JSON-quoted (control characters escaped),
+# shortened, and wrong types described in YAML words ("int 5", "a mapping").
+_show = validation.describe
+
+
+def _plain(text: str) -> str:
+    """A key path for a message: unquoted when short and plain, else quoted (escaped and shortened)."""
+    quoted = validation.quote(text)
+    return quoted[1:-1] if quoted == f'"{text}"' else quoted
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+class _Ctx:
+    """Where messages come from: the source name, and the environment for defaults."""
+
+    def __init__(self, source: str, env: Mapping[str, str]) -> None:
+        self.source = source
+        self.env = env
+
+    def fail(self, message: str) -> NoReturn:
+        raise BadParameter(f"{self.source}: {message}")
+
+    def mapping(self, value: object, path: str, *, required: bool = False) -> Mapping[str, Any]:
+        """``value`` as a mapping with string keys; null is an empty mapping unless ``required``."""
+        if value is None and not required:
+            return {}
+        if not isinstance(value, Mapping):
+            self.fail(f"{path} must be a mapping, got {_show(value)}")
+        for key in value:
+            if not isinstance(key, str):
+                self.fail(f"{path}: keys must be strings, got {_show(key)}")
+        return value
+
+    def check_keys(self, section: Mapping[str, Any], path: str, allowed: Sequence[str]) -> None:
+        for key in section:
+            if key in allowed:
+                continue
+            hint = _SPECIFIC_HINTS.get((path, key))
+            if hint is not None:
+                self.fail(f"{_join(path, key)}: {hint}")
+            close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+            suggestion = f" (did you mean {close[0]}?)" if close else f" (known keys: {', '.join(allowed)})"
+            self.fail(f"unknown key {_plain(_join(path, key))}{suggestion}")
+
+    def string(self, value: object, path: str, *, secret: bool = False) -> str:
+        if not isinstance(value, str):
+            shown = "a non-string value" if secret else _show(value)
+            self.fail(f"{path} must be a string (quote it in YAML), got {shown}")
+        if not value.strip():
+            self.fail(f"{path} must not be empty")
+        if "\0" in value:
+            self.fail(f"{path} must not contain NUL characters")
+        return value
+
+    def label_error(self, err: LabelError) -> NoReturn:
+        self.fail(str(err))
+
+
+def _redact(message: str, token: str | None) -> str:
+    if token and len(token) >= _MIN_REDACT_LENGTH and token in message:
+        return message.replace(token, "<redacted>")
+    return message
+
+
+# ------------------------------------------------------------------------------------------------ YAML
+
+
+def _load_yaml(data: str | bytes, source: str) -> object:
+    """One YAML document through the registry's hardened loader (``registry.core.validation``): size
+    checked before parsing, UTF-8 only, no anchors/aliases/merge/duplicate keys, bounded nesting, and
+    syntax errors reported by position without echoing the source line (which could hold the token).
+    Every failure is a BadParameter naming ``source``."""
+    try:
+        raw = validation.check_size(data, source=source, limit=MAX_CONFIG_BYTES)
+    except TooLarge as err:
+        raise BadParameter(err.message) from None
+    text = data if isinstance(data, str) else validation.decode_utf8(raw, source=source)
+    documents = validation.load_yaml(text, source=source)
+    if len(documents) > 1:
+        raise BadParameter(f"{source}: expected one YAML document, found {len(documents)} (remove the ---)")
+    return documents[0] if documents else None
+
+
+# ------------------------------------------------------------------------------------------ addresses
+
+
+def _parse_host(ctx: _Ctx, host: str, path: str, raw: str) -> str:
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    if len(host) > 253 or not _HOST_RE.match(host):
+        ctx.fail(f"{path}: invalid host name in {_show(raw)}")
+    return host
+
+
+def _parse_hostport(
+    ctx: _Ctx, value: object, path: str, *, default_port: int, allow_empty_host: bool, min_port: int
+) -> tuple[str, int]:
+    """``host``, ``host:port``, ``[v6]`` or ``[v6]:port`` -> (host, port); the host keeps no brackets."""
+    raw = ctx.string(value, path).strip()
+    if "://" in raw:
+        ctx.fail(f"{path} must be host:port, not a URL: {_show(raw)}")
+    if any(ch.isspace() or not ch.isprintable() for ch in raw):
+        ctx.fail(f"{path}: {_show(raw)} contains spaces or control characters")
+    port_text: str | None = None
+    if raw.startswith("["):
+        end = raw.find("]")
+        if end < 0:
+            ctx.fail(f"{path}: missing ] in {_show(raw)}")
+        host, rest = raw[1:end], raw[end + 1 :]
+        if rest:
+            if not rest.startswith(":"):
+                ctx.fail(f"{path}: unexpected text after ] in {_show(raw)}")
+            port_text = rest[1:]
+        try:
+            host = str(ipaddress.IPv6Address(host))
+        except ValueError:
+            ctx.fail(f"{path}: invalid IPv6 address in {_show(raw)}")
+    else:
+        if raw.count(":") > 1:
+            ctx.fail(f"{path}: put IPv6 addresses in brackets, e.g. [::1]:{default_port}; got {_show(raw)}")
+        host, sep, after = raw.partition(":")
+        port_text = after if sep else None
+        if host:
+            host = _parse_host(ctx, host, path, raw)
+        elif not allow_empty_host:
+            ctx.fail(f"{path}: missing host in {_show(raw)}")
+    port = default_port
+    if port_text is not None:
+        if not (port_text.isascii() and port_text.isdigit()) or len(port_text) > 5:
+            ctx.fail(f"{path}: invalid port in {_show(raw)}")
+        port = int(port_text)
+    if not min_port <= port <= 65535:
+        ctx.fail(f"{path}: port {port} is out of range {min_port}-65535")
+    return host, port
+
+
+def _format_hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# ---------------------------------------------------------------------------------------- the sections
+
+
+def _parse_bool(ctx: _Ctx, value: object, path: str) -> bool:
+    """Teleport's boolean strings (yes/no/true/false/on/off/1/0, any case) or YAML booleans."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        lowered = value.strip().lower()
+        if lowered in _TRUE:
+            return True
+        if lowered in _FALSE:
+            return False
+    return ctx.fail(f"{path} must be yes/no/true/false/on/off/1/0, got {_show(value)}")
+
+
+def _parse_duration(ctx: _Ctx, value: object, path: str, minimum: float) -> float:
+    try:
+        seconds = parse_go_duration(value, what=path)
+    except LabelError as err:
+        message = str(err)
+        ctx.fail(message if message.startswith(path) else f"{path}: {message}")
+    if seconds < minimum:
+        ctx.fail(f"{path}: {_show(value)} is shorter than the minimum of {minimum:g}s")
+    return seconds
+
+
+def _parse_path(ctx: _Ctx, value: object, path: str) -> Path:
+    return Path(ctx.string(value, path))
+
+
+def _parse_pins(ctx: _Ctx, value: object, path: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list):
+        ctx.fail(f"{path} must be a pin or a list of pins, got {_show(value)}")
+    pins: list[str] = []
+    for index, item in enumerate(items):
+        where = f"{path}[{index}]" if not isinstance(value, str) else path
+        pin = ctx.string(item, where).strip().lower()
+        if not _PIN_RE.match(pin):
+            ctx.fail(f"{where}: expected sha256:<64 hex digits>, got {_show(item)}")
+        if pin not in pins:
+            pins.append(pin)
+    return tuple(pins)
+
+
+def _check_not_reserved(ctx: _Ctx, key: str, path: str) -> None:
+    if key.startswith(RESERVED_LABEL_PREFIX):
+        ctx.fail(f"{path}: label key {_show(key)} uses the prefix {RESERVED_LABEL_PREFIX}, reserved for kubeport")
+
+
+def _parse_commands(ctx: _Ctx, value: object, path: str) -> tuple[CommandConfig, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        ctx.fail(f"{path} must be a list of {{name, command, period}} items, got {_show(value)}")
+    commands: list[CommandConfig] = []
+    seen: set[str] = set()
+    for index, raw in enumerate(value):
+        where = f"{path}[{index}]"
+        item = ctx.mapping(raw, where, required=True)
+        ctx.check_keys(item, where, _COMMAND_KEYS)
+        if "name" not in item:
+            ctx.fail(f"{where}.name is required (the label key the output is stored under)")
+        try:
+            name = validate_label_key(item["name"])
+        except LabelError as err:
+            ctx.fail(f"{where}.name: {err}")
+        _check_not_reserved(ctx, name, f"{where}.name")
+        if name in seen:
+            ctx.fail(f"{where}.name: duplicate command label {_show(name)}")
+        seen.add(name)
+        argv = item.get("command")
+        if isinstance(argv, str):
+            ctx.fail(
+                f"{where}.command must be a list (argv, never run through a shell), e.g. [uname, -p]; got {_show(argv)}"
+            )
+        if not isinstance(argv, list):
+            ctx.fail(f"{where}.command must be a list of strings, e.g. [uname, -p]; got {_show(argv)}")
+        if not argv:
+            ctx.fail(f"{where}.command is empty: name the program to run, e.g. [uname, -p]")
+        for position, arg in enumerate(argv):
+            if not isinstance(arg, str):
+                ctx.fail(f"{where}.command[{position}] must be a string (quote it in YAML), got {_show(arg)}")
+            if "\0" in arg:
+                ctx.fail(f"{where}.command[{position}] must not contain NUL characters")
+        if not argv[0].strip():
+            ctx.fail(f"{where}.command[0] (the program) must not be empty")
+        has_period, has_schedule = item.get("period") is not None, item.get("schedule") is not None
+        if has_period == has_schedule:
+            ctx.fail(f"{where}: set exactly one of period (a Go duration such as 1h) and schedule (cron)")
+        period = _parse_duration(ctx, item["period"], f"{where}.period", MIN_COMMAND_PERIOD) if has_period else None
+        schedule: str | None = None
+        if has_schedule:
+            try:
+                schedule = validate_cron(item["schedule"])
+            except LabelError as err:
+                ctx.fail(f"{where}.{err}" if str(err).startswith("schedule") else f"{where}.schedule: {err}")
+        commands.append(CommandConfig(name, tuple(argv), period, schedule))
+    return tuple(commands)
+
+
+def _parse_kube(ctx: _Ctx, value: object, nodename: str) -> KubeServiceConfig:
+    path = "kubernetes_service"
+    section = ctx.mapping(value, path)
+    ctx.check_keys(section, path, _KUBE_KEYS)
+    # The section's presence says what the agent is for; "enabled" only matters when it says no.
+    enabled = _parse_bool(ctx, section["enabled"], f"{path}.enabled") if "enabled" in section else True
+    if not enabled:
+        ctx.fail(f"{path} is disabled; an agent only serves Kubernetes clusters, so it would have nothing to serve")
+
+    listen = DEFAULT_LISTEN_ADDR
+    if section.get("listen_addr") is not None:
+        listen = _parse_hostport(
+            ctx,
+            section["listen_addr"],
+            f"{path}.listen_addr",
+            default_port=DEFAULT_LISTEN_ADDR[1],
+            allow_empty_host=True,
+            min_port=0,
+        )
+        if not listen[0]:
+            listen = (DEFAULT_LISTEN_ADDR[0], listen[1])
+
+    public_raw = section.get("public_addr")
+    if isinstance(public_raw, list):
+        # Teleport allows a list here; kubeport announces one address.
+        if len(public_raw) != 1:
+            ctx.fail(f"{path}.public_addr: give one address, got a list of {len(public_raw)}")
+        public_raw = public_raw[0]
+    if public_raw is None:
+        host = nodename if listen[0] in _UNSPECIFIED_HOSTS else listen[0]
+        public_addr = _format_hostport(host, listen[1])
+    else:
+        public_addr = _format_hostport(
+            *_parse_hostport(
+                ctx,
+                public_raw,
+                f"{path}.public_addr",
+                default_port=listen[1],
+                allow_empty_host=False,
+                min_port=1,
+            )
+        )
+
+    kubeconfig = section.get("kubeconfig_file")
+    kubeconfig_file = None if kubeconfig is None else _parse_path(ctx, kubeconfig, f"{path}.kubeconfig_file")
+
+    try:
+        raw_labels = section.get("labels")
+        labels = validate_labels({} if raw_labels is None else raw_labels, what=f"{path}.labels")
+        raw_resources = section.get("resources")
+        resources = validate_selector_items([] if raw_resources is None else raw_resources, what=f"{path}.resources")
+    except LabelError as err:
+        ctx.label_error(err)
+    for key in labels:
+        _check_not_reserved(ctx, key, f"{path}.labels")
+    commands = _parse_commands(ctx, section.get("commands"), f"{path}.commands")
+
+    if kubeconfig_file is None and not resources:
+        ctx.fail(f"{path} has neither static clusters (kubeconfig_file) nor resources selectors: nothing to serve")
+    return KubeServiceConfig(
+        enabled=True,
+        listen_addr=listen,
+        public_addr=public_addr,
+        kubeconfig_file=kubeconfig_file,
+        labels=MappingProxyType(labels),
+        commands=commands,
+        resources=tuple(MappingProxyType({"labels": MappingProxyType(item["labels"])}) for item in resources),
+    )
+
+
+def _parse_nodename(ctx: _Ctx, value: object) -> str:
+    if value is None:
+        return socket.gethostname()
+    name = ctx.string(value, "kubeport.nodename").strip()
+    if len(name) > 253 or any(ch.isspace() or not ch.isprintable() for ch in name):
+        ctx.fail(f"kubeport.nodename must be at most 253 printable characters without spaces, got {_show(value)}")
+    return name
+
+
+def _parse_log_level(ctx: _Ctx, value: object) -> str:
+    if value is None:
+        return "info"
+    level = value.strip().lower() if isinstance(value, str) else ""
+    level = "warning" if level == "warn" else level
+    if level not in LOG_LEVELS:
+        ctx.fail(f"kubeport.log_level must be one of {', '.join(LOG_LEVELS)}, got {_show(value)}")
+    return level
+
+
+def _build(ctx: _Ctx, raw: object) -> AgentConfig:
+    if raw is None:
+        ctx.fail("the file is empty; expected a mapping with kubeport: and kubernetes_service: sections")
+    if not isinstance(raw, Mapping):
+        ctx.fail(f"expected a mapping with kubeport: and kubernetes_service: sections, got {_show(raw)}")
+    top = ctx.mapping(raw, "the top level")
+    if "teleport" in top:
+        ctx.fail(
+            "teleport: is Teleport's section; kubeport reads registry, token, ca_pin and data_dir "
+            "from a kubeport: section instead"
+        )
+    for key in top:
+        if key in _TELEPORT_SECTIONS:
+            ctx.fail(f"{key}: kubeport has no such service; an agent reads only kubeport: and kubernetes_service:")
+    ctx.check_keys(top, "", _TOP_KEYS)
+    version = top.get("version", "v1")
+    if version != "v1":
+        ctx.fail(f'version: only "v1" is supported, got {_show(version)}')
+
+    if top.get("kubeport") is None:
+        ctx.fail("kubeport.registry is required (the kubeport: section is missing)")
+    kp = ctx.mapping(top["kubeport"], "kubeport", required=True)
+    ctx.check_keys(kp, "kubeport", _KUBEPORT_KEYS)
+    if kp.get("registry") is None:
+        ctx.fail("kubeport.registry is required")
+    registry = _parse_hostport(
+        ctx,
+        kp["registry"],
+        "kubeport.registry",
+        default_port=DEFAULT_REGISTRY_PORT,
+        allow_empty_host=False,
+        min_port=1,
+    )
+
+    token = None if kp.get("token") is None else ctx.string(kp["token"], "kubeport.token", secret=True).strip()
+    token_file = None if kp.get("token_file") is None else _parse_path(ctx, kp["token_file"], "kubeport.token_file")
+    if token is not None and token_file is not None:
+        ctx.fail("kubeport.token and kubeport.token_file are both set; keep exactly one")
+
+    if kp.get("data_dir") is not None:
+        data_dir = _parse_path(ctx, kp["data_dir"], "kubeport.data_dir")
+    elif ctx.env.get(DATA_DIR_ENV):
+        data_dir = _parse_path(ctx, ctx.env[DATA_DIR_ENV], f"${DATA_DIR_ENV}")
+    else:
+        data_dir = DEFAULT_DATA_DIR
+
+    nodename = _parse_nodename(ctx, kp.get("nodename"))
+    ttl = (
+        DEFAULT_HEARTBEAT_TTL
+        if kp.get("heartbeat_ttl") is None
+        else _parse_duration(ctx, kp["heartbeat_ttl"], "kubeport.heartbeat_ttl", MIN_HEARTBEAT_TTL)
+    )
+    return AgentConfig(
+        registry=registry,
+        token=token,
+        token_file=token_file,
+        ca_pins=_parse_pins(ctx, kp.get("ca_pin"), "kubeport.ca_pin"),
+        data_dir=data_dir,
+        nodename=nodename,
+        heartbeat_ttl=ttl,
+        log_level=_parse_log_level(ctx, kp.get("log_level")),
+        kube=_parse_kube(ctx, top.get("kubernetes_service"), nodename),
+    )
+
+
+def _peek_token(raw: object) -> str | None:
+    """The token as written, if any, so the last-guard redaction knows what to hide."""
+    if isinstance(raw, Mapping):
+        section = raw.get("kubeport")
+        if isinstance(section, Mapping):
+            token = section.get("token")
+            if isinstance(token, str):
+                return token.strip() or None
+    return None
+
+
+# ------------------------------------------------------------------------------------------------- API
+
+
+def parse_config(text: str | bytes, *, source: str, env: Mapping[str, str] | None = None) -> AgentConfig:
+    """Parse and validate an agent config; ``source`` names it in messages, ``env`` defaults to os.environ."""
+    raw = _load_yaml(text, source)
+    token = _peek_token(raw)
+    try:
+        return _build(_Ctx(source, os.environ if env is None else env), raw)
+    except BadParameter as err:
+        # "from None": the original message (identical unless redacted) must not ride along as __cause__.
+        raise BadParameter(_redact(err.message, token)) from None
+
+
+def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> AgentConfig:
+    """Read the config file at ``path`` (at most :data:`MAX_CONFIG_BYTES`) and :func:`parse_config` it."""
+    source = os.fspath(path)
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_CONFIG_BYTES + 1)
+    except OSError as err:
+        raise BadParameter(f"{source}: cannot read the config: {err.strerror or err}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise BadParameter(f"{source}: the config is larger than {MAX_CONFIG_BYTES} bytes")
+    return parse_config(data, source=source, env=env)
+
+
+def _yaml_str(value: str) -> str:
+    """``value`` as one YAML double-quoted scalar: every line break and quote is escaped by the emitter
+    itself, so no argument can add keys to the rendered file."""
+    return yaml.safe_dump(value, default_style='"', width=1 << 30, allow_unicode=False).rstrip("\n")
+
+
+_HEADER = """\
+# kubeport agent configuration (written by `kubeport configure`).
+#
+# kubeport:            how this agent reaches and trusts the registry.
+#   registry           host:port of the registry (port 3025 if omitted).
+#   token / token_file the join token, needed only for the first start; afterwards the agent's
+#                      identity lives in data_dir and the token may be removed.
+#   ca_pin             sha256 pin(s) of the registry CA; the agent refuses a registry whose CA differs.
+#   data_dir           where the agent keeps its identity (default /var/lib/kubeport or $KUBEPORT_DATA_DIR).
+#   nodename, heartbeat_ttl, log_level are optional (defaults: host name, 10m, info).
+#
+# kubernetes_service:  what this agent serves; the field names are Teleport's.
+#   listen_addr        where kubectl traffic arrives (default 0.0.0.0:3027); public_addr is what clients dial.
+#   kubeconfig_file    optional: every context in it becomes a static cluster.
+#   labels, commands   labels added to every cluster this agent serves (commands: name, command, period).
+#   resources          which registered kube_clusters to serve: any item may match; within an item every
+#                      label must match. {"*": "*"} serves them all.
+"""
+
+
+def render_config(
+    *,
+    registry: str,
+    token: str | None,
+    token_file: str | None,
+    ca_pins: Sequence[str],
+    data_dir: str,
+    resources_all: bool = True,
+) -> str:
+    """The annotated YAML that ``kubeport configure`` writes.
+
+    With ``resources_all`` the agent serves every registered cluster (``resources: [{labels: {"*": "*"}}]``)
+    and the result is checked with :func:`parse_config` before it is returned, so a bad argument fails here
+    and not at the agent's first start. Without it, the selector is left as a commented example: the
+    administrator must choose labels (or a kubeconfig_file) before the agent will start.
+    """
+    lines = [_HEADER, "version: v1", "kubeport:", f"  registry: {_yaml_str(registry)}"]
+    if token is not None:
+        lines.append(f"  token: {_yaml_str(token)}")
+    if token_file is not None:
+        lines.append(f"  token_file: {_yaml_str(token_file)}")
+    if ca_pins:
+        lines.append("  ca_pin:")
+        lines.extend(f"  - {_yaml_str(pin)}" for pin in ca_pins)
+    lines += [f"  data_dir: {_yaml_str(data_dir)}", "kubernetes_service:", '  enabled: "yes"']
+    if resources_all:
+        lines.append('  resources: [{labels: {"*": "*"}}]')
+    else:
+        lines += [
+            "  # Choose the clusters to serve, then remove the # signs, e.g.:",
+            "  # resources:",
+            "  # - labels:",
+            '  #     env: "prod"',
+        ]
+    text = "\n".join(lines) + "\n"
+    if resources_all:
+        parse_config(text, source="generated config", env={})
+    return text
+
+
+# ------------------------------------------------------------------------------------- static clusters
+
+
+def _named_entries(
+    doc: Mapping[str, Any], list_key: str, item_key: str, warnings: list[str], source: str
+) -> dict[str, Mapping[str, Any]]:
+    """``clusters``/``users`` as name -> whole entry; malformed entries are skipped with a warning."""
+    entries: dict[str, Mapping[str, Any]] = {}
+    raw = doc.get(list_key) or []
+    if not isinstance(raw, list):
+        warnings.append(f"{source}: {list_key} is not a list; ignored")
+        return entries
+    for index, entry in enumerate(raw):
+        name = entry.get("name") if isinstance(entry, Mapping) else None
+        if not isinstance(name, str) or not isinstance(entry.get(item_key), Mapping):
+            warnings.append(f"{source}: {list_key}[{index}] has no name or no {item_key}; ignored")
+            continue
+        # kubectl keeps the first of two same-named entries; so do we.
+        entries.setdefault(name, entry)
+    return entries
+
+
+def static_clusters(kubeconfig_bytes: bytes, *, source: str) -> tuple[list[tuple[str, bytes]], list[str]]:
+    """Split a kubeconfig into one single-context kubeconfig per context, named after the context.
+
+    Each result has ``current-context`` set to its context and holds only the cluster and user that
+    context references. Contexts whose name breaks the kube_cluster name rule, that are duplicated, or
+    that reference a missing cluster or user are skipped with a warning (Teleport skips them too). Returns
+    ``(clusters, warnings)``; a file that is not a kubeconfig or has no contexts is a BadParameter.
+    """
+    doc = _load_yaml(kubeconfig_bytes, source)
+    if not isinstance(doc, Mapping):
+        raise BadParameter(f"{source}: a kubeconfig must be a mapping, got {_show(doc)}")
+    contexts = doc.get("contexts")
+    if not isinstance(contexts, list) or not contexts:
+        raise BadParameter(f"{source}: the kubeconfig has no contexts, so there are no clusters to serve")
+    warnings: list[str] = []
+    clusters = _named_entries(doc, "clusters", "cluster", warnings, source)
+    users = _named_entries(doc, "users", "user", warnings, source)
+    result: list[tuple[str, bytes]] = []
+    seen: set[str] = set()
+    for index, entry in enumerate(contexts):
+        name = entry.get("name") if isinstance(entry, Mapping) else None
+        context = entry.get("context") if isinstance(entry, Mapping) else None
+        if not isinstance(name, str) or not isinstance(context, Mapping):
+            warnings.append(f"{source}: contexts[{index}] has no name or no context; skipped")
+            continue
+        label = f"{source}: context {_show(name)}"
+        try:
+            # The kube_cluster name rule: static clusters are named like dynamic ones, and names become
+            # file names on clients.
+            validation.check_name(name, subject=source, path="context name", pattern=codec.NAME_RE)
+        except BadParameter as err:
+            warnings.append(f"{err.message}; skipped")
+            continue
+        if name in seen:
+            warnings.append(f"{label} skipped: the name appears twice")
+            continue
+        cluster_name = context.get("cluster")
+        if not isinstance(cluster_name, str):
+            warnings.append(f"{label} skipped: context.cluster must name a cluster, got {_show(cluster_name)}")
+            continue
+        cluster = clusters.get(cluster_name)
+        if cluster is None:
+            warnings.append(f"{label} skipped: its cluster {_show(cluster_name)} is not defined")
+            continue
+        user_name = context.get("user")
+        user = users.get(user_name) if isinstance(user_name, str) else None
+        if user_name is not None and user is None:
+            warnings.append(f"{label} skipped: its user {_show(user_name)} is not defined")
+            continue
+        seen.add(name)
+        single = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [dict(cluster)],
+            "contexts": [dict(entry)],
+            "current-context": name,
+            "users": [dict(user)] if user is not None else [],
+        }
+        result.append((name, yaml.safe_dump(single, sort_keys=False).encode("utf-8")))
+    return result, warnings

@@ -1,0 +1,315 @@
+"""Resource models: frozen values for every kind the registry stores.
+
+Kinds: ``kube_cluster`` (a cluster an agent may serve: kubeconfig, static and dynamic labels),
+``kube_server`` (an agent's heartbeat for one served cluster), ``role``, ``user`` and ``token`` (join token).
+The wire shape (YAML/JSON, Teleport compatible) and all validation live in :mod:`registry.core.codec`.
+
+Invariants:
+
+* Models are values: frozen dataclasses, compared field by field. Mapping fields are copied into a fresh
+  ``dict`` on construction (so the caller's dict can change without changing the model) and must be
+  treated as read-only. Tuples are used for sequences.
+* Models do not validate: build them from untrusted input only through ``codec.resource_from_dict``
+  (or ``codec.decode_resources``). Constructors only normalise representation: timestamps become aware UTC,
+  command lists become tuples, an all-empty cloud spec becomes ``None`` (``aws: {}`` means "absent").
+* Secrets never appear in ``repr``: ``KubeCluster.kubeconfig`` is excluded from it, and a ``Token``'s
+  repr hides its name (the name *is* the secret).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Literal, TypeAlias
+
+from labels import combine, parse_go_duration
+
+ORIGIN_LABEL = "kubeport.dev/origin"
+ORIGIN_VALUES = ("dynamic", "config-file", "defaults", "cloud", "kubernetes")
+
+# CLI spellings (``kpctl get kube_clusters``) -> canonical kind.
+KIND_ALIASES: Mapping[str, str] = {
+    "kube_cluster": "kube_cluster",
+    "kube_clusters": "kube_cluster",
+    "kube_server": "kube_server",
+    "kube_servers": "kube_server",
+    "role": "role",
+    "roles": "role",
+    "user": "user",
+    "users": "user",
+    "token": "token",
+    "tokens": "token",
+}
+
+RULE_RESOURCES = ("kube_cluster", "kube_server", "token", "role", "user", "event", "*")
+RULE_VERBS = ("list", "create", "read", "update", "delete", "*")
+TOKEN_ROLES = ("Kube",)
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    """Aware UTC; a naive timestamp is taken to be UTC already (YAML timestamps without an offset are)."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def _set(obj: object, name: str, value: object) -> None:
+    object.__setattr__(obj, name, value)  # the documented way to normalise a frozen dataclass
+
+
+@dataclass(frozen=True)
+class Metadata:
+    name: str
+    description: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    expires: datetime | None = None
+    revision: str = ""  # opaque, server-assigned; echoed back for compare-and-swap
+
+    def __post_init__(self) -> None:
+        _set(self, "labels", dict(self.labels))
+        _set(self, "expires", _utc(self.expires))
+
+
+@dataclass(frozen=True)
+class CommandLabel:
+    """A dynamic label: ``command`` (argv, no shell) run every ``period`` or on a cron ``schedule``."""
+
+    command: tuple[str, ...]
+    period: str | None = None  # Go duration text as written ("24h")
+    schedule: str | None = None  # cron expression (a kubeport extension)
+    result: str = ""  # filled in by the agent, only ever carried by kube_server heartbeats
+
+    def __post_init__(self) -> None:
+        _set(self, "command", tuple(self.command))
+
+    def period_seconds(self) -> float | None:
+        return parse_go_duration(self.period) if self.period is not None else None
+
+
+class _CloudSpec:
+    def is_empty(self) -> bool:
+        return not any(getattr(self, f.name) for f in fields(self))  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class AWSSpec(_CloudSpec):
+    region: str = ""
+    account_id: str = ""
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class AzureSpec(_CloudSpec):
+    resource_name: str = ""
+    resource_group: str = ""
+    tenant_id: str = ""
+    subscription_id: str = ""
+
+
+@dataclass(frozen=True)
+class GCPSpec(_CloudSpec):
+    location: str = ""
+    project_id: str = ""
+    name: str = ""
+
+
+CloudSpec: TypeAlias = AWSSpec | AzureSpec | GCPSpec
+
+
+def _present(spec: CloudSpec | None) -> Any:
+    return None if spec is None or spec.is_empty() else spec
+
+
+@dataclass(frozen=True)
+class KubeCluster:
+    KIND: ClassVar[str] = "kube_cluster"
+    VERSION: ClassVar[str] = "v3"
+
+    metadata: Metadata
+    kubeconfig: bytes = field(default=b"", repr=False)
+    dynamic_labels: Mapping[str, CommandLabel] = field(default_factory=dict)
+    aws: AWSSpec | None = None
+    azure: AzureSpec | None = None
+    gcp: GCPSpec | None = None
+    allow_exec_plugins: bool = False  # kubeport extension: the kubeconfig may use an exec credential plugin
+
+    def __post_init__(self) -> None:
+        _set(self, "dynamic_labels", dict(self.dynamic_labels))
+        for name in ("aws", "azure", "gcp"):
+            _set(self, name, _present(getattr(self, name)))
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    @property
+    def origin(self) -> str:
+        return self.metadata.labels.get(ORIGIN_LABEL, "")
+
+    def static_labels(self) -> dict[str, str]:
+        return dict(self.metadata.labels)
+
+    def results(self) -> dict[str, str]:
+        """Dynamic label key -> last result (``""`` until the agent has run the command)."""
+        return {key: label.result for key, label in self.dynamic_labels.items()}
+
+    def all_labels(self) -> dict[str, str]:
+        """Static labels overlaid with dynamic results; a dynamic label wins a key conflict (Teleport),
+        even before its command has run (its value is then ``""``)."""
+        return combine(self.metadata.labels, self.results())
+
+    def without_secrets(self) -> KubeCluster:
+        """What may leave the registry without ``--with-secrets``: no kubeconfig and no cloud specs."""
+        return replace(self, kubeconfig=b"", aws=None, azure=None, gcp=None)
+
+    def with_results(self, results: Mapping[str, str]) -> KubeCluster:
+        """A copy whose dynamic labels carry ``results``; keys that are not dynamic labels are ignored."""
+        dynamic = {
+            key: replace(label, result=results[key]) if key in results else label
+            for key, label in self.dynamic_labels.items()
+        }
+        return replace(self, dynamic_labels=dynamic)
+
+    def same_content(self, other: object) -> bool:
+        """Equal apart from ``metadata.revision`` (the agent's "has it changed?" test)."""
+        if not isinstance(other, KubeCluster):
+            return False
+        return _without_revision(self) == _without_revision(other)
+
+
+def _without_revision(cluster: KubeCluster) -> KubeCluster:
+    return replace(cluster, metadata=replace(cluster.metadata, revision=""))
+
+
+HealthStatus: TypeAlias = Literal["healthy", "unhealthy", "unknown"]
+HEALTH_STATUSES: tuple[HealthStatus, ...] = ("healthy", "unhealthy", "unknown")
+
+
+@dataclass(frozen=True)
+class Health:
+    status: HealthStatus = "unknown"
+    reason: str = ""
+    checked_at: datetime | None = None
+
+    def __post_init__(self) -> None:
+        _set(self, "checked_at", _utc(self.checked_at))
+
+
+@dataclass(frozen=True)
+class KubeServer:
+    """One agent's heartbeat for one cluster it serves (stored under ``<host_id>/<cluster name>``)."""
+
+    KIND: ClassVar[str] = "kube_server"
+    VERSION: ClassVar[str] = "v3"
+
+    metadata: Metadata  # name = the cluster name; expires = heartbeat TTL; labels = service labels
+    host_id: str
+    hostname: str  # the agent's public proxy address
+    version: str  # the agent's kubeport version
+    cluster: KubeCluster  # secret-free, with dynamic label results
+    health: Health = field(default_factory=Health)
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    def store_name(self) -> str:
+        return f"{self.host_id}/{self.metadata.name}"
+
+    def all_labels(self) -> dict[str, str]:
+        """Teleport's precedence, lowest first: cluster static labels, the server's (service) labels,
+        dynamic label results."""
+        return combine(combine(self.cluster.metadata.labels, self.metadata.labels), self.cluster.results())
+
+
+@dataclass(frozen=True)
+class Rule:
+    resources: tuple[str, ...]
+    verbs: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        _set(self, "resources", tuple(self.resources))
+        _set(self, "verbs", tuple(self.verbs))
+
+
+@dataclass(frozen=True)
+class RoleConditions:
+    rules: tuple[Rule, ...] = ()
+    # label key -> one value or several (glob, or ^regex$), as in Teleport roles
+    kubernetes_labels: Mapping[str, str | list[str]] = field(default_factory=dict)
+    kubernetes_groups: tuple[str, ...] = ()
+    kubernetes_users: tuple[str, ...] = ()
+    # {kind, namespace, name, verbs}, as written (defaults per role version are applied by authorization)
+    kubernetes_resources: tuple[Mapping[str, Any], ...] = ()
+
+    def __post_init__(self) -> None:
+        _set(self, "rules", tuple(self.rules))
+        _set(self, "kubernetes_labels", dict(self.kubernetes_labels))
+        for name in ("kubernetes_groups", "kubernetes_users", "kubernetes_resources"):
+            _set(self, name, tuple(getattr(self, name)))
+
+
+@dataclass(frozen=True)
+class Role:
+    KIND: ClassVar[str] = "role"
+    VERSIONS: ClassVar[tuple[str, ...]] = ("v5", "v6", "v7")
+    VERSION: ClassVar[str] = "v7"  # the default for new roles
+
+    metadata: Metadata
+    allow: RoleConditions = field(default_factory=RoleConditions)
+    deny: RoleConditions = field(default_factory=RoleConditions)
+    options: Mapping[str, Any] = field(default_factory=dict)
+    version: str = "v7"  # stored as given: kubernetes_resources defaults depend on it
+
+    def __post_init__(self) -> None:
+        _set(self, "options", dict(self.options))
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+
+@dataclass(frozen=True)
+class User:
+    KIND: ClassVar[str] = "user"
+    VERSION: ClassVar[str] = "v2"
+
+    metadata: Metadata
+    roles: tuple[str, ...] = ()
+    traits: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _set(self, "roles", tuple(self.roles))
+        _set(self, "traits", {key: tuple(values) for key, values in self.traits.items()})
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+
+@dataclass(frozen=True)
+class Token:
+    """A join token. ``metadata.name`` is the secret value itself (Teleport's ``ProvisionTokenV2``)."""
+
+    KIND: ClassVar[str] = "token"
+    VERSION: ClassVar[str] = "v2"
+
+    metadata: Metadata
+    roles: tuple[str, ...] = ("Kube",)
+    join_method: str = "token"
+
+    def __post_init__(self) -> None:
+        _set(self, "roles", tuple(self.roles))
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    def __repr__(self) -> str:
+        return f"Token(roles={self.roles!r}, join_method={self.join_method!r}, expires={self.metadata.expires!r})"
+
+
+Resource: TypeAlias = KubeCluster | KubeServer | Role | User | Token

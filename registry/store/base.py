@@ -1,0 +1,161 @@
+"""The storage seam of the registry: values, events, the ``Store`` protocol and the expiry loop.
+
+A store holds JSON objects keyed by ``(kind, name)``. It knows no resource schema; the one exception is the
+label filter of :meth:`Store.list`, which reads ``value["metadata"]["labels"]``.
+
+Invariants every backend keeps (the shared tests in ``tests/store`` check them against each backend):
+
+* **One global revision.** Every write (create, update, put, delete, and each record removed by expiry)
+  takes the next integer; the first write of a new store is revision 1 and ``revision()`` of an empty store
+  is 0. A record's ``revision`` is the revision of the write that produced that version.
+* **Every write is one event.** Watchers see each revision of their kinds exactly once, in order, with no
+  gap: first the stored history after ``since`` (catch-up), then live events.
+* **Every write replaces the whole record**, value *and* expiry: ``expires=None`` means "never expires",
+  also on ``update`` and ``put``.
+* **Expired records are invisible** (``expires <= clock()``) to ``get``, ``list``, ``update`` and
+  ``delete``. A ``create`` or ``put`` that meets an expired record first removes it with its own DELETE
+  event (one revision), then writes the new record (the next revision), as an etcd lease expiry would.
+  ``expire()`` removes every expired record, one DELETE event each.
+* **DELETE carries the last version**, with ``revision`` set to the delete's own revision. ``delete()``
+  returns that same record, so a caller can tell which store revision its delete has.
+* Values handed out are fresh copies; mutating them never changes the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import AsyncIterator, Collection, Mapping
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import trio
+
+from registry.core.errors import BadParameter, ConnectionProblem, KubeportError
+
+__all__ = ["Event", "Record", "Store", "serve_expiry"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Record:
+    """One version of one stored object."""
+
+    kind: str
+    name: str
+    value: dict[str, Any]  # treat as immutable; backends return fresh copies
+    revision: int  # store revision of the write that produced this version
+    created_revision: int  # revision of the write that created the object (kept by update/put)
+    expires: float | None  # unix seconds (wall clock); None = never
+
+
+@dataclass(frozen=True)
+class Event:
+    """One write as a watcher sees it."""
+
+    type: Literal["PUT", "DELETE"]
+    # PUT: the new version; DELETE: the last version, with .revision = the delete's revision
+    record: Record
+
+
+class Store(Protocol):
+    """What the registry needs from storage. Errors come from :mod:`registry.core.errors`."""
+
+    async def get(self, kind: str, name: str) -> Record:
+        """The live record, or NotFound (``kube_cluster "x" not found``)."""
+        ...
+
+    async def list(
+        self,
+        kind: str,
+        *,
+        labels: Mapping[str, str | list[str]] | None = None,
+        prefix: str | None = None,
+    ) -> list[Record]:
+        """Live records of ``kind`` sorted by name.
+
+        ``labels=None`` means no label filter; any other selector goes through ``labels.match_labels``
+        (so an empty selector matches nothing). ``prefix`` keeps names starting with it.
+        """
+        ...
+
+    async def create(self, kind: str, name: str, value: dict[str, Any], *, expires: float | None = None) -> Record:
+        """Write a new record; AlreadyExists when a live one has the name."""
+        ...
+
+    async def update(
+        self,
+        kind: str,
+        name: str,
+        value: dict[str, Any],
+        *,
+        expected_revision: int | None = None,
+        expires: float | None = None,
+    ) -> Record:
+        """Replace a live record; NotFound, or CompareFailed when ``expected_revision`` is not current."""
+        ...
+
+    async def put(self, kind: str, name: str, value: dict[str, Any], *, expires: float | None = None) -> Record:
+        """Create or replace (upsert)."""
+        ...
+
+    async def delete(self, kind: str, name: str, *, expected_revision: int | None = None) -> Record:
+        """Remove a live record; returns its last version with the delete's revision."""
+        ...
+
+    async def revision(self) -> int:
+        """The current store revision (0 for a new store)."""
+        ...
+
+    async def expire(self) -> int:
+        """Remove every expired record now (one DELETE event each); returns how many."""
+        ...
+
+    def watch(
+        self, kinds: Collection[str], *, since: int | None = None
+    ) -> AbstractAsyncContextManager[AsyncIterator[Event]]:
+        """Events of ``kinds`` with revision > ``since`` (None: from now on), in order, no gap, no dup.
+
+        Entering raises Compacted when ``since`` is older than the history (or newer than the store).
+        Iteration raises Compacted when this watcher fell behind its buffer: resume from the last revision
+        seen. Iteration ends when the store closes.
+        """
+        ...
+
+    async def compact(self, *, keep: int) -> int:
+        """Keep only the newest ``keep`` history events; returns the new floor (history starts after it)."""
+        ...
+
+    def statistics(self) -> dict[str, int]:
+        """Counters: revision, writes, watchers, history, floor, records, ..."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release resources and end every watch; idempotent."""
+        ...
+
+
+async def serve_expiry(
+    store: Store, *, interval: float = 1.0, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Call ``store.expire()`` now and then every ``interval`` seconds, until cancelled or the store closes.
+
+    A failing sweep is logged and retried at the next tick: a transient storage error must not take the
+    registry down, and the next sweep removes whatever this one missed.
+    """
+    if isinstance(interval, bool) or not isinstance(interval, int | float) or not math.isfinite(interval):
+        raise BadParameter(f"expiry interval must be a positive number of seconds, got {interval!r}")
+    if interval <= 0:
+        raise BadParameter(f"expiry interval must be a positive number of seconds, got {interval!r}")
+    task_status.started()
+    while True:
+        try:
+            await store.expire()
+        except ConnectionProblem:
+            # The store is closed: nothing left to expire, end quietly.
+            return
+        except KubeportError as exc:
+            log.warning("expiry sweep failed (retrying in %ss): %s", interval, exc)
+        await trio.sleep(interval)

@@ -1,0 +1,407 @@
+"""``SQLiteStore``: the default, embedded, durable Store (stdlib ``sqlite3``, nothing to install).
+
+Durability and atomicity:
+
+* WAL journal with ``synchronous=FULL``: a write is acknowledged only after its commit is on disk, so a
+  crash (even ``os._exit`` or power loss) loses nothing that was acknowledged.
+* Every write is ONE transaction over ``items`` (current versions), ``events`` (history for resumable
+  watches) and ``meta`` (schema version, current revision, compaction floor). Any failure rolls the whole
+  transaction back: no half-written record, no revision consumed.
+* ``locking_mode=EXCLUSIVE``: the file is locked for as long as the store is open, so a second registry
+  process cannot silently share it (its watchers would never see our writes); it gets a clear error.
+* The file is created 0600 (it holds kubeconfigs with credentials); a looser existing file is tightened.
+
+Concurrency: one connection, used from worker threads (``trio.to_thread.run_sync``) so the trio thread
+never blocks on disk, and serialised by a trio lock. A write holds the lock from BEGIN through publishing
+its events to watchers, which keeps fan-out in revision order. Thread calls are never abandoned on
+cancellation, so a transaction always finishes (commit or rollback) before the caller sees the cancel.
+
+Deleted values stay readable in ``events`` until compaction drops them (at most ``max_history`` plus the
+amortisation slack of later writes); size ``max_history`` with that in mind.
+
+How an etcd backend maps onto the same protocol (not written yet; one etcd serves several registries):
+
+* key ``/kubeport/<kind>/<name>``, value the JSON text; ``list`` is a range over ``/kubeport/<kind>/``
+  (plus the name prefix), label filtering done client side exactly as here.
+* ``Record.revision`` is the key's ``mod_revision`` and ``created_revision`` its ``create_revision``; the
+  store revision is the header revision. etcd revisions are global and +1 per transaction, so all
+  invariants hold; revision numbers simply start wherever the etcd cluster is.
+* ``create``: txn with compare ``create_revision == 0``; ``update``/``delete`` with ``expected_revision``:
+  compare ``mod_revision``; a failed compare reads the key to tell NotFound from CompareFailed.
+* TTL: one lease per distinct expiry (or per heartbeat), attached on put; etcd deletes the key when the
+  lease ends and emits the DELETE itself, so ``expire()`` has nothing to do but report 0.
+* ``watch``: etcd watch on the kind prefixes with ``start_revision = since + 1``; a cancelled watch with
+  ``compact_revision`` (error code 11) becomes Compacted; etcd's own compaction replaces ``compact``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import stat
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import trio
+
+from registry.core.errors import BadParameter, KubeportError
+from registry.store import _plan
+from registry.store._common import BaseStore, Clock
+from registry.store._plan import Change, Item, WriteOp
+from registry.store.base import Record
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = (
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+    # items: the current version of each record. The primary key serves get, list (ordered by name) and
+    # the prefix range scan.
+    """CREATE TABLE items (
+        kind TEXT NOT NULL,
+        name TEXT NOT NULL,
+        value TEXT NOT NULL,
+        revision INTEGER NOT NULL,
+        created_revision INTEGER NOT NULL,
+        expires REAL,
+        labels TEXT NOT NULL,  -- value["metadata"]["labels"] as JSON, for filtering without decoding value
+        PRIMARY KEY (kind, name)
+    )""",
+    # expire() looks only at records that have an expiry.
+    "CREATE INDEX items_expires ON items (expires) WHERE expires IS NOT NULL",
+    # events: one row per revision (history is contiguous); DELETE rows keep the last value.
+    """CREATE TABLE events (
+        revision INTEGER PRIMARY KEY,
+        type TEXT NOT NULL CHECK (type IN ('PUT', 'DELETE')),
+        kind TEXT NOT NULL,
+        name TEXT NOT NULL,
+        value TEXT NOT NULL,
+        created_revision INTEGER NOT NULL,
+        expires REAL,
+        labels TEXT NOT NULL
+    )""",
+)
+
+# Constant SQL only (no string building): every value travels as a parameter. Item columns are selected
+# in the order of Item's fields.
+_SELECT_ITEM = (
+    "SELECT kind, name, value, revision, created_revision, expires, labels FROM items WHERE kind = ? AND name = ?"
+)
+_LIST = (
+    "SELECT kind, name, value, revision, created_revision, expires, labels FROM items"
+    " WHERE kind = ? AND (expires IS NULL OR expires > ?) ORDER BY name"
+)
+# A name prefix as an index range: prefix <= name < upper bound (see _plan.prefix_upper_bound).
+_LIST_RANGE = (
+    "SELECT kind, name, value, revision, created_revision, expires, labels FROM items"
+    " WHERE kind = ? AND name >= ? AND name < ? AND (expires IS NULL OR expires > ?) ORDER BY name"
+)
+_SELECT_EXPIRED = (
+    "SELECT kind, name, value, revision, created_revision, expires, labels FROM items"
+    " WHERE expires IS NOT NULL AND expires <= ?"
+)
+# The kinds arrive as one JSON array parameter (json_each), so the statement text never varies.
+_HISTORY = (
+    "SELECT type, kind, name, value, revision, created_revision, expires, labels FROM events"
+    " WHERE revision > ? AND kind IN (SELECT value FROM json_each(?)) ORDER BY revision LIMIT ?"
+)
+_UPSERT_ITEM = (
+    "INSERT OR REPLACE INTO items (kind, name, value, revision, created_revision, expires, labels)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+_DELETE_ITEM = "DELETE FROM items WHERE kind = ? AND name = ?"
+_INSERT_EVENT = (
+    "INSERT INTO events (revision, type, kind, name, value, created_revision, expires, labels)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+T = TypeVar("T")
+
+
+class SQLiteStore(BaseStore):
+    """A durable Store in one SQLite file. Create it with :meth:`open`."""
+
+    backend = "SQLite"
+
+    def __init__(
+        self,
+        path: str,
+        conn: sqlite3.Connection,
+        state: tuple[int, int, int],
+        *,
+        clock: Clock,
+        max_history: int,
+        watch_buffer: int,
+        max_value_bytes: int,
+    ) -> None:
+        """Internal: use :meth:`open`, which prepares ``conn`` and reads ``state``."""
+        super().__init__(
+            clock=clock, max_history=max_history, watch_buffer=watch_buffer, max_value_bytes=max_value_bytes
+        )
+        self.path = path
+        self._conn = conn
+        self._revision, self._floor, self._records = state
+        self._lock = trio.Lock()
+
+    @classmethod
+    async def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        clock: Clock = time.time,
+        max_history: int = 100_000,
+        watch_buffer: int = 1024,
+        max_value_bytes: int = _plan.DEFAULT_MAX_VALUE_BYTES,
+    ) -> SQLiteStore:
+        """Open (creating if needed) the store at ``path``; BadParameter names the path on any problem."""
+        if not isinstance(path, str | os.PathLike):
+            raise BadParameter(f"SQLite store path must be a string, got {path!r}")
+        text = os.fspath(path)
+        if not isinstance(text, str) or not text or text == ":memory:" or "\x00" in text:
+            raise BadParameter(f"invalid SQLite store path {text!r} (for an in-memory store use memory://)")
+        # Check the options before touching the file, so a bad call leaves no file behind.
+        _plan.check_positive("max_history", max_history)
+        _plan.check_positive("watch_buffer", watch_buffer)
+        _plan.check_positive("max_value_bytes", max_value_bytes)
+        if not callable(clock):
+            raise BadParameter(f"clock must be callable, got {clock!r}")
+        conn, state = await trio.to_thread.run_sync(_open_sync, text)
+        try:
+            return cls(
+                text,
+                conn,
+                state,
+                clock=clock,
+                max_history=max_history,
+                watch_buffer=watch_buffer,
+                max_value_bytes=max_value_bytes,
+            )
+        except BaseException:
+            conn.close()
+            raise
+
+    # --- primitives --------------------------------------------------------------------------------------
+
+    async def _read(self, kind: str, name: str) -> Item | None:
+        async with self._lock:
+            self._check_open()
+            return await self._run("read", self._select_item, kind, name)
+
+    async def _list(
+        self, kind: str, prefix: str | None, labels: Mapping[str, str | list[str]] | None, now: float
+    ) -> list[Record]:
+        async with self._lock:
+            self._check_open()
+            items = await self._run("list", self._list_sync, kind, prefix, now)
+        # Filtering and decoding need no connection: do them after releasing the lock so writers proceed.
+        return await trio.to_thread.run_sync(_plan.to_records, items, labels)
+
+    async def _write(self, op: WriteOp) -> list[Change]:
+        async with self._lock:
+            self._check_open()
+            changes = await self._run(op.op, self._write_sync, op, self._now(), self._revision)
+            # No checkpoint since the thread returned: publish before anyone else can write.
+            self._published(changes)
+            return changes
+
+    async def _expire(self) -> list[Change]:
+        async with self._lock:
+            self._check_open()
+            changes = await self._run("expire", self._expire_sync, self._now(), self._revision)
+            self._published(changes)
+            return changes
+
+    async def _read_history(self, kinds: frozenset[str], after: int, limit: int) -> Sequence[Change]:
+        async with self._lock:
+            self._check_open()
+            self._check_since(after)
+            return await self._run("history read", self._history_sync, sorted(kinds), after, limit)
+
+    async def _compact(self, keep: int) -> int:
+        async with self._lock:
+            self._check_open()
+            floor = self._revision - keep
+            if floor <= self._floor:
+                return self._floor
+            await self._run("compaction", self._compact_sync, floor)
+            return self._compacted(floor)
+
+    async def _close(self) -> None:
+        # Shielded: a cancelled aclose must still release the file lock.
+        with trio.CancelScope(shield=True):
+            async with self._lock:
+                await trio.to_thread.run_sync(self._conn.close)
+
+    # --- thread side -------------------------------------------------------------------------------------
+
+    async def _run(self, what: str, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn`` in a worker thread; SQLite errors become KubeportError naming the file."""
+        try:
+            return await trio.to_thread.run_sync(fn, *args)
+        except sqlite3.Error as exc:
+            raise KubeportError(f"SQLite store {self.path!r}: {what} failed: {exc}") from exc
+
+    def _select_item(self, kind: str, name: str) -> Item | None:
+        row = self._conn.execute(_SELECT_ITEM, (kind, name)).fetchone()
+        return None if row is None else Item(*row)
+
+    def _list_sync(self, kind: str, prefix: str | None, now: float) -> list[Item]:
+        upper = _plan.prefix_upper_bound(prefix) if prefix else None
+        if upper is None:
+            rows = self._conn.execute(_LIST, (kind, now))
+        else:
+            rows = self._conn.execute(_LIST_RANGE, (kind, prefix, upper, now))
+        return [item for item in (Item(*row) for row in rows) if _plan.has_prefix(item.name, prefix)]
+
+    def _history_sync(self, kinds: list[str], after: int, limit: int) -> list[Change]:
+        rows = self._conn.execute(_HISTORY, (after, json.dumps(kinds), limit)).fetchall()
+        return [Change(row[0], Item(*row[1:])) for row in rows]
+
+    def _write_sync(self, op: WriteOp, now: float, revision: int) -> list[Change]:
+        with _transaction(self._conn):
+            current = self._select_item(op.kind, op.name)
+            changes = _plan.plan_write(op, current, now=now, revision=revision)
+            self._apply_sync(changes)
+        return changes
+
+    def _expire_sync(self, now: float, revision: int) -> list[Change]:
+        with _transaction(self._conn):
+            rows = self._conn.execute(_SELECT_EXPIRED, (now,)).fetchall()
+            changes = _plan.plan_expiry((Item(*row) for row in rows), now=now, revision=revision)
+            self._apply_sync(changes)
+        return changes
+
+    def _compact_sync(self, floor: int) -> None:
+        with _transaction(self._conn):
+            self._conn.execute("DELETE FROM events WHERE revision <= ?", (floor,))
+            self._conn.execute("UPDATE meta SET value = ? WHERE key = 'floor'", (floor,))
+
+    def _apply_sync(self, changes: Iterable[Change]) -> None:
+        conn = self._conn
+        last = None
+        for change in changes:
+            item = change.item
+            if change.type == "DELETE":
+                conn.execute(_DELETE_ITEM, (item.kind, item.name))
+            else:
+                conn.execute(
+                    _UPSERT_ITEM,
+                    (item.kind, item.name, item.data, item.revision, item.created_revision, item.expires, item.labels),
+                )
+            conn.execute(
+                _INSERT_EVENT,
+                (
+                    item.revision,
+                    change.type,
+                    item.kind,
+                    item.name,
+                    item.data,
+                    item.created_revision,
+                    item.expires,
+                    item.labels,
+                ),
+            )
+            last = item.revision
+        if last is not None:
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'revision'", (last,))
+
+
+class _transaction:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception (the connection is in autocommit mode)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def __enter__(self) -> None:
+        self._conn.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        if exc_type is None:
+            self._conn.execute("COMMIT")
+        elif self._conn.in_transaction:
+            self._conn.execute("ROLLBACK")
+
+
+# --- opening --------------------------------------------------------------------------------
+
+
+def _open_sync(path: str) -> tuple[sqlite3.Connection, tuple[int, int, int]]:
+    """Create/secure the file, connect, set pragmas, create or check the schema; return (conn, state)."""
+    _prepare_file(path)
+    try:
+        conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=0.0)
+    except sqlite3.Error as exc:
+        raise BadParameter(f"cannot open SQLite store {path!r}: {exc}") from None
+    try:
+        # EXCLUSIVE before WAL: SQLite then keeps the WAL index in heap memory (no -shm file) and holds the
+        # file lock from the first transaction until close.
+        conn.execute("PRAGMA locking_mode = EXCLUSIVE")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+        with _transaction(conn):
+            state = _check_schema(conn, path)
+    except sqlite3.Error as exc:
+        conn.close()
+        if "locked" in str(exc) or "busy" in str(exc):
+            raise BadParameter(f"SQLite store {path!r} is in use by another process") from None
+        raise BadParameter(f"{path!r} is not a usable kubeport SQLite store: {exc}") from None
+    except BaseException:
+        conn.close()
+        raise
+    return conn, state
+
+
+def _prepare_file(path: str) -> None:
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise BadParameter(f"cannot open SQLite store {path!r}: directory {parent!r} does not exist")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise BadParameter(f"cannot create SQLite store {path!r}: {exc.strerror}") from None
+    else:
+        os.close(fd)
+    try:
+        for name in (path, path + "-wal", path + "-shm", path + "-journal"):
+            try:
+                mode = os.stat(name).st_mode
+            except FileNotFoundError:
+                continue
+            if not stat.S_ISREG(mode):
+                raise BadParameter(f"SQLite store {name!r} is not a regular file")
+            if mode & 0o077:
+                os.chmod(name, 0o600)  # it holds credentials: owner only
+    except OSError as exc:
+        raise BadParameter(f"cannot secure SQLite store {path!r}: {exc.strerror}") from None
+
+
+def _check_schema(conn: sqlite3.Connection, path: str) -> tuple[int, int, int]:
+    """Create the schema in an empty file or check an existing one; return (revision, floor, records)."""
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if not tables:
+        for statement in _SCHEMA:
+            conn.execute(statement)
+        conn.executemany(
+            "INSERT INTO meta (key, value) VALUES (?, ?)",
+            [("schema_version", SCHEMA_VERSION), ("revision", 0), ("floor", 0)],
+        )
+    elif not {"meta", "items", "events"} <= tables:
+        raise BadParameter(f"{path!r} is an SQLite database but not a kubeport store")
+    meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+    version, revision, floor = (meta.get(key) for key in ("schema_version", "revision", "floor"))
+    if not (isinstance(version, int) and isinstance(revision, int) and isinstance(floor, int)):
+        raise BadParameter(f"SQLite store {path!r} is damaged: its meta table lacks schema_version, revision or floor")
+    if version > SCHEMA_VERSION:
+        raise BadParameter(
+            f"SQLite store {path!r} has schema version {version}, newer than this kubeport understands "
+            f"({SCHEMA_VERSION}): upgrade kubeport"
+        )
+    if version < 1 or not 0 <= floor <= revision:
+        raise BadParameter(
+            f"SQLite store {path!r} is damaged: schema version {version}, revision {revision}, floor {floor}"
+        )
+    (records,) = conn.execute("SELECT COUNT(*) FROM items").fetchone()
+    return revision, floor, int(records)

@@ -1,0 +1,84 @@
+"""Finding and running real, versioned kubectl binaries in tests.
+
+The ``kubectl`` on PATH here is a version dispatcher that probes the server first; tests call one of the
+versioned binaries next to it (``kubectl.1.27`` ... ``kubectl.1.33``) for deterministic behaviour. Each run
+gets its own ``HOME`` (kubectl caches discovery under ``$HOME/.kube/cache``), an explicit ``--kubeconfig``,
+no shell, and a timeout. Tests that need kubectl skip with :data:`SKIP_REASON` when none is found.
+
+kubectl 1.32 and newer send protobuf bodies for built-in types from their typed clients (``create
+namespace``, ``auth can-i``, ``auth whoami``, ...). The fake answers those with 415, as it should for a
+protobuf-blind server; ``find_kubectl(json_only=True)`` picks the newest kubectl that still sends JSON.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+import trio
+
+SKIP_REASON = "kubectl.1.x binaries not found (see README: Testing)"
+LAST_JSON_MINOR = 31  # kubectl 1.32+ sends protobuf from typed clients
+_VERSIONED = re.compile(r"^kubectl\.1\.(\d+)$")
+
+
+def _versioned_dir() -> Path | None:
+    found = shutil.which("kubectl")
+    if found is None:
+        return None
+    return Path(found).resolve().parent
+
+
+def available_kubectls() -> dict[str, str]:
+    """``{"1.27": "/path/kubectl.1.27", ...}`` for every versioned binary next to the PATH kubectl."""
+    directory = _versioned_dir()
+    if directory is None:
+        return {}
+    binaries: dict[str, str] = {}
+    for entry in directory.iterdir():
+        match = _VERSIONED.match(entry.name)
+        if match and entry.is_file() and os.access(entry, os.X_OK):
+            binaries[f"1.{match.group(1)}"] = str(entry)
+    return binaries
+
+
+def find_kubectl(version: str | None = None, *, json_only: bool = False) -> str | None:
+    """The versioned kubectl for ``version`` (``"1.30"``), or the newest when None (the newest that sends
+    JSON bodies with ``json_only``); None if absent."""
+    binaries = available_kubectls()
+    if version is not None:
+        return binaries.get(version)
+    if json_only:
+        binaries = {v: path for v, path in binaries.items() if int(v.split(".")[1]) <= LAST_JSON_MINOR}
+    if not binaries:
+        return None
+    newest = max(binaries, key=lambda v: tuple(int(p) for p in v.split(".")))
+    return binaries[newest]
+
+
+async def run_kubectl(
+    binary: str,
+    args: Sequence[str],
+    *,
+    kubeconfig: Path,
+    home: Path,
+    timeout: float = 30,
+    stdin: bytes | None = None,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run ``binary --kubeconfig <kubeconfig> <args>`` with ``HOME=<home>``; never raises for a non-zero
+    exit (check ``returncode``); raises trio.TooSlowError after ``timeout`` seconds."""
+    await trio.Path(home).mkdir(parents=True, exist_ok=True)
+    env = {"HOME": str(home), "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "KUBECONFIG": str(kubeconfig)}
+    with trio.fail_after(timeout):
+        return await trio.run_process(
+            [binary, "--kubeconfig", str(kubeconfig), *args],
+            stdin=stdin,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+            env=env,
+        )
