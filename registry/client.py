@@ -9,6 +9,7 @@ httpx types never leak to callers.
 
 from __future__ import annotations
 
+import builtins
 import json
 import ssl
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -155,7 +156,7 @@ class RegistryClient:
 
     async def list(
         self, kind: str, *, with_secrets: bool = False, labels: Mapping[str, str] | None = None
-    ) -> tuple[list[dict[str, Any]], int]:
+    ) -> tuple[builtins.list[dict[str, Any]], int]:
         """All resources of a kind and the store revision the list was read at (to watch from)."""
         params = {"with_secrets": "1"} if with_secrets else {}
         if labels:
@@ -200,6 +201,17 @@ class RegistryClient:
     async def delete_heartbeat(self, host_id: str, name: str) -> None:
         await self._request("DELETE", f"/v1/kube_servers/{host_id}/{name}")
 
+    async def put_agent(self, record: Mapping[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = await self._request("PUT", f"/v1/kube_agents/{record['host_id']}", body=record)
+        return result
+
+    async def list_agents(self) -> builtins.list[dict[str, Any]]:
+        result = await self._request("GET", "/v1/kube_agents")
+        return list(result["items"])
+
+    async def delete_agent(self, host_id: str) -> None:
+        await self._request("DELETE", f"/v1/kube_agents/{host_id}")
+
     async def generate_token(
         self, *, roles: Sequence[str] = ("Kube",), ttl_seconds: float = 1800, value: str | None = None
     ) -> dict[str, Any]:
@@ -218,7 +230,7 @@ class RegistryClient:
         result: dict[str, Any] = await self._request("POST", "/v1/certs/user", body=body)
         return result
 
-    async def events(self, *, limit: int = 100, event: str | None = None) -> list[dict[str, Any]]:
+    async def events(self, *, limit: int = 100, event: str | None = None) -> builtins.list[dict[str, Any]]:
         params = {"limit": str(limit)}
         if event:
             params["event"] = event

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from registry.client import RegistryClient
 from registry.core.errors import BadParameter, KubeportError
 from registry.core.identity import IdentityFile
 from registry.files import read_limited
-from registry.server.serve import ADMIN_IDENTITY, default_data_dir
+from registry.paths import ADMIN_IDENTITY, default_data_dir
 
 MAX_IDENTITY_BYTES = 1 << 20
 
@@ -71,7 +72,7 @@ def resolve_connection(args: argparse.Namespace, env: Mapping[str, str] | None =
     if identity_arg:
         path = Path(identity_arg).expanduser()
     else:
-        data_dir = Path(args.data_dir).expanduser() if getattr(args, "data_dir", None) else default_data_dir(dict(env))
+        data_dir = Path(args.data_dir).expanduser() if getattr(args, "data_dir", None) else default_data_dir(env)
         path = data_dir / ADMIN_IDENTITY
         if not path.exists():
             raise BadParameter(
@@ -137,6 +138,15 @@ def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
         else:
             out.append(exc)
     return out
+
+
+async def until_signalled(cancel: trio.CancelScope) -> None:
+    """SIGINT (Ctrl-C) and SIGTERM (systemd stop) end the services cleanly: the store closes, heartbeats go."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            print(f"\nreceived {signal.Signals(signum).name}, stopping", file=sys.stderr, flush=True)
+            cancel.cancel()
+            return
 
 
 def read_input_file(path: str, *, limit: int, what: str) -> bytes:

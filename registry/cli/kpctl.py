@@ -22,7 +22,7 @@ from typing import Any
 
 from labels import parse_go_duration
 from labels.keys import LabelError
-from registry.cli import render
+from registry.cli import kube_cmd, render
 from registry.cli.common import (
     Connection,
     add_connection_flags,
@@ -434,6 +434,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ttl", default="12h", help="validity, a Go duration (default 12h, max 7 days)")
 
     command("status", "show the registry's cluster name, version and CA pin", cmd_status)
+
+    kube = sub.add_parser("kube", help="Kubernetes cluster diagnostics", description="Kubernetes cluster diagnostics.")
+    ksub = kube.add_subparsers(dest="kube_command", metavar="COMMAND", required=True)
+    p = ksub.add_parser(
+        "explain",
+        help="which agents serve a kube_cluster, and why the others do not",
+        description="Show which agents serve a kube_cluster and, for each that does not, the selector item and label "
+        "that failed (or the registration error it reported).",
+    )
+    add_connection_flags(p)
+    add_debug_flag(p)
+    p.add_argument("name", metavar="NAME")
+    p.set_defaults(func=kube_cmd.cmd_kube_explain)
     return parser
 
 

@@ -1,7 +1,11 @@
 """kubeport: the daemons and the user side.
 
-    kubeport start [--data-dir DIR] [--listen HOST:PORT]      all-in-one on this machine (the main job)
+    kubeport start [--data-dir DIR] [--listen HOST:PORT]      all-in-one: registry + a local agent (the main job)
     kubeport registry start [--data-dir DIR] [--listen ...]   the registry alone
+    kubeport configure --registry=HOST:PORT --token=T -o FILE write an agent configuration
+    kubeport agent start -c FILE                              run an agent
+    kubeport install systemd [-o FILE]                        a systemd unit for the agent
+    kubeport kube ls [-v] [--format text|json|yaml]           clusters the agents serve
 
 This module is the composition root: the only place allowed to import both the registry server and the
 agent (DESIGN.md, dependency direction).
@@ -10,7 +14,6 @@ agent (DESIGN.md, dependency direction).
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,21 +21,18 @@ from typing import Any
 
 import trio
 
-from registry.cli.common import add_debug_flag, run_command
-from registry.server.serve import DEFAULT_LISTEN, RegistryInfo, default_data_dir, serve_registry
+from agent.config import AgentConfig, parse_config, render_config
+from agent.identity import IDENTITY_FILE
+from agent.service import Agent
+from registry.cli import agent_cmd, kube_cmd, render
+from registry.cli.common import add_connection_flags, add_debug_flag, run_command, until_signalled
+from registry.client import RegistryClient
+from registry.paths import default_data_dir
+from registry.server.serve import DEFAULT_LISTEN, RegistryInfo, serve_registry
 
 
 def _data_dir(args: argparse.Namespace) -> Path:
     return Path(args.data_dir).expanduser() if args.data_dir else default_data_dir()
-
-
-async def _until_signalled(cancel: trio.CancelScope) -> None:
-    """SIGINT (Ctrl-C) and SIGTERM (systemd stop) end the services cleanly: the store closes, heartbeats go."""
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for signum in signals:
-            print(f"\nreceived {signal.Signals(signum).name}, stopping", file=sys.stderr, flush=True)
-            cancel.cancel()
-            return
 
 
 def _print_registry_banner(info: RegistryInfo, *, all_in_one: bool) -> None:
@@ -53,7 +53,7 @@ def _print_registry_banner(info: RegistryInfo, *, all_in_one: bool) -> None:
 
 async def cmd_registry_start(args: argparse.Namespace) -> int:
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_until_signalled, nursery.cancel_scope)
+        nursery.start_soon(until_signalled, nursery.cancel_scope)
         info: RegistryInfo = await nursery.start(
             lambda task_status: serve_registry(
                 data_dir=_data_dir(args),
@@ -66,13 +66,29 @@ async def cmd_registry_start(args: argparse.Namespace) -> int:
     return 0
 
 
+async def local_agent_config(info: RegistryInfo) -> AgentConfig:
+    """The all-in-one's agent: serves every kube_cluster (``"*": "*"``), state in DATA_DIR/agent. It joins
+    with a short-lived token the first time only; later starts reuse its identity."""
+    agent_dir = info.data_dir / "agent"
+    token = None
+    if not (agent_dir / IDENTITY_FILE).exists():
+        async with RegistryClient.from_identity_file(info.admin_identity) as client:
+            token = (await client.generate_token(roles=["Kube"], ttl_seconds=300))["metadata"]["name"]
+    text = render_config(
+        registry=info.address, token=token, token_file=None, ca_pins=[info.ca_pin], data_dir=str(agent_dir)
+    )
+    return parse_config(text, source="kubeport start (local agent)")
+
+
 async def cmd_start(args: argparse.Namespace) -> int:
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_until_signalled, nursery.cancel_scope)
+        nursery.start_soon(until_signalled, nursery.cancel_scope)
         info: RegistryInfo = await nursery.start(
             lambda task_status: serve_registry(data_dir=_data_dir(args), listen=args.listen, task_status=task_status)
         )
-        _print_registry_banner(info, all_in_one=False)
+        agent = Agent(await local_agent_config(info), health_interval=args.health_interval)
+        await nursery.start(agent.serve)
+        _print_registry_banner(info, all_in_one=True)
     return 0
 
 
@@ -104,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the all-in-one kubeport on this machine: the registry with its embedded store.",
     )
     data_flags(p)
+    p.add_argument("--health-interval", type=float, default=60.0, help="seconds between cluster health checks")
     p.set_defaults(func=cmd_start)
 
     registry = sub.add_parser("registry", help="the registry daemon", description="The registry daemon.")
@@ -117,6 +134,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="address agents and kpctl use to reach this registry (repeatable; first one is advertised)",
     )
     p.set_defaults(func=cmd_registry_start)
+
+    agent_cmd.add_commands(sub)
+
+    kube = sub.add_parser("kube", help="Kubernetes clusters you can reach", description="Kubernetes clusters.")
+    ksub = kube.add_subparsers(dest="kube_command", metavar="COMMAND", required=True)
+    p = ksub.add_parser(
+        "ls", help="list the clusters agents serve", description="List served Kubernetes clusters (from heartbeats)."
+    )
+    add_connection_flags(p)
+    add_debug_flag(p)
+    p.add_argument("--format", choices=render.FORMATS, default="text")
+    p.add_argument("-v", "--verbose", action="store_true", help="do not shorten the Labels column")
+    p.set_defaults(func=kube_cmd.cmd_kube_ls)
     return parser
 
 

@@ -113,7 +113,7 @@ def parse_documents(data: bytes | str, *, source: str) -> list[dict[str, Any]]:
             # YAML flow style ({kind: role}) also starts with a brace; if YAML fails too, the JSON error is
             # the one that describes what the author most likely wrote.
             try:
-                documents = validation.load_yaml(text, source=source)
+                documents = [d for d in validation.load_yaml(text, source=source) if d is not None]
             except BadParameter:
                 raise json_error from None
         else:
@@ -220,28 +220,35 @@ def _version(top: Fields, supported: Sequence[str], default: str | None) -> str:
 
 
 def _timestamp(fields: Fields, key: str) -> datetime | None:
+    """An aware UTC datetime from an RFC 3339 string or a YAML timestamp (naive ones are UTC, as in YAML)."""
     value = fields.raw(key)
     if value is None:
         return None
-    if isinstance(value, datetime):  # YAML already parsed it
-        return value
     rule = "must be an RFC 3339 timestamp such as 2027-01-01T00:00:00Z"
-    if isinstance(value, str) and _RFC3339.fullmatch(value):
+    parsed: datetime | None = None
+    if isinstance(value, datetime):  # YAML already parsed it
+        parsed = value
+    elif isinstance(value, str) and _RFC3339.fullmatch(value):
         # fromisoformat takes at most 6 fractional digits: drop nanoseconds as Go's JSON would round them.
         text = re.sub(r"(\.\d{6})\d+", r"\1", value).replace("z", "Z").replace("t", "T")
         try:
-            return datetime.fromisoformat(text)
+            parsed = datetime.fromisoformat(text)
         except ValueError:
             fields.fail(f"{fields.at(key)} {rule} (got {describe(value)}: not a real date or time)")
-    if isinstance(value, date):
+    elif isinstance(value, date):
         fields.fail(f"{fields.at(key)} {rule}, with a time of day (got date {value})")
-    fields.fail(f"{fields.at(key)} {rule} (got {describe(value)})")
-    return None  # unreachable: fail() raises
+    if parsed is None:
+        fields.fail(f"{fields.at(key)} {rule} (got {describe(value)})")
+    try:
+        return parsed.astimezone(UTC) if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+    except OverflowError:  # 0001-01-01T00:00:00+01:00 is before year 1 in UTC
+        fields.fail(f"{fields.at(key)} is out of range (got {describe(str(value))})")
 
 
 def _format_time(value: datetime) -> str:
-    value = value.astimezone(UTC)
-    text = value.strftime("%Y-%m-%dT%H:%M:%S")
+    value = value.astimezone(UTC) if value.tzinfo is not None else value
+    # Not strftime: glibc's %Y does not zero-pad years below 1000.
+    text = f"{value.year:04d}-{value:%m-%dT%H:%M:%S}"
     if value.microsecond:
         text += f".{value.microsecond:06d}".rstrip("0")
     return text + "Z"

@@ -26,7 +26,7 @@ from __future__ import annotations
 import difflib
 import json
 import re
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Hashable, Iterator, Mapping
 from typing import Any, NoReturn
 
 import yaml
@@ -127,32 +127,29 @@ class _StrictConstructorMixin:
     """Builds mappings without merge keys or duplicate keys (YAML silently keeps the last duplicate)."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        # BaseConstructor.construct_mapping plus the two refusals; SafeConstructor's merge-key flattening
+        # is deliberately skipped.
         if not isinstance(node, yaml.MappingNode):
             raise yaml.constructor.ConstructorError(
                 None, None, f"expected a mapping node, but found {node.id}", node.start_mark
             )
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
+        mapping: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
             if key_node.tag == _YAML_MERGE_TAG:
                 raise yaml.constructor.ConstructorError(
                     None, None, "YAML merge keys (<<) are not allowed", key_node.start_mark
                 )
-            key = self.construct_object(key_node, deep=True)  # type: ignore[attr-defined]
-            try:
-                duplicate = key in seen
-                seen.add(key)
-            except TypeError:
-                continue  # unhashable key: the base constructor reports it with its position
-            if duplicate:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[attr-defined]
+            if not isinstance(key, Hashable):
+                raise yaml.constructor.ConstructorError(
+                    None, None, "a mapping key must be a scalar", key_node.start_mark
+                )
+            if key in mapping:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"duplicate key {describe(key)}", key_node.start_mark
                 )
-        result: dict[Any, Any] = yaml.constructor.BaseConstructor.construct_mapping(
-            self,  # type: ignore[arg-type]
-            node,
-            deep=deep,
-        )
-        return result
+            mapping[key] = self.construct_object(value_node, deep=deep)  # type: ignore[attr-defined]
+        return mapping
 
 
 # CSafeLoader when PyYAML was built with libyaml (about 50x faster on a 1 MiB kubeconfig), else the pure one.

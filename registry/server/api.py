@@ -15,6 +15,9 @@ Routes (all JSON; errors are Kubernetes ``Status`` bodies):
     DELETE /v1/resources/{kind}/{name}
     PUT    /v1/kube_servers/{host_id}/{name}          agent heartbeat
     DELETE /v1/kube_servers/{host_id}/{name}
+    GET    /v1/kube_agents                            what each agent selects (kpctl kube explain)
+    PUT    /v1/kube_agents/{host_id}                  an agent describes itself (TTL like heartbeats)
+    DELETE /v1/kube_agents/{host_id}
     POST   /v1/tokens                                 generate a join token
     GET    /v1/events[?limit=N&event=kube.create]     audit log
     GET    /v1/watch?kinds=kube_cluster,kube_server&revision=N[&with_secrets=1]
@@ -150,6 +153,9 @@ class RegistryAPI:
             ("resources", "DELETE", 3): self._delete,
             ("kube_servers", "PUT", 2): self._heartbeat,
             ("kube_servers", "DELETE", 2): self._delete_heartbeat,
+            ("kube_agents", "GET", 0): self._list_agents,
+            ("kube_agents", "PUT", 1): self._put_agent,
+            ("kube_agents", "DELETE", 1): self._delete_agent,
             ("tokens", "POST", 0): self._generate_token,
             ("events", "GET", 0): self._events,
             ("watch", "GET", 0): self._watch,
@@ -256,6 +262,16 @@ class RegistryAPI:
 
     async def _delete_heartbeat(self, caller: Caller, request: Request, rest: list[str]) -> Response:
         await self.registry.delete_heartbeat(caller, rest[0], rest[1])
+        return Response.json(200, {"kind": "Status", "status": "Success"})
+
+    async def _list_agents(self, caller: Caller, request: Request, rest: list[str]) -> Response:
+        return Response.json(200, {"items": await self.registry.list_agents(caller)})
+
+    async def _put_agent(self, caller: Caller, request: Request, rest: list[str]) -> Response:
+        return Response.json(200, await self.registry.put_agent(caller, rest[0], _body_object(request)))
+
+    async def _delete_agent(self, caller: Caller, request: Request, rest: list[str]) -> Response:
+        await self.registry.delete_agent(caller, rest[0])
         return Response.json(200, {"kind": "Status", "status": "Success"})
 
     async def _generate_token(self, caller: Caller, request: Request, rest: list[str]) -> Response:

@@ -17,7 +17,6 @@ Invariants:
 from __future__ import annotations
 
 import logging
-import os
 import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -38,6 +37,7 @@ from registry.core.identity import (
     public_key_pem,
 )
 from registry.files import ensure_private_dir, write_secret_file
+from registry.paths import ADMIN_IDENTITY, STORE_FILE
 from registry.server.api import RegistryAPI
 from registry.server.http import ServerInfo, serve_http
 from registry.server.service import Registry
@@ -49,18 +49,6 @@ log = logging.getLogger(__name__)
 DEFAULT_PORT = 3025
 DEFAULT_LISTEN = f"127.0.0.1:{DEFAULT_PORT}"
 CA_KIND = "cert_authority"
-ADMIN_IDENTITY = "admin.identity"
-STORE_FILE = "registry.db"
-
-
-def default_data_dir(env: dict[str, str] | None = None) -> Path:
-    """``$KUBEPORT_DATA_DIR``, else /var/lib/kubeport for root, else ~/.kubeport."""
-    env = dict(os.environ) if env is None else env
-    if env.get("KUBEPORT_DATA_DIR"):
-        return Path(env["KUBEPORT_DATA_DIR"]).expanduser()
-    if hasattr(os, "geteuid") and os.geteuid() == 0:
-        return Path("/var/lib/kubeport")
-    return Path.home() / ".kubeport"
 
 
 def parse_hostport(value: str, *, default_port: int, what: str) -> tuple[str, int]:

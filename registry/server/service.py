@@ -15,6 +15,7 @@ Invariants:
 
 from __future__ import annotations
 
+import builtins
 import re
 import secrets
 import time
@@ -24,6 +25,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from labels import LabelError, validate_labels, validate_selector_items
 from registry import __version__
 from registry.core import codec
 from registry.core.errors import AccessDenied, BadParameter, NotFound
@@ -47,6 +49,8 @@ from registry.server.authz import Caller
 from registry.store import Record, Store
 
 AUDIT_KIND = "audit"
+AGENT_KIND = "kube_agent"
+MAX_AGENT_FAILURES = 1000
 AUDIT_RETENTION = 30 * 24 * 3600.0  # seconds an audit event is kept (it expires like any TTL record)
 MAX_TOKEN_TTL = timedelta(days=30)
 MAX_USER_CERT_TTL = timedelta(days=7)
@@ -60,6 +64,54 @@ _AUDIT_NAMES = {"kube_cluster": "kube"}
 def mask_token(value: str) -> str:
     """Enough of a token to tell tokens apart in listings and audit events, never enough to use it."""
     return value[:4] + "*" * max(len(value) - 4, 4)
+
+
+def validate_agent_record(host_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
+    """An agent's self-description: who it is, what its ``resources`` select, what failed to register."""
+    known = {
+        "host_id",
+        "nodename",
+        "hostname",
+        "version",
+        "resources",
+        "labels",
+        "static_clusters",
+        "failed",
+        "expires_in",
+    }
+    unknown = sorted(set(body) - known)
+    if unknown:
+        raise BadParameter(f"kube_agent: unknown field {unknown[0]}")
+    if body.get("host_id") != host_id:
+        raise BadParameter("kube_agent: host_id does not match the URL")
+    for key in ("nodename", "hostname", "version"):
+        if not isinstance(body.get(key, ""), str) or len(body.get(key, "")) > 253:
+            raise BadParameter(f"kube_agent: {key} must be a string of at most 253 characters")
+    try:
+        resources = validate_selector_items(body.get("resources", []))
+        labels = validate_labels(body.get("labels", {}), what="kube_agent labels")
+    except LabelError as err:
+        raise BadParameter(f"kube_agent: {err}") from None
+    static = body.get("static_clusters", [])
+    if not isinstance(static, list) or not all(isinstance(n, str) for n in static):
+        raise BadParameter("kube_agent: static_clusters must be a list of names")
+    failed = body.get("failed", {})
+    if not isinstance(failed, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in failed.items()):
+        raise BadParameter("kube_agent: failed must map cluster names to error messages")
+    expires_in = body.get("expires_in", 600)
+    if isinstance(expires_in, bool) or not isinstance(expires_in, int | float) or expires_in < 1:
+        raise BadParameter("kube_agent: expires_in must be a number of seconds >= 1")
+    return {
+        "host_id": host_id,
+        "nodename": body.get("nodename", ""),
+        "hostname": body.get("hostname", ""),
+        "version": body.get("version", ""),
+        "resources": resources,
+        "labels": labels,
+        "static_clusters": static[:10_000],
+        "failed": {k: v[:1000] for k, v in list(failed.items())[:MAX_AGENT_FAILURES]},
+        "expires_in": expires_in,
+    }
 
 
 def record_to_wire(record: Record, *, with_secrets: bool) -> dict[str, Any]:
@@ -231,7 +283,7 @@ class Registry:
         *,
         with_secrets: bool = False,
         labels: Mapping[str, str] | None = None,
-    ) -> list[dict[str, Any]]:
+    ) -> builtins.list[dict[str, Any]]:
         authz.check(caller, kind, "list")
         if with_secrets:
             authz.check(caller, kind, "read")
@@ -255,6 +307,27 @@ class Registry:
         authz.check(caller, "kube_server", "delete")
         authz.check_heartbeat_owner(caller, host_id)
         await self.store.delete("kube_server", f"{host_id}/{name}")
+
+    # -- agent records (what each agent selects, for kpctl kube explain) ----------------------------
+
+    async def put_agent(self, caller: Caller, host_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        authz.check(caller, "kube_server", "update")
+        authz.check_heartbeat_owner(caller, host_id)
+        record = validate_agent_record(host_id, body)
+        now = self.clock()
+        expires = min(float(record.pop("expires_in")), MAX_HEARTBEAT_TTL)
+        record["expires"] = datetime.fromtimestamp(now + expires, tz=UTC).isoformat().replace("+00:00", "Z")
+        stored = await self.store.put(AGENT_KIND, host_id, record, expires=now + expires)
+        return dict(stored.value)
+
+    async def list_agents(self, caller: Caller) -> builtins.list[dict[str, Any]]:
+        authz.check(caller, "kube_server", "list")
+        return [dict(r.value) for r in await self.store.list(AGENT_KIND)]
+
+    async def delete_agent(self, caller: Caller, host_id: str) -> None:
+        authz.check(caller, "kube_server", "delete")
+        authz.check_heartbeat_owner(caller, host_id)
+        await self.store.delete(AGENT_KIND, host_id)
 
     # -- tokens and joining --------------------------------------------------------------------------
 

@@ -1,0 +1,336 @@
+"""The cluster supervisor: carries out the reconciler's plan and keeps every served cluster alive.
+
+For each kube_cluster the agent knows about it may run, each in its own cancel scope under one nursery:
+
+- a **label runner** (``labels.runner.DynamicLabels``) for clusters with ``spec.dynamic_labels`` that could
+  match the ``resources`` selectors at all (``labels.could_match``) — registered or not, because a label
+  that starts matching must register the cluster; clusters that can never match run nothing;
+- for **served** clusters, a health monitor over a keep-alive connection to the Kubernetes API.
+
+Every change (watch event, label result, health transition) calls ``reconcile()`` again, which is cheap and
+synchronous: build candidates, ``agent.reconcile.plan``, apply. Heartbeats are delegated to the
+``Announcer``, which is told which clusters to announce and when something about one changed.
+
+Invariants:
+- A cluster whose label commands have not produced their first results is *pending*: not registered yet
+  (a registered one keeps its registration until the new results are in).
+- A failed registration (bad kubeconfig) registers nothing and is retried on every reconcile; a failed
+  update keeps the old registration. The last error per cluster is kept in ``failed`` for display.
+- Static clusters (from ``kubeconfig_file``) always win a name clash and are never label-matched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import trio
+
+from agent.health import HealthMonitor, HealthResult
+from agent.kubeapi import KubeAPI
+from agent.reconcile import Candidate, Register, Unregister, Update, plan
+from labels import combine, could_match, matches_any
+from labels.runner import CommandSpec, DynamicLabels
+from registry import __version__
+from registry.core import codec
+from registry.core.errors import KubeportError
+from registry.core.kubeconfig import KubeTarget, check_kubeconfig
+from registry.core.resources import CommandLabel, Health, KubeCluster, KubeServer, Metadata
+
+log = logging.getLogger(__name__)
+
+
+def fingerprint(cluster: KubeCluster) -> str:
+    """Equality of everything that matters for serving, ignoring the store revision."""
+    wire = codec.resource_to_dict(replace(cluster, metadata=replace(cluster.metadata, revision="")), with_secrets=True)
+    return hashlib.sha256(json.dumps(wire, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def command_specs(dynamic: Mapping[str, CommandLabel], *, timeout: float) -> tuple[CommandSpec, ...]:
+    return tuple(
+        CommandSpec(
+            key=key,
+            command=tuple(label.command),
+            period=label.period_seconds(),
+            schedule=label.schedule,
+            timeout=timeout,
+        )
+        for key, label in sorted(dynamic.items())
+    )
+
+
+@dataclass
+class _LabelRunner:
+    specs: tuple[CommandSpec, ...]
+    labels: DynamicLabels
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    ready: bool = False
+
+
+@dataclass
+class ServedCluster:
+    candidate: Candidate
+    cluster: KubeCluster
+    target: KubeTarget
+    api: KubeAPI
+    monitor: HealthMonitor
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+
+
+@dataclass(frozen=True)
+class ServiceInfo:
+    """What every heartbeat of this agent carries besides the cluster itself."""
+
+    host_id: str
+    hostname: str
+    labels: Mapping[str, str]
+    commands: Mapping[str, CommandLabel]
+
+
+class Supervisor:
+    def __init__(
+        self,
+        nursery: trio.Nursery,
+        *,
+        resources: Sequence[Mapping[str, Any]],
+        service: ServiceInfo,
+        service_results: Callable[[], Mapping[str, str]],
+        announcer: Any,
+        wake: Callable[[], None],
+        health_interval: float = 60.0,
+        label_timeout: float = 30.0,
+        now: Callable[[], datetime] = lambda: datetime.now(tz=UTC),
+    ) -> None:
+        self._nursery = nursery
+        self.resources = tuple(resources)
+        self.service = service
+        self._service_results = service_results
+        self.announcer = announcer
+        self._wake = wake
+        self.health_interval = health_interval
+        self.label_timeout = label_timeout
+        self._now = now
+        self.current: dict[str, Candidate] = {}
+        self.served: dict[str, ServedCluster] = {}
+        self.failed: dict[str, str] = {}
+        self._runners: dict[str, _LabelRunner] = {}
+        self._fingerprints: dict[tuple[str, str], str] = {}
+        self.changed = trio.Event()  # set after every reconcile pass (tests, benchmarks, kube explain)
+
+    # -- inputs --------------------------------------------------------------------------------------
+
+    def _fingerprint(self, cluster: KubeCluster) -> str:
+        key = (cluster.name, cluster.metadata.revision)
+        if not cluster.metadata.revision:
+            return fingerprint(cluster)
+        found = self._fingerprints.get(key)
+        if found is None:
+            found = fingerprint(cluster)
+            self._fingerprints[key] = found
+        return found
+
+    def _matcher(self, labels: Mapping[str, str]) -> bool:
+        return matches_any(self.resources, labels)
+
+    def _sync_runners(self, wanted: Mapping[str, tuple[CommandSpec, ...]]) -> None:
+        for name in list(self._runners):
+            runner = self._runners[name]
+            if wanted.get(name) != runner.specs:
+                runner.scope.cancel()
+                del self._runners[name]
+        for name, specs in wanted.items():
+            if name not in self._runners:
+                runner = _LabelRunner(specs=specs, labels=DynamicLabels(specs, on_change=self._labels_changed(name)))
+                self._runners[name] = runner
+                self._nursery.start_soon(self._run_labels, name, runner)
+
+    def _labels_changed(self, name: str) -> Callable[[], None]:
+        def changed() -> None:
+            self.announcer.touch(name)
+            self.request_reconcile()
+
+        return changed
+
+    async def _run_labels(self, name: str, runner: _LabelRunner) -> None:
+        with runner.scope:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(runner.labels.serve)
+                runner.ready = True
+                self.request_reconcile()
+
+    def results_of(self, name: str) -> dict[str, str]:
+        runner = self._runners.get(name)
+        return runner.labels.results() if runner is not None else {}
+
+    # -- reconcile -----------------------------------------------------------------------------------
+
+    def request_reconcile(self) -> None:
+        """Ask for a pass soon (coalesced by the agent's loop); label results call this from their tasks."""
+        self._wake()
+
+    def reconcile(self, watched: Mapping[str, KubeCluster], static: Sequence[KubeCluster]) -> None:
+        wanted_runners: dict[str, tuple[CommandSpec, ...]] = {}
+        dynamic: list[Candidate] = []
+        for name, cluster in watched.items():
+            static_labels = cluster.static_labels()
+            labels = static_labels
+            if cluster.dynamic_labels and could_match(self.resources, static_labels, cluster.dynamic_labels.keys()):
+                try:
+                    wanted_runners[name] = command_specs(cluster.dynamic_labels, timeout=self.label_timeout)
+                except ValueError as err:
+                    self.failed[name] = f"dynamic labels: {err}"
+                    continue
+                runner = self._runners.get(name)
+                if runner is None or not runner.ready or runner.specs != wanted_runners[name]:
+                    if name in self.current:
+                        dynamic.append(self.current[name])  # keep serving until the new results are in
+                    continue  # pending: first results not in yet
+                labels = combine(static_labels, runner.labels.results())
+            dynamic.append(Candidate(name, "dynamic", self._fingerprint(cluster), labels, payload=cluster))
+        static_candidates = [
+            Candidate(c.name, "static", self._fingerprint(c), c.static_labels(), payload=c) for c in static
+        ]
+        self._sync_runners(wanted_runners)
+        for action in plan(self.current, static_candidates, dynamic, self._matcher):
+            if isinstance(action, Register):
+                self._register(action.candidate)
+            elif isinstance(action, Update):
+                self._update(action.old, action.new)
+            elif isinstance(action, Unregister):
+                self._unregister(action.name, action.reason)
+        live = set(watched) | {c.name for c in static}
+        for name in list(self.failed):
+            if name not in live:
+                del self.failed[name]
+        self._fingerprints = {k: v for k, v in self._fingerprints.items() if k[0] in live}
+        self.changed.set()
+        self.changed = trio.Event()
+
+    # -- actions -------------------------------------------------------------------------------------
+
+    def _connect(self, candidate: Candidate) -> tuple[KubeTarget, KubeAPI]:
+        cluster: KubeCluster = candidate.payload
+        target = check_kubeconfig(
+            cluster.kubeconfig,
+            cluster_name=cluster.name,
+            allow_exec=cluster.allow_exec_plugins or candidate.origin == "static",
+        )
+        return target, KubeAPI(target)
+
+    def _register(self, candidate: Candidate) -> None:
+        try:
+            target, api = self._connect(candidate)
+        except KubeportError as err:
+            if self.failed.get(candidate.name) != err.message:
+                log.warning("cannot register kube_cluster %s: %s", candidate.name, err.message)
+            self.failed[candidate.name] = err.message
+            return
+        self.failed.pop(candidate.name, None)
+        served = ServedCluster(
+            candidate=candidate,
+            cluster=candidate.payload,
+            target=target,
+            api=api,
+            monitor=self._monitor(candidate.name, api),
+        )
+        self.current[candidate.name] = candidate
+        self.served[candidate.name] = served
+        self._nursery.start_soon(self._run_served, served)
+        self.announcer.set(candidate.name, self._builder(candidate.name))
+        log.info("registered kube_cluster %s (%s)", candidate.name, candidate.origin)
+
+    def _update(self, old: Candidate, new: Candidate) -> None:
+        served = self.served[old.name]
+        cluster: KubeCluster = new.payload
+        if (
+            cluster.kubeconfig == served.cluster.kubeconfig
+            and cluster.allow_exec_plugins == served.cluster.allow_exec_plugins
+        ):
+            served.candidate, served.cluster = new, cluster
+            self.current[new.name] = new
+            self.announcer.touch(new.name)
+            return
+        try:
+            target, api = self._connect(new)
+        except KubeportError as err:
+            # Teleport's rule: a failed update keeps the old registration serving.
+            log.warning("update of kube_cluster %s failed, keeping the previous one: %s", new.name, err.message)
+            self.failed[new.name] = f"update failed (still serving the previous version): {err.message}"
+            return
+        served.scope.cancel()
+        fresh = ServedCluster(
+            candidate=new, cluster=cluster, target=target, api=api, monitor=self._monitor(new.name, api)
+        )
+        self.served[new.name] = fresh
+        self.current[new.name] = new
+        self.failed.pop(new.name, None)
+        self._nursery.start_soon(self._run_served, fresh)
+        self.announcer.set(new.name, self._builder(new.name))
+        log.info("updated kube_cluster %s", new.name)
+
+    def _unregister(self, name: str, reason: str) -> None:
+        served = self.served.pop(name, None)
+        self.current.pop(name, None)
+        if served is not None:
+            served.scope.cancel()
+        self.announcer.remove(name)
+        log.info("unregistered kube_cluster %s: %s", name, reason)
+
+    def _monitor(self, name: str, api: KubeAPI) -> HealthMonitor:
+        def changed(result: HealthResult) -> None:
+            self.announcer.touch(name)
+
+        return HealthMonitor(api, interval=self.health_interval, on_change=changed, now=self._now)
+
+    async def _run_served(self, served: ServedCluster) -> None:
+        with served.scope:
+            try:
+                await served.monitor.serve()
+            finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(2):
+                    await served.api.aclose()
+
+    async def stop_all(self) -> None:
+        for name in list(self.served):
+            self._unregister(name, "agent stopping")
+        for runner in self._runners.values():
+            runner.scope.cancel()
+
+    # -- heartbeats ----------------------------------------------------------------------------------
+
+    def _builder(self, name: str) -> Callable[[float], dict[str, Any]]:
+        def build(expires: float) -> dict[str, Any]:
+            served = self.served[name]
+            return codec.resource_to_dict(self.kube_server(served, expires), with_secrets=False)
+
+        return build
+
+    def kube_server(self, served: ServedCluster, expires: float) -> KubeServer:
+        """The heartbeat: a secret-free copy of the cluster with dynamic results, service labels (which win)
+        and health."""
+        cluster = served.cluster
+        results = self.results_of(cluster.name)
+        dynamic = {key: replace(label, result=results.get(key, "")) for key, label in cluster.dynamic_labels.items()}
+        service_results = self._service_results()
+        for key, label in self.service.commands.items():
+            dynamic[key] = replace(label, result=service_results.get(key, ""))
+        labels = {**cluster.static_labels(), **self.service.labels}
+        copy = replace(
+            cluster.without_secrets(),
+            metadata=replace(cluster.metadata, labels=labels, revision="", expires=None),
+            dynamic_labels=dynamic,
+        )
+        latest = served.monitor.latest
+        return KubeServer(
+            metadata=Metadata(name=cluster.name, expires=datetime.fromtimestamp(expires, tz=UTC)),
+            host_id=self.service.host_id,
+            hostname=self.service.hostname,
+            version=__version__,
+            cluster=copy,
+            health=Health(status=latest.status, reason=latest.reason, checked_at=latest.checked_at),
+        )

@@ -1,0 +1,196 @@
+"""Heartbeats: one ``kube_server`` per served cluster, announced at once on change and periodically.
+
+The supervisor tells the announcer *what* to say (``set(name, build)`` / ``remove(name)``) and *that*
+something changed (``touch(name)``); the announcer decides *when* to talk to the registry:
+
+- a changed or new entry is sent within ``flush_delay`` (default 50 ms, coalescing bursts such as a
+  dozen label results arriving together); the change-to-registry path therefore stays well under a second;
+- every entry is re-announced every ``2/3 * ttl`` (jittered), so a registry that lost it (restart with a
+  fresh store, TTL expiry while partitioned) gets it back, and a killed agent's entries expire by TTL;
+- removals delete the kube_server; on shutdown every entry is deleted (shielded, bounded in time);
+- a failed send keeps the entry dirty and is retried with backoff; at most ``concurrency`` requests are in
+  flight so 1,000 clusters do not open 1,000 connections.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from registry.client import RegistryClient
+from registry.core.errors import KubeportError, NotFound
+
+log = logging.getLogger(__name__)
+
+Builder = Callable[[float], dict[str, Any]]  # expires (unix seconds) -> kube_server wire dict
+
+
+class Announcer:
+    def __init__(
+        self,
+        get_client: Callable[[], RegistryClient],
+        *,
+        host_id: str,
+        ttl: float,
+        clock: Callable[[], float],
+        flush_delay: float = 0.05,
+        concurrency: int = 16,
+    ) -> None:
+        self._get_client = get_client
+        self.host_id = host_id
+        self.ttl = ttl
+        self._clock = clock
+        self.flush_delay = flush_delay
+        self._builders: dict[str, Builder] = {}
+        self._dirty: set[str] = set()
+        self._deleted: set[str] = set()
+        self._last_sent: dict[str, float] = {}  # trio time of the last successful announce
+        self._wake = trio.Event()
+        self._limit = trio.CapacityLimiter(concurrency)
+        self._failures = 0
+        self._stats = {"announces": 0, "deletes": 0, "errors": 0}
+        self.idle = trio.Event()  # set whenever nothing is pending (tests and benchmarks wait on it)
+
+    def statistics(self) -> dict[str, int]:
+        return {
+            **self._stats,
+            "entries": len(self._builders),
+            "dirty": len(self._dirty),
+            "pending_deletes": len(self._deleted),
+        }
+
+    # -- what to say ---------------------------------------------------------------------------------
+
+    def set(self, name: str, build: Builder) -> None:
+        self._builders[name] = build
+        self._deleted.discard(name)
+        self.touch(name)
+
+    def remove(self, name: str) -> None:
+        if self._builders.pop(name, None) is not None or name in self._last_sent:
+            self._dirty.discard(name)
+            self._last_sent.pop(name, None)
+            self._deleted.add(name)
+            self._kick()
+
+    def touch(self, name: str | None = None) -> None:
+        """Something about ``name`` (or every entry, for None) changed: announce it soon."""
+        if name is None:
+            self._dirty.update(self._builders)
+        elif name in self._builders:
+            self._dirty.add(name)
+        self._kick()
+
+    def _kick(self) -> None:
+        self.idle = trio.Event() if self.idle.is_set() else self.idle
+        self._wake.set()
+
+    # -- when to say it ------------------------------------------------------------------------------
+
+    def _period(self) -> float:
+        base = self.ttl * 2 / 3
+        return random.uniform(base * 6 / 7, base)  # noqa: S311 - jitter spreads announces, not security
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        try:
+            while True:
+                if not self._dirty and not self._deleted:
+                    self.idle.set()
+                    due = self._next_periodic()
+                    with trio.move_on_at(due):
+                        await self._wake.wait()
+                    self._wake = trio.Event()
+                    self._mark_periodic()
+                    if not self._dirty and not self._deleted:
+                        continue
+                await trio.sleep(self.flush_delay)
+                ok = await self._flush()
+                if ok:
+                    self._failures = 0
+                else:
+                    self._failures += 1
+                    await trio.sleep(min(30.0, 0.5 * 2 ** min(self._failures, 6)) * random.uniform(0.5, 1.0))  # noqa: S311
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                await self._delete_all()
+
+    def _next_periodic(self) -> float:
+        if not self._last_sent:
+            return trio.current_time() + 3600
+        return min(self._last_sent.values()) + self._period()
+
+    def _mark_periodic(self) -> None:
+        now = trio.current_time()
+        period = self.ttl * 2 / 3
+        for name, sent in self._last_sent.items():
+            if now - sent >= period * 6 / 7 and name in self._builders:
+                self._dirty.add(name)
+
+    async def _flush(self) -> bool:
+        dirty, self._dirty = self._dirty, set()
+        deleted, self._deleted = self._deleted, set()
+        failed: list[str] = []
+        failed_deletes: list[str] = []
+        client = self._get_client()
+
+        async def announce(name: str) -> None:
+            build = self._builders.get(name)
+            if build is None:
+                return
+            async with self._limit:
+                try:
+                    await client.heartbeat(build(self._clock() + self.ttl))
+                except KubeportError as err:
+                    self._stats["errors"] += 1
+                    failed.append(name)
+                    log.warning("heartbeat for %s failed: %s", name, err.message)
+                    return
+            self._last_sent[name] = trio.current_time()
+            self._stats["announces"] += 1
+
+        async def delete(name: str) -> None:
+            async with self._limit:
+                try:
+                    await client.delete_heartbeat(self.host_id, name)
+                except NotFound:
+                    pass
+                except KubeportError as err:
+                    self._stats["errors"] += 1
+                    failed_deletes.append(name)
+                    log.warning("deleting heartbeat %s failed: %s", name, err.message)
+                    return
+            self._stats["deletes"] += 1
+
+        async with trio.open_nursery() as nursery:
+            for name in sorted(deleted):
+                nursery.start_soon(delete, name)
+            for name in sorted(dirty):
+                nursery.start_soon(announce, name)
+        # Anything that changed meanwhile is already in the fresh sets; retry what failed.
+        self._dirty.update(n for n in failed if n in self._builders)
+        self._deleted.update(n for n in failed_deletes if n not in self._builders)
+        return not failed and not failed_deletes
+
+    async def _delete_all(self) -> None:
+        names = set(self._builders) | set(self._last_sent) | self._deleted
+        self._builders.clear()
+        if not names:
+            return
+        client = self._get_client()
+
+        async def delete(name: str) -> None:
+            async with self._limit:
+                try:
+                    await client.delete_heartbeat(self.host_id, name)
+                except KubeportError as err:
+                    if not isinstance(err, NotFound):
+                        log.warning("could not delete heartbeat %s on shutdown: %s", name, err.message)
+
+        async with trio.open_nursery() as nursery:
+            for name in sorted(names):
+                nursery.start_soon(delete, name)

@@ -1,0 +1,161 @@
+"""The agent's identity: join with a token once, keep the certificate in the data dir, renew it in time.
+
+Files in the agent data dir (0700; files 0600):
+
+    agent.identity   the host certificate, its private key, the CA and the registry address
+    host_uuid        the host id, stable across restarts and re-joins (kube_servers are keyed by it)
+
+Invariants:
+- The private key is generated here and never leaves the host: the registry signs a CSR.
+- A restarted agent reuses a valid identity without the token; an expired one needs the token again.
+- With a CA pin the registry's CA is verified before anything is sent to it. Without one, the first
+  contact trusts the CA it is shown (and says so in the log); from then on the stored CA is the anchor.
+- Renewal replaces the identity file atomically, then swaps the client; a failed renewal is retried and
+  never destroys the working identity.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import trio
+
+from agent.config import AgentConfig
+from registry.client import RegistryClient, fetch_ca, join
+from registry.core.errors import BadParameter, ConnectionProblem, KubeportError
+from registry.core.identity import IdentityFile, generate_private_key, make_csr, needs_renewal
+from registry.files import ensure_private_dir, read_limited, write_secret_file
+from registry.tls import insecure_fetch_context
+
+log = logging.getLogger(__name__)
+
+IDENTITY_FILE = "agent.identity"
+HOST_ID_FILE = "host_uuid"
+MAX_TOKEN_FILE_BYTES = 4096
+
+
+def registry_address(config: AgentConfig) -> str:
+    host, port = config.registry
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def host_id(data_dir: Path) -> str:
+    """The stored host id, created on first use."""
+    path = data_dir / HOST_ID_FILE
+    if path.exists():
+        value = read_limited(path, limit=256, what="host id file").decode().strip()
+        if value:
+            return value
+    value = str(uuid.uuid4())
+    write_secret_file(path, (value + "\n").encode())
+    return value
+
+
+def join_token(config: AgentConfig) -> str | None:
+    if config.token:
+        return config.token
+    if config.token_file is not None:
+        token = read_limited(config.token_file, limit=MAX_TOKEN_FILE_BYTES, what="token file").decode().strip()
+        if not token:
+            raise BadParameter(f"token file {config.token_file} is empty")
+        return token
+    return None
+
+
+async def _trust_on_first_use(address: str) -> list[bytes]:
+    log.warning(
+        "no kubeport.ca_pin configured: trusting the CA the registry at %s presents on first contact "
+        "(set ca_pin from 'kpctl status' to verify it)",
+        address,
+    )
+    async with httpx.AsyncClient(
+        base_url=f"https://{address}", verify=insecure_fetch_context(), trust_env=False, timeout=15.0
+    ) as http:
+        try:
+            response = await http.get("/v1/ca")
+            response.raise_for_status()
+            return [str(p).encode() for p in response.json()["ca_pems"]]
+        except (httpx.HTTPError, KeyError, TypeError, ValueError) as exc:
+            raise ConnectionProblem(f"cannot fetch the CA from the registry at {address}: {exc}") from None
+
+
+async def obtain_identity(config: AgentConfig, *, now: datetime | None = None) -> IdentityFile:
+    """The agent's identity: the stored one while valid, else a fresh join with the configured token."""
+    now = now or datetime.now(tz=UTC)
+    data_dir = ensure_private_dir(config.data_dir)
+    path = data_dir / IDENTITY_FILE
+    address = registry_address(config)
+    if path.exists():
+        stored = IdentityFile.parse(read_limited(path, limit=1 << 20, what="agent identity"), source=str(path))
+        ident = stored.identity()
+        if ident.expires is not None and ident.expires > now and stored.registry == address:
+            return stored
+        reason = "expired" if ident.expires is not None and ident.expires <= now else "for another registry"
+        log.warning("stored agent identity %s is %s: joining again with the token", path, reason)
+    token = join_token(config)
+    if not token:
+        raise BadParameter(
+            f"this agent has not joined yet ({path} does not exist) and has no join token: set kubeport.token or "
+            "kubeport.token_file (get one with 'kpctl tokens add --type=kube')"
+        )
+    ca_pems = await fetch_ca(address, pins=config.ca_pins) if config.ca_pins else await _trust_on_first_use(address)
+    key = generate_private_key()
+    result = await join(
+        address,
+        token=token,
+        nodename=config.nodename,
+        csr_pem=make_csr(key, config.nodename),
+        ca_pems=ca_pems,
+        host_id=host_id(data_dir),
+    )
+    identity = IdentityFile(
+        cert_pem=result["cert_pem"].encode(),
+        key_pem=key,
+        ca_pems=tuple(p.encode() for p in result["ca_pems"]),
+        registry=address,
+    )
+    write_secret_file(path, identity.dump())
+    log.info("joined the registry at %s as host %s", address, result["host_id"])
+    return identity
+
+
+class ClientHolder:
+    """The agent's current RegistryClient; renewal swaps it without interrupting users of the old one."""
+
+    def __init__(self, identity: IdentityFile, path: Path) -> None:
+        self.identity = identity
+        self.path = path
+        self.client = RegistryClient.from_identity(identity)
+        self._retired: list[RegistryClient] = []
+
+    async def renew_forever(self, *, check_every: float = 60.0) -> None:
+        while True:
+            await trio.sleep(check_every)
+            if needs_renewal(self.identity.identity(), datetime.now(tz=UTC)):
+                try:
+                    await self.renew()
+                except KubeportError as err:
+                    log.warning("renewing the agent certificate failed (will retry): %s", err.message)
+
+    async def renew(self) -> None:
+        key = generate_private_key()
+        result = await self.client.renew(make_csr(key, self.identity.identity().name))
+        fresh = IdentityFile(
+            cert_pem=result["cert_pem"].encode(),
+            key_pem=key,
+            ca_pems=tuple(p.encode() for p in result["ca_pems"]),
+            registry=self.identity.registry,
+        )
+        write_secret_file(self.path, fresh.dump())
+        self.identity = fresh
+        self._retired.append(self.client)
+        self.client = RegistryClient.from_identity(fresh)
+        log.info("renewed the agent certificate (valid until %s)", fresh.identity().expires)
+
+    async def aclose(self) -> None:
+        for client in [*self._retired, self.client]:
+            await client.aclose()

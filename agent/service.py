@@ -1,0 +1,211 @@
+"""The agent: join, watch, reconcile, label, health-check and heartbeat, as one supervised task tree.
+
+    Agent(config).serve()
+      ├─ identity: the stored host certificate, or a join with the token (agent.identity)
+      ├─ service labels: kubernetes_service.commands, run once before anything registers
+      ├─ ClusterWatcher: list + watch kube_clusters (only when resources selectors are configured)
+      ├─ reconcile loop: on every change (coalesced) and every RETRY_INTERVAL while something failed
+      ├─ Supervisor: label runners, served clusters with health monitors
+      └─ Announcer: kube_server heartbeats; deletes them all on a clean shutdown
+
+Invariants: static clusters (kubeconfig_file) are loaded and validated once at start; an agent with
+neither static clusters nor selectors never gets here (config validation refuses it); nothing the
+registry or a cluster does can crash the tree — errors are logged, retried, and reported in heartbeats.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+import trio.lowlevel
+
+from agent.clusters import ServiceInfo, Supervisor
+from agent.config import AgentConfig, static_clusters
+from agent.heartbeat import Announcer
+from agent.identity import IDENTITY_FILE, ClientHolder, obtain_identity
+from agent.reconcile import RETRY_INTERVAL
+from agent.watcher import ClusterWatcher
+from labels.runner import CommandSpec, DynamicLabels
+from registry import __version__
+from registry.core.errors import BadParameter, KubeportError
+from registry.core.resources import ORIGIN_LABEL, CommandLabel, KubeCluster, Metadata
+from registry.files import read_limited
+
+log = logging.getLogger(__name__)
+
+MAX_KUBECONFIG_FILE_BYTES = 4 << 20
+
+
+@dataclass(frozen=True)
+class AgentInfo:
+    host_id: str
+    nodename: str
+    registry: str
+    static_clusters: tuple[str, ...]
+
+
+def load_static_clusters(path: Path) -> list[KubeCluster]:
+    """Every context of the agent's own kubeconfig becomes a cluster named after the context."""
+    data = read_limited(path, limit=MAX_KUBECONFIG_FILE_BYTES, what="kubeconfig_file")
+    pairs, warnings = static_clusters(data, source=str(path))
+    for warning in warnings:
+        log.warning("%s", warning)
+    if not pairs:
+        raise BadParameter(f"kubeconfig_file {path} has no usable contexts: no Kubernetes credentials found")
+    return [
+        KubeCluster(metadata=Metadata(name=name, labels={ORIGIN_LABEL: "config-file"}), kubeconfig=kubeconfig)
+        for name, kubeconfig in pairs
+    ]
+
+
+class Agent:
+    def __init__(self, config: AgentConfig, *, health_interval: float = 60.0, label_timeout: float = 30.0) -> None:
+        self.config = config
+        self.health_interval = health_interval
+        self.label_timeout = label_timeout
+        self.supervisor: Supervisor | None = None
+        self.watcher: ClusterWatcher | None = None
+        self.announcer: Announcer | None = None
+        self._wake = trio.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "served": len(self.supervisor.served) if self.supervisor else 0,
+            "failed": dict(self.supervisor.failed) if self.supervisor else {},
+            "watcher": self.watcher.statistics() if self.watcher else {},
+            "heartbeats": self.announcer.statistics() if self.announcer else {},
+        }
+
+    async def serve(self, *, task_status: trio.TaskStatus[AgentInfo] = trio.TASK_STATUS_IGNORED) -> None:
+        config = self.config
+        kube = config.kube
+        static = load_static_clusters(kube.kubeconfig_file) if kube.kubeconfig_file else []
+        identity = await obtain_identity(config)
+        holder = ClientHolder(identity, config.data_dir / IDENTITY_FILE)
+        me = identity.identity()
+        assert me.host_id is not None, "agent certificates always carry a host id"
+        service_commands = {
+            c.name: CommandLabel(command=c.command, period=_go(c.period), schedule=c.schedule) for c in kube.commands
+        }
+        service_labels = DynamicLabels(
+            [
+                CommandSpec(
+                    key=c.name, command=c.command, period=c.period, schedule=c.schedule, timeout=self.label_timeout
+                )
+                for c in kube.commands
+            ],
+            on_change=lambda: self.announcer.touch() if self.announcer else None,
+        )
+        try:
+            async with trio.open_nursery() as nursery:
+                self.announcer = Announcer(
+                    lambda: holder.client, host_id=me.host_id, ttl=config.heartbeat_ttl, clock=time.time
+                )
+                nursery.start_soon(self.announcer.serve)
+                await nursery.start(service_labels.serve)
+                self.supervisor = Supervisor(
+                    nursery,
+                    resources=kube.resources,
+                    service=ServiceInfo(
+                        host_id=me.host_id,
+                        hostname=kube.public_addr,
+                        labels=dict(kube.labels),
+                        commands=service_commands,
+                    ),
+                    service_results=service_labels.results,
+                    announcer=self.announcer,
+                    wake=self.wake,
+                    health_interval=self.health_interval,
+                    label_timeout=self.label_timeout,
+                )
+                self.watcher = ClusterWatcher(lambda: holder.client, on_change=self.wake)
+                if kube.resources:
+                    await nursery.start(self.watcher.serve)
+                nursery.start_soon(holder.renew_forever)
+                nursery.start_soon(self._reconcile_loop, static)
+                nursery.start_soon(self._describe_loop, holder, me.host_id, static)
+                task_status.started(
+                    AgentInfo(
+                        host_id=me.host_id,
+                        nodename=config.nodename,
+                        registry=identity.registry or "",
+                        static_clusters=tuple(c.name for c in static),
+                    )
+                )
+        finally:
+            with trio.CancelScope(shield=True):
+                await holder.aclose()
+
+    def describe(self, host_id: str, static: list[KubeCluster]) -> dict[str, Any]:
+        """This agent's kube_agent record: what it selects and what failed (for kpctl kube explain)."""
+        kube = self.config.kube
+        return {
+            "host_id": host_id,
+            "nodename": self.config.nodename,
+            "hostname": kube.public_addr,
+            "version": __version__,
+            "resources": _plain(list(kube.resources)),
+            "labels": dict(kube.labels),
+            "static_clusters": [c.name for c in static],
+            "failed": dict(self.supervisor.failed) if self.supervisor else {},
+            "expires_in": self.config.heartbeat_ttl,
+        }
+
+    async def _describe_loop(self, holder: ClientHolder, host_id: str, static: list[KubeCluster]) -> None:
+        """Keep the kube_agent record current: sent on change (checked every second) and every ttl/3."""
+        last: dict[str, Any] | None = None
+        last_sent = float("-inf")
+        try:
+            while True:
+                record = self.describe(host_id, static)
+                if record != last or trio.current_time() - last_sent > self.config.heartbeat_ttl / 3:
+                    try:
+                        await holder.client.put_agent(record)
+                        last, last_sent = record, trio.current_time()
+                    except KubeportError as err:
+                        log.warning("could not publish this agent's description: %s", err.message)
+                await trio.sleep(1.0)
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(3), contextlib.suppress(KubeportError):
+                await holder.client.delete_agent(host_id)
+
+    async def _reconcile_loop(self, static: list[KubeCluster]) -> None:
+        assert self.supervisor is not None
+        assert self.watcher is not None
+        while True:
+            self._wake = trio.Event()
+            try:
+                self.supervisor.reconcile(self.watcher.clusters, static)
+            except Exception:  # a bug must not take every served cluster down; it is logged and retried
+                log.exception("reconcile pass failed")
+            # Failed registrations are retried periodically even when nothing else happens.
+            with trio.move_on_after(RETRY_INTERVAL if self.supervisor.failed else 3600):
+                await self._wake.wait()
+            await trio.lowlevel.checkpoint()  # let a burst of events land before the next pass
+
+
+def _plain(value: Any) -> Any:
+    """Frozen config values (mapping proxies, tuples) as JSON-ready dicts and lists."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _go(seconds: float | None) -> str | None:
+    if seconds is None:
+        return None
+    from labels import format_go_duration
+
+    return format_go_duration(seconds)

@@ -1,0 +1,118 @@
+"""``kubeport kube ls`` (what users can reach) and ``kpctl kube explain NAME`` (why an agent does or does not
+serve a cluster).
+
+``kube ls`` lists kube_server heartbeats de-duplicated by cluster name, as tsh does: a kube_cluster that no
+agent serves is not shown; one served by two agents is shown once. ``explain`` is new: for one kube_cluster
+it names the agents that serve it and, for every other live agent, the first selector item and label that
+failed (or the registration error the agent reported).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from labels import combine, could_match, explain_all, format_labels, matches_any
+from registry.cli import render
+from registry.cli.common import resolve_connection
+from registry.core import codec
+from registry.core.errors import NotFound
+
+
+def server_labels(server: Mapping[str, Any]) -> dict[str, str]:
+    cluster = server.get("spec", {}).get("cluster") or {}
+    static = dict(cluster.get("metadata", {}).get("labels") or {})
+    dynamic = {
+        k: str(v.get("result", ""))
+        for k, v in (cluster.get("spec", {}).get("dynamic_labels") or {}).items()
+        if isinstance(v, dict)
+    }
+    return combine({**static, **(server.get("metadata", {}).get("labels") or {})}, dynamic)
+
+
+def dedupe_servers(servers: Sequence[Mapping[str, Any]]) -> list[tuple[str, dict[str, str]]]:
+    by_name: dict[str, dict[str, str]] = {}
+    for server in servers:
+        by_name[str(server["metadata"]["name"])] = server_labels(server)
+    return sorted(by_name.items())
+
+
+async def cmd_kube_ls(args: argparse.Namespace) -> int:
+    conn = resolve_connection(args)
+    async with conn.client() as client:
+        servers, _ = await client.list("kube_server")
+    rows = dedupe_servers(servers)
+    if args.format in ("json", "yaml"):
+        items = [{"kube_cluster_name": name, "labels": labels, "selected": False} for name, labels in rows]
+        sys.stdout.write(render.dump_json(items) if args.format == "json" else codec.dump_yaml([{"items": items}]))
+        return 0
+    table_rows = [[name, render.labels_cell(labels, verbose=args.verbose, sep=" "), ""] for name, labels in rows]
+    sys.stdout.write(render.table(["Kube Cluster Name", "Labels", "Selected"], table_rows))
+    return 0
+
+
+def explain_cluster(
+    cluster: Mapping[str, Any], servers: Sequence[Mapping[str, Any]], agents: Sequence[Mapping[str, Any]]
+) -> str:
+    """The explanation text for one kube_cluster (pure: tested without a registry)."""
+    name = str(cluster["metadata"]["name"])
+    static = dict(cluster["metadata"].get("labels") or {})
+    dynamic_keys = sorted((cluster.get("spec", {}).get("dynamic_labels") or {}).keys())
+    lines = [f'kubernetes cluster "{name}"', f"  labels: {format_labels(static) or '(none)'}"]
+    if dynamic_keys:
+        lines.append(f"  dynamic labels (computed on each agent): {', '.join(dynamic_keys)}")
+    serving = {str(s["spec"]["host_id"]): s for s in servers if s["metadata"]["name"] == name}
+    if not agents and not serving:
+        lines.append("no agent has described itself to the registry yet (agents do within seconds of starting)")
+        return "\n".join(lines) + "\n"
+    lines.append("served by:")
+    if not serving:
+        lines.append("  (no agent)")
+    for host_id, server in sorted(serving.items()):
+        health = server["spec"].get("health") or {}
+        status = health.get("status", "unknown")
+        if health.get("reason") and status != "healthy":
+            status = f"{status}: {health['reason']}"
+        lines.append(f"  {server['spec'].get('hostname') or host_id} (host {host_id}): {status}")
+    others = [a for a in agents if str(a["host_id"]) not in serving]
+    if others:
+        lines.append("not served by:")
+    for agent in sorted(others, key=lambda a: str(a.get("nodename", ""))):
+        who = f"  {agent.get('nodename') or agent['host_id']} (host {agent['host_id']}): "
+        lines.append(who + _why_not(name, static, dynamic_keys, agent))
+    return "\n".join(lines) + "\n"
+
+
+def _why_not(name: str, static: dict[str, str], dynamic_keys: list[str], agent: Mapping[str, Any]) -> str:
+    failed = (agent.get("failed") or {}).get(name)
+    if failed:
+        return f"registration failed: {failed}"
+    if name in (agent.get("static_clusters") or []):
+        return "has a static cluster of that name (static clusters win over kube_cluster resources)"
+    resources = agent.get("resources") or []
+    if not resources:
+        return "it has no resources selectors (serves only its static clusters)"
+    if matches_any(resources, static):
+        return "its selectors match; it should register the cluster within a second (check the agent's log)"
+    if dynamic_keys and could_match(resources, static, dynamic_keys):
+        return (
+            "its selectors depend on dynamic labels "
+            + ", ".join(dynamic_keys)
+            + " whose values on that agent do not match"
+        )
+    return "; ".join(str(m) for m in explain_all(resources, static))
+
+
+async def cmd_kube_explain(args: argparse.Namespace) -> int:
+    conn = resolve_connection(args)
+    async with conn.client() as client:
+        try:
+            cluster = await client.get("kube_cluster", args.name)
+        except NotFound:
+            raise NotFound(f'kubernetes cluster "{args.name}" not found') from None
+        servers, _ = await client.list("kube_server")
+        agents = await client.list_agents()
+    sys.stdout.write(explain_cluster(cluster, servers, agents))
+    return 0
