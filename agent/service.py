@@ -15,6 +15,7 @@ registry or a cluster does can crash the tree — errors are logged, retried, an
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import logging
 import time
@@ -25,6 +26,7 @@ from typing import Any
 
 import trio
 import trio.lowlevel
+import yaml
 
 from agent.clusters import ServiceInfo, Supervisor
 from agent.config import AgentConfig, static_clusters
@@ -51,6 +53,35 @@ class AgentInfo:
     static_clusters: tuple[str, ...]
 
 
+# Local file references a kubeconfig may use, and the embedded field each one becomes.
+_FILE_FIELDS = {
+    "certificate-authority": ("certificate-authority-data", True),
+    "client-certificate": ("client-certificate-data", True),
+    "client-key": ("client-key-data", True),
+    "tokenFile": ("token", False),
+}
+
+
+def inline_local_files(kubeconfig: bytes, base_dir: Path) -> bytes:
+    """Embed the files a kubeconfig refers to (relative paths resolve against its directory).
+
+    The agent's own kubeconfig_file is the host admin's: reading files it names is legitimate here (as in
+    Teleport), unlike in kube_cluster resources, where a path would read files on every agent's host.
+    """
+    doc = yaml.safe_load(kubeconfig)
+    for section, inner in (("clusters", "cluster"), ("users", "user")):
+        for entry in doc.get(section) or []:
+            body = entry.get(inner) or {}
+            for field, (embedded, as_base64) in _FILE_FIELDS.items():
+                ref = body.pop(field, None)
+                if not isinstance(ref, str) or not ref:
+                    continue
+                file = Path(ref) if Path(ref).is_absolute() else base_dir / ref
+                content = read_limited(file, limit=1 << 20, what=f"{inner} {field}")
+                body[embedded] = base64.b64encode(content).decode() if as_base64 else content.decode().strip()
+    return yaml.safe_dump(doc).encode()
+
+
 def load_static_clusters(path: Path) -> list[KubeCluster]:
     """Every context of the agent's own kubeconfig becomes a cluster named after the context."""
     data = read_limited(path, limit=MAX_KUBECONFIG_FILE_BYTES, what="kubeconfig_file")
@@ -60,7 +91,10 @@ def load_static_clusters(path: Path) -> list[KubeCluster]:
     if not pairs:
         raise BadParameter(f"kubeconfig_file {path} has no usable contexts: no Kubernetes credentials found")
     return [
-        KubeCluster(metadata=Metadata(name=name, labels={ORIGIN_LABEL: "config-file"}), kubeconfig=kubeconfig)
+        KubeCluster(
+            metadata=Metadata(name=name, labels={ORIGIN_LABEL: "config-file"}),
+            kubeconfig=inline_local_files(kubeconfig, path.parent),
+        )
         for name, kubeconfig in pairs
     ]
 

@@ -47,7 +47,7 @@ async def cmd_agent_start(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     level = logging.DEBUG if args.debug else getattr(logging, config.log_level.upper(), logging.INFO)
     logging.getLogger().setLevel(level)
-    agent = Agent(config, health_interval=args.health_interval)
+    agent = Agent(config, health_interval=args.health_interval, label_timeout=args.label_timeout)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(until_signalled, nursery.cancel_scope)
         info: AgentInfo = await nursery.start(agent.serve)
@@ -122,6 +122,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p = asub.add_parser("start", help="run an agent", description="Join (first start), then serve kube_clusters.")
     p.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=f"agent configuration (default {DEFAULT_CONFIG})")
     p.add_argument("--health-interval", type=float, default=60.0, help="seconds between cluster health checks")
+    p.add_argument(
+        "--label-timeout", type=float, default=30.0, help="seconds a dynamic label command may run before it is killed"
+    )
     add_debug_flag(p)
     p.set_defaults(func=cmd_agent_start)
 

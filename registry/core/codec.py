@@ -762,7 +762,11 @@ def dump_json(docs: Sequence[Mapping[str, Any]]) -> str:
 
 __all__ = [
     "KINDS",
+    "KUBE_VERBS",
     "MAX_DOCUMENT_BYTES",
+    "MAX_DYNAMIC_LABELS",
+    "NAME_RE",
+    "USER_NAME_RE",
     "decode_resources",
     "dump_json",
     "dump_yaml",

@@ -46,6 +46,7 @@ _WHITESPACE = re.compile(rb"[ \t\n\r\f\v]+")
 _NOT_BASE64 = re.compile(rb"[^A-Za-z0-9+/= \t\n\r\f\v]")
 # Bearer tokens go into an HTTP header: visible ASCII only, so a stray newline cannot inject a header.
 _HEADER_SAFE = re.compile(r"[\x21-\x7e]+")
+_HOSTNAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?")
 _MAX_JWT_BYTES = 64 * 1024
 _LATEST_TIMESTAMP = 253402300799  # 9999-12-31T23:59:59Z
 
@@ -231,6 +232,8 @@ class _Checker:
             # client-go refuses this combination too: the CA would silently be ignored.
             self.fail(f"{path} sets both insecure-skip-tls-verify and certificate-authority-data; pick one")
         tls_server_name = entry.string("tls-server-name", limit=253) or None
+        if tls_server_name is not None and not _HOSTNAME.fullmatch(tls_server_name):
+            self.fail(f"{entry.at('tls-server-name')} must be a DNS name (got {quote(tls_server_name)})")
         proxy_url = entry.string("proxy-url", limit=2048) or None
         if proxy_url is not None:
             # client-go accepts proxy credentials in the URL; they are kept but never shown.
@@ -247,6 +250,9 @@ class _Checker:
     def check_url(self, path: str, url: str, schemes: tuple[str, ...], *, credentials_ok: bool = False) -> None:
         # A URL with user:password@ is never echoed, whatever else is wrong with it.
         shown = f" (got {quote(url)})" if "@" not in url and not credentials_ok else ""
+        if not url.isprintable() or any(ch.isspace() for ch in url):
+            # urlsplit silently drops tabs and newlines; the raw text would still reach HTTP headers.
+            self.fail(f"{path} must not contain whitespace or control characters{shown}")
         try:
             parts = urlsplit(url)
             _ = parts.port  # raises ValueError when out of range or not a number

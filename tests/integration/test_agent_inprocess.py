@@ -19,12 +19,22 @@ from registry.server.serve import RegistryInfo
 from tests.fakes.kube_api import FakeKube
 from tests.helpers import kpctl
 
-SEED_SELECTORS = [{"labels": {"env": "prod", "region": "us-east-2"}}, {"labels": {"env": "test", "region": "us-west-1"}}]
+SEED_SELECTORS = [
+    {"labels": {"env": "prod", "region": "us-east-2"}},
+    {"labels": {"env": "test", "region": "us-west-1"}},
+]
 
 
-def agent_config(registry: RegistryInfo, token: str, data_dir: Path, resources: list[dict[str, Any]], **kube: Any) -> AgentConfig:
+def agent_config(
+    registry: RegistryInfo, token: str, data_dir: Path, resources: list[dict[str, Any]], **kube: Any
+) -> AgentConfig:
     doc: dict[str, Any] = {
-        "kubeport": {"registry": registry.address, "token": token, "ca_pin": registry.ca_pin, "data_dir": str(data_dir)},
+        "kubeport": {
+            "registry": registry.address,
+            "token": token,
+            "ca_pin": registry.ca_pin,
+            "data_dir": str(data_dir),
+        },
         "kubernetes_service": {"enabled": True, "listen_addr": "127.0.0.1:0", "resources": resources, **kube},
     }
     return parse_config(yaml.safe_dump(doc), source="test agent")
