@@ -13,7 +13,7 @@ import builtins
 import json
 import ssl
 from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -261,25 +261,31 @@ class RegistryClient:
                 if not response.is_success:
                     await response.aread()
                     _raise_for(response)
-                yield _watch_events(response, self.address)
+                events = _watch_events(response, self.address)
+                try:
+                    yield events
+                finally:
+                    # Callers may stop reading at any point; close the generators under us promptly.
+                    await events.aclose()
         except httpx.HTTPError as exc:
             raise _map_transport_error(self.address, exc) from None
 
 
 async def _watch_events(response: httpx.Response, address: str) -> AsyncIterator[dict[str, Any]]:
     try:
-        async for line in response.aiter_lines():
-            if not line.strip():
-                continue
-            try:
-                event = json.loads(line)
-            except json.JSONDecodeError:
-                raise ConnectionProblem(f"registry at {address} sent a malformed watch event") from None
-            if not isinstance(event, dict):
-                raise ConnectionProblem(f"registry at {address} sent a malformed watch event")
-            if event.get("type") == "ERROR":
-                raise from_status(event.get("status"), 500)
-            yield event
+        async with aclosing(response.aiter_lines()) as lines:
+            async for line in lines:
+                if not line.strip():
+                    continue
+                try:
+                    event = json.loads(line)
+                except json.JSONDecodeError:
+                    raise ConnectionProblem(f"registry at {address} sent a malformed watch event") from None
+                if not isinstance(event, dict):
+                    raise ConnectionProblem(f"registry at {address} sent a malformed watch event")
+                if event.get("type") == "ERROR":
+                    raise from_status(event.get("status"), 500)
+                yield event
     except httpx.HTTPError as exc:
         raise _map_transport_error(address, exc) from None
     raise ConnectionProblem(f"registry at {address} closed the watch")

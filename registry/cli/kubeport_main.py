@@ -81,14 +81,19 @@ async def local_agent_config(info: RegistryInfo) -> AgentConfig:
 
 
 async def cmd_start(args: argparse.Namespace) -> int:
+    # A signal stops the agent first, while the registry still answers its heartbeat deletions; then the registry.
+    agent_scope = trio.CancelScope()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(until_signalled, nursery.cancel_scope)
+        nursery.start_soon(until_signalled, agent_scope)
         info: RegistryInfo = await nursery.start(
             lambda task_status: serve_registry(data_dir=_data_dir(args), listen=args.listen, task_status=task_status)
         )
-        agent = Agent(await local_agent_config(info), health_interval=args.health_interval)
-        await nursery.start(agent.serve)
-        _print_registry_banner(info, all_in_one=True)
+        with agent_scope:
+            agent = Agent(await local_agent_config(info), health_interval=args.health_interval)
+            async with trio.open_nursery() as agent_nursery:
+                await agent_nursery.start(agent.serve)
+                _print_registry_banner(info, all_in_one=True)
+        nursery.cancel_scope.cancel()
     return 0
 
 

@@ -314,11 +314,14 @@ class RegistryAPI:
             last_revision = start
             last_sent = trio.current_time()
 
-            async def emit(obj: dict[str, Any]) -> None:
+            async def emit_line(line: bytes) -> None:
                 nonlocal last_sent
                 async with lock:
-                    await send(json.dumps(obj, separators=(",", ":")).encode() + b"\n")
+                    await send(line)
                     last_sent = trio.current_time()
+
+            async def emit(obj: dict[str, Any]) -> None:
+                await emit_line(json.dumps(obj, separators=(",", ":")).encode() + b"\n")
 
             async def bookmarks() -> None:
                 while True:
@@ -335,8 +338,9 @@ class RegistryAPI:
                         try:
                             async for event in events:
                                 last_revision = event.record.revision
-                                wire = registry.event_to_wire(event.type, event.record, with_secrets=with_secrets)
-                                await emit(wire)
+                                await emit_line(
+                                    registry.event_line(event.type, event.record, with_secrets=with_secrets)
+                                )
                         except KubeportError as err:  # fell behind: the client resumes from last_revision
                             await emit({"type": "ERROR", "status": err.to_status()})
                         nursery.cancel_scope.cancel()

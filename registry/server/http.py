@@ -209,14 +209,18 @@ class _Connection:
                 await self.send(h11.Data(data=chunk))
 
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(watch_for_eof, nursery.cancel_scope)
-                if producer is not None:
-                    await producer(send_chunk)
-                elif chunks is not None:
-                    async for chunk in chunks:
-                        await send_chunk(chunk)
-                nursery.cancel_scope.cancel()
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(watch_for_eof, nursery.cancel_scope)
+                    if producer is not None:
+                        await producer(send_chunk)
+                    elif chunks is not None:
+                        async for chunk in chunks:
+                            await send_chunk(chunk)
+                    nursery.cancel_scope.cancel()
+            except* _ClientGone:
+                # The client left while a producer (possibly inside its own nurseries) was sending.
+                gone = True
         finally:
             aclose = getattr(chunks, "aclose", None)
             if aclose is not None:
@@ -370,6 +374,14 @@ async def handle_connection(stream: trio.abc.Stream, handler: Handler, limits: H
         # Last line of defence: one broken connection (a failing stream producer, an h11 state error)
         # must never take the listener and every other connection down with it.
         log.exception("connection from %s failed", client)
+        return
+    except BaseExceptionGroup as group:
+        # Errors mixed with cancellation (server shutting down): log the errors, let cancellation through.
+        errors, rest = group.split(Exception)
+        if errors is not None:
+            log.error("connection from %s failed", client, exc_info=errors)
+        if rest is not None:
+            raise rest from None
         return
     finally:
         with trio.CancelScope(shield=True), trio.move_on_after(1), contextlib.suppress(*_STREAM_ERRORS):

@@ -16,6 +16,7 @@ Invariants:
 from __future__ import annotations
 
 import builtins
+import json
 import re
 import secrets
 import time
@@ -51,6 +52,7 @@ from registry.store import Record, Store
 AUDIT_KIND = "audit"
 AGENT_KIND = "kube_agent"
 MAX_AGENT_FAILURES = 1000
+EVENT_LINE_CACHE = 4096
 AUDIT_RETENTION = 30 * 24 * 3600.0  # seconds an audit event is kept (it expires like any TTL record)
 MAX_TOKEN_TTL = timedelta(days=30)
 MAX_USER_CERT_TTL = timedelta(days=7)
@@ -162,6 +164,7 @@ class Registry:
         self.ca = ca
         self.cluster_name = cluster_name
         self.clock = clock
+        self._event_lines: dict[tuple[int, str, bool], bytes] = {}
 
     def now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), tz=UTC)
@@ -431,6 +434,18 @@ class Registry:
             "name": record.name,
             "resource": record_to_wire(record, with_secrets=with_secrets),
         }
+
+    def event_line(self, event_type: str, record: Record, *, with_secrets: bool) -> bytes:
+        """One watch line, encoded once and shared by every watcher (100 watchers, one json.dumps)."""
+        key = (record.revision, event_type, with_secrets)
+        line = self._event_lines.get(key)
+        if line is None:
+            wire = self.event_to_wire(event_type, record, with_secrets=with_secrets)
+            line = json.dumps(wire, separators=(",", ":")).encode() + b"\n"
+            self._event_lines[key] = line
+            if len(self._event_lines) > EVENT_LINE_CACHE:
+                self._event_lines.pop(next(iter(self._event_lines)))  # oldest first (insertion order)
+        return line
 
     def ping(self) -> dict[str, Any]:
         return {
