@@ -24,14 +24,12 @@ Invariants:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import re
 import ssl
 import subprocess
-import tempfile
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -52,8 +50,10 @@ from registry.core.errors import (
     Unauthenticated,
 )
 from registry.core.kubeconfig import KubeTarget
+from registry.tls import load_cert_chain_from_memory
 
 ALPN_PROTOCOLS: Final = ("http/1.1",)
+USER_AGENT: Final = "kubeport-agent"  # what the cluster's audit log shows for the agent's own calls
 DEFAULT_TIMEOUT: Final = 10.0
 EXEC_TIMEOUT: Final = 30.0
 MAX_RESPONSE_BYTES: Final = 8 * 1024 * 1024  # the agent's own answers are tiny; a bigger one is hostile
@@ -133,33 +133,8 @@ def _build_context(
     if (client_cert is None) != (client_key is None):
         raise BadParameter("client-certificate-data and client-key-data must be given together")
     if client_cert is not None and client_key is not None:
-        _load_client_pair(context, client_cert, client_key)
+        load_cert_chain_from_memory(context, client_cert, client_key, "client")
     return context
-
-
-def _load_client_pair(context: ssl.SSLContext, cert_pem: bytes, key_pem: bytes) -> None:
-    """Load an in-memory certificate and key. ``load_cert_chain`` reads only files, so they are written to a
-    0600 file inside a fresh 0700 directory for the moment of loading and removed in ``finally``."""
-    try:
-        directory = tempfile.mkdtemp(prefix="kubeport-kubeapi-")
-    except OSError as exc:
-        raise BadParameter(f"cannot stage the client certificate for TLS: {exc.strerror or exc}") from exc
-    path = ""
-    try:
-        fd, path = tempfile.mkstemp(dir=directory, suffix=".pem")
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(cert_pem.strip() + b"\n" + key_pem.strip() + b"\n")
-        context.load_cert_chain(certfile=path)
-    except ssl.SSLError as exc:
-        raise BadParameter(f"client certificate and key do not load or do not pair: {exc}") from exc
-    except OSError as exc:
-        raise BadParameter(f"cannot stage the client certificate for TLS: {exc.strerror or exc}") from exc
-    finally:
-        if path:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-        with contextlib.suppress(OSError):
-            os.rmdir(directory)
 
 
 # ------------------------------------------------------------------------------------ exec credential plugin
@@ -352,6 +327,10 @@ class KubeAPI:
         self._exec_runs = 0
         self._retired: list[httpx.AsyncClient] = []
         self._extensions: dict[str, Any] = {}
+        if target.tls_server_name and target.proxy_url:
+            # httpcore's proxy tunnel verifies against the URL's host and drops sni_hostname; refuse rather than
+            # fail every handshake with a confusing name mismatch.
+            raise BadParameter(f"{self._server}: tls-server-name together with proxy-url is not supported")
         if target.tls_server_name:
             self._extensions["sni_hostname"] = target.tls_server_name
         warnings: list[str] = []
@@ -428,7 +407,14 @@ class KubeAPI:
             raise BadParameter(f"a Kubernetes API path must start with a single '/', got {_clean(path)[:100]!r}")
         try:
             for attempt in range(2):
-                headers = {"Accept": "application/json", **await self._auth_headers()}
+                # identity: the answers are small, and reading raw bytes under a cap is then exactly the
+                # size of the JSON (no decompression bombs, no gzip bytes handed to the JSON parser).
+                headers = {
+                    "Accept": "application/json",
+                    "Accept-Encoding": "identity",
+                    "User-Agent": USER_AGENT,
+                    **await self._auth_headers(),
+                }
                 if content is not None:
                     headers["Content-Type"] = "application/json"
                 status, data = await self._send(method, path, headers, content, timeout)
@@ -447,8 +433,11 @@ class KubeAPI:
     ) -> tuple[int, bytes]:
         self._requests += 1
         try:
-            # httpx's timeout is per phase; fail_after makes ``timeout`` a deadline for the whole call.
-            with trio.fail_after(timeout):
+            # httpx's timeout applies per phase (connect, TLS, each read), so a peer that drips bytes could stretch
+            # a call far beyond it; fail_after is the backstop for the whole call. It is deliberately later than
+            # the phase timeouts: httpcore 1.0 leaks the socket when cancelled in the middle of a TLS handshake,
+            # but closes it when its own timeout fires there.
+            with trio.fail_after(2 * timeout):
                 async with self._client.stream(
                     method, path, headers=headers, content=content, timeout=timeout, extensions=self._extensions
                 ) as response:

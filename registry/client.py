@@ -12,11 +12,11 @@ from __future__ import annotations
 import builtins
 import json
 import ssl
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from contextlib import aclosing, asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 
@@ -62,8 +62,8 @@ def _map_transport_error(address: str, exc: Exception) -> KubeportError:
     if isinstance(exc, httpx.RemoteProtocolError):
         # TLS 1.3 refuses a client certificate after the handshake: the client only sees the close.
         return ConnectionProblem(
-            f"the registry at {address} closed the connection ({text}); if this identity is expired or from another "
-            "registry, get a fresh one"
+            f"the registry at {address} closed the connection ({text}): it may be restarting; if this persists, "
+            "check that this identity is valid and issued by that registry"
         )
     return ConnectionProblem(f"cannot reach the registry at {address}: {text}")
 
@@ -271,9 +271,10 @@ class RegistryClient:
             raise _map_transport_error(self.address, exc) from None
 
 
-async def _watch_events(response: httpx.Response, address: str) -> AsyncIterator[dict[str, Any]]:
+async def _watch_events(response: httpx.Response, address: str) -> AsyncGenerator[dict[str, Any], None]:
     try:
-        async with aclosing(response.aiter_lines()) as lines:
+        # httpx types it as an iterator; it is an async generator, which is what aclosing needs.
+        async with aclosing(cast(AsyncGenerator[str, None], response.aiter_lines())) as lines:
             async for line in lines:
                 if not line.strip():
                     continue

@@ -51,7 +51,7 @@ def server_context(
         raise BadParameter(f"client_certs must be required, optional or none, got {client_certs!r}")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     _harden(context)
-    _load_chain(context, cert_pem, key_pem, "server")
+    load_cert_chain_from_memory(context, cert_pem, key_pem, "server")
     if client_certs != "none":
         _load_cas(context, ca_pems)
     context.verify_mode = _VERIFY_MODES[client_certs]
@@ -71,7 +71,7 @@ def client_context(
     if (cert_pem is None) != (key_pem is None):
         raise BadParameter("a client certificate needs its key and a key needs its certificate")
     if cert_pem is not None and key_pem is not None:
-        _load_chain(context, cert_pem, key_pem, "client")
+        load_cert_chain_from_memory(context, cert_pem, key_pem, "client")
     return context
 
 
@@ -118,7 +118,7 @@ def _load_cas(context: ssl.SSLContext, ca_pems: Sequence[bytes]) -> None:
         raise BadParameter(f"CA certificates do not load: {exc}") from exc
 
 
-def _load_chain(context: ssl.SSLContext, cert_pem: bytes, key_pem: bytes, side: str) -> None:
+def load_cert_chain_from_memory(context: ssl.SSLContext, cert_pem: bytes, key_pem: bytes, side: str) -> None:
     """Load a certificate and key given as bytes.
 
     ``SSLContext.load_cert_chain`` only reads files; Python has no in-memory variant. So the PEMs go into a

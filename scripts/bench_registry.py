@@ -72,7 +72,7 @@ STEP_TIMEOUT = 120.0  # one create, list or event delivery; far above any sane l
 CLIENT_TIMEOUT = 120.0
 
 FULL = {"clusters": (1_000, 10_000), "watchers": (1, 10, 100), "creates": 500, "events": 50, "repeats": 5}
-QUICK = {"clusters": (100, 1_000), "watchers": (1, 10), "creates": 40, "events": 10, "repeats": 3}
+QUICK = {"clusters": (100, 1_000), "watchers": (1, 10), "creates": 100, "events": 20, "repeats": 3}
 
 
 # --- configuration ---------------------------------------------------------------------------------------

@@ -120,6 +120,9 @@ def run_command(func: Callable[[argparse.Namespace], Awaitable[int]], args: argp
         level=logging.DEBUG if debug else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # httpx logs every request at INFO: noise in an agent's log and before a CLI's one ERROR line.
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.WARNING)
     try:
         return trio.run(guarded, func, args)
     except KeyboardInterrupt:

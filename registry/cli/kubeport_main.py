@@ -46,6 +46,8 @@ def _print_registry_banner(info: RegistryInfo, *, all_in_one: bool) -> None:
     print("  kpctl status")
     print("  kpctl create kube_cluster.yaml          # see README: register a cluster")
     print("  kpctl get kube_clusters --format text")
+    if all_in_one:
+        print("  kubeport kube ls                        # what the local agent serves")
     print("  kpctl tokens add --type=kube --ttl=1h    # to join agents on other hosts")
     print()
     print("Press Ctrl-C to stop.", flush=True)
