@@ -1,9 +1,10 @@
-"""The agent's configuration file: parse and validate it once, render a fresh one, split static kubeconfigs.
+"""The agent's configuration file: parse and validate it once.
 
 The file is YAML. Its ``kubernetes_service`` section uses Teleport's field names, so snippets from
 Teleport's docs work unchanged; a ``kubeport:`` section holds what Teleport keeps under ``teleport:``
-(registry address, join token, CA pins, data directory, node name). See :func:`render_config` for an
-annotated example.
+(registry address, join token, CA pins, data directory, node name). See
+:func:`agent.config_render.render_config` for an annotated example; :mod:`agent.static_clusters` splits
+the ``kubeconfig_file`` into static clusters.
 
 Invariants:
 
@@ -37,11 +38,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, NoReturn
 
-import yaml
-
 from labels import LabelError, parse_go_duration, validate_label_key, validate_labels, validate_selector_items
 from labels.schedule import validate_cron
-from registry.core import codec, validation
+from registry.core import validation
 from registry.core.errors import BadParameter, TooLarge
 
 MAX_CONFIG_BYTES = 1 << 20
@@ -223,9 +222,10 @@ def _redact(message: str, token: str | None) -> str:
 # ------------------------------------------------------------------------------------------------ YAML
 
 
-def _load_yaml(data: str | bytes, source: str) -> object:
-    """One YAML document through the registry's hardened loader (``registry.core.validation``): size
-    checked before parsing, UTF-8 only, no anchors/aliases/merge/duplicate keys, bounded nesting, and
+def load_yaml_document(data: str | bytes, source: str) -> object:
+    """One YAML document (the config, or the kubeconfig_file for :mod:`agent.static_clusters`) through the
+    registry's hardened loader (``registry.core.validation``): size checked before parsing (at most
+    :data:`MAX_CONFIG_BYTES`), UTF-8 only, no anchors/aliases/merge/duplicate keys, bounded nesting, and
     syntax errors reported by position without echoing the source line (which could hold the token).
     Every failure is a BadParameter naming ``source``."""
     try:
@@ -574,7 +574,7 @@ def _peek_token(raw: object) -> str | None:
 
 def parse_config(text: str | bytes, *, source: str, env: Mapping[str, str] | None = None) -> AgentConfig:
     """Parse and validate an agent config; ``source`` names it in messages, ``env`` defaults to os.environ."""
-    raw = _load_yaml(text, source)
+    raw = load_yaml_document(text, source)
     token = _peek_token(raw)
     try:
         return _build(_Ctx(source, os.environ if env is None else env), raw)
@@ -594,153 +594,3 @@ def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None =
     if len(data) > MAX_CONFIG_BYTES:
         raise BadParameter(f"{source}: the config is larger than {MAX_CONFIG_BYTES} bytes")
     return parse_config(data, source=source, env=env)
-
-
-def _yaml_str(value: str) -> str:
-    """``value`` as one YAML double-quoted scalar: every line break and quote is escaped by the emitter
-    itself, so no argument can add keys to the rendered file."""
-    return yaml.safe_dump(value, default_style='"', width=1 << 30, allow_unicode=False).rstrip("\n")
-
-
-_HEADER = """\
-# kubeport agent configuration (written by `kubeport configure`).
-#
-# kubeport:            how this agent reaches and trusts the registry.
-#   registry           host:port of the registry (port 3025 if omitted).
-#   token / token_file the join token, needed only for the first start; afterwards the agent's
-#                      identity lives in data_dir and the token may be removed.
-#   ca_pin             sha256 pin(s) of the registry CA; the agent refuses a registry whose CA differs.
-#   data_dir           where the agent keeps its identity (default /var/lib/kubeport or $KUBEPORT_DATA_DIR).
-#   nodename, heartbeat_ttl, log_level are optional (defaults: host name, 10m, info).
-#
-# kubernetes_service:  what this agent serves; the field names are Teleport's.
-#   listen_addr        where kubectl traffic arrives (default 0.0.0.0:3027); public_addr is what clients dial.
-#   kubeconfig_file    optional: every context in it becomes a static cluster.
-#   labels, commands   labels added to every cluster this agent serves (commands: name, command, period).
-#   resources          which registered kube_clusters to serve: any item may match; within an item every
-#                      label must match. {"*": "*"} serves them all.
-"""
-
-
-def render_config(
-    *,
-    registry: str,
-    token: str | None,
-    token_file: str | None,
-    ca_pins: Sequence[str],
-    data_dir: str,
-    resources_all: bool = True,
-) -> str:
-    """The annotated YAML that ``kubeport configure`` writes.
-
-    With ``resources_all`` the agent serves every registered cluster (``resources: [{labels: {"*": "*"}}]``)
-    and the result is checked with :func:`parse_config` before it is returned, so a bad argument fails here
-    and not at the agent's first start. Without it, the selector is left as a commented example: the
-    administrator must choose labels (or a kubeconfig_file) before the agent will start.
-    """
-    lines = [_HEADER, "version: v1", "kubeport:", f"  registry: {_yaml_str(registry)}"]
-    if token is not None:
-        lines.append(f"  token: {_yaml_str(token)}")
-    if token_file is not None:
-        lines.append(f"  token_file: {_yaml_str(token_file)}")
-    if ca_pins:
-        lines.append("  ca_pin:")
-        lines.extend(f"  - {_yaml_str(pin)}" for pin in ca_pins)
-    lines += [f"  data_dir: {_yaml_str(data_dir)}", "kubernetes_service:", '  enabled: "yes"']
-    if resources_all:
-        lines.append('  resources: [{labels: {"*": "*"}}]')
-    else:
-        lines += [
-            "  # Choose the clusters to serve, then remove the # signs, e.g.:",
-            "  # resources:",
-            "  # - labels:",
-            '  #     env: "prod"',
-        ]
-    text = "\n".join(lines) + "\n"
-    if resources_all:
-        parse_config(text, source="generated config", env={})
-    return text
-
-
-# ------------------------------------------------------------------------------------- static clusters
-
-
-def _named_entries(
-    doc: Mapping[str, Any], list_key: str, item_key: str, warnings: list[str], source: str
-) -> dict[str, Mapping[str, Any]]:
-    """``clusters``/``users`` as name -> whole entry; malformed entries are skipped with a warning."""
-    entries: dict[str, Mapping[str, Any]] = {}
-    raw = doc.get(list_key) or []
-    if not isinstance(raw, list):
-        warnings.append(f"{source}: {list_key} is not a list; ignored")
-        return entries
-    for index, entry in enumerate(raw):
-        name = entry.get("name") if isinstance(entry, Mapping) else None
-        if not isinstance(name, str) or not isinstance(entry.get(item_key), Mapping):
-            warnings.append(f"{source}: {list_key}[{index}] has no name or no {item_key}; ignored")
-            continue
-        # kubectl keeps the first of two same-named entries; so do we.
-        entries.setdefault(name, entry)
-    return entries
-
-
-def static_clusters(kubeconfig_bytes: bytes, *, source: str) -> tuple[list[tuple[str, bytes]], list[str]]:
-    """Split a kubeconfig into one single-context kubeconfig per context, named after the context.
-
-    Each result has ``current-context`` set to its context and holds only the cluster and user that
-    context references. Contexts whose name breaks the kube_cluster name rule, that are duplicated, or
-    that reference a missing cluster or user are skipped with a warning (Teleport skips them too). Returns
-    ``(clusters, warnings)``; a file that is not a kubeconfig or has no contexts is a BadParameter.
-    """
-    doc = _load_yaml(kubeconfig_bytes, source)
-    if not isinstance(doc, Mapping):
-        raise BadParameter(f"{source}: a kubeconfig must be a mapping, got {_show(doc)}")
-    contexts = doc.get("contexts")
-    if not isinstance(contexts, list) or not contexts:
-        raise BadParameter(f"{source}: the kubeconfig has no contexts, so there are no clusters to serve")
-    warnings: list[str] = []
-    clusters = _named_entries(doc, "clusters", "cluster", warnings, source)
-    users = _named_entries(doc, "users", "user", warnings, source)
-    result: list[tuple[str, bytes]] = []
-    seen: set[str] = set()
-    for index, entry in enumerate(contexts):
-        name = entry.get("name") if isinstance(entry, Mapping) else None
-        context = entry.get("context") if isinstance(entry, Mapping) else None
-        if not isinstance(name, str) or not isinstance(context, Mapping):
-            warnings.append(f"{source}: contexts[{index}] has no name or no context; skipped")
-            continue
-        label = f"{source}: context {_show(name)}"
-        try:
-            # The kube_cluster name rule: static clusters are named like dynamic ones, and names become
-            # file names on clients.
-            validation.check_name(name, subject=source, path="context name", pattern=codec.NAME_RE)
-        except BadParameter as err:
-            warnings.append(f"{err.message}; skipped")
-            continue
-        if name in seen:
-            warnings.append(f"{label} skipped: the name appears twice")
-            continue
-        cluster_name = context.get("cluster")
-        if not isinstance(cluster_name, str):
-            warnings.append(f"{label} skipped: context.cluster must name a cluster, got {_show(cluster_name)}")
-            continue
-        cluster = clusters.get(cluster_name)
-        if cluster is None:
-            warnings.append(f"{label} skipped: its cluster {_show(cluster_name)} is not defined")
-            continue
-        user_name = context.get("user")
-        user = users.get(user_name) if isinstance(user_name, str) else None
-        if user_name is not None and user is None:
-            warnings.append(f"{label} skipped: its user {_show(user_name)} is not defined")
-            continue
-        seen.add(name)
-        single = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [dict(cluster)],
-            "contexts": [dict(entry)],
-            "current-context": name,
-            "users": [dict(user)] if user is not None else [],
-        }
-        result.append((name, yaml.safe_dump(single, sort_keys=False).encode("utf-8")))
-    return result, warnings

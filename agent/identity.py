@@ -27,7 +27,8 @@ import trio
 from agent.config import AgentConfig
 from registry.client import RegistryClient, fetch_ca, join
 from registry.core.errors import BadParameter, ConnectionProblem, KubeportError
-from registry.core.identity import IdentityFile, generate_private_key, make_csr, needs_renewal
+from registry.core.identity import generate_private_key, make_csr, needs_renewal
+from registry.core.identity_file import IdentityFile
 from registry.files import ensure_private_dir, read_limited, write_secret_file
 from registry.tls import insecure_fetch_context
 

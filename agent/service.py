@@ -29,10 +29,11 @@ import trio.lowlevel
 import yaml
 
 from agent.clusters import ServiceInfo, Supervisor
-from agent.config import AgentConfig, static_clusters
+from agent.config import AgentConfig
 from agent.heartbeat import Announcer
 from agent.identity import IDENTITY_FILE, ClientHolder, obtain_identity
 from agent.reconcile import RETRY_INTERVAL
+from agent.static_clusters import static_clusters
 from agent.watcher import ClusterWatcher
 from labels.runner import CommandSpec, DynamicLabels
 from registry import __version__

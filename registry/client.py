@@ -28,7 +28,8 @@ from registry.core.errors import (
     Unauthenticated,
     from_status,
 )
-from registry.core.identity import REGISTRY_SERVER_NAME, IdentityFile, check_pin
+from registry.core.identity import REGISTRY_SERVER_NAME, check_pin
+from registry.core.identity_file import IdentityFile
 from registry.files import read_limited
 from registry.tls import client_context, insecure_fetch_context
 

@@ -10,7 +10,8 @@ import sys
 
 import trio
 
-from agent.config import load_config, render_config
+from agent.config import load_config
+from agent.config_render import render_config
 from agent.service import Agent, AgentInfo
 from registry.cli.common import until_signalled
 from registry.core.errors import BadParameter

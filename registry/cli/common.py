@@ -24,7 +24,7 @@ import trio
 
 from registry.client import RegistryClient
 from registry.core.errors import BadParameter, KubeportError
-from registry.core.identity import IdentityFile
+from registry.core.identity_file import IdentityFile
 from registry.files import read_limited
 from registry.paths import ADMIN_IDENTITY, default_data_dir
 

@@ -34,7 +34,8 @@ from registry.cli.common import (
 )
 from registry.core import codec
 from registry.core.errors import AlreadyExists, BadParameter, NotFound
-from registry.core.identity import IdentityFile, generate_private_key, make_csr
+from registry.core.identity import generate_private_key, make_csr
+from registry.core.identity_file import IdentityFile
 from registry.core.resources import KIND_ALIASES, KubeCluster
 from registry.files import write_secret_file
 

@@ -21,7 +21,8 @@ from typing import Any
 
 import trio
 
-from agent.config import AgentConfig, parse_config, render_config
+from agent.config import AgentConfig, parse_config
+from agent.config_render import render_config
 from agent.identity import IDENTITY_FILE
 from agent.service import Agent
 from registry.cli import agent_cmd, kube_cmd, render

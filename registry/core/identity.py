@@ -1,4 +1,4 @@
-"""Cluster identities: the cluster CA, keys, CSRs, certificates and identity files.
+"""Cluster identities: the cluster CA, keys, CSRs and certificates.
 
 Pure (bytes in, bytes out, time injected as UTC-aware ``now`` parameters); all crypto is done by the
 ``cryptography`` library.
@@ -16,9 +16,9 @@ Invariants the CA enforces on everything it signs:
 * leaf keys are ECDSA P-256, leaves are never CAs, and a leaf never outlives the CA that signed it;
 * no wildcard or non-ASCII DNS names.
 
-An identity file (``IdentityFile``) is a text file of PEM blocks: a ``#`` comment header, the private key,
-the certificate, then the CA certificate(s). Parsing is strict: anything unexpected is an error naming the
-file and what is wrong.
+The strict loaders (``load_certificate``, ``load_private_key``) bound their input and turn every parse
+failure into a BadParameter naming what was loaded; identity files (``registry.core.identity_file``) use
+them too.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import hmac
 import ipaddress
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal, TypeVar, get_args
 
@@ -64,7 +64,6 @@ CLOCK_SKEW = timedelta(minutes=1)
 MAX_CSR_BYTES = 16 * 1024
 MAX_CERT_BYTES = 64 * 1024
 MAX_KEY_BYTES = 64 * 1024
-MAX_IDENTITY_FILE_BYTES = 1024 * 1024
 
 _CA_ORGANIZATION = "kubeport"
 _MAX_NAME_CHARS = 64  # X.520 upper bound for CN, OU and O
@@ -129,7 +128,7 @@ def needs_renewal(identity: Identity, now: datetime) -> bool:
 def identity_from_cert(cert_pem_or_der: bytes) -> Identity:
     """The identity a certificate's subject describes, WITHOUT checking who signed it (see
     :meth:`CertAuthority.verify` for that). Malformed input raises BadParameter."""
-    return _identity_of(_load_cert(cert_pem_or_der, "certificate"))
+    return _identity_of(load_certificate(cert_pem_or_der, "certificate"))
 
 
 # ------------------------------------------------------------------------------------------ keys and CSRs
@@ -143,7 +142,7 @@ def generate_private_key() -> bytes:
 
 def public_key_pem(key_pem: bytes) -> bytes:
     """The SubjectPublicKeyInfo PEM of a private key."""
-    key = _load_private_key(key_pem, "private key")
+    key = load_private_key(key_pem, "private key")
     return key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
@@ -151,7 +150,7 @@ def make_csr(key_pem: bytes, common_name: str) -> bytes:
     """A PEM certificate signing request for ``key_pem``. The subject is only a hint for logs: the CA
     decides the real subject."""
     _check_subject_text(common_name, "CSR common name")
-    key = _load_private_key(key_pem, "private key")
+    key = load_private_key(key_pem, "private key")
     csr = (
         x509.CertificateSigningRequestBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
@@ -165,7 +164,7 @@ def make_csr(key_pem: bytes, common_name: str) -> bytes:
 
 def ca_pin(cert_pem: bytes) -> str:
     """``sha256:<hex>`` of the CA certificate's DER SubjectPublicKeyInfo (Teleport's CA pin format)."""
-    return _pin_of(_load_cert(cert_pem, "CA certificate"))
+    return _pin_of(load_certificate(cert_pem, "CA certificate"))
 
 
 def check_pin(cert_pem: bytes, pin: str) -> None:
@@ -178,6 +177,56 @@ def check_pin(cert_pem: bytes, pin: str) -> None:
     # Pins are public, but a constant-time compare costs nothing and ends the discussion.
     if not hmac.compare_digest(expected, actual):
         raise AccessDenied(f"registry CA pin mismatch: expected {expected}, got {actual}")
+
+
+# ------------------------------------------------------------------------- loading certificates and keys
+
+
+def load_certificate(data: bytes, what: str) -> x509.Certificate:
+    """A PEM or DER certificate; refuses non-bytes, more than :data:`MAX_CERT_BYTES` and anything
+    unparsable, with ``what`` naming it in the message."""
+    if not isinstance(data, bytes):
+        raise BadParameter(f"{what} must be bytes, got {type(data).__name__}")
+    if len(data) > MAX_CERT_BYTES:
+        raise TooLarge(f"{what} is {len(data)} bytes; the limit is {MAX_CERT_BYTES}")
+    try:
+        if data.lstrip().startswith(b"-----BEGIN"):
+            return x509.load_pem_x509_certificate(data)
+        return x509.load_der_x509_certificate(data)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise BadParameter(f"{what} is malformed: {_first_line(exc)}") from exc
+
+
+def load_private_key(data: bytes, what: str) -> ec.EllipticCurvePrivateKey:
+    """An unencrypted PEM ECDSA P-256 private key (at most :data:`MAX_KEY_BYTES`); anything else is refused
+    with ``what`` naming it in the message."""
+    if len(data) > MAX_KEY_BYTES:
+        raise TooLarge(f"{what} is {len(data)} bytes; the limit is {MAX_KEY_BYTES}")
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except TypeError as exc:  # cryptography's way of saying "encrypted, and no password given"
+        raise BadParameter(f"{what} is encrypted; kubeport needs an unencrypted key") from exc
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise BadParameter(f"{what} is malformed: {_first_line(exc)}") from exc
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
+        raise BadParameter(f"{what} must be ECDSA P-256, got {_describe_key(key)}")
+    return key
+
+
+def spki_der(public_key: object) -> bytes:
+    """The DER SubjectPublicKeyInfo of an ECDSA public key: equal bytes mean the same key."""
+    if not isinstance(public_key, ec.EllipticCurvePublicKey):
+        raise BadParameter(f"expected an ECDSA key, got {_describe_key(public_key)}")
+    return public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def is_issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
+    """Whether ``ca`` signed ``cert`` (signature and issuer name; validity times are not checked)."""
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
 
 
 # ---------------------------------------------------------------------------------------- the cluster CA
@@ -245,9 +294,9 @@ class CertAuthority:
     def from_pem(cls, cert_pem: bytes, key_pem: bytes) -> CertAuthority:
         """Reload a CA; refuses a key that does not belong to the certificate or a certificate that is not
         a self-signed CA."""
-        cert = _load_cert(cert_pem, "CA certificate")
-        key = _load_private_key(key_pem, "CA private key")
-        if _spki(key.public_key()) != _spki(cert.public_key()):
+        cert = load_certificate(cert_pem, "CA certificate")
+        key = load_private_key(key_pem, "CA private key")
+        if spki_der(key.public_key()) != spki_der(cert.public_key()):
             raise BadParameter("CA private key does not belong to the CA certificate")
         try:
             constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
@@ -337,7 +386,7 @@ class CertAuthority:
         Unauthenticated saying why (malformed, other CA, expired, not yet valid)."""
         _require_aware(now, "now")
         try:
-            cert = _load_cert(cert_pem_or_der, "certificate")
+            cert = load_certificate(cert_pem_or_der, "certificate")
         except (BadParameter, TooLarge) as exc:
             raise Unauthenticated(exc.message) from exc
         try:
@@ -423,131 +472,6 @@ class CertAuthority:
         return cert.public_bytes(serialization.Encoding.PEM)
 
 
-# ------------------------------------------------------------------------------------------ identity file
-
-
-@dataclass(frozen=True)
-class IdentityFile:
-    """Everything a client needs to talk to the registry: its key, certificate and the trusted CA(s).
-
-    Construction validates: the key belongs to the certificate, the certificate was issued by one of the CAs,
-    at least one CA. ``registry`` is the address (``host:port``) the identity was issued by, when known.
-    """
-
-    cert_pem: bytes
-    key_pem: bytes = field(repr=False)
-    ca_pems: tuple[bytes, ...]
-    registry: str | None = None
-
-    def __post_init__(self) -> None:
-        try:
-            _check_identity_file(self.cert_pem, self.key_pem, self.ca_pems, self.registry)
-        except (BadParameter, TooLarge) as exc:
-            raise type(exc)(f"identity file: {exc.message}") from exc
-
-    def identity(self) -> Identity:
-        return identity_from_cert(self.cert_pem)
-
-    def dump(self) -> bytes:
-        """The file text: comment header, key, certificate, CA certificate(s)."""
-        who = self.identity()
-        lines = [f"# kubeport identity: {who.name} ({who.kind})\n"]
-        if self.registry is not None:
-            lines.append(f"# registry: {self.registry}\n")
-        header = "".join(lines).encode()
-        blocks = [self.key_pem, self.cert_pem, *self.ca_pems]
-        return header + b"".join(block if block.endswith(b"\n") else block + b"\n" for block in blocks)
-
-    @classmethod
-    def parse(cls, data: bytes, *, source: str) -> IdentityFile:
-        """Parse :meth:`dump` output; ``source`` (usually the path) prefixes every error message."""
-        try:
-            return cls._parse(data)
-        except (BadParameter, TooLarge) as exc:
-            raise type(exc)(f"identity file {source}: {exc.message}") from exc
-
-    @classmethod
-    def _parse(cls, data: bytes) -> IdentityFile:
-        if len(data) > MAX_IDENTITY_FILE_BYTES:
-            raise TooLarge(f"it is {len(data)} bytes; the limit is {MAX_IDENTITY_FILE_BYTES}")
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise BadParameter(f"it is not UTF-8 text (byte {exc.start})") from exc
-        registry: str | None = None
-        keys: list[bytes] = []
-        certs: list[bytes] = []
-        block: list[str] | None = None
-        block_label = ""
-        for number, raw_line in enumerate(text.splitlines(), start=1):
-            line = raw_line.strip()
-            if block is not None:
-                block.append(line)
-                if line.startswith("-----END "):
-                    if line != f"-----END {block_label}-----":
-                        raise BadParameter(f"line {number}: expected -----END {block_label}-----")
-                    pem = ("\n".join(block) + "\n").encode("ascii", errors="replace")
-                    (keys if block_label == "PRIVATE KEY" else certs).append(pem)
-                    block = None
-                continue
-            if not line:
-                continue
-            if line.startswith("#"):
-                value = _header_value(line, "registry")
-                if value is not None:
-                    if registry is not None:
-                        raise BadParameter(f"line {number}: the registry is named twice")
-                    registry = value
-                continue
-            match = re.fullmatch(r"-----BEGIN ([A-Z0-9 ]{1,40})-----", line)
-            if match is None:
-                raise BadParameter(f"line {number}: expected a PEM block or a # comment, got {line[:40]!r}")
-            block_label = match.group(1)
-            if block_label not in ("PRIVATE KEY", "CERTIFICATE"):
-                hint = " (encrypted keys are not supported)" if "ENCRYPTED" in block_label else ""
-                raise BadParameter(f"line {number}: unexpected PEM block {block_label!r}{hint}")
-            block = [line]
-        if block is not None:
-            raise BadParameter(f"the {block_label} block is not terminated")
-        if not keys:
-            raise BadParameter("it has no private key")
-        if len(keys) > 1:
-            raise BadParameter(f"it has {len(keys)} private keys; expected one")
-        if not certs:
-            raise BadParameter("it has no certificate")
-        if len(certs) < 2:
-            raise BadParameter("it has no CA certificate after the identity certificate")
-        # Checked here first so the messages carry the source (parse() prefixes it); construction then
-        # re-checks, which cannot fail and costs a few microseconds.
-        _check_identity_file(certs[0], keys[0], tuple(certs[1:]), registry)
-        return cls(cert_pem=certs[0], key_pem=keys[0], ca_pems=tuple(certs[1:]), registry=registry)
-
-
-def _check_identity_file(cert_pem: bytes, key_pem: bytes, ca_pems: tuple[bytes, ...], registry: str | None) -> None:
-    cert = _load_cert(cert_pem, "certificate")
-    key = _load_private_key(key_pem, "private key")
-    if _spki(key.public_key()) != _spki(cert.public_key()):
-        raise BadParameter("the private key does not belong to the certificate")
-    if not isinstance(ca_pems, tuple) or not ca_pems:
-        raise BadParameter("it has no CA certificate")
-    cas = [_load_cert(pem, f"CA certificate #{i}") for i, pem in enumerate(ca_pems, start=1)]
-    if not any(_issued_by(cert, ca) for ca in cas):
-        raise BadParameter("the certificate was not issued by any CA in the file")
-    _identity_of(cert)
-    if registry is not None and (
-        not registry or len(registry) > 512 or any(ch.isspace() or not ch.isprintable() for ch in registry)
-    ):
-        raise BadParameter(f"registry address {registry[:80]!r} is not a host:port")
-
-
-def _header_value(line: str, key: str) -> str | None:
-    body = line.lstrip("#").strip()
-    prefix = f"{key}:"
-    if not body.startswith(prefix):
-        return None
-    return body[len(prefix) :].strip()
-
-
 # ---------------------------------------------------------------------------------------------- helpers
 
 
@@ -597,56 +521,15 @@ def _text(value: str | bytes) -> str:
     return value
 
 
-def _load_cert(data: bytes, what: str) -> x509.Certificate:
-    if not isinstance(data, bytes):
-        raise BadParameter(f"{what} must be bytes, got {type(data).__name__}")
-    if len(data) > MAX_CERT_BYTES:
-        raise TooLarge(f"{what} is {len(data)} bytes; the limit is {MAX_CERT_BYTES}")
-    try:
-        if data.lstrip().startswith(b"-----BEGIN"):
-            return x509.load_pem_x509_certificate(data)
-        return x509.load_der_x509_certificate(data)
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise BadParameter(f"{what} is malformed: {_first_line(exc)}") from exc
-
-
-def _load_private_key(data: bytes, what: str) -> ec.EllipticCurvePrivateKey:
-    if len(data) > MAX_KEY_BYTES:
-        raise TooLarge(f"{what} is {len(data)} bytes; the limit is {MAX_KEY_BYTES}")
-    try:
-        key = serialization.load_pem_private_key(data, password=None)
-    except TypeError as exc:  # cryptography's way of saying "encrypted, and no password given"
-        raise BadParameter(f"{what} is encrypted; kubeport needs an unencrypted key") from exc
-    except (ValueError, UnsupportedAlgorithm) as exc:
-        raise BadParameter(f"{what} is malformed: {_first_line(exc)}") from exc
-    if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
-        raise BadParameter(f"{what} must be ECDSA P-256, got {_describe_key(key)}")
-    return key
-
-
 def _private_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
 
 
-def _spki(public_key: object) -> bytes:
-    if not isinstance(public_key, ec.EllipticCurvePublicKey):
-        raise BadParameter(f"expected an ECDSA key, got {_describe_key(public_key)}")
-    return public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-
-
 def _pin_of(cert: x509.Certificate) -> str:
     spki = cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return _PIN_PREFIX + hashlib.sha256(spki).hexdigest()
-
-
-def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
-    try:
-        cert.verify_directly_issued_by(ca)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
 
 
 def _describe_key(key: object) -> str:

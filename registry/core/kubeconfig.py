@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from registry.core.errors import BadParameter
 from registry.core.validation import Fields, check_size, decode_utf8, describe, describe_type, load_yaml, quote
@@ -47,6 +48,7 @@ _NOT_BASE64 = re.compile(rb"[^A-Za-z0-9+/= \t\n\r\f\v]")
 # Bearer tokens go into an HTTP header: visible ASCII only, so a stray newline cannot inject a header.
 _HEADER_SAFE = re.compile(r"[\x21-\x7e]+")
 _HOSTNAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?")
+MIN_RSA_BITS = 2048
 _MAX_JWT_BYTES = 64 * 1024
 _LATEST_TIMESTAMP = 253402300799  # 9999-12-31T23:59:59Z
 
@@ -339,6 +341,12 @@ class _Checker:
             self.fail(f"{entry.at('client-key-data')} does not contain a valid PEM private key")
         except UnsupportedAlgorithm:
             self.fail(f"{entry.at('client-key-data')} contains an unsupported private key type")
+        if isinstance(key, rsa.RSAPrivateKey) and key.key_size < MIN_RSA_BITS:
+            # OpenSSL's default security level refuses such keys on the agent: say so now, not there.
+            self.fail(
+                f"{entry.at('client-key-data')} is a {key.key_size}-bit RSA key; agents refuse RSA keys under "
+                f"{MIN_RSA_BITS} bits (use 2048+ or an EC key)"
+            )
         public = serialization.PublicFormat.SubjectPublicKeyInfo
         der = serialization.Encoding.DER
         try:

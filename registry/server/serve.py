@@ -31,11 +31,11 @@ from registry.core.identity import (
     REGISTRY_TTL,
     CertAuthority,
     Identity,
-    IdentityFile,
     generate_private_key,
     needs_renewal,
     public_key_pem,
 )
+from registry.core.identity_file import IdentityFile
 from registry.files import ensure_private_dir, write_secret_file
 from registry.paths import ADMIN_IDENTITY, STORE_FILE
 from registry.server.api import RegistryAPI

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import parse_config, render_config
+from agent.config import parse_config
+from agent.config_render import render_config
 from labels import matches_any
 from registry.core.errors import BadParameter
 

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import yaml
 
-from agent.config import static_clusters
+from agent.static_clusters import static_clusters
 from registry.core.errors import BadParameter
 
 

@@ -7,15 +7,11 @@ use; a cluster whose API server is unreachable.
 
 from __future__ import annotations
 
-import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
+import yaml
 from e2e_helpers import (
     AgentProc,
     Harness,
@@ -150,46 +146,33 @@ async def test_hung_failing_missing_and_flipping_label_commands(fake_kube: FakeK
         assert await served(registry, agent.host_id) == everything
 
 
-def weak_client_cert() -> tuple[bytes, bytes]:
-    """A self-signed client certificate on a 1024-bit RSA key: cryptography parses it (so the registry's
-    kubeconfig check accepts it) but OpenSSL's default security level refuses to load it on the agent."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=1024)  # noqa: S505 - weak on purpose
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "weak-user")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return cert.public_bytes(serialization.Encoding.PEM), key_pem
+def proxied_kubeconfig(fake_kube: FakeKube) -> bytes:
+    """A kubeconfig the registry accepts (valid Kubernetes: a proxy plus a TLS server name) but this agent's
+    HTTP client cannot honour (its proxy tunnel ignores tls-server-name), so registration fails there."""
+    config = fake_kube.kubeconfig(token="admin-token")
+    cluster = config["clusters"][0]["cluster"]
+    cluster["proxy-url"] = "http://127.0.0.1:9"
+    cluster["tls-server-name"] = "kubernetes"
+    return yaml.safe_dump(config).encode()
 
 
 async def test_kubeconfig_the_agent_cannot_use_is_explained(fake_kube: FakeKube, tmp_path: Path) -> None:
     async with Harness(tmp_path) as h:
         registry, agent = await start(h, resources=EVERYTHING)
-        weak = fake_kube.kubeconfig_yaml(client_cert=weak_client_cert())
-        await registry.client.create(cluster_doc("weak-key", weak, {"env": "bad"}))  # the registry accepts it
+        await registry.client.create(cluster_doc("proxied", proxied_kubeconfig(fake_kube), {"env": "bad"}))
         await registry.client.create(cluster_doc("good", fake_kube.kubeconfig_yaml(token="admin-token"), {}))
 
         async def reported() -> str | None:
             for record in await registry.client.list_agents():
                 if record["host_id"] == agent.host_id:
-                    return (record.get("failed") or {}).get("weak-key")
+                    return (record.get("failed") or {}).get("proxied")
             return None
 
-        error = await h.wait_for(reported, timeout=10, what="the agent to report the weak-key registration error")
-        assert "client certificate" in error
+        error = await h.wait_for(reported, timeout=10, what="the agent to report the registration error")
+        assert "proxy" in error
         assert await served(registry, agent.host_id) == {"good"}
 
-        explain = await kpctl("kube", "explain", "weak-key", "--data-dir", str(registry.data_dir))
+        explain = await kpctl("kube", "explain", "proxied", "--data-dir", str(registry.data_dir))
         assert explain.code == 0, explain.err
         assert "(no agent)" in explain.out
         assert f"(host {agent.host_id}): registration failed: {error}" in explain.out

@@ -11,16 +11,12 @@ import pytest
 import urllib3.exceptions as u3
 import yaml
 
-from registry.cli.get_kubeconfig import (
-    ROLE_RULES,
-    analyse_rules,
-    choose_context,
-    merge_kubeconfigs,
-    network_error,
-    parse_labels,
-    render_kubeconfig,
-)
 from registry.core.errors import BadParameter, ConnectionProblem, Timeout
+from registry.mint.kube import network_error
+from registry.mint.kubeconfig_out import render_kubeconfig
+from registry.mint.names import parse_labels
+from registry.mint.rbac import ROLE_RULES, analyse_rules
+from registry.mint.source import choose_context, merge_kubeconfigs
 
 IMPERSONATE = {"apiGroups": [""], "resources": ["users", "groups", "serviceaccounts"], "verbs": ["impersonate"]}
 GET_PODS = {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}

@@ -12,7 +12,7 @@ import pytest
 import trio
 from getkc_helpers import ADMIN_TOKEN, admin_kubeconfig, load_yaml, run_getkc, start_fake, writes
 
-from registry.cli.get_kubeconfig import ROLE_RULES
+from registry.mint.rbac import ROLE_RULES
 from tests.fakes.kube_api import FakeKube
 
 PROGRESS_FRESH = [

@@ -8,13 +8,12 @@ import pytest
 
 from registry.core.errors import BadParameter, TooLarge
 from registry.core.identity import (
-    MAX_IDENTITY_FILE_BYTES,
     CertAuthority,
     Identity,
-    IdentityFile,
     generate_private_key,
     public_key_pem,
 )
+from registry.core.identity_file import MAX_IDENTITY_FILE_BYTES, IdentityFile
 
 NOW = datetime(2025, 1, 1, tzinfo=UTC)
 

@@ -20,10 +20,10 @@ from registry.core.identity import (
     REGISTRY_SERVER_NAME,
     CertAuthority,
     Identity,
-    IdentityFile,
     generate_private_key,
     public_key_pem,
 )
+from registry.core.identity_file import IdentityFile
 from registry.server.serve import RegistryInfo, serve_registry
 from registry.store import MemoryStore
 from registry.tls import client_context
