@@ -36,6 +36,7 @@ from registry.core import codec
 from registry.core.errors import AlreadyExists, BadParameter, NotFound
 from registry.core.identity import generate_private_key, make_csr
 from registry.core.identity_file import IdentityFile
+from registry.core.kubeconfig import check_kubeconfig
 from registry.core.resources import KIND_ALIASES, KubeCluster
 from registry.files import write_secret_file
 
@@ -81,6 +82,9 @@ async def cmd_create(args: argparse.Namespace) -> int:
     data = read_input_file(args.file, limit=codec.MAX_DOCUMENT_BYTES, what=args.file)
     source = "standard input" if args.file == "-" else Path(args.file).name
     resources = codec.decode_resources(data, source=source)  # every document validated before any write
+    for resource in resources:
+        if isinstance(resource, KubeCluster) and resource.kubeconfig:
+            _warn_about_kubeconfig(resource)
     conn = resolve_connection(args)
     async with conn.client() as client:
         for resource in resources:
@@ -104,6 +108,15 @@ async def cmd_create(args: argparse.Namespace) -> int:
                     file=sys.stderr,
                 )
     return 0
+
+
+def _warn_about_kubeconfig(cluster: KubeCluster) -> None:
+    """What the checks accept but an admin should know: no TLS verification, a proxy, an expiring credential."""
+    target = check_kubeconfig(
+        cluster.kubeconfig, cluster_name=cluster.name, allow_exec=cluster.allow_exec_plugins, now=datetime.now(tz=UTC)
+    )
+    for warning in target.warnings:
+        print(f'warning: kubernetes cluster "{cluster.name}": {warning}', file=sys.stderr)
 
 
 # -- get --------------------------------------------------------------------------------------------

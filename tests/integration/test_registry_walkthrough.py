@@ -4,7 +4,9 @@ create, get, get -> edit -> create -f, rm, plus tokens, status and the audit log
 from __future__ import annotations
 
 import base64
+import json
 import re
+import time
 from pathlib import Path
 
 import yaml
@@ -138,3 +140,27 @@ async def test_kube_cluster_created_by_the_seed_role(registry: RegistryInfo, tmp
     assert r.err.startswith("ERROR: access denied") and "bob" in r.err
     r = await kpctl("tokens", "add", "--type=kube", "--identity", str(alice))
     assert r.code == 1 and "access denied" in r.err
+
+
+def _jwt(exp: int) -> str:
+    def part(obj: dict[str, object]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).decode().rstrip("=")
+
+    return f"{part({'alg': 'RS256'})}.{part({'exp': exp, 'sub': 'system:serviceaccount:teleport:teleport-sa'})}.sig"
+
+
+async def test_create_warns_about_risky_but_valid_kubeconfigs(registry: RegistryInfo, tmp_path: Path) -> None:
+    """Accepted, but the admin is told: no TLS verification, and a bound token that will expire."""
+    config = yaml.safe_load(kubeconfig_bytes(token=_jwt(int(time.time()) + 3600)))
+    cluster = config["clusters"][0]["cluster"]
+    del cluster["certificate-authority-data"]
+    cluster["insecure-skip-tls-verify"] = True
+    path = tmp_path / "risky.yaml"
+    path.write_text(seed_kube_cluster_yaml("risky", yaml.safe_dump(config).encode()))
+    r = await kpctl("create", str(path))
+    assert r.code == 0
+    assert r.out == 'kubernetes cluster "risky" has been created\n'
+    warnings = r.err.splitlines()
+    assert any("insecure-skip-tls-verify" in w for w in warnings), r.err
+    assert any("expires at" in w for w in warnings), r.err
+    assert all(w.startswith('warning: kubernetes cluster "risky": ') for w in warnings)
