@@ -74,7 +74,8 @@ class ClusterWatcher:
     def _apply(self, resource: dict[str, Any]) -> None:
         name = str(resource.get("metadata", {}).get("name", ""))
         try:
-            model = codec.resource_from_dict(resource, source="registry")
+            # The registry validated it; its kubeconfig is checked when (if) this agent registers it.
+            model = codec.resource_from_dict(resource, source="registry", verify_kubeconfig=False)
         except KubeportError as err:
             self.clusters.pop(name, None)
             self.invalid[name] = err.message

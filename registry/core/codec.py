@@ -32,6 +32,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 import yaml
@@ -145,14 +146,25 @@ def decode_resources(data: bytes | str, *, source: str) -> list[Resource]:
     return resources
 
 
-def resource_from_dict(doc: Mapping[str, Any], *, source: str = "") -> Resource:
-    """Validate one wire dict and return its model; errors are prefixed with ``source`` when given."""
+# Per call (a context variable, so concurrent decodes in threads or tasks cannot see each other's setting).
+_VERIFY_KUBECONFIG: ContextVar[bool] = ContextVar("verify_kubeconfig", default=True)
+
+
+def resource_from_dict(doc: Mapping[str, Any], *, source: str = "", verify_kubeconfig: bool = True) -> Resource:
+    """Validate one wire dict and return its model; errors are prefixed with ``source`` when given.
+
+    ``verify_kubeconfig=False`` skips only the kubeconfig check, for resources the registry already validated
+    (an agent's watch of 10k clusters): the agent checks the kubeconfig of a cluster when it registers it.
+    """
+    token = _VERIFY_KUBECONFIG.set(verify_kubeconfig)
     try:
         return _decode(doc)
     except (BadParameter, TooLarge) as err:
         if not source:
             raise
         raise type(err)(_prefix(source, err.message)) from None
+    finally:
+        _VERIFY_KUBECONFIG.reset(token)
 
 
 def _identity(resource: Resource) -> str:
@@ -278,7 +290,7 @@ def _decode_kube_cluster(
             spec.fail(f"{spec.at('kubeconfig')}: {err.message}")
     elif raw is not None:
         spec.fail(f"{spec.at('kubeconfig')} must be the base64 text of a kubeconfig file (got {describe(raw)})")
-    if kubeconfig:
+    if kubeconfig and _VERIFY_KUBECONFIG.get():
         # Raises with its own full message: kube_cluster "<name>": spec.kubeconfig ...
         check_kubeconfig(kubeconfig, cluster_name=metadata.name, allow_exec=allow_exec)
     return KubeCluster(

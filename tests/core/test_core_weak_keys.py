@@ -51,3 +51,21 @@ def test_1024_bit_rsa_client_key_is_refused_with_the_reason() -> None:
 def test_2048_bit_rsa_client_key_is_fine() -> None:
     target = check_kubeconfig(client_cert_kubeconfig(2048), cluster_name="ok")
     assert target.auth == "client-cert"
+
+
+def test_verify_kubeconfig_false_skips_only_the_kubeconfig_check() -> None:
+    from registry.core import codec
+
+    doc = {
+        "kind": "kube_cluster",
+        "version": "v3",
+        "metadata": {"name": "trusted"},
+        "spec": {"kubeconfig": base64.b64encode(client_cert_kubeconfig(1024)).decode()},  # noqa: S505
+    }
+    with pytest.raises(BadParameter):
+        codec.resource_from_dict(doc)
+    assert codec.resource_from_dict(doc, verify_kubeconfig=False).name == "trusted"
+    # everything else is still validated
+    doc["metadata"] = {"name": "a/b"}
+    with pytest.raises(BadParameter, match="metadata.name"):
+        codec.resource_from_dict(doc, verify_kubeconfig=False)
