@@ -327,3 +327,21 @@ def test_cluster_docs_are_valid_kube_clusters() -> None:
     assert isinstance(labelled, KubeCluster)
     assert labelled.metadata.labels["shard"] == "0"
     assert list(labelled.dynamic_labels) == [bench.LABEL_KEY]
+
+
+def test_notes_say_what_was_not_measured_and_what_was_unhealthy() -> None:
+    config = bench.parse_config([])
+    runs = [
+        bench.LatencyRun(1_000, 10, "all", setup_seconds=150.0, unhealthy=12),
+        bench.LatencyRun(10_000, 10, "split", setup_seconds=154.0),
+    ]
+    usage = bench.UsageRun(1_000, setup_seconds=50.0, served=bench.Usage(cpu=0.15, children_cpu=0.2))
+    notes = "\n".join(bench.setup_notes(config, runs, usage))
+    assert "1,000×10 150 s (12 unhealthy); 10,000×10 154 s; usage 50 s." in notes
+    assert "Not measured: 10,000 clusters with each of 10 agents serving all (100,000 registrations" in notes
+    assert "1,000 clusters with each" not in notes  # measured as asked
+    cpu_row = bench.build_rows(config, {}, [], usage)[-1]
+    assert cpu_row.measured == "15.0% of one core (+20.0% in the label commands)"
+    assert cpu_row.result == "PASS"  # the label commands' own CPU is shown, not judged
+    # An explicit --fanout split is what was asked for: no "not measured" note.
+    assert "Not measured" not in "\n".join(bench.setup_notes(bench.parse_config(["--fanout", "split"]), runs, usage))
