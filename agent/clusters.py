@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -43,6 +43,9 @@ from registry.core.kubeconfig import KubeTarget, check_kubeconfig
 from registry.core.resources import CommandLabel, Health, KubeCluster, KubeServer, Metadata
 
 log = logging.getLogger(__name__)
+
+# Health checks in flight at once per agent (each is /version plus three access reviews).
+HEALTH_CONCURRENCY = 16
 
 
 def fingerprint(cluster: KubeCluster) -> str:
@@ -121,6 +124,8 @@ class Supervisor:
         self._runners: dict[str, _LabelRunner] = {}
         self._fingerprints: dict[tuple[str, str], str] = {}
         self.changed = trio.Event()  # set after every reconcile pass (tests, benchmarks, kube explain)
+        self._pending: set[str] | None = set()
+        self._health_slots = trio.CapacityLimiter(HEALTH_CONCURRENCY)
 
     # -- inputs --------------------------------------------------------------------------------------
 
@@ -137,8 +142,9 @@ class Supervisor:
     def _matcher(self, labels: Mapping[str, str]) -> bool:
         return matches_any(self.resources, labels)
 
-    def _sync_runners(self, wanted: Mapping[str, tuple[CommandSpec, ...]]) -> None:
-        for name in list(self._runners):
+    def _sync_runners(self, wanted: Mapping[str, tuple[CommandSpec, ...]], scope: Collection[str] | None) -> None:
+        """Start wanted runners, stop unwanted ones — among ``scope`` (None: every name)."""
+        for name in list(self._runners) if scope is None else [n for n in scope if n in self._runners]:
             runner = self._runners[name]
             if wanted.get(name) != runner.specs:
                 runner.scope.cancel()
@@ -152,7 +158,7 @@ class Supervisor:
     def _labels_changed(self, name: str) -> Callable[[], None]:
         def changed() -> None:
             self.announcer.touch(name)
-            self.request_reconcile()
+            self.request_reconcile(name)
 
         return changed
 
@@ -161,7 +167,7 @@ class Supervisor:
             async with trio.open_nursery() as nursery:
                 await nursery.start(runner.labels.serve)
                 runner.ready = True
-                self.request_reconcile()
+                self.request_reconcile(name)
 
     def results_of(self, name: str) -> dict[str, str]:
         runner = self._runners.get(name)
@@ -169,11 +175,34 @@ class Supervisor:
 
     # -- reconcile -----------------------------------------------------------------------------------
 
-    def request_reconcile(self) -> None:
-        """Ask for a pass soon (coalesced by the agent's loop); label results call this from their tasks."""
+    def request_reconcile(self, name: str | None = None) -> None:
+        """Ask for a pass soon over ``name`` (None: everything); coalesced by the agent's loop."""
+        if name is None:
+            self._pending = None
+        elif self._pending is not None:
+            self._pending.add(name)
         self._wake()
 
-    def reconcile(self, watched: Mapping[str, KubeCluster], static: Sequence[KubeCluster]) -> None:
+    def take_pending(self) -> set[str] | None:
+        """Names whose labels changed since the last call (None: a full pass is wanted)."""
+        pending, self._pending = self._pending, set()
+        return pending
+
+    def reconcile(
+        self, watched: Mapping[str, KubeCluster], static: Sequence[KubeCluster], only: Collection[str] | None = None
+    ) -> None:
+        """One pass over ``only`` (names that changed) or, for None, over everything.
+
+        The plan is keyed by name, so a pass over a subset decides exactly what a full pass would for those
+        names; a create among 10,000 clusters costs one candidate, not 10,000.
+        """
+        if only is not None:
+            names = set(only)
+            watched = {n: watched[n] for n in names if n in watched}
+            static = [c for c in static if c.name in names]
+            current: Mapping[str, Candidate] = {n: self.current[n] for n in names if n in self.current}
+        else:
+            current = self.current
         wanted_runners: dict[str, tuple[CommandSpec, ...]] = {}
         dynamic: list[Candidate] = []
         for name, cluster in watched.items():
@@ -195,8 +224,8 @@ class Supervisor:
         static_candidates = [
             Candidate(c.name, "static", self._fingerprint(c), c.static_labels(), payload=c) for c in static
         ]
-        self._sync_runners(wanted_runners)
-        for action in plan(self.current, static_candidates, dynamic, self._matcher):
+        self._sync_runners(wanted_runners, only)
+        for action in plan(current, static_candidates, dynamic, self._matcher):
             if isinstance(action, Register):
                 self._register(action.candidate)
             elif isinstance(action, Update):
@@ -204,10 +233,11 @@ class Supervisor:
             elif isinstance(action, Unregister):
                 self._unregister(action.name, action.reason)
         live = set(watched) | {c.name for c in static}
-        for name in list(self.failed):
+        for name in list(self.failed) if only is None else [n for n in only if n in self.failed]:
             if name not in live:
                 del self.failed[name]
-        self._fingerprints = {k: v for k, v in self._fingerprints.items() if k[0] in live}
+        if only is None:
+            self._fingerprints = {k: v for k, v in self._fingerprints.items() if k[0] in live}
         self.changed.set()
         self.changed = trio.Event()
 
@@ -285,7 +315,9 @@ class Supervisor:
         def changed(result: HealthResult) -> None:
             self.announcer.touch(name)
 
-        return HealthMonitor(api, interval=self.health_interval, on_change=changed, now=self._now)
+        return HealthMonitor(
+            api, interval=self.health_interval, on_change=changed, now=self._now, limiter=self._health_slots
+        )
 
     async def _run_served(self, served: ServedCluster) -> None:
         with served.scope:

@@ -143,6 +143,7 @@ class HealthMonitor:
         interval: float = DEFAULT_INTERVAL,
         on_change: Callable[[HealthResult], None],
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        limiter: trio.CapacityLimiter | None = None,
     ) -> None:
         if not interval > 0:
             raise BadParameter(f"health check interval must be positive, got {interval!r}")
@@ -152,6 +153,9 @@ class HealthMonitor:
         self._now = now
         self._latest = HealthResult("unknown", "not checked yet", now())
         self._lock = trio.Lock()
+        # Shared by every monitor of an agent: 10,000 clusters registering at once must not open 30,000
+        # TLS connections at once (they would time out and be reported unhealthy for nothing).
+        self._limiter = limiter
         self._checks = 0
         self._changes = 0
 
@@ -174,7 +178,11 @@ class HealthMonitor:
     async def check_now(self) -> HealthResult:
         """Check immediately (e.g. after the cluster's registration changed) and return the result."""
         async with self._lock:
-            result = await check_health(self._api, now=self._now)
+            if self._limiter is None:
+                result = await check_health(self._api, now=self._now)
+            else:
+                async with self._limiter:
+                    result = await check_health(self._api, now=self._now)
             self._checks += 1
             previous, self._latest = self._latest, result
             if (result.status, result.reason) != (previous.status, previous.reason):

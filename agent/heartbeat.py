@@ -3,8 +3,9 @@
 The supervisor tells the announcer *what* to say (``set(name, build)`` / ``remove(name)``) and *that*
 something changed (``touch(name)``); the announcer decides *when* to talk to the registry:
 
-- a changed or new entry is sent within ``flush_delay`` (default 50 ms, coalescing bursts such as a
-  dozen label results arriving together); the change-to-registry path therefore stays well under a second;
+- a changed or new entry is sent within ``flush_delay`` (default 20 ms, coalescing bursts such as a
+  dozen label results arriving together), newest changes first, ``chunk`` names per round; an entry whose
+  content did not change since it was last sent is not re-sent (until its periodic re-announce);
 - every entry is re-announced every ``2/3 * ttl`` (jittered), so a registry that lost it (restart with a
   fresh store, TTL expiry while partitioned) gets it back, and a killed agent's entries expire by TTL;
 - removals delete the kube_server; on shutdown every entry is deleted (shielded, bounded in time);
@@ -14,6 +15,7 @@ something changed (``touch(name)``); the announcer decides *when* to talk to the
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from collections.abc import Callable
@@ -29,6 +31,12 @@ log = logging.getLogger(__name__)
 Builder = Callable[[float], dict[str, Any]]  # expires (unix seconds) -> kube_server wire dict
 
 
+def _content_key(wire: dict[str, Any]) -> str:
+    """The heartbeat without its expiry: equal keys mean re-sending would tell the registry nothing new."""
+    metadata = {k: v for k, v in (wire.get("metadata") or {}).items() if k != "expires"}
+    return json.dumps({**wire, "metadata": metadata}, sort_keys=True, separators=(",", ":"))
+
+
 class Announcer:
     def __init__(
         self,
@@ -37,8 +45,9 @@ class Announcer:
         host_id: str,
         ttl: float,
         clock: Callable[[], float],
-        flush_delay: float = 0.05,
+        flush_delay: float = 0.02,
         concurrency: int = 16,
+        chunk: int = 256,
     ) -> None:
         self._get_client = get_client
         self.host_id = host_id
@@ -46,13 +55,18 @@ class Announcer:
         self._clock = clock
         self.flush_delay = flush_delay
         self._builders: dict[str, Builder] = {}
-        self._dirty: set[str] = set()
+        self.chunk = chunk
+        # Ordered: the most recently touched names are sent first, so a new cluster is not queued behind a
+        # backlog (10,000 clusters registering at start).
+        self._dirty: dict[str, None] = {}
         self._deleted: set[str] = set()
+        self._due: set[str] = set()  # periodic re-announces: sent even when nothing changed
+        self._last_content: dict[str, str] = {}
         self._last_sent: dict[str, float] = {}  # trio time of the last successful announce
         self._wake = trio.Event()
         self._limit = trio.CapacityLimiter(concurrency)
         self._failures = 0
-        self._stats = {"announces": 0, "deletes": 0, "errors": 0}
+        self._stats = {"announces": 0, "unchanged_skipped": 0, "deletes": 0, "errors": 0}
         self.idle = trio.Event()  # set whenever nothing is pending (tests and benchmarks wait on it)
 
     def statistics(self) -> dict[str, int]:
@@ -72,17 +86,20 @@ class Announcer:
 
     def remove(self, name: str) -> None:
         if self._builders.pop(name, None) is not None or name in self._last_sent:
-            self._dirty.discard(name)
+            self._dirty.pop(name, None)
+            self._due.discard(name)
             self._last_sent.pop(name, None)
+            self._last_content.pop(name, None)
             self._deleted.add(name)
             self._kick()
 
     def touch(self, name: str | None = None) -> None:
         """Something about ``name`` (or every entry, for None) changed: announce it soon."""
         if name is None:
-            self._dirty.update(self._builders)
+            self._dirty.update(dict.fromkeys(self._builders))
         elif name in self._builders:
-            self._dirty.add(name)
+            self._dirty.pop(name, None)
+            self._dirty[name] = None
         self._kick()
 
     def _kick(self) -> None:
@@ -129,10 +146,14 @@ class Announcer:
         period = self.ttl * 2 / 3
         for name, sent in self._last_sent.items():
             if now - sent >= period * 6 / 7 and name in self._builders:
-                self._dirty.add(name)
+                self._dirty.setdefault(name, None)
+                self._due.add(name)
 
     async def _flush(self) -> bool:
-        dirty, self._dirty = self._dirty, set()
+        """Send one chunk (newest changes first) and every pending delete; the loop comes back for more."""
+        dirty = list(self._dirty)[-self.chunk :]
+        for name in dirty:
+            del self._dirty[name]
         deleted, self._deleted = self._deleted, set()
         failed: list[str] = []
         failed_deletes: list[str] = []
@@ -142,15 +163,23 @@ class Announcer:
             build = self._builders.get(name)
             if build is None:
                 return
+            wire = build(self._clock() + self.ttl)
+            content = _content_key(wire)
+            forced = name in self._due
+            self._due.discard(name)
+            if not forced and self._last_content.get(name) == content:
+                self._stats["unchanged_skipped"] += 1
+                return
             async with self._limit:
                 try:
-                    await client.heartbeat(build(self._clock() + self.ttl))
+                    await client.heartbeat(wire)
                 except KubeportError as err:
                     self._stats["errors"] += 1
                     failed.append(name)
                     log.warning("heartbeat for %s failed: %s", name, err.message)
                     return
             self._last_sent[name] = trio.current_time()
+            self._last_content[name] = content
             self._stats["announces"] += 1
 
         async def delete(name: str) -> None:
@@ -172,7 +201,9 @@ class Announcer:
             for name in sorted(dirty):
                 nursery.start_soon(announce, name)
         # Anything that changed meanwhile is already in the fresh sets; retry what failed.
-        self._dirty.update(n for n in failed if n in self._builders)
+        for name in failed:
+            if name in self._builders:
+                self._dirty.setdefault(name, None)
         self._deleted.update(n for n in failed_deletes if n not in self._builders)
         return not failed and not failed_deletes
 

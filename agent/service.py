@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import Mapping
@@ -101,8 +102,18 @@ def load_static_clusters(path: Path) -> list[KubeCluster]:
 
 
 class Agent:
-    def __init__(self, config: AgentConfig, *, health_interval: float = 60.0, label_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        health_interval: float = 60.0,
+        label_timeout: float = 30.0,
+        freeze_gc: bool = False,
+    ) -> None:
+        """``freeze_gc``: the agent owns its process (the daemons set it), so it may tell the collector to
+        stop scanning everything loaded at start-up."""
         self.config = config
+        self.freeze_gc = freeze_gc
         self.health_interval = health_interval
         self.label_timeout = label_timeout
         self.supervisor: Supervisor | None = None
@@ -215,17 +226,37 @@ class Agent:
                 await holder.client.delete_agent(host_id)
 
     async def _reconcile_loop(self, static: list[KubeCluster]) -> None:
-        assert self.supervisor is not None
-        assert self.watcher is not None
+        supervisor, watcher = self.supervisor, self.watcher
+        assert supervisor is not None
+        assert watcher is not None
+        full = True
+        frozen = False
         while True:
             self._wake = trio.Event()
+            names: set[str] | None = None
+            if not full:
+                from_watch, from_labels = watcher.take_changes(), supervisor.take_pending()
+                names = None if from_watch is None or from_labels is None else from_watch | from_labels
+            else:
+                watcher.take_changes()
+                supervisor.take_pending()
             try:
-                self.supervisor.reconcile(self.watcher.clusters, static)
+                if names is None or names:
+                    supervisor.reconcile(watcher.clusters, static, names)
             except Exception:  # a bug must not take every served cluster down; it is logged and retried
                 log.exception("reconcile pass failed")
+            full = False
+            if self.freeze_gc and not frozen and watcher.synced.is_set():
+                # Everything loaded so far lives as long as the agent: keep it out of the GC's full scans
+                # (at 10k clusters those paused the agent for ~0.6 s every few seconds).
+                gc.freeze()
+                frozen = True
             # Failed registrations are retried periodically even when nothing else happens.
-            with trio.move_on_after(RETRY_INTERVAL if self.supervisor.failed else 3600):
+            with trio.move_on_after(RETRY_INTERVAL if supervisor.failed else 3600) as timer:
                 await self._wake.wait()
+            if timer.cancelled_caught:
+                for name in list(supervisor.failed):
+                    supervisor.request_reconcile(name)
             await trio.lowlevel.checkpoint()  # let a burst of events land before the next pass
 
 

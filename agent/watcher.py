@@ -66,13 +66,24 @@ class ClusterWatcher:
         self.revision: int | None = None
         self.synced = trio.Event()
         self.connected = False
+        # Names changed since take_changes() (None: everything, after a relist); the agent reconciles those.
+        self._changed: set[str] | None = None
         self._stats = {"lists": 0, "watches": 0, "events": 0, "errors": 0, "relists_after_compaction": 0}
+
+    def take_changes(self) -> set[str] | None:
+        changed, self._changed = self._changed, set()
+        return changed
+
+    def _mark(self, name: str) -> None:
+        if self._changed is not None:
+            self._changed.add(name)
 
     def statistics(self) -> dict[str, Any]:
         return {**self._stats, "clusters": len(self.clusters), "invalid": len(self.invalid), "revision": self.revision}
 
     def _apply(self, resource: dict[str, Any]) -> None:
         name = str(resource.get("metadata", {}).get("name", ""))
+        self._mark(name)
         try:
             # The registry validated it; its kubeconfig is checked when (if) this agent registers it.
             model = codec.resource_from_dict(resource, source="registry", verify_kubeconfig=False)
@@ -93,6 +104,7 @@ class ClusterWatcher:
         for item in items:
             self._apply(item)
         self.revision = revision
+        self._changed = None  # a relist may have added, changed or dropped anything
         self._stats["lists"] += 1
         self.synced.set()
         self._on_change()
@@ -111,6 +123,7 @@ class ClusterWatcher:
                     self._apply(event["resource"])
                 elif kind == "DELETE":
                     name = str(event.get("resource", {}).get("metadata", {}).get("name", ""))
+                    self._mark(name)
                     self.clusters.pop(name, None)
                     self.invalid.pop(name, None)
                 else:

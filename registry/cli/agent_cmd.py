@@ -48,7 +48,7 @@ async def cmd_agent_start(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     level = logging.DEBUG if args.debug else getattr(logging, config.log_level.upper(), logging.INFO)
     logging.getLogger().setLevel(level)
-    agent = Agent(config, health_interval=args.health_interval, label_timeout=args.label_timeout)
+    agent = Agent(config, health_interval=args.health_interval, label_timeout=args.label_timeout, freeze_gc=True)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(until_signalled, nursery.cancel_scope)
         info: AgentInfo = await nursery.start(agent.serve)

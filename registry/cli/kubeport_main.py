@@ -92,7 +92,7 @@ async def cmd_start(args: argparse.Namespace) -> int:
             lambda task_status: serve_registry(data_dir=_data_dir(args), listen=args.listen, task_status=task_status)
         )
         with agent_scope:
-            agent = Agent(await local_agent_config(info), health_interval=args.health_interval)
+            agent = Agent(await local_agent_config(info), health_interval=args.health_interval, freeze_gc=True)
             async with trio.open_nursery() as agent_nursery:
                 await agent_nursery.start(agent.serve)
                 _print_registry_banner(info, all_in_one=True)
