@@ -122,7 +122,7 @@ class Supervisor:
         self.served: dict[str, ServedCluster] = {}
         self.failed: dict[str, str] = {}
         self._runners: dict[str, _LabelRunner] = {}
-        self._fingerprints: dict[tuple[str, str], str] = {}
+        self._fingerprints: dict[str, tuple[str, str]] = {}  # name -> (revision, fingerprint)
         self.changed = trio.Event()  # set after every reconcile pass (tests, benchmarks, kube explain)
         self._pending: set[str] | None = set()
         self._health_slots = trio.CapacityLimiter(HEALTH_CONCURRENCY)
@@ -130,13 +130,14 @@ class Supervisor:
     # -- inputs --------------------------------------------------------------------------------------
 
     def _fingerprint(self, cluster: KubeCluster) -> str:
-        key = (cluster.name, cluster.metadata.revision)
-        if not cluster.metadata.revision:
-            return fingerprint(cluster)
-        found = self._fingerprints.get(key)
-        if found is None:
-            found = fingerprint(cluster)
-            self._fingerprints[key] = found
+        """Cached per name for the revision last seen (one entry per cluster, never more)."""
+        revision = cluster.metadata.revision
+        cached = self._fingerprints.get(cluster.name)
+        if revision and cached is not None and cached[0] == revision:
+            return cached[1]
+        found = fingerprint(cluster)
+        if revision:
+            self._fingerprints[cluster.name] = (revision, found)
         return found
 
     def _matcher(self, labels: Mapping[str, str]) -> bool:
@@ -203,8 +204,13 @@ class Supervisor:
             current: Mapping[str, Candidate] = {n: self.current[n] for n in names if n in self.current}
         else:
             current = self.current
+        if only is None:
+            # A full pass follows a (re)list: revisions may have been reused by a registry that lost its
+            # store, so cached fingerprints are not trusted across it.
+            self._fingerprints.clear()
         wanted_runners: dict[str, tuple[CommandSpec, ...]] = {}
         dynamic: list[Candidate] = []
+        label_errors: set[str] = set()
         for name, cluster in watched.items():
             static_labels = cluster.static_labels()
             labels = static_labels
@@ -213,6 +219,7 @@ class Supervisor:
                     wanted_runners[name] = command_specs(cluster.dynamic_labels, timeout=self.label_timeout)
                 except ValueError as err:
                     self.failed[name] = f"dynamic labels: {err}"
+                    label_errors.add(name)
                     continue
                 runner = self._runners.get(name)
                 if runner is None or not runner.ready or runner.specs != wanted_runners[name]:
@@ -232,14 +239,33 @@ class Supervisor:
                 self._update(action.old, action.new)
             elif isinstance(action, Unregister):
                 self._unregister(action.name, action.reason)
-        live = set(watched) | {c.name for c in static}
-        for name in list(self.failed) if only is None else [n for n in only if n in self.failed]:
-            if name not in live:
-                del self.failed[name]
-        if only is None:
-            self._fingerprints = {k: v for k, v in self._fingerprints.items() if k[0] in live}
+        self._forget_failures(only, dynamic, static_candidates, label_errors)
         self.changed.set()
         self.changed = trio.Event()
+
+    def _forget_failures(
+        self,
+        only: Collection[str] | None,
+        dynamic: Sequence[Candidate],
+        static: Sequence[Candidate],
+        label_errors: Collection[str],
+    ) -> None:
+        """Drop recorded failures that no longer describe anything: the cluster was deleted, is served
+        exactly as desired (a failed update was reverted), or no longer matches (nothing to retry)."""
+        desired = {c.name: c for c in dynamic}
+        desired.update((c.name, c) for c in static)
+        for name in list(self.failed) if only is None else [n for n in only if n in self.failed]:
+            if name in label_errors:
+                continue
+            candidate = desired.get(name)
+            unwanted = (
+                candidate is not None
+                and name not in self.current
+                and candidate.origin == "dynamic"
+                and not self._matcher(candidate.labels)
+            )
+            if candidate is None or self.current.get(name) == candidate or unwanted:
+                del self.failed[name]
 
     # -- actions -------------------------------------------------------------------------------------
 

@@ -178,8 +178,9 @@ class Announcer:
                     failed.append(name)
                     log.warning("heartbeat for %s failed: %s", name, err.message)
                     return
-            self._last_sent[name] = trio.current_time()
-            self._last_content[name] = content
+            if name in self._builders:  # removed while in flight: remember nothing (it is being deleted)
+                self._last_sent[name] = trio.current_time()
+                self._last_content[name] = content
             self._stats["announces"] += 1
 
         async def delete(name: str) -> None:

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import aclosing
 from typing import Any
 
 import trio
@@ -31,7 +32,8 @@ log = logging.getLogger(__name__)
 
 
 class Backoff:
-    """Exponential backoff with full jitter: sleep a random time in [0, min(cap, base * 2**n)]."""
+    """Exponential backoff with "equal jitter": a random time in [c/2, c] for c = min(cap, base * 2**n), so a
+    fleet spreads out while no agent retries immediately."""
 
     def __init__(self, *, base: float = 0.5, cap: float = 30.0, rng: random.Random | None = None) -> None:
         self.base = base
@@ -68,7 +70,14 @@ class ClusterWatcher:
         self.connected = False
         # Names changed since take_changes() (None: everything, after a relist); the agent reconciles those.
         self._changed: set[str] | None = None
-        self._stats = {"lists": 0, "watches": 0, "events": 0, "errors": 0, "relists_after_compaction": 0}
+        self._stats = {
+            "lists": 0,
+            "watches": 0,
+            "events": 0,
+            "errors": 0,
+            "malformed": 0,
+            "relists_after_compaction": 0,
+        }
 
     def take_changes(self) -> set[str] | None:
         changed, self._changed = self._changed, set()
@@ -81,28 +90,50 @@ class ClusterWatcher:
     def statistics(self) -> dict[str, Any]:
         return {**self._stats, "clusters": len(self.clusters), "invalid": len(self.invalid), "revision": self.revision}
 
-    def _apply(self, resource: dict[str, Any]) -> None:
-        name = str(resource.get("metadata", {}).get("name", ""))
-        self._mark(name)
+    def _decode(self, resource: object, name: str) -> KubeCluster | str | None:
+        """The model, why it is invalid, or None for another kind (never raises for what the registry sent)."""
         try:
             # The registry validated it; its kubeconfig is checked when (if) this agent registers it.
-            model = codec.resource_from_dict(resource, source="registry", verify_kubeconfig=False)
+            model = codec.resource_from_dict(resource, source="registry", verify_kubeconfig=False)  # type: ignore[arg-type]
         except KubeportError as err:
-            self.clusters.pop(name, None)
-            self.invalid[name] = err.message
-            log.warning("ignoring kube_cluster %r from the registry: %s", name, err.message)
-            return
+            return err.message
         if not isinstance(model, KubeCluster):
-            return
-        self.invalid.pop(name, None)
-        self.clusters[name] = model
+            return None  # not ours to track: it must not evict a kube_cluster of the same name
+        return model
+
+    def _store(self, clusters: dict[str, KubeCluster], invalid: dict[str, str], resource: object) -> str | None:
+        """Record one resource; a resource without a name cannot be keyed: it is skipped and counted (resuming
+        would only replay it)."""
+        name = self._name_of(resource)
+        if name is None:
+            self._stats["malformed"] += 1
+            log.warning("ignoring a kube_cluster without a name from the registry")
+            return None
+        decoded = self._decode(resource, name)
+        if decoded is None:
+            return None
+        if isinstance(decoded, str):
+            clusters.pop(name, None)
+            invalid[name] = decoded
+            log.warning("ignoring kube_cluster %r from the registry: %s", name, decoded)
+        else:
+            invalid.pop(name, None)
+            clusters[name] = decoded
+        return name
+
+    def _apply(self, resource: object) -> None:
+        name = self._store(self.clusters, self.invalid, resource)
+        if name is not None:
+            self._mark(name)
 
     async def _relist(self, client: RegistryClient) -> None:
         items, revision = await client.list("kube_cluster", with_secrets=True)
-        self.clusters = {}
-        self.invalid = {}
+        # Built aside and swapped in whole: a list that fails half-way leaves the last known state.
+        clusters: dict[str, KubeCluster] = {}
+        invalid: dict[str, str] = {}
         for item in items:
-            self._apply(item)
+            self._store(clusters, invalid, item)
+        self.clusters, self.invalid = clusters, invalid
         self.revision = revision
         self._changed = None  # a relist may have added, changed or dropped anything
         self._stats["lists"] += 1
@@ -113,24 +144,44 @@ class ClusterWatcher:
         async with client.watch(["kube_cluster"], revision=self.revision, with_secrets=True) as events:
             self._stats["watches"] += 1
             self.connected = True
-            async for event in _with_idle_limit(events, self.idle_limit):
-                self.backoff.reset()
-                kind = event.get("type")
-                if kind in ("INIT", "BOOKMARK"):
-                    self.revision = int(event.get("revision", self.revision or 0))
-                    continue
-                if kind == "PUT":
-                    self._apply(event["resource"])
-                elif kind == "DELETE":
-                    name = str(event.get("resource", {}).get("metadata", {}).get("name", ""))
-                    self._mark(name)
-                    self.clusters.pop(name, None)
-                    self.invalid.pop(name, None)
-                else:
-                    continue
-                self.revision = int(event["revision"])
-                self._stats["events"] += 1
-                self._on_change()
+            async with aclosing(_with_idle_limit(events, self.idle_limit)) as stream:
+                async for event in stream:
+                    self.backoff.reset()
+                    self._handle(event)
+
+    def _handle(self, event: dict[str, Any]) -> None:
+        """One watch event. A malformed one is a broken stream: reconnect and resume from the last revision."""
+        kind = event.get("type")
+        revision = event.get("revision")
+        if kind in ("INIT", "BOOKMARK"):
+            if isinstance(revision, int) and not isinstance(revision, bool):
+                self.revision = revision
+            return
+        if kind not in ("PUT", "DELETE"):
+            return
+        if not isinstance(revision, int) or isinstance(revision, bool):
+            raise ConnectionProblem(f"the registry sent a {kind} event without a revision: reconnecting")
+        resource = event.get("resource")
+        if kind == "PUT":
+            self._apply(resource)
+        else:
+            name = self._name_of(resource)
+            if name is None:
+                self._stats["malformed"] += 1
+                log.warning("ignoring a DELETE without a name from the registry")
+            else:
+                self._mark(name)
+                self.clusters.pop(name, None)
+                self.invalid.pop(name, None)
+        self.revision = revision
+        self._stats["events"] += 1
+        self._on_change()
+
+    @staticmethod
+    def _name_of(resource: object) -> str | None:
+        metadata = resource.get("metadata") if isinstance(resource, dict) else None
+        name = metadata.get("name") if isinstance(metadata, dict) else None
+        return name if isinstance(name, str) and name else None
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until cancelled. ``started`` is reported at once: an agent serves static clusters and keeps
@@ -157,11 +208,13 @@ class ClusterWatcher:
                 self.connected = False
 
 
-async def _with_idle_limit(events: AsyncIterator[dict[str, Any]], limit: float) -> AsyncIterator[dict[str, Any]]:
+async def _with_idle_limit(events: AsyncIterator[dict[str, Any]], limit: float) -> AsyncGenerator[dict[str, Any], None]:
     while True:
         event: dict[str, Any] | None = None
         with trio.move_on_after(limit):
             event = await events.__anext__()
         if event is None:
             raise ConnectionProblem(f"the registry watch was silent for {limit:.0f}s (no bookmark): reconnecting")
+        if not isinstance(event, dict):
+            raise ConnectionProblem("the registry sent a malformed watch event: reconnecting")
         yield event

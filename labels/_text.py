@@ -1,4 +1,8 @@
-"""Small text helpers for error messages shared by the ``labels`` modules (internal).
+"""Small text helpers for error messages shared by the ``labels`` modules.
+
+Internal to kubeport, not to ``labels``: ``registry.core.validation`` builds its ``quote`` and ``describe`` on
+these (``labels`` is the leaf, so that dependency points the allowed way), and a change of wording here shows
+in resource messages too.
 
 Invariant: everything a user supplied is shown through :func:`quote`, which escapes control and
 non-ASCII characters (so a Cyrillic look-alike key or an ANSI escape sequence is visible as such, and

@@ -45,11 +45,8 @@ import base64
 import json
 import math
 import os
-import platform
 import re
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -59,24 +56,30 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-_ROOT = Path(__file__).resolve().parent.parent
-if (_ROOT / "registry" / "__init__.py").is_file() and str(_ROOT) not in sys.path:
-    sys.path.insert(0, str(_ROOT))
-
-import trio  # noqa: E402  (after the path set-up, like everything below)
-import yaml  # noqa: E402
-
-from registry.client import RegistryClient  # noqa: E402
-from registry.core.errors import KubeportError  # noqa: E402
+# Importing benchlib puts the repository root on sys.path, for the registry imports below.
+import benchlib
+import trio
+import yaml
+from benchlib import (
+    PYTHON_M,
+    STARTUP_TIMEOUT,
+    Registry,
+    banner,
+    percentile,
+    positive,
+    positive_list,
+    registry,
+    running,
+    spawn,
+    stop,
+)
 
 # Clusters carry shard = i % SHARDS; with --fanout split agent j serves the shards s with s % A == j, a partition
 # for any A up to SHARDS (even shares when A divides 60: 1-6, 10, 12, 15, 20, 30, 60).
 SHARDS = 60
 MAX_AGENTS = SHARDS
 MAX_CLUSTERS = 100_000
-STARTUP_TIMEOUT = 60.0  # a process that has not printed its banner by then is broken
 SAMPLE_TIMEOUT = 10.0  # one create → kube_server; 20x the target, so a slow agent shows as a number, not a hang
-CLIENT_TIMEOUT = 60.0
 TARGET_P99 = 0.5
 TARGET_RSS_MB = 300.0
 TARGET_CPU = 0.20  # of one core
@@ -84,16 +87,24 @@ TARGET_CPU = 0.20  # of one core
 ADMIN_TOKEN = "bench-admin-token-not-a-secret"  # noqa: S105
 LABEL_KEY = "probe"
 
-# ``quiet``: seconds without kube_server writes that count as the agents' steady state.
+# Keys are the options' names: an option not given takes its preset's value. ``quiet`` (no option): seconds
+# without kube_server writes that count as the agents' steady state.
 FULL: dict[str, Any] = {
     "clusters": (1_000, 10_000),
     "agents": (1, 10),
     "window": 60,
     "samples": 200,
-    "rss": 1_000,
+    "rss_clusters": 1_000,
     "quiet": 2.0,
 }
-QUICK: dict[str, Any] = {"clusters": (50,), "agents": (1, 2), "window": 15, "samples": 20, "rss": 50, "quiet": 0.5}
+QUICK: dict[str, Any] = {
+    "clusters": (50,),
+    "agents": (1, 2),
+    "window": 15,
+    "samples": 20,
+    "rss_clusters": 50,
+    "quiet": 0.5,
+}
 
 
 # --- configuration ---------------------------------------------------------------------------------------
@@ -125,48 +136,22 @@ class Config:
         return "all" if clusters * agents <= self.max_registrations else "split"
 
 
-def _int_list(limit: int) -> Callable[[str], tuple[int, ...]]:
-    def parse(text: str) -> tuple[int, ...]:
-        values: set[int] = set()
-        for raw in text.split(","):
-            part = raw.strip().replace("_", "")
-            # ASCII digits only (no signs, no "²"), and bounded before int() converts it.
-            if not (part.isascii() and part.isdigit()):
-                raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text[:40]!r}")
-            if len(part) > 9 or not 1 <= int(part) <= limit:
-                raise argparse.ArgumentTypeError(f"{part[:12]} is out of range (1..{limit})")
-            values.add(int(part))
-        return tuple(sorted(values))
-
-    return parse
-
-
-def _int(limit: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        if "," in text:
-            raise argparse.ArgumentTypeError(f"expected one positive integer, got {text[:40]!r}")
-        (value,) = _int_list(limit)(text)
-        return value
-
-    return parse
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bench_agent.py", description="Benchmark kubeport agents: create → kube_server latency, RSS and CPU."
     )
     add = parser.add_argument
     add("--quick", action="store_true", help="tiny run (50 clusters, 1 and 2 agents, 15 s window); flags win")
-    add("--clusters", type=_int_list(MAX_CLUSTERS), metavar="N,N", help="kube_cluster counts (1000,10000)")
-    add("--agents", type=_int_list(MAX_AGENTS), metavar="A,A", help=f"agent counts, at most {MAX_AGENTS} (1,10)")
-    add("--window", type=_int(3600), metavar="S", help="seconds of RSS/CPU sampling (60)")
-    add("--samples", type=_int(100_000), metavar="K", help="timed creates per run (200)")
-    add("--rss-clusters", type=_int(MAX_CLUSTERS), metavar="N", help="clusters for the RSS/CPU rows (1000)")
-    add("--label-period", type=_int(86_400), default=10, metavar="S", help="dynamic label period, seconds (10)")
-    add("--concurrency", type=_int(256), default=16, metavar="C", help="clients filling the registry (16)")
+    add("--clusters", type=positive_list(MAX_CLUSTERS), metavar="N,N", help="kube_cluster counts (1000,10000)")
+    add("--agents", type=positive_list(MAX_AGENTS), metavar="A,A", help=f"agent counts, at most {MAX_AGENTS} (1,10)")
+    add("--window", type=positive(3600), metavar="S", help="seconds of RSS/CPU sampling (60)")
+    add("--samples", type=positive(100_000), metavar="K", help="timed creates per run (200)")
+    add("--rss-clusters", type=positive(MAX_CLUSTERS), metavar="N", help="clusters for the RSS/CPU rows (1000)")
+    add("--label-period", type=positive(86_400), default=10, metavar="S", help="dynamic label period, seconds (10)")
+    add("--concurrency", type=positive(256), default=16, metavar="C", help="clients filling the registry (16)")
     add("--fanout", choices=("auto", "all", "split"), default="auto", help="who serves a cluster with A > 1")
-    add("--max-registrations", type=_int(10_000_000), default=20_000, metavar="R", help="auto: all up to N×A=R")
-    add("--setup-timeout", type=_int(86_400), default=600, metavar="S", help="per run, to reach steady state")
+    add("--max-registrations", type=positive(10_000_000), default=20_000, metavar="R", help="auto: all up to N×A=R")
+    add("--setup-timeout", type=positive(86_400), default=600, metavar="S", help="per run, to reach steady state")
     add("--work-dir", type=Path, metavar="DIR", help="parent of the temporary directories")
     add("--keep", action="store_true", help="keep the work directory (logs, data dirs) for a post-mortem")
     add("--json", action="store_true", help="also print the results as one line of JSON, last")
@@ -174,27 +159,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_config(argv: Sequence[str] | None) -> Config:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    preset = QUICK if args.quick else FULL
-
-    def pick(value: Any, key: str) -> Any:
-        return preset[key] if value is None else value
-
-    if args.work_dir is not None and not args.work_dir.is_dir():
-        parser.error(f"--work-dir {args.work_dir}: not a directory")
+    args = benchlib.parse_args(build_parser(), argv, full=FULL, quick=QUICK)
     return Config(
-        clusters=pick(args.clusters, "clusters"),
-        agents=pick(args.agents, "agents"),
-        window=pick(args.window, "window"),
-        samples=pick(args.samples, "samples"),
-        rss_clusters=pick(args.rss_clusters, "rss"),
+        clusters=args.clusters,
+        agents=args.agents,
+        window=args.window,
+        samples=args.samples,
+        rss_clusters=args.rss_clusters,
         label_period=args.label_period,
         concurrency=args.concurrency,
         fanout=args.fanout,
         max_registrations=args.max_registrations,
         setup_timeout=args.setup_timeout,
-        quiet=preset["quiet"],
+        quiet=args.quiet,
         work_dir=args.work_dir,
         keep=args.keep,
         json=args.json,
@@ -206,14 +183,6 @@ def progress(message: str) -> None:
 
 
 # --- results ---------------------------------------------------------------------------------------------
-
-
-def percentile(samples: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..1): a value that was measured, never an interpolation."""
-    if not samples:
-        raise ValueError("no samples")
-    ordered = sorted(samples)
-    return ordered[min(max(1, math.ceil(q * len(ordered))), len(ordered)) - 1]
 
 
 def fmt_ms(seconds: float) -> str:
@@ -365,17 +334,13 @@ def setup_notes(config: Config, runs: Sequence[LatencyRun], usage: UsageRun) -> 
 def render(
     config: Config, rows: Sequence[Row], machine: dict[str, Any], runs: Sequence[LatencyRun], usage: UsageRun
 ) -> str:
-    load = " ".join(f"{x:.2f}" for x in machine["loadavg_at_start"])
-    end = " ".join(f"{x:.2f}" for x in machine.get("loadavg_at_end", []))
+    end = benchlib.loads(machine.get("loadavg_at_end", []))
     lines = [
         "### kubeport agent benchmark",
         "",
-        f"machine: Python {machine['python']}, nproc {machine['nproc']}, {machine['system']}, "
-        f"load average {load} (start), {end} (end)",
+        f"{benchlib.machine_line(machine)} (start), {end} (end)",
         "",
-        TABLE_HEADER,
-        "|---|---|---|---|---|",
-        *("| " + " | ".join(row.cells()) + " |" for row in rows),
+        *benchlib.table_lines(TABLE_HEADER, "|---|---|---|---|---|", (row.cells() for row in rows)),
         "",
         f"Latency: {config.samples} creates per run, one at a time, once every agent has announced every cluster "
         f"it serves with a checked health and no kube_server was written for {config.quiet:g} s; the clock runs from "
@@ -389,111 +354,19 @@ def render(
     return "\n".join(lines)
 
 
-def machine_info() -> dict[str, Any]:
-    return {
-        "python": platform.python_version(),
-        "nproc": os.cpu_count(),
-        "system": f"{platform.system()} {platform.machine()}",
-        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
-    }
-
-
 # --- processes -------------------------------------------------------------------------------------------
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_ROOT), env.get("PYTHONPATH", "")) if p)
-    for var in ("KUBEPORT_REGISTRY", "KUBEPORT_IDENTITY", "KUBEPORT_DATA_DIR", "KUBECONFIG"):
-        env.pop(var, None)
-    return env
-
-
-def _tail(log: Path) -> str:
-    try:
-        return log.read_text(errors="replace")[-600:].strip()
-    except OSError:
-        return ""
-
-
-async def spawn(argv: list[str], log: Path) -> trio.Process:
-    """Start ``argv`` with stdout and stderr into ``log`` (no pipes: nothing can block on a full one)."""
-    with log.open("wb") as handle:
-        return await trio.lowlevel.open_process(argv, stdout=handle, stderr=subprocess.STDOUT, env=_env(), cwd=_ROOT)
-
-
-async def banner(process: trio.Process, log: Path, patterns: Sequence[re.Pattern[bytes]], what: str) -> list[str]:
-    """Poll ``log`` until every pattern matched a whole line; their first groups, in order."""
-    with trio.move_on_after(STARTUP_TIMEOUT):
-        while True:
-            text = (await trio.Path(log).read_bytes())[: 1 << 20]
-            found = [p.search(text) for p in patterns]
-            if all(found):
-                return [m[1].decode() for m in found if m is not None]
-            if process.returncode is not None or process.poll() is not None:
-                raise RuntimeError(f"{what} exited during start-up: {_tail(log)}")
-            await trio.sleep(0.05)
-    raise RuntimeError(f"{what} did not start within {STARTUP_TIMEOUT:.0f}s: {_tail(log)}")
-
-
-async def stop(process: trio.Process, how: str) -> None:
-    """``term``: SIGTERM (a clean shutdown), SIGKILL after 10 s; ``kill``: SIGKILL at once."""
-    with trio.CancelScope(shield=True):
-        if process.returncode is None and how == "term":
-            process.send_signal(signal.SIGTERM)
-            with trio.move_on_after(10):
-                await process.wait()
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-
-
-@asynccontextmanager
-async def running(
-    argv: list[str], log: Path, patterns: Sequence[re.Pattern[bytes]], what: str, *, how: str = "term"
-) -> AsyncIterator[tuple[trio.Process, list[str]]]:
-    process = await spawn(argv, log)
-    try:
-        yield process, await banner(process, log, patterns, what)
-    finally:
-        await stop(process, how)
-
-
-_PY = [sys.executable, "-m"]
 # Banner lines, each matched only once complete (up to its newline), so a half-written line never counts.
-_ADDRESS = re.compile(rb"is running on (\S+)\n")
-_IDENTITY = re.compile(rb"admin identity:\s+(\S+)[^\n]*\n")
-_PIN = re.compile(rb"CA pin:\s+(\S+)\n")
 _AGENT_HOST = re.compile(rb"\(host (\S+)\) joined the registry[^\n]*\n")
 _FAKE_URL = re.compile(rb"serving at (\S+)\n")
-
-
-@dataclass(frozen=True)
-class Registry:
-    address: str
-    identity: Path
-    ca_pin: str
-    pid: int
-
-    def client(self) -> RegistryClient:
-        return RegistryClient.from_identity_file(self.identity, self.address, timeout=CLIENT_TIMEOUT)
-
-
-@asynccontextmanager
-async def registry(data_dir: Path) -> AsyncIterator[Registry]:
-    argv = [*_PY, "registry.cli.kubeport_main", "registry", "start", "--data-dir", str(data_dir)]
-    argv += ["--listen", "127.0.0.1:0"]
-    log = data_dir.parent / f"{data_dir.name}.log"
-    async with running(argv, log, (_ADDRESS, _IDENTITY, _PIN), "the registry") as (process, found):
-        address, identity, pin = found
-        yield Registry(address, Path(identity), pin, process.pid)
 
 
 @asynccontextmanager
 async def fake_kube(work: Path) -> AsyncIterator[bytes]:
     """The fake Kubernetes API; yields its admin kubeconfig (what every benchmark cluster carries)."""
     kubeconfig = work / "fake-kube.kubeconfig"
-    argv = [*_PY, "tests.fakes.kube_api", "--port", "0", "--admin-token", ADMIN_TOKEN]
+    argv = [*PYTHON_M, "tests.fakes.kube_api", "--port", "0", "--admin-token", ADMIN_TOKEN]
     argv += ["--write-kubeconfig", str(kubeconfig)]
     async with running(argv, work / "fake-kube.log", (_FAKE_URL,), "the fake Kubernetes API"):
         yield kubeconfig.read_bytes()
@@ -533,7 +406,7 @@ async def agents(
         config = work / f"{name}.yaml"
         config.write_text(agent_yaml(reg, token, work / name, name, selectors[index]))
         config.chmod(0o600)  # it holds the join token
-        argv = [*_PY, "registry.cli.kubeport_main", "agent", "start", "-c", str(config)]
+        argv = [*PYTHON_M, "registry.cli.kubeport_main", "agent", "start", "-c", str(config)]
         argv += ["--health-interval", "3600"]
         log = work / f"{name}.log"
         process = await spawn(argv, log)
@@ -883,7 +756,7 @@ def _finite(value: Any) -> Any:
 
 
 async def run(config: Config) -> str:
-    machine = machine_info()
+    machine = benchlib.machine_info()
     _raise_fd_limit()
     work = Path(tempfile.mkdtemp(prefix="kubeport-bench-agent-", dir=config.work_dir))
     progress(f"working in {work}")
@@ -903,7 +776,7 @@ async def run(config: Config) -> str:
     if config.json:
         document = {
             "machine": machine,
-            "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
+            "config": benchlib.config_json(config),
             "rows": [asdict(row) for row in rows],
             "baselines": {str(n): _finite(v) for n, v in baselines.items()},
             "latency_runs": [_finite(asdict(r)) for r in runs],
@@ -913,26 +786,8 @@ async def run(config: Config) -> str:
     return out
 
 
-def _leaves(exc: BaseException) -> list[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
-    return [exc]
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    config = parse_config(argv)
-    try:
-        print(trio.run(run, config), flush=True)
-    except BaseException as exc:  # nurseries wrap failures in groups: report the real causes
-        leaves = _leaves(exc)
-        if any(isinstance(leaf, KeyboardInterrupt) for leaf in leaves):
-            return 130
-        if not all(isinstance(leaf, KubeportError | RuntimeError | OSError | trio.TooSlowError) for leaf in leaves):
-            raise
-        for leaf in leaves:
-            print(f"bench_agent: failed: {leaf}", file=sys.stderr)
-        return 1
-    return 0
+    return benchlib.run_main("bench_agent", run, parse_config(argv))
 
 
 if __name__ == "__main__":

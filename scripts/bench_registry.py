@@ -35,10 +35,6 @@ import argparse
 import base64
 import json
 import math
-import os
-import platform
-import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -49,30 +45,29 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-_ROOT = Path(__file__).resolve().parent.parent
-if (_ROOT / "registry" / "__init__.py").is_file() and str(_ROOT) not in sys.path:
-    sys.path.insert(0, str(_ROOT))
+# Importing benchlib puts the repository root on sys.path, for the registry imports below.
+import benchlib
+import trio
+import yaml
+from benchlib import percentile, positive, positive_list
 
-import trio  # noqa: E402  (after the path set-up, like everything below)
-import yaml  # noqa: E402
-
-from registry.client import RegistryClient  # noqa: E402
-from registry.core.errors import KubeportError  # noqa: E402
-from registry.core.identity import CertAuthority  # noqa: E402
-from registry.core.resources import ORIGIN_LABEL  # noqa: E402
-from registry.server.serve import RegistryInfo, serve_registry  # noqa: E402
-from registry.store import SQLiteStore  # noqa: E402
+from registry.client import RegistryClient
+from registry.core.identity import CertAuthority
+from registry.core.resources import ORIGIN_LABEL
+from registry.server.serve import RegistryInfo, serve_registry
+from registry.store import SQLiteStore
 
 KIND = "kube_cluster"
 MAX_CLUSTERS = 100_000  # a list size beyond this is a typo, not a benchmark
 MAX_WATCHERS = 1_000  # each watcher is a socket on both ends
 MAX_COUNT = 1_000_000
-STARTUP_TIMEOUT = 60.0
+STARTUP_TIMEOUT = 60.0  # until every watcher is ready
 STEP_TIMEOUT = 120.0  # one create, list or event delivery; far above any sane latency
 CLIENT_TIMEOUT = 120.0
 
-FULL = {"clusters": (1_000, 10_000), "watchers": (1, 10, 100), "creates": 500, "events": 50, "repeats": 5}
-QUICK = {"clusters": (100, 1_000), "watchers": (1, 10), "creates": 100, "events": 20, "repeats": 3}
+# Keys are the options' names: an option not given takes its preset's value.
+FULL = {"clusters": (1_000, 10_000), "watchers": (1, 10, 100), "creates": 500, "watch_events": 50, "list_repeats": 5}
+QUICK = {"clusters": (100, 1_000), "watchers": (1, 10), "creates": 100, "watch_events": 20, "list_repeats": 3}
 
 
 # --- configuration ---------------------------------------------------------------------------------------
@@ -91,35 +86,6 @@ class Config:
     json: bool
 
 
-def _positive_list(limit: int) -> Callable[[str], tuple[int, ...]]:
-    def parse(text: str) -> tuple[int, ...]:
-        values: set[int] = set()
-        for raw in text.split(","):
-            part = raw.strip().replace("_", "")
-            # ASCII digits only: refuses signs, inner spaces, empty parts and digits int() cannot read ("²").
-            if not (part.isascii() and part.isdigit()):
-                raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text[:40]!r}")
-            if len(part) > 9:  # bounded before int(): no time spent converting a megabyte of digits
-                raise argparse.ArgumentTypeError(f"{part[:12]}... is out of range (1..{limit})")
-            value = int(part)
-            if not 1 <= value <= limit:
-                raise argparse.ArgumentTypeError(f"{value} is out of range (1..{limit})")
-            values.add(value)
-        return tuple(sorted(values))
-
-    return parse
-
-
-def _positive(limit: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        if "," in text:
-            raise argparse.ArgumentTypeError(f"expected one positive integer, got {text!r}")
-        (value,) = _positive_list(limit)(text)
-        return value
-
-    return parse
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bench_registry.py",
@@ -128,21 +94,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="small counts (about 30 s); explicit flags win")
     parser.add_argument(
         "--clusters",
-        type=_positive_list(MAX_CLUSTERS),
+        type=positive_list(MAX_CLUSTERS),
         metavar="N,N",
         help="kube_cluster counts to list at (default 1000,10000)",
     )
     parser.add_argument(
-        "--watchers", type=_positive_list(MAX_WATCHERS), metavar="W,W", help="watcher counts (default 1,10,100)"
+        "--watchers", type=positive_list(MAX_WATCHERS), metavar="W,W", help="watcher counts (default 1,10,100)"
     )
-    parser.add_argument("--creates", type=_positive(MAX_COUNT), metavar="N", help="creates per mode (default 500)")
+    parser.add_argument("--creates", type=positive(MAX_COUNT), metavar="N", help="creates per mode (default 500)")
     parser.add_argument(
-        "--concurrency", type=_positive(256), default=8, metavar="C", help="concurrent clients for creates (8)"
+        "--concurrency", type=positive(256), default=8, metavar="C", help="concurrent clients for creates (8)"
     )
     parser.add_argument(
-        "--watch-events", type=_positive(MAX_COUNT), metavar="K", help="creates watched per watcher count (50)"
+        "--watch-events", type=positive(MAX_COUNT), metavar="K", help="creates watched per watcher count (50)"
     )
-    parser.add_argument("--list-repeats", type=_positive(1_000), metavar="R", help="timed lists per size (5)")
+    parser.add_argument("--list-repeats", type=positive(1_000), metavar="R", help="timed lists per size (5)")
     parser.add_argument(
         "--in-process", action="store_true", help="run the registry in this process (default: a subprocess)"
     )
@@ -152,22 +118,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_config(argv: Sequence[str] | None) -> Config:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    preset = QUICK if args.quick else FULL
-
-    def pick(value: Any, key: str) -> Any:
-        return preset[key] if value is None else value
-
-    if args.work_dir is not None and not args.work_dir.is_dir():
-        parser.error(f"--work-dir {args.work_dir}: not a directory")
+    args = benchlib.parse_args(build_parser(), argv, full=FULL, quick=QUICK)
     return Config(
-        clusters=pick(args.clusters, "clusters"),
-        watchers=pick(args.watchers, "watchers"),
-        creates=pick(args.creates, "creates"),
+        clusters=args.clusters,
+        watchers=args.watchers,
+        creates=args.creates,
         concurrency=args.concurrency,
-        watch_events=pick(args.watch_events, "events"),
-        list_repeats=pick(args.list_repeats, "repeats"),
+        watch_events=args.watch_events,
+        list_repeats=args.list_repeats,
         in_process=args.in_process,
         work_dir=args.work_dir,
         json=args.json,
@@ -208,15 +166,6 @@ def _fmt(value: float, unit: str) -> str:
     return f"{value * 1000:,.2f} ms"
 
 
-def percentile(samples: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..1): a value that was actually measured, never an interpolation."""
-    if not samples:
-        raise ValueError("no samples")
-    ordered = sorted(samples)
-    rank = max(1, math.ceil(q * len(ordered)))
-    return ordered[min(rank, len(ordered)) - 1]
-
-
 def row_labels(config: Config) -> list[str]:
     """Every row's operation text, in table order (the smoke test checks each appears)."""
     labels = ["create, sequential (1 client)", f"create, {config.concurrency} concurrent clients"]
@@ -236,9 +185,7 @@ def render(config: Config, rows: Sequence[Row], machine: str) -> str:
         "",
         machine,
         "",
-        TABLE_HEADER,
-        "|---|---:|---:|---:|",
-        *("| " + " | ".join(row.cells()) + " |" for row in rows),
+        *benchlib.table_lines(TABLE_HEADER, "|---|---:|---:|---:|", (row.cells() for row in rows)),
         "",
         f"creates: {config.creates} per mode; each API create is 2 fsynced store writes (cluster + audit event).",
         f"watch: {config.watch_events} creates per watcher count, latency from the create call to each watcher's "
@@ -248,22 +195,12 @@ def render(config: Config, rows: Sequence[Row], machine: str) -> str:
 
 
 def machine_info(config: Config) -> dict[str, Any]:
-    return {
-        "python": platform.python_version(),
-        "nproc": os.cpu_count(),
-        "system": f"{platform.system()} {platform.machine()}",
-        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
-        "registry": "in-process" if config.in_process else "subprocess",
-    }
+    return {**benchlib.machine_info(), "registry": "in-process" if config.in_process else "subprocess"}
 
 
 def machine_line(info: dict[str, Any]) -> str:
     where = "in-process (shares this interpreter)" if info["registry"] == "in-process" else "subprocess"
-    load = " ".join(f"{x:.2f}" for x in info["loadavg_at_start"])
-    return (
-        f"machine: Python {info['python']}, nproc {info['nproc']}, {info['system']}, "
-        f"load average {load} (at start); registry: {where}"
-    )
+    return f"{benchlib.machine_line(info)} (at start); registry: {where}"
 
 
 # --- fixtures --------------------------------------------------------------------------------------------
@@ -333,60 +270,10 @@ async def _registry_in_process(data_dir: Path) -> AsyncIterator[Endpoint]:
             nursery.cancel_scope.cancel()
 
 
-# The registry's start-up banner names its address and the admin identity it wrote.
-_ADDRESS = re.compile(rb"is running on (\S+)")
-_IDENTITY = re.compile(rb"admin identity:\s+(\S+)")
-
-
 @asynccontextmanager
 async def _registry_subprocess(data_dir: Path) -> AsyncIterator[Endpoint]:
-    log_path = data_dir.parent / (data_dir.name + ".log")
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_ROOT), env.get("PYTHONPATH", "")) if p)
-    argv = [sys.executable, "-m", "registry.cli.kubeport_main", "registry", "start"]
-    argv += ["--data-dir", str(data_dir), "--listen", "127.0.0.1:0"]
-    with log_path.open("wb") as log:
-        process = await trio.lowlevel.open_process(argv, stdout=subprocess.PIPE, stderr=log, env=env)
-    try:
-        assert process.stdout is not None
-        address, identity = await _read_banner(process.stdout, log_path)
-        async with trio.open_nursery() as nursery:
-            # Keep draining stdout so the registry never blocks on a full pipe.
-            nursery.start_soon(_drain, process.stdout)
-            try:
-                yield Endpoint(address, identity)
-            finally:
-                nursery.cancel_scope.cancel()
-    finally:
-        with trio.CancelScope(shield=True):
-            await _stop(process)
-
-
-async def _read_banner(stream: trio.abc.ReceiveStream, log_path: Path) -> tuple[str, Path]:
-    seen = b""
-    with trio.move_on_after(STARTUP_TIMEOUT):
-        while chunk := await stream.receive_some():
-            seen += chunk
-            address, identity = _ADDRESS.search(seen), _IDENTITY.search(seen)
-            if address and identity:
-                return address.group(1).decode(), Path(identity.group(1).decode())
-    tail = (await trio.Path(log_path).read_text(errors="replace"))[-2000:]
-    raise RuntimeError(f"the registry did not start (stdout {seen[-500:]!r}); its stderr ends with:\n{tail}")
-
-
-async def _drain(stream: trio.abc.ReceiveStream) -> None:
-    while await stream.receive_some():
-        pass
-
-
-async def _stop(process: trio.Process) -> None:
-    if process.returncode is None:
-        process.terminate()  # SIGTERM: the registry closes its store cleanly
-        with trio.move_on_after(10):
-            await process.wait()
-    if process.returncode is None:
-        process.kill()
-        await process.wait()
+    async with benchlib.registry(data_dir) as reg:
+        yield Endpoint(reg.address, reg.identity)
 
 
 async def warm_clients(endpoint: Endpoint, count: int) -> list[RegistryClient]:
@@ -650,33 +537,15 @@ async def run(config: Config) -> str:
     if config.json:
         document = {
             "machine": machine,
-            "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
+            "config": benchlib.config_json(config),
             "results": [{**asdict(row), "ratio": row.ratio} for row in rows],
         }
         out += "\n" + json.dumps(document, separators=(",", ":"), allow_nan=False)
     return out
 
 
-def _leaves(exc: BaseException) -> list[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
-    return [exc]
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    config = parse_config(argv)
-    try:
-        print(trio.run(run, config), flush=True)
-    except BaseException as exc:  # nurseries wrap failures in groups: report the real causes
-        leaves = _leaves(exc)
-        if any(isinstance(leaf, KeyboardInterrupt) for leaf in leaves):
-            return 130
-        if not all(isinstance(leaf, KubeportError | RuntimeError | OSError | trio.TooSlowError) for leaf in leaves):
-            raise
-        for leaf in leaves:
-            print(f"bench_registry: failed: {leaf}", file=sys.stderr)
-        return 1
-    return 0
+    return benchlib.run_main("bench_registry", run, parse_config(argv))
 
 
 if __name__ == "__main__":

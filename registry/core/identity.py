@@ -27,7 +27,8 @@ import hashlib
 import hmac
 import ipaddress
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal, TypeVar, get_args
@@ -187,21 +188,17 @@ def load_certificate(data: bytes, what: str) -> x509.Certificate:
     unparsable, with ``what`` naming it in the message."""
     if not isinstance(data, bytes):
         raise BadParameter(f"{what} must be bytes, got {type(data).__name__}")
-    if len(data) > MAX_CERT_BYTES:
-        raise TooLarge(f"{what} is {len(data)} bytes; the limit is {MAX_CERT_BYTES}")
-    try:
+    _check_size(data, MAX_CERT_BYTES, what)
+    with _malformed(what):
         if data.lstrip().startswith(b"-----BEGIN"):
             return x509.load_pem_x509_certificate(data)
         return x509.load_der_x509_certificate(data)
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise BadParameter(f"{what} is malformed: {_first_line(exc)}") from exc
 
 
 def load_private_key(data: bytes, what: str) -> ec.EllipticCurvePrivateKey:
     """An unencrypted PEM ECDSA P-256 private key (at most :data:`MAX_KEY_BYTES`); anything else is refused
     with ``what`` naming it in the message."""
-    if len(data) > MAX_KEY_BYTES:
-        raise TooLarge(f"{what} is {len(data)} bytes; the limit is {MAX_KEY_BYTES}")
+    _check_size(data, MAX_KEY_BYTES, what)
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except TypeError as exc:  # cryptography's way of saying "encrypted, and no password given"
@@ -261,29 +258,7 @@ class CertAuthority:
         )
         ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
         cert = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - CLOCK_SKEW)
-            .not_valid_after(now + CA_TTL)
-            # path_length=0: this CA signs leaves only, never intermediate CAs.
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
+            _builder(subject, subject, key.public_key(), now=now, not_after=now + CA_TTL, ca=True)
             .add_extension(ski, critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
             .sign(key, hashes.SHA256())
@@ -346,12 +321,9 @@ class CertAuthority:
         addition to ``dns_names``/``ip_addresses``; ``agent`` certificates name only what is given;
         client-only kinds (``admin``, ``user``) take no names at all.
         """
-        if len(public_key_pem) > MAX_KEY_BYTES:
-            raise TooLarge(f"public key is {len(public_key_pem)} bytes; the limit is {MAX_KEY_BYTES}")
-        try:
+        _check_size(public_key_pem, MAX_KEY_BYTES, "public key")
+        with _malformed("public key"):
             public_key = serialization.load_pem_public_key(public_key_pem)
-        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-            raise BadParameter(f"public key is malformed: {_first_line(exc)}") from exc
         return self._issue(public_key, identity, ttl=ttl, now=now, dns_names=dns_names, ips=ip_addresses)
 
     def sign_csr(
@@ -366,17 +338,11 @@ class CertAuthority:
     ) -> bytes:
         """Like :meth:`issue`, over the key of a CSR whose self-signature proves possession. Everything
         else the CSR asks for (subject, extensions) is ignored: the server decides who the caller is."""
-        if len(csr_pem) > MAX_CSR_BYTES:
-            raise TooLarge(f"certificate signing request is {len(csr_pem)} bytes; the limit is {MAX_CSR_BYTES}")
-        try:
+        _check_size(csr_pem, MAX_CSR_BYTES, "certificate signing request")
+        with _malformed("certificate signing request"):
             csr = x509.load_pem_x509_csr(csr_pem)
-        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-            raise BadParameter(f"certificate signing request is malformed: {_first_line(exc)}") from exc
-        try:
             valid = csr.is_signature_valid
             public_key = csr.public_key()
-        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-            raise BadParameter(f"certificate signing request is malformed: {_first_line(exc)}") from exc
         if not valid:
             raise BadParameter("certificate signing request signature is invalid")
         return self._issue(public_key, identity, ttl=ttl, now=now, dns_names=dns_names, ips=ip_addresses)
@@ -438,28 +404,7 @@ class CertAuthority:
             usages.append(ExtendedKeyUsageOID.SERVER_AUTH)
         ca_ski = self._cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
         builder = (
-            x509.CertificateBuilder()
-            .subject_name(_subject_of(identity))
-            .issuer_name(self._cert.subject)
-            .public_key(public_key)
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - CLOCK_SKEW)
-            .not_valid_after(not_after)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=False,
-                    crl_sign=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
+            _builder(_subject_of(identity), self._cert.subject, public_key, now=now, not_after=not_after, ca=False)
             .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
@@ -473,6 +418,58 @@ class CertAuthority:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+
+
+def _builder(
+    subject: x509.Name,
+    issuer: x509.Name,
+    public_key: ec.EllipticCurvePublicKey,
+    *,
+    now: datetime,
+    not_after: datetime,
+    ca: bool,
+) -> x509.CertificateBuilder:
+    """What the CA certificate and every leaf share: a random serial, validity from ``now - CLOCK_SKEW``,
+    and critical basic constraints and key usage (a CA signs certificates; a leaf only signs handshakes)."""
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - CLOCK_SKEW)
+        .not_valid_after(not_after)
+        # path_length=0: the CA signs leaves only, never intermediate CAs.
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=ca,
+                crl_sign=ca,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+    )
+
+
+def _check_size(data: bytes, limit: int, what: str) -> None:
+    if len(data) > limit:
+        raise TooLarge(f"{what} is {len(data)} bytes; the limit is {limit}")
+
+
+@contextmanager
+def _malformed(what: str) -> Iterator[None]:
+    """Turn the parse errors ``cryptography`` raises inside the block into BadParameter naming ``what``."""
+    try:
+        yield
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise BadParameter(f"{what} is malformed: {_first_line(exc)}") from exc
 
 
 def _subject_of(identity: Identity) -> x509.Name:

@@ -31,6 +31,7 @@ from typing import Any, NoReturn
 
 import yaml
 
+from labels import _text
 from registry.core.errors import BadParameter, TooLarge
 
 MAX_DOCUMENT_BYTES = 1 << 20
@@ -46,22 +47,16 @@ _YAML_MERGE_TAG = "tag:yaml.org,2002:merge"
 
 def quote(text: str, limit: int = QUOTE_LIMIT) -> str:
     """``text`` as an escaped double-quoted literal, cut to ``limit`` characters (control characters and
-    look-alike unicode stay visible and cannot repaint a terminal)."""
-    if len(text) > limit:
-        return json.dumps(text[:limit]) + f"... ({len(text)} characters)"
-    return json.dumps(text)
+    look-alike unicode stay visible and cannot repaint a terminal). The labels' rule, with a shorter limit."""
+    return _text.quote(text, limit)
 
 
 def describe(value: object) -> str:
     """A wrongly typed value in YAML-ish words: ``"a/b"``, ``int 5``, ``bool true``, ``null``, ``list``."""
-    if value is None:
-        return "null"
     if isinstance(value, str):
-        return quote(value)
-    if isinstance(value, bool):
-        return f"bool {str(value).lower()}"
-    if isinstance(value, int | float):
-        return f"{type(value).__name__} {value!r}"
+        return quote(value)  # bare, unlike label messages' ``string "..."``: "(got "a/b")" reads better
+    if value is None or isinstance(value, int | float):  # bool is an int
+        return _text.describe(value)  # scalars read the same in label and resource messages
     if isinstance(value, bytes):
         return f"binary data ({len(value)} bytes)"
     if isinstance(value, Mapping):

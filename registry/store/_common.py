@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from typing import Any, TypedDict
 
 import trio
 
@@ -30,6 +30,15 @@ from registry.store.base import Event, Record
 Clock = Callable[[], float]
 
 log = logging.getLogger(__name__)
+
+
+class StoreOptions(TypedDict, total=False):
+    """The tuning options every backend takes; their defaults are those of :meth:`BaseStore.__init__`."""
+
+    clock: Clock
+    max_history: int
+    watch_buffer: int
+    max_value_bytes: int
 
 
 class BaseStore(abc.ABC):

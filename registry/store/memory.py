@@ -17,13 +17,13 @@ Invariants:
 from __future__ import annotations
 
 import heapq
-import time
 from collections.abc import Mapping, Sequence
+from typing import Unpack
 
 import trio
 
 from registry.store import _plan
-from registry.store._common import BaseStore, Clock
+from registry.store._common import BaseStore, StoreOptions
 from registry.store._plan import Change, Item, WriteOp
 from registry.store.base import Record
 
@@ -33,17 +33,8 @@ class MemoryStore(BaseStore):
 
     backend = "memory"
 
-    def __init__(
-        self,
-        *,
-        clock: Clock = time.time,
-        max_history: int = 100_000,
-        watch_buffer: int = 1024,
-        max_value_bytes: int = _plan.DEFAULT_MAX_VALUE_BYTES,
-    ) -> None:
-        super().__init__(
-            clock=clock, max_history=max_history, watch_buffer=watch_buffer, max_value_bytes=max_value_bytes
-        )
+    def __init__(self, **options: Unpack[StoreOptions]) -> None:
+        super().__init__(**options)
         self._items: dict[str, dict[str, Item]] = {}
         self._history: list[Change] = []
         self._deadlines: list[tuple[float, int, str, str]] = []

@@ -60,12 +60,12 @@ def test_verify_kubeconfig_false_skips_only_the_kubeconfig_check() -> None:
         "kind": "kube_cluster",
         "version": "v3",
         "metadata": {"name": "trusted"},
-        "spec": {"kubeconfig": base64.b64encode(client_cert_kubeconfig(1024)).decode()},  # noqa: S505
+        "spec": {"kubeconfig": base64.b64encode(client_cert_kubeconfig(1024)).decode()},
     }
     with pytest.raises(BadParameter):
         codec.resource_from_dict(doc)
     assert codec.resource_from_dict(doc, verify_kubeconfig=False).name == "trusted"
     # everything else is still validated
     doc["metadata"] = {"name": "a/b"}
-    with pytest.raises(BadParameter, match="metadata.name"):
+    with pytest.raises(BadParameter, match=r"metadata\.name"):
         codec.resource_from_dict(doc, verify_kubeconfig=False)

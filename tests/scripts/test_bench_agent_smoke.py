@@ -4,33 +4,20 @@ row with a verdict; bad flags fail before any work; the pieces that judge and pa
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 import math
 import os
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 import trio
+from scripts_helpers import SCRIPTS, load_script, table_rows, usage_error
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_agent.py"
-
-
-def _load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_agent_under_test", SCRIPT)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_script()
+SCRIPT = SCRIPTS / "bench_agent.py"
+bench = load_script("bench_agent")
 
 QUICK_ROWS = [
     "create → kube_server visible, p50 / p99: 50 clusters, 1 agent",
@@ -53,8 +40,7 @@ def test_quick_run_prints_every_row_with_a_verdict_and_cleans_up(tmp_path: Path)
     out = result.stdout
     assert bench.TABLE_HEADER in out
     assert "machine: Python 3." in out
-    table = [line for line in out.splitlines() if line.startswith("| ") and "---" not in line][1:]
-    cells = [[c.strip() for c in row.strip("|").split(" | ")] for row in table]
+    cells = table_rows(out)
     assert [c[0] for c in cells] == QUICK_ROWS
     for row in cells:
         # Every row was measured (a setup failure would say "not measured") and judged against its target.
@@ -77,14 +63,10 @@ def test_quick_run_prints_every_row_with_a_verdict_and_cleans_up(tmp_path: Path)
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
+        # How a number is read is benchlib's (tests/scripts/test_scripts_benchlib.py); here: each flag's bounds.
         (["--clusters", "abc"], "positive integers"),
-        (["--clusters", "-5"], "positive integers"),
-        (["--clusters", "0"], "out of range"),
-        (["--clusters", "1,,2"], "positive integers"),
-        (["--clusters", "9" * 5000], "out of range"),
-        (["--clusters", "²"], "positive integers"),
+        (["--clusters", "200000"], "out of range"),
         (["--agents", "61"], "out of range"),
-        (["--agents", "1 0"], "positive integers"),
         (["--window", "1,2"], "one positive integer"),
         (["--samples", "0"], "out of range"),
         (["--fanout", "some"], "invalid choice"),
@@ -93,10 +75,7 @@ def test_quick_run_prints_every_row_with_a_verdict_and_cleans_up(tmp_path: Path)
     ],
 )
 def test_bad_flags_exit_2_with_a_reason(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exc:
-        bench.main(argv)
-    assert exc.value.code == 2
-    assert message in capsys.readouterr().err
+    assert message in usage_error(bench.main, argv, capsys)
 
 
 @pytest.mark.parametrize(
@@ -143,25 +122,6 @@ def test_split_selectors_partition_the_shards(agents: int) -> None:
     for k in range(200):  # the host a sample waits for is the one whose selector matches its shard
         (host,) = bench.expected_hosts(k, hosts, "split")
         assert host == f"h{owners[str(k % bench.SHARDS)]}"
-
-
-@pytest.mark.parametrize(
-    ("samples", "q", "expected"),
-    [
-        ([float(i) for i in range(1, 101)], 0.5, 50.0),
-        ([float(i) for i in range(100, 0, -1)], 0.99, 99.0),
-        ([3.0], 0.99, 3.0),
-        ([1.0, 2.0], 0.5, 1.0),  # nearest rank: a measured value, not 1.5
-        ([1.0, math.inf], 0.99, math.inf),  # a timed-out sample dominates the tail
-    ],
-)
-def test_percentile_is_nearest_rank(samples: list[float], q: float, expected: float) -> None:
-    assert bench.percentile(samples, q) == expected
-
-
-def test_percentile_of_nothing_is_an_error() -> None:
-    with pytest.raises(ValueError, match="no samples"):
-        bench.percentile([], 0.5)
 
 
 def _run(clusters: int, agents: int, first: list[float], error: str | None = None) -> Any:
