@@ -43,7 +43,7 @@ from urllib.parse import unquote
 import trio
 
 from registry.core import codec
-from registry.core.errors import BadParameter, KubeportError, NotFound, Unauthenticated
+from registry.core.errors import AccessDenied, BadParameter, KubeportError, NotFound, Unauthenticated
 from registry.core.resources import KIND_ALIASES, KubeServer
 from registry.server.authz import Caller
 from registry.server.http import Request, Response, Send
@@ -136,7 +136,14 @@ class RegistryAPI:
         handler = self._route(route, method, rest)
         if handler is None:
             raise NotFound(f"no route for {method} {request.path}")
-        return await handler(caller, request, rest)
+        try:
+            return await handler(caller, request, rest)
+        except AccessDenied as err:
+            # Denied attempts are audited too: they are what an investigation looks for first.
+            await self.registry.audit(
+                "access.denied", caller, success=False, method=method, path=request.path, error=err.message
+            )
+            raise
 
     def _route(
         self, route: str, method: str, rest: list[str]

@@ -141,6 +141,12 @@ async def test_kube_cluster_created_by_the_seed_role(registry: RegistryInfo, tmp
     r = await kpctl("tokens", "add", "--type=kube", "--identity", str(alice))
     assert r.code == 1 and "access denied" in r.err
 
+    # both denials are in the audit log, with who and what
+    events = yaml.safe_load((await kpctl("get", "events", "--format", "json")).out)
+    denied = [(e["user"], e["path"]) for e in events if e["event"] == "access.denied"]
+    assert denied == [("bob", "/v1/resources/kube_cluster"), ("alice", "/v1/tokens")]
+    assert all(not e["success"] for e in events if e["event"] == "access.denied")
+
 
 def _jwt(exp: int) -> str:
     def part(obj: dict[str, object]) -> str:
