@@ -437,7 +437,9 @@ async def serve_fake_kube(
 ) -> None:
     """Serve ``fake`` over TLS (its own CA; client certificates optional) until cancelled."""
     context = server_context(fake.server_cert_pem, fake._server_key, [fake.ca_pem], client_certs="optional")
-    limits = HTTPLimits(max_body_bytes=fake.max_body_bytes)
+    # One fake may stand in for thousands of clusters (benchmarks): every agent-side client keeps its own
+    # keep-alive connection, so the default cap of 2048 would queue new connections behind idle ones.
+    limits = HTTPLimits(max_body_bytes=fake.max_body_bytes, max_connections=16_384)
     try:
         async with trio.open_nursery() as nursery:
             fake.controllers.attach(nursery)
