@@ -143,9 +143,7 @@ async def serve_registry(
         ca = await load_or_create_ca(store, cluster_name or socket.gethostname() or "kubeport", now)
         registry = Registry(store, ca, cluster_name=ca.cluster_name)
         server_key = generate_private_key()
-        extra_names = [
-            h for h in (parse_hostport(a, default_port=port, what="public address")[0] for a in public_addrs)
-        ]
+        extra_names = [parse_hostport(a, default_port=port, what="--public-addr")[0] for a in public_addrs]
         dns_names = [REGISTRY_SERVER_NAME, "localhost", *[n for n in extra_names if not _is_ip(n)]]
         ips = ["127.0.0.1", "::1", *[n for n in extra_names if _is_ip(n)]]
         if _is_ip(host) and host not in ("0.0.0.0", "::"):
