@@ -24,19 +24,15 @@ that should be served.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
-
-from registry.core.errors import BadParameter
 
 Origin = Literal["static", "dynamic"]
 
 # Reasons carried by Unregister, so the supervisor can log and audit why a cluster went away.
 REASON_DELETED = "deleted"
 REASON_NO_MATCH = "labels no longer match"
-REASON_REPLACED_BY_STATIC = "replaced by static cluster"
 
 # How often registrations that failed (bad kubeconfig, unreachable API) are retried. Teleport waits 2 min;
 # a shorter wait makes a fixed kubeconfig show up sooner and costs one cheap attempt per cluster.
@@ -113,13 +109,3 @@ def plan(
     updates.sort(key=lambda a: a.new.name)
     registers.sort(key=lambda a: a.candidate.name)
     return [*unregisters, *updates, *registers]
-
-
-def retry_due(failed: Mapping[str, float], now: float, interval: float = RETRY_INTERVAL) -> list[str]:
-    """Names whose last failed registration (at ``failed[name]``) is at least ``interval`` seconds old.
-
-    Sorted by name so retries happen in a stable order.
-    """
-    if not (interval > 0 and math.isfinite(interval)):
-        raise BadParameter(f"retry interval must be a positive number of seconds, got {interval!r}")
-    return sorted(name for name, failed_at in failed.items() if now - failed_at >= interval)

@@ -47,7 +47,6 @@ DISPLAY = {
     "user": "user",
     "token": "token",
 }
-GETTABLE = ("kube_cluster", "kube_server", "role", "user", "token", "event")
 
 
 def _canonical_kind(raw: str) -> str:

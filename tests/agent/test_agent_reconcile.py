@@ -1,4 +1,4 @@
-"""Behaviour of agent.reconcile.plan and retry_due: what an agent serves after each watcher update."""
+"""Behaviour of agent.reconcile.plan: what an agent serves after each watcher update."""
 
 from __future__ import annotations
 
@@ -10,17 +10,14 @@ import yaml
 from agent.reconcile import (
     REASON_DELETED,
     REASON_NO_MATCH,
-    RETRY_INTERVAL,
     Action,
     Candidate,
     Register,
     Unregister,
     Update,
     plan,
-    retry_due,
 )
 from labels import matches_any, validate_selector_items
-from registry.core.errors import BadParameter
 
 
 def dyn(name: str, content: str = "v1", **labels: str) -> Candidate:
@@ -251,32 +248,6 @@ def test_plan_with_many_clusters_applies_to_the_desired_set() -> None:
             state[action.candidate.name] = action.candidate
     # Old names below 1500 are deleted, "dev" ones stop matching, new "prod" ones arrive.
     assert set(state) == {f"c{i}" for i in range(1500, 4500) if i % 2 == 1}
-
-
-@pytest.mark.parametrize(
-    ("failed", "now", "interval", "due"),
-    [
-        ({}, 100.0, 30.0, []),
-        ({"a": 0.0, "b": 80.0}, 100.0, 30.0, ["a"]),
-        ({"b": 70.0, "a": 70.0}, 100.0, 30.0, ["a", "b"]),  # exactly one interval later is due; sorted
-        ({"a": 99.0}, 100.0, 30.0, []),
-        ({"a": 0.0}, 100.0, 120.0, []),  # Teleport's 2-minute cadence
-    ],
-)
-def test_retry_due(failed: dict[str, float], now: float, interval: float, due: list[str]) -> None:
-    assert retry_due(failed, now, interval) == due
-
-
-def test_retry_due_default_interval_is_30_seconds() -> None:
-    assert RETRY_INTERVAL == 30.0
-    assert retry_due({"a": 0.0}, 29.9) == []
-    assert retry_due({"a": 0.0}, 30.0) == ["a"]
-
-
-@pytest.mark.parametrize("interval", [0.0, -1.0, float("nan"), float("inf")])
-def test_retry_due_rejects_nonsense_intervals(interval: float) -> None:
-    with pytest.raises(BadParameter, match="retry interval"):
-        retry_due({"a": 0.0}, 100.0, interval)
 
 
 SEED_003_RESOURCES = yaml.safe_load(
