@@ -146,7 +146,7 @@ async def test_failing_plugin_is_a_clear_error(fake_kube: FakeKube, tmp_path: Pa
 
 
 async def test_hanging_plugin_times_out(fake_kube: FakeKube, tmp_path: Path) -> None:
-    script = plugin(tmp_path, "import time\ntime.sleep(60)\n")
+    script = plugin(tmp_path, "import threading\nthreading.Event().wait()  # hangs until killed\n")
     async with KubeAPI(exec_target(fake_kube, script), exec_timeout=0.3) as api:
         with pytest.raises(Timeout, match=r"did not finish within 0\.3s"):
             await api.get_json("/version")
