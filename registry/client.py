@@ -17,6 +17,7 @@ from contextlib import aclosing, asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
+from urllib.parse import quote
 
 import httpx
 
@@ -67,6 +68,13 @@ def _map_transport_error(address: str, exc: Exception) -> KubeportError:
             "check that this identity is valid and issued by that registry"
         )
     return ConnectionProblem(f"cannot reach the registry at {address}: {text}")
+
+
+def _seg(value: str) -> str:
+    """One URL path segment: names never become path syntax (``..``, ``/``, ``?``)."""
+    if value in ("", ".", ".."):
+        raise BadParameter(f"invalid name {value!r}")
+    return quote(value, safe="")
 
 
 def _raise_for(response: httpx.Response) -> None:
@@ -162,21 +170,23 @@ class RegistryClient:
         params = {"with_secrets": "1"} if with_secrets else {}
         if labels:
             params["labels"] = ",".join(f"{k}={v}" for k, v in labels.items())
-        result = await self._request("GET", f"/v1/resources/{kind}", params=params)
+        result = await self._request("GET", f"/v1/resources/{_seg(kind)}", params=params)
         return list(result["items"]), int(result["revision"])
 
     async def get(self, kind: str, name: str, *, with_secrets: bool = False) -> dict[str, Any]:
         params = {"with_secrets": "1"} if with_secrets else None
-        result: dict[str, Any] = await self._request("GET", f"/v1/resources/{kind}/{name}", params=params)
+        result: dict[str, Any] = await self._request("GET", f"/v1/resources/{_seg(kind)}/{_seg(name)}", params=params)
         return result
 
     async def create(self, resource: Mapping[str, Any]) -> dict[str, Any]:
-        result: dict[str, Any] = await self._request("POST", f"/v1/resources/{resource['kind']}", body=resource)
+        result: dict[str, Any] = await self._request("POST", f"/v1/resources/{_seg(resource['kind'])}", body=resource)
         return result
 
     async def update(self, resource: Mapping[str, Any]) -> dict[str, Any]:
         name = resource["metadata"]["name"]
-        result: dict[str, Any] = await self._request("PUT", f"/v1/resources/{resource['kind']}/{name}", body=resource)
+        result: dict[str, Any] = await self._request(
+            "PUT", f"/v1/resources/{_seg(resource['kind'])}/{_seg(name)}", body=resource
+        )
         return result
 
     async def create_or_update(self, resource: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
@@ -189,21 +199,23 @@ class RegistryClient:
             return await self.update(resource), False
 
     async def delete(self, kind: str, name: str) -> None:
-        await self._request("DELETE", f"/v1/resources/{kind}/{name}")
+        await self._request("DELETE", f"/v1/resources/{_seg(kind)}/{_seg(name)}")
 
     # -- heartbeats, tokens, certificates, audit -----------------------------------------------------
 
     async def heartbeat(self, server: Mapping[str, Any]) -> dict[str, Any]:
         host_id = server["spec"]["host_id"]
         name = server["metadata"]["name"]
-        result: dict[str, Any] = await self._request("PUT", f"/v1/kube_servers/{host_id}/{name}", body=server)
+        result: dict[str, Any] = await self._request(
+            "PUT", f"/v1/kube_servers/{_seg(host_id)}/{_seg(name)}", body=server
+        )
         return result
 
     async def delete_heartbeat(self, host_id: str, name: str) -> None:
-        await self._request("DELETE", f"/v1/kube_servers/{host_id}/{name}")
+        await self._request("DELETE", f"/v1/kube_servers/{_seg(host_id)}/{_seg(name)}")
 
     async def put_agent(self, record: Mapping[str, Any]) -> dict[str, Any]:
-        result: dict[str, Any] = await self._request("PUT", f"/v1/kube_agents/{record['host_id']}", body=record)
+        result: dict[str, Any] = await self._request("PUT", f"/v1/kube_agents/{_seg(record['host_id'])}", body=record)
         return result
 
     async def list_agents(self) -> builtins.list[dict[str, Any]]:
@@ -211,7 +223,7 @@ class RegistryClient:
         return list(result["items"])
 
     async def delete_agent(self, host_id: str) -> None:
-        await self._request("DELETE", f"/v1/kube_agents/{host_id}")
+        await self._request("DELETE", f"/v1/kube_agents/{_seg(host_id)}")
 
     async def generate_token(
         self, *, roles: Sequence[str] = ("Kube",), ttl_seconds: float = 1800, value: str | None = None
