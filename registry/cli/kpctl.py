@@ -376,6 +376,17 @@ async def cmd_status(args: argparse.Namespace) -> int:
 # -- parser -----------------------------------------------------------------------------------------
 
 
+def _command(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help_text: str, func: Any
+) -> argparse.ArgumentParser:
+    """A subcommand that talks to the registry: connection and debug flags, and the function to run."""
+    p = subparsers.add_parser(name, help=help_text, description=help_text)
+    add_connection_flags(p)
+    add_debug_flag(p)
+    p.set_defaults(func=func)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kpctl",
@@ -386,11 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def command(name: str, help_text: str, func: Any) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        add_connection_flags(p)
-        add_debug_flag(p)
-        p.set_defaults(func=func)
-        return p
+        return _command(sub, name, help_text, func)
 
     p = command("create", "create resources from a YAML or JSON file ('-' for stdin)", cmd_create)
     p.add_argument("file", metavar="FILE")
@@ -415,11 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     tsub = tokens.add_subparsers(dest="tokens_command", metavar="COMMAND", required=True)
 
     def tcommand(name: str, help_text: str, func: Any) -> argparse.ArgumentParser:
-        p = tsub.add_parser(name, help=help_text, description=help_text)
-        add_connection_flags(p)
-        add_debug_flag(p)
-        p.set_defaults(func=func)
-        return p
+        return _command(tsub, name, help_text, func)
 
     p = tcommand("add", "create a join token for agents", cmd_tokens_add)
     p.add_argument("--type", required=True, help="what the token lets a host join as: kube")
@@ -436,12 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     auth = sub.add_parser("auth", help="certificates", description="Issue certificates.")
     asub = auth.add_subparsers(dest="auth_command", metavar="COMMAND", required=True)
-    p = asub.add_parser(
-        "sign", help="write an identity file for a user", description="Write an identity file for a user."
-    )
-    add_connection_flags(p)
-    add_debug_flag(p)
-    p.set_defaults(func=cmd_auth_sign)
+    p = _command(asub, "sign", "write an identity file for a user", cmd_auth_sign)
     p.add_argument("--user", required=True, help="an existing user (kpctl create user.yaml)")
     p.add_argument("--out", "-o", required=True, help="where to write the identity file (mode 0600)")
     p.add_argument("--ttl", default="12h", help="validity, a Go duration (default 12h, max 7 days)")
@@ -450,16 +448,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     kube = sub.add_parser("kube", help="Kubernetes cluster diagnostics", description="Kubernetes cluster diagnostics.")
     ksub = kube.add_subparsers(dest="kube_command", metavar="COMMAND", required=True)
-    p = ksub.add_parser(
+    p = _command(
+        ksub,
         "explain",
-        help="which agents serve a kube_cluster, and why the others do not",
-        description="Show which agents serve a kube_cluster and, for each that does not, the selector item and label "
-        "that failed (or the registration error it reported).",
+        "show which agents serve a kube_cluster and, for each that does not, the selector item and label that "
+        "failed (or the registration error it reported)",
+        kube_cmd.cmd_kube_explain,
     )
-    add_connection_flags(p)
-    add_debug_flag(p)
     p.add_argument("name", metavar="NAME")
-    p.set_defaults(func=kube_cmd.cmd_kube_explain)
     return parser
 
 
