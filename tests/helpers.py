@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import textwrap
+from collections.abc import Mapping
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -47,6 +48,16 @@ def kubeconfig_dict(
 
 def kubeconfig_bytes(**kwargs: Any) -> bytes:
     return yaml.safe_dump(kubeconfig_dict(**kwargs)).encode()
+
+
+def cluster_doc(name: str, kubeconfig: bytes, labels: Mapping[str, str], **spec: Any) -> dict[str, Any]:
+    """A kube_cluster wire dict as the API takes it (kubeconfig base64-encoded)."""
+    return {
+        "kind": "kube_cluster",
+        "version": "v3",
+        "metadata": {"name": name, "labels": dict(labels)},
+        "spec": {"kubeconfig": base64.b64encode(kubeconfig).decode(), **spec},
+    }
 
 
 def printf_recipe_base64(data: bytes) -> str:

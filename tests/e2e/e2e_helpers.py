@@ -24,7 +24,6 @@ Invariants:
 from __future__ import annotations
 
 import atexit
-import base64
 import contextlib
 import os
 import re
@@ -45,6 +44,7 @@ import yaml
 from registry.client import RegistryClient
 from registry.core.errors import KubeportError
 from registry.paths import ADMIN_IDENTITY
+from tests.helpers import cluster_doc  # noqa: F401  (re-exported: the e2e tests import it from here)
 
 REPO = Path(__file__).resolve().parents[2]
 KUBEPORT = "registry.cli.kubeport_main"
@@ -423,15 +423,6 @@ async def write_agent_config(h: Harness, registry: RegistryProc, name: str, **kw
     path = h.tmp / f"{name}.yaml"
     path.write_text(agent_config_yaml(registry, data_dir=data_dir, **kwargs))
     return path, data_dir
-
-
-def cluster_doc(name: str, kubeconfig: bytes, labels: Mapping[str, str], **spec: Any) -> dict[str, Any]:
-    return {
-        "kind": "kube_cluster",
-        "version": "v3",
-        "metadata": {"name": name, "labels": dict(labels)},
-        "spec": {"kubeconfig": base64.b64encode(kubeconfig).decode(), **spec},
-    }
 
 
 # -- what the registry says ---------------------------------------------------------------------------

@@ -3,8 +3,7 @@ seed 003's selector example, label edits, deletes, dynamic labels, health, stati
 
 from __future__ import annotations
 
-import base64
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from agent.service import Agent
 from registry.client import RegistryClient
 from registry.server.serve import RegistryInfo
 from tests.fakes.kube_api import FakeKube
-from tests.helpers import kpctl
+from tests.helpers import cluster_doc, kpctl
 
 SEED_SELECTORS = [
     {"labels": {"env": "prod", "region": "us-east-2"}},
@@ -47,15 +46,6 @@ async def admin(registry: RegistryInfo) -> RegistryClient:
 async def new_token(registry: RegistryInfo) -> str:
     async with await admin(registry) as client:
         return str((await client.generate_token(ttl_seconds=600))["metadata"]["name"])
-
-
-def cluster_doc(name: str, kubeconfig: bytes, labels: Mapping[str, str], **spec: Any) -> dict[str, Any]:
-    return {
-        "kind": "kube_cluster",
-        "version": "v3",
-        "metadata": {"name": name, "labels": dict(labels)},
-        "spec": {"kubeconfig": base64.b64encode(kubeconfig).decode(), **spec},
-    }
 
 
 async def wait_for(predicate: Callable[[], Any], *, timeout: float = 10.0, what: str = "condition") -> Any:
