@@ -33,6 +33,7 @@ import yaml
 
 from labels import _text
 from registry.core.errors import BadParameter, TooLarge
+from registry.core.nesting import nesting_error
 
 MAX_DOCUMENT_BYTES = 1 << 20
 # Real resources nest about six levels deep (role -> spec -> allow -> kubernetes_resources -> item -> verbs).
@@ -155,6 +156,16 @@ class _StrictLoader(_StrictConstructorMixin, _Base):  # type: ignore[misc,valid-
     pass
 
 
+def _refuse_unknown_tag(loader: Any, node: yaml.Node) -> NoReturn:
+    # Our words, not PyYAML's: a tag such as !!python/object asks for code the safe loader will never run.
+    raise yaml.constructor.ConstructorError(
+        None, None, f"the YAML tag {quote(node.tag)} is not allowed (only plain YAML types are)", node.start_mark
+    )
+
+
+_StrictLoader.add_constructor(None, _refuse_unknown_tag)
+
+
 def _precheck_events(text: str) -> None:
     """Reject anchors, aliases and deep nesting while streaming parse events, before composing any node."""
     depth = 0
@@ -184,6 +195,11 @@ def _yaml_message(err: yaml.YAMLError) -> str:
 
 def load_yaml(text: str, *, source: str) -> list[Any]:
     """Every document of a YAML stream (empty ones as ``None``), or BadParameter ``<source>: ...``."""
+    # kubeport's own depth limit runs on the text first: the parser never sees input deeper than it can
+    # take, and the refusal is in kubeport's words whatever the installed PyYAML/libyaml would say.
+    too_deep = nesting_error(text, MAX_NESTING)
+    if too_deep is not None:
+        raise BadParameter(f"{source} is not valid YAML: {too_deep}")
     try:
         _precheck_events(text)
         return list(yaml.load_all(text, Loader=_StrictLoader))  # a SafeLoader subclass
