@@ -141,6 +141,12 @@ def test_refusal_writes_nothing_to_stderr(capfd: pytest.CaptureFixture[str]) -> 
     for pattern, _ in REFUSED:
         with pytest.raises(LabelError):
             compile_regex(pattern)
+    # nor when a match outgrows RE2's DFA cache and falls back to its NFA (RE2 logs that by default)
+    value = "aéb€" * 1024
+    for pattern in ("^.*a.{999}$", "^(.*a.{10}){1,90}$", "^.*(a|é).{30}(b|€).{30}a.{30}$"):
+        started = time.monotonic()
+        match_labels({"k": pattern}, {"k": value})
+        assert time.monotonic() - started < 1.0
     out, err = capfd.readouterr()
     assert (out, err) == ("", "")
 
