@@ -35,7 +35,6 @@ from typing import Any
 from labels import regex
 from labels._text import describe, quote
 from labels.keys import MAX_LABEL_VALUE_LENGTH, LabelError, check_label_text, validate_label_key
-from labels.regex import check_pattern_length, compile_regex
 
 SelectorValue = str | list[str]
 Selector = Mapping[str, SelectorValue]
@@ -88,14 +87,14 @@ def _glob_match(pattern: str, value: str) -> bool:
 
 
 def _check_pattern(pattern: str) -> None:
-    check_pattern_length(pattern)
+    regex.check_pattern_length(pattern)
     check_label_text(pattern, what="selector value")
 
 
 def _value_matches(pattern: str, value: str) -> bool:
     _check_pattern(pattern)
     if _is_regex(pattern):
-        compiled = compile_regex(pattern)
+        compiled = regex.compile_regex(pattern)
         if len(value) > MAX_MATCH_VALUE_LENGTH:
             return False
         return compiled.fullmatch(value)
@@ -307,7 +306,7 @@ def _validate_pattern(pattern: str, where: str) -> None:
     try:
         _check_pattern(pattern)
         if _is_regex(pattern):
-            compile_regex(pattern)
+            regex.compile_regex(pattern)
     except LabelError as err:
         raise LabelError(f"{where}: {err}") from None
 
