@@ -1,10 +1,12 @@
 """kubeport labels: the label library shared by the registry, the agent and the CLI.
 
-Stdlib-only on import (a leaf package: it must not import ``registry``). The trio-based dynamic-label
-runner lives in ``labels.runner`` and the croniter-based schedules in ``labels.schedule``; import those
-explicitly where needed, this package does not.
+A leaf package: it must not import ``registry``. On import it needs the standard library and RE2
+(``google-re2``, behind ``labels.regex``: label regular expressions run in linear time). The trio-based
+dynamic-label runner lives in ``labels.runner`` and the croniter-based schedules in ``labels.schedule``;
+import those explicitly where needed, this package does not.
 
-* ``labels.keys``       — label key / label map validation (:class:`LabelError`)
+* ``labels.keys``       — label key / label map validation, printable-text check (:class:`LabelError`)
+* ``labels.regex``      — RE2 label regular expressions (compile with a reason, linear-time fullmatch)
 * ``labels.selectors``  — Teleport-compatible selector matching, explanations, selector validation
 * ``labels.combine``    — static + dynamic label combination and formatting
 * ``labels.duration``   — Go duration strings for dynamic-label periods

@@ -11,9 +11,10 @@ the value. Deliberate differences, all about safety:
 * the command runs in its own session / process group, and on timeout, overflow or cancellation the
   whole group is killed with SIGKILL and the child reaped before returning, so nothing is left behind;
 * output is decoded as UTF-8 with replacement characters, ``\\r\\n`` becomes ``\\n``, surrounding
-  whitespace is stripped (also on failure, where Teleport keeps it), and every other control character
-  except tab and newline (NUL, ESC, ...) becomes U+FFFD, so a value cannot carry terminal escape
-  sequences into ``kube ls`` output;
+  whitespace is stripped (also on failure, where Teleport keeps it), and every other unsafe character
+  (``labels.keys.is_unsafe_char``: NUL, ESC, C1 controls, U+2028, bidirectional overrides such as U+202E)
+  except tab and newline becomes U+FFFD, so a value cannot carry terminal escape sequences into ``kube ls``
+  output or display in another order than it is matched;
 * values are clipped to ``MAX_LABEL_VALUE_LENGTH`` characters, so every result is a valid label value.
 
 A failure is still a value, formatted ``"<error> output: <stdout>"`` as in Teleport, e.g.
@@ -35,7 +36,6 @@ import math
 import os
 import signal
 import subprocess
-import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -44,7 +44,7 @@ import trio
 
 from labels._text import quote
 from labels.duration import MIN_PERIOD, format_go_duration
-from labels.keys import MAX_LABEL_VALUE_LENGTH, LabelError, validate_label_key
+from labels.keys import MAX_LABEL_VALUE_LENGTH, LabelError, is_unsafe_char, validate_label_key
 from labels.schedule import next_cron_time, validate_cron
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def _clean(raw: bytes) -> str:
     text = raw.decode("utf-8", errors="replace").replace("\r\n", "\n").strip()
     if text.isprintable():  # fast path: no control characters at all (tab and newline are not printable)
         return text
-    return "".join("\ufffd" if ch not in _KEEP_CONTROLS and unicodedata.category(ch) == "Cc" else ch for ch in text)
+    return "".join("\ufffd" if ch not in _KEEP_CONTROLS and is_unsafe_char(ch) else ch for ch in text)
 
 
 def _failure(error: str, output: bytes) -> tuple[bool, str]:

@@ -6,20 +6,19 @@ A *selector* maps label keys to one value or a list of values; a *selector item*
 * ``match_labels``: an empty selector matches nothing. ``{"*": "*"}`` (or ``{"*": ["*"]}``) matches
   everything, even a target without labels, whatever other keys the selector has. Otherwise every selector
   key must be present in the target (AND); a value list containing ``*`` only needs the key to be present;
-  else any listed value must match (OR). A value that starts with ``^`` and ends with ``$`` is a Python
+  else any listed value must match (OR). A value that starts with ``^`` and ends with ``$`` is an RE2
   regular expression that must match the whole label value; any other value is a glob in which only ``*``
   is special (``a.b`` matches only ``a.b``). Matching is case-sensitive.
 * ``matches_any``: any item matching is enough. Teleport quirk kept on purpose: an item with no labels
   stops the scan and selects nothing, even if a later item would match. Empty ``items`` select nothing.
 
-Regular-expression denial of service. Teleport uses RE2 (linear time); Python's ``re`` backtracks, so a
-pattern such as ``^(a+)+$`` can take exponential time on a long non-matching value. Mitigations here: globs
-never use ``re`` (they are matched with plain substring search, O(len(pattern) * len(value))); a pattern
-is at most :data:`MAX_PATTERN_LENGTH` characters; a regular expression is only tried on label values of
-at most :data:`MAX_MATCH_VALUE_LENGTH` characters (longer values never match a regex, and ``explain`` says
-so). Residual risk: a short catastrophic pattern on a value up to that length can still burn CPU for a long
-time. Patterns come from agent configuration and roles written by administrators, not from cluster owners,
-so this is a self-inflicted problem; an RE2 binding would remove it entirely.
+Regular expressions are RE2 (:mod:`labels.regex`), as Teleport's Go regexps are: matching is linear in
+the value's length whoever wrote the pattern, and patterns RE2 cannot compile (lookarounds,
+backreferences) are refused with a reason. Globs never use a regex engine (plain substring search,
+O(len(pattern) * len(value))). Every selector value is at most :data:`MAX_PATTERN_LENGTH` characters and
+contains no control or bidirectional-formatting character (:func:`labels.keys.check_label_text`); a
+regular expression is only tried on label values of at most :data:`MAX_MATCH_VALUE_LENGTH` characters (the
+longest valid label value; longer legacy values never match a regex, and ``explain`` says so).
 
 Invalid patterns: :func:`match_labels` raises :class:`LabelError` (like Teleport's ``MatchLabels`` returns
 an error), because a deny rule silently not matching would fail open. :func:`matches_any` and
@@ -29,21 +28,20 @@ an error), because a deny rule silently not matching would fail open. :func:`mat
 
 from __future__ import annotations
 
-import functools
-import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from labels import regex
 from labels._text import describe, quote
-from labels.keys import MAX_LABEL_VALUE_LENGTH, LabelError, validate_label_key
+from labels.keys import MAX_LABEL_VALUE_LENGTH, LabelError, check_label_text, validate_label_key
 
 SelectorValue = str | list[str]
 Selector = Mapping[str, SelectorValue]
 SelectorItem = Mapping[str, Any]
 
 WILDCARD = "*"
-MAX_PATTERN_LENGTH = 1024
+MAX_PATTERN_LENGTH = regex.MAX_PATTERN_LENGTH  # the one cap (globs too), defined beside the regex engine
 MAX_MATCH_VALUE_LENGTH = MAX_LABEL_VALUE_LENGTH
 MAX_SELECTOR_ITEMS = 1024
 MAX_SELECTOR_KEYS = 256
@@ -64,15 +62,6 @@ _EMPTY_ITEM_REASON = (
 
 def _is_regex(pattern: str) -> bool:
     return len(pattern) >= 2 and pattern.startswith("^") and pattern.endswith("$")
-
-
-@functools.lru_cache(maxsize=1024)
-def _compile(pattern: str) -> re.Pattern[str]:
-    # Bounded cache: selectors are few and reused on every reconcile; 1024 entries cost little memory.
-    try:
-        return re.compile(pattern)
-    except re.error as err:
-        raise LabelError(f"invalid regular expression {quote(pattern)}: {err}") from None
 
 
 def _glob_match(pattern: str, value: str) -> bool:
@@ -97,18 +86,18 @@ def _glob_match(pattern: str, value: str) -> bool:
     return True
 
 
-def _check_pattern_length(pattern: str) -> None:
-    if len(pattern) > MAX_PATTERN_LENGTH:
-        raise LabelError(f"selector value {quote(pattern)} is too long: at most {MAX_PATTERN_LENGTH} characters")
+def _check_pattern(pattern: str) -> None:
+    regex.check_pattern_length(pattern)
+    check_label_text(pattern, what="selector value")
 
 
 def _value_matches(pattern: str, value: str) -> bool:
-    _check_pattern_length(pattern)
+    _check_pattern(pattern)
     if _is_regex(pattern):
-        compiled = _compile(pattern)
+        compiled = regex.compile_regex(pattern)
         if len(value) > MAX_MATCH_VALUE_LENGTH:
             return False
-        return compiled.fullmatch(value) is not None
+        return compiled.fullmatch(value)
     return _glob_match(pattern, value)
 
 
@@ -315,9 +304,9 @@ def explain(items: Sequence[SelectorItem], labels: Mapping[str, str]) -> str | N
 
 def _validate_pattern(pattern: str, where: str) -> None:
     try:
-        _check_pattern_length(pattern)
+        _check_pattern(pattern)
         if _is_regex(pattern):
-            _compile(pattern)
+            regex.compile_regex(pattern)
     except LabelError as err:
         raise LabelError(f"{where}: {err}") from None
 

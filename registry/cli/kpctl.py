@@ -144,11 +144,7 @@ def _kube_server_rows(items: Sequence[dict[str, Any]], verbose: bool) -> str:
         cluster = spec.get("cluster") or {}
         labels = _all_labels(cluster)
         health = spec.get("health") or {}
-        status = str(health.get("status", "unknown"))
-        if health.get("reason") and status != "healthy":
-            status = f"{status}: {health['reason']}"
-            if not verbose and len(status) > 60:
-                status = status[:57] + "..."
+        status = render.health_text(health.get("status"), health.get("reason"), verbose=verbose)
         rows.append(
             [
                 item["metadata"]["name"],

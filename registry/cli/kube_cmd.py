@@ -2,9 +2,12 @@
 serve a cluster).
 
 ``kube ls`` lists kube_server heartbeats de-duplicated by cluster name, as tsh does: a kube_cluster that no
-agent serves is not shown; one served by two agents is shown once. ``explain`` is new: for one kube_cluster
-it names the agents that serve it and, for every other live agent, the first selector item and label that
-failed (or the registration error the agent reported).
+agent serves is not shown; one served by two agents is shown once. Unlike tsh it also shows each cluster's
+health (:func:`cluster_health`): ``healthy`` when any serving agent reports it healthy (the front door
+picks a healthy agent), else ``unhealthy`` with the first unhealthy agent's reason, else ``unknown`` (not
+checked yet). ``explain`` is new: for one kube_cluster it names the agents that serve it and, for every
+other live agent, the first selector item and label that failed (or the registration error the agent
+reported). Every line of text output goes through ``render`` escaping: names, labels and reasons are data.
 """
 
 from __future__ import annotations
@@ -39,17 +42,65 @@ def dedupe_servers(servers: Sequence[Mapping[str, Any]]) -> list[tuple[str, dict
     return sorted(by_name.items())
 
 
+def _health_of(server: Mapping[str, Any]) -> tuple[str, str]:
+    health = (server.get("spec") or {}).get("health")
+    if not isinstance(health, Mapping):
+        return "unknown", ""
+    status = health.get("status")
+    reason = health.get("reason")
+    return (
+        status if status in ("healthy", "unhealthy") else "unknown",
+        reason if isinstance(reason, str) else "",
+    )
+
+
+def cluster_health(servers: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, str]]:
+    """``{cluster name: {"status": ..., "reason": ...}}`` over every agent serving it (module docstring).
+
+    ``reason`` is present only for an unhealthy cluster, and is the reason of the first unhealthy agent by
+    host id (so the output is stable).
+    """
+    by_name: dict[str, list[tuple[str, str, str]]] = {}
+    for server in servers:
+        status, reason = _health_of(server)
+        host = str((server.get("spec") or {}).get("host_id", ""))
+        by_name.setdefault(str(server["metadata"]["name"]), []).append((host, status, reason))
+    result: dict[str, dict[str, str]] = {}
+    for name, reports in by_name.items():
+        statuses = {status for _, status, _ in reports}
+        if "healthy" in statuses:
+            result[name] = {"status": "healthy"}
+        elif "unhealthy" in statuses:
+            _, _, reason = min(r for r in reports if r[1] == "unhealthy")
+            result[name] = {"status": "unhealthy", "reason": reason} if reason else {"status": "unhealthy"}
+        else:
+            result[name] = {"status": "unknown"}
+    return result
+
+
 async def cmd_kube_ls(args: argparse.Namespace) -> int:
     conn = resolve_connection(args)
     async with conn.client() as client:
         servers, _ = await client.list("kube_server")
     rows = dedupe_servers(servers)
+    health = cluster_health(servers)
     if args.format in ("json", "yaml"):
-        items = [{"kube_cluster_name": name, "labels": labels, "selected": False} for name, labels in rows]
+        items = [
+            {"kube_cluster_name": name, "labels": labels, "health": health[name], "selected": False}
+            for name, labels in rows
+        ]
         sys.stdout.write(render.dump_json(items) if args.format == "json" else codec.dump_yaml([{"items": items}]))
         return 0
-    table_rows = [[name, render.labels_cell(labels, verbose=args.verbose, sep=" "), ""] for name, labels in rows]
-    sys.stdout.write(render.table(["Kube Cluster Name", "Labels", "Selected"], table_rows))
+    table_rows = [
+        [
+            name,
+            render.health_text(health[name]["status"], health[name].get("reason"), verbose=args.verbose),
+            render.labels_cell(labels, verbose=args.verbose, sep=" "),
+            "",
+        ]
+        for name, labels in rows
+    ]
+    sys.stdout.write(render.table(["Kube Cluster Name", "Health", "Labels", "Selected"], table_rows))
     return 0
 
 
@@ -66,15 +117,12 @@ def explain_cluster(
     serving = {str(s["spec"]["host_id"]): s for s in servers if s["metadata"]["name"] == name}
     if not agents and not serving:
         lines.append("no agent has described itself to the registry yet (agents do within seconds of starting)")
-        return "\n".join(lines) + "\n"
+        return "".join(render.escape(line) + "\n" for line in lines)
     lines.append("served by:")
     if not serving:
         lines.append("  (no agent)")
     for host_id, server in sorted(serving.items()):
-        health = server["spec"].get("health") or {}
-        status = health.get("status", "unknown")
-        if health.get("reason") and status != "healthy":
-            status = f"{status}: {health['reason']}"
+        status = render.health_text(*_health_of(server), verbose=True)
         lines.append(f"  {server['spec'].get('hostname') or host_id} (host {host_id}): {status}")
     others = [a for a in agents if str(a["host_id"]) not in serving]
     if others:
@@ -82,7 +130,7 @@ def explain_cluster(
     for agent in sorted(others, key=lambda a: str(a.get("nodename", ""))):
         who = f"  {agent.get('nodename') or agent['host_id']} (host {agent['host_id']}): "
         lines.append(who + _why_not(name, static, dynamic_keys, agent))
-    return "\n".join(lines) + "\n"
+    return "".join(render.escape(line) + "\n" for line in lines)
 
 
 def _why_not(name: str, static: dict[str, str], dynamic_keys: list[str], agent: Mapping[str, Any]) -> str:

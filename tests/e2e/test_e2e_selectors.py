@@ -97,7 +97,7 @@ async def test_seed_selector_example_with_a_configured_agent(fake_kube: FakeKube
         )
         assert ls.code == 0, ls.err
         rows = parse_table(ls.out)
-        assert list(rows[0]) == ["Kube Cluster Name", "Labels", "Selected"]
+        assert list(rows[0]) == ["Kube Cluster Name", "Health", "Labels", "Selected"]
         assert [r["Kube Cluster Name"] for r in rows] == ["test-west"]
         assert "env=test" in rows[0]["Labels"]
         assert "region=us-west-1" in rows[0]["Labels"]
