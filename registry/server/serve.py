@@ -12,6 +12,8 @@ Invariants:
   always finds a working identity and address in it).
 - The server certificate is issued per start (never written to disk) and always carries the fixed name
   ``registry.kubeport.local`` that clients verify, so the registry can be reached at any address.
+- Connections without a client certificate are cheap to open, so they get a short deadline and their own
+  budgets (:data:`REGISTRY_HTTP_LIMITS`): idle ones are shed before an agent or admin is ever refused.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from registry.core.identity_file import IdentityFile
 from registry.files import ensure_private_dir, write_secret_file
 from registry.paths import ADMIN_IDENTITY, STORE_FILE
 from registry.server.api import RegistryAPI
-from registry.server.http import ServerInfo, serve_http
+from registry.server.http import HTTPLimits, ServerInfo, serve_http
 from registry.server.service import Registry
 from registry.store import SQLiteStore, Store, serve_expiry
 from registry.tls import server_context
@@ -49,6 +51,19 @@ log = logging.getLogger(__name__)
 DEFAULT_PORT = 3025
 DEFAULT_LISTEN = f"127.0.0.1:{DEFAULT_PORT}"
 CA_KIND = "cert_authority"
+
+# The registry's connection limits (issue 7 §5). Every client is a program that sends its request right
+# after the TLS handshake, so 5 s from accept to the end of the first request head is generous even on a
+# loaded host. Unauthenticated connections (ping, ca, join, and anyone without a certificate) may hold at
+# most half of the slots and 64 from one source; authenticated ones are never shed. The per-source budget
+# counts only unauthenticated connections, so agents and kpctl sharing 127.0.0.1 are not limited by it.
+REGISTRY_HTTP_LIMITS = HTTPLimits(
+    handshake_timeout=5.0,
+    unauthenticated_idle_timeout=10.0,
+    max_connections=2048,
+    max_unauthenticated=1024,
+    max_unauthenticated_per_source=64,
+)
 
 
 def parse_hostport(value: str, *, default_port: int, what: str) -> tuple[str, int]:
@@ -130,9 +145,13 @@ async def serve_registry(
     store: Store | None = None,
     bookmark_interval: float = 10.0,
     expiry_interval: float = 1.0,
+    http_limits: HTTPLimits = REGISTRY_HTTP_LIMITS,
     task_status: trio.TaskStatus[RegistryInfo] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve the registry until cancelled; ``task_status`` gets where it listens and the admin identity."""
+    """Serve the registry until cancelled; ``task_status`` gets where it listens and the admin identity.
+
+    ``http_limits`` sets the connection deadlines and budgets (default :data:`REGISTRY_HTTP_LIMITS`).
+    """
     host, port = parse_hostport(listen, default_port=DEFAULT_PORT, what="--listen")
     data_dir = ensure_private_dir(data_dir)
     own_store = store is None
@@ -161,7 +180,7 @@ async def serve_registry(
         async with trio.open_nursery() as nursery:
             info: ServerInfo = await nursery.start(
                 lambda task_status: serve_http(
-                    api, host=host, port=port, ssl_context=ssl_context, task_status=task_status
+                    api, host=host, port=port, ssl_context=ssl_context, limits=http_limits, task_status=task_status
                 )
             )
             address = public_addrs[0] if public_addrs else advertised_address(host, info.port)
