@@ -203,9 +203,7 @@ def check_prefix(prefix: object) -> str | None:
     return prefix
 
 
-def check_range(
-    prefix: str | None, after: object, before: object, limit: object, reverse: object
-) -> ListRange:
+def check_range(prefix: str | None, after: object, before: object, limit: object, reverse: object) -> ListRange:
     """``list``'s name range from its arguments: a prefix, names strictly after / before, a row limit."""
     for what, bound in (("after", after), ("before", before)):
         if bound is not None and not isinstance(bound, str):

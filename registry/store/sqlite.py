@@ -90,15 +90,23 @@ _SELECT_ITEM = (
 )
 # A name range as an index range: lower <= name [< upper], ascending or descending; LIMIT -1 is no limit.
 # (_plan.check_range turns prefix/after/before into these two bounds, so four statements cover every list.)
-_LIST_COLUMNS = "SELECT kind, name, value, revision, created_revision, expires, labels FROM items"
-_LIVE = "(expires IS NULL OR expires > ?)"
-_LIST_FROM = _LIST_COLUMNS + " WHERE kind = ? AND name >= ? AND " + _LIVE + " ORDER BY name LIMIT ?"
-_LIST_FROM_DESC = _LIST_COLUMNS + " WHERE kind = ? AND name >= ? AND " + _LIVE + " ORDER BY name DESC LIMIT ?"
-_LIST_RANGE = _LIST_COLUMNS + " WHERE kind = ? AND name >= ? AND name < ? AND " + _LIVE + " ORDER BY name LIMIT ?"
-_LIST_RANGE_DESC = (
-    _LIST_COLUMNS + " WHERE kind = ? AND name >= ? AND name < ? AND " + _LIVE + " ORDER BY name DESC LIMIT ?"
+_LIST_FROM = (
+    "SELECT kind, name, value, revision, created_revision, expires, labels FROM items"
+    " WHERE kind = ? AND name >= ? AND (expires IS NULL OR expires > ?) ORDER BY name LIMIT ?"
 )
-_COUNT = "SELECT COUNT(*) FROM items WHERE kind = ? AND " + _LIVE
+_LIST_FROM_DESC = (
+    "SELECT kind, name, value, revision, created_revision, expires, labels FROM items"
+    " WHERE kind = ? AND name >= ? AND (expires IS NULL OR expires > ?) ORDER BY name DESC LIMIT ?"
+)
+_LIST_RANGE = (
+    "SELECT kind, name, value, revision, created_revision, expires, labels FROM items"
+    " WHERE kind = ? AND name >= ? AND name < ? AND (expires IS NULL OR expires > ?) ORDER BY name LIMIT ?"
+)
+_LIST_RANGE_DESC = (
+    "SELECT kind, name, value, revision, created_revision, expires, labels FROM items"
+    " WHERE kind = ? AND name >= ? AND name < ? AND (expires IS NULL OR expires > ?) ORDER BY name DESC LIMIT ?"
+)
+_COUNT = "SELECT COUNT(*) FROM items WHERE kind = ? AND (expires IS NULL OR expires > ?)"
 _SELECT_EXPIRED = (
     "SELECT kind, name, value, revision, created_revision, expires, labels FROM items"
     " WHERE expires IS NOT NULL AND expires <= ?"
