@@ -99,6 +99,18 @@ def source_of(host: str) -> str:
     return str(address)
 
 
+def source_of_client(client: str) -> str:
+    """:func:`source_of` for a ``host:port`` client string as the HTTP adapter writes it (``[v6]:port``
+    or ``v6:port`` alike); a string without a port is taken as a host."""
+    try:
+        ipaddress.ip_address(client.strip("[]"))
+    except ValueError:
+        host, sep, port = client.rpartition(":")
+        if sep and port.isdigit() and host:
+            return source_of(host)
+    return source_of(client)
+
+
 class Admission:
     """Connection accounting for one listener; see the module docstring."""
 
