@@ -425,7 +425,6 @@ async def handle_connection(
                 return
             if not isinstance(event, h11.Request):
                 return
-            slot.busy()
             try:
                 body = await conn.read_body(event)
             except _TooLarge as exc:
@@ -441,6 +440,9 @@ async def handle_connection(
             except h11.RemoteProtocolError as exc:
                 await _reject(conn, 400, f"malformed HTTP request body: {exc}")
                 return
+            # Busy (not sheddable) only while the handler runs and answers: a client trickling its body
+            # stays sheddable, so connections without a certificate cannot pin their slots that way.
+            slot.busy()
             request = _to_request(event, body, peer_cert, client)
             response = await _call_handler(handler, request)
             await conn.send_response(response, head=request.method == "HEAD")

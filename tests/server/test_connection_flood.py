@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
+import httpx
 import pytest
 import trio
 
@@ -20,7 +21,7 @@ from registry.client import RegistryClient
 from registry.core.errors import BadParameter
 from registry.core.identity import REGISTRY_SERVER_NAME
 from registry.core.identity_file import IdentityFile
-from registry.server.http import HTTPLimits
+from registry.server.http import HTTPLimits, Request, Response, ServerInfo, serve_http
 from registry.server.serve import REGISTRY_HTTP_LIMITS, RegistryInfo, serve_registry
 from registry.store import MemoryStore
 from registry.tls import client_context
@@ -215,3 +216,24 @@ async def test_per_source_budget_sheds_the_oldest_and_leaves_agents_served(
 def test_bad_http_limits_are_refused(kwargs: dict[str, object]) -> None:
     with pytest.raises(BadParameter, match=next(iter(kwargs))):
         HTTPLimits(**kwargs)  # type: ignore[arg-type]
+
+
+async def test_trickled_bodies_do_not_pin_slots(nursery: trio.Nursery) -> None:
+    """Connections slowly uploading a body stay sheddable: a new client still gets a slot."""
+
+    async def ok(request: Request) -> Response:
+        return Response.json(200, {"ok": True})
+
+    limits = HTTPLimits(max_connections=4, body_timeout=60.0)
+    info: ServerInfo = await nursery.start(lambda task_status: serve_http(ok, limits=limits, task_status=task_status))
+    trickling = [await trio.open_tcp_stream(info.host, info.port) for _ in range(4)]
+    async with closing(trickling):
+        for stream in trickling:
+            await stream.send_all(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 100000\r\n\r\nabc")
+        async with httpx.AsyncClient(base_url=f"http://{info.address}") as client:
+            with trio.fail_after(5):
+                assert (await client.get("/")).json() == {"ok": True}
+        closed = await wait_closed_by_server(trickling, at_least=1, timeout=5)
+        assert closed == {0}
+        assert info.admission is not None
+        assert info.admission.statistics()["shed_total"] >= 1
