@@ -357,7 +357,7 @@ class RegistryAPI:
         if cursor is not None and len(cursor) > MAX_CURSOR_CHARS:
             raise BadParameter(f"query parameter continue is too long ({len(cursor)} characters)")
         events, more = await self.registry.events(
-            caller, limit=min(limit, 1_000_000), event=request.query_value("event"), before=cursor
+            caller, limit=limit, event=request.query_value("event"), before=cursor
         )
         body: dict[str, Any] = {"items": events}
         if more is not None:
