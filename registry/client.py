@@ -244,11 +244,22 @@ class RegistryClient:
         return result
 
     async def events(self, *, limit: int = 100, event: str | None = None) -> builtins.list[dict[str, Any]]:
+        """The newest ``limit`` audit events (oldest first)."""
+        items, _ = await self.events_page(limit=limit, event=event)
+        return items
+
+    async def events_page(
+        self, *, limit: int = 100, event: str | None = None, continue_from: str | None = None
+    ) -> tuple[builtins.list[dict[str, Any]], str | None]:
+        """One page of audit events (oldest first) and the token of the next, older page (None: no more)."""
         params = {"limit": str(limit)}
         if event:
             params["event"] = event
+        if continue_from:
+            params["continue"] = continue_from
         result = await self._request("GET", "/v1/events", params=params)
-        return list(result["items"])
+        token = result.get("continue")
+        return list(result["items"]), token if isinstance(token, str) and token else None
 
     # -- watch ---------------------------------------------------------------------------------------
 

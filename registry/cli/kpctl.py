@@ -40,6 +40,8 @@ from registry.core.kubeconfig import check_kubeconfig
 from registry.core.resources import KIND_ALIASES, KubeCluster
 from registry.files import write_secret_file
 
+MAX_EVENTS_PAGE = 1000  # the registry's page size limit for GET /v1/events
+
 DISPLAY = {
     "kube_cluster": "kubernetes cluster",
     "kube_server": "kubernetes server",
@@ -216,6 +218,9 @@ def _event_rows(items: Sequence[dict[str, Any]], verbose: bool) -> str:
     for e in items:
         target = f"{e.get('kind', '')}/{e.get('name', '')}" if e.get("kind") else str(e.get("host_id", ""))
         result = "success" if e.get("success", True) else f"failure: {e.get('error', '')}"
+        count = e.get("count")
+        if isinstance(count, int) and count > 1:  # aggregated failures: one row stands for ``count``
+            result += f" (x{count} from {e.get('client', '?')} since {e.get('first_time', '?')})"
         rows.append([str(e.get("time", "")), str(e.get("event", "")), str(e.get("user", "")), target, result])
     return render.table(["Time", "Event", "User", "Resource", "Result"], rows)
 
@@ -234,8 +239,11 @@ async def cmd_get(args: argparse.Namespace) -> int:
     kind, name = _split_ref(args.ref)
     conn = resolve_connection(args)
     async with conn.client() as client:
+        more: str | None = None
         if kind == "event":
-            items = await client.events(limit=args.limit)
+            if not 1 <= args.limit <= MAX_EVENTS_PAGE:
+                raise BadParameter(f"--limit must be between 1 and {MAX_EVENTS_PAGE} (got {args.limit})")
+            items, more = await client.events_page(limit=args.limit, event=args.event, continue_from=args.continue_from)
         elif name:
             try:
                 items = [await client.get(kind, name, with_secrets=args.with_secrets)]
@@ -249,6 +257,9 @@ async def cmd_get(args: argparse.Namespace) -> int:
         sys.stdout.write(render.dump_json(items) if args.format == "json" else codec.dump_yaml(items))
     else:
         sys.stdout.write(render.documents(items, args.format))
+    if more is not None:
+        # On stderr, so json/yaml output stays one parseable document.
+        sys.stderr.write(f"older events: kpctl get events --limit {args.limit} --continue {more}\n")
     return 0
 
 
@@ -409,7 +420,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=render.FORMATS, default="yaml", help="output format (default: yaml)")
     p.add_argument("--with-secrets", action="store_true", help="include kubeconfigs and token values")
     p.add_argument("-v", "--verbose", action="store_true", help="do not shorten long columns (text format)")
-    p.add_argument("--limit", type=int, default=100, help="how many events to show (events only; default 100)")
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=100,
+        help="how many events per page (events only; default 100, at most 1000)",
+    )
+    p.add_argument(
+        "--continue",
+        dest="continue_from",
+        metavar="ID",
+        help="show the page of events older than this one (events only; kpctl prints the ID under a full page)",
+    )
+    p.add_argument("--event", metavar="NAME", help="only events with this name, e.g. instance.join (events only)")
 
     p = command("rm", "delete a resource, e.g. kube_clusters/mycluster", cmd_rm)
     p.add_argument("ref", metavar="KIND/NAME")

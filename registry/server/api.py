@@ -19,7 +19,7 @@ Routes (all JSON; errors are Kubernetes ``Status`` bodies):
     PUT    /v1/kube_agents/{host_id}                  an agent describes itself (TTL like heartbeats)
     DELETE /v1/kube_agents/{host_id}
     POST   /v1/tokens                                 generate a join token
-    GET    /v1/events[?limit=N&event=kube.create]     audit log
+    GET    /v1/events[?limit=N&event=kube.create&continue=ID]  audit log, one page (see below)
     GET    /v1/watch?kinds=kube_cluster,kube_server&revision=N[&with_secrets=1]
 
 The watch answers newline-delimited JSON: first ``{"type": "INIT", "revision": N}``, then ``PUT`` /
@@ -29,13 +29,24 @@ revision is too old or the watcher fell behind: relist, then watch from the list
 
 Every route except ping, ca and join requires a client certificate issued by the cluster CA; TLS already
 rejected certificates of other CAs and expired ones during the handshake, and we verify again here.
+
+Requests without a client certificate (ping, ca, join, and the 401s of everything else) are rate-limited
+per source (``registry.server.ratelimit``; :data:`DEFAULT_RATE_LIMITS`): over the limit the answer is 429
+with a ``Retry-After`` header and a ``TooManyRequests`` Status. A throttled join is audited like a failed
+one, aggregated (``count``), so a flood costs a bounded number of rows.
+
+``/v1/events`` answers ``{"items": [...], "continue": ID}``: at most ``limit`` events (default 100, at most
+1000; 0 means the most), oldest first within the page; the first page holds the newest events, and passing
+``continue`` back gives the next older page. ``continue`` is absent on the last page.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
+import math
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
 from typing import Any
 from urllib.parse import unquote
@@ -43,17 +54,32 @@ from urllib.parse import unquote
 import trio
 
 from registry.core import codec
-from registry.core.errors import AccessDenied, BadParameter, KubeportError, NotFound, Unauthenticated
+from registry.core.errors import (
+    AccessDenied,
+    BadParameter,
+    KubeportError,
+    LimitExceeded,
+    NotFound,
+    Unauthenticated,
+)
 from registry.core.resources import KIND_ALIASES, KubeServer
+from registry.server.admission import source_of_client
 from registry.server.authz import Caller
 from registry.server.http import Request, Response, Send
+from registry.server.ratelimit import Rate, RateLimiter
 from registry.server.service import Registry
 
 log = logging.getLogger(__name__)
 
 RESOURCE_KINDS = ("kube_cluster", "kube_server", "role", "user", "token")
 WATCH_KINDS = ("kube_cluster", "kube_server")
-MAX_LIST_EVENTS = 10_000
+MAX_CURSOR_CHARS = 256
+# Per source, for requests without a client certificate. An agent needs one ca + one join to start; a
+# host starting many agents at once gets a burst, then a steady rate, then 429 with Retry-After.
+DEFAULT_RATE_LIMITS: dict[str, Rate] = {
+    "join": Rate(per_second=2.0, burst=30),
+    "public": Rate(per_second=20.0, burst=100),
+}
 
 
 def _kind(raw: str) -> str:
@@ -112,11 +138,23 @@ def _body_str(body: dict[str, Any], key: str, *, required: bool = True) -> str:
 class RegistryAPI:
     """The request handler passed to ``serve_http``."""
 
-    def __init__(self, registry: Registry, *, bookmark_interval: float = 10.0) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        *,
+        bookmark_interval: float = 10.0,
+        rate_limits: Mapping[str, Rate] | None = None,
+        rate_clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.registry = registry
         self.bookmark_interval = bookmark_interval
+        self.limiter = RateLimiter(DEFAULT_RATE_LIMITS if rate_limits is None else rate_limits, clock=rate_clock)
 
     async def __call__(self, request: Request) -> Response:
+        if request.peer_cert is None:
+            throttled = await self._throttle(request)
+            if throttled is not None:
+                return throttled
         segments = [unquote(s) for s in request.path.split("/") if s]
         if len(segments) < 2 or segments[0] != "v1":
             raise NotFound(f"no route for {request.method} {request.path}")
@@ -168,6 +206,22 @@ class RegistryAPI:
             ("watch", "GET", 0): self._watch,
         }
         return table.get((route, method, len(rest)))
+
+    async def _throttle(self, request: Request) -> Response | None:
+        """Rate-limit a request without a certificate: None to proceed, or the 429 to answer."""
+        is_join = request.path.rstrip("/") == "/v1/join"
+        source = source_of_client(request.client)
+        wait = self.limiter.check("join" if is_join else "public", source)
+        if wait <= 0:
+            return None
+        if is_join:
+            await self.registry.audit_failure("instance.join", client=request.client, reason="rate limited")
+        seconds = max(1, math.ceil(wait))
+        status = LimitExceeded(
+            f"too many requests without a client certificate from {source}: retry in {seconds}s"
+        ).to_status()
+        status["details"] = {"retryAfterSeconds": seconds}
+        return Response.json(429, status, headers=[("retry-after", str(seconds))])
 
     async def _authenticate(self, request: Request) -> Caller:
         if request.peer_cert is None:
@@ -299,10 +353,16 @@ class RegistryAPI:
 
     async def _events(self, caller: Caller, request: Request, rest: list[str]) -> Response:
         limit = _int_param(request, "limit", 100) or 0
-        events = await self.registry.events(
-            caller, limit=min(limit, MAX_LIST_EVENTS), event=request.query_value("event")
+        cursor = request.query_value("continue") or None
+        if cursor is not None and len(cursor) > MAX_CURSOR_CHARS:
+            raise BadParameter(f"query parameter continue is too long ({len(cursor)} characters)")
+        events, more = await self.registry.events(
+            caller, limit=limit, event=request.query_value("event"), before=cursor
         )
-        return Response.json(200, {"items": events})
+        body: dict[str, Any] = {"items": events}
+        if more is not None:
+            body["continue"] = more
+        return Response.json(200, body)
 
     async def _watch(self, caller: Caller, request: Request, rest: list[str]) -> Response:
         kinds = tuple(k for k in (request.query_value("kinds") or "kube_cluster").split(",") if k)

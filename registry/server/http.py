@@ -4,9 +4,16 @@ It turns bytes into :class:`Request` values and :class:`Response` values back in
 everything else belongs to the handler. Used by the registry API and by the fake Kubernetes API in tests.
 
 Invariants:
-- A request head must arrive within ``limits.head_timeout`` and fit ``limits.max_head_bytes``; a body
+- A new connection must finish its TLS handshake *and* its first request head within
+  ``limits.handshake_timeout`` of being accepted; every request head must also be complete within
+  ``limits.head_timeout`` of its first byte. Heads must fit ``limits.max_head_bytes``; a body
   larger than ``limits.max_body_bytes`` is refused with 413 before it is read (slowloris and memory bombs
   cost the server little).
+- Connection slots are handed out by :class:`~registry.server.admission.Admission` (sans-IO): connections
+  that presented a verified client certificate are never shed; unauthenticated ones have their own
+  budgets (in total and per source) and the longest-idle of them is closed to make room for a new
+  connection, so idle sockets without a certificate cannot lock authenticated callers out. Unauthenticated
+  keep-alive connections also wait at most ``limits.unauthenticated_idle_timeout`` for their next request.
 - The handler never sees a half-read request, and nothing a handler raises escapes: a
   :class:`~registry.core.errors.KubeportError` becomes its ``Status`` JSON, anything else a logged 500.
 - Streaming responses (``Response.stream``) are sent chunked, one chunk per item, flushed at once; the
@@ -29,7 +36,8 @@ from urllib.parse import parse_qs, urlsplit
 import h11
 import trio
 
-from registry.core.errors import KubeportError
+from registry.core.errors import BadParameter, KubeportError
+from registry.server.admission import Admission, AdmissionLimits, source_of
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +74,6 @@ class Request:
 
     def json(self) -> Any:
         """The body parsed as JSON; malformed bodies are a BadParameter, not a crash."""
-        from registry.core.errors import BadParameter
-
         try:
             return json.loads(self.body)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -104,18 +110,45 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 @dataclass(frozen=True)
 class HTTPLimits:
+    """Per-server limits. The defaults suit any server; the registry tightens the connection ones
+    (``registry.server.serve.REGISTRY_HTTP_LIMITS``)."""
+
     max_head_bytes: int = 64 * 1024
     max_body_bytes: int = 2 * 1024 * 1024
-    head_timeout: float = 10.0  # TLS handshake, then each request head once its first byte arrived
-    idle_timeout: float = 120.0  # keep-alive connection with no request
+    handshake_timeout: float = 10.0  # from accept: the TLS handshake plus the first request head
+    head_timeout: float = 10.0  # each request head, once its first byte arrived
+    idle_timeout: float = 120.0  # keep-alive connection with no request (authenticated connections)
+    unauthenticated_idle_timeout: float | None = None  # the same without a client certificate; None: idle_timeout
     body_timeout: float = 30.0
     max_connections: int = 2048
+    max_unauthenticated: int | None = None  # slots connections without a client certificate may hold
+    max_unauthenticated_per_source: int | None = None  # ... from one source (IPv4 address / IPv6 /64)
+
+    def __post_init__(self) -> None:
+        for name in ("handshake_timeout", "head_timeout", "idle_timeout", "body_timeout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < float("inf"):
+                raise BadParameter(f"HTTPLimits.{name} must be a positive number of seconds (got {value!r})")
+        self.admission_limits()  # validates the connection budgets
+
+    def admission_limits(self) -> AdmissionLimits:
+        return AdmissionLimits(
+            max_connections=self.max_connections,
+            max_unauthenticated=self.max_unauthenticated,
+            max_unauthenticated_per_source=self.max_unauthenticated_per_source,
+        )
+
+    def idle_timeout_for(self, authenticated: bool) -> float:
+        if authenticated or self.unauthenticated_idle_timeout is None:
+            return self.idle_timeout
+        return min(self.idle_timeout, self.unauthenticated_idle_timeout)
 
 
 @dataclass(frozen=True)
 class ServerInfo:
     host: str
     port: int
+    admission: Admission | None = field(default=None, compare=False, repr=False)  # live connection accounting
 
     @property
     def address(self) -> str:
@@ -134,12 +167,15 @@ class _Connection:
         self.stream = stream
         self.limits = limits
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_head_bytes)
+        self.received_any = False
 
     async def _receive(self) -> None:
         try:
             data = await self.stream.receive_some(64 * 1024)
         except _STREAM_ERRORS as exc:
             raise _ClientGone from exc
+        if data:
+            self.received_any = True
         self.conn.receive_data(bytes(data))  # b"" tells h11 about EOF
 
     async def next_event(self) -> Any:
@@ -309,37 +345,82 @@ async def _call_handler(handler: Handler, request: Request) -> Response:
         return _status_body(500, "InternalError", "internal error (see the server log)")
 
 
-async def handle_connection(stream: trio.abc.Stream, handler: Handler, limits: HTTPLimits, client: str = "") -> None:
+class Slot:
+    """A connection's place in the listener's :class:`Admission` (what the connection task reports)."""
+
+    def __init__(self, admission: Admission | None = None, conn_id: int | None = None) -> None:
+        self._admission = admission
+        self._conn_id = conn_id
+
+    def authenticated(self) -> None:
+        if self._admission is not None and self._conn_id is not None:
+            self._admission.on_authenticated(self._conn_id)
+
+    def busy(self) -> None:
+        if self._admission is not None and self._conn_id is not None:
+            self._admission.on_busy(self._conn_id)
+
+    def idle(self) -> None:
+        if self._admission is not None and self._conn_id is not None:
+            self._admission.on_idle(self._conn_id)
+
+    def close(self) -> None:
+        if self._admission is not None and self._conn_id is not None:
+            self._admission.on_close(self._conn_id)
+
+
+async def handle_connection(
+    stream: trio.abc.Stream, handler: Handler, limits: HTTPLimits, client: str = "", slot: Slot | None = None
+) -> None:
     """Serve HTTP/1.1 requests on one stream until the client leaves or the connection must close."""
+    slot = slot or Slot()
     peer_cert: bytes | None = None
+    # One deadline from accept to the end of the first request head: a client that connects and then
+    # handshakes, or sends its head, byte by byte cannot hold a slot for longer than this.
+    first_deadline = trio.current_time() + limits.handshake_timeout
     try:
         if isinstance(stream, trio.SSLStream):
             try:
-                with trio.fail_after(limits.head_timeout):
+                with trio.fail_at(first_deadline):
                     await stream.do_handshake()
             except (trio.BrokenResourceError, trio.TooSlowError, ssl.SSLError, OSError) as exc:
                 log.debug("TLS handshake with %s failed: %s", client, exc)
                 return
             peer_cert = stream.getpeercert(binary_form=True) or None
+            if peer_cert is not None:
+                # The context verified it against the cluster CA (client certificates are optional there,
+                # but a presented one must verify): this connection now has a trusted owner.
+                slot.authenticated()
         conn = _Connection(stream, limits)
+        first = True
         while True:
             try:
-                # A kept-alive connection may wait long for its next request; once bytes start arriving
-                # the whole head must follow quickly (slowloris).
-                buffered, closed = conn.conn.trailing_data
-                if not buffered and not closed:
-                    with trio.move_on_after(limits.idle_timeout) as idle:
+                if first:
+                    with trio.fail_at(first_deadline):
                         await conn._receive()
-                    if idle.cancelled_caught:
-                        return
-                with trio.fail_after(limits.head_timeout):
-                    event = await conn.next_event()
+                        with trio.fail_after(limits.head_timeout):
+                            event = await conn.next_event()
+                else:
+                    # A kept-alive connection may wait for its next request; once bytes start arriving the
+                    # whole head must follow quickly (slowloris).
+                    buffered, closed = conn.conn.trailing_data
+                    if not buffered and not closed:
+                        with trio.move_on_after(limits.idle_timeout_for(peer_cert is not None)) as idle:
+                            await conn._receive()
+                        if idle.cancelled_caught:
+                            return
+                    with trio.fail_after(limits.head_timeout):
+                        event = await conn.next_event()
             except trio.TooSlowError:
+                if first and not conn.received_any:
+                    log.debug("connection from %s sent no request in time", client)
+                    return  # nothing was asked: nothing to answer
                 await _reject(conn, 408, "request head did not arrive in time")
                 return
             except h11.RemoteProtocolError as exc:
                 await _reject(conn, exc.error_status_hint, f"malformed HTTP request: {exc}")
                 return
+            first = False
             if isinstance(event, h11.ConnectionClosed):
                 return
             if not isinstance(event, h11.Request):
@@ -359,9 +440,13 @@ async def handle_connection(stream: trio.abc.Stream, handler: Handler, limits: H
             except h11.RemoteProtocolError as exc:
                 await _reject(conn, 400, f"malformed HTTP request body: {exc}")
                 return
+            # Busy (not sheddable) only while the handler runs and answers: a client trickling its body
+            # stays sheddable, so connections without a certificate cannot pin their slots that way.
+            slot.busy()
             request = _to_request(event, body, peer_cert, client)
             response = await _call_handler(handler, request)
             await conn.send_response(response, head=request.method == "HEAD")
+            slot.idle()
             if conn.conn.our_state is h11.MUST_CLOSE or conn.conn.their_state is h11.MUST_CLOSE:
                 return
             try:
@@ -384,6 +469,7 @@ async def handle_connection(stream: trio.abc.Stream, handler: Handler, limits: H
             raise rest from None
         return
     finally:
+        slot.close()
         with trio.CancelScope(shield=True), trio.move_on_after(1), contextlib.suppress(*_STREAM_ERRORS):
             await stream.aclose()
 
@@ -425,8 +511,9 @@ async def serve_http(
     limits = limits or HTTPLimits()
     tcp_listeners = await trio.open_tcp_listeners(port, host=host)
     bound = tcp_listeners[0].socket.getsockname()
-    info = ServerInfo(host=bound[0], port=bound[1])
-    slots = trio.CapacityLimiter(limits.max_connections)
+    admission = Admission(limits.admission_limits())
+    info = ServerInfo(host=bound[0], port=bound[1], admission=admission)
+    scopes: dict[int, trio.CancelScope] = {}
 
     async def accept_loop(listener: trio.SocketListener, nursery: trio.Nursery) -> None:
         while True:
@@ -436,16 +523,37 @@ async def serve_http(
                 log.warning("accept failed: %s", exc)
                 await trio.sleep(0.1)
                 continue
-            peer = sock_stream.socket.getpeername()
+            try:
+                peer = sock_stream.socket.getpeername()
+            except OSError:  # already gone
+                await sock_stream.aclose()
+                continue
             client = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+            decision = admission.admit(source_of(peer[0] if isinstance(peer, tuple) else str(peer)))
+            for victim in decision.shed:
+                scope = scopes.pop(victim, None)
+                if scope is not None:
+                    scope.cancel()
+            if decision.conn_id is None:
+                log.debug("refused a connection from %s: %s", client, decision.reason)
+                with trio.CancelScope(shield=True), contextlib.suppress(*_STREAM_ERRORS):
+                    await sock_stream.aclose()
+                continue
             stream: trio.abc.Stream = sock_stream
             if ssl_context is not None:
                 stream = trio.SSLStream(sock_stream, ssl_context, server_side=True, https_compatible=True)
-            nursery.start_soon(_limited, stream, client)
+            scope = trio.CancelScope()
+            scopes[decision.conn_id] = scope
+            nursery.start_soon(_serve_one, stream, client, decision.conn_id, scope)
 
-    async def _limited(stream: trio.abc.Stream, client: str) -> None:
-        async with slots:
-            await handle_connection(stream, handler, limits, client)
+    async def _serve_one(stream: trio.abc.Stream, client: str, conn_id: int, scope: trio.CancelScope) -> None:
+        try:
+            with scope:
+                await handle_connection(stream, handler, limits, client, Slot(admission, conn_id))
+        finally:
+            # A shed connection is cancelled here; handle_connection's own cleanup closed its socket.
+            scopes.pop(conn_id, None)
+            admission.on_close(conn_id)
 
     try:
         async with trio.open_nursery() as nursery:

@@ -12,19 +12,22 @@ Invariants:
   always finds a working identity and address in it).
 - The server certificate is issued per start (never written to disk) and always carries the fixed name
   ``registry.kubeport.local`` that clients verify, so the registry can be reached at any address.
+- Connections without a client certificate are cheap to open, so they get a short deadline and their own
+  budgets (:data:`REGISTRY_HTTP_LIMITS`): idle ones are shed before an agent or admin is ever refused.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import trio
 
-from registry.core.errors import AlreadyExists, BadParameter, NotFound
+from registry.core.errors import AlreadyExists, BadParameter, KubeportError, NotFound
 from registry.core.identity import (
     ADMIN_TTL,
     REGISTRY_SERVER_NAME,
@@ -39,8 +42,9 @@ from registry.core.identity_file import IdentityFile
 from registry.files import ensure_private_dir, write_secret_file
 from registry.paths import ADMIN_IDENTITY, STORE_FILE
 from registry.server.api import RegistryAPI
-from registry.server.http import ServerInfo, serve_http
-from registry.server.service import Registry
+from registry.server.http import HTTPLimits, ServerInfo, serve_http
+from registry.server.ratelimit import Rate
+from registry.server.service import AUDIT_WINDOW, MAX_AUDIT_EVENTS, Registry
 from registry.store import SQLiteStore, Store, serve_expiry
 from registry.tls import server_context
 
@@ -49,6 +53,19 @@ log = logging.getLogger(__name__)
 DEFAULT_PORT = 3025
 DEFAULT_LISTEN = f"127.0.0.1:{DEFAULT_PORT}"
 CA_KIND = "cert_authority"
+
+# The registry's connection limits (issue 7 §5). Every client is a program that sends its request right
+# after the TLS handshake, so 5 s from accept to the end of the first request head is generous even on a
+# loaded host. Unauthenticated connections (ping, ca, join, and anyone without a certificate) may hold at
+# most half of the slots and 64 from one source; authenticated ones are never shed. The per-source budget
+# counts only unauthenticated connections, so agents and kpctl sharing 127.0.0.1 are not limited by it.
+REGISTRY_HTTP_LIMITS = HTTPLimits(
+    handshake_timeout=5.0,
+    unauthenticated_idle_timeout=10.0,
+    max_connections=2048,
+    max_unauthenticated=1024,
+    max_unauthenticated_per_source=64,
+)
 
 
 def parse_hostport(value: str, *, default_port: int, what: str) -> tuple[str, int]:
@@ -130,9 +147,19 @@ async def serve_registry(
     store: Store | None = None,
     bookmark_interval: float = 10.0,
     expiry_interval: float = 1.0,
+    http_limits: HTTPLimits = REGISTRY_HTTP_LIMITS,
+    rate_limits: Mapping[str, Rate] | None = None,
+    max_audit_events: int = MAX_AUDIT_EVENTS,
+    audit_window: float = AUDIT_WINDOW,
     task_status: trio.TaskStatus[RegistryInfo] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve the registry until cancelled; ``task_status`` gets where it listens and the admin identity."""
+    """Serve the registry until cancelled; ``task_status`` gets where it listens and the admin identity.
+
+    ``http_limits`` sets the connection deadlines and budgets (default :data:`REGISTRY_HTTP_LIMITS`),
+    ``rate_limits`` the per-source limits of requests without a certificate (default
+    ``registry.server.api.DEFAULT_RATE_LIMITS``), ``max_audit_events`` and ``audit_window`` the audit log's
+    cap and the window over which repeated failures share one row.
+    """
     host, port = parse_hostport(listen, default_port=DEFAULT_PORT, what="--listen")
     data_dir = ensure_private_dir(data_dir)
     own_store = store is None
@@ -141,7 +168,9 @@ async def serve_registry(
     try:
         now = datetime.now(tz=UTC)
         ca = await load_or_create_ca(store, cluster_name or socket.gethostname() or "kubeport", now)
-        registry = Registry(store, ca, cluster_name=ca.cluster_name)
+        registry = Registry(
+            store, ca, cluster_name=ca.cluster_name, max_audit_events=max_audit_events, audit_window=audit_window
+        )
         server_key = generate_private_key()
         extra_names = [parse_hostport(a, default_port=port, what="--public-addr")[0] for a in public_addrs]
         dns_names = [REGISTRY_SERVER_NAME, "localhost", *[n for n in extra_names if not _is_ip(n)]]
@@ -157,17 +186,18 @@ async def serve_registry(
             ip_addresses=sorted(set(ips)),
         )
         ssl_context = server_context(server_cert, server_key, [ca.cert_pem], client_certs="optional")
-        api = RegistryAPI(registry, bookmark_interval=bookmark_interval)
+        api = RegistryAPI(registry, bookmark_interval=bookmark_interval, rate_limits=rate_limits)
         async with trio.open_nursery() as nursery:
             info: ServerInfo = await nursery.start(
                 lambda task_status: serve_http(
-                    api, host=host, port=port, ssl_context=ssl_context, task_status=task_status
+                    api, host=host, port=port, ssl_context=ssl_context, limits=http_limits, task_status=task_status
                 )
             )
             address = public_addrs[0] if public_addrs else advertised_address(host, info.port)
             identity_path = data_dir / ADMIN_IDENTITY
             ensure_admin_identity(identity_path, ca, address, now)
             nursery.start_soon(lambda: serve_expiry(store, interval=expiry_interval))
+            await nursery.start(serve_audit_flush, registry)
             nursery.start_soon(_renew_admin_identity, identity_path, ca, address)
             log.info("registry %r listening on %s", ca.cluster_name, address)
             task_status.started(
@@ -183,6 +213,32 @@ async def serve_registry(
         if own_store:
             with trio.CancelScope(shield=True):
                 await store.aclose()
+
+
+async def serve_audit_flush(
+    registry: Registry, *, interval: float = 1.0, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Write aggregated failure rows as their windows close; on shutdown write every pending one.
+
+    This is what makes the aggregation lose nothing on a graceful stop (``registry.server.service``).
+    """
+    task_status.started()
+    try:
+        while True:
+            await trio.sleep(interval)
+            try:
+                await registry.flush_audit()
+            except KubeportError as exc:
+                log.warning("writing aggregated audit events failed (retried in %ss): %s", interval, exc)
+    finally:
+        with trio.CancelScope(shield=True), trio.move_on_after(5):
+            try:
+                written = await registry.flush_audit(drain=True)
+            except KubeportError as exc:
+                log.warning("writing the pending aggregated audit events at shutdown failed: %s", exc)
+            else:
+                if written:
+                    log.info("wrote %d pending aggregated audit events", written)
 
 
 async def _renew_admin_identity(path: Path, ca: CertAuthority, address: str) -> None:

@@ -10,12 +10,21 @@ Invariants:
   token values are masked in listings and never written to the audit log.
 - Every mutation is followed by one audit event (kind ``audit`` in the same store). The mutation and its
   event are two writes: a crash between them loses the event, never the mutation.
+- The audit log is bounded: events expire after 30 days, and beyond ``max_audit_events`` rows the oldest are
+  deleted (checked every few writes, so the table may briefly exceed the cap by one check interval).
+  Event names sort by time, so listing is a reverse range read of one page, never a read of every row.
+- Failures anyone can cause (a join with a bad token) are aggregated (``registry.server.aggregate``): at
+  most one row per (event, source, reason) per ``audit_window`` seconds, with a ``count``. The first
+  failure of a quiet source is written at once; the rest when the window closes (``flush_audit``, run
+  every second by ``serve_registry``) or on shutdown (``flush_audit(drain=True)``): a crash loses at most
+  the counts of the current window.
 - kube_clusters written through the API always carry ``kubeport.dev/origin: dynamic``.
 """
 
 from __future__ import annotations
 
 import builtins
+import contextlib
 import json
 import re
 import secrets
@@ -46,6 +55,8 @@ from registry.core.resources import (
     User,
 )
 from registry.server import authz
+from registry.server.admission import source_of_client
+from registry.server.aggregate import FailureAggregator, FailureRow
 from registry.server.authz import Caller
 from registry.store import Record, Store
 
@@ -54,6 +65,11 @@ AGENT_KIND = "kube_agent"
 MAX_AGENT_FAILURES = 1000
 EVENT_LINE_CACHE = 4096
 AUDIT_RETENTION = 30 * 24 * 3600.0  # seconds an audit event is kept (it expires like any TTL record)
+MAX_AUDIT_EVENTS = 100_000  # rows kept at most; the oldest go first
+AUDIT_WINDOW = 60.0  # seconds over which repeated failures of one source share one audit row
+MAX_AUDIT_TRIM = 1000  # rows deleted per trim at most (the next check deletes the rest)
+MAX_EVENTS_PAGE = 1000  # events per page of GET /v1/events
+EVENTS_SCAN = 10_000  # rows one page may look at to find matches of an ``event`` filter
 MAX_TOKEN_TTL = timedelta(days=30)
 MAX_USER_CERT_TTL = timedelta(days=7)
 MAX_HEARTBEAT_TTL = 3600.0
@@ -61,6 +77,13 @@ HOST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 # Audit event names per (kind, action), Teleport's where it has one.
 _AUDIT_NAMES = {"kube_cluster": "kube"}
+
+
+_FAILURE_ROW_KEYS = frozenset({"event", "time", "success", "client", "error", "count", "first_time", "last_time"})
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, tz=UTC).isoformat().replace("+00:00", "Z")
 
 
 def mask_token(value: str) -> str:
@@ -159,12 +182,23 @@ class Registry:
         *,
         cluster_name: str,
         clock: Any = time.time,
+        max_audit_events: int = MAX_AUDIT_EVENTS,
+        audit_window: float = AUDIT_WINDOW,
     ) -> None:
         self.store = store
         self.ca = ca
         self.cluster_name = cluster_name
         self.clock = clock
         self._event_lines: dict[tuple[int, str, bool], bytes] = {}
+        if isinstance(max_audit_events, bool) or not isinstance(max_audit_events, int) or max_audit_events < 1:
+            raise BadParameter(f"max_audit_events must be a positive integer (got {max_audit_events!r})")
+        self.max_audit_events = max_audit_events
+        self.failures = FailureAggregator(clock=clock, window=audit_window)
+        # Check the row count every this many audit writes (about 1% of the cap, at most 256).
+        self._audit_trim_every = max(1, min(256, max_audit_events // 100))
+        self._audit_writes = 0
+        self._audit_trimming = False
+        self._last_audit_ns = 0
 
     def now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), tz=UTC)
@@ -192,21 +226,98 @@ class Registry:
     async def audit(self, event: str, caller: Caller | None, **fields: Any) -> None:
         value: dict[str, Any] = {
             "event": event,
-            "time": self.now().isoformat().replace("+00:00", "Z"),
+            "time": _iso(self.clock()),
             "success": fields.pop("success", True),
         }
         if caller is not None:
             value["user"] = caller.name
             value["identity_kind"] = caller.kind
         value.update({k: v for k, v in fields.items() if v is not None})
-        name = f"{time.time_ns():020d}-{secrets.token_hex(4)}"
-        await self.store.create(AUDIT_KIND, name, value, expires=self.clock() + AUDIT_RETENTION)
+        await self.store.create(AUDIT_KIND, self._audit_name(), value, expires=self.clock() + AUDIT_RETENTION)
+        self._audit_writes += 1
+        if self._audit_writes % self._audit_trim_every == 0:
+            await self._trim_audit()
 
-    async def events(self, caller: Caller, *, limit: int = 100, event: str | None = None) -> list[dict[str, Any]]:
+    def _audit_name(self) -> str:
+        """A name that sorts by time and, within this process, strictly by write order (pages never
+        reorder); the random suffix keeps replicas sharing a store apart."""
+        now = max(time.time_ns(), self._last_audit_ns + 1)
+        self._last_audit_ns = now
+        return f"{now:020d}-{secrets.token_hex(4)}"
+
+    async def _trim_audit(self) -> None:
+        """Delete the oldest rows beyond ``max_audit_events`` (one trim at a time; others skip)."""
+        if self._audit_trimming:
+            return
+        self._audit_trimming = True
+        try:
+            excess = await self.store.count(AUDIT_KIND) - self.max_audit_events
+            if excess <= 0:
+                return
+            for record in await self.store.list(AUDIT_KIND, limit=min(excess, MAX_AUDIT_TRIM)):
+                with contextlib.suppress(NotFound):  # expired or trimmed by another replica meanwhile
+                    await self.store.delete(AUDIT_KIND, record.name)
+        finally:
+            self._audit_trimming = False
+
+    async def audit_failure(self, event: str, *, client: str, reason: str, **fields: Any) -> None:
+        """Audit a failure anyone can cause, aggregated per (event, source, reason) (module docstring)."""
+        rows = self.failures.record(event, source_of_client(client), reason, fields)
+        await self._write_failure_rows(rows)
+
+    async def flush_audit(self, *, drain: bool = False) -> int:
+        """Write the aggregated failure rows whose window closed (``drain``: every pending one, for
+        shutdown); returns how many rows were written."""
+        rows = self.failures.drain() if drain else self.failures.due()
+        await self._write_failure_rows(rows)
+        return len(rows)
+
+    async def _write_failure_rows(self, rows: builtins.list[FailureRow]) -> None:
+        for row in rows:
+            extra = {k: v for k, v in row.fields.items() if k not in _FAILURE_ROW_KEYS}
+            await self.audit(
+                row.event,
+                None,
+                success=False,
+                client=row.source,
+                error=row.reason,
+                count=row.count,
+                first_time=_iso(row.first),
+                last_time=_iso(row.last),
+                **extra,
+            )
+
+    async def events(
+        self, caller: Caller, *, limit: int = 100, event: str | None = None, before: str | None = None
+    ) -> tuple[builtins.list[dict[str, Any]], str | None]:
+        """One page of the audit log: up to ``limit`` events older than the cursor ``before`` (newest page
+        first; each page oldest first), and the cursor of the next (older) page, None at the end.
+
+        Reads pages of rows newest first and stops at ``limit`` matches or :data:`EVENTS_SCAN` rows, so a
+        page costs the same with 100 rows or 10 million. Each event carries its ``id`` (the cursor).
+        """
         authz.check(caller, "event", "list")
-        records = await self.store.list(AUDIT_KIND)
-        values = [r.value for r in records if event is None or r.value.get("event") == event]
-        return values[-limit:] if limit > 0 else values
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise BadParameter(f"limit must be a non-negative integer (got {limit!r})")
+        limit = min(limit or MAX_EVENTS_PAGE, MAX_EVENTS_PAGE)
+        items: builtins.list[dict[str, Any]] = []
+        cursor = before
+        scanned = 0
+        while len(items) < limit and scanned < EVENTS_SCAN:
+            want = limit - len(items) if event is None else min(EVENTS_SCAN - scanned, max(limit, 256))
+            page = await self.store.list(AUDIT_KIND, before=cursor, limit=want, reverse=True)
+            for record in page:
+                scanned += 1
+                cursor = record.name
+                if event is None or record.value.get("event") == event:
+                    items.append({"id": record.name, **record.value})
+                    if len(items) >= limit:
+                        break
+            if len(items) < limit and len(page) < want:  # every row was read: the log ends here
+                cursor = None
+                break
+        items.reverse()
+        return items, cursor
 
     # -- resources -----------------------------------------------------------------------------------
 
@@ -370,15 +481,13 @@ class Registry:
         try:
             record = await self.store.get("token", token)
         except NotFound:
-            await self.audit(
+            await self.audit_failure(
                 "instance.join",
-                None,
-                success=False,
+                client=client,
+                reason="unknown or expired token",
                 host_id=host_id,
                 nodename=nodename,
-                client=client,
                 token=mask_token(token),
-                error="unknown or expired token",
             )
             raise AccessDenied(
                 f'"{nodename}" can not join the cluster with role "Kube": the token is not valid (unknown or expired)'

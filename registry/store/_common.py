@@ -80,9 +80,14 @@ class BaseStore(abc.ABC):
 
     @abc.abstractmethod
     async def _list(
-        self, kind: str, prefix: str | None, labels: Mapping[str, str | list[str]] | None, now: float
+        self, kind: str, bounds: _plan.ListRange, labels: Mapping[str, str | list[str]] | None, now: float
     ) -> list[Record]:
-        """Live records sorted by name (use ``_plan.to_records`` for the label filter)."""
+        """Live records within ``bounds`` in name order (use ``_plan.to_records`` for the label filter);
+        with ``bounds.limit``, read only as many rows as it takes to find that many matches."""
+
+    @abc.abstractmethod
+    async def _count(self, kind: str, now: float) -> int:
+        """How many live records of ``kind`` there are."""
 
     @abc.abstractmethod
     async def _write(self, op: WriteOp) -> list[Change]:
@@ -159,12 +164,25 @@ class BaseStore(abc.ABC):
         *,
         labels: Mapping[str, str | list[str]] | None = None,
         prefix: str | None = None,
+        after: str | None = None,
+        before: str | None = None,
+        limit: int | None = None,
+        reverse: bool = False,
     ) -> list[Record]:
         kind = _plan.check_kind(kind)
         prefix = _plan.check_prefix(prefix)
+        bounds = _plan.check_range(prefix, after, before, limit, reverse)
         selector = _plan.check_selector(labels)
         self._check_open()
-        return await self._list(kind, prefix, selector, self._now())
+        if bounds.limit == 0 or (bounds.upper is not None and bounds.upper <= bounds.lower):
+            await trio.lowlevel.checkpoint()
+            return []
+        return await self._list(kind, bounds, selector, self._now())
+
+    async def count(self, kind: str) -> int:
+        kind = _plan.check_kind(kind)
+        self._check_open()
+        return await self._count(kind, self._now())
 
     async def create(self, kind: str, name: str, value: dict[str, Any], *, expires: float | None = None) -> Record:
         return await self._write_record("create", kind, name, value, expires=expires, expected_revision=None)

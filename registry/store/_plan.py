@@ -90,6 +90,22 @@ class WriteOp:
     expected_revision: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ListRange:
+    """A validated ``list`` range: ``lower <= name`` and ``name < upper`` (None: unbounded), in name order
+    (``reverse``: highest name first), at most ``limit`` records (None: all). ``prefix`` is kept for the
+    exact ``startswith`` check after the index range."""
+
+    prefix: str | None = None
+    lower: str = ""
+    upper: str | None = None
+    limit: int | None = None
+    reverse: bool = False
+
+    def contains(self, name: str) -> bool:
+        return self.lower <= name and (self.upper is None or name < self.upper) and has_prefix(name, self.prefix)
+
+
 # --- messages --------------------------------------------------------------------------------------------
 
 
@@ -185,6 +201,25 @@ def check_prefix(prefix: object) -> str | None:
     if not isinstance(prefix, str):
         raise BadParameter(f"name prefix must be a string, got {_show(prefix)}")
     return prefix
+
+
+def check_range(prefix: str | None, after: object, before: object, limit: object, reverse: object) -> ListRange:
+    """``list``'s name range from its arguments: a prefix, names strictly after / before, a row limit."""
+    for what, bound in (("after", after), ("before", before)):
+        if bound is not None and not isinstance(bound, str):
+            raise BadParameter(f"list {what} must be a name (a string), got {_show(bound)}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        raise BadParameter(f"list limit must be a non-negative integer, got {_show(limit)}")
+    if not isinstance(reverse, bool):
+        raise BadParameter(f"list reverse must be true or false, got {_show(reverse)}")
+    lower = prefix or ""
+    if isinstance(after, str):
+        # The least string greater than ``after``: '\0' sorts below every other character.
+        lower = max(lower, after + "\x00")
+    upper = prefix_upper_bound(prefix) if prefix else None
+    if isinstance(before, str):
+        upper = before if upper is None else min(upper, before)
+    return ListRange(prefix=prefix, lower=lower, upper=upper, limit=limit, reverse=reverse)
 
 
 def check_selector(selector: object) -> Mapping[str, str | list[str]] | None:
@@ -293,8 +328,12 @@ def plan_expiry(items: Iterable[Item], *, now: float, revision: int) -> list[Cha
 def to_records(items: Iterable[Item], labels: Mapping[str, str | list[str]] | None) -> list[Record]:
     """Decode items (already sorted and live) into records, keeping those whose labels match."""
     if labels is not None:
-        items = [item for item in items if match_labels(labels, json.loads(item.labels))]
+        items = [item for item in items if labels_match(labels, item)]
     return [item.to_record() for item in items]
+
+
+def labels_match(labels: Mapping[str, str | list[str]], item: Item) -> bool:
+    return bool(match_labels(labels, json.loads(item.labels)))
 
 
 def encode_labels(value: Mapping[str, Any]) -> str:

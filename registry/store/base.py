@@ -73,12 +73,24 @@ class Store(Protocol):
         *,
         labels: Mapping[str, str | list[str]] | None = None,
         prefix: str | None = None,
+        after: str | None = None,
+        before: str | None = None,
+        limit: int | None = None,
+        reverse: bool = False,
     ) -> list[Record]:
-        """Live records of ``kind`` sorted by name.
+        """Live records of ``kind`` sorted by name (``reverse``: highest name first).
 
         ``labels=None`` means no label filter; any other selector goes through ``labels.match_labels``
-        (so an empty selector matches nothing). ``prefix`` keeps names starting with it.
+        (so an empty selector matches nothing). ``prefix`` keeps names starting with it; ``after`` and
+        ``before`` keep names strictly greater / smaller than theirs. ``limit`` returns at most that many
+        (matching) records, and a backend reads no more rows than it needs to find them: with names that
+        sort by time (audit events), ``list(kind, before=cursor, limit=n, reverse=True)`` is one page
+        of the newest ``n`` before ``cursor``, however large the table.
         """
+        ...
+
+    async def count(self, kind: str) -> int:
+        """How many live records of ``kind`` there are (no value is decoded)."""
         ...
 
     async def create(self, kind: str, name: str, value: dict[str, Any], *, expires: float | None = None) -> Record:

@@ -45,16 +45,28 @@ class MemoryStore(BaseStore):
         return self._items.get(kind, {}).get(name)
 
     async def _list(
-        self, kind: str, prefix: str | None, labels: Mapping[str, str | list[str]] | None, now: float
+        self, kind: str, bounds: _plan.ListRange, labels: Mapping[str, str | list[str]] | None, now: float
     ) -> list[Record]:
         await trio.lowlevel.checkpoint()
         self._check_open()
-        items = [
-            item
-            for name, item in sorted(self._items.get(kind, {}).items())
-            if _plan.has_prefix(name, prefix) and not item.expired(now)
-        ]
-        return _plan.to_records(items, labels)
+        by_name = self._items.get(kind, {})
+        names = sorted(name for name in by_name if bounds.contains(name))
+        if bounds.reverse:
+            names.reverse()
+        out: list[Record] = []
+        for name in names:
+            item = by_name[name]
+            if item.expired(now):
+                continue
+            out += _plan.to_records([item], labels)
+            if bounds.limit is not None and len(out) >= bounds.limit:
+                break
+        return out
+
+    async def _count(self, kind: str, now: float) -> int:
+        await trio.lowlevel.checkpoint()
+        self._check_open()
+        return sum(1 for item in self._items.get(kind, {}).values() if not item.expired(now))
 
     async def _write(self, op: WriteOp) -> list[Change]:
         await trio.lowlevel.checkpoint()

@@ -88,15 +88,25 @@ _SCHEMA = (
 _SELECT_ITEM = (
     "SELECT kind, name, value, revision, created_revision, expires, labels FROM items WHERE kind = ? AND name = ?"
 )
-_LIST = (
+# A name range as an index range: lower <= name [< upper], ascending or descending; LIMIT -1 is no limit.
+# (_plan.check_range turns prefix/after/before into these two bounds, so four statements cover every list.)
+_LIST_FROM = (
     "SELECT kind, name, value, revision, created_revision, expires, labels FROM items"
-    " WHERE kind = ? AND (expires IS NULL OR expires > ?) ORDER BY name"
+    " WHERE kind = ? AND name >= ? AND (expires IS NULL OR expires > ?) ORDER BY name LIMIT ?"
 )
-# A name prefix as an index range: prefix <= name < upper bound (see _plan.prefix_upper_bound).
+_LIST_FROM_DESC = (
+    "SELECT kind, name, value, revision, created_revision, expires, labels FROM items"
+    " WHERE kind = ? AND name >= ? AND (expires IS NULL OR expires > ?) ORDER BY name DESC LIMIT ?"
+)
 _LIST_RANGE = (
     "SELECT kind, name, value, revision, created_revision, expires, labels FROM items"
-    " WHERE kind = ? AND name >= ? AND name < ? AND (expires IS NULL OR expires > ?) ORDER BY name"
+    " WHERE kind = ? AND name >= ? AND name < ? AND (expires IS NULL OR expires > ?) ORDER BY name LIMIT ?"
 )
+_LIST_RANGE_DESC = (
+    "SELECT kind, name, value, revision, created_revision, expires, labels FROM items"
+    " WHERE kind = ? AND name >= ? AND name < ? AND (expires IS NULL OR expires > ?) ORDER BY name DESC LIMIT ?"
+)
+_COUNT = "SELECT COUNT(*) FROM items WHERE kind = ? AND (expires IS NULL OR expires > ?)"
 _SELECT_EXPIRED = (
     "SELECT kind, name, value, revision, created_revision, expires, labels FROM items"
     " WHERE expires IS NOT NULL AND expires <= ?"
@@ -189,13 +199,20 @@ class SQLiteStore(BaseStore):
             return await self._run("read", self._select_item, kind, name)
 
     async def _list(
-        self, kind: str, prefix: str | None, labels: Mapping[str, str | list[str]] | None, now: float
+        self, kind: str, bounds: _plan.ListRange, labels: Mapping[str, str | list[str]] | None, now: float
     ) -> list[Record]:
+        # A limited list with a label filter filters while it reads (it stops at ``limit`` matches);
+        # otherwise filtering and decoding need no connection: do them after releasing the lock.
+        early = labels if bounds.limit is not None else None
         async with self._lock:
             self._check_open()
-            items = await self._run("list", self._list_sync, kind, prefix, now)
-        # Filtering and decoding need no connection: do them after releasing the lock so writers proceed.
-        return await trio.to_thread.run_sync(_plan.to_records, items, labels)
+            items = await self._run("list", self._list_sync, kind, bounds, early, now)
+        return await trio.to_thread.run_sync(_plan.to_records, items, None if early is not None else labels)
+
+    async def _count(self, kind: str, now: float) -> int:
+        async with self._lock:
+            self._check_open()
+            return await self._run("count", self._count_sync, kind, now)
 
     async def _write(self, op: WriteOp) -> list[Change]:
         async with self._lock:
@@ -246,13 +263,32 @@ class SQLiteStore(BaseStore):
         row = self._conn.execute(_SELECT_ITEM, (kind, name)).fetchone()
         return None if row is None else Item(*row)
 
-    def _list_sync(self, kind: str, prefix: str | None, now: float) -> list[Item]:
-        upper = _plan.prefix_upper_bound(prefix) if prefix else None
-        if upper is None:
-            rows = self._conn.execute(_LIST, (kind, now))
+    def _list_sync(
+        self, kind: str, bounds: _plan.ListRange, labels: Mapping[str, str | list[str]] | None, now: float
+    ) -> list[Item]:
+        # With a label filter the SQL limit cannot count matches: read lazily and stop at enough of them.
+        sql_limit = -1 if bounds.limit is None or labels is not None else bounds.limit
+        if bounds.upper is None:
+            statement = _LIST_FROM_DESC if bounds.reverse else _LIST_FROM
+            rows = self._conn.execute(statement, (kind, bounds.lower, now, sql_limit))
         else:
-            rows = self._conn.execute(_LIST_RANGE, (kind, prefix, upper, now))
-        return [item for item in (Item(*row) for row in rows) if _plan.has_prefix(item.name, prefix)]
+            statement = _LIST_RANGE_DESC if bounds.reverse else _LIST_RANGE
+            rows = self._conn.execute(statement, (kind, bounds.lower, bounds.upper, now, sql_limit))
+        out: list[Item] = []
+        for row in rows:
+            item = Item(*row)
+            if not _plan.has_prefix(item.name, bounds.prefix):
+                continue
+            if labels is not None and not _plan.labels_match(labels, item):
+                continue
+            out.append(item)
+            if bounds.limit is not None and len(out) >= bounds.limit:
+                break
+        return out
+
+    def _count_sync(self, kind: str, now: float) -> int:
+        (count,) = self._conn.execute(_COUNT, (kind, now)).fetchone()
+        return int(count)
 
     def _history_sync(self, kinds: list[str], after: int, limit: int) -> list[Change]:
         rows = self._conn.execute(_HISTORY, (after, json.dumps(kinds), limit)).fetchall()
