@@ -126,6 +126,20 @@ def _body_object(request: Request) -> dict[str, Any]:
     return body
 
 
+MAX_BODY_SECONDS = 10 * 366 * 24 * 3600  # ten years: more than any TTL the service accepts, less than overflows
+
+
+def _body_seconds(body: dict[str, Any], key: str, default: float) -> timedelta:
+    """A duration field in seconds: a finite positive number of at most ten years (the service applies the
+    tighter limit of each route), so no TTL can overflow a date or a timedelta."""
+    value = body.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise BadParameter(f"request body field {key!r} must be a number of seconds")
+    if not 0 < value <= MAX_BODY_SECONDS:
+        raise BadParameter(f"request body field {key!r} must be between 0 and {MAX_BODY_SECONDS} seconds (got {value})")
+    return timedelta(seconds=value)
+
+
 def _body_str(body: dict[str, Any], key: str, *, required: bool = True) -> str:
     value = body.get(key)
     if value is None and not required:
@@ -264,11 +278,8 @@ class RegistryAPI:
         if rest[0] == "renew":
             return Response.json(200, await self.registry.renew(caller, csr))
         if rest[0] == "user":
-            ttl_seconds = body.get("ttl_seconds", 12 * 3600)
-            if not isinstance(ttl_seconds, int | float) or isinstance(ttl_seconds, bool):
-                raise BadParameter("ttl_seconds must be a number")
             result = await self.registry.sign_user(
-                caller, user=_body_str(body, "user"), csr_pem=csr, ttl=timedelta(seconds=ttl_seconds)
+                caller, user=_body_str(body, "user"), csr_pem=csr, ttl=_body_seconds(body, "ttl_seconds", 12 * 3600)
             )
             return Response.json(200, result)
         raise NotFound(f"no route for POST /v1/certs/{rest[0]}")
@@ -340,14 +351,11 @@ class RegistryAPI:
         roles = body.get("roles", ["Kube"])
         if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles) or not roles:
             raise BadParameter("roles must be a non-empty list of strings")
-        ttl_seconds = body.get("ttl_seconds", 1800)
-        if not isinstance(ttl_seconds, int | float) or isinstance(ttl_seconds, bool):
-            raise BadParameter("ttl_seconds must be a number")
         value = body.get("value")
         if value is not None and (not isinstance(value, str) or not value):
             raise BadParameter("value must be a non-empty string")
         token = await self.registry.generate_token(
-            caller, roles=tuple(roles), ttl=timedelta(seconds=ttl_seconds), value=value
+            caller, roles=tuple(roles), ttl=_body_seconds(body, "ttl_seconds", 1800), value=value
         )
         return Response.json(201, token)
 

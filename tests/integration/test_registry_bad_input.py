@@ -159,6 +159,59 @@ async def test_malformed_api_bodies_get_status_errors(registry: RegistryInfo, bo
         assert r.status_code == 200 and r.json()["items"] == []
 
 
+HOSTILE_BODIES = [
+    ("nan", b'{"ttl_seconds": NaN, "csr_pem": "x", "user": "u", "roles": ["Kube"]}'),
+    ("infinity", b'{"ttl_seconds": Infinity, "csr_pem": "x", "user": "u", "roles": ["Kube"]}'),
+    ("minus-infinity", b'{"ttl_seconds": -Infinity, "csr_pem": "x", "user": "u", "roles": ["Kube"]}'),
+    ("overflowing-float", b'{"ttl_seconds": 1e999, "csr_pem": "x", "user": "u", "roles": ["Kube"]}'),
+    ("huge-float", b'{"ttl_seconds": 1e308, "csr_pem": "x", "user": "u", "roles": ["Kube"]}'),
+    ("huge-int", b'{"ttl_seconds": 1' + b"0" * 400 + b', "csr_pem": "x", "user": "u", "roles": ["Kube"]}'),
+    ("negative", b'{"ttl_seconds": -5, "csr_pem": "x", "user": "u", "roles": ["Kube"]}'),
+    ("bool-ttl", b'{"ttl_seconds": true, "csr_pem": "x", "user": "u", "roles": ["Kube"]}'),
+    ("deep-array", b"[" * 100_000 + b"]" * 100_000),
+    ("deep-object", b'{"a":' * 50_000 + b"1" + b"}" * 50_000),
+    ("duplicate-keys", b'{"ttl_seconds": 60, "ttl_seconds": 1e308, "roles": ["Kube"], "user": "u", "csr_pem": "x"}'),
+    ("lone-surrogate", b'{"user": "\\ud800", "csr_pem": "x", "roles": ["\\udfff"]}'),
+    ("invalid-utf8", b'{"user": "\xc3\x28"}'),
+    ("empty", b""),
+    ("nul", b"\x00"),
+]
+BODY_ROUTES = [
+    "/v1/certs/user",
+    "/v1/certs/renew",
+    "/v1/tokens",
+    "/v1/join",
+    "/v1/resources/kube_cluster",
+    "/v1/resources/role",
+    "/v1/resources/token",
+]
+
+
+@pytest.mark.parametrize("route", BODY_ROUTES)
+async def test_hostile_json_bodies_are_400_on_every_route(registry: RegistryInfo, route: str) -> None:
+    """One hardened JSON reader for every body: a Status 400 with a message, never a 500 or a traceback,
+    nothing stored, and the server still answers."""
+    async with admin_client(registry) as client:
+        for label, body in HOSTILE_BODIES:
+            r = await client.post(route, content=body, extensions=SNI)
+            assert r.status_code in (400, 401, 403, 429), (label, r.status_code, r.text[:200])
+            status = r.json()
+            assert status["kind"] == "Status" and status["message"], label
+            assert "Traceback" not in r.text and "Error(" not in status["message"], (label, status["message"])
+        assert (await client.get("/v1/resources/kube_cluster", extensions=SNI)).json()["items"] == []
+        assert (await client.get("/v1/ping", extensions=SNI)).status_code == 200
+
+
+@pytest.mark.parametrize("label", ["nan", "infinity", "overflowing-float", "huge-float", "huge-int", "duplicate-keys"])
+async def test_hostile_numbers_are_400_with_a_message(registry: RegistryInfo, label: str) -> None:
+    body = dict(HOSTILE_BODIES)[label]
+    async with admin_client(registry) as client:
+        for route in ("/v1/tokens", "/v1/certs/user"):
+            r = await client.post(route, content=body, extensions=SNI)
+            assert r.status_code == 400, (route, r.status_code, r.text[:200])
+        assert [t for t in (await client.get("/v1/resources/token", extensions=SNI)).json()["items"]] == []
+
+
 async def test_oversized_api_body_is_refused(registry: RegistryInfo) -> None:
     async with admin_client(registry) as client:
         r = await client.post("/v1/resources/kube_cluster", content=b"x" * (3 * 1024 * 1024), extensions=SNI)
