@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import re
 from collections.abc import Callable, Collection, Hashable, Iterator, Mapping
 from typing import Any, NoReturn
@@ -247,7 +248,7 @@ def _depth(value: Any) -> int:
 def _finite_float(text: str) -> float:
     # json.loads turns 1e999 into inf: a number no duration, count or timestamp can be.
     value = float(text)
-    if value != value or value in (float("inf"), float("-inf")):
+    if not math.isfinite(value):
         raise ValueError(f"the number {text[:40]} is too large")
     return value
 

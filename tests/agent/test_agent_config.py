@@ -531,7 +531,7 @@ def test_schedule_is_normalised() -> None:
         ("just a string\n", 'got "just a string"'),
         ("", "the file is empty"),
         ("a: 1\n---\nb: 2\n", "agent.yaml: expected one YAML document, found 2"),
-        ("!!python/object:os.system {}\n", "python/object:os.system\" is not allowed"),
+        ("!!python/object:os.system {}\n", 'python/object:os.system" is not allowed'),
         ("1: x\n", "the top level: keys must be strings, got int 1"),
         (KUBEPORT + "kubeport:\n  registry: other\n" + SERVE_ALL, 'line 4, column 1: duplicate key "kubeport"'),
     ],
