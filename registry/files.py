@@ -24,7 +24,17 @@ _PRIVATE_DIR_MODE = 0o700
 
 
 def write_secret_file(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o600) -> None:
-    """Atomically replace ``path`` with ``data``, the file getting exactly ``mode``."""
+    """:func:`write_file_atomic` with a private mode by default (identities, keys, kubeconfigs)."""
+    write_file_atomic(path, data, mode=mode)
+
+
+def write_file_atomic(path: str | os.PathLike[str], data: bytes, *, mode: int) -> None:
+    """Atomically replace ``path`` with ``data``, the file getting exactly ``mode``.
+
+    The data goes to a new temporary file beside ``path`` (``O_EXCL|O_NOFOLLOW``: never an existing file or
+    a planted symlink), is fsynced, and is renamed over ``path``. A symlink at ``path`` is replaced, never
+    followed, so nobody can redirect the write to another file; a crash leaves the old file or the new one.
+    """
     target = Path(path)
     directory = target.parent
     temp = directory / f".{target.name}.{secrets.token_hex(8)}.tmp"

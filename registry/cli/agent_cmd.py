@@ -7,6 +7,7 @@ import argparse
 import logging
 import shutil
 import sys
+from pathlib import Path
 
 import trio
 
@@ -15,7 +16,7 @@ from agent.config_render import render_config
 from agent.service import Agent, AgentInfo
 from registry.cli.common import until_signalled
 from registry.core.errors import BadParameter
-from registry.files import write_secret_file
+from registry.files import write_file_atomic, write_secret_file
 
 DEFAULT_CONFIG = "/etc/kubeport.yaml"
 
@@ -87,11 +88,9 @@ async def cmd_install_systemd(args: argparse.Namespace) -> int:
     if args.output == "-":
         sys.stdout.write(unit)
         return 0
-    path = trio.Path(args.output)
-    try:
-        await path.write_text(unit)
-    except OSError as exc:
-        raise BadParameter(f"cannot write {path}: {exc.strerror}") from None
+    path = Path(args.output)
+    # Atomic and never through a symlink: a unit file is run as root by systemd.
+    await trio.to_thread.run_sync(lambda: write_file_atomic(path, unit.encode(), mode=0o644))
     print(f"Wrote {path}. Enable and start it with:")
     print(f"  sudo systemctl enable {path.stem} && sudo systemctl start {path.stem}")
     return 0

@@ -78,3 +78,27 @@ async def test_install_systemd_writes_an_agent_unit(tmp_path: Path) -> None:
     assert len(exec_start) == 1
     assert exec_start[0].endswith(f" agent start -c {config}")
     assert "WantedBy=multi-user.target" in printed.out
+
+
+async def test_install_systemd_replaces_a_planted_symlink_instead_of_writing_through_it(tmp_path: Path) -> None:
+    """A symlink at -o PATH (say to /etc/passwd) is replaced by the unit; the file it pointed to is untouched."""
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    victim.chmod(0o600)
+    unit_path = tmp_path / "kubeport.service"
+    unit_path.symlink_to(victim)
+    async with Harness(tmp_path) as h:
+        written = await h.kubeport("install", "systemd", "-c", str(tmp_path / "k.yaml"), "-o", str(unit_path))
+    assert written.code == 0, written.err
+    assert victim.read_text() == "precious\n"
+    assert not unit_path.is_symlink()
+    assert "ExecStart=" in unit_path.read_text()
+    assert unit_path.stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+async def test_install_systemd_into_a_missing_directory_is_one_error_line(tmp_path: Path) -> None:
+    async with Harness(tmp_path) as h:
+        result = await h.kubeport("install", "systemd", "-o", str(tmp_path / "no" / "such" / "unit.service"))
+    assert result.code == 1
+    assert result.err.startswith("ERROR: cannot write ") and result.err.count("\n") == 1, result.err
