@@ -28,9 +28,11 @@ from registry.cli.common import (
     add_connection_flags,
     add_debug_flag,
     guarded,
+    parse_command_line,
     read_input_file,
     resolve_connection,
     run_command,
+    set_command,
 )
 from registry.core import codec
 from registry.core.errors import AlreadyExists, BadParameter, NotFound
@@ -376,24 +378,44 @@ async def cmd_status(args: argparse.Namespace) -> int:
 # -- parser -----------------------------------------------------------------------------------------
 
 
+def _global_flags(parser: argparse.ArgumentParser) -> None:
+    """Every parser in kpctl's tree takes the connection and debug flags, so they work in any position."""
+    add_connection_flags(parser)
+    add_debug_flag(parser)
+
+
+def _group(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help_text: str
+) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+    """A command group (``tokens``, ``auth``, ``kube``) and its subcommands."""
+    p = subparsers.add_parser(name, help=help_text, description=help_text, epilog=FLAGS_EPILOG)
+    _global_flags(p)
+    return p.add_subparsers(dest=f"{name}_command", metavar="COMMAND", required=True)
+
+
 def _command(
     subparsers: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help_text: str, func: Any
 ) -> argparse.ArgumentParser:
     """A subcommand that talks to the registry: connection and debug flags, and the function to run."""
-    p = subparsers.add_parser(name, help=help_text, description=help_text)
-    add_connection_flags(p)
-    add_debug_flag(p)
-    p.set_defaults(func=func)
+    p = subparsers.add_parser(name, help=help_text, description=help_text, epilog=FLAGS_EPILOG)
+    _global_flags(p)
+    set_command(p, func)
     return p
+
+
+FLAGS_EPILOG = (
+    "Connection flags (--registry, --identity, --data-dir) and --debug may come before or after the command; "
+    "given twice, the last one wins."
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kpctl",
         description="Administer a kubeport registry: kube_cluster resources, roles, users, join tokens.",
-        epilog="On the registry host no flags are needed: kpctl uses the local admin identity.",
+        epilog="On the registry host no flags are needed: kpctl uses the local admin identity. " + FLAGS_EPILOG,
     )
-    add_debug_flag(parser)
+    _global_flags(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def command(name: str, help_text: str, func: Any) -> argparse.ArgumentParser:
@@ -418,8 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("rm", "delete a resource, e.g. kube_clusters/mycluster", cmd_rm)
     p.add_argument("ref", metavar="KIND/NAME")
 
-    tokens = sub.add_parser("tokens", help="manage join tokens", description="Manage join tokens for agents.")
-    tsub = tokens.add_subparsers(dest="tokens_command", metavar="COMMAND", required=True)
+    tsub = _group(sub, "tokens", "manage join tokens for agents")
 
     def tcommand(name: str, help_text: str, func: Any) -> argparse.ArgumentParser:
         return _command(tsub, name, help_text, func)
@@ -437,8 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = tcommand("rm", "delete a join token", cmd_tokens_rm)
     p.add_argument("token", metavar="TOKEN")
 
-    auth = sub.add_parser("auth", help="certificates", description="Issue certificates.")
-    asub = auth.add_subparsers(dest="auth_command", metavar="COMMAND", required=True)
+    asub = _group(sub, "auth", "issue certificates")
     p = _command(asub, "sign", "write an identity file for a user", cmd_auth_sign)
     p.add_argument("--user", required=True, help="an existing user (kpctl create user.yaml)")
     p.add_argument("--out", "-o", required=True, help="where to write the identity file (mode 0600)")
@@ -446,8 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("status", "show the registry's cluster name, version and CA pin", cmd_status)
 
-    kube = sub.add_parser("kube", help="Kubernetes cluster diagnostics", description="Kubernetes cluster diagnostics.")
-    ksub = kube.add_subparsers(dest="kube_command", metavar="COMMAND", required=True)
+    ksub = _group(sub, "kube", "Kubernetes cluster diagnostics")
     p = _command(
         ksub,
         "explain",
@@ -461,12 +480,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 async def amain(argv: Sequence[str]) -> int:
     """kpctl inside an existing trio loop (tests drive kpctl's real code path through this)."""
-    args = build_parser().parse_args(argv)
+    args = parse_command_line(build_parser(), argv)
     return await guarded(args.func, args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_command_line(build_parser(), argv)
     return run_command(args.func, args)
 
 
