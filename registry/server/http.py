@@ -29,7 +29,8 @@ from urllib.parse import parse_qs, urlsplit
 import h11
 import trio
 
-from registry.core.errors import KubeportError
+from registry.core.errors import ConnectionProblem, KubeportError
+from registry.core.netaddr import listen_error
 
 log = logging.getLogger(__name__)
 
@@ -423,7 +424,10 @@ async def serve_http(
     ...)`` and then connect.
     """
     limits = limits or HTTPLimits()
-    tcp_listeners = await trio.open_tcp_listeners(port, host=host)
+    try:
+        tcp_listeners = await trio.open_tcp_listeners(port, host=host)
+    except (OSError, UnicodeError) as exc:  # the seam: a port in use or a bad host is one clear error
+        raise ConnectionProblem(listen_error(host, port, exc)) from None
     bound = tcp_listeners[0].socket.getsockname()
     info = ServerInfo(host=bound[0], port=bound[1])
     slots = trio.CapacityLimiter(limits.max_connections)

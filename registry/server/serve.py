@@ -24,7 +24,7 @@ from pathlib import Path
 
 import trio
 
-from registry.core.errors import AlreadyExists, BadParameter, NotFound
+from registry.core.errors import AlreadyExists, NotFound
 from registry.core.identity import (
     ADMIN_TTL,
     REGISTRY_SERVER_NAME,
@@ -36,6 +36,7 @@ from registry.core.identity import (
     public_key_pem,
 )
 from registry.core.identity_file import IdentityFile
+from registry.core.netaddr import parse_hostport
 from registry.files import ensure_private_dir, write_secret_file
 from registry.paths import ADMIN_IDENTITY, STORE_FILE
 from registry.server.api import RegistryAPI
@@ -49,31 +50,6 @@ log = logging.getLogger(__name__)
 DEFAULT_PORT = 3025
 DEFAULT_LISTEN = f"127.0.0.1:{DEFAULT_PORT}"
 CA_KIND = "cert_authority"
-
-
-def parse_hostport(value: str, *, default_port: int, what: str) -> tuple[str, int]:
-    """``host:port``, ``host`` or ``[v6]:port`` -> (host, port) with clear errors."""
-    text = value.strip()
-    if not text:
-        raise BadParameter(f"{what} must not be empty")
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        port_text = rest[1:] if rest.startswith(":") else ""
-        if not sep:
-            raise BadParameter(f"{what} {value!r}: missing ']'")
-    elif text.count(":") == 1:
-        host, _, port_text = text.partition(":")
-    else:
-        host, port_text = text, ""
-    if not port_text:
-        return host or "127.0.0.1", default_port
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise BadParameter(f"{what} {value!r}: port must be a number") from None
-    if not 0 <= port <= 65535:
-        raise BadParameter(f"{what} {value!r}: port must be between 0 and 65535")
-    return host or "127.0.0.1", port
 
 
 @dataclass(frozen=True)
