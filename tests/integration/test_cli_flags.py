@@ -80,7 +80,7 @@ async def test_kpctl_data_dir_flag_in_any_position(
 ) -> None:
     monkeypatch.delenv("KUBEPORT_DATA_DIR")
     flag = ["--data-dir", str(registry.data_dir)]
-    r = await kpctl(*(flag + ["status"] if before else ["status", *flag]))
+    r = await kpctl(*([*flag, "status"] if before else ["status", *flag]))
     assert r.code == 0, r.err
     r = await kpctl(*(["--data-dir=/nonexistent", "status", *flag] if before else [*flag, "status", "--data-dir=/x"]))
     assert (r.code == 0) is before, r.err  # the last one wins
