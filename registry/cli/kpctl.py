@@ -14,6 +14,8 @@ Expected errors print one ``ERROR: ...`` line on stderr and exit 1; ``--debug`` 
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import socket
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -80,7 +82,7 @@ def _duration(text: str, what: str) -> timedelta:
 
 
 async def cmd_create(args: argparse.Namespace) -> int:
-    data = read_input_file(args.file, limit=codec.MAX_DOCUMENT_BYTES, what=args.file)
+    data = read_input_file(args.file, limit=codec.MAX_DOCUMENT_BYTES, what="resource file")
     source = "standard input" if args.file == "-" else Path(args.file).name
     resources = codec.decode_resources(data, source=source)  # every document validated before any write
     for resource in resources:
@@ -100,7 +102,7 @@ async def cmd_create(args: argparse.Namespace) -> int:
                 try:
                     await client.create(wire)
                 except AlreadyExists:
-                    raise AlreadyExists(f'{display} "{name}" already exists') from None
+                    raise AlreadyExists(f'{display} "{name}" already exists: use create -f to replace it') from None
                 created = True
             print(f'{display} "{name}" has been {"created" if created else "updated"}')
             if isinstance(resource, KubeCluster) and not resource.kubeconfig and created:
@@ -299,17 +301,85 @@ async def cmd_tokens_add(args: argparse.Namespace) -> int:
     elif args.format == "yaml":
         sys.stdout.write(codec.dump_yaml([summary]))
     else:
+        address, notes = agent_address(ping, conn.address, _this_host_address())
         minutes = int(ttl.total_seconds() // 60)
         print(f"The invite token: {value}")
         print(f"This token will expire in {minutes} minutes.\n")
+        for note in notes:
+            print(f"Note: {note}\n")
         print("Run this on the new agent host (the CA pin lets it verify this registry on first contact):\n")
         print(
-            f"  kubeport configure --registry={conn.address} --roles=kube --token={value} "
+            f"  kubeport configure --registry={address} --roles=kube --token={value} "
             f"--ca-pin={ping['ca_pin']} -o /etc/kubeport.yaml"
         )
         print("  kubeport agent start -c /etc/kubeport.yaml\n")
         print("The token can be used by several agents until it expires; remove it early with 'kpctl tokens rm'.")
     return 0
+
+
+def agent_address(ping: dict[str, Any], used: str, this_host: str | None) -> tuple[str, list[str]]:
+    """The registry address to give agents on other hosts, and what the admin should know about it.
+
+    The registry's ``--public-addr`` when it has one; else the address kpctl used, unless that is a loopback
+    address (the usual case on the registry host), which another host cannot use: then ``this_host`` (a
+    non-loopback address of the host kpctl runs on) with a note to check it. Pure, for tests.
+    """
+    notes: list[str] = []
+    fix = "restart it with --listen 0.0.0.0:3025 --public-addr HOST:3025 (HOST: a name or address agents can reach)"
+    if ping.get("loopback_only"):
+        notes.append(f"the registry listens on a loopback address only: agents on other hosts cannot reach it; {fix}.")
+    public = ping.get("public_addr")
+    if isinstance(public, str) and public:
+        return public, notes
+    host, port = _split_address(used)
+    if not _is_loopback(host):
+        return used, notes
+    if this_host is None:
+        notes.append(f"the registry has no --public-addr and {used} only works on this host; {fix}.")
+        return used, notes
+    address = f"[{this_host}]:{port}" if ":" in this_host else f"{this_host}:{port}"
+    if not ping.get("loopback_only"):
+        notes.append(
+            f"the registry has no --public-addr; {address} is this host's address as kpctl sees it: check that "
+            "agents can reach it (or restart the registry with --public-addr HOST:PORT)."
+        )
+    return address, notes
+
+
+def _split_address(address: str) -> tuple[str, str]:
+    if address.startswith("["):
+        host, _, rest = address[1:].partition("]")
+        return host, rest.lstrip(":") or "3025"
+    host, _, port = address.rpartition(":")
+    return (host, port) if host else (address, "3025")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _this_host_address() -> str | None:
+    """A non-loopback address of this host: the source address of the default route (a UDP "connect"
+    sends nothing), else what the host name resolves to; None when there is none."""
+    for family, target in ((socket.AF_INET, "192.0.2.1"), (socket.AF_INET6, "2001:db8::1")):
+        try:
+            with socket.socket(family, socket.SOCK_DGRAM) as probe:
+                probe.connect((target, 9))
+                found = str(probe.getsockname()[0])
+        except OSError:
+            continue
+        if not _is_loopback(found):
+            return found
+    try:
+        found = socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return None
+    return None if _is_loopback(found) else found
 
 
 async def cmd_tokens_ls(args: argparse.Namespace) -> int:

@@ -141,6 +141,8 @@ async def serve_registry(
                 )
             )
             address = public_addrs[0] if public_addrs else advertised_address(host, info.port)
+            registry.public_addr = public_addrs[0] if public_addrs else ""
+            registry.loopback_only = _is_loopback(host)
             identity_path = data_dir / ADMIN_IDENTITY
             ensure_admin_identity(identity_path, ca, address, now)
             nursery.start_soon(lambda: serve_expiry(store, interval=expiry_interval))
@@ -166,6 +168,17 @@ async def _renew_admin_identity(path: Path, ca: CertAuthority, address: str) -> 
     while True:
         await trio.sleep(3600)
         await trio.to_thread.run_sync(ensure_admin_identity, path, ca, address, datetime.now(tz=UTC))
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _is_ip(value: str) -> bool:
