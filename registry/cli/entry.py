@@ -9,6 +9,7 @@ module imports nothing heavy, so the window it cannot cover is Python's own star
 from __future__ import annotations
 
 import importlib
+import sys
 
 INTERRUPTED = 130
 
@@ -31,3 +32,20 @@ def kpctl() -> int:
 
 def get_kubeconfig() -> int:
     return _run("registry.cli.get_kubeconfig")
+
+
+_PROGRAMS = {"kubeport": kubeport, "kpctl": kpctl, "kubeport-get-kubeconfig": get_kubeconfig}
+
+
+def _dispatch() -> int:
+    """``python -m registry.cli.entry PROGRAM ARGS...``: exactly what the console script PROGRAM runs."""
+    if len(sys.argv) < 2 or sys.argv[1] not in _PROGRAMS:
+        print(f"usage: python -m registry.cli.entry {{{','.join(_PROGRAMS)}}} ARGS...", file=sys.stderr)
+        return 2
+    program = _PROGRAMS[sys.argv[1]]
+    sys.argv = [sys.argv[1], *sys.argv[2:]]
+    return program()
+
+
+if __name__ == "__main__":
+    sys.exit(_dispatch())
