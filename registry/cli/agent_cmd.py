@@ -111,13 +111,14 @@ SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 Group: TypeAlias = "Callable[[SubParsers, str, str], SubParsers]"
 
 
-def add_commands(sub: SubParsers, *, group: Group) -> None:
+def add_commands(sub: SubParsers, *, group: Group, epilog: str) -> None:
     """Register configure / agent / install on the kubeport parser (``group`` makes a command group that
     takes the global flags)."""
     p = sub.add_parser(
         "configure",
         help="write an agent configuration file",
         description="Write an agent configuration (YAML, Teleport's kubernetes_service field names).",
+        epilog=epilog,
     )
     p.add_argument(
         "--registry",
@@ -139,7 +140,13 @@ def add_commands(sub: SubParsers, *, group: Group) -> None:
     set_command(p, cmd_configure)
 
     asub = group(sub, "agent", "the agent daemon")
-    p = asub.add_parser("start", help="run an agent", description="Join (first start), then serve kube_clusters.")
+    p = asub.add_parser(
+        "start",
+        help="run an agent",
+        description="Join (first start; an unreachable registry is retried with backoff until it answers), "
+        "then serve kube_clusters.",
+        epilog=epilog,
+    )
     p.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=f"agent configuration (default {DEFAULT_CONFIG})")
     p.add_argument("--health-interval", type=float, default=60.0, help="seconds between cluster health checks")
     p.add_argument(
@@ -149,7 +156,9 @@ def add_commands(sub: SubParsers, *, group: Group) -> None:
     set_command(p, cmd_agent_start)
 
     isub = group(sub, "install", "install helpers")
-    p = isub.add_parser("systemd", help="write a systemd unit for the agent", description="Write a systemd unit.")
+    p = isub.add_parser(
+        "systemd", help="write a systemd unit for the agent", description="Write a systemd unit.", epilog=epilog
+    )
     p.add_argument("-o", "--output", default="-", help="unit file path ('-' = stdout, the default)")
     p.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="agent configuration the unit starts with")
     add_debug_flag(p)

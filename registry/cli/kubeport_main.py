@@ -36,8 +36,10 @@ from registry.cli.common import (
     set_command,
 )
 from registry.client import RegistryClient
+from registry.core.errors import BadParameter
+from registry.core.netaddr import parse_hostport
 from registry.paths import default_data_dir
-from registry.server.serve import DEFAULT_LISTEN, RegistryInfo, serve_registry
+from registry.server.serve import DEFAULT_LISTEN, DEFAULT_PORT, RegistryInfo, serve_registry
 
 
 def _data_dir(args: argparse.Namespace) -> Path:
@@ -127,6 +129,17 @@ FLAGS_EPILOG = (
 )
 
 
+def _public_addr(text: str) -> str:
+    """``--public-addr`` is what agents dial: it needs a host (a bare port would be advertised as is)."""
+    try:
+        host, _ = parse_hostport(text, default_port=DEFAULT_PORT, what="--public-addr", default_host="")
+    except BadParameter as err:
+        raise argparse.ArgumentTypeError(err.message) from None
+    if not host:
+        raise argparse.ArgumentTypeError(f"{text!r} needs a host name or address agents can reach, e.g. HOST:3025")
+    return text.strip()
+
+
 def _global_flags(parser: argparse.ArgumentParser) -> None:
     add_connection_flags(parser, data_dir_help=DATA_DIR_HELP)
     add_debug_flag(parser)
@@ -175,11 +188,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--public-addr",
         action="append",
         metavar="HOST:PORT",
-        help="address agents and kpctl use to reach this registry (repeatable; first one is advertised)",
+        type=_public_addr,
+        help="address agents and kpctl use to reach this registry (repeatable; the first one is advertised, "
+        "and 'kpctl tokens add' prints it for new agents)",
     )
     set_command(p, cmd_registry_start)
 
-    agent_cmd.add_commands(sub, group=_group)
+    agent_cmd.add_commands(sub, group=_group, epilog=FLAGS_EPILOG)
 
     ksub = _group(sub, "kube", "Kubernetes clusters you can reach")
     p = ksub.add_parser(

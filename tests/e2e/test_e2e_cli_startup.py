@@ -199,3 +199,28 @@ async def test_agent_started_before_its_registry_joins_when_it_comes_up(tmp_path
         await h.wait_for(joined, timeout=60.0, what="the agent to join the registry that came up")
         await h.wait_output(child, "joined the registry")
         assert "Traceback" not in child.stderr()
+
+
+async def test_tokens_add_prints_the_public_addr(tmp_path: Path) -> None:
+    async with Harness(tmp_path) as h:
+        port = free_port()
+        data = tmp_path / "reg"
+        child = await h.spawn(
+            "registry",
+            "kubeport",
+            "registry",
+            "start",
+            f"--data-dir={data}",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--public-addr",
+            f"reg.example.test:{port}",
+            module=ENTRY,
+        )
+        child.server = True
+        await h.wait_output(child, "is running on")
+        # The admin identity names the public address, which does not resolve here: connect to loopback.
+        r = await h.kpctl("tokens", "add", "--type=kube", "--data-dir", str(data), "--registry", f"127.0.0.1:{port}")
+        assert r.code == 0, r.err
+        assert f"--registry=reg.example.test:{port} " in r.out
+        assert "loopback address only" in " ".join(r.out.split())  # it listens on 127.0.0.1 all the same

@@ -249,3 +249,16 @@ def test_help_of_every_command_mentions_flag_positions(capsys: pytest.CaptureFix
         with pytest.raises(SystemExit):
             kpctl_module.build_parser().parse_args(parser_argv)
         assert "before or after the command" in help_text()
+
+
+@pytest.mark.parametrize("value", ["3025", ":3025", "", "a b:1", "http://h:1", "h" * 300])
+def test_public_addr_needs_a_host(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        kubeport_args("registry", "start", "--public-addr", value)
+    assert exc.value.code == 2
+    assert "--public-addr" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["reg.example.com:3025", "reg.example.com", "[2001:db8::1]:3025", "10.0.0.1:443"])
+def test_public_addr_accepted(value: str) -> None:
+    assert kubeport_args("registry", "start", "--public-addr", value)["public_addr"] == [value]
