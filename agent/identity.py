@@ -12,21 +12,28 @@ Invariants:
   contact trusts the CA it is shown (and says so in the log); from then on the stored CA is the anchor.
 - Renewal replaces the identity file atomically, then swaps the client; a failed renewal is retried and
   never destroys the working identity.
+- A first contact with a registry that is down, slow or overloaded (ConnectionProblem, Timeout,
+  LimitExceeded) is retried forever with capped, jittered exponential backoff (1s doubling to 30s), saying so
+  in the log each time: agents are often started before their registry. Answers that will not change by
+  waiting (a bad or expired token, a CA that does not match the pin) end the start at once.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 import httpx
 import trio
 
 from agent.config import AgentConfig
+from agent.watcher import Backoff
 from registry.client import RegistryClient, fetch_ca, join
-from registry.core.errors import BadParameter, ConnectionProblem, KubeportError
+from registry.core.errors import BadParameter, ConnectionProblem, KubeportError, LimitExceeded, Timeout
 from registry.core.identity import generate_private_key, make_csr, needs_renewal
 from registry.core.identity_file import IdentityFile
 from registry.files import ensure_private_dir, read_limited, write_secret_file
@@ -67,12 +74,16 @@ def join_token(config: AgentConfig) -> str | None:
     return None
 
 
-async def _trust_on_first_use(address: str) -> list[bytes]:
+async def _trust_on_first_use(address: str, backoff: Backoff) -> list[bytes]:
     log.warning(
         "no kubeport.ca_pin configured: trusting the CA the registry at %s presents on first contact "
         "(set ca_pin from 'kpctl status' to verify it)",
         address,
     )
+    return await retry_while_unreachable(_fetch_unverified_ca, backoff)(address)
+
+
+async def _fetch_unverified_ca(address: str) -> list[bytes]:
     async with httpx.AsyncClient(
         base_url=f"https://{address}", verify=insecure_fetch_context(), trust_env=False, timeout=15.0
     ) as http:
@@ -84,8 +95,39 @@ async def _trust_on_first_use(address: str) -> list[bytes]:
             raise ConnectionProblem(f"cannot fetch the CA from the registry at {address}: {exc}") from None
 
 
-async def obtain_identity(config: AgentConfig, *, now: datetime | None = None) -> IdentityFile:
-    """The agent's identity: the stored one while valid, else a fresh join with the configured token."""
+P = ParamSpec("P")
+T = TypeVar("T")
+
+# What waiting can cure: the registry is down, restarting, slow, or asks callers to slow down.
+TRANSIENT = (ConnectionProblem, Timeout, LimitExceeded)
+
+
+def join_backoff() -> Backoff:
+    """First-contact retries: 1s, 2s, 4s ... capped at 30s, each jittered into [c/2, c]."""
+    return Backoff(base=1.0, cap=30.0)
+
+
+def retry_while_unreachable(func: Callable[P, Awaitable[T]], backoff: Backoff) -> Callable[P, Awaitable[T]]:
+    """``func``, retried after transient errors (forever, with ``backoff``), each retry logged."""
+
+    async def retrying(*args: P.args, **kwargs: P.kwargs) -> T:
+        while True:
+            try:
+                return await func(*args, **kwargs)
+            except TRANSIENT as err:
+                delay = backoff.next()
+                log.warning("%s; retrying in %.1fs (the agent waits for the registry)", err.message, delay)
+                await trio.sleep(delay)
+
+    return retrying
+
+
+async def obtain_identity(
+    config: AgentConfig, *, now: datetime | None = None, backoff: Backoff | None = None
+) -> IdentityFile:
+    """The agent's identity: the stored one while valid, else a fresh join with the configured token
+    (waiting for an unreachable registry, see the module docstring)."""
+    backoff = backoff or join_backoff()
     now = now or datetime.now(tz=UTC)
     data_dir = ensure_private_dir(config.data_dir)
     path = data_dir / IDENTITY_FILE
@@ -103,9 +145,12 @@ async def obtain_identity(config: AgentConfig, *, now: datetime | None = None) -
             f"this agent has not joined yet ({path} does not exist) and has no join token: set kubeport.token or "
             "kubeport.token_file (get one with 'kpctl tokens add --type=kube')"
         )
-    ca_pems = await fetch_ca(address, pins=config.ca_pins) if config.ca_pins else await _trust_on_first_use(address)
+    if config.ca_pins:
+        ca_pems = await retry_while_unreachable(fetch_ca, backoff)(address, pins=config.ca_pins)
+    else:
+        ca_pems = await _trust_on_first_use(address, backoff)
     key = generate_private_key()
-    result = await join(
+    result = await retry_while_unreachable(join, backoff)(
         address,
         token=token,
         nodename=config.nodename,

@@ -7,24 +7,32 @@ import argparse
 import logging
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeAlias
 
 import trio
 
 from agent.config import load_config
 from agent.config_render import render_config
 from agent.service import Agent, AgentInfo
-from registry.cli.common import until_signalled
+from registry.cli.common import StopSignals, add_data_dir_flag, add_debug_flag, flag_value, set_command
 from registry.core.errors import BadParameter
 from registry.files import write_file_atomic, write_secret_file
 
 DEFAULT_CONFIG = "/etc/kubeport.yaml"
+DEFAULT_AGENT_DATA_DIR = "/var/lib/kubeport"
 
 
 async def cmd_configure(args: argparse.Namespace) -> int:
     roles = {r.strip().lower() for r in args.roles.split(",") if r.strip()}
     if roles != {"kube"}:
         raise BadParameter(f"--roles={args.roles}: kubeport agents support --roles=kube")
+    if not args.registry:
+        raise BadParameter(
+            "kubeport configure needs the registry address: --registry HOST:PORT (--proxy, Teleport's name for "
+            "it, works too); 'kpctl tokens add' on the registry host prints the whole command"
+        )
     if args.token and args.token_file:
         raise BadParameter("use either --token or --token-file, not both")
     text = render_config(
@@ -32,7 +40,7 @@ async def cmd_configure(args: argparse.Namespace) -> int:
         token=args.token,
         token_file=args.token_file,
         ca_pins=args.ca_pin or [],
-        data_dir=args.data_dir,
+        data_dir=args.data_dir or DEFAULT_AGENT_DATA_DIR,
     )
     if args.output == "-":
         sys.stdout.write(text)
@@ -50,14 +58,16 @@ async def cmd_agent_start(args: argparse.Namespace) -> int:
     level = logging.DEBUG if args.debug else getattr(logging, config.log_level.upper(), logging.INFO)
     logging.getLogger().setLevel(level)
     agent = Agent(config, health_interval=args.health_interval, label_timeout=args.label_timeout, freeze_gc=True)
+    stop = StopSignals()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(until_signalled, nursery.cancel_scope)
+        nursery.start_soon(stop.watch, nursery.cancel_scope)
         info: AgentInfo = await nursery.start(agent.serve)
+        stop.started = True
         print(f"kubeport agent {info.nodename} (host {info.host_id}) joined the registry at {info.registry}")
         if info.static_clusters:
             print(f"  static clusters: {', '.join(info.static_clusters)}")
         print("  serving the kube_clusters its resources selectors match; Ctrl-C to stop", flush=True)
-    return 0
+    return stop.exit_code()
 
 
 UNIT = """\
@@ -96,42 +106,59 @@ async def cmd_install_systemd(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register configure / agent / install on the kubeport parser."""
-    from registry.cli.common import add_debug_flag
+SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+Group: TypeAlias = "Callable[[SubParsers, str, str], SubParsers]"
 
+
+def add_commands(sub: SubParsers, *, group: Group, epilog: str) -> None:
+    """Register configure / agent / install on the kubeport parser (``group`` makes a command group that
+    takes the global flags)."""
     p = sub.add_parser(
         "configure",
         help="write an agent configuration file",
         description="Write an agent configuration (YAML, Teleport's kubernetes_service field names).",
+        epilog=epilog,
     )
-    p.add_argument("--registry", required=True, metavar="HOST:PORT", help="the registry address")
+    p.add_argument(
+        "--registry",
+        "--proxy",
+        metavar="HOST:PORT",
+        type=flag_value("--registry"),
+        default=argparse.SUPPRESS,
+        help="the registry address (required; --proxy is Teleport's name for it, accepted as an alias)",
+    )
     p.add_argument("--roles", default="kube", help="what this host runs: kube (the default)")
     p.add_argument("--token", help="join token from 'kpctl tokens add --type=kube'")
     p.add_argument("--token-file", help="read the join token from this file instead")
     p.add_argument("--ca-pin", action="append", help="registry CA pin from 'kpctl status' (repeatable)")
-    p.add_argument("--data-dir", default="/var/lib/kubeport", help="agent state directory (default /var/lib/kubeport)")
+    add_data_dir_flag(p, f"agent state directory (default {DEFAULT_AGENT_DATA_DIR})")
     p.add_argument(
         "-o", "--output", default=DEFAULT_CONFIG, help=f"where to write it ('-' = stdout; default {DEFAULT_CONFIG})"
     )
     add_debug_flag(p)
-    p.set_defaults(func=cmd_configure)
+    set_command(p, cmd_configure)
 
-    agent = sub.add_parser("agent", help="the agent daemon", description="The agent daemon.")
-    asub = agent.add_subparsers(dest="agent_command", metavar="COMMAND", required=True)
-    p = asub.add_parser("start", help="run an agent", description="Join (first start), then serve kube_clusters.")
+    asub = group(sub, "agent", "the agent daemon")
+    p = asub.add_parser(
+        "start",
+        help="run an agent",
+        description="Join (first start; an unreachable registry is retried with backoff until it answers), "
+        "then serve kube_clusters.",
+        epilog=epilog,
+    )
     p.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=f"agent configuration (default {DEFAULT_CONFIG})")
     p.add_argument("--health-interval", type=float, default=60.0, help="seconds between cluster health checks")
     p.add_argument(
         "--label-timeout", type=float, default=30.0, help="seconds a dynamic label command may run before it is killed"
     )
     add_debug_flag(p)
-    p.set_defaults(func=cmd_agent_start)
+    set_command(p, cmd_agent_start)
 
-    install = sub.add_parser("install", help="install helpers", description="Install helpers.")
-    isub = install.add_subparsers(dest="install_command", metavar="COMMAND", required=True)
-    p = isub.add_parser("systemd", help="write a systemd unit for the agent", description="Write a systemd unit.")
+    isub = group(sub, "install", "install helpers")
+    p = isub.add_parser(
+        "systemd", help="write a systemd unit for the agent", description="Write a systemd unit.", epilog=epilog
+    )
     p.add_argument("-o", "--output", default="-", help="unit file path ('-' = stdout, the default)")
     p.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="agent configuration the unit starts with")
     add_debug_flag(p)
-    p.set_defaults(func=cmd_install_systemd)
+    set_command(p, cmd_install_systemd)

@@ -15,7 +15,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -31,29 +31,95 @@ from registry.paths import ADMIN_IDENTITY, default_data_dir
 MAX_IDENTITY_BYTES = 1 << 20
 
 
-def add_connection_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("connection")
+# Flags that work before and after the subcommand (``kpctl --registry X status`` and ``kpctl status
+# --registry X``), as with tctl and kubectl. Each parser in the tree declares them with the default
+# SUPPRESS, so a parser that did not see the flag leaves the namespace alone instead of writing its default
+# over a value another parser stored; ``parse_command_line`` fills the real defaults afterwards. Given twice,
+# the last one on the command line wins (argparse's rule for one parser, kept across parsers).
+GLOBAL_DEFAULTS: dict[str, Any] = {"registry": None, "identity": None, "data_dir": None, "debug": False}
+_MAX_FLAG_VALUE = 4096
+
+DATA_DIR_HELP = (
+    "registry data dir to find the local admin identity in (default: $KUBEPORT_DATA_DIR, "
+    "/var/lib/kubeport as root, ~/.kubeport otherwise)"
+)
+
+
+def flag_value(what: str) -> Callable[[str], str]:
+    """An argparse ``type`` refusing empty, huge or control-character values with a message naming the flag."""
+
+    def check(text: str) -> str:
+        if not text.strip():
+            raise argparse.ArgumentTypeError("must not be empty")
+        if len(text) > _MAX_FLAG_VALUE:
+            raise argparse.ArgumentTypeError(f"longer than {_MAX_FLAG_VALUE} characters")
+        if not text.isprintable():
+            raise argparse.ArgumentTypeError("must not contain control characters")
+        return text
+
+    return check
+
+
+def add_connection_flags(parser: argparse.ArgumentParser, *, data_dir_help: str = DATA_DIR_HELP) -> None:
+    """``--registry``, ``--identity``/``-i`` and ``--data-dir``; add them to every parser they may follow."""
+    group = parser.add_argument_group("connection (before or after the command)")
     group.add_argument(
         "--registry",
         metavar="HOST:PORT",
+        type=flag_value("--registry"),
+        default=argparse.SUPPRESS,
         help="registry address (default: $KUBEPORT_REGISTRY, else the address in the identity file)",
     )
     group.add_argument(
         "--identity",
         "-i",
         metavar="FILE",
+        type=flag_value("--identity"),
+        default=argparse.SUPPRESS,
         help="identity file (default: $KUBEPORT_IDENTITY, else DATA_DIR/admin.identity on the registry host)",
     )
-    group.add_argument(
-        "--data-dir",
-        metavar="DIR",
-        help="registry data dir to find the local admin identity in (default: $KUBEPORT_DATA_DIR, "
-        "/var/lib/kubeport as root, ~/.kubeport otherwise)",
+    add_data_dir_flag(group, data_dir_help)
+
+
+def add_data_dir_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup, help_text: str) -> None:
+    parser.add_argument(
+        "--data-dir", metavar="DIR", type=flag_value("--data-dir"), default=argparse.SUPPRESS, help=help_text
     )
 
 
 def add_debug_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--debug", "-d", action="store_true", help="verbose logs and tracebacks on errors")
+    parser.add_argument(
+        "--debug", "-d", action="store_true", default=argparse.SUPPRESS, help="verbose logs and tracebacks on errors"
+    )
+
+
+def set_command(parser: argparse.ArgumentParser, func: Callable[[argparse.Namespace], Awaitable[int]]) -> None:
+    """Make ``parser`` a runnable command: call it last, after its flags are declared. It records which
+    global flags the command declares; given before the command, any other is refused."""
+    declared = frozenset(action.dest for action in parser._actions if action.dest in GLOBAL_DEFAULTS)
+    parser.set_defaults(func=func, global_flags=declared)
+
+
+def parse_command_line(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse; refuse a global flag the chosen command does not use (``kubeport --registry X agent start``
+    would otherwise ignore it silently); then fill the defaults the SUPPRESSed flags did not set."""
+    args = parser.parse_args(argv)
+    accepted: frozenset[str] | None = getattr(args, "global_flags", None)
+    if accepted is not None:
+        for dest in GLOBAL_DEFAULTS:
+            if dest in vars(args) and dest not in accepted:
+                flag = "--" + dest.replace("_", "-")
+                parser.error(f"{flag} does not apply to '{parser.prog} {_command_name(args)}'")
+    for dest, default in GLOBAL_DEFAULTS.items():
+        if dest not in vars(args):
+            setattr(args, dest, default)
+    return args
+
+
+def _command_name(args: argparse.Namespace) -> str:
+    parts = [v for k, v in sorted(vars(args).items()) if k == "command"]
+    parts += [v for k, v in sorted(vars(args).items()) if k.endswith("_command") and isinstance(v, str)]
+    return " ".join(str(p) for p in parts)
 
 
 @dataclass(frozen=True)
@@ -143,13 +209,31 @@ def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
     return out
 
 
-async def until_signalled(cancel: trio.CancelScope) -> None:
-    """SIGINT (Ctrl-C) and SIGTERM (systemd stop) end the services cleanly: the store closes, heartbeats go."""
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for signum in signals:
-            print(f"\nreceived {signal.Signals(signum).name}, stopping", file=sys.stderr, flush=True)
-            cancel.cancel()
-            return
+class StopSignals:
+    """SIGINT (Ctrl-C) and SIGTERM (systemd stop) end a daemon cleanly: the store closes, heartbeats go.
+
+    A signal after start-up is the normal way to stop (exit 0). One that arrives while the daemon is still
+    starting interrupts it: the command exits with 128 + the signal number (130 for Ctrl-C), as shells
+    report an interrupted program, after one line on stderr and no traceback.
+    """
+
+    def __init__(self) -> None:
+        self.received: signal.Signals | None = None
+        self.started = False
+
+    async def watch(self, cancel: trio.CancelScope) -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                self.received = signal.Signals(signum)
+                when = "stopping" if self.started else "start-up interrupted"
+                print(f"\nreceived {self.received.name}, {when}", file=sys.stderr, flush=True)
+                cancel.cancel()
+                return
+
+    def exit_code(self) -> int:
+        if self.received is not None and not self.started:
+            return 128 + int(self.received)
+        return 0
 
 
 def read_input_file(path: str, *, limit: int, what: str) -> bytes:

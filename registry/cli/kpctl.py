@@ -14,6 +14,8 @@ Expected errors print one ``ERROR: ...`` line on stderr and exit 1; ``--debug`` 
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import socket
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -28,9 +30,11 @@ from registry.cli.common import (
     add_connection_flags,
     add_debug_flag,
     guarded,
+    parse_command_line,
     read_input_file,
     resolve_connection,
     run_command,
+    set_command,
 )
 from registry.core import codec
 from registry.core.errors import AlreadyExists, BadParameter, NotFound
@@ -80,7 +84,7 @@ def _duration(text: str, what: str) -> timedelta:
 
 
 async def cmd_create(args: argparse.Namespace) -> int:
-    data = read_input_file(args.file, limit=codec.MAX_DOCUMENT_BYTES, what=args.file)
+    data = read_input_file(args.file, limit=codec.MAX_DOCUMENT_BYTES, what="resource file")
     source = "standard input" if args.file == "-" else Path(args.file).name
     resources = codec.decode_resources(data, source=source)  # every document validated before any write
     for resource in resources:
@@ -100,7 +104,7 @@ async def cmd_create(args: argparse.Namespace) -> int:
                 try:
                     await client.create(wire)
                 except AlreadyExists:
-                    raise AlreadyExists(f'{display} "{name}" already exists') from None
+                    raise AlreadyExists(f'{display} "{name}" already exists: use create -f to replace it') from None
                 created = True
             print(f'{display} "{name}" has been {"created" if created else "updated"}')
             if isinstance(resource, KubeCluster) and not resource.kubeconfig and created:
@@ -304,17 +308,85 @@ async def cmd_tokens_add(args: argparse.Namespace) -> int:
     elif args.format == "yaml":
         sys.stdout.write(codec.dump_yaml([summary]))
     else:
+        address, notes = agent_address(ping, conn.address, _this_host_address())
         minutes = int(ttl.total_seconds() // 60)
         print(f"The invite token: {value}")
         print(f"This token will expire in {minutes} minutes.\n")
+        for note in notes:
+            print(f"Note: {note}\n")
         print("Run this on the new agent host (the CA pin lets it verify this registry on first contact):\n")
         print(
-            f"  kubeport configure --registry={conn.address} --roles=kube --token={value} "
+            f"  kubeport configure --registry={address} --roles=kube --token={value} "
             f"--ca-pin={ping['ca_pin']} -o /etc/kubeport.yaml"
         )
         print("  kubeport agent start -c /etc/kubeport.yaml\n")
         print("The token can be used by several agents until it expires; remove it early with 'kpctl tokens rm'.")
     return 0
+
+
+def agent_address(ping: dict[str, Any], used: str, this_host: str | None) -> tuple[str, list[str]]:
+    """The registry address to give agents on other hosts, and what the admin should know about it.
+
+    The registry's ``--public-addr`` when it has one; else the address kpctl used, unless that is a loopback
+    address (the usual case on the registry host), which another host cannot use: then ``this_host`` (a
+    non-loopback address of the host kpctl runs on) with a note to check it. Pure, for tests.
+    """
+    notes: list[str] = []
+    fix = "restart it with --listen 0.0.0.0:3025 --public-addr HOST:3025 (HOST: a name or address agents can reach)"
+    if ping.get("loopback_only"):
+        notes.append(f"the registry listens on a loopback address only: agents on other hosts cannot reach it; {fix}.")
+    public = ping.get("public_addr")
+    if isinstance(public, str) and public:
+        return public, notes
+    host, port = _split_address(used)
+    if not _is_loopback(host):
+        return used, notes
+    if this_host is None:
+        notes.append(f"the registry has no --public-addr and {used} only works on this host; {fix}.")
+        return used, notes
+    address = f"[{this_host}]:{port}" if ":" in this_host else f"{this_host}:{port}"
+    if not ping.get("loopback_only"):
+        notes.append(
+            f"the registry has no --public-addr; {address} is this host's address as kpctl sees it: check that "
+            "agents can reach it (or restart the registry with --public-addr HOST:PORT)."
+        )
+    return address, notes
+
+
+def _split_address(address: str) -> tuple[str, str]:
+    if address.startswith("["):
+        host, _, rest = address[1:].partition("]")
+        return host, rest.lstrip(":") or "3025"
+    host, _, port = address.rpartition(":")
+    return (host, port) if host else (address, "3025")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _this_host_address() -> str | None:
+    """A non-loopback address of this host: the source address of the default route (a UDP "connect"
+    sends nothing), else what the host name resolves to; None when there is none."""
+    for family, target in ((socket.AF_INET, "192.0.2.1"), (socket.AF_INET6, "2001:db8::1")):
+        try:
+            with socket.socket(family, socket.SOCK_DGRAM) as probe:
+                probe.connect((target, 9))
+                found = str(probe.getsockname()[0])
+        except OSError:
+            continue
+        if not _is_loopback(found):
+            return found
+    try:
+        found = socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return None
+    return None if _is_loopback(found) else found
 
 
 async def cmd_tokens_ls(args: argparse.Namespace) -> int:
@@ -383,24 +455,44 @@ async def cmd_status(args: argparse.Namespace) -> int:
 # -- parser -----------------------------------------------------------------------------------------
 
 
+def _global_flags(parser: argparse.ArgumentParser) -> None:
+    """Every parser in kpctl's tree takes the connection and debug flags, so they work in any position."""
+    add_connection_flags(parser)
+    add_debug_flag(parser)
+
+
+def _group(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help_text: str
+) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+    """A command group (``tokens``, ``auth``, ``kube``) and its subcommands."""
+    p = subparsers.add_parser(name, help=help_text, description=help_text, epilog=FLAGS_EPILOG)
+    _global_flags(p)
+    return p.add_subparsers(dest=f"{name}_command", metavar="COMMAND", required=True)
+
+
 def _command(
     subparsers: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help_text: str, func: Any
 ) -> argparse.ArgumentParser:
     """A subcommand that talks to the registry: connection and debug flags, and the function to run."""
-    p = subparsers.add_parser(name, help=help_text, description=help_text)
-    add_connection_flags(p)
-    add_debug_flag(p)
-    p.set_defaults(func=func)
+    p = subparsers.add_parser(name, help=help_text, description=help_text, epilog=FLAGS_EPILOG)
+    _global_flags(p)
+    set_command(p, func)
     return p
+
+
+FLAGS_EPILOG = (
+    "Connection flags (--registry, --identity, --data-dir) and --debug may come before or after the command; "
+    "given twice, the last one wins."
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kpctl",
         description="Administer a kubeport registry: kube_cluster resources, roles, users, join tokens.",
-        epilog="On the registry host no flags are needed: kpctl uses the local admin identity.",
+        epilog="On the registry host no flags are needed: kpctl uses the local admin identity. " + FLAGS_EPILOG,
     )
-    add_debug_flag(parser)
+    _global_flags(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def command(name: str, help_text: str, func: Any) -> argparse.ArgumentParser:
@@ -437,8 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("rm", "delete a resource, e.g. kube_clusters/mycluster", cmd_rm)
     p.add_argument("ref", metavar="KIND/NAME")
 
-    tokens = sub.add_parser("tokens", help="manage join tokens", description="Manage join tokens for agents.")
-    tsub = tokens.add_subparsers(dest="tokens_command", metavar="COMMAND", required=True)
+    tsub = _group(sub, "tokens", "manage join tokens for agents")
 
     def tcommand(name: str, help_text: str, func: Any) -> argparse.ArgumentParser:
         return _command(tsub, name, help_text, func)
@@ -456,8 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = tcommand("rm", "delete a join token", cmd_tokens_rm)
     p.add_argument("token", metavar="TOKEN")
 
-    auth = sub.add_parser("auth", help="certificates", description="Issue certificates.")
-    asub = auth.add_subparsers(dest="auth_command", metavar="COMMAND", required=True)
+    asub = _group(sub, "auth", "issue certificates")
     p = _command(asub, "sign", "write an identity file for a user", cmd_auth_sign)
     p.add_argument("--user", required=True, help="an existing user (kpctl create user.yaml)")
     p.add_argument("--out", "-o", required=True, help="where to write the identity file (mode 0600)")
@@ -465,8 +555,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("status", "show the registry's cluster name, version and CA pin", cmd_status)
 
-    kube = sub.add_parser("kube", help="Kubernetes cluster diagnostics", description="Kubernetes cluster diagnostics.")
-    ksub = kube.add_subparsers(dest="kube_command", metavar="COMMAND", required=True)
+    ksub = _group(sub, "kube", "Kubernetes cluster diagnostics")
     p = _command(
         ksub,
         "explain",
@@ -480,12 +569,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 async def amain(argv: Sequence[str]) -> int:
     """kpctl inside an existing trio loop (tests drive kpctl's real code path through this)."""
-    args = build_parser().parse_args(argv)
+    args = parse_command_line(build_parser(), argv)
     return await guarded(args.func, args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_command_line(build_parser(), argv)
     return run_command(args.func, args)
 
 

@@ -26,10 +26,20 @@ from agent.config_render import render_config
 from agent.identity import IDENTITY_FILE
 from agent.service import Agent
 from registry.cli import agent_cmd, kube_cmd, render
-from registry.cli.common import add_connection_flags, add_debug_flag, run_command, until_signalled
+from registry.cli.common import (
+    StopSignals,
+    add_connection_flags,
+    add_data_dir_flag,
+    add_debug_flag,
+    parse_command_line,
+    run_command,
+    set_command,
+)
 from registry.client import RegistryClient
+from registry.core.errors import BadParameter
+from registry.core.netaddr import parse_hostport
 from registry.paths import default_data_dir
-from registry.server.serve import DEFAULT_LISTEN, RegistryInfo, serve_registry
+from registry.server.serve import DEFAULT_LISTEN, DEFAULT_PORT, RegistryInfo, serve_registry
 
 
 def _data_dir(args: argparse.Namespace) -> Path:
@@ -55,8 +65,9 @@ def _print_registry_banner(info: RegistryInfo, *, all_in_one: bool) -> None:
 
 
 async def cmd_registry_start(args: argparse.Namespace) -> int:
+    stop = StopSignals()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(until_signalled, nursery.cancel_scope)
+        nursery.start_soon(stop.watch, nursery.cancel_scope)
         info: RegistryInfo = await nursery.start(
             lambda task_status: serve_registry(
                 data_dir=_data_dir(args),
@@ -65,8 +76,9 @@ async def cmd_registry_start(args: argparse.Namespace) -> int:
                 task_status=task_status,
             )
         )
+        stop.started = True
         _print_registry_banner(info, all_in_one=False)
-    return 0
+    return stop.exit_code()
 
 
 async def local_agent_config(info: RegistryInfo) -> AgentConfig:
@@ -86,8 +98,9 @@ async def local_agent_config(info: RegistryInfo) -> AgentConfig:
 async def cmd_start(args: argparse.Namespace) -> int:
     # A signal stops the agent first, while the registry still answers its heartbeat deletions; then the registry.
     agent_scope = trio.CancelScope()
+    stop = StopSignals()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(until_signalled, agent_scope)
+        nursery.start_soon(stop.watch, agent_scope)
         info: RegistryInfo = await nursery.start(
             lambda task_status: serve_registry(data_dir=_data_dir(args), listen=args.listen, task_status=task_status)
         )
@@ -95,72 +108,111 @@ async def cmd_start(args: argparse.Namespace) -> int:
             agent = Agent(await local_agent_config(info), health_interval=args.health_interval, freeze_gc=True)
             async with trio.open_nursery() as agent_nursery:
                 await agent_nursery.start(agent.serve)
+                stop.started = True
                 _print_registry_banner(info, all_in_one=True)
         nursery.cancel_scope.cancel()
-    return 0
+    return stop.exit_code()
+
+
+LISTEN_HELP = (
+    f"registry API address: HOST:PORT, [IPv6]:PORT, :PORT or PORT; a missing host means 127.0.0.1, so only "
+    f"this host can connect (use 0.0.0.0:PORT to let agents on other hosts in; default {DEFAULT_LISTEN})"
+)
+DATA_DIR_HELP = (
+    "the command's state directory: the registry's (start, registry start), the agent's (configure), or the "
+    "one holding the local admin identity (kube ls); default: $KUBEPORT_DATA_DIR, /var/lib/kubeport as root, "
+    "~/.kubeport otherwise"
+)
+FLAGS_EPILOG = (
+    "--data-dir, --registry, --identity and --debug may come before or after the command (given twice, the "
+    "last one wins); a command refuses one it does not use."
+)
+
+
+def _public_addr(text: str) -> str:
+    """``--public-addr`` is what agents dial: it needs a host (a bare port would be advertised as is)."""
+    try:
+        host, _ = parse_hostport(text, default_port=DEFAULT_PORT, what="--public-addr", default_host="")
+    except BadParameter as err:
+        raise argparse.ArgumentTypeError(err.message) from None
+    if not host:
+        raise argparse.ArgumentTypeError(f"{text!r} needs a host name or address agents can reach, e.g. HOST:3025")
+    return text.strip()
+
+
+def _global_flags(parser: argparse.ArgumentParser) -> None:
+    add_connection_flags(parser, data_dir_help=DATA_DIR_HELP)
+    add_debug_flag(parser)
+
+
+def _group(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help_text: str
+) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+    p = sub.add_parser(name, help=help_text, description=help_text, epilog=FLAGS_EPILOG)
+    _global_flags(p)
+    return p.add_subparsers(dest=f"{name}_command", metavar="COMMAND", required=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kubeport",
         description="kubeport: a dynamic Kubernetes cluster registry with agents.",
+        epilog=FLAGS_EPILOG,
     )
-    add_debug_flag(parser)
+    _global_flags(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def data_flags(p: argparse.ArgumentParser) -> None:
-        p.add_argument(
-            "--data-dir",
-            metavar="DIR",
-            help="where state lives (default: $KUBEPORT_DATA_DIR, /var/lib/kubeport as root, ~/.kubeport otherwise)",
+        add_data_dir_flag(
+            p, "where state lives (default: $KUBEPORT_DATA_DIR, /var/lib/kubeport as root, ~/.kubeport otherwise)"
         )
-        p.add_argument(
-            "--listen",
-            metavar="HOST:PORT",
-            default=DEFAULT_LISTEN,
-            help=f"registry API address (default {DEFAULT_LISTEN})",
-        )
+        p.add_argument("--listen", metavar="HOST:PORT", default=DEFAULT_LISTEN, help=LISTEN_HELP)
         add_debug_flag(p)
 
     p = sub.add_parser(
         "start",
         help="run everything on this machine (registry with the embedded SQLite store)",
         description="Run the all-in-one kubeport on this machine: the registry with its embedded store.",
+        epilog=FLAGS_EPILOG,
     )
     data_flags(p)
     p.add_argument("--health-interval", type=float, default=60.0, help="seconds between cluster health checks")
-    p.set_defaults(func=cmd_start)
+    set_command(p, cmd_start)
 
-    registry = sub.add_parser("registry", help="the registry daemon", description="The registry daemon.")
-    rsub = registry.add_subparsers(dest="registry_command", metavar="COMMAND", required=True)
-    p = rsub.add_parser("start", help="run the registry", description="Run the registry (mutual-TLS API).")
+    rsub = _group(sub, "registry", "the registry daemon")
+    p = rsub.add_parser(
+        "start", help="run the registry", description="Run the registry (mutual-TLS API).", epilog=FLAGS_EPILOG
+    )
     data_flags(p)
     p.add_argument(
         "--public-addr",
         action="append",
         metavar="HOST:PORT",
-        help="address agents and kpctl use to reach this registry (repeatable; first one is advertised)",
+        type=_public_addr,
+        help="address agents and kpctl use to reach this registry (repeatable; the first one is advertised, "
+        "and 'kpctl tokens add' prints it for new agents)",
     )
-    p.set_defaults(func=cmd_registry_start)
+    set_command(p, cmd_registry_start)
 
-    agent_cmd.add_commands(sub)
+    agent_cmd.add_commands(sub, group=_group, epilog=FLAGS_EPILOG)
 
-    kube = sub.add_parser("kube", help="Kubernetes clusters you can reach", description="Kubernetes clusters.")
-    ksub = kube.add_subparsers(dest="kube_command", metavar="COMMAND", required=True)
+    ksub = _group(sub, "kube", "Kubernetes clusters you can reach")
     p = ksub.add_parser(
-        "ls", help="list the clusters agents serve", description="List served Kubernetes clusters (from heartbeats)."
+        "ls",
+        help="list the clusters agents serve",
+        description="List served Kubernetes clusters (from heartbeats).",
+        epilog=FLAGS_EPILOG,
     )
     add_connection_flags(p)
     add_debug_flag(p)
     p.add_argument("--format", choices=render.FORMATS, default="text")
     p.add_argument("-v", "--verbose", action="store_true", help="do not shorten the Labels column")
-    p.set_defaults(func=kube_cmd.cmd_kube_ls)
+    set_command(p, kube_cmd.cmd_kube_ls)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args: Any = parser.parse_args(argv)
+    args: Any = parse_command_line(build_parser(), argv)
     return run_command(args.func, args)
 
 

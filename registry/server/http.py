@@ -37,7 +37,8 @@ import h11
 import trio
 
 from registry.core import validation
-from registry.core.errors import BadParameter, KubeportError
+from registry.core.errors import BadParameter, ConnectionProblem, KubeportError
+from registry.core.netaddr import listen_error
 from registry.server.admission import Admission, AdmissionLimits, source_of
 
 log = logging.getLogger(__name__)
@@ -508,7 +509,10 @@ async def serve_http(
     ...)`` and then connect.
     """
     limits = limits or HTTPLimits()
-    tcp_listeners = await trio.open_tcp_listeners(port, host=host)
+    try:
+        tcp_listeners = await trio.open_tcp_listeners(port, host=host)
+    except (OSError, UnicodeError) as exc:  # the seam: a port in use or a bad host is one clear error
+        raise ConnectionProblem(listen_error(host, port, exc)) from None
     bound = tcp_listeners[0].socket.getsockname()
     admission = Admission(limits.admission_limits())
     info = ServerInfo(host=bound[0], port=bound[1], admission=admission)

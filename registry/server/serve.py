@@ -27,7 +27,7 @@ from pathlib import Path
 
 import trio
 
-from registry.core.errors import AlreadyExists, BadParameter, KubeportError, NotFound
+from registry.core.errors import AlreadyExists, KubeportError, NotFound
 from registry.core.identity import (
     ADMIN_TTL,
     REGISTRY_SERVER_NAME,
@@ -39,6 +39,7 @@ from registry.core.identity import (
     public_key_pem,
 )
 from registry.core.identity_file import IdentityFile
+from registry.core.netaddr import parse_hostport
 from registry.files import ensure_private_dir, write_secret_file
 from registry.paths import ADMIN_IDENTITY, STORE_FILE
 from registry.server.api import RegistryAPI
@@ -66,31 +67,6 @@ REGISTRY_HTTP_LIMITS = HTTPLimits(
     max_unauthenticated=1024,
     max_unauthenticated_per_source=64,
 )
-
-
-def parse_hostport(value: str, *, default_port: int, what: str) -> tuple[str, int]:
-    """``host:port``, ``host`` or ``[v6]:port`` -> (host, port) with clear errors."""
-    text = value.strip()
-    if not text:
-        raise BadParameter(f"{what} must not be empty")
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        port_text = rest[1:] if rest.startswith(":") else ""
-        if not sep:
-            raise BadParameter(f"{what} {value!r}: missing ']'")
-    elif text.count(":") == 1:
-        host, _, port_text = text.partition(":")
-    else:
-        host, port_text = text, ""
-    if not port_text:
-        return host or "127.0.0.1", default_port
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise BadParameter(f"{what} {value!r}: port must be a number") from None
-    if not 0 <= port <= 65535:
-        raise BadParameter(f"{what} {value!r}: port must be between 0 and 65535")
-    return host or "127.0.0.1", port
 
 
 @dataclass(frozen=True)
@@ -194,6 +170,8 @@ async def serve_registry(
                 )
             )
             address = public_addrs[0] if public_addrs else advertised_address(host, info.port)
+            registry.public_addr = public_addrs[0] if public_addrs else ""
+            registry.loopback_only = _is_loopback(host)
             identity_path = data_dir / ADMIN_IDENTITY
             ensure_admin_identity(identity_path, ca, address, now)
             nursery.start_soon(lambda: serve_expiry(store, interval=expiry_interval))
@@ -246,6 +224,17 @@ async def _renew_admin_identity(path: Path, ca: CertAuthority, address: str) -> 
     while True:
         await trio.sleep(3600)
         await trio.to_thread.run_sync(ensure_admin_identity, path, ca, address, datetime.now(tz=UTC))
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _is_ip(value: str) -> bool:

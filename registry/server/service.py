@@ -175,6 +175,11 @@ def _to_store_value(resource: Resource) -> dict[str, Any]:
 class Registry:
     """Business operations; one instance per running registry, shared by all requests."""
 
+    # How agents reach this registry, set by serve_registry once it listens (ping reports both, so
+    # ``kpctl tokens add`` prints an address agents on other hosts can use, or says why there is none).
+    public_addr: str = ""  # the first --public-addr, or "" when none was given
+    loopback_only: bool = False  # listening on a loopback address: other hosts cannot connect
+
     def __init__(
         self,
         store: Store,
@@ -562,4 +567,6 @@ class Registry:
             "version": __version__,
             "ca_pin": self.ca.pin,
             "server_time": self.now().isoformat().replace("+00:00", "Z"),
+            "public_addr": self.public_addr,
+            "loopback_only": self.loopback_only,
         }

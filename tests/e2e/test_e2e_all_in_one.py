@@ -80,6 +80,10 @@ async def test_install_systemd_writes_an_agent_unit(tmp_path: Path) -> None:
     assert "WantedBy=multi-user.target" in printed.out
 
 
+def _temp_files(directory: Path) -> list[str]:
+    return [p.name for p in directory.iterdir() if p.name.endswith(".tmp")]
+
+
 async def test_install_systemd_replaces_a_planted_symlink_instead_of_writing_through_it(tmp_path: Path) -> None:
     """A symlink at -o PATH (say to /etc/passwd) is replaced by the unit; the file it pointed to is untouched."""
     victim = tmp_path / "victim"
@@ -94,7 +98,7 @@ async def test_install_systemd_replaces_a_planted_symlink_instead_of_writing_thr
     assert not unit_path.is_symlink()
     assert "ExecStart=" in unit_path.read_text()
     assert unit_path.stat().st_mode & 0o777 == 0o644
-    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+    assert _temp_files(tmp_path) == []
 
 
 async def test_install_systemd_into_a_missing_directory_is_one_error_line(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ async def test_seed_walkthrough(registry: RegistryInfo, tmp_path: Path) -> None:
 
     r = await kpctl("create", str(path))
     assert r.code == 1
-    assert r.err == 'ERROR: kubernetes cluster "mycluster" already exists\n'
+    assert r.err == 'ERROR: kubernetes cluster "mycluster" already exists: use create -f to replace it\n'
 
     # get: YAML documents, origin stamped by the server, the kubeconfig hidden without --with-secrets
     r = await kpctl("get", "kube_clusters")

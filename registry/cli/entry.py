@@ -1,0 +1,51 @@
+"""The console scripts' entry points (``kubeport``, ``kpctl``, ``kubeport-get-kubeconfig``).
+
+They exist for one reason: Ctrl-C while the command is still importing its modules (half a second or more
+on a busy host) would otherwise end in a ``KeyboardInterrupt`` traceback. Here it exits 130, quietly, as
+an interrupted program does. Once ``main`` runs, ``registry.cli.common.run_command`` handles Ctrl-C. This
+module imports nothing heavy, so the window it cannot cover is Python's own start-up.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+INTERRUPTED = 130
+
+
+def _run(module: str) -> int:
+    try:
+        main = importlib.import_module(module).main
+        return int(main())
+    except KeyboardInterrupt:
+        return INTERRUPTED
+
+
+def kubeport() -> int:
+    return _run("registry.cli.kubeport_main")
+
+
+def kpctl() -> int:
+    return _run("registry.cli.kpctl")
+
+
+def get_kubeconfig() -> int:
+    return _run("registry.cli.get_kubeconfig")
+
+
+_PROGRAMS = {"kubeport": kubeport, "kpctl": kpctl, "kubeport-get-kubeconfig": get_kubeconfig}
+
+
+def _dispatch() -> int:
+    """``python -m registry.cli.entry PROGRAM ARGS...``: exactly what the console script PROGRAM runs."""
+    if len(sys.argv) < 2 or sys.argv[1] not in _PROGRAMS:
+        print(f"usage: python -m registry.cli.entry {{{','.join(_PROGRAMS)}}} ARGS...", file=sys.stderr)
+        return 2
+    program = _PROGRAMS[sys.argv[1]]
+    sys.argv = [sys.argv[1], *sys.argv[2:]]
+    return program()
+
+
+if __name__ == "__main__":
+    sys.exit(_dispatch())
