@@ -8,6 +8,7 @@ from pathlib import Path
 
 ADMIN_IDENTITY = "admin.identity"
 STORE_FILE = "registry.db"
+CA_PIN_FILE = "ca.pin"  # the cluster CA's pin, written beside the store: proof this data dir already had a CA
 
 
 def default_data_dir(env: Mapping[str, str] | None = None) -> Path:

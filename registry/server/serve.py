@@ -4,12 +4,15 @@ Data dir layout (created 0700; every file with secrets 0600):
 
     registry.db        the SQLite store: resources, heartbeats, tokens, audit events and the cluster CA
     admin.identity     the admin identity file (client cert + key + CA + the registry address)
+    ca.pin             the cluster CA's pin (public): this data dir has had a CA
 
 Invariants:
 - The first start creates the CA (kept in the store, so registry replicas sharing a store share it) and
   the admin identity; later starts reuse both. The admin identity is re-issued when it passed half of its
   lifetime, when it belongs to another CA, or when the registry address changed (so ``kpctl`` on this host
   always finds a working identity and address in it).
+- A store that lost its CA (an empty or truncated ``registry.db``) next to an ``admin.identity`` or
+  ``ca.pin`` never gets a new CA: the start is refused with how to restore, and no file is overwritten.
 - The server certificate is issued per start (never written to disk) and always carries the fixed name
   ``registry.kubeport.local`` that clients verify, so the registry can be reached at any address.
 - Connections without a client certificate are cheap to open, so they get a short deadline and their own
@@ -27,7 +30,7 @@ from pathlib import Path
 
 import trio
 
-from registry.core.errors import AlreadyExists, KubeportError, NotFound
+from registry.core.errors import AlreadyExists, BadParameter, KubeportError, NotFound
 from registry.core.identity import (
     ADMIN_TTL,
     REGISTRY_SERVER_NAME,
@@ -41,7 +44,7 @@ from registry.core.identity import (
 from registry.core.identity_file import IdentityFile
 from registry.core.netaddr import parse_hostport
 from registry.files import ensure_private_dir, write_secret_file
-from registry.paths import ADMIN_IDENTITY, STORE_FILE
+from registry.paths import ADMIN_IDENTITY, CA_PIN_FILE, STORE_FILE
 from registry.server.api import RegistryAPI
 from registry.server.http import HTTPLimits, ServerInfo, serve_http
 from registry.server.ratelimit import Rate
@@ -78,10 +81,34 @@ class RegistryInfo:
     cluster_name: str
 
 
-async def load_or_create_ca(store: Store, cluster_name: str, now: datetime) -> CertAuthority:
+def _earlier_cluster_files(data_dir: Path | None) -> list[str]:
+    """The files in ``data_dir`` that only a registry that already had a CA writes."""
+    if data_dir is None:
+        return []
+    return [name for name in (ADMIN_IDENTITY, CA_PIN_FILE) if (data_dir / name).exists()]
+
+
+async def load_or_create_ca(
+    store: Store, cluster_name: str, now: datetime, *, data_dir: Path | None = None
+) -> CertAuthority:
+    """The cluster CA from the store; a new one only for a store and data dir that never had one.
+
+    A store without a CA next to an ``admin.identity`` or ``ca.pin`` means the store was lost (emptied,
+    truncated, replaced): starting fresh would mint a new CA and lock out every agent and identity, so that
+    is refused with what to do instead, and nothing in the data dir is touched.
+    """
     try:
         record = await store.get(CA_KIND, "cluster")
     except NotFound:
+        earlier = _earlier_cluster_files(data_dir)
+        if earlier:
+            assert data_dir is not None
+            raise BadParameter(
+                f"the store has no cluster CA, but {data_dir} holds {' and '.join(earlier)} from a registry that "
+                f"had one: {STORE_FILE} was emptied, truncated or replaced. Refusing to create a new CA (every "
+                f"agent and identity would be locked out). Restore {data_dir / STORE_FILE} from a backup; to "
+                f"really start a new cluster here, move {' and '.join(earlier)} out of {data_dir} first"
+            ) from None
         ca = CertAuthority.generate(cluster_name, now=now)
         value = {"cert_pem": ca.cert_pem.decode(), "key_pem": ca.key_pem.decode()}
         try:
@@ -91,6 +118,16 @@ async def load_or_create_ca(store: Store, cluster_name: str, now: datetime) -> C
         except AlreadyExists:  # another replica won the race: use its CA
             record = await store.get(CA_KIND, "cluster")
     return CertAuthority.from_pem(record.value["cert_pem"].encode(), record.value["key_pem"].encode())
+
+
+def _record_ca_pin(data_dir: Path, ca: CertAuthority) -> None:
+    path = data_dir / CA_PIN_FILE
+    try:
+        if path.read_text().strip() == ca.pin:
+            return
+    except OSError:
+        pass
+    write_secret_file(path, f"{ca.pin}\n".encode())
 
 
 def ensure_admin_identity(path: Path, ca: CertAuthority, address: str, now: datetime) -> None:
@@ -143,7 +180,8 @@ async def serve_registry(
         store = await SQLiteStore.open(data_dir / STORE_FILE)
     try:
         now = datetime.now(tz=UTC)
-        ca = await load_or_create_ca(store, cluster_name or socket.gethostname() or "kubeport", now)
+        ca = await load_or_create_ca(store, cluster_name or socket.gethostname() or "kubeport", now, data_dir=data_dir)
+        _record_ca_pin(data_dir, ca)
         registry = Registry(
             store, ca, cluster_name=ca.cluster_name, max_audit_events=max_audit_events, audit_window=audit_window
         )
