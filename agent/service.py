@@ -153,6 +153,11 @@ class Agent:
             on_change=lambda: self.announcer.touch() if self.announcer else None,
         )
         try:
+            # Describe this agent before its first heartbeat: the registry accepts heartbeats of static
+            # clusters only once the agent's kube_agent record declares them (best effort: the describe
+            # loop publishes it again, and refused heartbeats are retried).
+            with trio.move_on_after(5), contextlib.suppress(KubeportError):
+                await holder.client.put_agent(self.describe(me.host_id, static))
             async with trio.open_nursery() as nursery:
                 self.announcer = Announcer(
                     lambda: holder.client, host_id=me.host_id, ttl=config.heartbeat_ttl, clock=time.time

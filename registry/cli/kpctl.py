@@ -37,7 +37,7 @@ from registry.core.errors import AlreadyExists, BadParameter, NotFound
 from registry.core.identity import generate_private_key, make_csr
 from registry.core.identity_file import IdentityFile
 from registry.core.kubeconfig import check_kubeconfig
-from registry.core.resources import KIND_ALIASES, KubeCluster
+from registry.core.resources import KIND_ALIASES, KubeCluster, mask_token
 from registry.files import write_secret_file
 
 DISPLAY = {
@@ -331,7 +331,7 @@ async def cmd_tokens_rm(args: argparse.Namespace) -> int:
             await client.delete("token", args.token)
         except NotFound:
             raise NotFound("token not found (it may have expired)") from None
-    print(f"Token {args.token} has been deleted")
+    print(f"Token {mask_token(args.token)} has been deleted")  # the value is a secret: never echoed
     return 0
 
 
