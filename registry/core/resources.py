@@ -52,7 +52,7 @@ DEFAULT_MAX_SESSION_TTL = timedelta(hours=30)
 
 # The join token policy, applied by every route that writes a token (generate, generic create/update).
 MIN_TOKEN_LENGTH = 16  # generated tokens are 32 hex digits; anything shorter is guessable or a typo
-MAX_TOKEN_LENGTH = 256
+MAX_TOKEN_LENGTH = 253  # a resource name's limit
 MAX_TOKEN_TTL = timedelta(days=30)
 TOKEN_VALUE_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 _MASK_MAX_KEEP = 4
