@@ -174,7 +174,7 @@ class Registry:
         self.ca = ca
         self.cluster_name = cluster_name
         self.clock = clock
-        self._event_lines: dict[tuple[int, str, bool], bytes] = {}
+        self._event_lines: dict[tuple[int, str, bool, str, bool], bytes] = {}
 
     def now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), tz=UTC)
@@ -590,8 +590,14 @@ class Registry:
         }
 
     def event_line(self, event_type: str, record: Record, *, with_secrets: bool) -> bytes:
-        """One watch line, encoded once and shared by every watcher (100 watchers, one json.dumps)."""
-        key = (record.revision, event_type, with_secrets)
+        """One watch line, encoded once and shared by every watcher (100 watchers, one json.dumps).
+
+        A revision's stored copy loses its secrets once a newer version supersedes it (the store's
+        ``_secrets``), so the key says which copy was encoded: a replay never gets a cached line that still
+        holds a rotated kubeconfig."""
+        spec = record.value.get("spec")
+        holds_secret = isinstance(spec, dict) and "kubeconfig" in spec
+        key = (record.revision, event_type, with_secrets, record.name, holds_secret)
         line = self._event_lines.get(key)
         if line is None:
             wire = self.event_to_wire(event_type, record, with_secrets=with_secrets)
