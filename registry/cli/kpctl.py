@@ -351,7 +351,10 @@ async def cmd_auth_sign(args: argparse.Namespace) -> int:
         registry=conn.address,
     )
     write_secret_file(args.out, identity.dump())
-    print(f'The identity of user "{args.user}" has been written to {args.out} (valid for {args.ttl}).')
+    expires = identity.identity().expires
+    # The registry caps the TTL by the roles' max_session_ttl: say when it really expires.
+    until = expires.strftime("%Y-%m-%d %H:%M:%S UTC") if expires else "unknown"
+    print(f'The identity of user "{args.user}" has been written to {args.out} (valid until {until}).')
     return 0
 
 
