@@ -3,11 +3,14 @@
 Files in the agent data dir (0700; files 0600):
 
     agent.identity   the host certificate, its private key, the CA and the registry address
-    host_uuid        the host id, stable across restarts and re-joins (kube_servers are keyed by it)
+    host_uuid        the host id the registry assigned at join (kube_servers are keyed by it); stable
+                     across restarts and renewals, for information only (the certificate is the truth)
 
 Invariants:
 - The private key is generated here and never leaves the host: the registry signs a CSR.
 - A restarted agent reuses a valid identity without the token; an expired one needs the token again.
+- The registry assigns the host id: a join never names one (the registry refuses ids already in use, so
+  a token holder cannot pose as another agent). Renewal keeps the id; a fresh join gets a new one.
 - With a CA pin the registry's CA is verified before anything is sent to it. Without one, the first
   contact trusts the CA it is shown (and says so in the log); from then on the stored CA is the anchor.
 - Renewal replaces the identity file atomically, then swaps the client; a failed renewal is retried and
@@ -21,7 +24,6 @@ Invariants:
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -51,16 +53,12 @@ def registry_address(config: AgentConfig) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def host_id(data_dir: Path) -> str:
-    """The stored host id, created on first use."""
+def host_id(data_dir: Path) -> str | None:
+    """The host id this agent was last assigned (None before its first join)."""
     path = data_dir / HOST_ID_FILE
-    if path.exists():
-        value = read_limited(path, limit=256, what="host id file").decode().strip()
-        if value:
-            return value
-    value = str(uuid.uuid4())
-    write_secret_file(path, (value + "\n").encode())
-    return value
+    if not path.exists():
+        return None
+    return read_limited(path, limit=256, what="host id file").decode().strip() or None
 
 
 def join_token(config: AgentConfig) -> str | None:
@@ -156,7 +154,6 @@ async def obtain_identity(
         nodename=config.nodename,
         csr_pem=make_csr(key, config.nodename),
         ca_pems=ca_pems,
-        host_id=host_id(data_dir),
     )
     identity = IdentityFile(
         cert_pem=result["cert_pem"].encode(),
@@ -164,8 +161,13 @@ async def obtain_identity(
         ca_pems=tuple(p.encode() for p in result["ca_pems"]),
         registry=address,
     )
+    assigned = str(result["host_id"])
+    previous = host_id(data_dir)
+    if previous is not None and previous != assigned:
+        log.info("the registry assigned a new host id %s (was %s)", assigned, previous)
+    write_secret_file(data_dir / HOST_ID_FILE, (assigned + "\n").encode())
     write_secret_file(path, identity.dump())
-    log.info("joined the registry at %s as host %s", address, result["host_id"])
+    log.info("joined the registry at %s as host %s", address, assigned)
     return identity
 
 

@@ -120,6 +120,9 @@ class Agent:
         self.watcher: ClusterWatcher | None = None
         self.announcer: Announcer | None = None
         self._wake = trio.Event()
+        # Set after the first attempt to publish this agent's kube_agent record: the registry accepts
+        # heartbeats of static clusters only once that record declares them, so reconciling waits for it.
+        self._described = trio.Event()
 
     def wake(self) -> None:
         self._wake.set()
@@ -220,6 +223,7 @@ class Agent:
                         last, last_sent = record, trio.current_time()
                     except KubeportError as err:
                         log.warning("could not publish this agent's description: %s", err.message)
+                    self._described.set()
                 await trio.sleep(1.0)
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(3), contextlib.suppress(KubeportError):
@@ -231,6 +235,9 @@ class Agent:
         assert watcher is not None
         full = True
         frozen = False
+        # Best effort: a registry that is down must not hold serving back (refused heartbeats are retried).
+        with trio.move_on_after(5):
+            await self._described.wait()
         while True:
             self._wake = trio.Event()
             names: set[str] | None = None

@@ -41,7 +41,7 @@ from registry.core.errors import AlreadyExists, BadParameter, NotFound
 from registry.core.identity import generate_private_key, make_csr
 from registry.core.identity_file import IdentityFile
 from registry.core.kubeconfig import check_kubeconfig
-from registry.core.resources import KIND_ALIASES, KubeCluster
+from registry.core.resources import KIND_ALIASES, KubeCluster, mask_token
 from registry.files import write_secret_file
 
 MAX_EVENTS_PAGE = 1000  # the registry's page size limit for GET /v1/events
@@ -410,7 +410,7 @@ async def cmd_tokens_rm(args: argparse.Namespace) -> int:
             await client.delete("token", args.token)
         except NotFound:
             raise NotFound("token not found (it may have expired)") from None
-    print(f"Token {args.token} has been deleted")
+    print(f"Token {mask_token(args.token)} has been deleted")  # the value is a secret: never echoed
     return 0
 
 
@@ -430,7 +430,10 @@ async def cmd_auth_sign(args: argparse.Namespace) -> int:
         registry=conn.address,
     )
     write_secret_file(args.out, identity.dump())
-    print(f'The identity of user "{args.user}" has been written to {args.out} (valid for {args.ttl}).')
+    expires = identity.identity().expires
+    # The registry caps the TTL by the roles' max_session_ttl: say when it really expires.
+    until = expires.strftime("%Y-%m-%d %H:%M:%S UTC") if expires else "unknown"
+    print(f'The identity of user "{args.user}" has been written to {args.out} (valid until {until}).')
     return 0
 
 

@@ -32,7 +32,17 @@ from registry.core.codec_common import (
     metadata_dict,
     plain,
 )
-from registry.core.resources import RULE_RESOURCES, RULE_VERBS, TOKEN_ROLES, Role, RoleConditions, Rule, Token, User
+from registry.core.resources import (
+    RULE_RESOURCES,
+    RULE_VERBS,
+    TOKEN_ROLES,
+    Role,
+    RoleConditions,
+    Rule,
+    Token,
+    User,
+    mask_token,
+)
 from registry.core.validation import Fields, check_name, describe, quote
 
 USER_NAME_RE = re.compile(r"^[a-zA-Z0-9._@+-]+$")  # user names are often e-mail addresses
@@ -51,7 +61,6 @@ KUBE_VERBS = (
     "proxy",
 )
 ROLE_OPTIONS = ("max_session_ttl",)
-_MASK_KEEP = 4
 _CONDITION_FIELDS = ("rules", "kubernetes_labels", "kubernetes_groups", "kubernetes_users", "kubernetes_resources")
 
 
@@ -208,8 +217,8 @@ def decode_token(doc: Mapping[str, Any]) -> Token:
 
 
 def mask_secret(value: str) -> str:
-    """Enough of a token to tell tokens apart, never enough to use it."""
-    return value[:_MASK_KEEP] + "*" * max(len(value) - _MASK_KEEP, _MASK_KEEP)
+    """Enough of a token to tell tokens apart, never enough to use it (:func:`resources.mask_token`)."""
+    return mask_token(value)
 
 
 def _conditions_dict(conditions: RoleConditions) -> dict[str, Any]:

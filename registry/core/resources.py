@@ -18,12 +18,13 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, Literal, TypeAlias
 
-from labels import combine, parse_go_duration
+from labels import LabelError, combine, parse_go_duration
 
 ORIGIN_LABEL = "kubeport.dev/origin"
 ORIGIN_VALUES = ("dynamic", "config-file", "defaults", "cloud", "kubernetes")
@@ -45,6 +46,17 @@ KIND_ALIASES: Mapping[str, str] = {
 RULE_RESOURCES = ("kube_cluster", "kube_server", "token", "role", "user", "event", "*")
 RULE_VERBS = ("list", "create", "read", "update", "delete", "*")
 TOKEN_ROLES = ("Kube",)
+
+DEFAULT_MAX_SESSION_TTL = timedelta(hours=30)
+"""A role without ``spec.options.max_session_ttl`` caps user certificates at this (Teleport's default)."""
+
+# The join token policy, applied by every route that writes a token (generate, generic create/update).
+MIN_TOKEN_LENGTH = 16  # generated tokens are 32 hex digits; anything shorter is guessable or a typo
+MAX_TOKEN_LENGTH = 253  # a resource name's limit
+MAX_TOKEN_TTL = timedelta(days=30)
+TOKEN_VALUE_RE = re.compile(r"^[A-Za-z0-9._-]+$")
+_MASK_MAX_KEEP = 4
+_MASK_MIN_STARS = 8
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -271,6 +283,24 @@ class Role:
     def name(self) -> str:
         return self.metadata.name
 
+    def max_session_ttl(self) -> timedelta:
+        """``spec.options.max_session_ttl`` (a Go duration), or :data:`DEFAULT_MAX_SESSION_TTL` when unset or
+        zero (Teleport's reading of both). The codec validated the text; anything unparsable here (a record
+        written by a newer registry) falls back to the default rather than failing every request."""
+        raw = self.options.get("max_session_ttl")
+        if raw is None:
+            return DEFAULT_MAX_SESSION_TTL
+        try:
+            seconds = parse_go_duration(raw, what="max_session_ttl")
+        except LabelError:
+            return DEFAULT_MAX_SESSION_TTL
+        return timedelta(seconds=seconds) if seconds > 0 else DEFAULT_MAX_SESSION_TTL
+
+
+def max_session_ttl(roles: Sequence[Role]) -> timedelta:
+    """The session cap of a set of roles: the strictest of them (Teleport); the default with no roles."""
+    return min((role.max_session_ttl() for role in roles), default=DEFAULT_MAX_SESSION_TTL)
+
 
 @dataclass(frozen=True)
 class User:
@@ -313,3 +343,41 @@ class Token:
 
 
 Resource: TypeAlias = KubeCluster | KubeServer | Role | User | Token
+
+
+# -- join token policy ------------------------------------------------------------------------------------
+
+
+def mask_token(value: str) -> str:
+    """A token value as listings and audit events show it: enough to tell tokens apart, never enough to use.
+
+    At most one eighth of the value (and never more than 4 characters) stays visible; a value shorter than
+    :data:`MIN_TOKEN_LENGTH` (legacy or hostile) is masked whole.
+    """
+    keep = min(_MASK_MAX_KEEP, len(value) // 8) if len(value) >= MIN_TOKEN_LENGTH else 0
+    return value[:keep] + "*" * max(len(value) - keep, _MASK_MIN_STARS)
+
+
+def check_token_value(value: str) -> str | None:
+    """Why ``value`` cannot be a join token (None when it can). Messages never include the value."""
+    if len(value) < MIN_TOKEN_LENGTH:
+        return f"a join token must be at least {MIN_TOKEN_LENGTH} characters long (got {len(value)})"
+    if len(value) > MAX_TOKEN_LENGTH:
+        return f"a join token must be at most {MAX_TOKEN_LENGTH} characters long (got {len(value)})"
+    if not TOKEN_VALUE_RE.match(value):
+        return "a join token may contain only ASCII letters, digits, '.', '_' and '-'"
+    return None
+
+
+def check_token_expiry(expires: datetime | None, now: datetime) -> str | None:
+    """Why a token expiring at ``expires`` cannot be stored at ``now`` (None when it can): tokens always
+    expire, in the future, and at most :data:`MAX_TOKEN_TTL` from now."""
+    if expires is None:
+        return "metadata.expires is required (join tokens always expire)"
+    expires = _utc(expires)
+    assert expires is not None
+    if expires <= now:
+        return f"metadata.expires {expires.isoformat()} is not in the future"
+    if expires - now > MAX_TOKEN_TTL:
+        return f"metadata.expires must be at most {MAX_TOKEN_TTL.days} days from now (got {expires.isoformat()})"
+    return None

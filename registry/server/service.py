@@ -19,6 +19,15 @@ Invariants:
   every second by ``serve_registry``) or on shutdown (``flush_audit(drain=True)``): a crash loses at most
   the counts of the current window.
 - kube_clusters written through the API always carry ``kubeport.dev/origin: dynamic``.
+- Every request acts with the caller's *current* standing: a user's certificate is checked against the
+  stored user on every request (deleted user -> 401; its roles are the certificate's roles that the user
+  still holds), and renewal never moves a user certificate's expiry later than the one it replaces.
+- kube_server (and kube_agent) writes and deletes go through :meth:`Registry._check_host_write`, whatever
+  the route, so an agent touches only its own host's records; heartbeats name clusters that exist.
+- Agent host ids are assigned by the registry at join; a join naming a host id that is already in use
+  (issued, heartbeating or described) is refused, so a token holder cannot take over another agent.
+- One token policy (:func:`registry.core.resources.check_token_value` / ``check_token_expiry``) guards
+  every route that writes a token.
 """
 
 from __future__ import annotations
@@ -38,7 +47,7 @@ from typing import Any
 from labels import LabelError, validate_labels, validate_selector_items
 from registry import __version__
 from registry.core import codec
-from registry.core.errors import AccessDenied, BadParameter, NotFound
+from registry.core.errors import AccessDenied, AlreadyExists, BadParameter, NotFound, Unauthenticated
 from registry.core.identity import (
     AGENT_TTL,
     USER_TTL,
@@ -46,6 +55,7 @@ from registry.core.identity import (
     Identity,
 )
 from registry.core.resources import (
+    MAX_TOKEN_TTL,
     ORIGIN_LABEL,
     KubeCluster,
     KubeServer,
@@ -53,6 +63,10 @@ from registry.core.resources import (
     Role,
     Token,
     User,
+    check_token_expiry,
+    check_token_value,
+    mask_token,
+    max_session_ttl,
 )
 from registry.server import authz
 from registry.server.admission import source_of_client
@@ -62,6 +76,8 @@ from registry.store import Record, Store
 
 AUDIT_KIND = "audit"
 AGENT_KIND = "kube_agent"
+HOST_KIND = "agent_host"  # one record per host id the registry issued (kept past the certificate, see join)
+HOST_RECORD_GRACE = 30 * 24 * 3600.0  # seconds a host id stays reserved after its last certificate expires
 MAX_AGENT_FAILURES = 1000
 EVENT_LINE_CACHE = 4096
 AUDIT_RETENTION = 30 * 24 * 3600.0  # seconds an audit event is kept (it expires like any TTL record)
@@ -70,7 +86,6 @@ AUDIT_WINDOW = 60.0  # seconds over which repeated failures of one source share 
 MAX_AUDIT_TRIM = 1000  # rows deleted per trim at most (the next check deletes the rest)
 MAX_EVENTS_PAGE = 1000  # events per page of GET /v1/events
 EVENTS_SCAN = 10_000  # rows one page may look at to find matches of an ``event`` filter
-MAX_TOKEN_TTL = timedelta(days=30)
 MAX_USER_CERT_TTL = timedelta(days=7)
 MAX_HEARTBEAT_TTL = 3600.0
 HOST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -84,11 +99,6 @@ _FAILURE_ROW_KEYS = frozenset({"event", "time", "success", "client", "error", "c
 
 def _iso(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, tz=UTC).isoformat().replace("+00:00", "Z")
-
-
-def mask_token(value: str) -> str:
-    """Enough of a token to tell tokens apart in listings and audit events, never enough to use it."""
-    return value[:4] + "****"
 
 
 def validate_agent_record(host_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
@@ -194,7 +204,7 @@ class Registry:
         self.ca = ca
         self.cluster_name = cluster_name
         self.clock = clock
-        self._event_lines: dict[tuple[int, str, bool], bytes] = {}
+        self._event_lines: dict[tuple[int, str, bool, str, bool], bytes] = {}
         if isinstance(max_audit_events, bool) or not isinstance(max_audit_events, int) or max_audit_events < 1:
             raise BadParameter(f"max_audit_events must be a positive integer (got {max_audit_events!r})")
         self.max_audit_events = max_audit_events
@@ -211,20 +221,48 @@ class Registry:
     # -- callers -------------------------------------------------------------------------------------
 
     async def caller_for(self, identity: Identity) -> Caller:
-        """Resolve a verified identity to a Caller; users get the roles their certificate names."""
+        """Resolve a verified identity to a Caller, with the caller's standing *now*, on every request.
+
+        A user certificate is only as good as the stored user behind it: a deleted user is Unauthenticated
+        (401) at once, and the roles in effect are the certificate's roles that the user *still* holds (the
+        intersection). Removing a role from a user therefore takes its grants away on the next request,
+        while adding a role widens no certificate already issued (the user gets a new one, as in Teleport,
+        whose certificates also name their roles). A deleted role grants nothing. ``caller.identity.roles``
+        is that effective set, so ``whoami`` and renewal see exactly what authorization uses.
+
+        Cost: one store read for the user and one per effective role (no cache: correctness first, and a
+        store read is a primary-key lookup).
+        """
         if identity.kind == "registry":
             raise AccessDenied("access denied: the registry's own certificate cannot be used as a client")
+        if identity.kind != "user":
+            return Caller(identity=identity)
+        try:
+            record = await self.store.get("user", identity.name)
+        except NotFound:
+            raise Unauthenticated(
+                f'user "{identity.name}" no longer exists: its certificate is not accepted any more '
+                "(ask an admin to create the user again and sign a new certificate)"
+            ) from None
+        user = codec.resource_from_dict(record.value)
+        assert isinstance(user, User)
+        held = set(user.roles)
+        names = tuple(name for name in identity.roles if name in held)
+        roles = await self._roles(names)
+        return Caller(identity=replace(identity, roles=names), roles=roles)
+
+    async def _roles(self, names: tuple[str, ...]) -> tuple[Role, ...]:
+        """The stored roles of ``names``; a deleted role is skipped (it grants nothing)."""
         roles: list[Role] = []
-        if identity.kind == "user":
-            for role_name in identity.roles:
-                try:
-                    record = await self.store.get("role", role_name)
-                except NotFound:
-                    continue  # a deleted role grants nothing
-                role = codec.resource_from_dict(record.value)
-                assert isinstance(role, Role)
-                roles.append(role)
-        return Caller(identity=identity, roles=tuple(roles))
+        for role_name in names:
+            try:
+                record = await self.store.get("role", role_name)
+            except NotFound:
+                continue
+            role = codec.resource_from_dict(record.value)
+            assert isinstance(role, Role)
+            roles.append(role)
+        return tuple(roles)
 
     # -- audit ---------------------------------------------------------------------------------------
 
@@ -338,9 +376,15 @@ class Registry:
                 )
         if isinstance(resource, KubeServer):
             raise BadParameter("kube_server resources are written by agents through the heartbeat API")
-        if isinstance(resource, Token) and resource.metadata.expires is None:
-            raise BadParameter(f'token "{mask_token(resource.metadata.name)}": metadata.expires is required')
+        if isinstance(resource, Token):
+            self._check_token(resource.metadata.name, resource.metadata.expires)
         return resource
+
+    def _check_token(self, value: str, expires: datetime | None) -> None:
+        """The one token policy, for every route that writes a token (the value is never echoed)."""
+        problem = check_token_value(value) or check_token_expiry(expires, self.now())
+        if problem is not None:
+            raise BadParameter(f'token "{mask_token(value)}": {problem}')
 
     async def create(self, caller: Caller, resource: Resource) -> dict[str, Any]:
         authz.check(caller, resource.KIND, "create")
@@ -379,7 +423,13 @@ class Registry:
 
     async def delete(self, caller: Caller, kind: str, name: str) -> None:
         authz.check(caller, kind, "delete")
-        await self.store.delete(kind, name)
+        if kind == "kube_server":
+            host_id, sep, cluster = name.partition("/")
+            if not sep:
+                raise BadParameter(f'kube_server "{name}": name the heartbeat as <host_id>/<cluster name>')
+            await self.delete_heartbeat(caller, host_id, cluster)
+        else:
+            await self.store.delete(kind, name)
         audit_kind = _AUDIT_NAMES.get(kind, kind)
         shown = mask_token(name) if kind == "token" else name
         await self.audit(f"{audit_kind}.delete", caller, kind=kind, name=shown)
@@ -411,9 +461,35 @@ class Registry:
 
     # -- heartbeats ----------------------------------------------------------------------------------
 
+    def _check_host_write(self, caller: Caller, host_id: str, verb: str) -> None:
+        """The one check for every write or delete of a kube_server or kube_agent record, on every route:
+        the caller may ``verb`` kube_server, and an agent only for its own host id."""
+        authz.check(caller, "kube_server", verb)
+        authz.check_heartbeat_owner(caller, host_id)
+
+    async def _check_may_serve(self, server: KubeServer) -> None:
+        """A heartbeat names a cluster that exists: a stored kube_cluster (every agent may read and serve
+        those), or a static cluster the host declared in its kube_agent record (``static_clusters``)."""
+        name = server.metadata.name
+        try:
+            await self.store.get("kube_cluster", name)
+            return
+        except NotFound:
+            pass
+        try:
+            record = await self.store.get(AGENT_KIND, server.host_id)
+        except NotFound:
+            record = None
+        if record is not None and name in record.value.get("static_clusters", []):
+            return
+        raise NotFound(
+            f'kube_server "{server.store_name()}": there is no kube_cluster "{name}" and host '
+            f'"{server.host_id}" declares no static cluster of that name (heartbeats name clusters that exist)'
+        )
+
     async def heartbeat(self, caller: Caller, server: KubeServer) -> dict[str, Any]:
-        authz.check(caller, "kube_server", "update")
-        authz.check_heartbeat_owner(caller, server.host_id)
+        self._check_host_write(caller, server.host_id, "update")
+        await self._check_may_serve(server)
         now = self.clock()
         expires = _expires_ts(server)
         if expires is None or expires <= now:
@@ -423,15 +499,13 @@ class Registry:
         return record_to_wire(record, with_secrets=False)
 
     async def delete_heartbeat(self, caller: Caller, host_id: str, name: str) -> None:
-        authz.check(caller, "kube_server", "delete")
-        authz.check_heartbeat_owner(caller, host_id)
+        self._check_host_write(caller, host_id, "delete")
         await self.store.delete("kube_server", f"{host_id}/{name}")
 
     # -- agent records (what each agent selects, for kpctl kube explain) ----------------------------
 
     async def put_agent(self, caller: Caller, host_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        authz.check(caller, "kube_server", "update")
-        authz.check_heartbeat_owner(caller, host_id)
+        self._check_host_write(caller, host_id, "update")
         record = validate_agent_record(host_id, body)
         now = self.clock()
         expires = min(float(record.pop("expires_in")), MAX_HEARTBEAT_TTL)
@@ -444,8 +518,7 @@ class Registry:
         return [dict(r.value) for r in await self.store.list(AGENT_KIND)]
 
     async def delete_agent(self, caller: Caller, host_id: str) -> None:
-        authz.check(caller, "kube_server", "delete")
-        authz.check_heartbeat_owner(caller, host_id)
+        self._check_host_write(caller, host_id, "delete")
         await self.store.delete(AGENT_KIND, host_id)
 
     # -- tokens and joining --------------------------------------------------------------------------
@@ -457,13 +530,12 @@ class Registry:
         if ttl <= timedelta(0) or ttl > MAX_TOKEN_TTL:
             raise BadParameter(f"token ttl must be between 1s and {MAX_TOKEN_TTL.days} days (got {ttl})")
         token_value = value or secrets.token_hex(16)
+        expires = self.now() + ttl
+        self._check_token(token_value, expires)
         doc = {
             "kind": "token",
             "version": "v2",
-            "metadata": {
-                "name": token_value,
-                "expires": (self.now() + ttl).isoformat().replace("+00:00", "Z"),
-            },
+            "metadata": {"name": token_value, "expires": expires.isoformat().replace("+00:00", "Z")},
             "spec": {"roles": list(roles), "join_method": "token"},
         }
         token = codec.resource_from_dict(doc, source="token")
@@ -477,10 +549,18 @@ class Registry:
     async def join(
         self, *, token: str, host_id: str | None, nodename: str, csr_pem: bytes, client: str
     ) -> dict[str, Any]:
-        """Exchange a valid ``Kube`` token and a CSR for an agent certificate (the key stays on the agent)."""
+        """Exchange a valid ``Kube`` token and a CSR for an agent certificate (the key stays on the agent).
+
+        The registry assigns the host id (a fresh UUID). A joiner may still name one (agents before this
+        rule did), but only an id nobody holds: one the registry ever issued (an ``agent_host`` record,
+        kept for :data:`HOST_RECORD_GRACE` after its last certificate expires), or with live heartbeats or
+        a kube_agent record, is refused, so a token holder cannot take over another agent's heartbeats.
+        An agent keeps its id by renewing with its certificate, never by joining again.
+        """
+        requested = host_id
         host_id = host_id or str(uuid.uuid4())
         if not HOST_ID_RE.match(host_id):
-            raise BadParameter(f"invalid host_id {host_id!r}: use letters, digits, '.', '_' and '-' (max 128)")
+            raise BadParameter(f"invalid host_id {host_id[:140]!r}: use letters, digits, '.', '_' and '-' (max 128)")
         if not nodename or len(nodename) > 64:  # it becomes the certificate's CN (X.509: at most 64)
             raise BadParameter(f"nodename must be 1..64 characters (got {len(nodename)})")
         try:
@@ -500,25 +580,90 @@ class Registry:
         roles = [str(r) for r in record.value.get("spec", {}).get("roles", [])]
         if "Kube" not in roles:
             raise AccessDenied(f'"{nodename}" can not join the cluster with role "Kube": the token grants {roles}')
+        now = self.now()
+        not_after = min(now + AGENT_TTL, self.ca.expires)
+        try:
+            if requested is not None and await self._host_in_use(host_id):
+                raise AlreadyExists(host_id)
+            # Claiming the id is one atomic create: two joins racing for the same id cannot both win.
+            await self.store.create(
+                HOST_KIND, host_id, self._host_record(host_id, nodename), expires=self._host_expiry(not_after)
+            )
+        except AlreadyExists:
+            await self.audit_failure(
+                "instance.join",
+                client=client,
+                reason="host id already in use",
+                host_id=host_id,
+                nodename=nodename,
+                token=mask_token(token),
+            )
+            raise AccessDenied(
+                f'"{nodename}" can not join with host id "{host_id}": that host id belongs to an agent that already '
+                "joined. Host ids are assigned by the registry: join without one (delete the agent's host_uuid "
+                "file); a joined agent keeps its id by renewing its certificate"
+            ) from None
         identity = Identity(name=nodename, kind="agent", roles=("Kube",), host_id=host_id)
-        cert = self.ca.sign_csr(csr_pem, identity, ttl=AGENT_TTL, now=self.now())
+        cert = self.ca.sign_csr(csr_pem, identity, ttl=not_after - now, now=now)
         await self.audit(
             "instance.join", None, host_id=host_id, nodename=nodename, client=client, token=mask_token(token)
         )
         return {"host_id": host_id, "cert_pem": cert.decode(), "ca_pems": [self.ca.cert_pem.decode()]}
 
+    async def _host_in_use(self, host_id: str) -> bool:
+        """Whether anything already speaks for ``host_id``: an issued id, heartbeats or a kube_agent record."""
+        for kind in (HOST_KIND, AGENT_KIND):
+            try:
+                await self.store.get(kind, host_id)
+                return True
+            except NotFound:
+                pass
+        return bool(await self.store.list("kube_server", prefix=f"{host_id}/"))
+
+    def _host_record(self, host_id: str, nodename: str) -> dict[str, Any]:
+        return {"host_id": host_id, "nodename": nodename, "issued": self.now().isoformat().replace("+00:00", "Z")}
+
+    def _host_expiry(self, not_after: datetime) -> float:
+        return not_after.timestamp() + HOST_RECORD_GRACE
+
     async def renew(self, caller: Caller, csr_pem: bytes) -> dict[str, Any]:
-        """Re-issue the caller's own identity for a new key (agents and users renew before expiry)."""
+        """Re-issue the caller's own identity for a new key (agents and users renew before expiry).
+
+        A user certificate never outlives the one it replaces: the new expiry is the earliest of the
+        presented certificate's expiry (the one the admin chose, carried through every renewal), now plus
+        the ``max_session_ttl`` of the user's current roles, and now plus USER_TTL. Its roles are the
+        effective ones (:meth:`caller_for`), so a renewal never brings back a removed role. Agents get a
+        fresh AGENT_TTL and their host id stays reserved.
+        """
         identity = caller.identity
         if identity.kind not in ("agent", "user"):
             raise AccessDenied(f"access denied: {caller.describe()} cannot renew its certificate")
-        ttl = AGENT_TTL if identity.kind == "agent" else USER_TTL
+        now = self.now()
         fresh = Identity(name=identity.name, kind=identity.kind, roles=identity.roles, host_id=identity.host_id)
-        cert = self.ca.sign_csr(csr_pem, fresh, ttl=ttl, now=self.now())
+        if identity.kind == "user":
+            if identity.expires is None:  # always set for an identity read from a verified certificate
+                raise AccessDenied("access denied: the certificate's expiry is unknown, so it cannot be renewed")
+            not_after = min(identity.expires, now + max_session_ttl(caller.roles), now + USER_TTL)
+        else:
+            not_after = min(now + AGENT_TTL, self.ca.expires)
+        if not_after <= now:
+            raise AccessDenied(f"access denied: the certificate of {caller.describe()} has no time left to renew")
+        cert = self.ca.sign_csr(csr_pem, fresh, ttl=not_after - now, now=now)
+        if identity.kind == "agent" and identity.host_id is not None:
+            await self.store.put(
+                HOST_KIND,
+                identity.host_id,
+                self._host_record(identity.host_id, identity.name),
+                expires=self._host_expiry(not_after),
+            )
         return {"cert_pem": cert.decode(), "ca_pems": [self.ca.cert_pem.decode()]}
 
     async def sign_user(self, caller: Caller, *, user: str, csr_pem: bytes, ttl: timedelta) -> dict[str, Any]:
-        """Admin-only: a certificate for an existing user (like ``tctl auth sign``), roles from the user."""
+        """Admin-only: a certificate for an existing user (like ``tctl auth sign``), roles from the user.
+
+        The TTL asked for is capped by the strictest ``max_session_ttl`` of the user's roles (Teleport
+        adjusts the TTL the same way); the answer says when the certificate really expires.
+        """
         authz.check_admin(caller, "sign user certificates")
         if ttl <= timedelta(0) or ttl > MAX_USER_CERT_TTL:
             raise BadParameter(f"ttl must be between 1s and {MAX_USER_CERT_TTL.days} days (got {ttl})")
@@ -528,10 +673,17 @@ class Registry:
             raise NotFound(f'user "{user}" not found; create it first with kpctl create') from None
         model = codec.resource_from_dict(record.value)
         assert isinstance(model, User)
+        ttl = min(ttl, max_session_ttl(await self._roles(tuple(model.roles))))
         identity = Identity(name=user, kind="user", roles=tuple(model.roles))
-        cert = self.ca.sign_csr(csr_pem, identity, ttl=ttl, now=self.now())
+        now = self.now()
+        cert = self.ca.sign_csr(csr_pem, identity, ttl=ttl, now=now)
+        expires = min(now + ttl, self.ca.expires)
         await self.audit("cert.create", caller, name=user, ttl=str(ttl))
-        return {"cert_pem": cert.decode(), "ca_pems": [self.ca.cert_pem.decode()]}
+        return {
+            "cert_pem": cert.decode(),
+            "ca_pems": [self.ca.cert_pem.decode()],
+            "expires": expires.isoformat().replace("+00:00", "Z"),
+        }
 
     # -- watch ---------------------------------------------------------------------------------------
 
@@ -550,8 +702,14 @@ class Registry:
         }
 
     def event_line(self, event_type: str, record: Record, *, with_secrets: bool) -> bytes:
-        """One watch line, encoded once and shared by every watcher (100 watchers, one json.dumps)."""
-        key = (record.revision, event_type, with_secrets)
+        """One watch line, encoded once and shared by every watcher (100 watchers, one json.dumps).
+
+        A revision's stored copy loses its secrets once a newer version supersedes it (the store's
+        ``_secrets``), so the key says which copy was encoded: a replay never gets a cached line that still
+        holds a rotated kubeconfig."""
+        spec = record.value.get("spec")
+        holds_secret = isinstance(spec, dict) and "kubeconfig" in spec
+        key = (record.revision, event_type, with_secrets, record.name, holds_secret)
         line = self._event_lines.get(key)
         if line is None:
             wire = self.event_to_wire(event_type, record, with_secrets=with_secrets)

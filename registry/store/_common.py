@@ -210,7 +210,7 @@ class BaseStore(abc.ABC):
         self._check_open()
         changes = await self._write(WriteOp("delete", kind, name, expected_revision=expected))
         await self._maybe_compact()
-        return changes[-1].item.to_record()
+        return changes[-1].recorded.to_record()  # as watchers see the DELETE: without secrets
 
     async def revision(self) -> int:
         self._check_open()

@@ -13,6 +13,9 @@ Invariants:
   backends store the same bytes, and every read decodes a fresh copy.
 * Each item also carries its labels (``value["metadata"]["labels"]``) as small JSON text, extracted once
   at write time, so a label-filtered list decodes only the values it returns.
+* Secrets leave history as soon as their version stops being current (``_secrets``): a change that
+  replaces or removes a version carries the redacted copy of it (``supersedes``) for the backend to write
+  over that version's history entry, and a DELETE records and publishes a redacted item (``history``).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Any, Literal
 from labels import match_labels
 from labels.keys import LabelError
 from registry.core.errors import AlreadyExists, BadParameter, Compacted, CompareFailed, NotFound, TooLarge
+from registry.store import _secrets
 from registry.store.base import Event, Record
 
 WriteKind = Literal["create", "update", "put", "delete"]
@@ -64,17 +68,36 @@ class Item:
 
 @dataclass(frozen=True, slots=True)
 class Change:
-    """One history entry. DELETE carries the last version with ``revision`` = the delete's revision."""
+    """One history entry. DELETE carries the last version with ``revision`` = the delete's revision.
+
+    ``item`` is what the live table gets (a DELETE removes ``item.kind``/``item.name``). ``history``, when
+    set, is what history records and watchers see instead (the item without secrets). ``supersedes``, when
+    set, is the redacted copy of the version this change replaced or removed: backends write it over the
+    history entry at ``supersedes.revision`` in the same transaction.
+    """
 
     type: Literal["PUT", "DELETE"]
     item: Item
+    history: Item | None = None
+    supersedes: Item | None = None
 
     @property
     def revision(self) -> int:
         return self.item.revision
 
+    @property
+    def recorded(self) -> Item:
+        """The item as history keeps it and watchers see it."""
+        return self.history if self.history is not None else self.item
+
     def to_event(self) -> Event:
-        return Event(self.type, self.item.to_record())
+        return Event(self.type, self.recorded.to_record())
+
+
+def _removal(last: Item, revision: int) -> Change:
+    """The DELETE of ``last`` at ``revision``: recorded without secrets, and its PUT entry redacted too."""
+    deleted = replace(last, revision=revision)
+    return Change("DELETE", deleted, history=_secrets.redact(deleted), supersedes=_secrets.redact(last))
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,16 +326,16 @@ def plan_write(op: WriteOp, current: Item | None, *, now: float, revision: int) 
 
     if op.op == "delete":
         assert live is not None
-        return [Change("DELETE", replace(live, revision=next_revision()))]
+        return [_removal(live, next_revision())]
 
     if current is not None and live is None:
         # An expired record stands in the way of create/put: remove it first, as a lease expiry would.
-        changes.append(Change("DELETE", replace(current, revision=next_revision())))
+        changes.append(_removal(current, next_revision()))
     assert op.data is not None
     new_revision = next_revision()
     created = live.created_revision if live is not None else new_revision
     item = Item(op.kind, op.name, op.data, new_revision, created, op.expires, op.labels)
-    changes.append(Change("PUT", item))
+    changes.append(Change("PUT", item, supersedes=_secrets.redact(live) if live is not None else None))
     return changes
 
 
@@ -322,7 +345,7 @@ def plan_expiry(items: Iterable[Item], *, now: float, revision: int) -> list[Cha
         (i for i in items if i.expired(now)),
         key=lambda i: (i.expires, i.kind, i.name),
     )
-    return [Change("DELETE", replace(item, revision=revision + n)) for n, item in enumerate(expired, 1)]
+    return [_removal(item, revision + n) for n, item in enumerate(expired, 1)]
 
 
 def to_records(items: Iterable[Item], labels: Mapping[str, str | list[str]] | None) -> list[Record]:

@@ -9,6 +9,8 @@ Invariants:
 * Each primitive is synchronous after one checkpoint, so a write's plan, apply and publish happen without
   any other task running in between: writes are atomic and fan-out is in revision order without a lock.
 * ``_history[i].revision == floor + 1 + i`` (history is contiguous), so a catch-up read starts by index.
+* History entries of versions that are no longer current hold no secrets (``_secrets``): their
+  ``history`` item is the redacted copy, and nothing else in this store refers to the old value.
 * ``_deadlines`` is a heap of (expires, revision, kind, name) pushed on every write with an expiry; entries
   whose item has since changed are stale and skipped when they surface, so expire() only looks at records
   that may actually have expired instead of scanning everything.
@@ -131,5 +133,14 @@ class MemoryStore(BaseStore):
                 by_name[item.name] = item
                 if item.expires is not None:
                     heapq.heappush(self._deadlines, (item.expires, item.revision, item.kind, item.name))
+            if change.supersedes is not None:
+                self._redact_history(change.supersedes)
             self._history.append(change)
         self._published(changes)
+
+    def _redact_history(self, redacted: Item) -> None:
+        """Write ``redacted`` over the history entry of its revision (gone already if compacted)."""
+        index = redacted.revision - self._floor - 1
+        if 0 <= index < len(self._history) and self._history[index].revision == redacted.revision:
+            old = self._history[index]
+            self._history[index] = Change(old.type, redacted)  # the old value is not kept anywhere

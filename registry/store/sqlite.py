@@ -17,7 +17,12 @@ its events to watchers, which keeps fan-out in revision order. Thread calls are 
 cancellation, so a transaction always finishes (commit or rollback) before the caller sees the cancel.
 
 Deleted values stay readable in ``events`` until compaction drops them (at most ``max_history`` plus the
-amortisation slack of later writes); size ``max_history`` with that in mind.
+amortisation slack of later writes); size ``max_history`` with that in mind. Secrets do not (``_secrets``):
+a write that supersedes or removes a version rewrites that version's history row without them, in the same
+transaction. So that no copy survives in the file either, the connection runs with ``secure_delete`` (freed
+content is zeroed) and a write that removed a secret ends with a ``wal_checkpoint(TRUNCATE)``, which moves
+the WAL's old page images into the database and empties the WAL. Stores written before this (schema 1) are
+scrubbed once when opened.
 
 How an etcd backend maps onto the same protocol (not written yet; one etcd serves several registries):
 
@@ -47,12 +52,12 @@ from typing import Any, TypeVar
 import trio
 
 from registry.core.errors import BadParameter, KubeportError
-from registry.store import _plan
+from registry.store import _plan, _secrets
 from registry.store._common import BaseStore, Clock
 from registry.store._plan import Change, Item, WriteOp
 from registry.store.base import Record
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: history rows of superseded versions hold no secrets (1 is scrubbed on open)
 
 _SCHEMA = (
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
@@ -121,6 +126,7 @@ _UPSERT_ITEM = (
     " VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
 _DELETE_ITEM = "DELETE FROM items WHERE kind = ? AND name = ?"
+_REDACT_EVENT = "UPDATE events SET name = ?, value = ? WHERE revision = ?"
 _INSERT_EVENT = (
     "INSERT INTO events (revision, type, kind, name, value, created_revision, expires, labels)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
@@ -299,6 +305,7 @@ class SQLiteStore(BaseStore):
             current = self._select_item(op.kind, op.name)
             changes = _plan.plan_write(op, current, now=now, revision=revision)
             self._apply_sync(changes)
+        _purge_wal_if_redacted(self._conn, changes)
         return changes
 
     def _expire_sync(self, now: float, revision: int) -> list[Change]:
@@ -306,6 +313,7 @@ class SQLiteStore(BaseStore):
             rows = self._conn.execute(_SELECT_EXPIRED, (now,)).fetchall()
             changes = _plan.plan_expiry((Item(*row) for row in rows), now=now, revision=revision)
             self._apply_sync(changes)
+        _purge_wal_if_redacted(self._conn, changes)
         return changes
 
     def _compact_sync(self, floor: int) -> None:
@@ -325,6 +333,10 @@ class SQLiteStore(BaseStore):
                     _UPSERT_ITEM,
                     (item.kind, item.name, item.data, item.revision, item.created_revision, item.expires, item.labels),
                 )
+            if change.supersedes is not None:
+                old = change.supersedes
+                conn.execute(_REDACT_EVENT, (old.name, old.data, old.revision))
+            item = change.recorded
             conn.execute(
                 _INSERT_EVENT,
                 (
@@ -341,6 +353,13 @@ class SQLiteStore(BaseStore):
             last = item.revision
         if last is not None:
             conn.execute("UPDATE meta SET value = ? WHERE key = 'revision'", (last,))
+
+
+def _purge_wal_if_redacted(conn: sqlite3.Connection, changes: Sequence[Change]) -> None:
+    """After a committed write that removed a secret: copy the WAL into the database and empty it, so the
+    old page images (which still hold the secret) leave the disk. Writes without secrets skip this."""
+    if any(c.history is not None or c.supersedes is not None for c in changes):
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
 
 class _transaction:
@@ -375,8 +394,12 @@ def _open_sync(path: str) -> tuple[sqlite3.Connection, tuple[int, int, int]]:
         conn.execute("PRAGMA locking_mode = EXCLUSIVE")
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = FULL")
+        # Freed content is zeroed, so a redacted or deleted secret leaves no copy in free space.
+        conn.execute("PRAGMA secure_delete = ON")
         with _transaction(conn):
-            state = _check_schema(conn, path)
+            state, scrubbed = _check_schema(conn, path)
+        if scrubbed:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
     except sqlite3.Error as exc:
         conn.close()
         if "locked" in str(exc) or "busy" in str(exc):
@@ -414,8 +437,9 @@ def _prepare_file(path: str) -> None:
         raise BadParameter(f"cannot secure SQLite store {path!r}: {exc.strerror}") from None
 
 
-def _check_schema(conn: sqlite3.Connection, path: str) -> tuple[int, int, int]:
-    """Create the schema in an empty file or check an existing one; return (revision, floor, records)."""
+def _check_schema(conn: sqlite3.Connection, path: str) -> tuple[tuple[int, int, int], bool]:
+    """Create the schema in an empty file or check an existing one (scrubbing a schema 1 store's history);
+    return ((revision, floor, records), whether history was scrubbed)."""
     tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     if not tables:
         for statement in _SCHEMA:
@@ -439,5 +463,32 @@ def _check_schema(conn: sqlite3.Connection, path: str) -> tuple[int, int, int]:
         raise BadParameter(
             f"SQLite store {path!r} is damaged: schema version {version}, revision {revision}, floor {floor}"
         )
+    scrubbed = False
+    if version < 2:
+        _scrub_history(conn)
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION,))
+        scrubbed = True
     (records,) = conn.execute("SELECT COUNT(*) FROM items").fetchone()
-    return revision, floor, int(records)
+    return (revision, floor, int(records)), scrubbed
+
+
+def _scrub_history(conn: sqlite3.Connection) -> None:
+    """Schema 1 -> 2: redact every history row of a secret-holding kind that is not a current version."""
+    current = {
+        (kind, name): rev
+        for kind, name, rev in conn.execute("SELECT kind, name, revision FROM items")
+        if _secrets.has_secrets(kind)
+    }
+    kinds = json.dumps(sorted({*_secrets.SECRET_FIELDS, *_secrets.SECRET_NAMES}))
+    rows = conn.execute(
+        "SELECT type, kind, name, value, revision, created_revision, expires, labels FROM events"
+        " WHERE kind IN (SELECT value FROM json_each(?))",
+        (kinds,),
+    )
+    for row in rows.fetchall():
+        item = Item(*row[1:])
+        if row[0] == "PUT" and current.get((item.kind, item.name)) == item.revision:
+            continue  # the live version keeps its secret, as the items table does
+        redacted = _secrets.redact(item)
+        if redacted is not None:
+            conn.execute(_REDACT_EVENT, (redacted.name, redacted.data, redacted.revision))

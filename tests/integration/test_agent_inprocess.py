@@ -12,8 +12,11 @@ import trio
 import yaml
 
 from agent.config import AgentConfig, parse_config
+from agent.identity import HOST_ID_FILE, obtain_identity
 from agent.service import Agent
-from registry.client import RegistryClient
+from registry.client import RegistryClient, join
+from registry.core.errors import AccessDenied
+from registry.core.identity import generate_private_key, make_csr
 from registry.server.serve import RegistryInfo
 from tests.fakes.kube_api import FakeKube
 from tests.helpers import cluster_doc, kpctl
@@ -177,3 +180,32 @@ async def test_failing_label_commands_report_their_error(
     async with await admin(registry) as client:
         servers, _ = await client.list("kube_server")
     assert expect in servers[0]["spec"]["cluster"]["spec"]["dynamic_labels"]["x"]["result"]
+
+
+async def test_host_ids_come_from_the_registry_and_cannot_be_taken_over(registry: RegistryInfo, tmp_path: Path) -> None:
+    """Issue 7 section 6: the agent stores the id the registry assigned; a second joiner that copied the
+    first agent's host_uuid file (and holds a valid token) gets a new id instead of the first agent's."""
+    first_dir, second_dir = tmp_path / "first", tmp_path / "second"
+    token = await new_token(registry)
+    everything = [{"labels": {"*": "*"}}]
+    first_identity = await obtain_identity(agent_config(registry, token, first_dir, everything))
+    first = first_identity.identity()
+    assert first.host_id is not None
+    assert (first_dir / HOST_ID_FILE).read_text().strip() == first.host_id
+
+    second_dir.mkdir(mode=0o700)
+    (second_dir / HOST_ID_FILE).write_text(first.host_id + "\n")  # a copied (or guessed) host id
+    second = (await obtain_identity(agent_config(registry, token, second_dir, everything))).identity()
+    assert second.host_id not in (None, first.host_id)
+    assert (second_dir / HOST_ID_FILE).read_text().strip() == second.host_id
+
+    # Asking for the first agent's id outright is refused, with a reason.
+    with pytest.raises(AccessDenied, match="already joined"):
+        await join(
+            registry.address,
+            token=token,
+            nodename="intruder",
+            csr_pem=make_csr(generate_private_key(), "intruder"),
+            ca_pems=first_identity.ca_pems,
+            host_id=first.host_id,
+        )

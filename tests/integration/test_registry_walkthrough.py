@@ -7,10 +7,14 @@ import base64
 import json
 import re
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import yaml
 
+from registry.client import RegistryClient
+from registry.core.identity import generate_private_key, identity_from_cert, make_csr
+from registry.core.identity_file import IdentityFile
 from registry.server.serve import RegistryInfo
 from tests.helpers import kpctl, kubeconfig_bytes, seed_kube_cluster_yaml
 
@@ -99,7 +103,8 @@ async def test_tokens_add_ls_rm(registry: RegistryInfo) -> None:
     assert "kubeport configure" in r.out and registry.ca_pin in r.out
 
     r = await kpctl("tokens", "rm", token)
-    assert (r.code, r.out) == (0, f"Token {token} has been deleted\n")
+    assert r.code == 0 and "has been deleted" in r.out
+    assert token not in r.out and token[8:] not in r.out  # the value is a secret: rm never echoes it
     r = await kpctl("tokens", "rm", token)
     assert r.code == 1
 
@@ -170,3 +175,33 @@ async def test_create_warns_about_risky_but_valid_kubeconfigs(registry: Registry
     assert any("insecure-skip-tls-verify" in w for w in warnings), r.err
     assert any("expires at" in w for w in warnings), r.err
     assert all(w.startswith('warning: kubernetes cluster "risky": ') for w in warnings)
+
+
+async def test_a_user_certificate_follows_its_user_over_the_api(registry: RegistryInfo, tmp_path: Path) -> None:
+    """Issue 7 section 4, end to end: max_session_ttl caps signing, renewal never extends, and deleting
+    the user refuses its certificate on the next request with a 401 and one clear line."""
+    role = tmp_path / "viewer.yaml"
+    role.write_text(
+        "kind: role\nversion: v7\nmetadata:\n  name: viewer\nspec:\n  options:\n    max_session_ttl: 2h\n"
+        "  allow:\n    rules:\n    - resources: [kube_cluster]\n      verbs: [list, read]\n"
+    )
+    user = tmp_path / "carol.yaml"
+    user.write_text("kind: user\nversion: v2\nmetadata:\n  name: carol\nspec:\n  roles: [viewer]\n")
+    assert (await kpctl("create", str(role))).code == 0
+    assert (await kpctl("create", str(user))).code == 0
+    carol = tmp_path / "carol.identity"
+    r = await kpctl("auth", "sign", "--user", "carol", "--out", str(carol), "--ttl", "24h")
+    assert r.code == 0 and "valid until" in r.out
+    identity = IdentityFile.parse(carol.read_bytes(), source=str(carol))
+    expires = identity.identity().expires
+    assert expires is not None and expires <= datetime.now(tz=UTC) + timedelta(hours=2)
+
+    async with RegistryClient.from_identity(identity) as client:
+        renewed = await client.renew(make_csr(generate_private_key(), "carol"))
+    assert identity_from_cert(renewed["cert_pem"].encode()).expires == expires
+
+    assert (await kpctl("get", "kube_clusters", "--identity", str(carol))).code == 0
+    assert (await kpctl("rm", "user/carol")).code == 0
+    r = await kpctl("get", "kube_clusters", "--identity", str(carol))
+    assert r.code == 1 and r.err.startswith("ERROR: ") and len(r.err.strip().splitlines()) == 1
+    assert 'user "carol" no longer exists' in r.err

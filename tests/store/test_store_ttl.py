@@ -49,15 +49,15 @@ async def test_expire_removes_expired_records_with_delete_events(store: BaseStor
     await store.create(K, "late", {"v": "late"}, expires=START + 20)
     await store.create(K, "early", {"v": "early"}, expires=START + 10)
     await store.create(K, "forever", {"v": "forever"})
-    await store.create("token", "t", {}, expires=START + 5)
-    async with store.watch([K, "token"]) as events:
+    await store.create("user", "t", {}, expires=START + 5)
+    async with store.watch([K, "user"]) as events:
         assert await store.expire() == 0
         clock.advance(30)
         assert await store.expire() == 3
         got = await take(events, 3)
     # Oldest expiry first, each with its own revision; the record is the last version.
     assert [(e.type, e.record.kind, e.record.name) for e in got] == [
-        ("DELETE", "token", "t"),
+        ("DELETE", "user", "t"),
         ("DELETE", K, "early"),
         ("DELETE", K, "late"),
     ]
