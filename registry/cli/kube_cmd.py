@@ -4,7 +4,9 @@ serve a cluster).
 ``kube ls`` lists kube_server heartbeats de-duplicated by cluster name, as tsh does: a kube_cluster that no
 agent serves is not shown; one served by two agents is shown once. ``explain`` is new: for one kube_cluster
 it names the agents that serve it and, for every other live agent, the first selector item and label that
-failed (or the registration error the agent reported).
+failed (or the registration error the agent reported), and under each agent the dynamic labels of the
+cluster that fail there (``label_errors`` of its kube_agent record), e.g. a command the agent's
+``allowed_label_commands`` does not allow.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ def explain_cluster(
     if dynamic_keys:
         lines.append(f"  dynamic labels (computed on each agent): {', '.join(dynamic_keys)}")
     serving = {str(s["spec"]["host_id"]): s for s in servers if s["metadata"]["name"] == name}
+    by_host = {str(a["host_id"]): a for a in agents}
     if not agents and not serving:
         lines.append("no agent has described itself to the registry yet (agents do within seconds of starting)")
         return "\n".join(lines) + "\n"
@@ -76,13 +79,29 @@ def explain_cluster(
         if health.get("reason") and status != "healthy":
             status = f"{status}: {health['reason']}"
         lines.append(f"  {server['spec'].get('hostname') or host_id} (host {host_id}): {status}")
+        lines.extend(_label_error_lines(name, by_host.get(host_id, {})))
     others = [a for a in agents if str(a["host_id"]) not in serving]
     if others:
         lines.append("not served by:")
     for agent in sorted(others, key=lambda a: str(a.get("nodename", ""))):
         who = f"  {agent.get('nodename') or agent['host_id']} (host {agent['host_id']}): "
         lines.append(who + _why_not(name, static, dynamic_keys, agent))
+        lines.extend(_label_error_lines(name, agent))
     return "\n".join(lines) + "\n"
+
+
+def _printable(text: str) -> str:
+    """An agent-reported text for one terminal line: control and other non-printable characters escaped."""
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+
+
+def _label_error_lines(name: str, agent: Mapping[str, Any]) -> list[str]:
+    errors = (agent.get("label_errors") or {}).get(name) or {}
+    if not isinstance(errors, Mapping):
+        return []
+    return [
+        f"    dynamic label {_printable(str(key))}: {_printable(str(value))}" for key, value in sorted(errors.items())
+    ]
 
 
 def _why_not(name: str, static: dict[str, str], dynamic_keys: list[str], agent: Mapping[str, Any]) -> str:
