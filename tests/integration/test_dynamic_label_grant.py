@@ -347,3 +347,13 @@ async def test_an_allowed_command_runs_the_seed_example(
     assert proof.exists()
     assert "command not allowed" in (await _result(registry, "mycluster", "nope") or "")
     assert not await trio.Path(f"{proof}.sh").exists()
+
+
+async def test_the_all_in_one_allows_no_label_program_unless_named(registry: RegistryInfo) -> None:
+    from registry.cli.kubeport_main import build_parser, local_agent_config
+
+    assert (await local_agent_config(registry)).kube.allowed_label_commands == ()
+    args = build_parser().parse_args(["start", "--allow-label-command", "python3", "--allow-label-command=/bin/sh"])
+    config = await local_agent_config(registry, args.allow_label_command)
+    assert config.kube.allowed_label_commands == ("python3", "/bin/sh")
+    assert build_parser().parse_args(["start"]).allow_label_command is None
