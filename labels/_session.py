@@ -43,7 +43,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 MARKER_ENV = "KUBEPORT_LABEL_RUN"
@@ -52,6 +52,8 @@ MARKER_ENV = "KUBEPORT_LABEL_RUN"
 MAX_ROUNDS = 20
 
 _PROC = "/proc"
+# Up to this many pids allocated since a run started are probed one by one instead of listing /proc.
+_PROBE_WINDOW = 512
 
 
 @dataclass(frozen=True)
@@ -88,14 +90,21 @@ def parse_stat(raw: bytes) -> ProcStat | None:
         return None
 
 
-def members(snapshot: Mapping[int, ProcStat], leader: int, marked: Callable[[int], bool]) -> set[int]:
+def members(
+    snapshot: Mapping[int, ProcStat],
+    leader: int,
+    marked: Callable[[int], bool],
+    others: Collection[int] = (),
+) -> set[int]:
     """The pids in ``snapshot`` that belong to the run led by ``leader`` (pure apart from ``marked``).
 
     Closure over "same session or group as a member, or child of a member"; processes still outside are
     asked ``marked(pid)`` (the environment check) once, and the closure is taken again with those that are.
+    ``others``: leaders of other runs still going; a process in one of their sessions descends from that
+    leader (a session is only ever inherited or newly created), so it is never asked.
     """
     found = {leader}
-    asked: set[int] = set()
+    asked: set[int] = {pid for pid, stat in snapshot.items() if stat.session in others}
     while True:
         grew = True
         while grew:
@@ -144,8 +153,12 @@ def _scan(pids: Iterable[int]) -> dict[int, ProcStat]:
     return snapshot
 
 
-def _candidate_pids(since: int | None) -> list[int]:
+def _candidate_pids(since: int | None, skip: Collection[int] = ()) -> list[int]:
+    """Pids to look at: those allocated after ``since`` (probed directly while that window is small, which
+    beats listing /proc on a busy host), else every process in /proc."""
     now = last_pid() if since is not None else None
+    if since is not None and now is not None and 0 <= now - since <= _PROBE_WINDOW:
+        return [pid for pid in range(since + 1, now + 1) if pid not in skip]
     pids: list[int] = []
     try:
         names = os.listdir(_PROC)
@@ -154,7 +167,7 @@ def _candidate_pids(since: int | None) -> list[int]:
     for name in names:
         if name.isdigit():
             pid = int(name)
-            if since is None or now is None or _in_window(pid, since, now):
+            if pid not in skip and (since is None or now is None or _in_window(pid, since, now)):
                 pids.append(pid)
     return pids
 
@@ -190,21 +203,26 @@ def _signal(pid: int, starttime: int, sig: signal.Signals) -> bool:
         os.close(fd)
 
 
-def hunt(leader: int, marker: str, *, since: int | None) -> int:
+def hunt(leader: int, marker: str, *, since: int | None, others: Collection[int] = ()) -> int:
     """Stop, then kill, every process of the run led by ``leader`` except the leader itself.
 
     ``since``: the last pid allocated before the leader was started, to scan only younger processes (the
-    cheap scan after a normal exit); None scans every process. Returns how many processes were killed.
-    Never signals this process, pid 1, or the leader (the caller's child, which the caller kills).
+    cheap scan after a normal exit); None scans every process. ``others``: the unreaped leaders of the
+    caller's other runs (their pids cannot be reused meanwhile): neither they nor their sessions are
+    looked into, which keeps the scan cheap while many labels run at once. Returns how many processes
+    were killed. Never signals this process, pid 1, or the leader (the caller's child, which the caller
+    kills).
     """
     needle = f"\0{MARKER_ENV}={marker}\0".encode()
     me = os.getpid()
+    skip = {me, 1, *others} - {leader}
+    # Sessions that cannot hold the run's processes: the other runs', and this process's own (its threads
+    # and other children live there; the run's processes are all in sessions the leader's line created).
+    others = (set(others) | {os.getsid(0)}) - {leader}
     stopped: dict[int, int] = {}
     for _ in range(MAX_ROUNDS):
-        snapshot = _scan(_candidate_pids(since))
-        snapshot.pop(me, None)
-        snapshot.pop(1, None)
-        found = members(snapshot, leader, lambda pid: _has_marker(pid, needle))
+        snapshot = _scan(_candidate_pids(since, skip))
+        found = members(snapshot, leader, lambda pid: _has_marker(pid, needle), others)
         new = [
             pid
             for pid in found

@@ -68,6 +68,8 @@ STDERR_KEEP = 4096
 _READ_CHUNK = 65536
 # How long stderr may still deliver after every process of the run is dead (only an escaped holder waits).
 _STDERR_GRACE = 1.0
+# Unreaped label commands of this process (session leaders); a hunt for one run skips the others' sessions.
+_LIVE_LEADERS: set[int] = set()
 _KEEP_CONTROLS = frozenset("\t\n")
 
 
@@ -155,11 +157,16 @@ async def _clean_up(
     if not exited:
         _signal_child(process.pid, signal.SIGSTOP)  # it cannot fork while we look for its descendants
     try:
-        await trio.to_thread.run_sync(lambda: _session.hunt(process.pid, marker, since=None if full else since))
+        others = frozenset(_LIVE_LEADERS)
+        if full:  # every process on the host: off the event loop
+            await trio.to_thread.run_sync(lambda: _session.hunt(process.pid, marker, since=None, others=others))
+        else:  # a handful of young processes: cheaper than a thread hop
+            _session.hunt(process.pid, marker, since=since, others=others)
     finally:
         if process.returncode is None:
             _signal_child(process.pid, signal.SIGKILL)
             await process.wait()
+        _LIVE_LEADERS.discard(process.pid)
         if pidfd is not None:
             os.close(pidfd)
 
@@ -202,6 +209,7 @@ async def run_command(
 
     assert process.stdout is not None
     assert process.stderr is not None
+    _LIVE_LEADERS.add(process.pid)
     pidfd = _open_pidfd(process.pid)
     output = bytearray()
     stderr = bytearray()

@@ -210,6 +210,10 @@ def test_members_follow_sessions_groups_children_and_the_marker() -> None:
     }
     assert members(snapshot, 100, lambda pid: pid == 104) == {100, 101, 102, 103, 104, 105}
     assert members(snapshot, 100, lambda pid: False) == {100, 101, 102, 103}
+    # Another run's session (200 is its leader) is never asked about: it cannot hold this run's processes.
+    asked: list[int] = []
+    members(snapshot, 100, lambda pid: asked.append(pid) or False, others={200})
+    assert sorted(asked) == [104, 105]
 
 
 # ------------------------------------------------------------------------------------------ concurrency
