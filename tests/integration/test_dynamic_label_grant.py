@@ -357,3 +357,52 @@ async def test_the_all_in_one_allows_no_label_program_unless_named(registry: Reg
     config = await local_agent_config(registry, args.allow_label_command)
     assert config.kube.allowed_label_commands == ("python3", "/bin/sh")
     assert build_parser().parse_args(["start"]).allow_label_command is None
+
+
+def test_explain_lists_failing_labels_under_each_agent_with_escapes() -> None:
+    from registry.cli.kube_cmd import explain_cluster
+
+    cluster = {"metadata": {"name": "c1", "labels": {}}, "spec": {"dynamic_labels": {"region": {}}}}
+    refusal = 'command not allowed on this agent: "python3" (kubernetes_service.allowed_label_commands) output: '
+    agents = [
+        {
+            "host_id": "h1",
+            "nodename": "a1",
+            "resources": [{"labels": {"region": "us-*"}}],
+            "label_errors": {"c1": {"region": refusal}},
+        },
+        {
+            "host_id": "h2",
+            "nodename": "a2",
+            "resources": [{"labels": {"*": "*"}}],
+            "label_errors": {"c1": {"region": "exit status 1 output:  stderr: \x1b[2Jforged\nline"}},
+        },
+    ]
+    servers = [
+        {"metadata": {"name": "c1"}, "spec": {"host_id": "h2", "hostname": "a2:3027", "health": {"status": "healthy"}}}
+    ]
+    text = explain_cluster(cluster, servers, agents)
+    assert f"    dynamic label region: {refusal}" in text
+    assert "\x1b" not in text and "\\x1b[2Jforged\\nline" in text
+    assert len(text.splitlines()) == 9  # no line was forged
+
+
+@pytest.mark.parametrize(
+    "label_errors",
+    [[], {"c1": "oops"}, {"c1": {"k": 5}}, {"c1": {"k": ["v"]}}, {"c1": None}, "x"],
+)
+def test_agent_records_with_malformed_label_errors_are_refused(label_errors: Any) -> None:
+    from registry.server.service import validate_agent_record
+
+    with pytest.raises(BadParameter, match="label_errors"):
+        validate_agent_record("h1", {"host_id": "h1", "label_errors": label_errors})
+
+
+def test_agent_records_bound_label_errors() -> None:
+    from registry.server.service import validate_agent_record
+
+    huge = {f"c{i}": {f"k{j}": "e" * 5000 for j in range(100)} for i in range(1200)}
+    record = validate_agent_record("h1", {"host_id": "h1", "label_errors": huge})
+    assert len(record["label_errors"]) == 1000
+    assert all(len(errors) == 64 for errors in record["label_errors"].values())
+    assert all(len(v) == 1000 for errors in record["label_errors"].values() for v in errors.values())
