@@ -33,9 +33,10 @@ import trio
 
 from agent.health import HealthMonitor, HealthResult
 from agent.kubeapi import KubeAPI
+from agent.label_commands import LabelCommandPolicy
 from agent.reconcile import Candidate, Register, Unregister, Update, plan
 from labels import combine, could_match, matches_any
-from labels.runner import CommandSpec, DynamicLabels
+from labels.runner import LABEL_CONCURRENCY, CommandSpec, DynamicLabels
 from registry import __version__
 from registry.core import codec
 from registry.core.errors import KubeportError
@@ -54,17 +55,26 @@ def fingerprint(cluster: KubeCluster) -> str:
     return hashlib.sha256(json.dumps(wire, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def command_specs(dynamic: Mapping[str, CommandLabel], *, timeout: float) -> tuple[CommandSpec, ...]:
-    return tuple(
-        CommandSpec(
-            key=key,
-            command=tuple(label.command),
-            period=label.period_seconds(),
-            schedule=label.schedule,
-            timeout=timeout,
+def command_specs(
+    dynamic: Mapping[str, CommandLabel], *, timeout: float, policy: LabelCommandPolicy
+) -> tuple[CommandSpec, ...]:
+    """Runner specs for a kube_cluster's dynamic labels. A command the agent's allow-list does not allow
+    becomes a spec with a ``refusal``: it never runs, and its value says why."""
+    specs = []
+    for key, label in sorted(dynamic.items()):
+        decision = policy.check(label.command[0]) if label.command else None
+        specs.append(
+            CommandSpec(
+                key=key,
+                command=tuple(label.command),
+                period=label.period_seconds(),
+                schedule=label.schedule,
+                timeout=timeout,
+                executable=decision.executable if decision else None,
+                refusal=decision.refusal if decision else None,
+            )
         )
-        for key, label in sorted(dynamic.items())
-    )
+    return tuple(specs)
 
 
 @dataclass
@@ -108,7 +118,11 @@ class Supervisor:
         health_interval: float = 60.0,
         label_timeout: float = 30.0,
         now: Callable[[], datetime] = lambda: datetime.now(tz=UTC),
+        label_policy: LabelCommandPolicy | None = None,
+        label_limiter: trio.CapacityLimiter | None = None,
     ) -> None:
+        """``label_policy``: the programs kube_cluster dynamic labels may run (None: none at all).
+        ``label_limiter``: shared by every label runner of the agent (None: one of LABEL_CONCURRENCY)."""
         self._nursery = nursery
         self.resources = tuple(resources)
         self.service = service
@@ -126,6 +140,8 @@ class Supervisor:
         self.changed = trio.Event()  # set after every reconcile pass (tests, benchmarks, kube explain)
         self._pending: set[str] | None = set()
         self._health_slots = trio.CapacityLimiter(HEALTH_CONCURRENCY)
+        self.label_policy = label_policy if label_policy is not None else LabelCommandPolicy((), ())
+        self.label_limiter = label_limiter if label_limiter is not None else trio.CapacityLimiter(LABEL_CONCURRENCY)
 
     # -- inputs --------------------------------------------------------------------------------------
 
@@ -152,7 +168,8 @@ class Supervisor:
                 del self._runners[name]
         for name, specs in wanted.items():
             if name not in self._runners:
-                runner = _LabelRunner(specs=specs, labels=DynamicLabels(specs, on_change=self._labels_changed(name)))
+                labels = DynamicLabels(specs, on_change=self._labels_changed(name), limiter=self.label_limiter)
+                runner = _LabelRunner(specs=specs, labels=labels)
                 self._runners[name] = runner
                 self._nursery.start_soon(self._run_labels, name, runner)
 
@@ -173,6 +190,19 @@ class Supervisor:
     def results_of(self, name: str) -> dict[str, str]:
         runner = self._runners.get(name)
         return runner.labels.results() if runner is not None else {}
+
+    def label_errors(self, limit: int = 1000) -> dict[str, dict[str, str]]:
+        """Cluster -> label key -> current error value, for every dynamic label failing now (refused ones
+        included), at most ``limit`` clusters: what ``kpctl kube explain`` shows next to this agent."""
+        errors: dict[str, dict[str, str]] = {}
+        for name in sorted(self._runners):
+            states = self._runners[name].labels.states()
+            failing = {key: state.value for key, state in sorted(states.items()) if not state.ok}
+            if failing:
+                errors[name] = failing
+                if len(errors) >= limit:
+                    break
+        return errors
 
     # -- reconcile -----------------------------------------------------------------------------------
 
@@ -216,7 +246,9 @@ class Supervisor:
             labels = static_labels
             if cluster.dynamic_labels and could_match(self.resources, static_labels, cluster.dynamic_labels.keys()):
                 try:
-                    wanted_runners[name] = command_specs(cluster.dynamic_labels, timeout=self.label_timeout)
+                    wanted_runners[name] = command_specs(
+                        cluster.dynamic_labels, timeout=self.label_timeout, policy=self.label_policy
+                    )
                 except ValueError as err:
                     self.failed[name] = f"dynamic labels: {err}"
                     label_errors.add(name)

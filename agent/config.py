@@ -20,6 +20,9 @@ Invariants:
   would silently win otherwise).
 * Relative paths (``data_dir``, ``token_file``, ``kubeconfig_file``) are kept as written; they resolve
   against the agent's working directory.
+* ``kubernetes_service.allowed_label_commands`` (the programs kube_cluster dynamic labels may run here;
+  default none) is checked for shape here (bare names or normalised absolute paths) and resolved against
+  PATH when the agent starts (:mod:`agent.label_commands`), not here.
 
 Only :func:`load_config` touches the filesystem (it reads the one path it is given); the rest is pure
 apart from the default node name, which comes from ``socket.gethostname()``.
@@ -38,6 +41,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, NoReturn
 
+from agent.label_commands import is_bare_name, is_normal_absolute
 from labels import LabelError, parse_go_duration, validate_label_key, validate_labels, validate_selector_items
 from labels.schedule import validate_cron
 from registry.core import validation
@@ -73,7 +77,18 @@ _KUBEPORT_KEYS = (
     "heartbeat_ttl",
     "log_level",
 )
-_KUBE_KEYS = ("enabled", "listen_addr", "public_addr", "kubeconfig_file", "labels", "commands", "resources")
+_KUBE_KEYS = (
+    "enabled",
+    "listen_addr",
+    "public_addr",
+    "kubeconfig_file",
+    "labels",
+    "commands",
+    "resources",
+    "allowed_label_commands",
+)
+MAX_ALLOWED_LABEL_COMMANDS = 256
+MAX_PROGRAM_LENGTH = 4096
 _COMMAND_KEYS = ("name", "command", "period", "schedule")
 
 # Sections a Teleport config has and kubeport does not; each gets a message saying what to do instead.
@@ -122,7 +137,9 @@ class KubeServiceConfig:
     """The ``kubernetes_service`` section. ``enabled`` is always True in a validated config (kept for shape).
 
     ``resources`` holds normalised selector items (``{"labels": {key: str | list[str]}}``) ready for
-    :func:`labels.matches_any`.
+    :func:`labels.matches_any`. ``allowed_label_commands`` lists, as written (bare names or normalised
+    absolute paths, no duplicates), the programs kube_cluster dynamic labels may run on this host; they are
+    resolved against PATH when the agent starts (:mod:`agent.label_commands`). Empty: none.
     """
 
     enabled: bool
@@ -132,6 +149,7 @@ class KubeServiceConfig:
     labels: Mapping[str, str]
     commands: tuple[CommandConfig, ...]
     resources: tuple[Mapping[str, Any], ...]
+    allowed_label_commands: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -404,6 +422,34 @@ def _parse_commands(ctx: _Ctx, value: object, path: str) -> tuple[CommandConfig,
     return tuple(commands)
 
 
+def _parse_allowed_commands(ctx: _Ctx, value: object, path: str) -> tuple[str, ...]:
+    """Bare program names (looked up on PATH at agent start) or normalised absolute paths; nothing else."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        ctx.fail(f"{path} must be a list of programs, e.g. [python3, /usr/bin/uname]; got {_show(value)}")
+    if len(value) > MAX_ALLOWED_LABEL_COMMANDS:
+        ctx.fail(f"{path} lists {len(value)} programs; at most {MAX_ALLOWED_LABEL_COMMANDS} are allowed")
+    programs: list[str] = []
+    for index, item in enumerate(value):
+        where = f"{path}[{index}]"
+        program = ctx.string(item, where)
+        if len(program) > MAX_PROGRAM_LENGTH or any(not ch.isprintable() for ch in program):
+            ctx.fail(f"{where}: {_show(program)} is too long or contains control characters")
+        if program != program.strip():
+            ctx.fail(f"{where}: {_show(program)} has surrounding spaces")
+        if any(ch in program for ch in "*?"):
+            ctx.fail(f"{where}: {_show(program)}: wildcards are not supported; list each program")
+        if not (is_bare_name(program) or is_normal_absolute(program)):
+            ctx.fail(
+                f"{where}: {_show(program)} must be a bare name looked up on PATH (python3) or an absolute "
+                "path without . or .. parts (/usr/bin/uname); a relative path depends on the working directory"
+            )
+        if program not in programs:
+            programs.append(program)
+    return tuple(programs)
+
+
 def _parse_kube(ctx: _Ctx, value: object, nodename: str) -> KubeServiceConfig:
     path = "kubernetes_service"
     section = ctx.mapping(value, path)
@@ -460,6 +506,7 @@ def _parse_kube(ctx: _Ctx, value: object, nodename: str) -> KubeServiceConfig:
     for key in labels:
         _check_not_reserved(ctx, key, f"{path}.labels")
     commands = _parse_commands(ctx, section.get("commands"), f"{path}.commands")
+    allowed = _parse_allowed_commands(ctx, section.get("allowed_label_commands"), f"{path}.allowed_label_commands")
 
     if kubeconfig_file is None and not resources:
         ctx.fail(f"{path} has neither static clusters (kubeconfig_file) nor resources selectors: nothing to serve")
@@ -471,6 +518,7 @@ def _parse_kube(ctx: _Ctx, value: object, nodename: str) -> KubeServiceConfig:
         labels=MappingProxyType(labels),
         commands=commands,
         resources=tuple(MappingProxyType({"labels": MappingProxyType(item["labels"])}) for item in resources),
+        allowed_label_commands=allowed,
     )
 
 

@@ -42,6 +42,12 @@ _HEADER = """\
 #   labels, commands   labels added to every cluster this agent serves (commands: name, command, period).
 #   resources          which registered kube_clusters to serve: any item may match; within an item every
 #                      label must match. {"*": "*"} serves them all.
+#   allowed_label_commands
+#                      the programs a kube_cluster's dynamic labels (written in the registry, not here)
+#                      may run on this host, e.g. [python3, /usr/bin/uname]. Default: none, so such a label
+#                      shows "command not allowed on this agent" and runs nothing. Bare names are looked
+#                      up on PATH when the agent starts. Allowing an interpreter (python3, sh) lets anyone
+#                      granted kube_cluster_dynamic_labels in the registry run any code with it here.
 """
 
 
@@ -53,6 +59,7 @@ def render_config(
     ca_pins: Sequence[str],
     data_dir: str,
     resources_all: bool = True,
+    allowed_label_commands: Sequence[str] = (),
 ) -> str:
     """The annotated YAML that ``kubeport configure`` writes.
 
@@ -60,6 +67,7 @@ def render_config(
     and the result is checked with :func:`parse_config` before it is returned, so a bad argument fails here
     and not at the agent's first start. Without it, the selector is left as a commented example: the
     administrator must choose labels (or a kubeconfig_file) before the agent will start.
+    ``allowed_label_commands`` is written as given; without any, a commented example is written instead.
     """
     lines = [_HEADER, "version: v1", "kubeport:", f"  registry: {_yaml_str(registry)}"]
     if token is not None:
@@ -78,6 +86,14 @@ def render_config(
             "  # resources:",
             "  # - labels:",
             '  #     env: "prod"',
+        ]
+    if allowed_label_commands:
+        lines.append("  allowed_label_commands:")
+        lines.extend(f"  - {_yaml_str(program)}" for program in allowed_label_commands)
+    else:
+        lines += [
+            "  # Programs kube_cluster dynamic labels may run here (default: none), e.g.:",
+            "  # allowed_label_commands: [python3, /usr/bin/uname]",
         ]
     text = "\n".join(lines) + "\n"
     if resources_all:

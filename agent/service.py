@@ -11,6 +11,10 @@
 Invariants: static clusters (kubeconfig_file) are loaded and validated once at start; an agent with
 neither static clusters nor selectors never gets here (config validation refuses it); nothing the
 registry or a cluster does can crash the tree — errors are logged, retried, and reported in heartbeats.
+Label commands: ``allowed_label_commands`` is resolved against PATH when the Agent is built (an entry that
+does not resolve is a BadParameter, so ``kubeport agent start`` refuses to start); the service's own
+``commands`` are resolved against PATH (or, for ``./x``, the working directory) at start too, and logged;
+every label process of the agent (service and cluster labels) shares one limiter of LABEL_CONCURRENCY.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import base64
 import contextlib
 import gc
 import logging
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -33,10 +38,11 @@ from agent.clusters import ServiceInfo, Supervisor
 from agent.config import AgentConfig
 from agent.heartbeat import Announcer
 from agent.identity import IDENTITY_FILE, ClientHolder, obtain_identity
+from agent.label_commands import LabelCommandPolicy, resolve_service_command
 from agent.reconcile import RETRY_INTERVAL
 from agent.static_clusters import static_clusters
 from agent.watcher import ClusterWatcher
-from labels.runner import CommandSpec, DynamicLabels
+from labels.runner import LABEL_CONCURRENCY, CommandSpec, DynamicLabels
 from registry import __version__
 from registry.core.errors import BadParameter, KubeportError
 from registry.core.resources import ORIGIN_LABEL, CommandLabel, KubeCluster, Metadata
@@ -116,6 +122,10 @@ class Agent:
         self.freeze_gc = freeze_gc
         self.health_interval = health_interval
         self.label_timeout = label_timeout
+        # Resolved now, against the PATH the agent starts with (never the working directory).
+        self.label_policy = LabelCommandPolicy.from_entries(
+            config.kube.allowed_label_commands, path_env=os.environ.get("PATH", os.defpath)
+        )
         self.supervisor: Supervisor | None = None
         self.watcher: ClusterWatcher | None = None
         self.announcer: Announcer | None = None
@@ -146,14 +156,22 @@ class Agent:
         service_commands = {
             c.name: CommandLabel(command=c.command, period=_go(c.period), schedule=c.schedule) for c in kube.commands
         }
+        label_slots = trio.CapacityLimiter(LABEL_CONCURRENCY)
+        path_env, cwd = os.environ.get("PATH", os.defpath), os.getcwd()
         service_labels = DynamicLabels(
             [
                 CommandSpec(
-                    key=c.name, command=c.command, period=c.period, schedule=c.schedule, timeout=self.label_timeout
+                    key=c.name,
+                    command=c.command,
+                    period=c.period,
+                    schedule=c.schedule,
+                    timeout=self.label_timeout,
+                    executable=resolve_service_command(c.name, c.command[0], path_env, cwd),
                 )
                 for c in kube.commands
             ],
             on_change=lambda: self.announcer.touch() if self.announcer else None,
+            limiter=label_slots,
         )
         try:
             async with trio.open_nursery() as nursery:
@@ -176,6 +194,8 @@ class Agent:
                     wake=self.wake,
                     health_interval=self.health_interval,
                     label_timeout=self.label_timeout,
+                    label_policy=self.label_policy,
+                    label_limiter=label_slots,
                 )
                 self.watcher = ClusterWatcher(lambda: holder.client, on_change=self.wake)
                 if kube.resources:
@@ -207,6 +227,7 @@ class Agent:
             "labels": dict(kube.labels),
             "static_clusters": [c.name for c in static],
             "failed": dict(self.supervisor.failed) if self.supervisor else {},
+            "label_errors": self.supervisor.label_errors() if self.supervisor else {},
             "expires_in": self.config.heartbeat_ttl,
         }
 

@@ -2,14 +2,19 @@
 
 The one async (trio) part of ``labels``; ``labels/__init__`` does not import it.
 
-Running one command (:func:`run_command`), as Teleport does: argv[0] is looked up on ``PATH``, the
-environment and working directory are inherited, stdin is ``/dev/null``, stderr is discarded, stdout is
-the value. Deliberate differences, all about safety:
+Running one command (:func:`run_command`), as Teleport does: argv[0] is looked up on ``PATH`` (unless the
+caller resolved it already and passes ``executable``), the environment and working directory are
+inherited, stdin is ``/dev/null``, stdout is the value. Deliberate differences, all about safety:
 
 * a timeout (Teleport has none, so one hung command froze its label forever);
 * stdout is read incrementally and at most ``output_cap`` bytes are kept; more is a failure;
-* the command runs in its own session / process group, and on timeout, overflow or cancellation the
-  whole group is killed with SIGKILL and the child reaped before returning, so nothing is left behind;
+* the command runs in its own session; when it ends (normally, or on timeout, overflow or cancellation)
+  every process it left behind is found and killed (:mod:`labels._session`: its session and group, its
+  descendants, and processes carrying the run's environment marker, which a ``setsid`` grandchild keeps),
+  then the child is reaped, so nothing outlives the run (the limits of that hunt are stated there);
+* at most ``limiter``'s tokens commands run at once per runner factory (the agent shares one
+  :class:`trio.CapacityLimiter` of :data:`LABEL_CONCURRENCY`); the rest queue, and a command's timeout
+  starts when it gets its slot;
 * output is decoded as UTF-8 with replacement characters, ``\\r\\n`` becomes ``\\n``, surrounding
   whitespace is stripped (also on failure, where Teleport keeps it), and every other unsafe character
   (``labels.keys.is_unsafe_char``: NUL, ESC, C1 controls, U+2028, bidirectional overrides such as U+202E)
@@ -18,7 +23,10 @@ the value. Deliberate differences, all about safety:
 * values are clipped to ``MAX_LABEL_VALUE_LENGTH`` characters, so every result is a valid label value.
 
 A failure is still a value, formatted ``"<error> output: <stdout>"`` as in Teleport, e.g.
-``exit status 1 output: `` or ``executable file not found: "foo" output: ``.
+``exit status 1 output: `` or ``executable file not found: "foo" output: ``; kubeport appends
+`` stderr: <first non-blank line of stderr>`` (cleaned like stdout, at most :data:`STDERR_LINE_CAP`
+characters) when the command wrote any, because that line is usually the reason (Teleport drops stderr).
+A :class:`CommandSpec` with a ``refusal`` never runs: its value is ``"<refusal> output: "``.
 
 Scheduling (:class:`DynamicLabels`): ``serve`` runs every label once, concurrently (Teleport runs them one
 after another), reports started, then loops each label on its own: with a period, at a fixed rate measured
@@ -34,6 +42,7 @@ import contextlib
 import logging
 import math
 import os
+import secrets
 import signal
 import subprocess
 from collections.abc import Callable, Sequence
@@ -42,6 +51,7 @@ from datetime import UTC, datetime
 
 import trio
 
+from labels import _session
 from labels._text import quote
 from labels.duration import MIN_PERIOD, format_go_duration
 from labels.keys import MAX_LABEL_VALUE_LENGTH, LabelError, is_unsafe_char, validate_label_key
@@ -49,7 +59,17 @@ from labels.schedule import next_cron_time, validate_cron
 
 log = logging.getLogger(__name__)
 
+# Label commands running at once per runner factory (the agent shares one limiter); the rest queue.
+LABEL_CONCURRENCY = 32
+# The first line of stderr shown in a failure value, and how much stderr is kept to find it.
+STDERR_LINE_CAP = 200
+STDERR_KEEP = 4096
+
 _READ_CHUNK = 65536
+# How long stderr may still deliver after every process of the run is dead (only an escaped holder waits).
+_STDERR_GRACE = 1.0
+# Unreaped label commands of this process (session leaders); a hunt for one run skips the others' sessions.
+_LIVE_LEADERS: set[int] = set()
 _KEEP_CONTROLS = frozenset("\t\n")
 
 
@@ -64,8 +84,23 @@ def _clean(raw: bytes) -> str:
     return "".join("\ufffd" if ch not in _KEEP_CONTROLS and is_unsafe_char(ch) else ch for ch in text)
 
 
-def _failure(error: str, output: bytes) -> tuple[bool, str]:
-    return False, f"{error} output: {_clean(output)}"[:MAX_LABEL_VALUE_LENGTH]
+def _failure(error: str, output: bytes, stderr: bytes = b"") -> tuple[bool, str]:
+    value = f"{error} output: {_clean(output)}"
+    line = _first_line(stderr)
+    if line:
+        # Appended after Teleport's shape; stdout gives way first so the reason survives the length cap.
+        suffix = f" stderr: {line}"
+        value = value[: max(0, MAX_LABEL_VALUE_LENGTH - len(suffix))] + suffix
+    return False, value[:MAX_LABEL_VALUE_LENGTH]
+
+
+def _first_line(stderr: bytes) -> str:
+    """The first non-blank line of ``stderr``, cleaned like stdout and shortened to STDERR_LINE_CAP."""
+    for raw_line in stderr.splitlines():
+        line = _clean(raw_line)
+        if line:
+            return line if len(line) <= STDERR_LINE_CAP else line[: STDERR_LINE_CAP - 3] + "..."
+    return ""
 
 
 def _exit_error(returncode: int) -> str:
@@ -78,18 +113,73 @@ def _exit_error(returncode: int) -> str:
     return f"exit status {returncode}"
 
 
-def _kill_group(pid: int) -> None:
-    # Only called while the child is not yet reaped, so ``pid`` is still ours and names its process group.
+def _signal_child(pid: int, sig: signal.Signals) -> None:
+    # Only called while the child is not yet reaped, so ``pid`` is still ours (and names its group).
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)
+        os.kill(pid, sig)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
 
 
-async def run_command(argv: Sequence[str], *, timeout: float, output_cap: int) -> tuple[bool, str]:
+def _open_pidfd(pid: int) -> int | None:
+    try:
+        return os.pidfd_open(pid)
+    except OSError:  # Linux < 5.3: the exit is then observed by reaping (see _wait_exited)
+        return None
+
+
+async def _wait_exited(process: trio.Process, pidfd: int | None) -> None:
+    """Wait until the child has exited *without reaping it* when a pidfd is available, so its pid (its
+    session id) stays reserved while :func:`labels._session.hunt` looks for what it left behind."""
+    if pidfd is None:
+        await process.wait()
+    else:
+        await trio.lowlevel.wait_readable(pidfd)
+
+
+async def _drain(stream: trio.abc.ReceiveStream, head: bytearray, done: trio.Event) -> None:
+    """Read ``stream`` to EOF, keeping only its first STDERR_KEEP bytes (a child writing more than a pipe
+    holds must not block on a reader that stopped)."""
+    try:
+        while chunk := await stream.receive_some(_READ_CHUNK):
+            if len(head) < STDERR_KEEP:
+                head += chunk[: STDERR_KEEP - len(head)]
+    except trio.ClosedResourceError:  # pragma: no cover - closed under us only during teardown
+        pass
+    finally:
+        done.set()
+
+
+async def _clean_up(
+    process: trio.Process, pidfd: int | None, marker: str, since: int | None, *, full: bool, exited: bool
+) -> None:
+    """Kill the child (unless it exited), everything it left behind, then reap it. Shielded by the caller."""
+    if not exited:
+        _signal_child(process.pid, signal.SIGSTOP)  # it cannot fork while we look for its descendants
+    try:
+        others = frozenset(_LIVE_LEADERS)
+        if full:  # every process on the host: off the event loop
+            await trio.to_thread.run_sync(lambda: _session.hunt(process.pid, marker, since=None, others=others))
+        else:  # a handful of young processes: cheaper than a thread hop
+            _session.hunt(process.pid, marker, since=since, others=others)
+    finally:
+        if process.returncode is None:
+            _signal_child(process.pid, signal.SIGKILL)
+            await process.wait()
+        _LIVE_LEADERS.discard(process.pid)
+        if pidfd is not None:
+            os.close(pidfd)
+
+
+async def run_command(
+    argv: Sequence[str], *, timeout: float, output_cap: int, executable: str | None = None
+) -> tuple[bool, str]:
     """Run ``argv`` (no shell) and return ``(ok, value)``; never raises for a failing command.
 
     ``ok`` is True only for exit status 0, with the cleaned stdout as value. ``timeout`` is in seconds;
-    ``output_cap`` (1 .. MAX_LABEL_VALUE_LENGTH bytes) bounds what is read. A bad ``timeout`` or
-    ``output_cap`` is a programming error and raises :class:`LabelError`.
+    ``output_cap`` (1 .. MAX_LABEL_VALUE_LENGTH bytes) bounds what is read. ``executable``: the program to
+    run instead of looking ``argv[0]`` up on PATH (argv[0] is still passed as given). A bad ``timeout``
+    or ``output_cap`` is a programming error and raises :class:`LabelError`.
     """
     if not (timeout > 0 and math.isfinite(timeout)):
         raise LabelError(f"timeout must be a positive number of seconds (got {timeout!r})")
@@ -98,13 +188,17 @@ async def run_command(argv: Sequence[str], *, timeout: float, output_cap: int) -
     if not argv:
         return _failure("command missing", b"")
     name = quote(str(argv[0]))
+    marker = secrets.token_hex(16)
+    since = _session.last_pid()
     try:
         process = await trio.lowlevel.open_process(
             list(argv),
+            executable=executable,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,  # its own process group, so a timeout can kill grandchildren too
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # its own session and group: the first thing the clean-up looks for
+            env={**os.environ, _session.MARKER_ENV: marker},  # inherited by setsid'ed grandchildren too
         )
     except FileNotFoundError:
         return _failure(f"executable file not found: {name}", b"")
@@ -114,34 +208,49 @@ async def run_command(argv: Sequence[str], *, timeout: float, output_cap: int) -
         return _failure(f"cannot run {name}: {err}", b"")
 
     assert process.stdout is not None
+    assert process.stderr is not None
+    _LIVE_LEADERS.add(process.pid)
+    pidfd = _open_pidfd(process.pid)
     output = bytearray()
+    stderr = bytearray()
+    stderr_done = trio.Event()
     error: str | None = None
-    reaped = False
+    exited = False
     try:
-        with trio.move_on_after(timeout) as deadline:
-            while len(output) <= output_cap:
-                # Ask for at most one byte more than the cap: enough to notice an overflow, never more.
-                chunk = await process.stdout.receive_some(min(_READ_CHUNK, output_cap + 1 - len(output)))
-                if not chunk:
-                    break
-                output += chunk
-            if len(output) > output_cap:
-                error = f"output exceeds {output_cap} bytes"
-            else:
-                returncode = await process.wait()
-                reaped = True
-                if returncode != 0:
-                    error = _exit_error(returncode)
-        if deadline.cancelled_caught:
-            error = f"timed out after {format_go_duration(timeout)}"
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_drain, process.stderr, stderr, stderr_done)
+            try:
+                with trio.move_on_after(timeout) as deadline:
+                    while len(output) <= output_cap:
+                        # Ask for at most one byte more than the cap: enough to notice an overflow, never more.
+                        chunk = await process.stdout.receive_some(min(_READ_CHUNK, output_cap + 1 - len(output)))
+                        if not chunk:
+                            break
+                        output += chunk
+                    if len(output) > output_cap:
+                        error = f"output exceeds {output_cap} bytes"
+                    else:
+                        await _wait_exited(process, pidfd)
+                        exited = True
+                if deadline.cancelled_caught:
+                    error = f"timed out after {format_go_duration(timeout)}"
+            finally:
+                with trio.CancelScope(shield=True):
+                    # After a clean exit only younger processes are scanned (cheap); otherwise all of them.
+                    await _clean_up(process, pidfd, marker, since, full=not exited, exited=exited)
+            # Everything that held stderr is dead now; whatever is still unread arrives at once.
+            with trio.move_on_after(_STDERR_GRACE):
+                await stderr_done.wait()
+            nursery.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True):
-            if not reaped:
-                _kill_group(process.pid)
-                await process.wait()
             await process.stdout.aclose()
+            await process.stderr.aclose()
+    if error is None and process.returncode != 0:
+        assert process.returncode is not None
+        error = _exit_error(process.returncode)
     if error is not None:
-        return _failure(error, bytes(output[:output_cap]))
+        return _failure(error, bytes(output[:output_cap]), bytes(stderr))
     return True, _clean(bytes(output))
 
 
@@ -154,7 +263,10 @@ class CommandSpec:
 
     Exactly one of ``period`` / ``schedule``. A period below ``MIN_PERIOD`` (1 s) is raised to it, as
     Teleport does; a negative or non-finite one is an error. ``command`` may be given as any sequence of
-    strings and is stored as a tuple. ``timeout`` in seconds; ``output_cap`` in bytes.
+    strings and is stored as a tuple. ``timeout`` in seconds; ``output_cap`` in bytes. ``executable``: the
+    program to run (an absolute path the caller resolved and checked) instead of a PATH lookup of
+    ``command[0]``. ``refusal``: the reason this command must never run (the agent's allow-list said no);
+    the label's value is then that reason, and nothing is started, ever.
     """
 
     key: str
@@ -163,6 +275,8 @@ class CommandSpec:
     schedule: str | None = None
     timeout: float = 30.0
     output_cap: int = MAX_LABEL_VALUE_LENGTH
+    executable: str | None = None
+    refusal: str | None = None
 
     def __post_init__(self) -> None:
         validate_label_key(self.key)
@@ -195,6 +309,12 @@ class CommandSpec:
             or not 1 <= self.output_cap <= MAX_LABEL_VALUE_LENGTH
         ):
             raise LabelError(f"{where}: output_cap must be between 1 and {MAX_LABEL_VALUE_LENGTH} bytes")
+        if self.executable is not None and not (
+            isinstance(self.executable, str) and os.path.isabs(self.executable) and "\0" not in self.executable
+        ):
+            raise LabelError(f"{where}: executable must be an absolute path")
+        if self.refusal is not None and not (isinstance(self.refusal, str) and self.refusal):
+            raise LabelError(f"{where}: refusal must be a non-empty reason")
 
 
 @dataclass(frozen=True)
@@ -244,7 +364,9 @@ class DynamicLabels:
     """Runs a set of :class:`CommandSpec` and keeps their latest values (see the module docstring).
 
     ``on_change`` is called synchronously, from the runner's task, each time a label's value differs from
-    its previous one, including its first value; it must not block or raise.
+    its previous one, including its first value; it must not block or raise. ``limiter`` bounds the
+    commands running at once; share one between runners to bound a whole agent (default: a limiter of
+    :data:`LABEL_CONCURRENCY` for this runner alone).
     """
 
     def __init__(
@@ -253,6 +375,7 @@ class DynamicLabels:
         *,
         on_change: Callable[[], None] | None = None,
         wall_clock: Callable[[], datetime] | None = None,
+        limiter: trio.CapacityLimiter | None = None,
     ) -> None:
         keys = [spec.key for spec in specs]
         duplicates = sorted({key for key in keys if keys.count(key) > 1})
@@ -261,6 +384,7 @@ class DynamicLabels:
         self._specs = tuple(specs)
         self._on_change = on_change
         self._wall_clock = wall_clock or _utc_now
+        self._limiter = limiter if limiter is not None else trio.CapacityLimiter(LABEL_CONCURRENCY)
         self._states: dict[str, LabelState] = {}
         self._counters = _Counters()
         self._serving = False
@@ -310,6 +434,8 @@ class DynamicLabels:
             task_status.started()
             async with trio.open_nursery() as nursery:
                 for spec in self._specs:
+                    if spec.refusal is not None:
+                        continue  # its value never changes: nothing to repeat
                     if spec.period is not None:
                         nursery.start_soon(self._period_loop, spec, spec.period, started_at)
                     else:
@@ -340,11 +466,17 @@ class DynamicLabels:
             fire = next_cron_time(schedule, max(self._wall_clock(), fire))
 
     async def _run_once(self, spec: CommandSpec) -> None:
-        self._counters.running.add(spec.key)
-        try:
-            ok, value = await run_command(spec.command, timeout=spec.timeout, output_cap=spec.output_cap)
-        finally:
-            self._counters.running.discard(spec.key)
+        if spec.refusal is not None:
+            self._record(spec.key, *_failure(spec.refusal, b""))
+            return
+        async with self._limiter:
+            self._counters.running.add(spec.key)
+            try:
+                ok, value = await run_command(
+                    spec.command, timeout=spec.timeout, output_cap=spec.output_cap, executable=spec.executable
+                )
+            finally:
+                self._counters.running.discard(spec.key)
         self._record(spec.key, ok, value)
 
     def _record(self, key: str, ok: bool, value: str) -> None:

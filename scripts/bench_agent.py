@@ -388,7 +388,12 @@ def agent_yaml(reg: Registry, token: str, data_dir: Path, name: str, resources: 
             "data_dir": str(data_dir),
             "nodename": name,
         },
-        "kubernetes_service": {"enabled": True, "listen_addr": "127.0.0.1:0", "resources": resources},
+        "kubernetes_service": {
+            "enabled": True,
+            "listen_addr": "127.0.0.1:0",
+            "resources": resources,
+            "allowed_label_commands": ["echo"],  # the benchmark's dynamic label runs `echo x`
+        },
     }
     return yaml.safe_dump(doc, sort_keys=False)
 

@@ -7,7 +7,9 @@ health (:func:`cluster_health`): ``healthy`` when any serving agent reports it h
 picks a healthy agent), else ``unhealthy`` with the first unhealthy agent's reason, else ``unknown`` (not
 checked yet). ``explain`` is new: for one kube_cluster it names the agents that serve it and, for every
 other live agent, the first selector item and label that failed (or the registration error the agent
-reported). Every line of text output goes through ``render`` escaping: names, labels and reasons are data.
+reported), and under each agent the dynamic labels of the cluster that fail there
+(``label_errors`` of its kube_agent record), e.g. a command the agent's ``allowed_label_commands`` does not
+allow. Every line of text output goes through ``render`` escaping: names, labels and reasons are data.
 """
 
 from __future__ import annotations
@@ -115,6 +117,7 @@ def explain_cluster(
     if dynamic_keys:
         lines.append(f"  dynamic labels (computed on each agent): {', '.join(dynamic_keys)}")
     serving = {str(s["spec"]["host_id"]): s for s in servers if s["metadata"]["name"] == name}
+    by_host = {str(a["host_id"]): a for a in agents}
     if not agents and not serving:
         lines.append("no agent has described itself to the registry yet (agents do within seconds of starting)")
         return "".join(render.escape(line) + "\n" for line in lines)
@@ -124,13 +127,24 @@ def explain_cluster(
     for host_id, server in sorted(serving.items()):
         status = render.health_text(*_health_of(server), verbose=True)
         lines.append(f"  {server['spec'].get('hostname') or host_id} (host {host_id}): {status}")
+        lines.extend(_label_error_lines(name, by_host.get(host_id, {})))
     others = [a for a in agents if str(a["host_id"]) not in serving]
     if others:
         lines.append("not served by:")
     for agent in sorted(others, key=lambda a: str(a.get("nodename", ""))):
         who = f"  {agent.get('nodename') or agent['host_id']} (host {agent['host_id']}): "
         lines.append(who + _why_not(name, static, dynamic_keys, agent))
+        lines.extend(_label_error_lines(name, agent))
     return "".join(render.escape(line) + "\n" for line in lines)
+
+
+def _label_error_lines(name: str, agent: Mapping[str, Any]) -> list[str]:
+    errors = (agent.get("label_errors") or {}).get(name) or {}
+    if not isinstance(errors, Mapping):
+        return []
+    return [
+        f"    dynamic label {key}: {value}" for key, value in sorted(errors.items())  # escaped with every line
+    ]
 
 
 def _why_not(name: str, static: dict[str, str], dynamic_keys: list[str], agent: Mapping[str, Any]) -> str:

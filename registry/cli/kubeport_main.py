@@ -81,16 +81,22 @@ async def cmd_registry_start(args: argparse.Namespace) -> int:
     return stop.exit_code()
 
 
-async def local_agent_config(info: RegistryInfo) -> AgentConfig:
+async def local_agent_config(info: RegistryInfo, allowed_label_commands: Sequence[str] = ()) -> AgentConfig:
     """The all-in-one's agent: serves every kube_cluster (``"*": "*"``), state in DATA_DIR/agent. It joins
-    with a short-lived token the first time only; later starts reuse its identity."""
+    with a short-lived token the first time only; later starts reuse its identity. It runs no dynamic-label
+    program unless ``--allow-label-command`` names it (kubernetes_service.allowed_label_commands)."""
     agent_dir = info.data_dir / "agent"
     token = None
     if not (agent_dir / IDENTITY_FILE).exists():
         async with RegistryClient.from_identity_file(info.admin_identity) as client:
             token = (await client.generate_token(roles=["Kube"], ttl_seconds=300))["metadata"]["name"]
     text = render_config(
-        registry=info.address, token=token, token_file=None, ca_pins=[info.ca_pin], data_dir=str(agent_dir)
+        registry=info.address,
+        token=token,
+        token_file=None,
+        ca_pins=[info.ca_pin],
+        data_dir=str(agent_dir),
+        allowed_label_commands=allowed_label_commands,
     )
     return parse_config(text, source="kubeport start (local agent)")
 
@@ -105,7 +111,8 @@ async def cmd_start(args: argparse.Namespace) -> int:
             lambda task_status: serve_registry(data_dir=_data_dir(args), listen=args.listen, task_status=task_status)
         )
         with agent_scope:
-            agent = Agent(await local_agent_config(info), health_interval=args.health_interval, freeze_gc=True)
+            config = await local_agent_config(info, args.allow_label_command or ())
+            agent = Agent(config, health_interval=args.health_interval, freeze_gc=True)
             async with trio.open_nursery() as agent_nursery:
                 await agent_nursery.start(agent.serve)
                 stop.started = True
@@ -177,6 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     data_flags(p)
     p.add_argument("--health-interval", type=float, default=60.0, help="seconds between cluster health checks")
+    p.add_argument(
+        "--allow-label-command",
+        action="append",
+        metavar="PROGRAM",
+        help="a program kube_cluster dynamic labels may run on this host (repeatable; a bare name is looked up "
+        "on PATH at start; default: none)",
+    )
     set_command(p, cmd_start)
 
     rsub = _group(sub, "registry", "the registry daemon")

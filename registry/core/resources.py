@@ -43,7 +43,9 @@ KIND_ALIASES: Mapping[str, str] = {
     "tokens": "token",
 }
 
-RULE_RESOURCES = ("kube_cluster", "kube_server", "token", "role", "user", "event", "*")
+# kube_cluster_dynamic_labels: a pseudo-resource, the grant to set or change a kube_cluster's
+# spec.dynamic_labels (commands agents run); see registry.server.authz.
+RULE_RESOURCES = ("kube_cluster", "kube_server", "token", "role", "user", "event", "kube_cluster_dynamic_labels", "*")
 RULE_VERBS = ("list", "create", "read", "update", "delete", "*")
 TOKEN_ROLES = ("Kube",)
 

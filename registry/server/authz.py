@@ -11,6 +11,12 @@ names (resolved by the caller of these functions). Decisions:
 - ``user`` identities act through the ``rules`` of their roles, Teleport style: a deny rule that matches
   wins over any allow rule; ``*`` in resources or verbs matches everything.
 - ``registry`` identities are never callers (that certificate only serves TLS).
+
+Setting or changing a kube_cluster's ``spec.dynamic_labels`` needs more than writing kube_clusters: those
+commands run on every agent that serves the cluster, so it takes a rule on the pseudo-resource
+:data:`DYNAMIC_LABELS` (``kube_cluster_dynamic_labels``) with the same verb (``create`` for a new
+cluster, ``update`` for a change). The admin identity has it; agents never do; a ``*`` resource rule
+includes it (such a role may already write roles and users).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from registry.core.identity import Identity
 from registry.core.resources import Role, Rule
 
 VERBS = ("list", "read", "create", "update", "delete")
+DYNAMIC_LABELS = "kube_cluster_dynamic_labels"
 
 
 @dataclass(frozen=True)
@@ -95,3 +102,14 @@ def check_heartbeat_owner(caller: Caller, host_id: str) -> None:
 def check_admin(caller: Caller, what: str) -> None:
     if caller.kind != "admin":
         raise AccessDenied(f"access denied: only the admin identity may {what}")
+
+
+def check_dynamic_labels(caller: Caller, verb: str, cluster: str) -> None:
+    """Raise AccessDenied unless ``caller`` may ``verb`` (create/update) a kube_cluster's dynamic labels."""
+    if not allowed(caller, DYNAMIC_LABELS, verb):
+        raise AccessDenied(
+            f'access denied: kube_cluster "{cluster}": {caller.describe()} may not set or change '
+            "spec.dynamic_labels (their commands run on every agent that serves the cluster); this needs a "
+            f"role rule allowing {verb} on {DYNAMIC_LABELS} (or the admin identity), and each agent host "
+            "must list the program in kubernetes_service.allowed_label_commands"
+        )

@@ -37,6 +37,7 @@ import contextlib
 import json
 import re
 import secrets
+import shlex
 import time
 import uuid
 from collections.abc import Mapping
@@ -57,6 +58,7 @@ from registry.core.identity import (
 from registry.core.resources import (
     MAX_TOKEN_TTL,
     ORIGIN_LABEL,
+    CommandLabel,
     KubeCluster,
     KubeServer,
     Resource,
@@ -79,6 +81,8 @@ AGENT_KIND = "kube_agent"
 HOST_KIND = "agent_host"  # one record per host id the registry issued (kept past the certificate, see join)
 HOST_RECORD_GRACE = 30 * 24 * 3600.0  # seconds a host id stays reserved after its last certificate expires
 MAX_AGENT_FAILURES = 1000
+MAX_LABEL_ERRORS_PER_CLUSTER = 64
+AUDIT_COMMAND_CHARS = 500
 EVENT_LINE_CACHE = 4096
 AUDIT_RETENTION = 30 * 24 * 3600.0  # seconds an audit event is kept (it expires like any TTL record)
 MAX_AUDIT_EVENTS = 100_000  # rows kept at most; the oldest go first
@@ -102,7 +106,8 @@ def _iso(timestamp: float) -> str:
 
 
 def validate_agent_record(host_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
-    """An agent's self-description: who it is, what its ``resources`` select, what failed to register."""
+    """An agent's self-description: who it is, what its ``resources`` select, what failed to register, and
+    which dynamic labels fail there (``label_errors``: cluster -> key -> error value, refusals included)."""
     known = {
         "host_id",
         "nodename",
@@ -112,6 +117,7 @@ def validate_agent_record(host_id: str, body: Mapping[str, Any]) -> dict[str, An
         "labels",
         "static_clusters",
         "failed",
+        "label_errors",
         "expires_in",
     }
     unknown = sorted(set(body) - known)
@@ -133,6 +139,14 @@ def validate_agent_record(host_id: str, body: Mapping[str, Any]) -> dict[str, An
     failed = body.get("failed", {})
     if not isinstance(failed, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in failed.items()):
         raise BadParameter("kube_agent: failed must map cluster names to error messages")
+    label_errors = body.get("label_errors", {})
+    if not isinstance(label_errors, dict) or not all(
+        isinstance(name, str)
+        and isinstance(errors, dict)
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in errors.items())
+        for name, errors in label_errors.items()
+    ):
+        raise BadParameter("kube_agent: label_errors must map cluster names to {label key: error value}")
     expires_in = body.get("expires_in", 600)
     if isinstance(expires_in, bool) or not isinstance(expires_in, int | float) or expires_in < 1:
         raise BadParameter("kube_agent: expires_in must be a number of seconds >= 1")
@@ -145,7 +159,32 @@ def validate_agent_record(host_id: str, body: Mapping[str, Any]) -> dict[str, An
         "labels": labels,
         "static_clusters": static[:10_000],
         "failed": {k: v[:1000] for k, v in list(failed.items())[:MAX_AGENT_FAILURES]},
+        "label_errors": {
+            name: {k: v[:1000] for k, v in list(errors.items())[:MAX_LABEL_ERRORS_PER_CLUSTER]}
+            for name, errors in list(label_errors.items())[:MAX_AGENT_FAILURES]
+        },
         "expires_in": expires_in,
+    }
+
+
+def changed_dynamic_labels(new: Mapping[str, CommandLabel], old: Mapping[str, CommandLabel]) -> list[str]:
+    """Keys ``new`` adds or changes (command, period or schedule) compared with ``old``. Removing a label
+    is not a change that needs the grant: it starts no command (deleting the cluster does not either)."""
+    return sorted(key for key, label in new.items() if old.get(key) != label)
+
+
+def _dynamic_label_audit(resource: Resource, stored: Resource | None) -> dict[str, Any]:
+    """Audit fields naming the dynamic labels a write set or changed, with their commands (shortened)."""
+    if not isinstance(resource, KubeCluster):
+        return {}
+    before = stored.dynamic_labels if isinstance(stored, KubeCluster) else {}
+    changed = changed_dynamic_labels(resource.dynamic_labels, before)
+    if not changed:
+        return {}
+    return {
+        "dynamic_labels": {
+            key: shlex.join(resource.dynamic_labels[key].command)[:AUDIT_COMMAND_CHARS] for key in changed[:64]
+        }
     }
 
 
@@ -386,13 +425,22 @@ class Registry:
         if problem is not None:
             raise BadParameter(f'token "{mask_token(value)}": {problem}')
 
+    def _check_dynamic_labels(self, caller: Caller, resource: Resource, action: str, stored: Resource | None) -> None:
+        """Setting or changing ``spec.dynamic_labels`` needs the kube_cluster_dynamic_labels grant (create for a
+        new cluster, update for a change); a write that leaves them as stored, or only removes some, does not."""
+        if isinstance(resource, KubeCluster):
+            before = stored.dynamic_labels if isinstance(stored, KubeCluster) else {}
+            if changed_dynamic_labels(resource.dynamic_labels, before):
+                authz.check_dynamic_labels(caller, action, resource.name)
+
     async def create(self, caller: Caller, resource: Resource) -> dict[str, Any]:
         authz.check(caller, resource.KIND, "create")
         resource = self._prepare(caller, resource)
+        self._check_dynamic_labels(caller, resource, "create", None)
         record = await self.store.create(
             resource.KIND, _store_name(resource), _to_store_value(resource), expires=_expires_ts(resource)
         )
-        await self._audit_write(caller, resource, "create")
+        await self._audit_write(caller, resource, "create", _dynamic_label_audit(resource, None))
         return record_to_wire(record, with_secrets=False)
 
     async def update(self, caller: Caller, resource: Resource) -> dict[str, Any]:
@@ -402,15 +450,24 @@ class Registry:
         resource = self._prepare(caller, resource)
         name = _store_name(resource)
         current = await self.store.get(resource.KIND, name)
+        stored = codec.resource_from_dict(current.value) if isinstance(resource, KubeCluster) else None
+        self._check_dynamic_labels(caller, resource, "update", stored)
         if (
             isinstance(resource, KubeCluster)
             and not resource.kubeconfig
             and not (resource.aws or resource.azure or resource.gcp)
         ):
-            stored = codec.resource_from_dict(current.value)
             assert isinstance(stored, KubeCluster)
             resource = replace(resource, kubeconfig=stored.kubeconfig)
         expected = int(resource.metadata.revision) if resource.metadata.revision.isdigit() else None
+        if (
+            expected is None
+            and isinstance(resource, KubeCluster)
+            and not authz.allowed(caller, authz.DYNAMIC_LABELS, "update")
+        ):
+            # The dynamic labels were checked against this revision: a concurrent change must not be
+            # overwritten (reverted) by a caller who may not change them.
+            expected = current.revision
         record = await self.store.update(
             resource.KIND,
             name,
@@ -418,7 +475,7 @@ class Registry:
             expected_revision=expected,
             expires=_expires_ts(resource),
         )
-        await self._audit_write(caller, resource, "update")
+        await self._audit_write(caller, resource, "update", _dynamic_label_audit(resource, stored))
         return record_to_wire(record, with_secrets=False)
 
     async def delete(self, caller: Caller, kind: str, name: str) -> None:
@@ -434,12 +491,14 @@ class Registry:
         shown = mask_token(name) if kind == "token" else name
         await self.audit(f"{audit_kind}.delete", caller, kind=kind, name=shown)
 
-    async def _audit_write(self, caller: Caller, resource: Resource, action: str) -> None:
+    async def _audit_write(
+        self, caller: Caller, resource: Resource, action: str, extra: Mapping[str, Any] | None = None
+    ) -> None:
         audit_kind = _AUDIT_NAMES.get(resource.KIND, resource.KIND)
         name = resource.metadata.name
         if isinstance(resource, Token):
             name = mask_token(name)
-        await self.audit(f"{audit_kind}.{action}", caller, kind=resource.KIND, name=name)
+        await self.audit(f"{audit_kind}.{action}", caller, kind=resource.KIND, name=name, **(extra or {}))
 
     async def get(self, caller: Caller, kind: str, name: str, *, with_secrets: bool = False) -> dict[str, Any]:
         authz.check(caller, kind, "read")

@@ -314,7 +314,13 @@ class LabelBoard:
         self.runners: list[FakeDynamicLabels] = []
         self._published = trio.Event()
 
-    def make(self, specs: Sequence[CommandSpec], *, on_change: Callable[[], None] | None = None) -> FakeDynamicLabels:
+    def make(
+        self,
+        specs: Sequence[CommandSpec],
+        *,
+        on_change: Callable[[], None] | None = None,
+        limiter: trio.CapacityLimiter | None = None,
+    ) -> FakeDynamicLabels:
         runner = FakeDynamicLabels(self, tuple(specs), on_change)
         self.runners.append(runner)
         return runner
@@ -347,6 +353,9 @@ class FakeDynamicLabels:
 
     def results(self) -> dict[str, str]:
         return {spec.key: self.board.outputs[spec.command] for spec in self.specs if spec.command in self.board.outputs}
+
+    def states(self) -> dict[str, Any]:
+        return {}
 
     def notify(self) -> None:
         if self.on_change is not None:

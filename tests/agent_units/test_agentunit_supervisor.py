@@ -25,6 +25,7 @@ from agentunit_fakes import FakeAnnouncer, FakeHealthMonitor, LabelBoard, cluste
 
 import agent.clusters as clusters_module
 from agent.clusters import ServiceInfo, Supervisor
+from agent.label_commands import LabelCommandPolicy
 from registry.core import codec
 from registry.core.resources import KubeCluster, KubeServer
 
@@ -413,6 +414,7 @@ async def test_real_label_commands_decide_registration(monkeypatch: pytest.Monke
             announcer=announcer,
             wake=wake,
             health_interval=3600.0,
+            label_policy=LabelCommandPolicy.from_entries([sys.executable], path_env=""),
         )
         py = sys.executable
         watched = {

@@ -127,8 +127,8 @@ def _role(allow: Any = None, **top: Any) -> dict[str, Any]:
         (_role(version="v3"), "unsupported version"),
         (
             _role({"rules": [{"resources": ["node"], "verbs": ["list"]}]}),
-            "spec.allow.rules[0].resources[0] must be one of kube_cluster, kube_server, token, role, user, event, *"
-            ' (got "node")',
+            "spec.allow.rules[0].resources[0] must be one of kube_cluster, kube_server, token, role, user, event, "
+            'kube_cluster_dynamic_labels, * (got "node")',
         ),
         (
             _role({"rules": [{"resources": ["role"], "verbs": ["list", "frob"]}]}),

@@ -392,6 +392,7 @@ def agent_config_yaml(
     labels: Mapping[str, str] | None = None,
     commands: Sequence[Mapping[str, Any]] | None = None,
     heartbeat_ttl: str | None = None,
+    allowed_label_commands: Sequence[str] | None = None,
 ) -> str:
     """An agent config written by hand (the fields Teleport's docs use under ``kubernetes_service``)."""
     kp: dict[str, Any] = {"registry": registry.address, "ca_pin": ca_pin or registry.ca_pin, "data_dir": str(data_dir)}
@@ -408,6 +409,8 @@ def agent_config_yaml(
         kube["labels"] = dict(labels)
     if commands:
         kube["commands"] = [dict(c) for c in commands]
+    if allowed_label_commands is not None:
+        kube["allowed_label_commands"] = list(allowed_label_commands)
     return yaml.safe_dump({"version": "v1", "kubeport": kp, "kubernetes_service": kube}, sort_keys=False)
 
 

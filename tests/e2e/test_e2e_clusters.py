@@ -95,7 +95,13 @@ async def test_hung_failing_missing_and_flipping_label_commands(fake_kube: FakeK
     resources = [{"labels": {"kind": "probe"}}, {"labels": {"tier": "gold"}}]
     service_command = {"name": "agent-host", "command": ["echo", "e2e-host"], "period": "1h"}
     async with Harness(tmp_path) as h:
-        registry, agent = await start(h, resources=resources, commands=[service_command], label_timeout=1.0)
+        registry, agent = await start(
+            h,
+            resources=resources,
+            commands=[service_command],
+            label_timeout=1.0,
+            allowed_label_commands=["sleep", "sh", "cat"],  # the host admin allows these, and only these
+        )
         kubeconfig = fake_kube.kubeconfig_yaml(token="admin-token")
         commands = {
             "hung": ["sleep", "30"],
@@ -124,7 +130,7 @@ async def test_hung_failing_missing_and_flipping_label_commands(fake_kube: FakeK
         assert "timed out after 1s" in results["hung"]["probe"]
         assert "exit status 3" in results["failing"]["probe"]
         assert "oops" in results["failing"]["probe"]
-        assert "not found" in results["missing"]["probe"]
+        assert "command not allowed on this agent" in results["missing"]["probe"]  # not on the allow-list
         assert results["flip"]["tier"] == "gold"
         # The service's own command label rides on every heartbeat.
         assert {r["agent-host"] for r in results.values()} == {"e2e-host"}

@@ -133,7 +133,13 @@ async def test_dynamic_label_flips_registration(
 ) -> None:
     flag = tmp_path / "tier"
     flag.write_text("gold\n")
-    config = agent_config(registry, await new_token(registry), tmp_path / "agent", [{"labels": {"tier": "gold"}}])
+    config = agent_config(
+        registry,
+        await new_token(registry),
+        tmp_path / "agent",
+        [{"labels": {"tier": "gold"}}],
+        allowed_label_commands=["cat"],
+    )
     agent = Agent(config)
     await nursery.start(agent.serve)
     async with await admin(registry) as client:
@@ -158,14 +164,17 @@ async def test_dynamic_label_flips_registration(
 @pytest.mark.parametrize(
     ("command", "expect"),
     [
-        (["sh", "-c", "exit 3"], "exit status 3"),
-        (["/nonexistent/label-command"], "not found"),
+        (["sh", "-c", "echo why >&2; exit 3"], "exit status 3 output:  stderr: why"),
+        (["/nonexistent/label-command"], 'command not allowed on this agent: "/nonexistent/label-command"'),
+        (["sh-but-not-quite", "-c", "exit 0"], "command not allowed on this agent"),
     ],
 )
 async def test_failing_label_commands_report_their_error(
     registry: RegistryInfo, fake_kube: FakeKube, nursery: trio.Nursery, tmp_path: Path, command: list[str], expect: str
 ) -> None:
-    config = agent_config(registry, await new_token(registry), tmp_path / "agent", [{"labels": {"*": "*"}}])
+    config = agent_config(
+        registry, await new_token(registry), tmp_path / "agent", [{"labels": {"*": "*"}}], allowed_label_commands=["sh"]
+    )
     await nursery.start(Agent(config).serve)
     async with await admin(registry) as client:
         await client.create(
