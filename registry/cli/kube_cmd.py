@@ -143,7 +143,8 @@ def _label_error_lines(name: str, agent: Mapping[str, Any]) -> list[str]:
     if not isinstance(errors, Mapping):
         return []
     return [
-        f"    dynamic label {key}: {value}" for key, value in sorted(errors.items())  # escaped with every line
+        f"    dynamic label {key}: {value}"
+        for key, value in sorted(errors.items())  # escaped with every line
     ]
 
 
