@@ -38,8 +38,8 @@ from registry.client import RegistryClient, fetch_ca, join
 from registry.core.errors import BadParameter, ConnectionProblem, KubeportError, LimitExceeded, Timeout
 from registry.core.identity import generate_private_key, make_csr, needs_renewal
 from registry.core.identity_file import IdentityFile
-from registry.files import ensure_private_dir, read_limited, write_secret_file
-from registry.tls import insecure_fetch_context
+from registry.host.files import ensure_private_dir, read_limited, write_secret_file
+from registry.host.tls import insecure_fetch_context
 
 log = logging.getLogger(__name__)
 

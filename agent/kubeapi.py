@@ -50,7 +50,7 @@ from registry.core.errors import (
     Unauthenticated,
 )
 from registry.core.kubeconfig import KubeTarget
-from registry.tls import load_cert_chain_from_memory
+from registry.host.tls import load_cert_chain_from_memory
 
 ALPN_PROTOCOLS: Final = ("http/1.1",)
 USER_AGENT: Final = "kubeport-agent"  # what the cluster's audit log shows for the agent's own calls

@@ -46,7 +46,7 @@ from labels.runner import LABEL_CONCURRENCY, CommandSpec, DynamicLabels
 from registry import __version__
 from registry.core.errors import BadParameter, KubeportError
 from registry.core.resources import ORIGIN_LABEL, CommandLabel, KubeCluster, Metadata
-from registry.files import read_limited
+from registry.host.files import read_limited
 
 log = logging.getLogger(__name__)
 

@@ -31,8 +31,8 @@ from registry.core.errors import (
 )
 from registry.core.identity import REGISTRY_SERVER_NAME, check_pin
 from registry.core.identity_file import IdentityFile
-from registry.files import read_limited
-from registry.tls import client_context, insecure_fetch_context
+from registry.host.files import read_limited
+from registry.host.tls import client_context, insecure_fetch_context
 
 DEFAULT_TIMEOUT = 15.0
 _SNI = {"sni_hostname": REGISTRY_SERVER_NAME}

@@ -2,7 +2,7 @@
 
     python scripts/get_kubeconfig.py [--kube-cluster NAME [--labels k=v,...] [--register]] [--help]
 
-A launcher only: the code is ``registry.cli.get_kubeconfig`` (also installed as the
+A launcher only: the code is ``registry.mint.cli`` (also installed as the
 ``kubeport-get-kubeconfig`` command). Run from a checkout, it puts the repository root on ``sys.path`` so
 the package need not be installed.
 """
@@ -16,7 +16,7 @@ _ROOT = Path(__file__).resolve().parent.parent
 if (_ROOT / "registry" / "__init__.py").is_file() and str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
-from registry.cli.get_kubeconfig import main  # noqa: E402  (needs the path set up above)
+from registry.mint.cli import main  # noqa: E402  (needs the path set up above)
 
 if __name__ == "__main__":
     sys.exit(main())

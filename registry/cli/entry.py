@@ -2,7 +2,7 @@
 
 They exist for one reason: Ctrl-C while the command is still importing its modules (half a second or more
 on a busy host) would otherwise end in a ``KeyboardInterrupt`` traceback. Here it exits 130, quietly, as
-an interrupted program does. Once ``main`` runs, ``registry.cli.common.run_command`` handles Ctrl-C. This
+an interrupted program does. Once ``main`` runs, ``registry.host.cmdline.run_command`` handles Ctrl-C. This
 module imports nothing heavy, so the window it cannot cover is Python's own start-up.
 """
 
@@ -31,7 +31,7 @@ def kpctl() -> int:
 
 
 def get_kubeconfig() -> int:
-    return _run("registry.cli.get_kubeconfig")
+    return _run("registry.mint.cli")
 
 
 _PROGRAMS = {"kubeport": kubeport, "kpctl": kpctl, "kubeport-get-kubeconfig": get_kubeconfig}

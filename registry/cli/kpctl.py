@@ -25,7 +25,13 @@ from typing import Any
 from labels import parse_go_duration
 from labels.keys import LabelError
 from registry.cli import kube_cmd, render
-from registry.cli.common import (
+from registry.core import codec
+from registry.core.errors import AlreadyExists, BadParameter, NotFound
+from registry.core.identity import generate_private_key, make_csr
+from registry.core.identity_file import IdentityFile
+from registry.core.kubeconfig import check_kubeconfig
+from registry.core.resources import KIND_ALIASES, KubeCluster, mask_token
+from registry.host.cmdline import (
     Connection,
     add_connection_flags,
     add_debug_flag,
@@ -36,13 +42,7 @@ from registry.cli.common import (
     run_command,
     set_command,
 )
-from registry.core import codec
-from registry.core.errors import AlreadyExists, BadParameter, NotFound
-from registry.core.identity import generate_private_key, make_csr
-from registry.core.identity_file import IdentityFile
-from registry.core.kubeconfig import check_kubeconfig
-from registry.core.resources import KIND_ALIASES, KubeCluster, mask_token
-from registry.files import write_secret_file
+from registry.host.files import write_secret_file
 
 MAX_EVENTS_PAGE = 1000  # the registry's page size limit for GET /v1/events
 

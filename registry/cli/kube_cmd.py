@@ -21,9 +21,9 @@ from typing import Any
 
 from labels import combine, could_match, explain_all, format_labels, matches_any
 from registry.cli import render
-from registry.cli.common import resolve_connection
 from registry.core import codec
 from registry.core.errors import NotFound
+from registry.host.cmdline import resolve_connection
 
 
 def server_labels(server: Mapping[str, Any]) -> dict[str, str]:

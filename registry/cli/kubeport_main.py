@@ -21,12 +21,16 @@ from typing import Any
 
 import trio
 
+from agent import cli as agent_cli
 from agent.config import AgentConfig, parse_config
 from agent.config_render import render_config
 from agent.identity import IDENTITY_FILE
 from agent.service import Agent
-from registry.cli import agent_cmd, kube_cmd, render
-from registry.cli.common import (
+from registry.cli import kube_cmd, render
+from registry.client import RegistryClient
+from registry.core.errors import BadParameter
+from registry.core.netaddr import parse_hostport
+from registry.host.cmdline import (
     StopSignals,
     add_connection_flags,
     add_data_dir_flag,
@@ -35,10 +39,7 @@ from registry.cli.common import (
     run_command,
     set_command,
 )
-from registry.client import RegistryClient
-from registry.core.errors import BadParameter
-from registry.core.netaddr import parse_hostport
-from registry.paths import default_data_dir
+from registry.host.paths import default_data_dir
 from registry.server.serve import DEFAULT_LISTEN, DEFAULT_PORT, RegistryInfo, serve_registry
 
 
@@ -208,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     set_command(p, cmd_registry_start)
 
-    agent_cmd.add_commands(sub, group=_group, epilog=FLAGS_EPILOG)
+    agent_cli.add_commands(sub, group=_group, epilog=FLAGS_EPILOG)
 
     ksub = _group(sub, "kube", "Kubernetes clusters you can reach")
     p = ksub.add_parser(

@@ -1,5 +1,5 @@
 """Mint a service-account kubeconfig: the logic behind ``kubeport-get-kubeconfig`` (a port of Teleport's
-``examples/k8s-auth/get-kubeconfig.sh``); the command-line front end is ``registry.cli.get_kubeconfig``.
+``examples/k8s-auth/get-kubeconfig.sh``); the command-line front end is ``registry.mint.cli``.
 
 Modules, leaves first:
 

@@ -51,7 +51,7 @@ def kubeconfig_paths(flag: str | None, env: Mapping[str, str]) -> tuple[list[Pat
 
 
 def _read_kubeconfig(path: Path) -> dict[str, Any]:
-    from registry.files import read_limited
+    from registry.host.files import read_limited
 
     data = read_limited(path, limit=MAX_KUBECONFIG_BYTES, what="kubeconfig")
     try:

@@ -43,14 +43,14 @@ from registry.core.identity import (
 )
 from registry.core.identity_file import IdentityFile
 from registry.core.netaddr import parse_hostport
-from registry.files import ensure_private_dir, write_secret_file
-from registry.paths import ADMIN_IDENTITY, CA_PIN_FILE, STORE_FILE
+from registry.host.files import ensure_private_dir, write_secret_file
+from registry.host.paths import ADMIN_IDENTITY, CA_PIN_FILE, STORE_FILE
+from registry.host.tls import server_context
 from registry.server.api import RegistryAPI
 from registry.server.http import HTTPLimits, ServerInfo, serve_http
 from registry.server.ratelimit import Rate
 from registry.server.service import AUDIT_WINDOW, MAX_AUDIT_EVENTS, Registry
 from registry.store import SQLiteStore, Store, serve_expiry
-from registry.tls import server_context
 
 log = logging.getLogger(__name__)
 

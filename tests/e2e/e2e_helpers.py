@@ -43,7 +43,7 @@ import yaml
 
 from registry.client import RegistryClient
 from registry.core.errors import KubeportError
-from registry.paths import ADMIN_IDENTITY
+from registry.host.paths import ADMIN_IDENTITY
 from tests.helpers import cluster_doc  # noqa: F401  (re-exported: the e2e tests import it from here)
 
 REPO = Path(__file__).resolve().parents[2]

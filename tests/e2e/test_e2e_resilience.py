@@ -15,7 +15,7 @@ from e2e_helpers import Harness, RegistryProc, cluster_doc, served, server_of, w
 
 from registry.core import codec
 from registry.core.identity import Identity
-from registry.paths import STORE_FILE
+from registry.host.paths import STORE_FILE
 from registry.server.authz import Caller
 from registry.server.serve import load_or_create_ca
 from registry.server.service import Registry

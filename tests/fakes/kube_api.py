@@ -40,8 +40,8 @@ import trio
 import yaml
 
 from registry.core.identity import CertAuthority, Identity, generate_private_key, public_key_pem
+from registry.host.tls import server_context
 from registry.server.http import HTTPLimits, Request, Response, ServerInfo, serve_http
-from registry.tls import server_context
 from tests.fakes import kube_discovery as disc
 from tests.fakes.kube_authn import Authenticator
 from tests.fakes.kube_bootstrap import bootstrap_objects

@@ -13,7 +13,7 @@ import httpx
 import trio
 import yaml
 
-from registry.tls import client_context
+from registry.host.tls import client_context
 
 ROOT = Path(__file__).resolve().parents[2]
 

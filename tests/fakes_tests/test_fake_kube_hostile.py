@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 import httpx
 import pytest
 
-from registry.tls import client_context
+from registry.host.tls import client_context
 from tests.fakes.fixtures import ADMIN_TOKEN, fake_kube  # noqa: F401  (fixture)
 from tests.fakes.kube_api import MAX_BODY_BYTES, FakeKube
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import trio
 import yaml
 
-from registry.cli.get_kubeconfig import main
+from registry.mint.cli import main
 from tests.fakes.kube_api import FakeKube, RecordedRequest, serve_fake_kube
 
 ADMIN_TOKEN = "admin-token"

@@ -13,8 +13,8 @@ import trio
 import yaml
 from getkc_helpers import ADMIN_TOKEN, Result, admin_kubeconfig, run_getkc, start_fake, writes
 
-from registry.cli.get_kubeconfig import main
 from registry.core.errors import BadParameter
+from registry.mint.cli import main
 from registry.mint.rbac import ROLE_RULES
 from tests.fakes.kube_api import FakeKube
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from registry.core.errors import BadParameter, TooLarge
-from registry.files import ensure_private_dir, read_limited, write_secret_file
+from registry.host.files import ensure_private_dir, read_limited, write_secret_file
 
 
 @pytest.fixture

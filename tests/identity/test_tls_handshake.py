@@ -25,7 +25,7 @@ from registry.core.identity import (
     generate_private_key,
     public_key_pem,
 )
-from registry.tls import (
+from registry.host.tls import (
     ClientCertPolicy,
     client_context,
     insecure_fetch_context,

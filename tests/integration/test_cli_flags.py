@@ -12,8 +12,8 @@ import pytest
 
 from registry.cli import kpctl as kpctl_module
 from registry.cli import kubeport_main
-from registry.cli.common import parse_command_line
 from registry.core.errors import BadParameter
+from registry.host.cmdline import parse_command_line
 from registry.server.serve import RegistryInfo
 from tests.helpers import kpctl
 

@@ -16,7 +16,7 @@ import yaml
 
 from agent.service import Agent
 from registry.cli import kubeport_main
-from registry.cli.common import guarded
+from registry.host.cmdline import guarded
 from registry.server.serve import RegistryInfo
 from tests.fakes.kube_api import FakeKube
 from tests.helpers import CliResult, cluster_doc, kpctl

@@ -17,8 +17,8 @@ from agent.config import parse_config
 from registry.core.errors import BadParameter
 from registry.core.identity import REGISTRY_SERVER_NAME
 from registry.core.identity_file import IdentityFile
+from registry.host.tls import client_context
 from registry.server.serve import RegistryInfo
-from registry.tls import client_context
 from tests.helpers import cluster_doc, kpctl, kubeconfig_bytes, kubeconfig_dict
 
 SNI = {"sni_hostname": REGISTRY_SERVER_NAME}

@@ -24,9 +24,9 @@ from registry.core.identity import (
     public_key_pem,
 )
 from registry.core.identity_file import IdentityFile
+from registry.host.tls import client_context
 from registry.server.serve import RegistryInfo, serve_registry
 from registry.store import MemoryStore
-from registry.tls import client_context
 from tests.helpers import kpctl, kubeconfig_bytes, kubeconfig_dict, seed_kube_cluster_yaml
 
 

@@ -329,7 +329,7 @@ async def test_throttled_joins_over_tls_get_429_with_retry_after(
     info = await start_registry(nursery, tmp_path, monkeypatch)
     async with RegistryClient.from_identity_file(info.admin_identity) as admin:
         ca_pems = [p.encode() for p in (await _ca(admin))]
-    from registry.tls import client_context
+    from registry.host.tls import client_context
 
     codes = []
     async with httpx.AsyncClient(

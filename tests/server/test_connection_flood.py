@@ -21,10 +21,10 @@ from registry.client import RegistryClient
 from registry.core.errors import BadParameter
 from registry.core.identity import REGISTRY_SERVER_NAME
 from registry.core.identity_file import IdentityFile
+from registry.host.tls import client_context
 from registry.server.http import HTTPLimits, Request, Response, ServerInfo, serve_http
 from registry.server.serve import REGISTRY_HTTP_LIMITS, RegistryInfo, serve_registry
 from registry.store import MemoryStore
-from registry.tls import client_context
 
 CLOSE_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError)
 

@@ -16,9 +16,9 @@ import trio
 from agent.config import load_config
 from agent.config_render import render_config
 from agent.service import Agent, AgentInfo
-from registry.cli.common import StopSignals, add_data_dir_flag, add_debug_flag, flag_value, set_command
 from registry.core.errors import BadParameter
-from registry.files import write_file_atomic, write_secret_file
+from registry.host.cmdline import StopSignals, add_data_dir_flag, add_debug_flag, flag_value, set_command
+from registry.host.files import write_file_atomic, write_secret_file
 
 DEFAULT_CONFIG = "/etc/kubeport.yaml"
 DEFAULT_AGENT_DATA_DIR = "/var/lib/kubeport"

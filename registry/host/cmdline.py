@@ -25,8 +25,8 @@ import trio
 from registry.client import RegistryClient
 from registry.core.errors import BadParameter, KubeportError
 from registry.core.identity_file import IdentityFile
-from registry.files import read_limited
-from registry.paths import ADMIN_IDENTITY, default_data_dir
+from registry.host.files import read_limited
+from registry.host.paths import ADMIN_IDENTITY, default_data_dir
 
 MAX_IDENTITY_BYTES = 1 << 20
 

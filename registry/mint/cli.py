@@ -65,7 +65,7 @@ DEFAULT_TIMEOUT = 10.0
 DEFAULT_WAIT = 60.0
 
 if TYPE_CHECKING:
-    from registry.cli.common import Connection
+    from registry.host.cmdline import Connection
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -162,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="create the kube_cluster in the registry too (like kpctl create; with --force, create or replace)",
     )
-    from registry.cli.common import add_connection_flags
+    from registry.host.cmdline import add_connection_flags
 
     add_connection_flags(parser)
     parser.add_argument("--debug", "-d", action="store_true", help="verbose logs and tracebacks on errors")
@@ -234,7 +234,7 @@ def run(args: argparse.Namespace, *, env: Mapping[str, str], out: TextIO, err: T
     plan = make_plan(args, env)
     connection: Connection | None = None
     if args.register:
-        from registry.cli.common import resolve_connection
+        from registry.host.cmdline import resolve_connection
 
         connection = resolve_connection(args, env)  # fail on a missing identity before changing the cluster
     source = load_source(args.kubeconfig, args.context, env)
@@ -284,7 +284,7 @@ def run(args: argparse.Namespace, *, env: Mapping[str, str], out: TextIO, err: T
         cluster_doc = kube_cluster_document(plan.kube_cluster, plan.labels, kubeconfig)
         cluster_yaml = codec.dump_yaml([cluster_doc])
 
-    from registry.files import write_secret_file
+    from registry.host.files import write_secret_file
 
     say("Writing kubeconfig.")
     write_secret_file(plan.output, kubeconfig)
