@@ -25,6 +25,7 @@ from typing import Any
 from labels import parse_go_duration
 from labels.keys import LabelError
 from registry.cli import kube_cmd, render
+from registry.client import RegistryClient
 from registry.core import codec
 from registry.core.errors import AlreadyExists, BadParameter, NotFound
 from registry.core.identity import generate_private_key, make_csr
@@ -91,7 +92,7 @@ async def cmd_create(args: argparse.Namespace) -> int:
         if isinstance(resource, KubeCluster) and resource.kubeconfig:
             _warn_about_kubeconfig(resource)
     conn = resolve_connection(args)
-    async with conn.client() as client:
+    async with RegistryClient.from_identity(conn.identity, conn.address) as client:
         for resource in resources:
             wire = codec.resource_to_dict(resource, with_secrets=True)
             display = DISPLAY.get(resource.KIND, resource.KIND)
@@ -242,7 +243,7 @@ _TEXT = {
 async def cmd_get(args: argparse.Namespace) -> int:
     kind, name = _split_ref(args.ref)
     conn = resolve_connection(args)
-    async with conn.client() as client:
+    async with RegistryClient.from_identity(conn.identity, conn.address) as client:
         more: str | None = None
         if kind == "event":
             if not 1 <= args.limit <= MAX_EVENTS_PAGE:
@@ -275,7 +276,7 @@ async def cmd_rm(args: argparse.Namespace) -> int:
     if not name or kind == "event":
         raise BadParameter(f"rm needs KIND/NAME, e.g. kube_clusters/mycluster (got {args.ref!r})")
     conn = resolve_connection(args)
-    async with conn.client() as client:
+    async with RegistryClient.from_identity(conn.identity, conn.address) as client:
         try:
             await client.delete(kind, name)
         except NotFound:
@@ -296,7 +297,7 @@ async def cmd_tokens_add(args: argparse.Namespace) -> int:
             raise BadParameter(f'invalid role "{role}": kubeport tokens support --type=kube')
     ttl = _duration(args.ttl, "--ttl")
     conn = resolve_connection(args)
-    async with conn.client() as client:
+    async with RegistryClient.from_identity(conn.identity, conn.address) as client:
         token = await client.generate_token(roles=["Kube"], ttl_seconds=ttl.total_seconds(), value=args.value)
         ping = await client.ping()
     value = token["metadata"]["name"]
@@ -391,7 +392,7 @@ def _this_host_address() -> str | None:
 
 async def cmd_tokens_ls(args: argparse.Namespace) -> int:
     conn = resolve_connection(args)
-    async with conn.client() as client:
+    async with RegistryClient.from_identity(conn.identity, conn.address) as client:
         items, _ = await client.list("token", with_secrets=args.with_secrets)
     if args.format == "text":
         if not items:
@@ -405,7 +406,7 @@ async def cmd_tokens_ls(args: argparse.Namespace) -> int:
 
 async def cmd_tokens_rm(args: argparse.Namespace) -> int:
     conn = resolve_connection(args)
-    async with conn.client() as client:
+    async with RegistryClient.from_identity(conn.identity, conn.address) as client:
         try:
             await client.delete("token", args.token)
         except NotFound:
@@ -421,7 +422,7 @@ async def cmd_auth_sign(args: argparse.Namespace) -> int:
     ttl = _duration(args.ttl, "--ttl")
     conn = resolve_connection(args)
     key = generate_private_key()
-    async with conn.client() as client:
+    async with RegistryClient.from_identity(conn.identity, conn.address) as client:
         result = await client.sign_user(args.user, make_csr(key, args.user), ttl.total_seconds())
     identity = IdentityFile(
         cert_pem=result["cert_pem"].encode(),
@@ -439,7 +440,7 @@ async def cmd_auth_sign(args: argparse.Namespace) -> int:
 
 async def cmd_status(args: argparse.Namespace) -> int:
     conn: Connection = resolve_connection(args)
-    async with conn.client() as client:
+    async with RegistryClient.from_identity(conn.identity, conn.address) as client:
         ping = await client.ping()
         me = await client.whoami()
     rows = [

@@ -21,6 +21,7 @@ from typing import Any
 
 from labels import combine, could_match, explain_all, format_labels, matches_any
 from registry.cli import render
+from registry.client import RegistryClient
 from registry.core import codec
 from registry.core.errors import NotFound
 from registry.host.cmdline import resolve_connection
@@ -82,7 +83,7 @@ def cluster_health(servers: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, 
 
 async def cmd_kube_ls(args: argparse.Namespace) -> int:
     conn = resolve_connection(args)
-    async with conn.client() as client:
+    async with RegistryClient.from_identity(conn.identity, conn.address) as client:
         servers, _ = await client.list("kube_server")
     rows = dedupe_servers(servers)
     health = cluster_health(servers)
@@ -170,7 +171,7 @@ def _why_not(name: str, static: dict[str, str], dynamic_keys: list[str], agent: 
 
 async def cmd_kube_explain(args: argparse.Namespace) -> int:
     conn = resolve_connection(args)
-    async with conn.client() as client:
+    async with RegistryClient.from_identity(conn.identity, conn.address) as client:
         try:
             cluster = await client.get("kube_cluster", args.name)
         except NotFound:

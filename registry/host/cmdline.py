@@ -22,7 +22,6 @@ from typing import Any, TextIO
 
 import trio
 
-from registry.client import RegistryClient
 from registry.core.errors import BadParameter, KubeportError
 from registry.core.identity_file import IdentityFile
 from registry.host.files import read_limited
@@ -124,12 +123,12 @@ def _command_name(args: argparse.Namespace) -> str:
 
 @dataclass(frozen=True)
 class Connection:
+    """Who this command line is and which registry it talks to; the caller opens the client
+    (``RegistryClient.from_identity(conn.identity, conn.address)``): this room sits below the client."""
+
     identity: IdentityFile
     identity_path: Path
     address: str
-
-    def client(self) -> RegistryClient:
-        return RegistryClient.from_identity(self.identity, self.address)
 
 
 def resolve_connection(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> Connection:

@@ -304,8 +304,10 @@ def _register(connection: Connection, doc: dict[str, Any], *, force: bool, clust
     """``kpctl create`` (``-f`` with --force) of one kube_cluster, run in its own trio loop."""
     import trio
 
+    from registry.client import RegistryClient
+
     async def register() -> bool:
-        async with connection.client() as client:
+        async with RegistryClient.from_identity(connection.identity, connection.address) as client:
             if force:
                 _, created = await client.create_or_update(doc)
                 return bool(created)
