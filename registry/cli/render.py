@@ -15,7 +15,8 @@ quotes non-printable text.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from labels import format_labels
@@ -101,3 +102,130 @@ def documents(items: Sequence[Mapping[str, Any]], fmt: str) -> str:
 
 def dump_json(value: Any) -> str:
     return json.dumps(value, indent=2, sort_keys=True) + "\n"
+
+
+def fields(rows: Sequence[tuple[str, str]]) -> str:
+    """``key  value`` lines, keys padded to one width (``kpctl status``)."""
+    width = max(len(k) for k, _ in rows)
+    return "".join(f"{key.ljust(width)}  {value}\n" for key, value in rows)
+
+
+# -- resource tables: the text view of ``kpctl get KIND`` and ``kpctl tokens ls`` ------------------------
+
+
+def resource_table(kind: str, items: Sequence[dict[str, Any]], *, verbose: bool) -> str:
+    """The text table of ``items`` of one kind (``kube_cluster``, ``kube_server``, ``role``, ``user``,
+    ``token`` or ``event``), rows in a stable order; ``verbose`` shows long cells whole."""
+    return _TABLES[kind](items, verbose)
+
+
+def _kube_cluster_rows(items: Sequence[dict[str, Any]], verbose: bool) -> str:
+    rows = [
+        [i["metadata"]["name"], labels_cell(_all_labels(i), verbose=verbose)]
+        for i in sorted(items, key=lambda i: str(i["metadata"]["name"]))
+    ]
+    return table(["Name", "Labels"], rows)
+
+
+def _all_labels(item: dict[str, Any]) -> dict[str, str]:
+    labels = dict(item.get("metadata", {}).get("labels") or {})
+    for key, spec in (item.get("spec", {}).get("dynamic_labels") or {}).items():
+        if isinstance(spec, dict) and spec.get("result"):
+            labels[key] = str(spec["result"])
+    return labels
+
+
+def _kube_server_rows(items: Sequence[dict[str, Any]], verbose: bool) -> str:
+    rows = []
+    for item in sorted(items, key=lambda i: (str(i["metadata"]["name"]), str(i["spec"].get("host_id")))):
+        spec = item["spec"]
+        cluster = spec.get("cluster") or {}
+        labels = _all_labels(cluster)
+        health = spec.get("health") or {}
+        status = health_text(health.get("status"), health.get("reason"), verbose=verbose)
+        rows.append(
+            [
+                item["metadata"]["name"],
+                str(spec.get("host_id", "")),
+                str(spec.get("hostname", "")),
+                status,
+                _expiry_cell(item["metadata"].get("expires")),
+                labels_cell(labels, verbose=verbose),
+            ]
+        )
+    return table(["Cluster", "Host ID", "Address", "Health", "Expires", "Labels"], rows)
+
+
+def _expiry_cell(expires: str | None) -> str:
+    if not expires:
+        return "never"
+    try:
+        when = datetime.fromisoformat(expires.replace("Z", "+00:00"))
+    except ValueError:
+        return expires
+    left = when - datetime.now(tz=UTC)
+    seconds = max(int(left.total_seconds()), 0)
+    return f"{when.strftime('%Y-%m-%d %H:%M:%S')} UTC ({_short(seconds)} left)"
+
+
+def _short(seconds: int) -> str:
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{(seconds % 3600) // 60}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60}s"
+    return f"{seconds}s"
+
+
+def _role_rows(items: Sequence[dict[str, Any]], verbose: bool) -> str:
+    rows = []
+    for item in sorted(items, key=lambda i: str(i["metadata"]["name"])):
+        allow = item.get("spec", {}).get("allow", {}) or {}
+        rules = [
+            f"{','.join(r.get('resources', []))}:{','.join(r.get('verbs', []))}" for r in allow.get("rules", []) or []
+        ]
+        groups = ",".join(allow.get("kubernetes_groups", []) or [])
+        rows.append([item["metadata"]["name"], "; ".join(rules), groups])
+    return table(["Role", "Rules", "Kubernetes Groups"], rows)
+
+
+def _user_rows(items: Sequence[dict[str, Any]], verbose: bool) -> str:
+    rows = [
+        [i["metadata"]["name"], ",".join(i.get("spec", {}).get("roles", []) or [])]
+        for i in sorted(items, key=lambda i: str(i["metadata"]["name"]))
+    ]
+    return table(["User", "Roles"], rows)
+
+
+def _token_rows(items: Sequence[dict[str, Any]], verbose: bool) -> str:
+    ordered = sorted(items, key=lambda i: str(i["metadata"].get("expires", "")))
+    rows = [
+        [
+            i["metadata"]["name"],
+            ",".join(i.get("spec", {}).get("roles", [])),
+            _expiry_cell(i["metadata"].get("expires")),
+        ]
+        for i in ordered
+    ]
+    return table(["Token", "Type", "Expiry Time (UTC)"], rows)
+
+
+def _event_rows(items: Sequence[dict[str, Any]], verbose: bool) -> str:
+    rows = []
+    for e in items:
+        target = f"{e.get('kind', '')}/{e.get('name', '')}" if e.get("kind") else str(e.get("host_id", ""))
+        result = "success" if e.get("success", True) else f"failure: {e.get('error', '')}"
+        count = e.get("count")
+        if isinstance(count, int) and count > 1:  # aggregated failures: one row stands for ``count``
+            result += f" (x{count} from {e.get('client', '?')} since {e.get('first_time', '?')})"
+        rows.append([str(e.get("time", "")), str(e.get("event", "")), str(e.get("user", "")), target, result])
+    return table(["Time", "Event", "User", "Resource", "Result"], rows)
+
+
+_TABLES: dict[str, Callable[[Sequence[dict[str, Any]], bool], str]] = {
+    "kube_cluster": _kube_cluster_rows,
+    "kube_server": _kube_server_rows,
+    "role": _role_rows,
+    "user": _user_rows,
+    "token": _token_rows,
+    "event": _event_rows,
+}

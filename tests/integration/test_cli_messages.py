@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from registry.cli.kpctl import agent_address
+from registry.cli.kpctl.tokens import agent_address
 from registry.server.serve import RegistryInfo
 from tests.helpers import kpctl, kubeconfig_bytes, seed_kube_cluster_yaml
 
