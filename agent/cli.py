@@ -1,5 +1,9 @@
 """``kubeport configure``, ``kubeport agent start`` and ``kubeport install systemd``: installing an agent on a
-Linux host, the same three steps as seed 003 shows with ``teleport``."""
+Linux host, the same three steps as seed 003 shows with ``teleport``.
+
+The agent's own command line, in the agent's room: the composition root (``registry.cli.kubeport_main``)
+mounts these commands on the ``kubeport`` parser with :func:`add_commands`.
+"""
 
 from __future__ import annotations
 

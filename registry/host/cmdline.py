@@ -6,6 +6,10 @@ Identity resolution (like tctl on the auth host):
    ``$KUBEPORT_REGISTRY`` or, failing those, the address recorded in the identity file;
 2. otherwise the admin identity in the local data dir (``--data-dir`` / ``$KUBEPORT_DATA_DIR`` / default),
    which the registry writes on this host together with its address.
+
+It lives in ``registry.host`` (not ``registry.cli``) because every command line uses it: kpctl and kubeport
+in ``registry.cli``, the agent's in ``agent.cli``, get-kubeconfig's in ``registry.mint.cli``. So it imports no
+client: :class:`Connection` is data, and the caller opens ``RegistryClient.from_identity``.
 """
 
 from __future__ import annotations
