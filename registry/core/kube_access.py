@@ -23,7 +23,7 @@ Teleport's semantics (teleport-behaviour.md §3.4, §3.5, §5.3, §5.4):
   names Teleport allows, and ``{{external.<trait>}}``), optionally with a literal prefix/suffix, expand from
   the user's traits into one value per trait value. A missing trait drops the value; anything else that
   looks like a template (functions, unknown namespaces) is dropped too: a template never grants its literal
-  text. In label selectors a missing trait becomes ``""`` (matches nothing).
+  text. In a label selector a template that does not expand matches nothing.
 * ``kubernetes_resources`` are normalised to role-v8 rules (plural ``resource`` + ``api_group``) exactly as
   Teleport converts older versions (:func:`resource_rules`): v3–v6 restrict pods only (every other kind is
   allowed), v7 kinds map to plural resources and their groups (``namespace`` kind = everything in the
@@ -185,13 +185,20 @@ def _unique(values: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(v for v in values if v))
 
 
-def _selector(raw: Mapping[str, str | list[str]], traits: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
-    """Label selector with templates applied to keys and values (a missing trait becomes ``""``)."""
+def _selector(raw: Mapping[str, str | list[str]], traits: Mapping[str, Sequence[str]]) -> dict[str, list[str]] | None:
+    """Label selector with templates applied to keys and values; None when it can never match.
+
+    A value whose template does not expand is dropped (a key left without values matches nothing); a key
+    whose template does not expand makes the whole selector match nothing (Teleport substitutes ``""``).
+    """
     selector: dict[str, list[str]] = {}
     for key, wanted in raw.items():
         values = [wanted] if isinstance(wanted, str) else list(wanted)
-        expanded = [item for value in values for item in (expand_template(value, traits) or [""])]
-        for new_key in expand_template(key, traits) or [""]:
+        expanded = [item for value in values for item in expand_template(value, traits)]
+        keys = expand_template(key, traits)
+        if not keys:
+            return None
+        for new_key in keys:
             selector.setdefault(new_key, []).extend(expanded)
     return selector
 
@@ -199,13 +206,15 @@ def _selector(raw: Mapping[str, str | list[str]], traits: Mapping[str, Sequence[
 # -- clusters -----------------------------------------------------------------------------------------------
 
 
-def _allow_selector(role: Role, traits: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
+def _allow_selector(role: Role, traits: Mapping[str, Sequence[str]]) -> dict[str, list[str]] | None:
     if role.version == "v3" and not role.allow.kubernetes_labels:
         return {WILDCARD: [WILDCARD]}  # v3 roles without kubernetes_labels reach every cluster
     return _selector(role.allow.kubernetes_labels, traits)
 
 
-def _matches(selector: Mapping[str, list[str]], labels: Mapping[str, str], *, on_error: bool) -> bool:
+def _matches(selector: Mapping[str, list[str]] | None, labels: Mapping[str, str], *, on_error: bool) -> bool:
+    if selector is None:
+        return False
     try:
         return match_labels(selector, labels)
     except LabelError:
@@ -392,7 +401,9 @@ def authorize(
     denied_groups: set[str] = set()
     denied_users: set[str] = set()
     for role in roles:
-        selector = _selector(role.deny.kubernetes_labels, traits) or {WILDCARD: [WILDCARD]}
+        raw = role.deny.kubernetes_labels
+        # For groups and users an empty deny selector means every cluster (Teleport's getKubeLabelMatchers).
+        selector = _selector(raw, traits) if raw else {WILDCARD: [WILDCARD]}
         if _matches(selector, labels, on_error=True):
             denied_groups.update(_expand_all(role.deny.kubernetes_groups, traits))
             denied_users.update(_expand_all(role.deny.kubernetes_users, traits))
