@@ -39,6 +39,14 @@ object or the namespace. It fails closed instead of leaking unfiltered lists (se
 
 Invariant: every refusal is a :class:`KubeportError` whose ``to_status()`` is the Kubernetes ``Status``
 kubectl prints (teleport-behaviour.md §5.5).
+
+Wiring, per request read by the agent (every step raises a Status-shaped error to send back)::
+
+    head = kube_headers.inspect(h11_request.headers)
+    request = kube_request.parse_request(method, path_without_prefix, query)
+    access = kube_access.authorize(user, current_roles, cluster_name, labels, request)
+    identity = kube_access.choose_identity(access, head.requested_user, head.requested_groups)
+    upstream_headers = kube_headers.outbound(head, identity)  # + Authorization and Host, by the forwarder
 """
 
 from __future__ import annotations
