@@ -1,0 +1,153 @@
+"""Request mapping (registry.core.kube_request): method + path + query -> what the API server will do."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+
+from registry.core.errors import BadParameter
+from registry.core.kube_request import parse_request
+
+# (method, path, query) -> (verb, api_group, resource, subresource, namespace, name)
+RESOURCE_CASES = [
+    ("GET", "/api/v1/namespaces/default/pods", "", ("list", "", "pods", "", "default", "")),
+    ("GET", "/api/v1/namespaces/default/pods", "watch=true", ("watch", "", "pods", "", "default", "")),
+    ("GET", "/api/v1/namespaces/default/pods", "watch=1&resourceVersion=5", ("watch", "", "pods", "", "default", "")),
+    ("GET", "/api/v1/namespaces/default/pods", "watch=false", ("list", "", "pods", "", "default", "")),
+    ("GET", "/api/v1/namespaces/default/pods/nginx", "", ("get", "", "pods", "", "default", "nginx")),
+    ("HEAD", "/api/v1/namespaces/default/pods/nginx", "", ("get", "", "pods", "", "default", "nginx")),
+    ("GET", "/api/v1/namespaces/default/pods/nginx", "watch=true", ("watch", "", "pods", "", "default", "nginx")),
+    ("GET", "/api/v1/namespaces/d/pods", "fieldSelector=metadata.name%3Dweb", ("list", "", "pods", "", "d", "web")),
+    ("GET", "/api/v1/watch/namespaces/d/pods", "", ("watch", "", "pods", "", "d", "")),
+    ("GET", "/api/v1/watch/namespaces/d/pods/web", "", ("watch", "", "pods", "", "d", "web")),
+    ("POST", "/api/v1/namespaces/d/pods", "", ("create", "", "pods", "", "d", "")),
+    ("PUT", "/api/v1/namespaces/d/pods/web", "", ("update", "", "pods", "", "d", "web")),
+    ("PATCH", "/apis/apps/v1/namespaces/d/deployments/web", "", ("patch", "apps", "deployments", "", "d", "web")),
+    ("DELETE", "/api/v1/namespaces/d/pods/web", "", ("delete", "", "pods", "", "d", "web")),
+    ("DELETE", "/api/v1/namespaces/d/pods", "", ("deletecollection", "", "pods", "", "d", "")),
+    ("POST", "/api/v1/namespaces/d/pods/web/exec", "command=ls", ("create", "", "pods", "exec", "d", "web")),
+    ("GET", "/api/v1/namespaces/d/pods/web/exec", "command=ls", ("create", "", "pods", "exec", "d", "web")),
+    ("GET", "/api/v1/namespaces/d/pods/web/attach", "", ("create", "", "pods", "attach", "d", "web")),
+    ("POST", "/api/v1/namespaces/d/pods/web/portforward", "", ("create", "", "pods", "portforward", "d", "web")),
+    ("GET", "/api/v1/namespaces/d/pods/web/portforward", "ports=80", ("create", "", "pods", "portforward", "d", "web")),
+    ("GET", "/api/v1/namespaces/d/pods/web/log", "follow=true", ("get", "", "pods", "log", "d", "web")),
+    ("GET", "/api/v1/namespaces/d/pods/web/proxy/metrics", "", ("get", "", "pods", "proxy", "d", "web")),
+    ("GET", "/api/v1/nodes/n1/proxy/stats", "", ("get", "", "nodes", "proxy", "", "n1")),
+    (
+        "PATCH",
+        "/api/v1/namespaces/d/pods/web/ephemeralcontainers",
+        "",
+        ("patch", "", "pods", "ephemeralcontainers", "d", "web"),
+    ),
+    ("GET", "/api/v1/proxy/namespaces/d/pods/web", "", ("proxy", "", "pods", "", "d", "web")),
+    ("GET", "/api/v1/nodes", "", ("list", "", "nodes", "", "", "")),
+    ("GET", "/api/v1/pods", "", ("list", "", "pods", "", "", "")),
+    ("GET", "/api/v1/namespaces", "", ("list", "", "namespaces", "", "", "")),
+    ("GET", "/api/v1/namespaces/default", "", ("get", "", "namespaces", "", "", "default")),
+    ("PUT", "/api/v1/namespaces/default/finalize", "", ("update", "", "namespaces", "finalize", "", "default")),
+    (
+        "GET",
+        "/apis/rbac.authorization.k8s.io/v1/clusterroles/admin",
+        "",
+        ("get", "rbac.authorization.k8s.io", "clusterroles", "", "", "admin"),
+    ),
+    (
+        "POST",
+        "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+        "",
+        ("create", "authorization.k8s.io", "selfsubjectaccessreviews", "", "", ""),
+    ),
+    ("GET", "/apis/example.com/v1/namespaces/d/widgets/w", "", ("get", "example.com", "widgets", "", "d", "w")),
+    ("GET", "/api/v1/namespaces/default/pods/", "", ("list", "", "pods", "", "default", "")),  # trailing slash
+    ("OPTIONS", "/api/v1/namespaces/d/pods", "", ("", "", "pods", "", "d", "")),  # unknown method: no verb
+    ("GET", "/api/v1/namespaces/d/pods/%6Eginx", "", ("get", "", "pods", "", "d", "nginx")),  # decoded like the API
+]
+
+
+@pytest.mark.parametrize(("method", "path", "query", "expected"), RESOURCE_CASES)
+def test_resource_requests(method: str, path: str, query: str, expected: tuple[str, ...]) -> None:
+    request = parse_request(method, path, query)
+    assert request.is_resource
+    got = (request.verb, request.api_group, request.resource, request.subresource, request.namespace, request.name)
+    assert got == expected
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/",
+        "/api",
+        "/api/v1",
+        "/apis",
+        "/apis/apps",
+        "/apis/apps/v1",
+        "/version",
+        "/openapi/v2",
+        "/healthz",
+        "/openapi/v3/apis/apps/v1",
+    ],
+)
+def test_discovery_paths_are_not_resources(path: str) -> None:
+    request = parse_request("GET", path)
+    assert not request.is_resource
+    assert request.verb == "get"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "//api/v1/pods",
+        "/api//v1/pods",
+        "/api/v1/namespaces/a%2Fb/pods",
+        "/api/v1/namespaces/a%2fb/pods",
+        "/api/v1/namespaces/a%5Cb/pods",
+        "/api/v1/namespaces/d/pods/x%00",
+        "/api/v1/namespaces/d/pods/%zz",
+        "/api/v1/namespaces/../pods",
+        "/api/v1/namespaces/%2E%2E/pods",
+        "/api/v1/namespaces/./pods",
+        "/api/v1/namespaces/d/pods/a\nb",
+        "/api/v1/namespaces/d/nodes/n1",  # cluster-scoped kind under a namespace (CVE-2019-11247)
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/d/clusterroles/admin",
+        "/api/v1/namespaces/d/namespaces/x",
+        "/api/v1/watch",
+        "api/v1/pods",
+        "/api/v1/namespaces/d/pods/%ff",
+    ],
+)
+def test_unsafe_paths_are_refused(path: str) -> None:
+    with pytest.raises(BadParameter):
+        parse_request("GET", path)
+
+
+def test_first_query_value_wins_and_describe() -> None:
+    request = parse_request("GET", "/api/v1/namespaces/d/pods", "watch=false&watch=true")
+    assert request.verb == "list"
+    assert parse_request("GET", "/apis/apps/v1/namespaces/d/deployments/web/scale").describe() == (
+        'deployments.apps/scale "web"'
+    )
+    assert parse_request("GET", "/api/v1/nodes").cluster_scoped
+    assert not parse_request("GET", "/api/v1/pods").cluster_scoped
+
+
+@pytest.mark.parametrize(
+    "seed",
+    [
+        "",
+        "/api/v1/",
+        "/watch/",
+        "/api/v1/namespaces/x/pods/name/exec",
+        "/api/v1/nodes/name/proxy/path",
+        "/%",
+        "/%%",
+        "/a/%2",
+        "/\u00e9",
+        "/api/v1/\udcff",
+    ],
+)
+def test_parser_never_raises_anything_else(seed: str) -> None:
+    """In the spirit of Teleport's FuzzParseResourcePath seeds: a result or BadParameter, nothing else."""
+    for method in ("GET", "POST", "BREW"):
+        with contextlib.suppress(BadParameter):
+            parse_request(method, seed, "watch=%zz&&=")
