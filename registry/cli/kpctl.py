@@ -17,7 +17,7 @@ import argparse
 import ipaddress
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -127,7 +127,7 @@ def _warn_about_kubeconfig(cluster: KubeCluster) -> None:
 # -- get --------------------------------------------------------------------------------------------
 
 
-def _kube_cluster_rows(items: Sequence[dict[str, Any]], verbose: bool) -> str:
+def _kube_cluster_rows(items: Sequence[Mapping[str, Any]], verbose: bool) -> str:
     rows = [
         [i["metadata"]["name"], render.labels_cell(_all_labels(i), verbose=verbose)]
         for i in sorted(items, key=lambda i: str(i["metadata"]["name"]))
@@ -135,7 +135,7 @@ def _kube_cluster_rows(items: Sequence[dict[str, Any]], verbose: bool) -> str:
     return render.table(["Name", "Labels"], rows)
 
 
-def _all_labels(item: dict[str, Any]) -> dict[str, str]:
+def _all_labels(item: Mapping[str, Any]) -> dict[str, str]:
     labels = dict(item.get("metadata", {}).get("labels") or {})
     for key, spec in (item.get("spec", {}).get("dynamic_labels") or {}).items():
         if isinstance(spec, dict) and spec.get("result"):
@@ -143,7 +143,7 @@ def _all_labels(item: dict[str, Any]) -> dict[str, str]:
     return labels
 
 
-def _kube_server_rows(items: Sequence[dict[str, Any]], verbose: bool) -> str:
+def _kube_server_rows(items: Sequence[Mapping[str, Any]], verbose: bool) -> str:
     rows = []
     for item in sorted(items, key=lambda i: (str(i["metadata"]["name"]), str(i["spec"].get("host_id")))):
         spec = item["spec"]
@@ -184,7 +184,7 @@ def _short(seconds: int) -> str:
     return f"{seconds}s"
 
 
-def _role_rows(items: Sequence[dict[str, Any]], verbose: bool) -> str:
+def _role_rows(items: Sequence[Mapping[str, Any]], verbose: bool) -> str:
     rows = []
     for item in sorted(items, key=lambda i: str(i["metadata"]["name"])):
         allow = item.get("spec", {}).get("allow", {}) or {}
@@ -196,7 +196,7 @@ def _role_rows(items: Sequence[dict[str, Any]], verbose: bool) -> str:
     return render.table(["Role", "Rules", "Kubernetes Groups"], rows)
 
 
-def _user_rows(items: Sequence[dict[str, Any]], verbose: bool) -> str:
+def _user_rows(items: Sequence[Mapping[str, Any]], verbose: bool) -> str:
     rows = [
         [i["metadata"]["name"], ",".join(i.get("spec", {}).get("roles", []) or [])]
         for i in sorted(items, key=lambda i: str(i["metadata"]["name"]))
@@ -204,7 +204,7 @@ def _user_rows(items: Sequence[dict[str, Any]], verbose: bool) -> str:
     return render.table(["User", "Roles"], rows)
 
 
-def _token_rows(items: Sequence[dict[str, Any]], verbose: bool) -> str:
+def _token_rows(items: Sequence[Mapping[str, Any]], verbose: bool) -> str:
     ordered = sorted(items, key=lambda i: str(i["metadata"].get("expires", "")))
     rows = [
         [
@@ -217,7 +217,7 @@ def _token_rows(items: Sequence[dict[str, Any]], verbose: bool) -> str:
     return render.table(["Token", "Type", "Expiry Time (UTC)"], rows)
 
 
-def _event_rows(items: Sequence[dict[str, Any]], verbose: bool) -> str:
+def _event_rows(items: Sequence[Mapping[str, Any]], verbose: bool) -> str:
     rows = []
     for e in items:
         target = f"{e.get('kind', '')}/{e.get('name', '')}" if e.get("kind") else str(e.get("host_id", ""))
@@ -244,6 +244,7 @@ async def cmd_get(args: argparse.Namespace) -> int:
     conn = resolve_connection(args)
     async with conn.client() as client:
         more: str | None = None
+        items: Sequence[Mapping[str, Any]]
         if kind == "event":
             if not 1 <= args.limit <= MAX_EVENTS_PAGE:
                 raise BadParameter(f"--limit must be between 1 and {MAX_EVENTS_PAGE} (got {args.limit})")
@@ -324,7 +325,7 @@ async def cmd_tokens_add(args: argparse.Namespace) -> int:
     return 0
 
 
-def agent_address(ping: dict[str, Any], used: str, this_host: str | None) -> tuple[str, list[str]]:
+def agent_address(ping: Mapping[str, Any], used: str, this_host: str | None) -> tuple[str, list[str]]:
     """The registry address to give agents on other hosts, and what the admin should know about it.
 
     The registry's ``--public-addr`` when it has one; else the address kpctl used, unless that is a loopback
