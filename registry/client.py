@@ -362,6 +362,32 @@ def _kube_cluster(item: ResourceBody, with_secrets: bool) -> KubeCluster:
 # -- joining (no identity yet) -----------------------------------------------------------------------
 
 
+async def fetch_unverified_ca(
+    address: str, *, timeout: float = DEFAULT_TIMEOUT, transport: httpx.AsyncBaseTransport | None = None
+) -> list[bytes]:
+    """The CA certificates the registry at ``address`` presents, fetched over TLS that verifies nothing.
+
+    Only safe with a check afterwards (:func:`fetch_ca` checks a pin) or as an explicit trust-on-first-use
+    (the agent without ``ca_pin``, which says so in its log). Errors are mapped like every other call.
+    """
+    async with httpx.AsyncClient(
+        base_url=_base_url(address),
+        verify=insecure_fetch_context(),
+        timeout=timeout,
+        trust_env=False,
+        transport=transport,
+    ) as http:
+        try:
+            response = await http.get("/v1/ca")
+        except httpx.HTTPError as exc:
+            raise _map_transport_error(address, exc) from None
+        _raise_for(response)
+        try:
+            return [str(p).encode() for p in response.json()["ca_pems"]]
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+            raise ConnectionProblem(f"registry at {address} answered /v1/ca with something unexpected") from None
+
+
 async def fetch_ca(
     address: str,
     *,
@@ -376,22 +402,7 @@ async def fetch_ca(
     """
     if not pins:
         raise BadParameter("fetching the registry CA needs at least one --ca-pin")
-    async with httpx.AsyncClient(
-        base_url=_base_url(address),
-        verify=insecure_fetch_context(),
-        timeout=timeout,
-        trust_env=False,
-        transport=transport,
-    ) as http:
-        try:
-            response = await http.get("/v1/ca")
-        except httpx.HTTPError as exc:
-            raise _map_transport_error(address, exc) from None
-        _raise_for(response)
-        try:
-            ca_pems = [str(p).encode() for p in response.json()["ca_pems"]]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise ConnectionProblem(f"registry at {address} answered /v1/ca with something unexpected") from None
+    ca_pems = await fetch_unverified_ca(address, timeout=timeout, transport=transport)
     errors: list[str] = []
     for pin in pins:
         for ca in ca_pems:
