@@ -85,11 +85,18 @@ class _ResponseStream(httpx.AsyncByteStream):
         self._receive = receive
         self._state = state
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self._receive:
-            yield chunk
-        if self._state.error is not None:
-            raise self._state.error
+    # An iterator object, not an async generator: httpx closes the stream, never the generator, and an
+    # unclosed async generator is finalized at garbage collection (trio warns about that).
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            return await self._receive.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            if self._state.error is not None:
+                raise self._state.error from None
+            raise StopAsyncIteration from None
 
     async def aclose(self) -> None:
         self._state.cancel.cancel()
