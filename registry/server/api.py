@@ -22,7 +22,8 @@ Routes (all JSON; errors are Kubernetes ``Status`` bodies):
     GET    /v1/events[?limit=N&event=kube.create&continue=ID]  audit log, one page (see below)
     GET    /v1/watch?kinds=kube_cluster,kube_server&revision=N[&with_secrets=1]
 
-The watch answers newline-delimited JSON: first ``{"type": "INIT", "revision": N}``, then ``PUT`` /
+The watch answers newline-delimited JSON (the format lives in ``registry.core.watch``, which encodes every
+line): first ``{"type": "INIT", "revision": N}``, then ``PUT`` /
 ``DELETE`` events with their revision, a ``BOOKMARK`` every ``bookmark_interval`` seconds of silence (so
 dead connections surface), and at most one final ``ERROR`` carrying a Status (``Expired``/410 means the
 revision is too old or the watcher fell behind: relist, then watch from the list's revision).

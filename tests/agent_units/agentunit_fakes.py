@@ -117,6 +117,10 @@ class WatchSession:
 class FakeRegistryClient:
     """The parts of ``RegistryClient`` the watcher and the announcer use.
 
+    Watcher tests prefer ``registry.testing.InProcessRegistry`` (the real API); this fake remains for the
+    announcer's timing tests and for watch streams no registry would send (raw events are still decoded by
+    ``registry.core.watch``, as the client does).
+
     - ``items`` / ``revision`` are what ``list`` returns; ``list_errors`` are raised first, one per call.
     - ``watch_errors`` are raised when a watch is opened, one per call; otherwise a :class:`WatchSession` is
       created (the stream ends with ``ConnectionProblem`` when the test closes it, as the real client does
