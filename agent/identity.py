@@ -11,6 +11,8 @@ Invariants:
 - A restarted agent reuses a valid identity without the token; an expired one needs the token again.
 - The registry assigns the host id: a join never names one (the registry refuses ids already in use, so
   a token holder cannot pose as another agent). Renewal keeps the id; a fresh join gets a new one.
+- Every call to the registry goes through ``registry.client`` (CA fetch, join, renewal): one way to talk
+  to it, one error mapping.
 - With a CA pin the registry's CA is verified before anything is sent to it. Without one, the first
   contact trusts the CA it is shown (and says so in the log); from then on the stored CA is the anchor.
 - Renewal replaces the identity file atomically, then swaps the client; a failed renewal is retried and
@@ -34,12 +36,11 @@ import trio
 
 from agent.config import AgentConfig
 from agent.watcher import Backoff
-from registry.client import RegistryClient, fetch_ca, join
+from registry.client import RegistryClient, fetch_ca, fetch_unverified_ca, join
 from registry.core.errors import BadParameter, ConnectionProblem, KubeportError, LimitExceeded, Timeout
 from registry.core.identity import generate_private_key, make_csr, needs_renewal
 from registry.core.identity_file import IdentityFile
 from registry.host.files import ensure_private_dir, read_limited, write_secret_file
-from registry.host.tls import insecure_fetch_context
 
 log = logging.getLogger(__name__)
 
@@ -72,25 +73,15 @@ def join_token(config: AgentConfig) -> str | None:
     return None
 
 
-async def _trust_on_first_use(address: str, backoff: Backoff) -> list[bytes]:
+async def _trust_on_first_use(
+    address: str, backoff: Backoff, transport: httpx.AsyncBaseTransport | None
+) -> list[bytes]:
     log.warning(
         "no kubeport.ca_pin configured: trusting the CA the registry at %s presents on first contact "
         "(set ca_pin from 'kpctl status' to verify it)",
         address,
     )
-    return await retry_while_unreachable(_fetch_unverified_ca, backoff)(address)
-
-
-async def _fetch_unverified_ca(address: str) -> list[bytes]:
-    async with httpx.AsyncClient(
-        base_url=f"https://{address}", verify=insecure_fetch_context(), trust_env=False, timeout=15.0
-    ) as http:
-        try:
-            response = await http.get("/v1/ca")
-            response.raise_for_status()
-            return [str(p).encode() for p in response.json()["ca_pems"]]
-        except (httpx.HTTPError, KeyError, TypeError, ValueError) as exc:
-            raise ConnectionProblem(f"cannot fetch the CA from the registry at {address}: {exc}") from None
+    return await retry_while_unreachable(fetch_unverified_ca, backoff)(address, transport=transport)
 
 
 P = ParamSpec("P")
@@ -121,10 +112,15 @@ def retry_while_unreachable(func: Callable[P, Awaitable[T]], backoff: Backoff) -
 
 
 async def obtain_identity(
-    config: AgentConfig, *, now: datetime | None = None, backoff: Backoff | None = None
+    config: AgentConfig,
+    *,
+    now: datetime | None = None,
+    backoff: Backoff | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
 ) -> IdentityFile:
     """The agent's identity: the stored one while valid, else a fresh join with the configured token
-    (waiting for an unreachable registry, see the module docstring)."""
+    (waiting for an unreachable registry, see the module docstring). Every call goes through
+    ``registry.client`` (one error mapping); ``transport`` replaces the network (tests)."""
     backoff = backoff or join_backoff()
     now = now or datetime.now(tz=UTC)
     data_dir = ensure_private_dir(config.data_dir)
@@ -144,9 +140,9 @@ async def obtain_identity(
             "kubeport.token_file (get one with 'kpctl tokens add --type=kube')"
         )
     if config.ca_pins:
-        ca_pems = await retry_while_unreachable(fetch_ca, backoff)(address, pins=config.ca_pins)
+        ca_pems = await retry_while_unreachable(fetch_ca, backoff)(address, pins=config.ca_pins, transport=transport)
     else:
-        ca_pems = await _trust_on_first_use(address, backoff)
+        ca_pems = await _trust_on_first_use(address, backoff, transport)
     key = generate_private_key()
     result = await retry_while_unreachable(join, backoff)(
         address,
@@ -154,6 +150,7 @@ async def obtain_identity(
         nodename=config.nodename,
         csr_pem=make_csr(key, config.nodename),
         ca_pems=ca_pems,
+        transport=transport,
     )
     identity = IdentityFile(
         cert_pem=result["cert_pem"].encode(),

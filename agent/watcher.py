@@ -23,10 +23,11 @@ from typing import Any
 
 import trio
 
-from registry.client import RegistryClient
+from registry.client import RegistryClient, StreamEvent
 from registry.core import codec
 from registry.core.errors import Compacted, ConnectionProblem, KubeportError
 from registry.core.resources import KubeCluster
+from registry.core.watch import Bookmark, Init, Put
 
 log = logging.getLogger(__name__)
 
@@ -149,23 +150,16 @@ class ClusterWatcher:
                     self.backoff.reset()
                     self._handle(event)
 
-    def _handle(self, event: dict[str, Any]) -> None:
-        """One watch event. A malformed one is a broken stream: reconnect and resume from the last revision."""
-        kind = event.get("type")
-        revision = event.get("revision")
-        if kind in ("INIT", "BOOKMARK"):
-            if isinstance(revision, int) and not isinstance(revision, bool):
-                self.revision = revision
+    def _handle(self, event: StreamEvent) -> None:
+        """One watch event, as the client decoded it (``registry.core.watch``: a malformed stream is a
+        ConnectionProblem there, so it reconnects and resumes from the last revision and never gets here)."""
+        if isinstance(event, Init | Bookmark):
+            self.revision = event.revision
             return
-        if kind not in ("PUT", "DELETE"):
-            return
-        if not isinstance(revision, int) or isinstance(revision, bool):
-            raise ConnectionProblem(f"the registry sent a {kind} event without a revision: reconnecting")
-        resource = event.get("resource")
-        if kind == "PUT":
-            self._apply(resource)
+        if isinstance(event, Put):
+            self._apply(event.resource)
         else:
-            name = self._name_of(resource)
+            name = self._name_of(event.resource)
             if name is None:
                 self._stats["malformed"] += 1
                 log.warning("ignoring a DELETE without a name from the registry")
@@ -173,7 +167,7 @@ class ClusterWatcher:
                 self._mark(name)
                 self.clusters.pop(name, None)
                 self.invalid.pop(name, None)
-        self.revision = revision
+        self.revision = event.revision
         self._stats["events"] += 1
         self._on_change()
 
@@ -208,13 +202,11 @@ class ClusterWatcher:
                 self.connected = False
 
 
-async def _with_idle_limit(events: AsyncIterator[dict[str, Any]], limit: float) -> AsyncGenerator[dict[str, Any], None]:
+async def _with_idle_limit(events: AsyncIterator[StreamEvent], limit: float) -> AsyncGenerator[StreamEvent, None]:
     while True:
-        event: dict[str, Any] | None = None
+        event: StreamEvent | None = None
         with trio.move_on_after(limit):
             event = await events.__anext__()
         if event is None:
             raise ConnectionProblem(f"the registry watch was silent for {limit:.0f}s (no bookmark): reconnecting")
-        if not isinstance(event, dict):
-            raise ConnectionProblem("the registry sent a malformed watch event: reconnecting")
         yield event

@@ -1,5 +1,12 @@
 """RegistryClient: the one way kpctl, kubeport and the agent talk to the registry (httpx over mutual TLS).
 
+``transport`` is httpx's own seam: pass ``httpx.MockTransport`` or :mod:`registry.testing`'s in-process
+transport (the real API handlers over a MemoryStore) and no socket is opened; the same error mapping applies.
+
+Answers are typed with the wire shapes of :mod:`registry.core.wire`; where callers want models, a typed
+method decodes through the codec (``list_kube_clusters``). The watch stream is decoded by
+:mod:`registry.core.watch` into its event classes: nothing here knows the line format.
+
 Every call verifies the registry's certificate against the cluster CA under the fixed name
 ``registry.kubeport.local`` (sent as SNI), whatever address the registry is reached at. Errors are mapped
 at this seam: network and TLS failures become ConnectionProblem / Timeout with the address in the message,
@@ -21,6 +28,7 @@ from urllib.parse import quote
 
 import httpx
 
+from registry.core import codec
 from registry.core.errors import (
     BadParameter,
     ConnectionProblem,
@@ -31,11 +39,17 @@ from registry.core.errors import (
 )
 from registry.core.identity import REGISTRY_SERVER_NAME, check_pin
 from registry.core.identity_file import IdentityFile
+from registry.core.resources import KubeCluster
+from registry.core.watch import Bookmark, Delete, Error, Init, Put, WatchDecoder, WatchProtocolError
+from registry.core.wire import AgentRecord, AuditEvent, Certificate, JoinResult, Ping, ResourceBody, Whoami
 from registry.host.files import read_limited
 from registry.host.tls import client_context, insecure_fetch_context
 
 DEFAULT_TIMEOUT = 15.0
 _SNI = {"sni_hostname": REGISTRY_SERVER_NAME}
+
+StreamEvent = Init | Put | Delete | Bookmark
+"""What ``RegistryClient.watch`` yields (an ERROR event is raised instead)."""
 
 
 def _base_url(address: str) -> str:
@@ -96,10 +110,13 @@ class RegistryClient:
         cert_pem: bytes | None = None,
         key_pem: bytes | None = None,
         timeout: float = DEFAULT_TIMEOUT,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.address = address
         self._ssl = client_context(ca_pems, cert_pem, key_pem)
-        self._http = httpx.AsyncClient(base_url=_base_url(address), verify=self._ssl, timeout=timeout, trust_env=False)
+        self._http = httpx.AsyncClient(
+            base_url=_base_url(address), verify=self._ssl, timeout=timeout, trust_env=False, transport=transport
+        )
 
     @classmethod
     def from_identity(cls, identity: IdentityFile, address: str | None = None, **kwargs: Any) -> RegistryClient:
@@ -153,19 +170,19 @@ class RegistryClient:
 
     # -- meta ----------------------------------------------------------------------------------------
 
-    async def ping(self) -> dict[str, Any]:
-        result: dict[str, Any] = await self._request("GET", "/v1/ping")
+    async def ping(self) -> Ping:
+        result: Ping = await self._request("GET", "/v1/ping")
         return result
 
-    async def whoami(self) -> dict[str, Any]:
-        result: dict[str, Any] = await self._request("GET", "/v1/whoami")
+    async def whoami(self) -> Whoami:
+        result: Whoami = await self._request("GET", "/v1/whoami")
         return result
 
     # -- resources -----------------------------------------------------------------------------------
 
     async def list(
         self, kind: str, *, with_secrets: bool = False, labels: Mapping[str, str] | None = None
-    ) -> tuple[builtins.list[dict[str, Any]], int]:
+    ) -> tuple[builtins.list[ResourceBody], int]:
         """All resources of a kind and the store revision the list was read at (to watch from)."""
         params = {"with_secrets": "1"} if with_secrets else {}
         if labels:
@@ -173,23 +190,35 @@ class RegistryClient:
         result = await self._request("GET", f"/v1/resources/{_seg(kind)}", params=params)
         return list(result["items"]), int(result["revision"])
 
-    async def get(self, kind: str, name: str, *, with_secrets: bool = False) -> dict[str, Any]:
+    async def list_kube_clusters(
+        self, *, with_secrets: bool = False, labels: Mapping[str, str] | None = None
+    ) -> tuple[builtins.list[KubeCluster], int]:
+        """Every kube_cluster as a model (validated by the codec; an invalid one raises BadParameter) and the
+        revision to watch from. Without secrets the models have no kubeconfig."""
+        items, revision = await self.list("kube_cluster", with_secrets=with_secrets, labels=labels)
+        return [_kube_cluster(item, with_secrets) for item in items], revision
+
+    async def get_kube_cluster(self, name: str, *, with_secrets: bool = False) -> KubeCluster:
+        """One kube_cluster as a model (see :meth:`list_kube_clusters`)."""
+        return _kube_cluster(await self.get("kube_cluster", name, with_secrets=with_secrets), with_secrets)
+
+    async def get(self, kind: str, name: str, *, with_secrets: bool = False) -> ResourceBody:
         params = {"with_secrets": "1"} if with_secrets else None
-        result: dict[str, Any] = await self._request("GET", f"/v1/resources/{_seg(kind)}/{_seg(name)}", params=params)
+        result: ResourceBody = await self._request("GET", f"/v1/resources/{_seg(kind)}/{_seg(name)}", params=params)
         return result
 
-    async def create(self, resource: Mapping[str, Any]) -> dict[str, Any]:
-        result: dict[str, Any] = await self._request("POST", f"/v1/resources/{_seg(resource['kind'])}", body=resource)
+    async def create(self, resource: Mapping[str, Any]) -> ResourceBody:
+        result: ResourceBody = await self._request("POST", f"/v1/resources/{_seg(resource['kind'])}", body=resource)
         return result
 
-    async def update(self, resource: Mapping[str, Any]) -> dict[str, Any]:
+    async def update(self, resource: Mapping[str, Any]) -> ResourceBody:
         name = resource["metadata"]["name"]
-        result: dict[str, Any] = await self._request(
+        result: ResourceBody = await self._request(
             "PUT", f"/v1/resources/{_seg(resource['kind'])}/{_seg(name)}", body=resource
         )
         return result
 
-    async def create_or_update(self, resource: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
+    async def create_or_update(self, resource: Mapping[str, Any]) -> tuple[ResourceBody, bool]:
         """``kpctl create -f``: create, or replace when it exists. Returns (resource, created)."""
         from registry.core.errors import AlreadyExists
 
@@ -203,22 +232,20 @@ class RegistryClient:
 
     # -- heartbeats, tokens, certificates, audit -----------------------------------------------------
 
-    async def heartbeat(self, server: Mapping[str, Any]) -> dict[str, Any]:
+    async def heartbeat(self, server: Mapping[str, Any]) -> ResourceBody:
         host_id = server["spec"]["host_id"]
         name = server["metadata"]["name"]
-        result: dict[str, Any] = await self._request(
-            "PUT", f"/v1/kube_servers/{_seg(host_id)}/{_seg(name)}", body=server
-        )
+        result: ResourceBody = await self._request("PUT", f"/v1/kube_servers/{_seg(host_id)}/{_seg(name)}", body=server)
         return result
 
     async def delete_heartbeat(self, host_id: str, name: str) -> None:
         await self._request("DELETE", f"/v1/kube_servers/{_seg(host_id)}/{_seg(name)}")
 
-    async def put_agent(self, record: Mapping[str, Any]) -> dict[str, Any]:
-        result: dict[str, Any] = await self._request("PUT", f"/v1/kube_agents/{_seg(record['host_id'])}", body=record)
+    async def put_agent(self, record: Mapping[str, Any]) -> AgentRecord:
+        result: AgentRecord = await self._request("PUT", f"/v1/kube_agents/{_seg(record['host_id'])}", body=record)
         return result
 
-    async def list_agents(self) -> builtins.list[dict[str, Any]]:
+    async def list_agents(self) -> builtins.list[AgentRecord]:
         result = await self._request("GET", "/v1/kube_agents")
         return list(result["items"])
 
@@ -227,30 +254,30 @@ class RegistryClient:
 
     async def generate_token(
         self, *, roles: Sequence[str] = ("Kube",), ttl_seconds: float = 1800, value: str | None = None
-    ) -> dict[str, Any]:
+    ) -> ResourceBody:
         body: dict[str, Any] = {"roles": list(roles), "ttl_seconds": ttl_seconds}
         if value:
             body["value"] = value
-        result: dict[str, Any] = await self._request("POST", "/v1/tokens", body=body)
+        result: ResourceBody = await self._request("POST", "/v1/tokens", body=body)
         return result
 
-    async def renew(self, csr_pem: bytes) -> dict[str, Any]:
-        result: dict[str, Any] = await self._request("POST", "/v1/certs/renew", body={"csr_pem": csr_pem.decode()})
+    async def renew(self, csr_pem: bytes) -> Certificate:
+        result: Certificate = await self._request("POST", "/v1/certs/renew", body={"csr_pem": csr_pem.decode()})
         return result
 
-    async def sign_user(self, user: str, csr_pem: bytes, ttl_seconds: float) -> dict[str, Any]:
+    async def sign_user(self, user: str, csr_pem: bytes, ttl_seconds: float) -> Certificate:
         body = {"user": user, "csr_pem": csr_pem.decode(), "ttl_seconds": ttl_seconds}
-        result: dict[str, Any] = await self._request("POST", "/v1/certs/user", body=body)
+        result: Certificate = await self._request("POST", "/v1/certs/user", body=body)
         return result
 
-    async def events(self, *, limit: int = 100, event: str | None = None) -> builtins.list[dict[str, Any]]:
+    async def events(self, *, limit: int = 100, event: str | None = None) -> builtins.list[AuditEvent]:
         """The newest ``limit`` audit events (oldest first)."""
         items, _ = await self.events_page(limit=limit, event=event)
         return items
 
     async def events_page(
         self, *, limit: int = 100, event: str | None = None, continue_from: str | None = None
-    ) -> tuple[builtins.list[dict[str, Any]], str | None]:
+    ) -> tuple[builtins.list[AuditEvent], str | None]:
         """One page of audit events (oldest first) and the token of the next, older page (None: no more)."""
         params = {"limit": str(limit)}
         if event:
@@ -266,10 +293,11 @@ class RegistryClient:
     @asynccontextmanager
     async def watch(
         self, kinds: Sequence[str], *, revision: int | None = None, with_secrets: bool = False
-    ) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
-        """Stream events (dicts with type INIT/PUT/DELETE/BOOKMARK) after ``revision``.
+    ) -> AsyncIterator[AsyncIterator[StreamEvent]]:
+        """Stream events (:mod:`registry.core.watch`: Init, Put, Delete, Bookmark) after ``revision``.
 
-        An in-band ERROR line is raised as its error class: ``Compacted`` means relist and watch again.
+        An in-band ERROR line is raised as its error class: ``Compacted`` means relist and watch again. A
+        malformed stream raises ConnectionProblem (reconnect and resume from the last revision seen).
         The stream never times out on its own (the server sends bookmarks); callers put deadlines around it.
         """
         params = {"kinds": ",".join(kinds)}
@@ -295,40 +323,59 @@ class RegistryClient:
             raise _map_transport_error(self.address, exc) from None
 
 
-async def _watch_events(response: httpx.Response, address: str) -> AsyncGenerator[dict[str, Any], None]:
+async def _watch_events(response: httpx.Response, address: str) -> AsyncGenerator[StreamEvent, None]:
+    decoder = WatchDecoder()
     try:
         # httpx types it as an iterator; it is an async generator, which is what aclosing needs.
-        async with aclosing(cast(AsyncGenerator[str, None], response.aiter_lines())) as lines:
-            async for line in lines:
-                if not line.strip():
-                    continue
-                try:
-                    event = json.loads(line)
-                except json.JSONDecodeError:
-                    raise ConnectionProblem(f"registry at {address} sent a malformed watch event") from None
-                if not isinstance(event, dict):
-                    raise ConnectionProblem(f"registry at {address} sent a malformed watch event")
-                if event.get("type") == "ERROR":
-                    raise from_status(event.get("status"), 500)
-                yield event
+        async with aclosing(cast(AsyncGenerator[bytes, None], response.aiter_bytes())) as chunks:
+            async for chunk in chunks:
+                for event in _decode(decoder, chunk, address):
+                    yield event
+        for event in _decode(decoder, b"", address):
+            yield event
     except httpx.HTTPError as exc:
         raise _map_transport_error(address, exc) from None
     raise ConnectionProblem(f"registry at {address} closed the watch")
 
 
+def _decode(decoder: WatchDecoder, chunk: bytes, address: str) -> list[StreamEvent]:
+    """The events a chunk completes; an ERROR event is raised as its error class."""
+    try:
+        events = decoder.feed(chunk) if chunk else decoder.feed(b"")
+    except WatchProtocolError as err:
+        raise ConnectionProblem(f"registry at {address} sent a malformed watch event ({err.message})") from None
+    out: list[StreamEvent] = []
+    for event in events:
+        if isinstance(event, Error):
+            raise from_status(event.status, 500)
+        out.append(event)
+    return out
+
+
+def _kube_cluster(item: ResourceBody, with_secrets: bool) -> KubeCluster:
+    model = codec.resource_from_dict(item, source="registry", verify_kubeconfig=with_secrets)
+    if not isinstance(model, KubeCluster):
+        raise ConnectionProblem(f"the registry answered a {model.KIND} where a kube_cluster was expected")
+    return model
+
+
 # -- joining (no identity yet) -----------------------------------------------------------------------
 
 
-async def fetch_ca(address: str, *, pins: Sequence[str], timeout: float = DEFAULT_TIMEOUT) -> list[bytes]:
-    """First contact: fetch the CA over unverified TLS and accept it only if it matches one of ``pins``.
+async def fetch_unverified_ca(
+    address: str, *, timeout: float = DEFAULT_TIMEOUT, transport: httpx.AsyncBaseTransport | None = None
+) -> list[bytes]:
+    """The CA certificates the registry at ``address`` presents, fetched over TLS that verifies nothing.
 
-    The pin (a hash of the CA's public key that the admin copied from ``kpctl status``) is the trust
-    anchor, so the unverified channel cannot substitute a CA. Without pins callers must already have the CA.
+    Only safe with a check afterwards (:func:`fetch_ca` checks a pin) or as an explicit trust-on-first-use
+    (the agent without ``ca_pin``, which says so in its log). Errors are mapped like every other call.
     """
-    if not pins:
-        raise BadParameter("fetching the registry CA needs at least one --ca-pin")
     async with httpx.AsyncClient(
-        base_url=_base_url(address), verify=insecure_fetch_context(), timeout=timeout, trust_env=False
+        base_url=_base_url(address),
+        verify=insecure_fetch_context(),
+        timeout=timeout,
+        trust_env=False,
+        transport=transport,
     ) as http:
         try:
             response = await http.get("/v1/ca")
@@ -336,9 +383,26 @@ async def fetch_ca(address: str, *, pins: Sequence[str], timeout: float = DEFAUL
             raise _map_transport_error(address, exc) from None
         _raise_for(response)
         try:
-            ca_pems = [str(p).encode() for p in response.json()["ca_pems"]]
-        except (json.JSONDecodeError, KeyError, TypeError):
+            return [str(p).encode() for p in response.json()["ca_pems"]]
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
             raise ConnectionProblem(f"registry at {address} answered /v1/ca with something unexpected") from None
+
+
+async def fetch_ca(
+    address: str,
+    *,
+    pins: Sequence[str],
+    timeout: float = DEFAULT_TIMEOUT,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> list[bytes]:
+    """First contact: fetch the CA over unverified TLS and accept it only if it matches one of ``pins``.
+
+    The pin (a hash of the CA's public key that the admin copied from ``kpctl status``) is the trust
+    anchor, so the unverified channel cannot substitute a CA. Without pins callers must already have the CA.
+    """
+    if not pins:
+        raise BadParameter("fetching the registry CA needs at least one --ca-pin")
+    ca_pems = await fetch_unverified_ca(address, timeout=timeout, transport=transport)
     errors: list[str] = []
     for pin in pins:
         for ca in ca_pems:
@@ -361,9 +425,10 @@ async def join(
     ca_pems: Sequence[bytes],
     host_id: str | None = None,
     timeout: float = DEFAULT_TIMEOUT,
-) -> dict[str, Any]:
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> JoinResult:
     """Trade a join token and a CSR for a certificate; the registry is verified against ``ca_pems``."""
-    async with RegistryClient(address, ca_pems=ca_pems, timeout=timeout) as client:
+    async with RegistryClient(address, ca_pems=ca_pems, timeout=timeout, transport=transport) as client:
         body = {"token": token, "nodename": nodename, "csr_pem": csr_pem.decode(), "host_id": host_id or ""}
-        result: dict[str, Any] = await client._request("POST", "/v1/join", body=body)
+        result: JoinResult = await client._request("POST", "/v1/join", body=body)
         return result

@@ -74,6 +74,9 @@ from benchlib import (
     stop,
 )
 
+from registry.client import StreamEvent
+from registry.core.watch import Init, Put
+
 # Clusters carry shard = i % SHARDS; with --fanout split agent j serves the shards s with s % A == j, a partition
 # for any A up to SHARDS (even shares when A divides 60: 1-6, 10, 12, 15, 20, 30, 60).
 SHARDS = 60
@@ -452,20 +455,21 @@ class Tracker:
         self.ready = trio.Event()
         self._changed = trio.Event()
 
-    def apply(self, event: Any) -> None:
+    def apply(self, event: StreamEvent) -> None:
         """Record one watch event. Anything not shaped like a PUT of a named resource is ignored, not fatal:
         a malformed event must not end a benchmark that has been setting up for minutes."""
-        kind = _field(event, "type")
-        if kind == "INIT":
+        if isinstance(event, Init):
             self.ready.set()
             return
-        resource = _field(event, "resource")
-        name = _field(_field(resource, "metadata"), "name")
-        if kind != "PUT" or not isinstance(name, str) or not name:
+        if not isinstance(event, Put):
             return
-        if _field(event, "kind") == "kube_cluster":
+        resource = event.resource
+        name = _field(_field(resource, "metadata"), "name")
+        if not isinstance(name, str) or not name:
+            return
+        if event.kind == "kube_cluster":
             self.cluster_put.setdefault(name, trio.current_time())
-        elif _field(event, "kind") == "kube_server":
+        elif event.kind == "kube_server":
             spec = _field(resource, "spec")
             host = _field(spec, "host_id")
             if not isinstance(host, str) or not host:

@@ -54,6 +54,7 @@ from benchlib import percentile, positive, positive_list
 from registry.client import RegistryClient
 from registry.core.identity import CertAuthority
 from registry.core.resources import ORIGIN_LABEL
+from registry.core.watch import Init, Put
 from registry.server.serve import RegistryInfo, serve_registry
 from registry.store import SQLiteStore
 
@@ -448,10 +449,10 @@ async def _api_watch(
         async def watcher(index: int, probe: LatencyProbe) -> None:
             async with clients[index].watch([KIND]) as stream:
                 async for event in stream:
-                    if event.get("type") == "INIT":
+                    if isinstance(event, Init):
                         probe.ready()  # the server registered its store watch before sending INIT
-                    elif event.get("type") == "PUT":
-                        probe.received(str(event.get("name")))
+                    elif isinstance(event, Put):
+                        probe.received(event.name)
 
         async def write(name: str) -> None:
             with trio.fail_after(STEP_TIMEOUT):

@@ -113,13 +113,13 @@ def fields(rows: Sequence[tuple[str, str]]) -> str:
 # -- resource tables: the text view of ``kpctl get KIND`` and ``kpctl tokens ls`` ------------------------
 
 
-def resource_table(kind: str, items: Sequence[dict[str, Any]], *, verbose: bool) -> str:
+def resource_table(kind: str, items: Sequence[Mapping[str, Any]], *, verbose: bool) -> str:
     """The text table of ``items`` of one kind (``kube_cluster``, ``kube_server``, ``role``, ``user``,
     ``token`` or ``event``), rows in a stable order; ``verbose`` shows long cells whole."""
     return _TABLES[kind](items, verbose)
 
 
-def _kube_cluster_rows(items: Sequence[dict[str, Any]], verbose: bool) -> str:
+def _kube_cluster_rows(items: Sequence[Mapping[str, Any]], verbose: bool) -> str:
     rows = [
         [i["metadata"]["name"], labels_cell(_all_labels(i), verbose=verbose)]
         for i in sorted(items, key=lambda i: str(i["metadata"]["name"]))
@@ -127,7 +127,7 @@ def _kube_cluster_rows(items: Sequence[dict[str, Any]], verbose: bool) -> str:
     return table(["Name", "Labels"], rows)
 
 
-def _all_labels(item: dict[str, Any]) -> dict[str, str]:
+def _all_labels(item: Mapping[str, Any]) -> dict[str, str]:
     labels = dict(item.get("metadata", {}).get("labels") or {})
     for key, spec in (item.get("spec", {}).get("dynamic_labels") or {}).items():
         if isinstance(spec, dict) and spec.get("result"):
@@ -135,7 +135,7 @@ def _all_labels(item: dict[str, Any]) -> dict[str, str]:
     return labels
 
 
-def _kube_server_rows(items: Sequence[dict[str, Any]], verbose: bool) -> str:
+def _kube_server_rows(items: Sequence[Mapping[str, Any]], verbose: bool) -> str:
     rows = []
     for item in sorted(items, key=lambda i: (str(i["metadata"]["name"]), str(i["spec"].get("host_id")))):
         spec = item["spec"]
@@ -176,7 +176,7 @@ def _short(seconds: int) -> str:
     return f"{seconds}s"
 
 
-def _role_rows(items: Sequence[dict[str, Any]], verbose: bool) -> str:
+def _role_rows(items: Sequence[Mapping[str, Any]], verbose: bool) -> str:
     rows = []
     for item in sorted(items, key=lambda i: str(i["metadata"]["name"])):
         allow = item.get("spec", {}).get("allow", {}) or {}
@@ -188,7 +188,7 @@ def _role_rows(items: Sequence[dict[str, Any]], verbose: bool) -> str:
     return table(["Role", "Rules", "Kubernetes Groups"], rows)
 
 
-def _user_rows(items: Sequence[dict[str, Any]], verbose: bool) -> str:
+def _user_rows(items: Sequence[Mapping[str, Any]], verbose: bool) -> str:
     rows = [
         [i["metadata"]["name"], ",".join(i.get("spec", {}).get("roles", []) or [])]
         for i in sorted(items, key=lambda i: str(i["metadata"]["name"]))
@@ -196,7 +196,7 @@ def _user_rows(items: Sequence[dict[str, Any]], verbose: bool) -> str:
     return table(["User", "Roles"], rows)
 
 
-def _token_rows(items: Sequence[dict[str, Any]], verbose: bool) -> str:
+def _token_rows(items: Sequence[Mapping[str, Any]], verbose: bool) -> str:
     ordered = sorted(items, key=lambda i: str(i["metadata"].get("expires", "")))
     rows = [
         [
@@ -209,7 +209,7 @@ def _token_rows(items: Sequence[dict[str, Any]], verbose: bool) -> str:
     return table(["Token", "Type", "Expiry Time (UTC)"], rows)
 
 
-def _event_rows(items: Sequence[dict[str, Any]], verbose: bool) -> str:
+def _event_rows(items: Sequence[Mapping[str, Any]], verbose: bool) -> str:
     rows = []
     for e in items:
         target = f"{e.get('kind', '')}/{e.get('name', '')}" if e.get("kind") else str(e.get("host_id", ""))
@@ -221,7 +221,7 @@ def _event_rows(items: Sequence[dict[str, Any]], verbose: bool) -> str:
     return table(["Time", "Event", "User", "Resource", "Result"], rows)
 
 
-_TABLES: dict[str, Callable[[Sequence[dict[str, Any]], bool], str]] = {
+_TABLES: dict[str, Callable[[Sequence[Mapping[str, Any]], bool], str]] = {
     "kube_cluster": _kube_cluster_rows,
     "kube_server": _kube_server_rows,
     "role": _role_rows,

@@ -11,7 +11,9 @@ Invariant: ``from_status(err.to_status())`` yields an error of the same class wi
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
+
+from registry.core.wire import StatusBody
 
 
 class KubeportError(Exception):
@@ -24,7 +26,7 @@ class KubeportError(Exception):
         super().__init__(message)
         self.message = message
 
-    def to_status(self) -> dict[str, Any]:
+    def to_status(self) -> StatusBody:
         """The Kubernetes ``Status`` object for this error (what kubectl prints natively)."""
         return {
             "kind": "Status",

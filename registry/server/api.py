@@ -22,7 +22,8 @@ Routes (all JSON; errors are Kubernetes ``Status`` bodies):
     GET    /v1/events[?limit=N&event=kube.create&continue=ID]  audit log, one page (see below)
     GET    /v1/watch?kinds=kube_cluster,kube_server&revision=N[&with_secrets=1]
 
-The watch answers newline-delimited JSON: first ``{"type": "INIT", "revision": N}``, then ``PUT`` /
+The watch answers newline-delimited JSON (the format lives in ``registry.core.watch``, which encodes every
+line): first ``{"type": "INIT", "revision": N}``, then ``PUT`` /
 ``DELETE`` events with their revision, a ``BOOKMARK`` every ``bookmark_interval`` seconds of silence (so
 dead connections surface), and at most one final ``ERROR`` carrying a Status (``Expired``/410 means the
 revision is too old or the watcher fell behind: relist, then watch from the list's revision).
@@ -42,7 +43,6 @@ one, aggregated (``count``), so a flood costs a bounded number of rows.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -53,7 +53,7 @@ from urllib.parse import unquote
 
 import trio
 
-from registry.core import codec
+from registry.core import codec, watch
 from registry.core.errors import (
     AccessDenied,
     BadParameter,
@@ -63,6 +63,7 @@ from registry.core.errors import (
     Unauthenticated,
 )
 from registry.core.resources import KIND_ALIASES, KubeServer
+from registry.core.wire import EventsPage, ResourceList
 from registry.server.admission import source_of_client
 from registry.server.authz import Caller
 from registry.server.http import Request, Response, Send
@@ -70,6 +71,8 @@ from registry.server.ratelimit import Rate, RateLimiter
 from registry.server.service import Registry
 
 log = logging.getLogger(__name__)
+
+_Handler = Callable[[Caller, Request, list[str]], Awaitable[Response]]
 
 RESOURCE_KINDS = ("kube_cluster", "kube_server", "role", "user", "token")
 WATCH_KINDS = ("kube_cluster", "kube_server")
@@ -163,44 +166,8 @@ class RegistryAPI:
         self.registry = registry
         self.bookmark_interval = bookmark_interval
         self.limiter = RateLimiter(DEFAULT_RATE_LIMITS if rate_limits is None else rate_limits, clock=rate_clock)
-
-    async def __call__(self, request: Request) -> Response:
-        if request.peer_cert is None:
-            throttled = await self._throttle(request)
-            if throttled is not None:
-                return throttled
-        segments = [unquote(s) for s in request.path.split("/") if s]
-        if len(segments) < 2 or segments[0] != "v1":
-            raise NotFound(f"no route for {request.method} {request.path}")
-        route = segments[1]
-        rest = segments[2:]
-        method = request.method
-
-        # Public routes: nothing secret, or authenticated by the join token itself.
-        if route == "ping" and method == "GET" and not rest:
-            return Response.json(200, self.registry.ping())
-        if route == "ca" and method == "GET" and not rest:
-            return Response.json(200, {"ca_pems": [self.registry.ca.cert_pem.decode()]})
-        if route == "join" and method == "POST" and not rest:
-            return await self._join(request)
-
-        caller = await self._authenticate(request)
-        handler = self._route(route, method, rest)
-        if handler is None:
-            raise NotFound(f"no route for {method} {request.path}")
-        try:
-            return await handler(caller, request, rest)
-        except AccessDenied as err:
-            # Denied attempts are audited too: they are what an investigation looks for first.
-            await self.registry.audit(
-                "access.denied", caller, success=False, method=method, path=request.path, error=err.message
-            )
-            raise
-
-    def _route(
-        self, route: str, method: str, rest: list[str]
-    ) -> Callable[[Caller, Request, list[str]], Awaitable[Response]] | None:
-        table: dict[tuple[str, str, int], Callable[[Caller, Request, list[str]], Awaitable[Response]]] = {
+        # (route, method, segments after the route) -> handler; built once, looked up per request.
+        self._routes: dict[tuple[str, str, int], _Handler] = {
             ("whoami", "GET", 0): self._whoami,
             ("certs", "POST", 1): self._certs,
             ("resources", "GET", 1): self._list,
@@ -219,7 +186,39 @@ class RegistryAPI:
             ("events", "GET", 0): self._events,
             ("watch", "GET", 0): self._watch,
         }
-        return table.get((route, method, len(rest)))
+
+    async def __call__(self, request: Request) -> Response:
+        if request.peer_cert is None:
+            throttled = await self._throttle(request)
+            if throttled is not None:
+                return throttled
+        segments = [unquote(s) for s in request.path.split("/") if s]
+        if len(segments) < 2 or segments[0] != "v1":
+            raise NotFound(f"no route for {request.method} {request.path}")
+        route = segments[1]
+        rest = segments[2:]
+        method = request.method
+
+        # Public routes: nothing secret, or authenticated by the join token itself.
+        if route == "ping" and method == "GET" and not rest:
+            return Response.json(200, self.registry.ping())
+        if route == "ca" and method == "GET" and not rest:
+            return Response.json(200, self.registry.ca_bundle())
+        if route == "join" and method == "POST" and not rest:
+            return await self._join(request)
+
+        caller = await self._authenticate(request)
+        handler = self._routes.get((route, method, len(rest)))
+        if handler is None:
+            raise NotFound(f"no route for {method} {request.path}")
+        try:
+            return await handler(caller, request, rest)
+        except AccessDenied as err:
+            # Denied attempts are audited too: they are what an investigation looks for first.
+            await self.registry.audit(
+                "access.denied", caller, success=False, method=method, path=request.path, error=err.message
+            )
+            raise
 
     async def _throttle(self, request: Request) -> Response | None:
         """Rate-limit a request without a certificate: None to proceed, or the 429 to answer."""
@@ -243,8 +242,7 @@ class RegistryAPI:
                 "a client certificate is required: use an identity file (kpctl --identity, or run kpctl "
                 "on the registry host) or join with a token"
             )
-        identity = self.registry.ca.verify(request.peer_cert, now=self.registry.now())
-        return await self.registry.caller_for(identity)
+        return await self.registry.authenticate(request.peer_cert)
 
     # -- handlers ------------------------------------------------------------------------------------
 
@@ -292,8 +290,8 @@ class RegistryAPI:
             with_secrets=_flag(request, "with_secrets"),
             labels=_parse_label_filter(request.query_value("labels")),
         )
-        revision = await self.registry.store.revision()
-        return Response.json(200, {"items": items, "revision": revision})
+        body: ResourceList = {"items": items, "revision": await self.registry.revision()}
+        return Response.json(200, body)
 
     def _resource_from_body(self, request: Request, kind: str) -> Any:
         body = _body_object(request)
@@ -367,7 +365,7 @@ class RegistryAPI:
         events, more = await self.registry.events(
             caller, limit=limit, event=request.query_value("event"), before=cursor
         )
-        body: dict[str, Any] = {"items": events}
+        body: EventsPage = {"items": events}
         if more is not None:
             body["continue"] = more
         return Response.json(200, body)
@@ -385,7 +383,7 @@ class RegistryAPI:
 
         async def produce(send: Send) -> None:
             lock = trio.Lock()
-            start = since if since is not None else await registry.store.revision()
+            start = since if since is not None else await registry.revision()
             last_revision = start
             last_sent = trio.current_time()
 
@@ -395,19 +393,19 @@ class RegistryAPI:
                     await send(line)
                     last_sent = trio.current_time()
 
-            async def emit(obj: dict[str, Any]) -> None:
-                await emit_line(json.dumps(obj, separators=(",", ":")).encode() + b"\n")
+            async def emit(event: watch.WatchEvent) -> None:
+                await emit_line(watch.encode_line(event))
 
             async def bookmarks() -> None:
                 while True:
                     await trio.sleep(interval)
                     if trio.current_time() - last_sent >= interval * 0.9:
-                        await emit({"type": "BOOKMARK", "revision": last_revision})
+                        await emit(watch.Bookmark(last_revision))
 
             # Errors travel in-band as the last line: the HTTP status (200) is already on the wire.
             try:
-                async with registry.store.watch(kinds, since=start) as events:
-                    await emit({"type": "INIT", "revision": start})
+                async with registry.watch(kinds, since=start) as events:
+                    await emit(watch.Init(start))
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(bookmarks)
                         try:
@@ -417,9 +415,9 @@ class RegistryAPI:
                                     registry.event_line(event.type, event.record, with_secrets=with_secrets)
                                 )
                         except KubeportError as err:  # fell behind: the client resumes from last_revision
-                            await emit({"type": "ERROR", "status": err.to_status()})
+                            await emit(watch.Error(err.to_status()))
                         nursery.cancel_scope.cancel()
             except KubeportError as err:  # too old to resume: the client relists
-                await emit({"type": "ERROR", "status": err.to_status()})
+                await emit(watch.Error(err.to_status()))
 
         return Response(200, [("content-type", "application/x-ndjson")], producer=produce)

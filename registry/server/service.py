@@ -34,16 +34,16 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import json
 import re
 import secrets
 import shlex
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from labels import LabelError, validate_labels, validate_selector_items
 from registry import __version__
@@ -70,11 +70,13 @@ from registry.core.resources import (
     mask_token,
     max_session_ttl,
 )
+from registry.core.watch import Delete, Put, ResourceEvent, encode_line
+from registry.core.wire import AgentRecord, AuditEvent, CaBundle, Certificate, JoinResult, Ping, ResourceBody
 from registry.server import authz
 from registry.server.admission import source_of_client
 from registry.server.aggregate import FailureAggregator, FailureRow
 from registry.server.authz import Caller
-from registry.store import Record, Store
+from registry.store import Event, Record, Store
 
 AUDIT_KIND = "audit"
 AGENT_KIND = "kube_agent"
@@ -188,7 +190,7 @@ def _dynamic_label_audit(resource: Resource, stored: Resource | None) -> dict[st
     }
 
 
-def record_to_wire(record: Record, *, with_secrets: bool) -> dict[str, Any]:
+def record_to_wire(record: Record, *, with_secrets: bool) -> ResourceBody:
     """The stored wire dict with the store revision filled in and secrets removed unless asked for."""
     value = dict(record.value)
     metadata = dict(value.get("metadata") or {})
@@ -201,7 +203,7 @@ def record_to_wire(record: Record, *, with_secrets: bool) -> dict[str, Any]:
             value["spec"] = spec
         if record.kind == "token":
             metadata["name"] = mask_token(str(metadata.get("name", "")))
-    return value
+    return cast(ResourceBody, value)
 
 
 def _store_name(resource: Resource) -> str:
@@ -258,6 +260,15 @@ class Registry:
         return datetime.fromtimestamp(self.clock(), tz=UTC)
 
     # -- callers -------------------------------------------------------------------------------------
+
+    def ca_bundle(self) -> CaBundle:
+        """What ``GET /v1/ca`` answers (public: joiners check it against their pin)."""
+        return {"ca_pems": [self.ca.cert_pem.decode()]}
+
+    async def authenticate(self, peer_cert: bytes) -> Caller:
+        """The caller behind a client certificate (DER): verified against the CA now, then resolved with
+        its current standing (:meth:`caller_for`)."""
+        return await self.caller_for(self.ca.verify(peer_cert, now=self.now()))
 
     async def caller_for(self, identity: Identity) -> Caller:
         """Resolve a verified identity to a Caller, with the caller's standing *now*, on every request.
@@ -371,7 +382,7 @@ class Registry:
 
     async def events(
         self, caller: Caller, *, limit: int = 100, event: str | None = None, before: str | None = None
-    ) -> tuple[builtins.list[dict[str, Any]], str | None]:
+    ) -> tuple[builtins.list[AuditEvent], str | None]:
         """One page of the audit log: up to ``limit`` events older than the cursor ``before`` (newest page
         first; each page oldest first), and the cursor of the next (older) page, None at the end.
 
@@ -382,7 +393,7 @@ class Registry:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
             raise BadParameter(f"limit must be a non-negative integer (got {limit!r})")
         limit = min(limit or MAX_EVENTS_PAGE, MAX_EVENTS_PAGE)
-        items: builtins.list[dict[str, Any]] = []
+        items: builtins.list[AuditEvent] = []
         cursor = before
         scanned = 0
         while len(items) < limit and scanned < EVENTS_SCAN:
@@ -433,7 +444,7 @@ class Registry:
             if changed_dynamic_labels(resource.dynamic_labels, before):
                 authz.check_dynamic_labels(caller, action, resource.name)
 
-    async def create(self, caller: Caller, resource: Resource) -> dict[str, Any]:
+    async def create(self, caller: Caller, resource: Resource) -> ResourceBody:
         authz.check(caller, resource.KIND, "create")
         resource = self._prepare(caller, resource)
         self._check_dynamic_labels(caller, resource, "create", None)
@@ -443,7 +454,7 @@ class Registry:
         await self._audit_write(caller, resource, "create", _dynamic_label_audit(resource, None))
         return record_to_wire(record, with_secrets=False)
 
-    async def update(self, caller: Caller, resource: Resource) -> dict[str, Any]:
+    async def update(self, caller: Caller, resource: Resource) -> ResourceBody:
         """Replace a resource. A kube_cluster without ``spec.kubeconfig`` (and no cloud spec) keeps the stored
         kubeconfig, so ``kpctl get`` (secrets hidden) -> edit -> ``kpctl create -f`` round-trips."""
         authz.check(caller, resource.KIND, "update")
@@ -500,7 +511,7 @@ class Registry:
             name = mask_token(name)
         await self.audit(f"{audit_kind}.{action}", caller, kind=resource.KIND, name=name, **(extra or {}))
 
-    async def get(self, caller: Caller, kind: str, name: str, *, with_secrets: bool = False) -> dict[str, Any]:
+    async def get(self, caller: Caller, kind: str, name: str, *, with_secrets: bool = False) -> ResourceBody:
         authz.check(caller, kind, "read")
         return record_to_wire(await self.store.get(kind, name), with_secrets=with_secrets)
 
@@ -511,7 +522,7 @@ class Registry:
         *,
         with_secrets: bool = False,
         labels: Mapping[str, str] | None = None,
-    ) -> builtins.list[dict[str, Any]]:
+    ) -> builtins.list[ResourceBody]:
         authz.check(caller, kind, "list")
         if with_secrets:
             authz.check(caller, kind, "read")
@@ -546,7 +557,7 @@ class Registry:
             f'"{server.host_id}" declares no static cluster of that name (heartbeats name clusters that exist)'
         )
 
-    async def heartbeat(self, caller: Caller, server: KubeServer) -> dict[str, Any]:
+    async def heartbeat(self, caller: Caller, server: KubeServer) -> ResourceBody:
         self._check_host_write(caller, server.host_id, "update")
         await self._check_may_serve(server)
         now = self.clock()
@@ -563,18 +574,18 @@ class Registry:
 
     # -- agent records (what each agent selects, for kpctl kube explain) ----------------------------
 
-    async def put_agent(self, caller: Caller, host_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
+    async def put_agent(self, caller: Caller, host_id: str, body: Mapping[str, Any]) -> AgentRecord:
         self._check_host_write(caller, host_id, "update")
         record = validate_agent_record(host_id, body)
         now = self.clock()
         expires = min(float(record.pop("expires_in")), MAX_HEARTBEAT_TTL)
         record["expires"] = datetime.fromtimestamp(now + expires, tz=UTC).isoformat().replace("+00:00", "Z")
         stored = await self.store.put(AGENT_KIND, host_id, record, expires=now + expires)
-        return dict(stored.value)
+        return cast(AgentRecord, dict(stored.value))
 
-    async def list_agents(self, caller: Caller) -> builtins.list[dict[str, Any]]:
+    async def list_agents(self, caller: Caller) -> builtins.list[AgentRecord]:
         authz.check(caller, "kube_server", "list")
-        return [dict(r.value) for r in await self.store.list(AGENT_KIND)]
+        return [cast(AgentRecord, dict(r.value)) for r in await self.store.list(AGENT_KIND)]
 
     async def delete_agent(self, caller: Caller, host_id: str) -> None:
         self._check_host_write(caller, host_id, "delete")
@@ -584,7 +595,7 @@ class Registry:
 
     async def generate_token(
         self, caller: Caller, *, roles: tuple[str, ...], ttl: timedelta, value: str | None = None
-    ) -> dict[str, Any]:
+    ) -> ResourceBody:
         authz.check(caller, "token", "create")
         if ttl <= timedelta(0) or ttl > MAX_TOKEN_TTL:
             raise BadParameter(f"token ttl must be between 1s and {MAX_TOKEN_TTL.days} days (got {ttl})")
@@ -605,9 +616,7 @@ class Registry:
         await self._audit_write(caller, token, "create")
         return record_to_wire(record, with_secrets=True)
 
-    async def join(
-        self, *, token: str, host_id: str | None, nodename: str, csr_pem: bytes, client: str
-    ) -> dict[str, Any]:
+    async def join(self, *, token: str, host_id: str | None, nodename: str, csr_pem: bytes, client: str) -> JoinResult:
         """Exchange a valid ``Kube`` token and a CSR for an agent certificate (the key stays on the agent).
 
         The registry assigns the host id (a fresh UUID). A joiner may still name one (agents before this
@@ -685,7 +694,7 @@ class Registry:
     def _host_expiry(self, not_after: datetime) -> float:
         return not_after.timestamp() + HOST_RECORD_GRACE
 
-    async def renew(self, caller: Caller, csr_pem: bytes) -> dict[str, Any]:
+    async def renew(self, caller: Caller, csr_pem: bytes) -> Certificate:
         """Re-issue the caller's own identity for a new key (agents and users renew before expiry).
 
         A user certificate never outlives the one it replaces: the new expiry is the earliest of the
@@ -717,7 +726,7 @@ class Registry:
             )
         return {"cert_pem": cert.decode(), "ca_pems": [self.ca.cert_pem.decode()]}
 
-    async def sign_user(self, caller: Caller, *, user: str, csr_pem: bytes, ttl: timedelta) -> dict[str, Any]:
+    async def sign_user(self, caller: Caller, *, user: str, csr_pem: bytes, ttl: timedelta) -> Certificate:
         """Admin-only: a certificate for an existing user (like ``tctl auth sign``), roles from the user.
 
         The TTL asked for is capped by the strictest ``max_session_ttl`` of the user's roles (Teleport
@@ -751,14 +760,19 @@ class Registry:
             authz.check(caller, kind, "list")
             authz.check(caller, kind, "read")
 
-    def event_to_wire(self, event_type: str, record: Record, *, with_secrets: bool) -> dict[str, Any]:
-        return {
-            "type": event_type,
-            "revision": record.revision,
-            "kind": record.kind,
-            "name": record.name,
-            "resource": record_to_wire(record, with_secrets=with_secrets),
-        }
+    async def revision(self) -> int:
+        """The store revision now (a list answers it, so its reader can watch from there)."""
+        return await self.store.revision()
+
+    def watch(self, kinds: tuple[str, ...], *, since: int) -> AbstractAsyncContextManager[AsyncIterator[Event]]:
+        """The store's events of ``kinds`` after ``since`` (raises Compacted when that history is gone).
+        Callers ran :meth:`check_watch` for the caller first; :meth:`event_line` encodes each event."""
+        return self.store.watch(kinds, since=since)
+
+    def event_to_wire(self, event_type: str, record: Record, *, with_secrets: bool) -> ResourceEvent:
+        """A store event as a watch event: the record as the API shows it (revision set, secrets as asked)."""
+        cls = Put if event_type == "PUT" else Delete
+        return cls(record.revision, record.kind, record.name, record_to_wire(record, with_secrets=with_secrets))
 
     def event_line(self, event_type: str, record: Record, *, with_secrets: bool) -> bytes:
         """One watch line, encoded once and shared by every watcher (100 watchers, one json.dumps).
@@ -771,14 +785,13 @@ class Registry:
         key = (record.revision, event_type, with_secrets, record.name, holds_secret)
         line = self._event_lines.get(key)
         if line is None:
-            wire = self.event_to_wire(event_type, record, with_secrets=with_secrets)
-            line = json.dumps(wire, separators=(",", ":")).encode() + b"\n"
+            line = encode_line(self.event_to_wire(event_type, record, with_secrets=with_secrets))
             self._event_lines[key] = line
             if len(self._event_lines) > EVENT_LINE_CACHE:
                 self._event_lines.pop(next(iter(self._event_lines)))  # oldest first (insertion order)
         return line
 
-    def ping(self) -> dict[str, Any]:
+    def ping(self) -> Ping:
         return {
             "cluster_name": self.cluster_name,
             "version": __version__,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import builtins
 import functools
+import json
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -25,10 +26,12 @@ import yaml
 
 from agent.health import HealthResult
 from labels.runner import CommandSpec
+from registry.client import StreamEvent
 from registry.core import codec
 from registry.core.errors import ConnectionProblem, KubeportError
 from registry.core.identity import CertAuthority
 from registry.core.resources import KubeCluster
+from registry.core.watch import Error, WatchDecoder, WatchProtocolError
 from tests.helpers import kubeconfig_bytes
 
 # --------------------------------------------------------------------------------------- resources
@@ -114,6 +117,10 @@ class WatchSession:
 class FakeRegistryClient:
     """The parts of ``RegistryClient`` the watcher and the announcer use.
 
+    Watcher tests prefer ``registry.testing.InProcessRegistry`` (the real API); this fake remains for the
+    announcer's timing tests and for watch streams no registry would send (raw events are still decoded by
+    ``registry.core.watch``, as the client does).
+
     - ``items`` / ``revision`` are what ``list`` returns; ``list_errors`` are raised first, one per call.
     - ``watch_errors`` are raised when a watch is opened, one per call; otherwise a :class:`WatchSession` is
       created (the stream ends with ``ConnectionProblem`` when the test closes it, as the real client does
@@ -166,7 +173,7 @@ class FakeRegistryClient:
     @asynccontextmanager
     async def watch(
         self, kinds: Sequence[str], *, revision: int | None = None, with_secrets: bool = False
-    ) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
+    ) -> AsyncIterator[AsyncIterator[StreamEvent]]:
         assert list(kinds) == ["kube_cluster"]
         assert with_secrets
         await trio.lowlevel.checkpoint()
@@ -182,11 +189,20 @@ class FakeRegistryClient:
         self.watch_calls.append(session)
         self._note()
 
-        async def stream() -> AsyncGenerator[dict[str, Any], None]:
+        async def stream() -> AsyncGenerator[StreamEvent, None]:
+            # Raw events go through the real protocol decoder, as the client's do: a malformed one breaks
+            # the stream (ConnectionProblem) and an unknown type is skipped.
+            decoder = WatchDecoder()
             async for item in receive:
                 if isinstance(item, KubeportError):
                     raise item
-                yield item
+                try:
+                    events = decoder.feed(json.dumps(item).encode() + b"\n")
+                except WatchProtocolError as err:
+                    raise ConnectionProblem(f"fake registry sent a malformed watch event ({err.message})") from None
+                for event in events:
+                    assert not isinstance(event, Error), "send ERROR as session.fail(error)"
+                    yield event
             raise ConnectionProblem("fake registry closed the watch")
 
         events = stream()

@@ -7,9 +7,12 @@ from __future__ import annotations
 import itertools
 import logging
 import random
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import trio
 import yaml
@@ -19,6 +22,7 @@ from agent.config import AgentConfig, parse_config
 from agent.identity import join_backoff, obtain_identity
 from agent.watcher import Backoff
 from registry.core.errors import AccessDenied, ConnectionProblem, KubeportError, LimitExceeded, Timeout
+from registry.core.identity import CertAuthority
 
 PIN = "sha256:" + "ab" * 32
 
@@ -99,7 +103,7 @@ async def test_join_is_retried_too_and_trust_on_first_use_waits(
         raise AssertionError("unreachable")
 
     join = FlakyRegistry(5, ConnectionProblem("restarting"), Reached())
-    monkeypatch.setattr(identity_module, "_fetch_unverified_ca", fetched)
+    monkeypatch.setattr(identity_module, "fetch_unverified_ca", fetched)
     monkeypatch.setattr(identity_module, "join", join)
     with pytest.raises(Reached):
         await obtain_identity(config(tmp_path, pinned=False), backoff=Backoff(rng=random.Random(1)))
@@ -139,3 +143,49 @@ def test_default_schedule_starts_at_a_second_and_caps_at_thirty() -> None:
     assert 0.5 <= first <= 1.0
     later = [backoff.next() for _ in range(100)]
     assert all(15.0 <= d <= 30.0 for d in later[10:])
+
+
+# ------------------------------------------------------------- through the client, with an httpx transport
+
+
+def _status(code: int, reason: str, message: str) -> httpx.Response:
+    body = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message, "reason": reason}
+    return httpx.Response(code, json={**body, "code": code})
+
+
+@pytest.mark.parametrize("pinned", [True, False], ids=["pinned", "trust-on-first-use"])
+async def test_first_contact_goes_through_the_client_and_its_error_mapping(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path, pinned: bool
+) -> None:
+    """CA fetch and join are ``registry.client`` calls: a refused connection and a 429 are retried, the
+    registry's refusal of the token (403) ends the start at once."""
+    ca = CertAuthority.generate("join-retry", now=datetime.now(tz=UTC))
+    calls: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        if request.url.path == "/v1/ca":
+            if calls.count("/v1/ca") <= 2:
+                raise httpx.ConnectError("connection refused", request=request)
+            if calls.count("/v1/ca") == 3:
+                return _status(429, "TooManyRequests", "too many requests: retry in 1s")
+            return httpx.Response(200, json={"ca_pems": [ca.cert_pem.decode()]})
+        assert request.url.path == "/v1/join"
+        return _status(403, "Forbidden", '"n" can not join the cluster with role "Kube": the token is not valid')
+
+    cfg = config(tmp_path, pinned=pinned)
+    if pinned:
+        cfg = replace(cfg, ca_pins=(ca.pin,))
+    with pytest.raises(AccessDenied, match="token is not valid"):
+        await obtain_identity(cfg, backoff=Backoff(rng=random.Random(3)), transport=httpx.MockTransport(handler))
+    assert calls == ["/v1/ca"] * 4 + ["/v1/join"]
+
+
+async def test_a_pin_mismatch_through_the_client_fails_at_once(
+    autojump_clock: trio.testing.MockClock, tmp_path: Path
+) -> None:
+    other = CertAuthority.generate("someone-else", now=datetime.now(tz=UTC))
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, json={"ca_pems": [other.cert_pem.decode()]}))
+    with pytest.raises(AccessDenied, match="does not match the pin"):
+        await obtain_identity(config(tmp_path), transport=transport)
+    assert trio.current_time() == 0.0

@@ -15,6 +15,7 @@ from e2e_helpers import Harness, RegistryProc, cluster_doc, served, server_of, w
 
 from registry.core import codec
 from registry.core.identity import Identity
+from registry.core.watch import Delete
 from registry.host.paths import STORE_FILE
 from registry.server.authz import Caller
 from registry.server.serve import load_or_create_ca
@@ -109,9 +110,8 @@ async def test_sigkilled_agent_heartbeats_expire_by_ttl(fake_kube: FakeKube, tmp
             async with registry.client.watch(["kube_server"]) as events:
                 task_status.started()
                 async for event in events:
-                    resource = event.get("resource") or {}
-                    if event.get("type") == "DELETE" and resource.get("spec", {}).get("host_id") == agent.host_id:
-                        deleted[str(resource["metadata"]["name"])] = trio.current_time()
+                    if isinstance(event, Delete) and event.resource.get("spec", {}).get("host_id") == agent.host_id:
+                        deleted[str(event.resource["metadata"]["name"])] = trio.current_time()
                         if set(deleted) == {"one", "two"}:
                             all_deleted.set()
 

@@ -4,14 +4,16 @@ many watchers, a too-old revision, and secrets only on request."""
 from __future__ import annotations
 
 import base64
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 
-from registry.client import RegistryClient
+from registry.client import RegistryClient, StreamEvent
 from registry.core.errors import Compacted
+from registry.core.watch import Delete, Put
 from registry.server.serve import RegistryInfo, serve_registry
 from registry.store import MemoryStore
 from tests.helpers import kubeconfig_bytes
@@ -28,11 +30,11 @@ def cluster(name: str, **labels: str) -> dict[str, Any]:
     }
 
 
-async def take(events: Any, n: int) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
+async def take(events: AsyncIterator[StreamEvent], n: int) -> list[Put | Delete]:
+    out: list[Put | Delete] = []
     with trio.fail_after(10):
         async for event in events:
-            if event["type"] in ("PUT", "DELETE"):
+            if isinstance(event, Put | Delete):
                 out.append(event)
                 if len(out) == n:
                     return out
@@ -49,16 +51,16 @@ async def test_list_then_watch_and_resume_gets_exactly_the_missed_events(registr
         await client.delete("kube_cluster", "a")
         async with client.watch(["kube_cluster"], revision=revision) as events:
             got = await take(events, 3)
-        assert [(e["type"], e["name"]) for e in got] == [("PUT", "b"), ("PUT", "c"), ("DELETE", "a")]
+        assert [(type(e), e.name) for e in got] == [(Put, "b"), (Put, "c"), (Delete, "a")]
         # resume from the middle: only what came after
-        async with client.watch(["kube_cluster"], revision=got[0]["revision"]) as events:
+        async with client.watch(["kube_cluster"], revision=got[0].revision) as events:
             rest = await take(events, 2)
-        assert [e["name"] for e in rest] == ["c", "a"]
+        assert [e.name for e in rest] == ["c", "a"]
         # secrets only on request
-        assert "kubeconfig" not in got[0]["resource"]["spec"]
+        assert "kubeconfig" not in got[0].resource["spec"]
         async with client.watch(["kube_cluster"], revision=revision, with_secrets=True) as events:
             (first, *_) = await take(events, 1)
-        assert base64.b64decode(first["resource"]["spec"]["kubeconfig"]) == KUBECONFIG
+        assert base64.b64decode(first.resource["spec"]["kubeconfig"]) == KUBECONFIG
 
 
 async def test_many_watchers_see_the_same_events(registry: RegistryInfo) -> None:
@@ -71,7 +73,7 @@ async def test_many_watchers_see_the_same_events(registry: RegistryInfo) -> None
                 RegistryClient.from_identity_file(registry.admin_identity) as client,
                 client.watch(["kube_cluster"], revision=revision) as events,
             ):
-                results.append([e["name"] for e in await take(events, 5)])
+                results.append([e.name for e in await take(events, 5)])
 
         async with trio.open_nursery() as nursery:
             for _ in range(10):
@@ -101,7 +103,7 @@ async def test_too_old_revision_says_relist(nursery: trio.Nursery, tmp_path: Pat
         async with client.watch(["kube_cluster"], revision=revision) as events:
             await client.create(cluster("after"))
             (event,) = await take(events, 1)
-        assert event["name"] == "after"
+        assert event.name == "after"
 
 
 async def test_users_without_rights_cannot_watch(registry: RegistryInfo, tmp_path: Path) -> None:

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from registry.cli import render
 from registry.cli.kpctl.flags import SubParsers, command
@@ -92,6 +94,7 @@ async def cmd_get(args: argparse.Namespace) -> int:
     conn = resolve_connection(args)
     async with RegistryClient.from_identity(conn.identity, conn.address) as client:
         more: str | None = None
+        items: Sequence[Mapping[str, Any]]
         if kind == "event":
             if not 1 <= args.limit <= MAX_EVENTS_PAGE:
                 raise BadParameter(f"--limit must be between 1 and {MAX_EVENTS_PAGE} (got {args.limit})")

@@ -6,6 +6,7 @@ import argparse
 import ipaddress
 import socket
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 from registry.cli import render
@@ -54,7 +55,7 @@ async def cmd_tokens_add(args: argparse.Namespace) -> int:
     return 0
 
 
-def agent_address(ping: dict[str, Any], used: str, this_host: str | None) -> tuple[str, list[str]]:
+def agent_address(ping: Mapping[str, Any], used: str, this_host: str | None) -> tuple[str, list[str]]:
     """The registry address to give agents on other hosts, and what the admin should know about it.
 
     The registry's ``--public-addr`` when it has one; else the address kpctl used, unless that is a loopback
