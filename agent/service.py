@@ -31,12 +31,11 @@ from typing import Any
 import trio
 import trio.lowlevel
 
-from agent.clusters import ServiceInfo, Supervisor
+from agent.clusters import Supervisor
 from agent.config import AgentConfig
-from agent.heartbeat import Announcer
+from agent.heartbeat import Announcer, ServiceInfo
 from agent.identity import IDENTITY_FILE, ClientHolder, obtain_identity
 from agent.label_commands import LabelCommandPolicy, resolve_service_command
-from agent.reconcile import RETRY_INTERVAL
 from agent.static_clusters import load_static_clusters
 from agent.watcher import ClusterWatcher
 from labels.runner import LABEL_CONCURRENCY, CommandSpec, DynamicLabels
@@ -228,11 +227,11 @@ class Agent:
                 gc.freeze()
                 frozen = True
             # Failed registrations are retried periodically even when nothing else happens.
-            with trio.move_on_after(RETRY_INTERVAL if supervisor.failed else 3600) as timer:
+            retry = supervisor.retry_delay()
+            with trio.move_on_after(3600 if retry is None else retry) as timer:
                 await self._wake.wait()
             if timer.cancelled_caught:
-                for name in list(supervisor.failed):
-                    supervisor.request_reconcile(name)
+                supervisor.retry_failed()
             await trio.lowlevel.checkpoint()  # let a burst of events land before the next pass
 
 
