@@ -5,7 +5,8 @@
       ├─ service labels: kubernetes_service.commands, run once before anything registers
       ├─ ClusterWatcher: list + watch kube_clusters (only when resources selectors are configured)
       ├─ reconcile loop: on every change (coalesced) and every RETRY_INTERVAL while something failed
-      ├─ Supervisor: label runners, served clusters with health monitors
+      ├─ Supervisor: carries out the ClusterTable's decisions (agent.state): label runners, served clusters
+      │  with health monitors
       └─ Announcer: kube_server heartbeats; deletes them all on a clean shutdown
 
 Invariants: static clusters (kubeconfig_file) are loaded and validated once at start; an agent with

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from agent.label_commands import LabelCommandPolicy
-from agent.reconcile import RETRY_INTERVAL, Candidate, Register, Unregister, Update, plan
+from agent.reconcile import Candidate, Register, Unregister, Update, plan
 from labels import combine, could_match, matches_any
 from labels.runner import CommandSpec
 from registry.core import codec
@@ -50,6 +50,10 @@ from registry.core.resources import CommandLabel, KubeCluster
 Specs = tuple[CommandSpec, ...]
 
 REASON_STOPPING = "agent stopping"
+
+# How often registrations that failed (bad kubeconfig, unreachable API) are retried. Teleport waits 2 min;
+# a shorter wait makes a fixed kubeconfig show up sooner and costs one cheap attempt per cluster.
+RETRY_INTERVAL = 30.0
 
 
 # ------------------------------------------------------------------------------------------------ actions
