@@ -30,7 +30,7 @@ import trio
 
 from agent.health import HealthMonitor, HealthResult, KubeCalls
 from agent.heartbeat import Heartbeats, ServiceInfo, kube_server
-from agent.kubeapi import KubeAPI
+from agent.kube.client import KubeAPI
 from agent.label_commands import LabelCommandPolicy
 from agent.reconcile import Candidate
 from agent.state import (
