@@ -11,7 +11,7 @@ will need for every request (teleport-behaviour §4.5). The outcome is one of:
 * ``unknown`` — not checked yet.
 
 Invariants: a check never raises for a problem of the cluster (only cancellation and our own bugs escape);
-reasons never contain credentials (they come from :mod:`agent.kubeapi`, which scrubs them); warnings such as
+reasons never contain credentials (they come from :mod:`agent.kube.client`, which scrubs them); warnings such as
 a disabled TLS verification ride along in ``reason`` even when healthy. :class:`HealthMonitor` calls
 ``on_change`` only when status or reason changes, and checks run one at a time, so results are reported in
 the order they were taken.
@@ -39,7 +39,7 @@ _FIX_HINT = "grant the service account the impersonate verb (see scripts/get_kub
 
 
 class KubeCalls(Protocol):
-    """What a health check needs from a Kubernetes client; :class:`agent.kubeapi.KubeAPI` is the real one."""
+    """What a health check needs from a Kubernetes client; :class:`agent.kube.client.KubeAPI` is the real one."""
 
     @property
     def warnings(self) -> tuple[str, ...]: ...

@@ -11,6 +11,10 @@ something changed (``touch(name)``); the announcer decides *when* to talk to the
 - removals delete the kube_server; on shutdown every entry is deleted (shielded, bounded in time);
 - a failed send keeps the entry dirty and is retried with backoff; at most ``concurrency`` requests are in
   flight so 1,000 clusters do not open 1,000 connections.
+
+What a heartbeat says is :func:`kube_server` (pure): a secret-free copy of the served cluster with its
+dynamic label results, the agent's service labels (which win) and the cluster's health. The supervisor
+hands the announcer a builder that calls it; :class:`Heartbeats` is the seam the supervisor sees.
 """
 
 from __future__ import annotations
@@ -18,17 +22,72 @@ from __future__ import annotations
 import json
 import logging
 import random
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any, Protocol
 
 import trio
 
+from agent.health import HealthResult
+from registry import __version__
 from registry.client import RegistryClient
 from registry.core.errors import KubeportError, NotFound
+from registry.core.resources import CommandLabel, Health, KubeCluster, KubeServer, Metadata
 
 log = logging.getLogger(__name__)
 
 Builder = Callable[[float], dict[str, Any]]  # expires (unix seconds) -> kube_server wire dict
+
+
+class Heartbeats(Protocol):
+    """What the supervisor tells the heartbeat side; :class:`Announcer` is the real one."""
+
+    def set(self, name: str, build: Builder) -> None: ...
+
+    def remove(self, name: str) -> None: ...
+
+    def touch(self, name: str | None = None) -> None: ...
+
+
+@dataclass(frozen=True)
+class ServiceInfo:
+    """What every heartbeat of this agent carries besides the cluster itself."""
+
+    host_id: str
+    hostname: str
+    labels: Mapping[str, str]
+    commands: Mapping[str, CommandLabel]
+
+
+def kube_server(
+    cluster: KubeCluster,
+    *,
+    results: Mapping[str, str],
+    service: ServiceInfo,
+    service_results: Mapping[str, str],
+    health: HealthResult,
+    expires: float,
+) -> KubeServer:
+    """The heartbeat: a secret-free copy of the cluster with dynamic results, service labels (which win)
+    and health. ``results``: the cluster's dynamic label values; ``service_results``: the agent's own."""
+    dynamic = {key: replace(label, result=results.get(key, "")) for key, label in cluster.dynamic_labels.items()}
+    for key, label in service.commands.items():
+        dynamic[key] = replace(label, result=service_results.get(key, ""))
+    labels = {**cluster.static_labels(), **service.labels}
+    copy = replace(
+        cluster.without_secrets(),
+        metadata=replace(cluster.metadata, labels=labels, revision="", expires=None),
+        dynamic_labels=dynamic,
+    )
+    return KubeServer(
+        metadata=Metadata(name=cluster.name, expires=datetime.fromtimestamp(expires, tz=UTC)),
+        host_id=service.host_id,
+        hostname=service.hostname,
+        version=__version__,
+        cluster=copy,
+        health=Health(status=health.status, reason=health.reason, checked_at=health.checked_at),
+    )
 
 
 def _content_key(wire: dict[str, Any]) -> str:

@@ -1,7 +1,8 @@
 """Decide what an agent should serve: (served, static, dynamic, matcher) -> ordered actions.
 
-Pure and synchronous: no clock, no network, no logging. The watcher feeds it the full list of
-``kube_cluster`` resources after every change; the cluster supervisor carries out the actions it returns.
+Pure and synchronous: no clock, no network, no logging. The agent's cluster table (``agent.state``) calls
+it on every reconcile pass with the candidates it built from the watched ``kube_cluster`` resources, and
+turns the actions it returns into its own (connect, refresh, disconnect) for the supervisor to carry out.
 
 Rules (kubeport's issue text; where it departs from Teleport's reconciler it says so):
 
@@ -33,10 +34,6 @@ Origin = Literal["static", "dynamic"]
 # Reasons carried by Unregister, so the supervisor can log and audit why a cluster went away.
 REASON_DELETED = "deleted"
 REASON_NO_MATCH = "labels no longer match"
-
-# How often registrations that failed (bad kubeconfig, unreachable API) are retried. Teleport waits 2 min;
-# a shorter wait makes a fixed kubeconfig show up sooner and costs one cheap attempt per cluster.
-RETRY_INTERVAL = 30.0
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,8 @@
       ├─ service labels: kubernetes_service.commands, run once before anything registers
       ├─ ClusterWatcher: list + watch kube_clusters (only when resources selectors are configured)
       ├─ reconcile loop: on every change (coalesced) and every RETRY_INTERVAL while something failed
-      ├─ Supervisor: label runners, served clusters with health monitors
+      ├─ Supervisor: carries out the ClusterTable's decisions (agent.state): label runners, served clusters
+      │  with health monitors
       └─ Announcer: kube_server heartbeats; deletes them all on a clean shutdown
 
 Invariants: static clusters (kubeconfig_file) are loaded and validated once at start; an agent with
@@ -19,7 +20,6 @@ every label process of the agent (service and cluster labels) shares one limiter
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import gc
 import logging
@@ -27,30 +27,24 @@ import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import trio
 import trio.lowlevel
-import yaml
 
-from agent.clusters import ServiceInfo, Supervisor
+from agent.clusters import Supervisor
 from agent.config import AgentConfig
-from agent.heartbeat import Announcer
+from agent.heartbeat import Announcer, ServiceInfo
 from agent.identity import IDENTITY_FILE, ClientHolder, obtain_identity
 from agent.label_commands import LabelCommandPolicy, resolve_service_command
-from agent.reconcile import RETRY_INTERVAL
-from agent.static_clusters import static_clusters
+from agent.static_clusters import load_static_clusters
 from agent.watcher import ClusterWatcher
 from labels.runner import LABEL_CONCURRENCY, CommandSpec, DynamicLabels
 from registry import __version__
-from registry.core.errors import BadParameter, KubeportError
-from registry.core.resources import ORIGIN_LABEL, CommandLabel, KubeCluster, Metadata
-from registry.host.files import read_limited
+from registry.core.errors import KubeportError
+from registry.core.resources import CommandLabel, KubeCluster
 
 log = logging.getLogger(__name__)
-
-MAX_KUBECONFIG_FILE_BYTES = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -59,52 +53,6 @@ class AgentInfo:
     nodename: str
     registry: str
     static_clusters: tuple[str, ...]
-
-
-# Local file references a kubeconfig may use, and the embedded field each one becomes.
-_FILE_FIELDS = {
-    "certificate-authority": ("certificate-authority-data", True),
-    "client-certificate": ("client-certificate-data", True),
-    "client-key": ("client-key-data", True),
-    "tokenFile": ("token", False),
-}
-
-
-def inline_local_files(kubeconfig: bytes, base_dir: Path) -> bytes:
-    """Embed the files a kubeconfig refers to (relative paths resolve against its directory).
-
-    The agent's own kubeconfig_file is the host admin's: reading files it names is legitimate here (as in
-    Teleport), unlike in kube_cluster resources, where a path would read files on every agent's host.
-    """
-    doc = yaml.safe_load(kubeconfig)
-    for section, inner in (("clusters", "cluster"), ("users", "user")):
-        for entry in doc.get(section) or []:
-            body = entry.get(inner) or {}
-            for field, (embedded, as_base64) in _FILE_FIELDS.items():
-                ref = body.pop(field, None)
-                if not isinstance(ref, str) or not ref:
-                    continue
-                file = Path(ref) if Path(ref).is_absolute() else base_dir / ref
-                content = read_limited(file, limit=1 << 20, what=f"{inner} {field}")
-                body[embedded] = base64.b64encode(content).decode() if as_base64 else content.decode().strip()
-    return yaml.safe_dump(doc).encode()
-
-
-def load_static_clusters(path: Path) -> list[KubeCluster]:
-    """Every context of the agent's own kubeconfig becomes a cluster named after the context."""
-    data = read_limited(path, limit=MAX_KUBECONFIG_FILE_BYTES, what="kubeconfig_file")
-    pairs, warnings = static_clusters(data, source=str(path))
-    for warning in warnings:
-        log.warning("%s", warning)
-    if not pairs:
-        raise BadParameter(f"kubeconfig_file {path} has no usable contexts: no Kubernetes credentials found")
-    return [
-        KubeCluster(
-            metadata=Metadata(name=name, labels={ORIGIN_LABEL: "config-file"}),
-            kubeconfig=inline_local_files(kubeconfig, path.parent),
-        )
-        for name, kubeconfig in pairs
-    ]
 
 
 class Agent:
@@ -280,11 +228,11 @@ class Agent:
                 gc.freeze()
                 frozen = True
             # Failed registrations are retried periodically even when nothing else happens.
-            with trio.move_on_after(RETRY_INTERVAL if supervisor.failed else 3600) as timer:
+            retry = supervisor.retry_delay()
+            with trio.move_on_after(3600 if retry is None else retry) as timer:
                 await self._wake.wait()
             if timer.cancelled_caught:
-                for name in list(supervisor.failed):
-                    supervisor.request_reconcile(name)
+                supervisor.retry_failed()
             await trio.lowlevel.checkpoint()  # let a burst of events land before the next pass
 
 

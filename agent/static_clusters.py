@@ -1,7 +1,9 @@
-"""``static_clusters``: split the agent's ``kubeconfig_file`` into one single-context kubeconfig per context.
+"""Static clusters: the agent's own ``kubeconfig_file``, one cluster per context.
 
 Each context becomes a static cluster named after the context, which the agent serves from its own
 configuration (origin ``config-file``) rather than from a registered ``kube_cluster``.
+:func:`load_static_clusters` is the one entry point that touches the disk: it reads the file, splits it with
+:func:`static_clusters` (pure) and embeds the local files each context names with :func:`inline_local_files`.
 
 Invariants:
 
@@ -12,12 +14,18 @@ Invariants:
 * Result names obey the kube_cluster name rule (``codec.NAME_RE``) and are unique; contexts that break a
   rule are skipped with a warning rather than failing the whole file, as Teleport does. A file that is not
   a kubeconfig, or has no contexts, is a BadParameter.
-* Pure: the caller reads the file and decides what to do with the warnings.
+* :func:`static_clusters` is pure: the caller reads the file and decides what to do with the warnings.
+* Local file references (``certificate-authority``, ``tokenFile``, ...) are the ones the kubeconfig checker
+  refuses in kube_cluster resources (``registry.core.kubeconfig.FILE_FIELDS``, one table): here they are
+  read and embedded, because the agent's own kubeconfig_file is the host admin's.
 """
 
 from __future__ import annotations
 
+import base64
+import logging
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -25,6 +33,14 @@ import yaml
 from agent.config import load_yaml_document
 from registry.core import codec, validation
 from registry.core.errors import BadParameter
+from registry.core.kubeconfig import FILE_FIELDS
+from registry.core.resources import ORIGIN_LABEL, KubeCluster, Metadata
+from registry.host.files import read_limited
+
+log = logging.getLogger(__name__)
+
+MAX_KUBECONFIG_FILE_BYTES = 4 << 20
+MAX_REFERENCED_FILE_BYTES = 1 << 20
 
 _show = validation.describe  # values appear in warnings the way the registry shows them (JSON-quoted)
 
@@ -108,3 +124,42 @@ def static_clusters(kubeconfig_bytes: bytes, *, source: str) -> tuple[list[tuple
         }
         result.append((name, yaml.safe_dump(single, sort_keys=False).encode("utf-8")))
     return result, warnings
+
+
+def inline_local_files(kubeconfig: bytes, base_dir: Path) -> bytes:
+    """Embed the files a kubeconfig refers to (relative paths resolve against its directory).
+
+    The agent's own kubeconfig_file is the host admin's: reading files it names is legitimate here (as in
+    Teleport), unlike in kube_cluster resources, where a path would read files on every agent's host.
+    """
+    doc = yaml.safe_load(kubeconfig)
+    for section, inner in (("clusters", "cluster"), ("users", "user")):
+        for entry in doc.get(section) or []:
+            body = entry.get(inner) or {}
+            for field, embedded in FILE_FIELDS.items():
+                ref = body.pop(field, None)
+                if not isinstance(ref, str) or not ref:
+                    continue
+                file = Path(ref) if Path(ref).is_absolute() else base_dir / ref
+                content = read_limited(file, limit=MAX_REFERENCED_FILE_BYTES, what=f"{inner} {field}")
+                # ``*-data`` fields are base64 of the file; ``token`` is the file's text.
+                as_base64 = embedded.endswith("-data")
+                body[embedded] = base64.b64encode(content).decode() if as_base64 else content.decode().strip()
+    return yaml.safe_dump(doc).encode()
+
+
+def load_static_clusters(path: Path) -> list[KubeCluster]:
+    """Every context of the agent's own kubeconfig becomes a cluster named after the context."""
+    data = read_limited(path, limit=MAX_KUBECONFIG_FILE_BYTES, what="kubeconfig_file")
+    pairs, warnings = static_clusters(data, source=str(path))
+    for warning in warnings:
+        log.warning("%s", warning)
+    if not pairs:
+        raise BadParameter(f"kubeconfig_file {path} has no usable contexts: no Kubernetes credentials found")
+    return [
+        KubeCluster(
+            metadata=Metadata(name=name, labels={ORIGIN_LABEL: "config-file"}),
+            kubeconfig=inline_local_files(kubeconfig, path.parent),
+        )
+        for name, kubeconfig in pairs
+    ]

@@ -82,8 +82,9 @@ _USER_FIELDS = (
     "extensions",
 )
 _EXEC_FIELDS = ("apiVersion", "command", "args", "env", "installHint", "provideClusterInfo", "interactiveMode")
-# field -> what to embed instead
-_FILE_FIELDS = {
+# Path field -> the embedded field that replaces it (``*-data`` fields hold base64, ``token`` the text itself).
+# One table: the checker refuses these paths; the agent's own kubeconfig_file loader embeds them.
+FILE_FIELDS = {
     "certificate-authority": "certificate-authority-data",
     "client-certificate": "client-certificate-data",
     "client-key": "client-key-data",
@@ -275,11 +276,11 @@ class _Checker:
     def file_field(self, entry: Fields, key: str) -> NoReturn:
         value = entry.raw(key)
         shown = quote(value) if isinstance(value, str) else describe_type(value)
-        self.fail(f"{entry.at(key)} reads a local file on the agent host ({shown}); embed it as {_FILE_FIELDS[key]}")
+        self.fail(f"{entry.at(key)} reads a local file on the agent host ({shown}); embed it as {FILE_FIELDS[key]}")
 
     def user(self, path: str, entry: Fields) -> dict[str, Any]:
         entry.reject_unknown(_USER_FIELDS)
-        for key in _FILE_FIELDS:
+        for key in FILE_FIELDS:
             if key in entry and key != "certificate-authority":
                 self.file_field(entry, key)
         if "auth-provider" in entry:

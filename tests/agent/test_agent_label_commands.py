@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agent.clusters import command_specs
 from agent.config import parse_config
 from agent.config_render import render_config
 from agent.label_commands import LabelCommandPolicy, resolve_service_command, search_path
+from agent.state import command_specs
 from registry.core.errors import BadParameter
 from registry.core.resources import CommandLabel
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agent.service import load_static_clusters
+from agent.static_clusters import load_static_clusters
 from registry.core.errors import BadParameter
 from registry.core.kubeconfig import check_kubeconfig
 from tests.helpers import sample_ca_pem

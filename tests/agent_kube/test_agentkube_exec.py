@@ -15,7 +15,8 @@ import pytest
 import yaml
 
 from agent.health import check_health
-from agent.kubeapi import KubeAPI, parse_exec_credential
+from agent.kube.client import KubeAPI
+from agent.kube.exec_plugin import parse_exec_credential
 from registry.core.errors import ConnectionProblem, Timeout, Unauthenticated
 from registry.core.kubeconfig import KubeTarget, check_kubeconfig
 from tests.fakes.fixtures import ADMIN_TOKEN

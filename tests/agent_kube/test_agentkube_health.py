@@ -13,7 +13,7 @@ import trio.testing
 import yaml
 
 from agent.health import SSAR_PATH, HealthMonitor, HealthResult, check_health
-from agent.kubeapi import KubeAPI
+from agent.kube.client import KubeAPI
 from registry.core.errors import BadParameter, ConnectionProblem, KubeportError, Timeout
 from registry.core.kubeconfig import KubeTarget, check_kubeconfig
 from tests.fakes.fixtures import ADMIN_TOKEN

@@ -21,8 +21,9 @@ import trio
 import yaml
 from cryptography import x509
 
-from agent import kubeapi
-from agent.kubeapi import KubeAPI, context_cache_size, ssl_context_for
+from agent.kube import tls
+from agent.kube.client import KubeAPI
+from agent.kube.tls import context_cache_size, ssl_context_for
 from registry.core.errors import (
     AccessDenied,
     BadParameter,
@@ -371,12 +372,12 @@ async def test_identical_targets_share_one_ssl_context(fake_kube: FakeKube) -> N
 
 def test_context_cache_is_bounded(fake_kube_ca: bytes) -> None:
     # Distinct bytes, same certificate: each is a new cache key but cheap to load.
-    for index in range(kubeapi._CONTEXT_CACHE_SIZE + 50):
+    for index in range(tls._CONTEXT_CACHE_SIZE + 50):
         target = KubeTarget(
             context="c", cluster="c", user="u", server="https://x", ca_data=fake_kube_ca + b"\n" * index
         )
         ssl_context_for(target)
-    assert context_cache_size() == kubeapi._CONTEXT_CACHE_SIZE
+    assert context_cache_size() == tls._CONTEXT_CACHE_SIZE
 
 
 @pytest.fixture

@@ -1,5 +1,8 @@
 """Fakes for the agent's runtime unit tests: a registry client, an announcer, health monitors and label runners.
 
+The supervisor's fakes are injected through its typed seams (``announcer``, ``label_runners``,
+``health_monitors``): nothing here patches a module.
+
 They are small working implementations, not mocks: each keeps a record of what was asked of it (so a test
 asserts behaviour, e.g. "one PUT per name") and lets the test decide what the other side does (an error, a
 hang, a result). Nothing here touches the network or starts a process.
@@ -19,12 +22,12 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Se
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import Any
 
 import trio
 import yaml
 
-from agent.health import HealthResult
+from agent.health import HealthResult, KubeCalls
 from labels.runner import CommandSpec
 from registry.client import StreamEvent
 from registry.core import codec
@@ -285,40 +288,59 @@ class FakeAnnouncer:
         return [name for action, name in self.log if action == kind]
 
 
-class FakeHealthMonitor:
-    """Stands in for ``agent.health.HealthMonitor``: never checks anything, reports ``unknown``, and counts
-    how many monitors are running so a test can see served clusters start and stop."""
+class HealthMonitors:
+    """A health monitor factory for ``Supervisor(health_monitors=...)``: builds :class:`FakeHealthMonitor` s,
+    which never check anything and report ``unknown``, and counts how many are running so a test can see
+    served clusters start and stop."""
 
-    # Shared by every instance on purpose (the supervisor builds them itself); the test fixture resets both.
-    running: ClassVar[int] = 0
-    made: ClassVar[list[FakeHealthMonitor]] = []
+    def __init__(self) -> None:
+        self.made: list[FakeHealthMonitor] = []
+        self.running = 0
 
-    def __init__(
+    def __call__(
         self,
-        api: Any,
+        api: KubeCalls,
         *,
         interval: float,
         on_change: Callable[[HealthResult], None],
         now: Callable[[], datetime],
         limiter: trio.CapacityLimiter | None = None,
+    ) -> FakeHealthMonitor:
+        monitor = FakeHealthMonitor(self, api, interval=interval, on_change=on_change, now=now)
+        self.made.append(monitor)
+        return monitor
+
+
+class FakeHealthMonitor:
+    """Stands in for ``agent.health.HealthMonitor`` (built by :class:`HealthMonitors`)."""
+
+    def __init__(
+        self,
+        factory: HealthMonitors,
+        api: KubeCalls,
+        *,
+        interval: float,
+        on_change: Callable[[HealthResult], None],
+        now: Callable[[], datetime],
     ) -> None:
+        self.factory = factory
         self.api = api
         self.interval = interval
         self.on_change = on_change
         self.latest = HealthResult("unknown", "not checked yet", now())
-        FakeHealthMonitor.made.append(self)
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
-        FakeHealthMonitor.running += 1
+        self.factory.running += 1
         try:
             await trio.sleep_forever()
         finally:
-            FakeHealthMonitor.running -= 1
+            self.factory.running -= 1
 
 
 class LabelBoard:
-    """What each label command "prints", shared by every fake label runner the supervisor creates.
+    """What each label command "prints", shared by every fake label runner the supervisor creates: a label
+    runner factory for ``Supervisor(label_runners=board.make)``.
 
     ``publish(argv, value)`` sets the output of a command; runners whose commands all have an output report
     their first results (``serve`` reports started), and later changes call their ``on_change``, as

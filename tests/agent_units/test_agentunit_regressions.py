@@ -14,16 +14,15 @@ import trio
 import trio.testing
 from agentunit_fakes import (
     FakeAnnouncer,
-    FakeHealthMonitor,
     FakeRegistryClient,
+    HealthMonitors,
     cluster,
     cluster_wire,
     refused_kubeconfig,
 )
 
-import agent.clusters as clusters_module
-from agent.clusters import ServiceInfo, Supervisor
-from agent.heartbeat import Announcer
+from agent.clusters import Supervisor
+from agent.heartbeat import Announcer, ServiceInfo
 from agent.watcher import ClusterWatcher
 from registry.client import RegistryClient
 
@@ -113,11 +112,6 @@ async def test_removing_a_name_while_its_heartbeat_is_in_flight_does_not_spin() 
 # --------------------------------------------------------------------------------------------- supervisor
 
 
-@pytest.fixture
-def fake_health(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(clusters_module, "HealthMonitor", FakeHealthMonitor)
-
-
 def supervisor(nursery: trio.Nursery, announcer: FakeAnnouncer) -> Supervisor:
     return Supervisor(
         nursery,
@@ -127,10 +121,11 @@ def supervisor(nursery: trio.Nursery, announcer: FakeAnnouncer) -> Supervisor:
         announcer=announcer,
         wake=lambda: None,
         health_interval=3600.0,
+        health_monitors=HealthMonitors(),
     )
 
 
-async def test_reverting_a_failed_update_clears_the_failure(fake_health: None) -> None:
+async def test_reverting_a_failed_update_clears_the_failure() -> None:
     """agent/clusters.py ``_update``: when the desired cluster has the served kubeconfig again (the admin
     reverted a bad edit, perhaps with another label change), the early-return branch never pops
     ``failed[name]``, and when the revert restores the served candidate exactly, ``plan`` produces no action at
@@ -148,7 +143,7 @@ async def test_reverting_a_failed_update_clears_the_failure(fake_health: None) -
         nursery.cancel_scope.cancel()
 
 
-async def test_a_failed_registration_is_forgotten_when_the_cluster_stops_matching(fake_health: None) -> None:
+async def test_a_failed_registration_is_forgotten_when_the_cluster_stops_matching() -> None:
     """agent/clusters.py ``reconcile``: ``failed`` entries are dropped only when the cluster is deleted. A
     cluster whose registration failed and whose labels were then changed so this agent no longer selects it
     keeps "cannot register ..." in ``kube explain`` (and the agent's 30 s retry timer) for as long as the
@@ -162,7 +157,7 @@ async def test_a_failed_registration_is_forgotten_when_the_cluster_stops_matchin
         nursery.cancel_scope.cancel()
 
 
-async def test_fingerprint_cache_does_not_grow_with_every_revision(fake_health: None) -> None:
+async def test_fingerprint_cache_does_not_grow_with_every_revision() -> None:
     """agent/clusters.py ``reconcile``: ``_fingerprints`` (keyed by name and revision) is pruned only on full
     passes, and the agent makes full passes only at start and after a relist. With partial passes every
     update of a cluster adds an entry that is never dropped: an agent watching clusters that some controller
@@ -173,6 +168,6 @@ async def test_fingerprint_cache_does_not_grow_with_every_revision(fake_health: 
         for revision in range(2, 500):
             labels = {"env": "prod", "generation": str(revision)}
             sup.reconcile({"a": cluster("a", labels, revision=revision)}, [], only={"a"})
-        cached = len(sup._fingerprints)  # private, but the growth is only visible there (or in RSS)
+        cached = sup.table.cached_fingerprints()
         assert cached <= 2, f"{cached} cached fingerprints for one cluster"
         nursery.cancel_scope.cancel()

@@ -1,6 +1,6 @@
 """Supervisor: which clusters an agent registers, updates and unregisters, and what it tells the announcer.
 
-Seams: ``agent.clusters.HealthMonitor`` and ``agent.clusters.DynamicLabels`` are replaced by the fakes in
+Seams: the supervisor's ``health_monitors`` and ``label_runners`` factories are the fakes in
 ``agentunit_fakes`` (no Kubernetes API is contacted, no label command runs, except in the last test, which
 runs real ``echo`` commands on the real clock). ``KubeAPI`` is the real one: building it touches no network,
 and it is what refuses some kubeconfigs (tls-server-name together with proxy-url).
@@ -21,10 +21,10 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from agentunit_fakes import FakeAnnouncer, FakeHealthMonitor, LabelBoard, cluster, kubeconfig, refused_kubeconfig
+from agentunit_fakes import FakeAnnouncer, HealthMonitors, LabelBoard, cluster, kubeconfig, refused_kubeconfig
 
-import agent.clusters as clusters_module
-from agent.clusters import ServiceInfo, Supervisor
+from agent.clusters import Supervisor
+from agent.heartbeat import ServiceInfo
 from agent.label_commands import LabelCommandPolicy
 from registry.core import codec
 from registry.core.resources import KubeCluster, KubeServer
@@ -35,20 +35,16 @@ WALL = 1_700_000_000.0
 
 
 @pytest.fixture
-def board(monkeypatch: pytest.MonkeyPatch) -> LabelBoard:
-    board = LabelBoard()
-    monkeypatch.setattr(clusters_module, "DynamicLabels", board.make)
-    monkeypatch.setattr(clusters_module, "HealthMonitor", FakeHealthMonitor)
-    monkeypatch.setattr(FakeHealthMonitor, "made", [])
-    monkeypatch.setattr(FakeHealthMonitor, "running", 0)
-    return board
+def board() -> LabelBoard:
+    return LabelBoard()
 
 
 class Agent:
     """The part of ``agent.service.Agent`` that drives a supervisor, with the watcher's map in the test's hands."""
 
-    def __init__(self, nursery: trio.Nursery, resources: Sequence[Mapping[str, Any]]) -> None:
+    def __init__(self, nursery: trio.Nursery, resources: Sequence[Mapping[str, Any]], board: LabelBoard) -> None:
         self.announcer = FakeAnnouncer()
+        self.monitors = HealthMonitors()
         self.supervisor = Supervisor(
             nursery,
             resources=resources,
@@ -57,6 +53,8 @@ class Agent:
             announcer=self.announcer,
             wake=self._wake,
             health_interval=3600.0,
+            label_runners=board.make,
+            health_monitors=self.monitors,
         )
         self.watched: dict[str, KubeCluster] = {}
         self.static: list[KubeCluster] = []
@@ -103,9 +101,9 @@ def origin(agent: Agent, name: str) -> str:
 
 
 @asynccontextmanager
-async def running(resources: Sequence[Mapping[str, Any]]) -> AsyncIterator[Agent]:
+async def running(resources: Sequence[Mapping[str, Any]], board: LabelBoard) -> AsyncIterator[Agent]:
     async with trio.open_nursery() as nursery:
-        yield Agent(nursery, resources)
+        yield Agent(nursery, resources, board)
         nursery.cancel_scope.cancel()
 
 
@@ -127,7 +125,7 @@ async def running(resources: Sequence[Mapping[str, Any]]) -> AsyncIterator[Agent
 async def test_registers_exactly_the_clusters_the_selectors_name(
     board: LabelBoard, resources: list[dict[str, Any]], expected: set[str]
 ) -> None:
-    async with running(resources) as agent:
+    async with running(resources, board) as agent:
         agent.put(
             cluster("prod-a", {"env": "prod"}),
             cluster("prod-eu", {"env": "prod", "region": "eu"}),
@@ -137,12 +135,12 @@ async def test_registers_exactly_the_clusters_the_selectors_name(
         await agent.settle()
         assert agent.served == expected
         assert set(agent.announcer.entries) == expected
-        assert FakeHealthMonitor.running == len(expected)
+        assert agent.monitors.running == len(expected)
         assert agent.supervisor.failed == {}
 
 
 async def test_the_heartbeat_is_a_secret_free_copy_with_service_labels(board: LabelBoard) -> None:
-    async with running(PROD) as agent:
+    async with running(PROD, board) as agent:
         agent.put(cluster("a", {"env": "prod", "agent": "cluster-says"}))
         await agent.settle()
         server = agent.heartbeat("a")
@@ -157,7 +155,7 @@ async def test_the_heartbeat_is_a_secret_free_copy_with_service_labels(board: La
 
 
 async def test_a_label_edit_that_stops_matching_unregisters_and_a_delete_too(board: LabelBoard) -> None:
-    async with running(PROD) as agent:
+    async with running(PROD, board) as agent:
         agent.put(cluster("a", {"env": "prod"}, revision=1), cluster("b", {"env": "prod"}, revision=2))
         await agent.settle()
         assert agent.served == {"a", "b"}
@@ -169,7 +167,7 @@ async def test_a_label_edit_that_stops_matching_unregisters_and_a_delete_too(boa
         await agent.settle()
         assert agent.served == set()
         assert agent.announcer.actions("remove") == ["a", "b"]
-        assert FakeHealthMonitor.running == 0
+        assert agent.monitors.running == 0
 
         agent.put(cluster("a", {"env": "prod"}, revision=4))  # matching again registers again
         await agent.settle()
@@ -177,24 +175,24 @@ async def test_a_label_edit_that_stops_matching_unregisters_and_a_delete_too(boa
 
 
 async def test_an_update_with_the_same_kubeconfig_keeps_the_connection(board: LabelBoard) -> None:
-    async with running(PROD) as agent:
+    async with running(PROD, board) as agent:
         agent.put(cluster("a", {"env": "prod"}, revision=1))
         await agent.settle()
         agent.put(cluster("a", {"env": "prod", "tier": "gold"}, revision=2))
         await agent.settle()
         assert agent.heartbeat("a").cluster.static_labels()["tier"] == "gold"
-        assert len(FakeHealthMonitor.made) == 1, "a label edit must not reconnect to the cluster"
+        assert len(agent.monitors.made) == 1, "a label edit must not reconnect to the cluster"
         assert agent.announcer.log[-1] == ("touch", "a")
 
         agent.put(cluster("a", {"env": "prod"}, config=kubeconfig("rotated"), revision=3))
         await agent.settle()
         assert agent.supervisor.served["a"].cluster.kubeconfig == kubeconfig("rotated")
-        assert len(FakeHealthMonitor.made) == 2
-        assert FakeHealthMonitor.running == 1, "the old connection's monitor is stopped"
+        assert len(agent.monitors.made) == 2
+        assert agent.monitors.running == 1, "the old connection's monitor is stopped"
 
 
 async def test_nothing_changes_nothing(board: LabelBoard) -> None:
-    async with running(PROD) as agent:
+    async with running(PROD, board) as agent:
         agent.put(*(cluster(f"c{i}", {"env": "prod" if i % 2 else "dev"}, revision=i) for i in range(40)))
         await agent.settle()
         before = list(agent.announcer.log)
@@ -202,7 +200,7 @@ async def test_nothing_changes_nothing(board: LabelBoard) -> None:
             await agent.settle()
         await agent.settle(only=["c1", "c2", "not-there"])
         assert agent.announcer.log == before
-        assert len(FakeHealthMonitor.made) == 20
+        assert len(agent.monitors.made) == 20
 
 
 # ---------------------------------------------------------------------------------------------- failures
@@ -220,7 +218,7 @@ async def test_nothing_changes_nothing(board: LabelBoard) -> None:
 async def test_failed_registrations_are_recorded_retried_and_cleared(
     board: LabelBoard, config: bytes, reason: str
 ) -> None:
-    async with running(PROD) as agent:
+    async with running(PROD, board) as agent:
         agent.put(cluster("ok", {"env": "prod"}), cluster("bad", {"env": "prod"}, config=config))
         await agent.settle()
         assert agent.served == {"ok"}
@@ -246,7 +244,7 @@ async def test_failed_registrations_are_recorded_retried_and_cleared(
 
 
 async def test_a_failed_update_keeps_the_previous_registration(board: LabelBoard) -> None:
-    async with running(PROD) as agent:
+    async with running(PROD, board) as agent:
         agent.put(cluster("a", {"env": "prod"}, revision=1))
         await agent.settle()
 
@@ -256,7 +254,7 @@ async def test_a_failed_update_keeps_the_previous_registration(board: LabelBoard
         assert agent.supervisor.served["a"].cluster.kubeconfig == kubeconfig()
         assert "a" in agent.announcer.entries
         assert agent.announcer.actions("remove") == []
-        assert FakeHealthMonitor.running == 1
+        assert agent.monitors.running == 1
         assert "update failed" in agent.supervisor.failed["a"]
         assert "tls-server-name" in agent.supervisor.failed["a"]
 
@@ -273,7 +271,7 @@ ENV = ("print-env",)
 
 
 async def test_waits_for_the_first_label_results_before_registering(board: LabelBoard) -> None:
-    async with running(PROD) as agent:
+    async with running(PROD, board) as agent:
         agent.put(cluster("x", dynamic={"env": [*ENV, "x"]}))
         await agent.settle()
         assert agent.served == set(), "no labels yet: not registered, whatever the command will say"
@@ -294,7 +292,7 @@ async def test_waits_for_the_first_label_results_before_registering(board: Label
 
 
 async def test_a_registered_cluster_stays_until_its_new_commands_report(board: LabelBoard) -> None:
-    async with running(PROD) as agent:
+    async with running(PROD, board) as agent:
         board.publish([*ENV, "v1"], "prod")
         agent.put(cluster("x", dynamic={"env": [*ENV, "v1"]}, revision=1))
         await agent.settle()
@@ -312,7 +310,7 @@ async def test_a_registered_cluster_stays_until_its_new_commands_report(board: L
 
 async def test_label_commands_run_only_for_clusters_that_could_match(board: LabelBoard) -> None:
     selectors = [{"labels": {"region": "us", "env": "prod"}}]
-    async with running(selectors) as agent:
+    async with running(selectors, board) as agent:
         agent.put(
             cluster("eu", {"region": "eu"}, dynamic={"env": [*ENV, "eu"]}),
             cluster("us", {"region": "us"}, dynamic={"env": [*ENV, "us"]}),
@@ -327,7 +325,7 @@ async def test_label_commands_run_only_for_clusters_that_could_match(board: Labe
 
 
 async def test_deleting_a_cluster_stops_its_label_commands(board: LabelBoard) -> None:
-    async with running(PROD) as agent:
+    async with running(PROD, board) as agent:
         agent.put(cluster("x", dynamic={"env": [*ENV, "x"]}))
         await agent.settle()
         assert len(board.live()) == 1
@@ -341,7 +339,7 @@ async def test_deleting_a_cluster_stops_its_label_commands(board: LabelBoard) ->
 
 async def test_a_static_cluster_beats_a_dynamic_one_of_the_same_name(board: LabelBoard) -> None:
     own = kubeconfig("static")
-    async with running(PROD) as agent:
+    async with running(PROD, board) as agent:
         agent.put(cluster("shared", {"env": "prod"}), cluster("other", {"env": "prod"}))
         await agent.settle()
         assert origin(agent, "shared") == "dynamic"
@@ -361,7 +359,7 @@ async def test_a_static_cluster_beats_a_dynamic_one_of_the_same_name(board: Labe
 
 
 async def test_stop_all_unregisters_everything(board: LabelBoard) -> None:
-    async with running(PROD) as agent:
+    async with running(PROD, board) as agent:
         agent.put(cluster("a", {"env": "prod"}), cluster("x", dynamic={"env": [*ENV, "x"]}))
         board.publish([*ENV, "x"], "prod")
         await agent.settle()
@@ -370,7 +368,7 @@ async def test_stop_all_unregisters_everything(board: LabelBoard) -> None:
         await trio.testing.wait_all_tasks_blocked()
         assert agent.served == set()
         assert set(agent.announcer.actions("remove")) == {"a", "x"}
-        assert FakeHealthMonitor.running == 0
+        assert agent.monitors.running == 0
         assert board.live() == []
 
 
@@ -378,7 +376,7 @@ async def test_stop_all_unregisters_everything(board: LabelBoard) -> None:
 
 
 async def test_a_thousand_clusters_in_one_pass(board: LabelBoard) -> None:
-    async with running(PROD) as agent:
+    async with running(PROD, board) as agent:
         agent.put(*(cluster(f"c{i:04}", {"env": "prod" if i % 2 else "dev"}, revision=i) for i in range(1000)))
         started = time.monotonic()
         await agent.settle()
@@ -394,10 +392,9 @@ async def test_a_thousand_clusters_in_one_pass(board: LabelBoard) -> None:
 # ------------------------------------------------------------------------------------------ real labels
 
 
-async def test_real_label_commands_decide_registration(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_real_label_commands_decide_registration() -> None:
     """The real DynamicLabels with tiny commands, on the real clock with a deadline (no MockClock: waits on
     real processes would race an autojumping clock)."""
-    monkeypatch.setattr(clusters_module, "HealthMonitor", FakeHealthMonitor)
     woken = trio.Event()
 
     async with trio.open_nursery() as nursery:
@@ -414,6 +411,7 @@ async def test_real_label_commands_decide_registration(monkeypatch: pytest.Monke
             announcer=announcer,
             wake=wake,
             health_interval=3600.0,
+            health_monitors=HealthMonitors(),
             label_policy=LabelCommandPolicy.from_entries([sys.executable], path_env=""),
         )
         py = sys.executable

@@ -1,4 +1,4 @@
-"""The agent's own client for one Kubernetes API server: TLS from the kubeconfig, credentials, JSON calls.
+"""The agent's own HTTP client for one Kubernetes API server: the kubeconfig's TLS and credentials, JSON calls.
 
 One :class:`KubeAPI` per served cluster, built from the :class:`KubeTarget` that ``check_kubeconfig``
 produced. It is for the agent's own control-plane calls (``/version``, SelfSubjectAccessReview, ...), never
@@ -6,12 +6,10 @@ for proxying: it sends only the headers it builds itself and never forwards a ca
 
 Invariants:
 
-* TLS trusts exactly what the kubeconfig says: its CA data when present, the system roots when absent, or
-  nothing at all when ``insecure-skip-tls-verify`` is set (then :attr:`KubeAPI.warnings` says so, and health
-  reports it). Names are checked against SANs only (as Go's crypto/tls does), against ``tls-server-name``
-  when the kubeconfig sets one. ALPN offers ``http/1.1`` only.
-* Identical TLS material yields the same ``SSLContext`` object: contexts are cached by a digest of their
-  inputs (bounded, least recently used first out), so a thousand clusters behind one CA load it once.
+* TLS contexts come from :mod:`agent.kube.tls` (what the kubeconfig trusts, cached per material); a
+  disabled verification is reported in :attr:`KubeAPI.warnings` (and so by health). Names are checked
+  against ``tls-server-name`` when the kubeconfig sets one. Exec credentials come from
+  :mod:`agent.kube.exec_plugin`, refreshed before they expire and once after a 401.
 * Secrets (bearer token, basic password, exec-plugin credentials) never appear in a message, a repr or the
   statistics; error text coming back from a server is truncated, stripped of control characters and
   scrubbed of our own secrets before it is put into an exception.
@@ -24,22 +22,21 @@ Invariants:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 import ssl
-import subprocess
-from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import partial
 from typing import Any, Final
 
 import httpx
 import trio
 
+from agent.kube._text import MESSAGE_LIMIT, clean
+from agent.kube.exec_plugin import EXEC_TIMEOUT, ExecCredential, run_exec_plugin
+from agent.kube.tls import client_context
 from registry.core.errors import (
     AccessDenied,
     BadParameter,
@@ -50,244 +47,13 @@ from registry.core.errors import (
     Unauthenticated,
 )
 from registry.core.kubeconfig import KubeTarget
-from registry.host.tls import load_cert_chain_from_memory
 
-ALPN_PROTOCOLS: Final = ("http/1.1",)
 USER_AGENT: Final = "kubeport-agent"  # what the cluster's audit log shows for the agent's own calls
 DEFAULT_TIMEOUT: Final = 10.0
-EXEC_TIMEOUT: Final = 30.0
 MAX_RESPONSE_BYTES: Final = 8 * 1024 * 1024  # the agent's own answers are tiny; a bigger one is hostile
-MAX_EXEC_OUTPUT: Final = 1024 * 1024
-_CONTEXT_CACHE_SIZE: Final = 256
-_MESSAGE_LIMIT: Final = 500
 # An exec credential is refreshed this long before it expires, so a request never carries one that dies in
 # flight.
 _EXPIRY_SKEW: Final = timedelta(seconds=10)
-
-_CONTEXT_CACHE: OrderedDict[bytes, ssl.SSLContext] = OrderedDict()
-_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
-
-
-# --------------------------------------------------------------------------------------------- TLS contexts
-
-
-def ssl_context_for(target: KubeTarget) -> ssl.SSLContext:
-    """The client TLS context for ``target`` (shared with every target that has the same TLS material)."""
-    return _cached_context(target.ca_data, target.insecure, target.client_cert, target.client_key)
-
-
-def context_cache_size() -> int:
-    """How many distinct contexts are cached (for statistics and tests)."""
-    return len(_CONTEXT_CACHE)
-
-
-def _cached_context(
-    ca_data: bytes | None, insecure: bool, client_cert: bytes | None, client_key: bytes | None
-) -> ssl.SSLContext:
-    key = _context_key(ca_data, insecure, client_cert, client_key)
-    context = _CONTEXT_CACHE.get(key)
-    if context is not None:
-        _CONTEXT_CACHE.move_to_end(key)
-        return context
-    context = _build_context(ca_data, insecure, client_cert, client_key)
-    _CONTEXT_CACHE[key] = context
-    while len(_CONTEXT_CACHE) > _CONTEXT_CACHE_SIZE:
-        _CONTEXT_CACHE.popitem(last=False)
-    return context
-
-
-def _context_key(ca_data: bytes | None, insecure: bool, client_cert: bytes | None, client_key: bytes | None) -> bytes:
-    # Length-prefixed fields so that no two different inputs can concatenate to the same bytes; the digest
-    # (not the key material itself) is what the cache holds on to.
-    digest = hashlib.sha256(b"kubeport-kube-tls-v1")
-    for part in (ca_data, b"insecure" if insecure else b"verify", client_cert, client_key):
-        if part is None:
-            digest.update(b"\xff")
-        else:
-            digest.update(len(part).to_bytes(8, "big") + part)
-    return digest.digest()
-
-
-def _build_context(
-    ca_data: bytes | None, insecure: bool, client_cert: bytes | None, client_key: bytes | None
-) -> ssl.SSLContext:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.set_alpn_protocols(list(ALPN_PROTOCOLS))
-    context.options |= ssl.OP_NO_RENEGOTIATION
-    if insecure:
-        context.check_hostname = False  # must go first: CERT_NONE is refused while names are checked
-        context.verify_mode = ssl.CERT_NONE
-    else:
-        context.check_hostname = True
-        # Go (and so kubectl and client-go) ignores the common name; a server cert without SANs must fail
-        # here too rather than work with kubeport and nowhere else.
-        context.hostname_checks_common_name = False
-        if ca_data is None:
-            context.load_default_certs(ssl.Purpose.SERVER_AUTH)
-        else:
-            try:
-                context.load_verify_locations(cadata=ca_data.decode("ascii"))
-            except (UnicodeDecodeError, ssl.SSLError, ValueError) as exc:
-                raise BadParameter(f"certificate-authority-data does not load as PEM certificates: {exc}") from exc
-    if (client_cert is None) != (client_key is None):
-        raise BadParameter("client-certificate-data and client-key-data must be given together")
-    if client_cert is not None and client_key is not None:
-        load_cert_chain_from_memory(context, client_cert, client_key, "client")
-    return context
-
-
-# ------------------------------------------------------------------------------------ exec credential plugin
-
-
-@dataclass(frozen=True, repr=False)
-class ExecCredential:
-    """What an exec plugin returned. ``repr`` hides the secrets."""
-
-    token: str | None
-    client_cert: bytes | None
-    client_key: bytes | None
-    expires: datetime | None
-
-    def __repr__(self) -> str:
-        kind = "token" if self.token is not None else "client-cert"
-        return f"ExecCredential({kind}, expires={self.expires!r})"
-
-
-def parse_exec_credential(output: bytes, *, command: str, api_version: str | None) -> ExecCredential:
-    """Parse a plugin's stdout (an ``ExecCredential`` JSON document) the way client-go does."""
-    where = f"exec credential plugin {command!r}"
-    try:
-        document = json.loads(output)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise Unauthenticated(f"{where} printed something that is not JSON ({_clean(str(exc))})") from exc
-    if not isinstance(document, dict) or document.get("kind") != "ExecCredential":
-        raise Unauthenticated(f"{where} did not print an ExecCredential object")
-    returned_version = document.get("apiVersion")
-    if api_version and returned_version != api_version:
-        raise Unauthenticated(
-            f"{where} is configured for apiVersion {api_version!r} but returned {_clean(str(returned_version))!r}"
-        )
-    status = document.get("status")
-    if not isinstance(status, dict):
-        raise Unauthenticated(f"{where} returned an ExecCredential without status")
-    token = status.get("token")
-    cert = status.get("clientCertificateData")
-    key = status.get("clientKeyData")
-    if token is not None and (not isinstance(token, str) or not token):
-        raise Unauthenticated(f"{where} returned a status.token that is not a non-empty string")
-    if (cert is None) != (key is None) or any(v is not None and not isinstance(v, str) for v in (cert, key)):
-        raise Unauthenticated(f"{where} must return clientCertificateData and clientKeyData together, as strings")
-    if token is None and cert is None:
-        raise Unauthenticated(f"{where} returned neither status.token nor a client certificate and key")
-    return ExecCredential(
-        token=token,
-        client_cert=cert.encode() if isinstance(cert, str) else None,
-        client_key=key.encode() if isinstance(key, str) else None,
-        expires=_parse_expiry(status.get("expirationTimestamp"), where),
-    )
-
-
-def _parse_expiry(value: object, where: str) -> datetime | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or len(value) > 64:
-        raise Unauthenticated(f"{where} returned an expirationTimestamp that is not an RFC 3339 string")
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError as exc:
-        raise Unauthenticated(f"{where} returned an invalid expirationTimestamp {_clean(value)!r}") from exc
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
-
-
-async def run_exec_plugin(spec: Mapping[str, Any], *, server: str, timeout: float = EXEC_TIMEOUT) -> ExecCredential:
-    """Run the kubeconfig's ``exec`` plugin once and return its credential.
-
-    argv is ``command`` + ``args``; the environment is ours plus the spec's ``env`` plus
-    ``KUBERNETES_EXEC_INFO`` (non-interactive), as client-go does. stdin is closed: the agent can never
-    answer a prompt. Output is capped; a plugin still running after ``timeout`` seconds is killed.
-    """
-    command = spec.get("command")
-    if not isinstance(command, str) or not command:
-        raise BadParameter("exec credential plugin: command must be a non-empty string")
-    args = spec.get("args") or []
-    if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
-        raise BadParameter(f"exec credential plugin {command!r}: args must be a list of strings")
-    api_version = spec.get("apiVersion")
-    api_version = api_version if isinstance(api_version, str) else None
-    env = dict(os.environ)
-    for item in spec.get("env") or []:
-        if not isinstance(item, Mapping) or not isinstance(item.get("name"), str):
-            raise BadParameter(f"exec credential plugin {command!r}: env entries need a name and a value")
-        env[item["name"]] = str(item.get("value", ""))
-    info: dict[str, Any] = {"kind": "ExecCredential", "spec": {"interactive": False}}
-    if api_version:
-        info["apiVersion"] = api_version
-    if spec.get("provideClusterInfo"):
-        info["spec"]["cluster"] = {"server": server}
-    env["KUBERNETES_EXEC_INFO"] = json.dumps(info)
-
-    where = f"exec credential plugin {command!r}"
-    stdout = bytearray()
-    stderr = bytearray()
-    overflow: list[str] = []
-    start_error: OSError | None = None
-    process: trio.Process | None = None
-    try:
-        with trio.fail_after(timeout):
-            # Nothing may raise out of this nursery (trio would wrap it in an ExceptionGroup): failures are
-            # recorded and turned into errors after it closes.
-            async with trio.open_nursery() as nursery:
-                try:
-                    process = await nursery.start(
-                        partial(
-                            trio.run_process,
-                            [command, *args],
-                            stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE,
-                            env=env,
-                            check=False,
-                            deliver_cancel=_kill,
-                        )
-                    )
-                except OSError as exc:
-                    start_error = exc
-                else:
-                    assert process.stdout is not None
-                    assert process.stderr is not None
-                    nursery.start_soon(_read_capped, process.stdout, stdout, process, overflow)
-                    nursery.start_soon(_read_capped, process.stderr, stderr, process, overflow)
-    except trio.TooSlowError:
-        raise Timeout(f"{where} did not finish within {timeout:g}s") from None
-    if start_error is not None or process is None:
-        detail = start_error.strerror if start_error is not None and start_error.strerror else start_error
-        raise Unauthenticated(f"{where} cannot be started: {detail}")
-    if overflow:
-        raise Unauthenticated(f"{where} printed more than {MAX_EXEC_OUTPUT} bytes")
-    if process.returncode != 0:
-        detail = _clean(bytes(stderr[-_MESSAGE_LIMIT:]).decode("utf-8", "replace")) or "no output on stderr"
-        raise Unauthenticated(f"{where} failed with exit status {process.returncode}: {detail}")
-    return parse_exec_credential(bytes(stdout), command=command, api_version=api_version)
-
-
-async def _kill(process: trio.Process) -> None:
-    # A credential helper has nothing to clean up that is worth waiting for on a deadline.
-    process.kill()
-
-
-async def _read_capped(
-    stream: trio.abc.ReceiveStream, sink: bytearray, process: trio.Process, overflow: list[str]
-) -> None:
-    while chunk := await stream.receive_some(65536):
-        sink.extend(chunk)
-        if len(sink) > MAX_EXEC_OUTPUT:
-            overflow.append("output")
-            process.kill()  # its pipes close with it, which ends the other reader too
-            return
-
-
-# ---------------------------------------------------------------------------------------------- the client
 
 
 @dataclass(frozen=True)
@@ -387,7 +153,7 @@ class KubeAPI:
 
     def _new_client(self, cert: bytes | None, key: bytes | None) -> httpx.AsyncClient:
         target = self._target
-        verify = _cached_context(target.ca_data, target.insecure, cert, key)
+        verify = client_context(target.ca_data, target.insecure, cert, key)
         try:
             return httpx.AsyncClient(
                 base_url=self._server,
@@ -404,7 +170,7 @@ class KubeAPI:
 
     async def _call(self, method: str, path: str, content: bytes | None, timeout: float) -> Any:
         if not path.startswith("/") or path.startswith("//"):
-            raise BadParameter(f"a Kubernetes API path must start with a single '/', got {_clean(path)[:100]!r}")
+            raise BadParameter(f"a Kubernetes API path must start with a single '/', got {clean(path)[:100]!r}")
         try:
             for attempt in range(2):
                 # identity: the answers are small, and reading raw bytes under a cap is then exactly the
@@ -479,14 +245,14 @@ class KubeAPI:
         raise ConnectionProblem(f"{self._server} answered {method} {path} with HTTP {status}: {message}")
 
     def _status_message(self, data: bytes, status: int) -> str:
-        text = data[: 4 * _MESSAGE_LIMIT].decode("utf-8", "replace")
+        text = data[: 4 * MESSAGE_LIMIT].decode("utf-8", "replace")
         try:
             document = json.loads(data) if len(data) <= 64 * 1024 else None
         except (UnicodeDecodeError, ValueError):
             document = None
         if isinstance(document, dict) and isinstance(document.get("message"), str):
             text = document["message"]
-        text = self._scrub(_clean(text))[:_MESSAGE_LIMIT]
+        text = self._scrub(clean(text))[:MESSAGE_LIMIT]
         return text or f"HTTP {status} without a message"
 
     async def _auth_headers(self) -> dict[str, str]:
@@ -541,7 +307,7 @@ class KubeAPI:
         return text
 
     def _describe(self, exc: BaseException) -> str:
-        return self._scrub(_clean(_root_cause(exc)))[:_MESSAGE_LIMIT]
+        return self._scrub(clean(_root_cause(exc)))[:MESSAGE_LIMIT]
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
@@ -577,8 +343,3 @@ def _root_cause(exc: BaseException) -> str:
         if str(item):
             return str(item)
     return type(exc).__name__
-
-
-def _clean(text: str) -> str:
-    """Collapse control characters (terminal escapes, newlines) that a hostile peer could put into logs."""
-    return _CONTROL_CHARS.sub(" ", text).strip()
