@@ -97,7 +97,7 @@ async def cmd_create(args: argparse.Namespace) -> int:
             display = DISPLAY.get(resource.KIND, resource.KIND)
             name = resource.metadata.name
             if resource.KIND == "token":
-                name = name[:4] + "****"
+                name = mask_token(name)
             if args.force:
                 _, created = await client.create_or_update(wire)
             else:

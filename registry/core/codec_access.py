@@ -11,7 +11,7 @@ Invariants:
 * An empty or missing ``kubernetes_labels`` selects no cluster (Teleport v4+); a ``kubernetes_resources``
   entry without verbs grants every verb before v7 and is an error in v7.
 * A token's name is its secret value: messages never show it, and ``token_to_dict(..., with_secrets=False)``
-  masks it with :func:`mask_secret`.
+  masks it with :func:`registry.core.resources.mask_token` (the one masking rule).
 * ``decode_X(X_to_dict(r)) == r`` for every role, user and token model.
 """
 
@@ -216,11 +216,6 @@ def decode_token(doc: Mapping[str, Any]) -> Token:
 # -- encoding -----------------------------------------------------------------------------------------------
 
 
-def mask_secret(value: str) -> str:
-    """Enough of a token to tell tokens apart, never enough to use it (:func:`resources.mask_token`)."""
-    return mask_token(value)
-
-
 def _conditions_dict(conditions: RoleConditions) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if conditions.rules:
@@ -256,7 +251,7 @@ def user_to_dict(r: User) -> dict[str, Any]:
 
 def token_to_dict(r: Token, *, with_secrets: bool) -> dict[str, Any]:
     """``with_secrets=False`` masks the token's value (its name)."""
-    name = r.metadata.name if with_secrets else mask_secret(r.metadata.name)
+    name = r.metadata.name if with_secrets else mask_token(r.metadata.name)
     return {
         "kind": r.KIND,
         "version": r.VERSION,
