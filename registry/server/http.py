@@ -38,7 +38,7 @@ import trio
 
 from registry.core import validation
 from registry.core.errors import BadParameter, ConnectionProblem, KubeportError
-from registry.core.netaddr import listen_error
+from registry.core.netaddr import format_hostport, listen_error
 from registry.server.admission import Admission, AdmissionLimits, source_of
 
 log = logging.getLogger(__name__)
@@ -152,8 +152,7 @@ class ServerInfo:
 
     @property
     def address(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        return format_hostport(self.host, self.port)
 
 
 class _ClientGone(Exception):
