@@ -42,6 +42,7 @@ from registry.core.identity import generate_private_key, make_csr
 from registry.core.identity_file import IdentityFile
 from registry.core.kubeconfig import check_kubeconfig
 from registry.core.resources import KIND_ALIASES, KubeCluster, mask_token
+from registry.core.timefmt import format_human, parse_rfc3339
 from registry.files import write_secret_file
 
 MAX_EVENTS_PAGE = 1000  # the registry's page size limit for GET /v1/events
@@ -168,12 +169,12 @@ def _expiry_cell(expires: str | None) -> str:
     if not expires:
         return "never"
     try:
-        when = datetime.fromisoformat(expires.replace("Z", "+00:00"))
-    except ValueError:
+        when = parse_rfc3339(expires)
+    except (ValueError, OverflowError):
         return expires
     left = when - datetime.now(tz=UTC)
     seconds = max(int(left.total_seconds()), 0)
-    return f"{when.strftime('%Y-%m-%d %H:%M:%S')} UTC ({_short(seconds)} left)"
+    return f"{format_human(when)} ({_short(seconds)} left)"
 
 
 def _short(seconds: int) -> str:
@@ -432,7 +433,7 @@ async def cmd_auth_sign(args: argparse.Namespace) -> int:
     write_secret_file(args.out, identity.dump())
     expires = identity.identity().expires
     # The registry caps the TTL by the roles' max_session_ttl: say when it really expires.
-    until = expires.strftime("%Y-%m-%d %H:%M:%S UTC") if expires else "unknown"
+    until = format_human(expires) if expires else "unknown"
     print(f'The identity of user "{args.user}" has been written to {args.out} (valid until {until}).')
     return 0
 

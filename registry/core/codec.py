@@ -56,7 +56,6 @@ from registry.core.codec_common import (
     decode_metadata,
     decode_timestamp,
     envelope,
-    format_time,
     label_error,
     metadata_dict,
     plain,
@@ -78,6 +77,7 @@ from registry.core.resources import (
     Token,
     User,
 )
+from registry.core.timefmt import format_rfc3339
 from registry.core.validation import Fields, check_name, describe, quote
 
 MAX_DOCUMENT_BYTES = validation.MAX_DOCUMENT_BYTES
@@ -405,7 +405,7 @@ def resource_to_dict(r: Resource, *, with_secrets: bool = True) -> dict[str, Any
         if r.health.reason:
             health["reason"] = r.health.reason
         if r.health.checked_at is not None:
-            health["checked_at"] = format_time(r.health.checked_at)
+            health["checked_at"] = format_rfc3339(r.health.checked_at)
         spec["health"] = health
         return {"kind": r.KIND, "version": r.VERSION, "metadata": metadata_dict(r.metadata), "spec": spec}
     if isinstance(r, Role):

@@ -70,6 +70,7 @@ from registry.core.resources import (
     mask_token,
     max_session_ttl,
 )
+from registry.core.timefmt import format_epoch, format_rfc3339
 from registry.server import authz
 from registry.server.admission import source_of_client
 from registry.server.aggregate import FailureAggregator, FailureRow
@@ -99,10 +100,6 @@ _AUDIT_NAMES = {"kube_cluster": "kube"}
 
 
 _FAILURE_ROW_KEYS = frozenset({"event", "time", "success", "client", "error", "count", "first_time", "last_time"})
-
-
-def _iso(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, tz=UTC).isoformat().replace("+00:00", "Z")
 
 
 def validate_agent_record(host_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
@@ -308,7 +305,7 @@ class Registry:
     async def audit(self, event: str, caller: Caller | None, **fields: Any) -> None:
         value: dict[str, Any] = {
             "event": event,
-            "time": _iso(self.clock()),
+            "time": format_epoch(self.clock()),
             "success": fields.pop("success", True),
         }
         if caller is not None:
@@ -364,8 +361,8 @@ class Registry:
                 client=row.source,
                 error=row.reason,
                 count=row.count,
-                first_time=_iso(row.first),
-                last_time=_iso(row.last),
+                first_time=format_epoch(row.first),
+                last_time=format_epoch(row.last),
                 **extra,
             )
 
@@ -568,7 +565,7 @@ class Registry:
         record = validate_agent_record(host_id, body)
         now = self.clock()
         expires = min(float(record.pop("expires_in")), MAX_HEARTBEAT_TTL)
-        record["expires"] = datetime.fromtimestamp(now + expires, tz=UTC).isoformat().replace("+00:00", "Z")
+        record["expires"] = format_epoch(now + expires)
         stored = await self.store.put(AGENT_KIND, host_id, record, expires=now + expires)
         return dict(stored.value)
 
@@ -594,7 +591,7 @@ class Registry:
         doc = {
             "kind": "token",
             "version": "v2",
-            "metadata": {"name": token_value, "expires": expires.isoformat().replace("+00:00", "Z")},
+            "metadata": {"name": token_value, "expires": format_rfc3339(expires, fraction="micro")},
             "spec": {"roles": list(roles), "join_method": "token"},
         }
         token = codec.resource_from_dict(doc, source="token")
@@ -680,7 +677,7 @@ class Registry:
         return bool(await self.store.list("kube_server", prefix=f"{host_id}/"))
 
     def _host_record(self, host_id: str, nodename: str) -> dict[str, Any]:
-        return {"host_id": host_id, "nodename": nodename, "issued": self.now().isoformat().replace("+00:00", "Z")}
+        return {"host_id": host_id, "nodename": nodename, "issued": format_rfc3339(self.now(), fraction="micro")}
 
     def _host_expiry(self, not_after: datetime) -> float:
         return not_after.timestamp() + HOST_RECORD_GRACE
@@ -741,7 +738,7 @@ class Registry:
         return {
             "cert_pem": cert.decode(),
             "ca_pems": [self.ca.cert_pem.decode()],
-            "expires": expires.isoformat().replace("+00:00", "Z"),
+            "expires": format_rfc3339(expires, fraction="micro"),
         }
 
     # -- watch ---------------------------------------------------------------------------------------
@@ -783,7 +780,7 @@ class Registry:
             "cluster_name": self.cluster_name,
             "version": __version__,
             "ca_pin": self.ca.pin,
-            "server_time": self.now().isoformat().replace("+00:00", "Z"),
+            "server_time": format_rfc3339(self.now(), fraction="micro"),
             "public_addr": self.public_addr,
             "loopback_only": self.loopback_only,
         }
