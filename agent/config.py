@@ -41,7 +41,7 @@ from types import MappingProxyType
 from typing import Any, NoReturn
 
 from agent.label_commands import is_bare_name, is_normal_absolute
-from labels import LabelError, parse_go_duration, validate_label_key, validate_labels, validate_selector_items
+from labels import parse_go_duration, validate_label_key, validate_labels, validate_selector_items
 from labels.schedule import validate_cron
 from registry.core import validation
 from registry.core.errors import BadParameter, TooLarge
@@ -226,9 +226,6 @@ class _Ctx:
             self.fail(f"{path} must not contain NUL characters")
         return value
 
-    def label_error(self, err: LabelError) -> NoReturn:
-        self.fail(str(err))
-
 
 def _redact(message: str, token: str | None) -> str:
     if token and len(token) >= _MIN_REDACT_LENGTH and token in message:
@@ -289,11 +286,8 @@ def _parse_bool(ctx: _Ctx, value: object, path: str) -> bool:
 
 
 def _parse_duration(ctx: _Ctx, value: object, path: str, minimum: float) -> float:
-    try:
+    with validation.label_errors(path, fail=ctx.fail):
         seconds = parse_go_duration(value, what=path)
-    except LabelError as err:
-        message = str(err)
-        ctx.fail(message if message.startswith(path) else f"{path}: {message}")
     if seconds < minimum:
         ctx.fail(f"{path}: {_show(value)} is shorter than the minimum of {minimum:g}s")
     return seconds
@@ -338,10 +332,8 @@ def _parse_commands(ctx: _Ctx, value: object, path: str) -> tuple[CommandConfig,
         ctx.check_keys(item, where, _COMMAND_KEYS)
         if "name" not in item:
             ctx.fail(f"{where}.name is required (the label key the output is stored under)")
-        try:
+        with validation.label_errors(f"{where}.name", fail=ctx.fail):
             name = validate_label_key(item["name"])
-        except LabelError as err:
-            ctx.fail(f"{where}.name: {err}")
         _check_not_reserved(ctx, name, f"{where}.name")
         if name in seen:
             ctx.fail(f"{where}.name: duplicate command label {_show(name)}")
@@ -368,10 +360,8 @@ def _parse_commands(ctx: _Ctx, value: object, path: str) -> tuple[CommandConfig,
         period = _parse_duration(ctx, item["period"], f"{where}.period", MIN_COMMAND_PERIOD) if has_period else None
         schedule: str | None = None
         if has_schedule:
-            try:
+            with validation.label_errors(f"{where}.schedule", fail=ctx.fail):
                 schedule = validate_cron(item["schedule"])
-            except LabelError as err:
-                ctx.fail(f"{where}.{err}" if str(err).startswith("schedule") else f"{where}.schedule: {err}")
         commands.append(CommandConfig(name, tuple(argv), period, schedule))
     return tuple(commands)
 
@@ -448,13 +438,11 @@ def _parse_kube(ctx: _Ctx, value: object, nodename: str) -> KubeServiceConfig:
     kubeconfig = section.get("kubeconfig_file")
     kubeconfig_file = None if kubeconfig is None else _parse_path(ctx, kubeconfig, f"{path}.kubeconfig_file")
 
-    try:
+    with validation.label_errors(fail=ctx.fail):  # the library names the paths (what=)
         raw_labels = section.get("labels")
         labels = validate_labels({} if raw_labels is None else raw_labels, what=f"{path}.labels")
         raw_resources = section.get("resources")
         resources = validate_selector_items([] if raw_resources is None else raw_resources, what=f"{path}.resources")
-    except LabelError as err:
-        ctx.label_error(err)
     for key in labels:
         _check_not_reserved(ctx, key, f"{path}.labels")
     commands = _parse_commands(ctx, section.get("commands"), f"{path}.commands")

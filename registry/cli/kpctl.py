@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from labels import parse_go_duration
-from labels.keys import LabelError
 from registry.cli import kube_cmd, render
 from registry.cli.common import (
     Connection,
@@ -43,6 +42,7 @@ from registry.core.identity_file import IdentityFile
 from registry.core.kubeconfig import check_kubeconfig
 from registry.core.resources import KIND_ALIASES, KubeCluster, mask_token
 from registry.core.timefmt import format_human, parse_rfc3339
+from registry.core.validation import label_errors
 from registry.files import write_secret_file
 
 MAX_EVENTS_PAGE = 1000  # the registry's page size limit for GET /v1/events
@@ -72,10 +72,8 @@ def _split_ref(ref: str) -> tuple[str, str | None]:
 
 
 def _duration(text: str, what: str) -> timedelta:
-    try:
+    with label_errors(subject=what):
         seconds = parse_go_duration(text)
-    except LabelError as err:
-        raise BadParameter(f"{what}: {err}") from None
     if seconds <= 0:
         raise BadParameter(f"{what} must be positive (got {text!r})")
     return timedelta(seconds=seconds)

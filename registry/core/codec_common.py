@@ -19,12 +19,12 @@ import base64
 import re
 from collections.abc import Mapping, Sequence
 from datetime import date, datetime
-from typing import Any, NoReturn
+from typing import Any
 
-from labels import LabelError, validate_labels
+from labels import validate_labels
 from registry.core.resources import ORIGIN_LABEL, ORIGIN_VALUES, Metadata
 from registry.core.timefmt import RFC3339_RE, as_utc, format_rfc3339, parse_rfc3339
-from registry.core.validation import Fields, check_name, describe, quote
+from registry.core.validation import Fields, check_name, describe, label_errors, quote
 
 NAME_RE = re.compile(r"^[a-zA-Z0-9._-]+$")  # Teleport's kube cluster name rule; also roles, hosts, tokens
 
@@ -82,10 +82,8 @@ def decode_timestamp(fields: Fields, key: str) -> datetime | None:
 
 
 def _labels(fields: Fields, key: str) -> dict[str, str]:
-    try:
+    with label_errors(fail=fields.fail):  # the library names the path (what=)
         return validate_labels(fields.raw(key) or {}, what=fields.at(key))
-    except LabelError as err:
-        fields.fail(str(err))
 
 
 def decode_metadata(top: Fields, subject: str, *, pattern: re.Pattern[str] = NAME_RE, secret: bool = False) -> Metadata:
@@ -112,17 +110,6 @@ def decode_metadata(top: Fields, subject: str, *, pattern: re.Pattern[str] = NAM
         expires=decode_timestamp(meta, "expires"),
         revision=revision or "",
     )
-
-
-def label_error(fields: Fields, key: str, value: object, err: LabelError) -> NoReturn:
-    """Phrase a labels-library error under the field path: ``<path> "1d": unknown unit "d" (use 24h)``."""
-    message = str(err)
-    path = fields.at(key)
-    if message.startswith(path) or message.startswith(key):
-        fields.fail(message if message.startswith(path) else f"{fields.path}.{message}")
-    if isinstance(value, str) and message.startswith('"'):
-        fields.fail(f"{path} {message}")
-    fields.fail(f"{path}: {message}")
 
 
 # -- encoding -----------------------------------------------------------------------------------------------

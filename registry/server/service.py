@@ -45,9 +45,9 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from labels import LabelError, validate_labels, validate_selector_items
+from labels import validate_labels, validate_selector_items
 from registry import __version__
-from registry.core import codec
+from registry.core import codec, validation
 from registry.core.errors import AccessDenied, AlreadyExists, BadParameter, NotFound, Unauthenticated
 from registry.core.identity import (
     AGENT_TTL,
@@ -125,11 +125,9 @@ def validate_agent_record(host_id: str, body: Mapping[str, Any]) -> dict[str, An
     for key in ("nodename", "hostname", "version"):
         if not isinstance(body.get(key, ""), str) or len(body.get(key, "")) > 253:
             raise BadParameter(f"kube_agent: {key} must be a string of at most 253 characters")
-    try:
+    with validation.label_errors(subject="kube_agent"):
         resources = validate_selector_items(body.get("resources", []))
         labels = validate_labels(body.get("labels", {}), what="kube_agent labels")
-    except LabelError as err:
-        raise BadParameter(f"kube_agent: {err}") from None
     static = body.get("static_clusters", [])
     if not isinstance(static, list) or not all(isinstance(n, str) for n in static):
         raise BadParameter("kube_agent: static_clusters must be a list of names")
