@@ -31,7 +31,6 @@ apart from the default node name, which comes from ``socket.gethostname()``.
 from __future__ import annotations
 
 import difflib
-import ipaddress
 import os
 import re
 import socket
@@ -42,10 +41,11 @@ from types import MappingProxyType
 from typing import Any, NoReturn
 
 from agent.label_commands import is_bare_name, is_normal_absolute
-from labels import LabelError, parse_go_duration, validate_label_key, validate_labels, validate_selector_items
+from labels import parse_go_duration, validate_label_key, validate_labels, validate_selector_items
 from labels.schedule import validate_cron
 from registry.core import validation
 from registry.core.errors import BadParameter, TooLarge
+from registry.core.netaddr import format_hostport, parse_hostport
 
 MAX_CONFIG_BYTES = 1 << 20
 DEFAULT_REGISTRY_PORT = 3025
@@ -61,7 +61,6 @@ RESERVED_LABEL_PREFIX = "kubeport.dev/"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 _PIN_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
-_HOST_RE = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_.-]{0,251}[A-Za-z0-9_.])?$")
 _TRUE = frozenset({"yes", "true", "on", "1"})
 _FALSE = frozenset({"no", "false", "off", "0"})
 _UNSPECIFIED_HOSTS = frozenset({"", "0.0.0.0", "::"})
@@ -227,9 +226,6 @@ class _Ctx:
             self.fail(f"{path} must not contain NUL characters")
         return value
 
-    def label_error(self, err: LabelError) -> NoReturn:
-        self.fail(str(err))
-
 
 def _redact(message: str, token: str | None) -> str:
     if token and len(token) >= _MIN_REDACT_LENGTH and token in message:
@@ -260,60 +256,15 @@ def load_yaml_document(data: str | bytes, source: str) -> object:
 # ------------------------------------------------------------------------------------------ addresses
 
 
-def _parse_host(ctx: _Ctx, host: str, path: str, raw: str) -> str:
-    try:
-        return str(ipaddress.ip_address(host))
-    except ValueError:
-        pass
-    if len(host) > 253 or not _HOST_RE.match(host):
-        ctx.fail(f"{path}: invalid host name in {_show(raw)}")
-    return host
-
-
 def _parse_hostport(
-    ctx: _Ctx, value: object, path: str, *, default_port: int, allow_empty_host: bool, min_port: int
+    ctx: _Ctx, value: object, path: str, *, default_port: int, default_host: str | None, min_port: int
 ) -> tuple[str, int]:
-    """``host``, ``host:port``, ``[v6]`` or ``[v6]:port`` -> (host, port); the host keeps no brackets."""
-    raw = ctx.string(value, path).strip()
-    if "://" in raw:
-        ctx.fail(f"{path} must be host:port, not a URL: {_show(raw)}")
-    if any(ch.isspace() or not ch.isprintable() for ch in raw):
-        ctx.fail(f"{path}: {_show(raw)} contains spaces or control characters")
-    port_text: str | None = None
-    if raw.startswith("["):
-        end = raw.find("]")
-        if end < 0:
-            ctx.fail(f"{path}: missing ] in {_show(raw)}")
-        host, rest = raw[1:end], raw[end + 1 :]
-        if rest:
-            if not rest.startswith(":"):
-                ctx.fail(f"{path}: unexpected text after ] in {_show(raw)}")
-            port_text = rest[1:]
-        try:
-            host = str(ipaddress.IPv6Address(host))
-        except ValueError:
-            ctx.fail(f"{path}: invalid IPv6 address in {_show(raw)}")
-    else:
-        if raw.count(":") > 1:
-            ctx.fail(f"{path}: put IPv6 addresses in brackets, e.g. [::1]:{default_port}; got {_show(raw)}")
-        host, sep, after = raw.partition(":")
-        port_text = after if sep else None
-        if host:
-            host = _parse_host(ctx, host, path, raw)
-        elif not allow_empty_host:
-            ctx.fail(f"{path}: missing host in {_show(raw)}")
-    port = default_port
-    if port_text is not None:
-        if not (port_text.isascii() and port_text.isdigit()) or len(port_text) > 5:
-            ctx.fail(f"{path}: invalid port in {_show(raw)}")
-        port = int(port_text)
-    if not min_port <= port <= 65535:
-        ctx.fail(f"{path}: port {port} is out of range {min_port}-65535")
-    return host, port
-
-
-def _format_hostport(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    """An address through kubeport's one host:port parser (:func:`registry.core.netaddr.parse_hostport`)."""
+    raw = ctx.string(value, path)
+    try:
+        return parse_hostport(raw, default_port=default_port, what=path, default_host=default_host, min_port=min_port)
+    except BadParameter as err:
+        ctx.fail(err.message)
 
 
 # ---------------------------------------------------------------------------------------- the sections
@@ -335,11 +286,8 @@ def _parse_bool(ctx: _Ctx, value: object, path: str) -> bool:
 
 
 def _parse_duration(ctx: _Ctx, value: object, path: str, minimum: float) -> float:
-    try:
+    with validation.label_errors(path, fail=ctx.fail):
         seconds = parse_go_duration(value, what=path)
-    except LabelError as err:
-        message = str(err)
-        ctx.fail(message if message.startswith(path) else f"{path}: {message}")
     if seconds < minimum:
         ctx.fail(f"{path}: {_show(value)} is shorter than the minimum of {minimum:g}s")
     return seconds
@@ -384,10 +332,8 @@ def _parse_commands(ctx: _Ctx, value: object, path: str) -> tuple[CommandConfig,
         ctx.check_keys(item, where, _COMMAND_KEYS)
         if "name" not in item:
             ctx.fail(f"{where}.name is required (the label key the output is stored under)")
-        try:
+        with validation.label_errors(f"{where}.name", fail=ctx.fail):
             name = validate_label_key(item["name"])
-        except LabelError as err:
-            ctx.fail(f"{where}.name: {err}")
         _check_not_reserved(ctx, name, f"{where}.name")
         if name in seen:
             ctx.fail(f"{where}.name: duplicate command label {_show(name)}")
@@ -414,10 +360,8 @@ def _parse_commands(ctx: _Ctx, value: object, path: str) -> tuple[CommandConfig,
         period = _parse_duration(ctx, item["period"], f"{where}.period", MIN_COMMAND_PERIOD) if has_period else None
         schedule: str | None = None
         if has_schedule:
-            try:
+            with validation.label_errors(f"{where}.schedule", fail=ctx.fail):
                 schedule = validate_cron(item["schedule"])
-            except LabelError as err:
-                ctx.fail(f"{where}.{err}" if str(err).startswith("schedule") else f"{where}.schedule: {err}")
         commands.append(CommandConfig(name, tuple(argv), period, schedule))
     return tuple(commands)
 
@@ -466,11 +410,9 @@ def _parse_kube(ctx: _Ctx, value: object, nodename: str) -> KubeServiceConfig:
             section["listen_addr"],
             f"{path}.listen_addr",
             default_port=DEFAULT_LISTEN_ADDR[1],
-            allow_empty_host=True,
+            default_host=DEFAULT_LISTEN_ADDR[0],
             min_port=0,
         )
-        if not listen[0]:
-            listen = (DEFAULT_LISTEN_ADDR[0], listen[1])
 
     public_raw = section.get("public_addr")
     if isinstance(public_raw, list):
@@ -480,15 +422,15 @@ def _parse_kube(ctx: _Ctx, value: object, nodename: str) -> KubeServiceConfig:
         public_raw = public_raw[0]
     if public_raw is None:
         host = nodename if listen[0] in _UNSPECIFIED_HOSTS else listen[0]
-        public_addr = _format_hostport(host, listen[1])
+        public_addr = format_hostport(host, listen[1])
     else:
-        public_addr = _format_hostport(
+        public_addr = format_hostport(
             *_parse_hostport(
                 ctx,
                 public_raw,
                 f"{path}.public_addr",
                 default_port=listen[1],
-                allow_empty_host=False,
+                default_host=None,
                 min_port=1,
             )
         )
@@ -496,13 +438,11 @@ def _parse_kube(ctx: _Ctx, value: object, nodename: str) -> KubeServiceConfig:
     kubeconfig = section.get("kubeconfig_file")
     kubeconfig_file = None if kubeconfig is None else _parse_path(ctx, kubeconfig, f"{path}.kubeconfig_file")
 
-    try:
+    with validation.label_errors(fail=ctx.fail):  # the library names the paths (what=)
         raw_labels = section.get("labels")
         labels = validate_labels({} if raw_labels is None else raw_labels, what=f"{path}.labels")
         raw_resources = section.get("resources")
         resources = validate_selector_items([] if raw_resources is None else raw_resources, what=f"{path}.resources")
-    except LabelError as err:
-        ctx.label_error(err)
     for key in labels:
         _check_not_reserved(ctx, key, f"{path}.labels")
     commands = _parse_commands(ctx, section.get("commands"), f"{path}.commands")
@@ -571,7 +511,7 @@ def _build(ctx: _Ctx, raw: object) -> AgentConfig:
         kp["registry"],
         "kubeport.registry",
         default_port=DEFAULT_REGISTRY_PORT,
-        allow_empty_host=False,
+        default_host=None,
         min_port=1,
     )
 

@@ -28,6 +28,7 @@ from typing import Any, Literal, Protocol
 import trio
 
 from registry.core.errors import BadParameter, KubeportError
+from registry.core.timefmt import format_rfc3339
 
 HealthStatus = Literal["healthy", "unhealthy", "unknown"]
 
@@ -61,15 +62,9 @@ class HealthResult:
         return {
             "status": self.status,
             "reason": self.reason,
-            "checked_at": _rfc3339(self.checked_at),
+            "checked_at": format_rfc3339(self.checked_at, fraction="none"),
             "kube_version": self.kube_version,
         }
-
-
-def _rfc3339(moment: datetime) -> str:
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _access_review(resource: str) -> dict[str, Any]:

@@ -40,6 +40,7 @@ from registry.client import RegistryClient, fetch_ca, fetch_unverified_ca, join
 from registry.core.errors import BadParameter, ConnectionProblem, KubeportError, LimitExceeded, Timeout
 from registry.core.identity import generate_private_key, make_csr, needs_renewal
 from registry.core.identity_file import IdentityFile
+from registry.core.netaddr import format_hostport
 from registry.host.files import ensure_private_dir, read_limited, write_secret_file
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ MAX_TOKEN_FILE_BYTES = 4096
 
 def registry_address(config: AgentConfig) -> str:
     host, port = config.registry
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return format_hostport(host, port)
 
 
 def host_id(data_dir: Path) -> str | None:

@@ -32,6 +32,7 @@ from labels.selectors import (
     explain_all,
     match_labels,
     matches_any,
+    validate_selector,
     validate_selector_items,
 )
 
@@ -56,5 +57,6 @@ __all__ = [
     "parse_go_duration",
     "validate_label_key",
     "validate_labels",
+    "validate_selector",
     "validate_selector_items",
 ]

@@ -353,6 +353,15 @@ def _validate_selector(selector: object, where: str) -> dict[str, SelectorValue]
     return result
 
 
+def validate_selector(selector: object, *, what: str = "labels") -> dict[str, SelectorValue]:
+    """Validate one selector mapping (``{key: value | [values]}``), the ``labels`` of one item below.
+
+    ``what`` names the mapping in messages (``kubernetes_labels.env: ...``); the rules are those of
+    :func:`validate_selector_items`. Values are returned as given, lists as lists.
+    """
+    return _validate_selector(selector, what)
+
+
 def validate_selector_items(items: object, *, what: str = "resources") -> list[dict[str, Any]]:
     """Validate the YAML shape ``[{labels: {key: value | [values]}}, ...]`` and return normalised items.
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from labels import format_labels
 from registry.core import codec
+from registry.core.timefmt import format_human, parse_rfc3339
 
 FORMATS = ("text", "json", "yaml")
 # Labels longer than this are cut in non-verbose tables (tsh does the same); -v shows them whole.
@@ -160,12 +161,12 @@ def _expiry_cell(expires: str | None) -> str:
     if not expires:
         return "never"
     try:
-        when = datetime.fromisoformat(expires.replace("Z", "+00:00"))
-    except ValueError:
+        when = parse_rfc3339(expires)
+    except (ValueError, OverflowError):
         return expires
     left = when - datetime.now(tz=UTC)
     seconds = max(int(left.total_seconds()), 0)
-    return f"{when.strftime('%Y-%m-%d %H:%M:%S')} UTC ({_short(seconds)} left)"
+    return f"{format_human(when)} ({_short(seconds)} left)"
 
 
 def _short(seconds: int) -> str:

@@ -37,7 +37,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from labels import MIN_PERIOD, LabelError, parse_go_duration, validate_label_key
+from labels import MIN_PERIOD, parse_go_duration, validate_label_key
 from labels.schedule import validate_cron
 from registry.core import validation
 from registry.core.codec_access import (
@@ -46,7 +46,6 @@ from registry.core.codec_access import (
     decode_role,
     decode_token,
     decode_user,
-    mask_secret,
     role_to_dict,
     token_to_dict,
     user_to_dict,
@@ -57,8 +56,6 @@ from registry.core.codec_common import (
     decode_metadata,
     decode_timestamp,
     envelope,
-    format_time,
-    label_error,
     metadata_dict,
     plain,
 )
@@ -79,7 +76,8 @@ from registry.core.resources import (
     Token,
     User,
 )
-from registry.core.validation import Fields, check_name, describe, quote
+from registry.core.timefmt import format_rfc3339
+from registry.core.validation import Fields, check_name, describe, label_errors, quote
 
 MAX_DOCUMENT_BYTES = validation.MAX_DOCUMENT_BYTES
 KINDS = ("kube_cluster", "kube_server", "role", "user", "token")
@@ -214,20 +212,16 @@ def _command_label(item: Fields, *, keep_result: bool) -> CommandLabel:
     if period is not None and schedule is not None:
         item.fail(f"{item.path} has both a period and a schedule; keep one")
     if period is not None:
-        try:
+        with label_errors(item.at("period"), value=period, fail=item.fail):
             seconds = parse_go_duration(period, what=item.at("period"))
-        except LabelError as err:
-            label_error(item, "period", period, err)
         if seconds < MIN_PERIOD:
             item.fail(
                 f"{item.at('period')} {quote(period)} is below the minimum of 1s "
                 "(use at least 1s; kubeport rejects it where Teleport would silently raise it)"
             )
     if schedule is not None:
-        try:
+        with label_errors(item.at("schedule"), value=schedule, fail=item.fail):
             schedule = validate_cron(schedule)
-        except LabelError as err:
-            label_error(item, "schedule", schedule, err)
     result = item.string("result", limit=64 * 1024) if keep_result else ""
     return CommandLabel(command=tuple(command), period=period, schedule=schedule, result=result)
 
@@ -238,10 +232,8 @@ def _dynamic_labels(spec: Fields, *, keep_results: bool) -> dict[str, CommandLab
         labels.fail(f"{labels.path} has {len(labels.data)} labels; at most {MAX_DYNAMIC_LABELS} are allowed")
     result: dict[str, CommandLabel] = {}
     for key in labels:
-        try:
+        with label_errors(labels.path, fail=labels.fail):
             validate_label_key(key)
-        except LabelError as err:
-            labels.fail(f"{labels.path}: {err}")
         result[key] = _command_label(labels.mapping(key), keep_result=keep_results)
     return result
 
@@ -406,7 +398,7 @@ def resource_to_dict(r: Resource, *, with_secrets: bool = True) -> dict[str, Any
         if r.health.reason:
             health["reason"] = r.health.reason
         if r.health.checked_at is not None:
-            health["checked_at"] = format_time(r.health.checked_at)
+            health["checked_at"] = format_rfc3339(r.health.checked_at)
         spec["health"] = health
         return {"kind": r.KIND, "version": r.VERSION, "metadata": metadata_dict(r.metadata), "spec": spec}
     if isinstance(r, Role):
@@ -451,7 +443,6 @@ __all__ = [
     "decode_resources",
     "dump_json",
     "dump_yaml",
-    "mask_secret",
     "parse_documents",
     "resource_from_dict",
     "resource_to_dict",

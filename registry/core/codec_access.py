@@ -11,7 +11,7 @@ Invariants:
 * An empty or missing ``kubernetes_labels`` selects no cluster (Teleport v4+); a ``kubernetes_resources``
   entry without verbs grants every verb before v7 and is an error in v7.
 * A token's name is its secret value: messages never show it, and ``token_to_dict(..., with_secrets=False)``
-  masks it with :func:`mask_secret`.
+  masks it with :func:`registry.core.resources.mask_token` (the one masking rule).
 * ``decode_X(X_to_dict(r)) == r`` for every role, user and token model.
 """
 
@@ -21,14 +21,12 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from labels import LabelError, parse_go_duration
-from labels import validate_selector_items as _validate_selector_items
+from labels import parse_go_duration, validate_selector
 from registry.core.codec_common import (
     NAME_RE,
     check_version,
     decode_metadata,
     envelope,
-    label_error,
     metadata_dict,
     plain,
 )
@@ -43,7 +41,7 @@ from registry.core.resources import (
     User,
     mask_token,
 )
-from registry.core.validation import Fields, check_name, describe, quote
+from registry.core.validation import Fields, check_name, describe, label_errors, quote
 
 USER_NAME_RE = re.compile(r"^[a-zA-Z0-9._@+-]+$")  # user names are often e-mail addresses
 KUBE_VERBS = (
@@ -96,11 +94,9 @@ def _selector(conditions: Fields) -> dict[str, str | list[str]]:
     if not raw:
         return {}  # no labels: this condition matches no cluster (Teleport v4+ default)
     path = conditions.at("kubernetes_labels")
-    try:
-        (item,) = _validate_selector_items([{"labels": raw}], what=path)
-    except LabelError as err:
-        conditions.fail(str(err).replace(f"{path}[0].labels", path))
-    return {key: list(value) if isinstance(value, list) else value for key, value in item["labels"].items()}
+    with label_errors(fail=conditions.fail):  # the library names the path (what=)
+        selector = validate_selector(raw, what=path)
+    return {key: list(value) if isinstance(value, list) else value for key, value in selector.items()}
 
 
 def _kube_resources(conditions: Fields, version: str) -> tuple[dict[str, Any], ...]:
@@ -157,10 +153,8 @@ def decode_role(doc: Mapping[str, Any]) -> Role:
     options.reject_unknown(ROLE_OPTIONS, hint=f" (kubeport does not support it; supported: {supported})")
     ttl = options.raw("max_session_ttl")
     if ttl is not None:
-        try:
+        with label_errors(options.at("max_session_ttl"), value=ttl, fail=options.fail):
             parse_go_duration(ttl, what=options.at("max_session_ttl"))
-        except LabelError as err:
-            label_error(options, "max_session_ttl", ttl, err)
     return Role(
         metadata=metadata,
         allow=_conditions(spec, "allow", version),
@@ -216,11 +210,6 @@ def decode_token(doc: Mapping[str, Any]) -> Token:
 # -- encoding -----------------------------------------------------------------------------------------------
 
 
-def mask_secret(value: str) -> str:
-    """Enough of a token to tell tokens apart, never enough to use it (:func:`resources.mask_token`)."""
-    return mask_token(value)
-
-
 def _conditions_dict(conditions: RoleConditions) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if conditions.rules:
@@ -256,7 +245,7 @@ def user_to_dict(r: User) -> dict[str, Any]:
 
 def token_to_dict(r: Token, *, with_secrets: bool) -> dict[str, Any]:
     """``with_secrets=False`` masks the token's value (its name)."""
-    name = r.metadata.name if with_secrets else mask_secret(r.metadata.name)
+    name = r.metadata.name if with_secrets else mask_token(r.metadata.name)
     return {
         "kind": r.KIND,
         "version": r.VERSION,

@@ -7,8 +7,9 @@ Invariants:
 * Every decoding failure is a BadParameter raised through ``Fields.fail``, so its message starts with the
   resource's subject (``kube_cluster "a"``; a bare ``token``: a token's name is its secret value and is
   never shown) and names the field path.
-* Timestamps decode to aware UTC datetimes and encode as RFC 3339 UTC with a ``Z``; what ``format_time``
-  writes, ``decode_timestamp`` reads back to an equal datetime.
+* Timestamps decode to aware UTC datetimes and encode as RFC 3339 UTC with a ``Z``
+  (:mod:`registry.core.timefmt`); what ``format_rfc3339`` writes, ``decode_timestamp`` reads back to an equal
+  datetime.
 * ``plain`` returns only dict/list/str/number/bool/None, which both dumpers (YAML and JSON) can write.
 """
 
@@ -17,15 +18,15 @@ from __future__ import annotations
 import base64
 import re
 from collections.abc import Mapping, Sequence
-from datetime import UTC, date, datetime
-from typing import Any, NoReturn
+from datetime import date, datetime
+from typing import Any
 
-from labels import LabelError, validate_labels
+from labels import validate_labels
 from registry.core.resources import ORIGIN_LABEL, ORIGIN_VALUES, Metadata
-from registry.core.validation import Fields, check_name, describe, quote
+from registry.core.timefmt import RFC3339_RE, as_utc, format_rfc3339, parse_rfc3339
+from registry.core.validation import Fields, check_name, describe, label_errors, quote
 
 NAME_RE = re.compile(r"^[a-zA-Z0-9._-]+$")  # Teleport's kube cluster name rule; also roles, hosts, tokens
-_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})")
 
 
 # -- decoding -----------------------------------------------------------------------------------------------
@@ -68,40 +69,21 @@ def decode_timestamp(fields: Fields, key: str) -> datetime | None:
     if value is None:
         return None
     rule = "must be an RFC 3339 timestamp such as 2027-01-01T00:00:00Z"
-    parsed: datetime | None = None
-    if isinstance(value, datetime):  # YAML already parsed it
-        parsed = value
-    elif isinstance(value, str) and _RFC3339.fullmatch(value):
-        # fromisoformat takes at most 6 fractional digits: drop nanoseconds as Go's JSON would round them.
-        text = re.sub(r"(\.\d{6})\d+", r"\1", value).replace("z", "Z").replace("t", "T")
-        try:
-            parsed = datetime.fromisoformat(text)
-        except ValueError:
-            fields.fail(f"{fields.at(key)} {rule} (got {describe(value)}: not a real date or time)")
-    elif isinstance(value, date):
+    if isinstance(value, date) and not isinstance(value, datetime):
         fields.fail(f"{fields.at(key)} {rule}, with a time of day (got date {value})")
-    if parsed is None:
+    if not isinstance(value, datetime) and not (isinstance(value, str) and RFC3339_RE.fullmatch(value)):
         fields.fail(f"{fields.at(key)} {rule} (got {describe(value)})")
     try:
-        return parsed.astimezone(UTC) if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+        return as_utc(value) if isinstance(value, datetime) else parse_rfc3339(value)  # YAML may have parsed it
     except OverflowError:  # 0001-01-01T00:00:00+01:00 is before year 1 in UTC
         fields.fail(f"{fields.at(key)} is out of range (got {describe(str(value))})")
-
-
-def format_time(value: datetime) -> str:
-    value = value.astimezone(UTC) if value.tzinfo is not None else value
-    # Not strftime: glibc's %Y does not zero-pad years below 1000.
-    text = f"{value.year:04d}-{value:%m-%dT%H:%M:%S}"
-    if value.microsecond:
-        text += f".{value.microsecond:06d}".rstrip("0")
-    return text + "Z"
+    except ValueError:
+        fields.fail(f"{fields.at(key)} {rule} (got {describe(value)}: not a real date or time)")
 
 
 def _labels(fields: Fields, key: str) -> dict[str, str]:
-    try:
+    with label_errors(fail=fields.fail):  # the library names the path (what=)
         return validate_labels(fields.raw(key) or {}, what=fields.at(key))
-    except LabelError as err:
-        fields.fail(str(err))
 
 
 def decode_metadata(top: Fields, subject: str, *, pattern: re.Pattern[str] = NAME_RE, secret: bool = False) -> Metadata:
@@ -130,17 +112,6 @@ def decode_metadata(top: Fields, subject: str, *, pattern: re.Pattern[str] = NAM
     )
 
 
-def label_error(fields: Fields, key: str, value: object, err: LabelError) -> NoReturn:
-    """Phrase a labels-library error under the field path: ``<path> "1d": unknown unit "d" (use 24h)``."""
-    message = str(err)
-    path = fields.at(key)
-    if message.startswith(path) or message.startswith(key):
-        fields.fail(message if message.startswith(path) else f"{fields.path}.{message}")
-    if isinstance(value, str) and message.startswith('"'):
-        fields.fail(f"{path} {message}")
-    fields.fail(f"{path}: {message}")
-
-
 # -- encoding -----------------------------------------------------------------------------------------------
 
 
@@ -151,7 +122,7 @@ def metadata_dict(metadata: Metadata, *, name: str | None = None) -> dict[str, A
     if metadata.labels:
         out["labels"] = dict(metadata.labels)
     if metadata.expires is not None:
-        out["expires"] = format_time(metadata.expires)
+        out["expires"] = format_rfc3339(metadata.expires)
     if metadata.revision:
         out["revision"] = metadata.revision
     return out
@@ -164,7 +135,7 @@ def plain(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [plain(v) for v in value]
     if isinstance(value, datetime):
-        return format_time(value)
+        return format_rfc3339(value)
     if isinstance(value, bytes):
         return base64.b64encode(value).decode("ascii")
     return value

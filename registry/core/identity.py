@@ -40,6 +40,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from registry.core.errors import AccessDenied, BadParameter, TooLarge, Unauthenticated
+from registry.core.timefmt import format_rfc3339
 
 REGISTRY_SERVER_NAME = "registry.kubeport.local"
 """The DNS name clients always verify the registry against, whatever address they dialled."""
@@ -360,9 +361,11 @@ class CertAuthority:
         except (ValueError, TypeError, InvalidSignature) as exc:
             raise Unauthenticated(f"certificate was not issued by the CA of cluster {self._cluster_name!r}") from exc
         if now < cert.not_valid_before_utc:
-            raise Unauthenticated(f"certificate is not valid until {_iso(cert.not_valid_before_utc)}")
+            start = format_rfc3339(cert.not_valid_before_utc, fraction="none")
+            raise Unauthenticated(f"certificate is not valid until {start}")
         if now > cert.not_valid_after_utc:
-            raise Unauthenticated(f"certificate expired at {_iso(cert.not_valid_after_utc)}")
+            end = format_rfc3339(cert.not_valid_after_utc, fraction="none")
+            raise Unauthenticated(f"certificate expired at {end}")
         try:
             return _identity_of(cert)
         except BadParameter as exc:
@@ -580,10 +583,6 @@ def _unique(items: Sequence[_T]) -> list[_T]:
 def _require_aware(value: datetime, what: str) -> None:
     if not isinstance(value, datetime) or value.tzinfo is None or value.utcoffset() is None:
         raise BadParameter(f"{what} must be a timezone-aware datetime, got {value!r}")
-
-
-def _iso(value: datetime) -> str:
-    return value.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _first_line(exc: BaseException) -> str:

@@ -39,6 +39,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from registry.core.errors import BadParameter
+from registry.core.timefmt import format_rfc3339
 from registry.core.validation import Fields, check_size, decode_utf8, describe, describe_type, load_yaml, quote
 
 AuthKind = Literal["token", "client-cert", "basic", "exec", "none"]
@@ -409,7 +410,7 @@ class _Checker:
         if expires is None:
             return
         path, what = user["expiry"]
-        stamp = expires.strftime("%Y-%m-%dT%H:%M:%SZ")
+        stamp = format_rfc3339(expires, fraction="none")
         if self.now is not None and expires <= self.now:
             self.warnings.append(f"{path}: {what} expired at {stamp}")
         else:

@@ -1,15 +1,18 @@
 """Network addresses the way users type them, and what went wrong when one could not be listened on.
 
-Pure: no sockets. ``parse_hostport`` reads ``--listen`` and ``--public-addr`` values; ``listen_error`` turns
-the ``OSError`` a listener open raised into one sentence naming the address and the cause, for the seam that
-opens listeners (``registry.server.http.serve_http``) to raise as a kubeport error.
+Pure: no sockets. ``parse_hostport`` is kubeport's one host:port parser: it reads the registry's
+``--listen`` and ``--public-addr`` values and the agent config's ``kubeport.registry``,
+``kubernetes_service.listen_addr`` and ``public_addr``; ``format_hostport`` is its inverse. ``listen_error``
+turns the ``OSError`` a listener open raised into one sentence naming the address and the cause, for the seam
+that opens listeners (``registry.server.http.serve_http``) to raise as a kubeport error.
 
 Accepted forms: ``HOST:PORT``, ``[IPv6]:PORT``, ``HOST``, ``[IPv6]``, ``:PORT`` and ``PORT``. A missing host
 means ``default_host`` (127.0.0.1 for a listener: only this machine can connect unless the user asks for
-``0.0.0.0``); a missing port means ``default_port``. A value made only of digits is a port, never a host
-name (``--listen 3025`` would otherwise try to bind the IPv4 address 0.0.11.209). Hosts are IP literals or
-DNS names; anything else (spaces, control characters, URLs, huge values) is refused with a message that
-quotes the value, shortened.
+``0.0.0.0``), and is an error when ``default_host`` is None (an address something dials); a missing port
+means ``default_port``. A value made only of digits is a port, never a host name (``--listen 3025`` would
+otherwise try to bind the IPv4 address 0.0.11.209). Hosts are IP literals or DNS names; an unbracketed IPv6
+address (``a:b:c``) and text after ``]`` (``[::1]x``) are refused, as are spaces, control characters, URLs
+and huge values, with a message ``WHAT "VALUE": problem`` that quotes the value, escaped and shortened.
 """
 
 from __future__ import annotations
@@ -20,22 +23,25 @@ import re
 import socket
 
 from registry.core.errors import BadParameter
+from registry.core.validation import quote
 
 _HOST_RE = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_.-]{0,251}[A-Za-z0-9_.])?$")
-_MAX_SHOWN = 80
-
-
-def _show(value: str) -> str:
-    shown = value if len(value) <= _MAX_SHOWN else value[:_MAX_SHOWN] + "..."
-    return repr(shown)
+_show = quote  # the value as messages show it: double-quoted, escaped, shortened
 
 
 def format_hostport(host: str, port: int) -> str:
+    """``HOST:PORT``, with an IPv6 host in brackets (the inverse of :func:`parse_hostport`)."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def parse_hostport(value: str, *, default_port: int, what: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
-    """``value`` as (host, port); the host keeps no brackets. Raises BadParameter naming ``what``."""
+def parse_hostport(
+    value: str, *, default_port: int, what: str, default_host: str | None = "127.0.0.1", min_port: int = 0
+) -> tuple[str, int]:
+    """``value`` as (host, port); the host keeps no brackets. Raises BadParameter naming ``what``.
+
+    ``default_host=None`` makes the host required; ports below ``min_port`` (1 for an address to dial) are
+    refused like ports above 65535.
+    """
     text = value.strip()
     if not text:
         raise BadParameter(f"{what} must not be empty (expected HOST:PORT, :PORT or PORT)")
@@ -68,11 +74,15 @@ def parse_hostport(value: str, *, default_port: int, what: str, default_host: st
     port = default_port
     if port_text is not None:
         if not (port_text.isascii() and port_text.isdigit()) or len(port_text) > 5:
-            raise BadParameter(f"{what} {_show(value)}: the port must be a number between 0 and 65535")
+            raise BadParameter(f"{what} {_show(value)}: the port must be a number between {min_port} and 65535")
         port = int(port_text)
-        if port > 65535:
-            raise BadParameter(f"{what} {_show(value)}: port {port} is out of range 0-65535")
-    return host or default_host, port
+    if not min_port <= port <= 65535:
+        raise BadParameter(f"{what} {_show(value)}: port {port} is out of range {min_port}-65535")
+    if not host:
+        if default_host is None:
+            raise BadParameter(f"{what} {_show(value)}: missing host (expected HOST:PORT)")
+        host = default_host
+    return host, port
 
 
 def _is_ip(value: str) -> bool:

@@ -7,7 +7,9 @@ What lives here:
   (never a yaml/json exception, a ``RecursionError`` or a crash);
 * :class:`Fields`: a strict reader for one mapping of a document that knows its path
   (``spec.dynamic_labels.region``), rejects unknown keys, and phrases every error the same way;
-* :func:`quote` / :func:`describe`: how user values appear in messages (escaped, shortened, typed).
+* :func:`quote` / :func:`describe`: how user values appear in messages (escaped, shortened, typed);
+* :func:`label_errors`: the one seam where the labels library's :class:`~labels.LabelError` becomes a
+  kubeport :class:`BadParameter` (see below).
 
 Invariants:
 
@@ -19,6 +21,14 @@ Invariants:
   pre-pass is what makes handing the text to the fast C loader safe.
 * Parser messages carry only the problem and the line/column, never a snippet of the input: the input
   may be a kubeconfig full of credentials.
+
+Labels-library errors. ``labels`` is a leaf: it raises its own ``LabelError`` (a ``ValueError``) and knows
+nothing of kubeport's error tree. Every caller in registry/ and agent/ that validates labels, selectors,
+durations or schedules wraps the call in ``with label_errors(...)``, and nothing else catches
+``LabelError`` to re-raise it: the phrasing (:func:`label_message`) and the conversion live here, once. The
+caller says where the value sits (``path``), and either how its own errors are raised (``fail``: a
+:class:`Fields`' or the agent config's, which add the resource subject or the file name) or a plain
+``subject`` prefix. The library's message is kept word for word; only the path in front of it is added.
 """
 
 from __future__ import annotations
@@ -28,11 +38,12 @@ import json
 import math
 import re
 from collections.abc import Callable, Collection, Hashable, Iterator, Mapping
+from types import TracebackType
 from typing import Any, NoReturn
 
 import yaml
 
-from labels import _text
+from labels import LabelError, _text
 from registry.core.errors import BadParameter, TooLarge
 from registry.core.nesting import nesting_error
 
@@ -84,6 +95,64 @@ def describe_type(value: object) -> str:
     if isinstance(value, list | tuple):
         return f"a list of {len(value)} items"
     return type(value).__name__
+
+
+# -- labels-library errors ------------------------------------------------------------------------------------
+
+
+def label_message(err: LabelError, path: str = "", *, value: object = None) -> str:
+    """A labels-library error phrased under ``path``: ``<path>: <message>``, or the message alone when it
+    names ``path`` already (the library was given it as ``what``), or ``<parent>.<message>`` when it names
+    the last key of ``path`` (``schedule "x": ...`` under ``spec.dynamic_labels.a.schedule``). With a string
+    ``value`` the library quoted first (``"1d": unknown unit``), the quote follows the path without a colon:
+    ``period "1d": unknown unit "d" (use 24h)``."""
+    message = str(err)
+    if message.startswith(path):  # also every message when there is no path
+        return message
+    parent, _, key = path.rpartition(".")
+    if parent and message.startswith(key):
+        return f"{parent}.{message}"
+    if isinstance(value, str) and message.startswith('"'):
+        return f"{path} {message}"
+    return f"{path}: {message}"
+
+
+class label_errors:  # a context manager used like a function: ``with label_errors(...):``
+    """Turn a :class:`LabelError` raised in the ``with`` block into a kubeport error (see the module docstring).
+
+    The message is :func:`label_message` of ``path`` and ``value``; it is raised through ``fail`` when given
+    (which adds its own prefix), else as ``BadParameter("<subject>: <message>")`` (or the bare message).
+    Other exceptions pass through untouched.
+    """
+
+    def __init__(
+        self,
+        path: str = "",
+        *,
+        value: object = None,
+        fail: Callable[[str], NoReturn] | None = None,
+        subject: str = "",
+    ) -> None:
+        self._path = path
+        self._value = value
+        self._fail = fail
+        self._subject = subject
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        if not isinstance(exc, LabelError):
+            return
+        message = label_message(exc, self._path, value=self._value)
+        if self._fail is not None:
+            try:
+                self._fail(message)
+            except BadParameter as converted:
+                raise converted from None
+        raise BadParameter(f"{self._subject}: {message}" if self._subject else message) from None
 
 
 # -- size ----------------------------------------------------------------------------------------------------

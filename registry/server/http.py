@@ -20,15 +20,23 @@ Invariants:
   stream is closed as soon as the client goes away, so a watch does not outlive its reader.
 - TLS handshakes run inside the connection task with a timeout; a failed handshake (no or bad client
   certificate when one is required, another CA, an expired certificate) only ends that connection.
+- The accept loop follows ``trio.serve_listeners``: an ``accept`` failing for lack of resources
+  (:data:`ACCEPT_CAPACITY_ERRNOS`: out of file descriptors, memory or buffers) is logged and retried after
+  :data:`ACCEPT_RETRY_DELAY`, so the server rides out a burst and serves again once connections close;
+  any other ``OSError`` is a real fault and ends the server with that error (``trio.SocketListener``
+  already retries the per-connection errnos such as ``ECONNABORTED`` itself). Opening the listeners is the
+  one place where an ``OSError`` becomes a kubeport error (``cannot listen on HOST:PORT: ...``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
+import os
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -38,13 +46,18 @@ import trio
 
 from registry.core import validation
 from registry.core.errors import BadParameter, ConnectionProblem, KubeportError
-from registry.core.netaddr import listen_error
+from registry.core.netaddr import format_hostport, listen_error
 from registry.server.admission import Admission, AdmissionLimits, source_of
 
 log = logging.getLogger(__name__)
 
 # What a trio stream raises when the peer vanishes or TLS breaks mid-connection.
 _STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError)
+
+# accept(2) errors that mean "the system is out of something right now" (trio.serve_listeners' set): retried
+# after a short sleep. Every other OSError from accept ends the server.
+ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+ACCEPT_RETRY_DELAY = 0.1  # seconds, as trio.serve_listeners
 
 
 @dataclass
@@ -152,8 +165,7 @@ class ServerInfo:
 
     @property
     def address(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        return format_hostport(self.host, self.port)
 
 
 class _ClientGone(Exception):
@@ -501,18 +513,23 @@ async def serve_http(
     port: int = 0,
     ssl_context: ssl.SSLContext | None = None,
     limits: HTTPLimits | None = None,
+    listeners: Sequence[trio.SocketListener] | None = None,
     task_status: trio.TaskStatus[ServerInfo] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Listen on host:port (0 = any free port) and serve until cancelled.
 
     ``task_status.started`` receives the bound address, so callers can ``await nursery.start(serve_http,
-    ...)`` and then connect.
+    ...)`` and then connect. ``listeners`` serves on listeners the caller opened instead (``host`` and
+    ``port`` are then unused); serve_http closes them when it returns.
     """
     limits = limits or HTTPLimits()
-    try:
-        tcp_listeners = await trio.open_tcp_listeners(port, host=host)
-    except (OSError, UnicodeError) as exc:  # the seam: a port in use or a bad host is one clear error
-        raise ConnectionProblem(listen_error(host, port, exc)) from None
+    if listeners is not None:
+        tcp_listeners = list(listeners)
+    else:
+        try:
+            tcp_listeners = await trio.open_tcp_listeners(port, host=host)
+        except (OSError, UnicodeError) as exc:  # the seam: a port in use or a bad host is one clear error
+            raise ConnectionProblem(listen_error(host, port, exc)) from None
     bound = tcp_listeners[0].socket.getsockname()
     admission = Admission(limits.admission_limits())
     info = ServerInfo(host=bound[0], port=bound[1], admission=admission)
@@ -522,9 +539,17 @@ async def serve_http(
         while True:
             try:
                 sock_stream = await listener.accept()
-            except OSError as exc:  # EMFILE and friends: back off instead of spinning
-                log.warning("accept failed: %s", exc)
-                await trio.sleep(0.1)
+            except OSError as exc:
+                if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
+                    raise  # not a passing shortage: a fault the server cannot serve through
+                log.error(
+                    "accept on %s returned %s (%s); retrying in %s seconds",
+                    info.address,
+                    errno.errorcode[exc.errno],
+                    os.strerror(exc.errno),
+                    ACCEPT_RETRY_DELAY,
+                )
+                await trio.sleep(ACCEPT_RETRY_DELAY)
                 continue
             try:
                 peer = sock_stream.socket.getpeername()

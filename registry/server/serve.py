@@ -42,7 +42,7 @@ from registry.core.identity import (
     public_key_pem,
 )
 from registry.core.identity_file import IdentityFile
-from registry.core.netaddr import parse_hostport
+from registry.core.netaddr import format_hostport, parse_hostport
 from registry.host.files import ensure_private_dir, write_secret_file
 from registry.host.paths import ADMIN_IDENTITY, CA_PIN_FILE, STORE_FILE
 from registry.host.tls import server_context
@@ -148,7 +148,7 @@ def ensure_admin_identity(path: Path, ca: CertAuthority, address: str, now: date
 def advertised_address(host: str, port: int) -> str:
     if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1"
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return format_hostport(host, port)
 
 
 async def serve_registry(

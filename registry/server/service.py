@@ -45,9 +45,9 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from labels import LabelError, validate_labels, validate_selector_items
+from labels import validate_labels, validate_selector_items
 from registry import __version__
-from registry.core import codec
+from registry.core import codec, validation
 from registry.core.errors import AccessDenied, AlreadyExists, BadParameter, NotFound, Unauthenticated
 from registry.core.identity import (
     AGENT_TTL,
@@ -70,6 +70,7 @@ from registry.core.resources import (
     mask_token,
     max_session_ttl,
 )
+from registry.core.timefmt import format_epoch, format_rfc3339
 from registry.core.watch import Delete, Put, ResourceEvent, encode_line
 from registry.core.wire import AgentRecord, AuditEvent, CaBundle, Certificate, JoinResult, Ping, ResourceBody
 from registry.server import authz
@@ -103,10 +104,6 @@ _AUDIT_NAMES = {"kube_cluster": "kube"}
 _FAILURE_ROW_KEYS = frozenset({"event", "time", "success", "client", "error", "count", "first_time", "last_time"})
 
 
-def _iso(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, tz=UTC).isoformat().replace("+00:00", "Z")
-
-
 def validate_agent_record(host_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
     """An agent's self-description: who it is, what its ``resources`` select, what failed to register, and
     which dynamic labels fail there (``label_errors``: cluster -> key -> error value, refusals included)."""
@@ -130,11 +127,9 @@ def validate_agent_record(host_id: str, body: Mapping[str, Any]) -> dict[str, An
     for key in ("nodename", "hostname", "version"):
         if not isinstance(body.get(key, ""), str) or len(body.get(key, "")) > 253:
             raise BadParameter(f"kube_agent: {key} must be a string of at most 253 characters")
-    try:
+    with validation.label_errors(subject="kube_agent"):
         resources = validate_selector_items(body.get("resources", []))
         labels = validate_labels(body.get("labels", {}), what="kube_agent labels")
-    except LabelError as err:
-        raise BadParameter(f"kube_agent: {err}") from None
     static = body.get("static_clusters", [])
     if not isinstance(static, list) or not all(isinstance(n, str) for n in static):
         raise BadParameter("kube_agent: static_clusters must be a list of names")
@@ -319,7 +314,7 @@ class Registry:
     async def audit(self, event: str, caller: Caller | None, **fields: Any) -> None:
         value: dict[str, Any] = {
             "event": event,
-            "time": _iso(self.clock()),
+            "time": format_epoch(self.clock()),
             "success": fields.pop("success", True),
         }
         if caller is not None:
@@ -375,8 +370,8 @@ class Registry:
                 client=row.source,
                 error=row.reason,
                 count=row.count,
-                first_time=_iso(row.first),
-                last_time=_iso(row.last),
+                first_time=format_epoch(row.first),
+                last_time=format_epoch(row.last),
                 **extra,
             )
 
@@ -579,7 +574,7 @@ class Registry:
         record = validate_agent_record(host_id, body)
         now = self.clock()
         expires = min(float(record.pop("expires_in")), MAX_HEARTBEAT_TTL)
-        record["expires"] = datetime.fromtimestamp(now + expires, tz=UTC).isoformat().replace("+00:00", "Z")
+        record["expires"] = format_epoch(now + expires)
         stored = await self.store.put(AGENT_KIND, host_id, record, expires=now + expires)
         return cast(AgentRecord, dict(stored.value))
 
@@ -605,7 +600,7 @@ class Registry:
         doc = {
             "kind": "token",
             "version": "v2",
-            "metadata": {"name": token_value, "expires": expires.isoformat().replace("+00:00", "Z")},
+            "metadata": {"name": token_value, "expires": format_rfc3339(expires, fraction="micro")},
             "spec": {"roles": list(roles), "join_method": "token"},
         }
         token = codec.resource_from_dict(doc, source="token")
@@ -689,7 +684,7 @@ class Registry:
         return bool(await self.store.list("kube_server", prefix=f"{host_id}/"))
 
     def _host_record(self, host_id: str, nodename: str) -> dict[str, Any]:
-        return {"host_id": host_id, "nodename": nodename, "issued": self.now().isoformat().replace("+00:00", "Z")}
+        return {"host_id": host_id, "nodename": nodename, "issued": format_rfc3339(self.now(), fraction="micro")}
 
     def _host_expiry(self, not_after: datetime) -> float:
         return not_after.timestamp() + HOST_RECORD_GRACE
@@ -750,7 +745,7 @@ class Registry:
         return {
             "cert_pem": cert.decode(),
             "ca_pems": [self.ca.cert_pem.decode()],
-            "expires": expires.isoformat().replace("+00:00", "Z"),
+            "expires": format_rfc3339(expires, fraction="micro"),
         }
 
     # -- watch ---------------------------------------------------------------------------------------
@@ -796,7 +791,7 @@ class Registry:
             "cluster_name": self.cluster_name,
             "version": __version__,
             "ca_pin": self.ca.pin,
-            "server_time": self.now().isoformat().replace("+00:00", "Z"),
+            "server_time": format_rfc3339(self.now(), fraction="micro"),
             "public_addr": self.public_addr,
             "loopback_only": self.loopback_only,
         }

@@ -28,8 +28,8 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from labels import match_labels
-from labels.keys import LabelError
 from registry.core.errors import AlreadyExists, BadParameter, Compacted, CompareFailed, NotFound, TooLarge
+from registry.core.validation import label_errors
 from registry.store import _secrets
 from registry.store.base import Event, Record
 
@@ -264,11 +264,9 @@ def check_selector(selector: object) -> Mapping[str, str | list[str]] | None:
             raise BadParameter(
                 f"label selector entry {_show(key)}: {_show(wanted)} must map a string to a string or a list of strings"
             )
-        try:
+        with label_errors(subject="invalid label selector"):
             for value in values:
                 match_labels({key: value}, {key: ""})
-        except LabelError as exc:
-            raise BadParameter(f"invalid label selector: {exc}") from None
         checked[key] = wanted
     return checked
 

@@ -196,17 +196,19 @@ def test_registry_addresses(value: str, expected: tuple[str, int]) -> None:
 @pytest.mark.parametrize(
     ("value", "fragment"),
     [
-        ("reg:70000", "kubeport.registry: port 70000 is out of range 1-65535"),
+        ("reg:70000", 'kubeport.registry "reg:70000": port 70000 is out of range 1-65535'),
         ("reg:0", "port 0 is out of range"),
-        ("reg:http", 'kubeport.registry: invalid port in "reg:http"'),
-        ("reg:-1", "invalid port"),
-        ("https://reg:3025", "must be host:port, not a URL"),
-        ("'::1'", "put IPv6 addresses in brackets"),
-        ("'[::1'", "missing ]"),
+        ("reg:http", 'kubeport.registry "reg:http": the port must be a number between 1 and 65535'),
+        ("reg:-1", "the port must be a number"),
+        ("https://reg:3025", "must be HOST:PORT, not a URL"),
+        ("'::1'", "put an IPv6 address in brackets"),
+        ("'a:b:c'", "put an IPv6 address in brackets"),
+        ("'[::1'", "missing ']'"),
         ("'[nothex]:1'", "invalid IPv6 address"),
-        ("'[::1]x'", "unexpected text after ]"),
-        (":3025", "missing host"),
-        ("'a b:1'", 'kubeport.registry: "a b:1" contains spaces or control characters'),
+        ("'[::1]x'", "unexpected text after ']'"),
+        (":3025", 'kubeport.registry ":3025": missing host'),
+        ("'3025'", "missing host"),  # digits alone are a port, never a host name
+        ("'a b:1'", 'kubeport.registry "a b:1" contains spaces or control characters'),
         ('"a\\u0007:1"', "contains spaces or control characters"),
         ("'-bad-:1'", "invalid host name"),
         ("3025", "kubeport.registry must be a string (quote it in YAML), got int 3025"),
@@ -224,6 +226,7 @@ def test_bad_registry_addresses(value: str, fragment: str) -> None:
         ("127.0.0.1:8443", None, ("127.0.0.1", 8443), "127.0.0.1:8443"),
         ("':3028'", None, ("0.0.0.0", 3028), "myhost:3028"),
         ("'[::]:3027'", None, ("::", 3027), "myhost:3027"),
+        ("'3028'", None, ("0.0.0.0", 3028), "myhost:3028"),  # a bare port, as --listen takes it
         ("127.0.0.1:0", None, ("127.0.0.1", 0), "127.0.0.1:0"),  # port 0: pick a free port (tests)
         ("0.0.0.0:4000", "kube.example.com", ("0.0.0.0", 4000), "kube.example.com:4000"),
         ("0.0.0.0:4000", "kube.example.com:443", ("0.0.0.0", 4000), "kube.example.com:443"),
@@ -247,10 +250,13 @@ def test_listen_and_public_addr(
 @pytest.mark.parametrize(
     ("line", "fragment"),
     [
-        ("listen_addr: 0.0.0.0:70000", "kubernetes_service.listen_addr: port 70000 is out of range 0-65535"),
-        ("public_addr: kube:70000", "kubernetes_service.public_addr: port 70000 is out of range 1-65535"),
+        (
+            "listen_addr: 0.0.0.0:70000",
+            'kubernetes_service.listen_addr "0.0.0.0:70000": port 70000 is out of range 0-65535',
+        ),
+        ("public_addr: kube:70000", 'kubernetes_service.public_addr "kube:70000": port 70000 is out of range 1-65535'),
         ("public_addr: [a:1, b:2]", "kubernetes_service.public_addr: give one address, got a list of 2"),
-        ("public_addr: ':443'", "kubernetes_service.public_addr: missing host"),
+        ("public_addr: ':443'", 'kubernetes_service.public_addr ":443": missing host'),
     ],
 )
 def test_bad_service_addresses(line: str, fragment: str) -> None:

@@ -49,7 +49,7 @@ def test_odd_tokens_survive_exactly(token: str) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "fragment"),
     [
-        ({"registry": "r\nkubernetes_service: {enabled: no}"}, 'kubeport.registry: "r\\nkubernetes_service'),
+        ({"registry": "r\nkubernetes_service: {enabled: no}"}, 'kubeport.registry "r\\nkubernetes_service'),
         ({"registry": "https://r"}, "not a URL"),
         ({"registry": "r:99999"}, "port 99999 is out of range"),
         ({"token": "a", "token_file": "/t"}, "both set"),

@@ -4,11 +4,13 @@ listens on loopback; ``create`` of an existing resource names ``create -f``; a m
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from registry.cli.kpctl.tokens import agent_address
+from registry.core.resources import mask_token
 from registry.server.serve import RegistryInfo
 from tests.helpers import kpctl, kubeconfig_bytes, seed_kube_cluster_yaml
 
@@ -76,3 +78,16 @@ async def test_missing_file_is_named_once(registry: RegistryInfo, tmp_path: Path
     assert r.code == 1
     assert r.err.startswith("ERROR: ") and r.err.count("\n") == 1, r.err
     assert r.err.count(name) == 1, r.err
+
+
+async def test_create_of_a_token_shows_it_masked_like_every_listing(registry: RegistryInfo, tmp_path: Path) -> None:
+    value = "abcdefgh" * 4
+    expires = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    path = tmp_path / "token.yaml"
+    path.write_text(
+        f"kind: token\nversion: v2\nmetadata:\n  name: {value}\n  expires: '{expires}'\nspec:\n  roles: [Kube]\n"
+    )
+    r = await kpctl("create", str(path))
+    assert r.code == 0, r.err
+    assert value not in r.out
+    assert f'"{mask_token(value)}" has been created' in r.out  # the one masking rule, as tokens ls shows it

@@ -15,6 +15,7 @@ from labels import (
     explain_all,
     match_labels,
     matches_any,
+    validate_selector,
     validate_selector_items,
 )
 from labels.selectors import MAX_MATCH_VALUE_LENGTH, MAX_PATTERN_LENGTH
@@ -345,3 +346,21 @@ def test_validated_items_match_like_the_input() -> None:
     validated = validate_selector_items(SEED_ITEMS)
     assert matches_any(validated, TEST_WEST)
     assert not matches_any(validated, PROD_WEST)
+
+
+@pytest.mark.parametrize(
+    "selector",
+    [{"env": "prod"}, {"env": ["a", "b"]}, {"*": "*"}, {"a b": "x"}, {"env": []}, {"*": "x"}, "text", {}, None],
+)
+def test_validate_selector_is_one_item_of_validate_selector_items(selector: object) -> None:
+    """``validate_selector(s, what=p)`` says what ``validate_selector_items([{labels: s}], what=...)`` says
+    about the same mapping, under the path it was given."""
+
+    def outcome(check: Any) -> object:
+        try:
+            return check()
+        except LabelError as err:
+            return f"LabelError: {err}"
+
+    items = outcome(lambda: validate_selector_items([{"labels": selector}], what="w")[0]["labels"])
+    assert outcome(lambda: validate_selector(selector, what="w[0].labels")) == items

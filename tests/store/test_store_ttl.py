@@ -123,12 +123,26 @@ async def test_serve_expiry_sweeps_periodically(autojump_clock: trio.testing.Moc
     await store.aclose()
 
 
-async def test_serve_expiry_ends_when_the_store_closes(autojump_clock: trio.testing.MockClock) -> None:
+async def test_serve_expiry_ends_when_the_store_closes(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
     store = MemoryStore()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(serve_expiry, store)
-        await store.aclose()
-    # Reaching here means serve_expiry returned by itself.
+    returned = trio.Event()
+
+    async def expiry(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        await serve_expiry(store, interval=1.0, task_status=task_status)
+        returned.set()  # only reached when serve_expiry returns by itself (a cancellation raises)
+
+    with trio.fail_after(5):  # virtual seconds: far more than the one interval it may take
+        async with trio.open_nursery() as nursery:
+            await nursery.start(expiry)
+            await store.aclose()
+            closed_at = trio.current_time()
+            await returned.wait()
+            assert trio.current_time() - closed_at <= 1.0  # the next sweep sees the closed store and stops
+            assert not nursery.cancel_scope.cancel_called
+    assert returned.is_set()
+    assert not [r for r in caplog.records if "expiry sweep failed" in r.getMessage()]  # ended, not retrying
 
 
 @pytest.mark.parametrize("interval", [0, -1, float("nan"), float("inf"), "1", True])

@@ -8,6 +8,7 @@ from registry.cli.kpctl.flags import SubParsers, command, duration, group
 from registry.client import RegistryClient
 from registry.core.identity import generate_private_key, make_csr
 from registry.core.identity_file import IdentityFile
+from registry.core.timefmt import format_human
 from registry.host.cmdline import resolve_connection
 from registry.host.files import write_secret_file
 
@@ -27,7 +28,7 @@ async def cmd_auth_sign(args: argparse.Namespace) -> int:
     write_secret_file(args.out, identity.dump())
     expires = identity.identity().expires
     # The registry caps the TTL by the roles' max_session_ttl: say when it really expires.
-    until = expires.strftime("%Y-%m-%d %H:%M:%S UTC") if expires else "unknown"
+    until = format_human(expires) if expires else "unknown"
     print(f'The identity of user "{args.user}" has been written to {args.out} (valid until {until}).')
     return 0
 

@@ -8,8 +8,8 @@ from datetime import timedelta
 from typing import Any, TypeAlias
 
 from labels import parse_go_duration
-from labels.keys import LabelError
 from registry.core.errors import BadParameter
+from registry.core.validation import label_errors
 from registry.host.cmdline import add_connection_flags, add_debug_flag, set_command
 
 SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
@@ -21,10 +21,8 @@ FLAGS_EPILOG = (
 
 
 def duration(text: str, what: str) -> timedelta:
-    try:
+    with label_errors(subject=what):
         seconds = parse_go_duration(text)
-    except LabelError as err:
-        raise BadParameter(f"{what}: {err}") from None
     if seconds <= 0:
         raise BadParameter(f"{what} must be positive (got {text!r})")
     return timedelta(seconds=seconds)

@@ -19,7 +19,7 @@ from registry.client import RegistryClient
 from registry.core import codec
 from registry.core.errors import AlreadyExists, BadParameter, NotFound
 from registry.core.kubeconfig import check_kubeconfig
-from registry.core.resources import KIND_ALIASES, KubeCluster
+from registry.core.resources import KIND_ALIASES, KubeCluster, mask_token
 from registry.host.cmdline import read_input_file, resolve_connection
 
 MAX_EVENTS_PAGE = 1000  # the registry's page size limit for GET /v1/events
@@ -62,7 +62,7 @@ async def cmd_create(args: argparse.Namespace) -> int:
             display = DISPLAY.get(resource.KIND, resource.KIND)
             name = resource.metadata.name
             if resource.KIND == "token":
-                name = name[:4] + "****"
+                name = mask_token(name)
             if args.force:
                 _, created = await client.create_or_update(wire)
             else:
