@@ -3,7 +3,7 @@
 A store holds JSON objects keyed by ``(kind, name)``. It knows no resource schema; the one exception is the
 label filter of :meth:`Store.list`, which reads ``value["metadata"]["labels"]``.
 
-Invariants every backend keeps (the shared tests in ``tests/store`` check them against each backend):
+Invariants every backend keeps (the shared tests in ``tests/registry/store`` check them against each backend):
 
 * **One global revision.** Every write (create, update, put, delete, and each record removed by expiry)
   takes the next integer; the first write of a new store is revision 1 and ``revision()`` of an empty store

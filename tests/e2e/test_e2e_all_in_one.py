@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 import trio
-from e2e_helpers import Harness, free_port, gather, parse_table
 
 from registry.client import RegistryClient
 from registry.host.paths import ADMIN_IDENTITY, STORE_FILE
 from registry.store import SQLiteStore
+from tests.e2e.e2e_helpers import Harness, free_port, gather, parse_table
 from tests.fakes.kube_api import FakeKube
 from tests.helpers import kpctl, seed_kube_cluster_yaml
 

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 import trio
-from e2e_helpers import READY_TIMEOUT, Child, Harness, free_port, write_agent_config
+
+from tests.e2e.e2e_helpers import READY_TIMEOUT, Child, Harness, free_port, write_agent_config
 
 pytestmark = pytest.mark.slow
 

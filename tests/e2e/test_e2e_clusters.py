@@ -12,7 +12,9 @@ from typing import Any
 
 import pytest
 import yaml
-from e2e_helpers import (
+
+from registry.core.resources import ORIGIN_LABEL
+from tests.e2e.e2e_helpers import (
     AgentProc,
     Harness,
     RegistryProc,
@@ -23,8 +25,6 @@ from e2e_helpers import (
     server_of,
     write_agent_config,
 )
-
-from registry.core.resources import ORIGIN_LABEL
 from tests.fakes.kube_api import FakeKube
 from tests.helpers import kpctl
 

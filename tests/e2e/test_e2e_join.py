@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 import trio
-from e2e_helpers import AgentProc, Harness, gather, served, write_agent_config
 
+from tests.e2e.e2e_helpers import AgentProc, Harness, gather, served, write_agent_config
 from tests.helpers import kpctl
 
 pytestmark = pytest.mark.slow

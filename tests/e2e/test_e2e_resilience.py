@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 import trio
-from e2e_helpers import Harness, RegistryProc, cluster_doc, served, server_of, write_agent_config
 
 from registry.core import codec
 from registry.core.identity import Identity
@@ -21,6 +20,7 @@ from registry.server.authz import Caller
 from registry.server.serve import load_or_create_ca
 from registry.server.service import Registry
 from registry.store import SQLiteStore
+from tests.e2e.e2e_helpers import Harness, RegistryProc, cluster_doc, served, server_of, write_agent_config
 from tests.fakes.kube_api import FakeKube
 
 pytestmark = pytest.mark.slow

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 import trio
-from e2e_helpers import (
+
+from tests.e2e.e2e_helpers import (
     SEED_SELECTORS,
     AgentProc,
     Harness,
@@ -24,7 +25,6 @@ from e2e_helpers import (
     served,
     write_agent_config,
 )
-
 from tests.fakes.kube_api import FakeKube
 from tests.helpers import CliResult, kpctl, seed_kube_cluster_yaml
 

@@ -14,10 +14,10 @@ from typing import Any, cast
 
 import pytest
 import trio
-from scripts_helpers import SCRIPTS, load_script, table_rows, usage_error
 
 from registry.core.watch import Bookmark, Delete, Init, Put
 from registry.core.wire import ResourceBody
+from tests.scripts.scripts_helpers import SCRIPTS, load_script, table_rows, usage_error
 
 SCRIPT = SCRIPTS / "bench_agent.py"
 bench = load_script("bench_agent")
@@ -227,7 +227,7 @@ async def test_tracker_records_first_appearance_and_checked_health() -> None:
 
 
 # Lines that are not events at all never reach the tracker: the client's decoder (registry.core.watch,
-# tests/core/test_core_watch.py) refuses them. These are events whose resource is odd.
+# tests/registry/core/test_watch.py) refuses them. These are events whose resource is odd.
 ODD_EVENTS: list[Any] = [
     Put(1, "", "", {}),
     Put(1, "kube_server", "x", cast(ResourceBody, {"metadata": "x"})),

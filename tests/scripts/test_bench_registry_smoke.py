@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from scripts_helpers import SCRIPTS, load_script, table_rows, usage_error
+
+from tests.scripts.scripts_helpers import SCRIPTS, load_script, table_rows, usage_error
 
 SCRIPT = SCRIPTS / "bench_registry.py"
 bench = load_script("bench_registry")

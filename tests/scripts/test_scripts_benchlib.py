@@ -7,7 +7,8 @@ import math
 from pathlib import Path
 
 import pytest
-from scripts_helpers import load_script, usage_error
+
+from tests.scripts.scripts_helpers import load_script, usage_error
 
 benchlib = load_script("benchlib")
 

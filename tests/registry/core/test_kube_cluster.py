@@ -7,7 +7,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from core_helpers import b64, cluster_doc, kubeconfig, kubeconfig_bytes, printf_recipe
 
 from registry.core import codec
 from registry.core.errors import BadParameter
@@ -20,6 +19,7 @@ from registry.core.resources import (
     KubeCluster,
     Metadata,
 )
+from tests.registry.core.core_helpers import b64, cluster_doc, kubeconfig, kubeconfig_bytes, printf_recipe
 
 KUBECONFIG = kubeconfig_bytes()
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import trio
-from getkc_helpers import ADMIN_TOKEN, admin_kubeconfig, load_yaml, run_getkc, start_fake, writes
 
 from registry.mint.rbac import ROLE_RULES
 from tests.fakes.kube_api import FakeKube
+from tests.registry.mint.getkc_helpers import ADMIN_TOKEN, admin_kubeconfig, load_yaml, run_getkc, start_fake, writes
 
 PROGRESS_FRESH = [
     "Creating the Kubernetes Service Account with minimal RBAC permissions.",

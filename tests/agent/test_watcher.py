@@ -23,7 +23,6 @@ from typing import Any, cast
 import httpx
 import pytest
 import trio
-from agentunit_fakes import FakeRegistryClient, UpperBoundRng, cluster_wire, kubeconfig
 
 from agent.watcher import Backoff, ClusterWatcher
 from registry.client import RegistryClient
@@ -33,6 +32,7 @@ from registry.core.errors import (
     Unauthenticated,
 )
 from registry.testing import InProcessRegistry, agent_identity
+from tests.agent.agent_fakes import FakeRegistryClient, UpperBoundRng, cluster_wire, kubeconfig
 
 WATCH = "/v1/watch"
 LIST = "/v1/resources/kube_cluster"

@@ -1,6 +1,6 @@
 """agent.state.ClusterTable, table-driven: each row is an initial table, one event, the actions the table
 returns and the table it leaves behind. Pure: no trio, no network (the supervisor's own tests run the same
-decisions with tasks, in tests/agent_units/test_agentunit_supervisor.py)."""
+decisions with tasks, in tests/agent/test_clusters.py)."""
 
 from __future__ import annotations
 

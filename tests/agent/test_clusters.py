@@ -21,13 +21,13 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from agentunit_fakes import FakeAnnouncer, HealthMonitors, LabelBoard, cluster, kubeconfig, refused_kubeconfig
 
 from agent.clusters import Supervisor
 from agent.heartbeat import ServiceInfo
 from agent.label_commands import LabelCommandPolicy
 from registry.core import codec
 from registry.core.resources import KubeCluster, KubeServer
+from tests.agent.agent_fakes import FakeAnnouncer, HealthMonitors, LabelBoard, cluster, kubeconfig, refused_kubeconfig
 
 PROD = [{"labels": {"env": "prod"}}]
 SERVICE = ServiceInfo(host_id="host-1", hostname="agent.example:3027", labels={"agent": "a1"}, commands={})

@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 import trio
-from store_helpers import BACKENDS, cluster, open_backend
 
 from registry.core.errors import AlreadyExists, BadParameter, CompareFailed, NotFound, TooLarge
 from registry.store import MemoryStore, SQLiteStore, open_store
 from registry.store._common import BaseStore
+from tests.registry.store.store_helpers import BACKENDS, cluster, open_backend
 
 K = "kube_cluster"
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import trio
-from store_helpers import BACKENDS, START, FakeClock, open_backend, revisions, take
 
 from registry.core.errors import BadParameter, NotFound
 from registry.store import MemoryStore, serve_expiry
 from registry.store._common import BaseStore
+from tests.registry.store.store_helpers import BACKENDS, START, FakeClock, open_backend, revisions, take
 
 K = "kube_server"
 

@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 import trio
-from store_helpers import BACKENDS, open_backend, revisions, take
 
 from registry.core.errors import BadParameter, Compacted
 from registry.store._common import BaseStore
 from registry.store._plan import Change
+from tests.registry.store.store_helpers import BACKENDS, open_backend, revisions, take
 
 K = "kube_cluster"
 

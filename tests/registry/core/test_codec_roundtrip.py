@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 import yaml
-from core_helpers import kubeconfig_bytes
 
 from registry.core import codec
 from registry.core.errors import BadParameter
@@ -31,6 +30,7 @@ from registry.core.resources import (
     Token,
     User,
 )
+from tests.registry.core.core_helpers import kubeconfig_bytes
 
 KUBECONFIG = kubeconfig_bytes()
 TRICKY_VALUES = ["prod", "", "yes", "5", "1.5", "null", "2027-01-01", "ünïcode ✓", "a: b", "- x", "'q'", "#x", " pad "]

@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 import trio
-from getkc_helpers import admin_kubeconfig, run_getkc, start_fake
 
 from registry.client import RegistryClient
 from registry.core import codec
 from registry.server.serve import RegistryInfo
 from tests.fakes.kubectl import SKIP_REASON, find_kubectl, run_kubectl
 from tests.helpers import kpctl
+from tests.registry.mint.getkc_helpers import admin_kubeconfig, run_getkc, start_fake
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 async def test_real_kubectl_works_with_the_written_kubeconfig(nursery: trio.Nursery, tmp_path: Path) -> None:

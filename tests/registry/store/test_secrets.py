@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from store_helpers import BACKENDS, START, FakeClock, open_backend, revisions, take
 
 from registry.store import SQLiteStore
 from registry.store._common import BaseStore
+from tests.registry.store.store_helpers import BACKENDS, START, FakeClock, open_backend, revisions, take
 
 OLD = "T0xELWt1YmVjb25maWctc2VjcmV0LW9uZQ=="  # the rotated-away kubeconfig
 NEW = "TkVXLWt1YmVjb25maWctc2VjcmV0LXR3bw=="

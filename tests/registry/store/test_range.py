@@ -8,9 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from store_helpers import BACKENDS, FakeClock, cluster, open_backend
 
 from registry.core.errors import BadParameter
+from tests.registry.store.store_helpers import BACKENDS, FakeClock, cluster, open_backend
 
 pytestmark = pytest.mark.parametrize("backend", BACKENDS)
 

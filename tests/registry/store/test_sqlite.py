@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 import trio
-from store_helpers import FakeClock, revisions, take
 
 from registry.core.errors import BadParameter, KubeportError, NotFound
 from registry.store import SQLiteStore
+from tests.registry.store.store_helpers import FakeClock, revisions, take
 
 K = "kube_cluster"
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def mode_of(path: Path) -> int:

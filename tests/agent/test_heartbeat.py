@@ -15,11 +15,11 @@ from typing import Any, cast
 
 import pytest
 import trio
-from agentunit_fakes import FakeRegistryClient
 
 from agent.heartbeat import Announcer
 from registry.client import RegistryClient
 from registry.core.errors import ConnectionProblem, KubeportError, NotFound, Timeout
+from tests.agent.agent_fakes import FakeRegistryClient
 
 WALL = 1_700_000_000.0  # the injected wall clock: expiry is wall time, scheduling is trio time
 HOST = "host-1"

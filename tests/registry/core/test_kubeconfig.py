@@ -8,10 +8,19 @@ from typing import Any
 
 import pytest
 import yaml
-from core_helpers import CERT_NOT_AFTER, SECRET_TOKEN, b64, jwt, kubeconfig, kubeconfig_bytes, pki, printf_recipe
 
 from registry.core.errors import BadParameter, TooLarge
 from registry.core.kubeconfig import KubeTarget, check_kubeconfig, decode_base64_kubeconfig
+from tests.registry.core.core_helpers import (
+    CERT_NOT_AFTER,
+    SECRET_TOKEN,
+    b64,
+    jwt,
+    kubeconfig,
+    kubeconfig_bytes,
+    pki,
+    printf_recipe,
+)
 
 PREFIX = 'kube_cluster "prod": spec.kubeconfig '
 

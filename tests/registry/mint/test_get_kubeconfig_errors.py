@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import trio
 import yaml
-from getkc_helpers import ADMIN_TOKEN, Result, admin_kubeconfig, run_getkc, start_fake, writes
 
 from registry.core.errors import BadParameter
 from registry.mint.cli import main
 from registry.mint.rbac import ROLE_RULES
 from tests.fakes.kube_api import FakeKube
+from tests.registry.mint.getkc_helpers import ADMIN_TOKEN, Result, admin_kubeconfig, run_getkc, start_fake, writes
 
 RBAC = "rbac.authorization.k8s.io"
 

@@ -12,7 +12,12 @@ from typing import Any, cast
 import pytest
 import trio
 import trio.testing
-from agentunit_fakes import (
+
+from agent.clusters import Supervisor
+from agent.heartbeat import Announcer, ServiceInfo
+from agent.watcher import ClusterWatcher
+from registry.client import RegistryClient
+from tests.agent.agent_fakes import (
     FakeAnnouncer,
     FakeRegistryClient,
     HealthMonitors,
@@ -20,11 +25,6 @@ from agentunit_fakes import (
     cluster_wire,
     refused_kubeconfig,
 )
-
-from agent.clusters import Supervisor
-from agent.heartbeat import Announcer, ServiceInfo
-from agent.watcher import ClusterWatcher
-from registry.client import RegistryClient
 
 # ------------------------------------------------------------------------------------------------ watcher
 
