@@ -12,11 +12,12 @@ protobuf-blind server; ``find_kubectl(json_only=True)`` picks the newest kubectl
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import trio
@@ -82,3 +83,43 @@ async def run_kubectl(
             check=False,
             env=env,
         )
+
+
+@contextlib.asynccontextmanager
+async def started_kubectl(
+    binary: str, args: Sequence[str], *, kubeconfig: Path, home: Path
+) -> AsyncIterator[trio.Process]:
+    """A long-running kubectl (``logs -f``, ``port-forward``) with piped stdout/stderr, killed (and reaped)
+    when the block ends unless it has exited by itself."""
+    await trio.Path(home).mkdir(parents=True, exist_ok=True)
+    env = {"HOME": str(home), "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "KUBECONFIG": str(kubeconfig)}
+    process = await trio.lowlevel.open_process(
+        [binary, "--kubeconfig", str(kubeconfig), *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    try:
+        yield process
+    finally:
+        with trio.CancelScope(shield=True):
+            if process.returncode is None:
+                process.kill()
+            await process.wait()
+            for pipe in (process.stdout, process.stderr):
+                if pipe is not None:
+                    await pipe.aclose()
+
+
+async def read_until(stream: trio.abc.ReceiveStream | None, needle: bytes, *, timeout: float = 20) -> bytes:
+    """Everything read from ``stream`` up to and including the first ``needle`` (TooSlowError after
+    ``timeout``; EOF before it is an AssertionError with what was read)."""
+    assert stream is not None
+    seen = b""
+    with trio.fail_after(timeout):
+        while needle not in seen:
+            chunk = await stream.receive_some()
+            assert chunk, f"EOF before {needle!r}; read {seen!r}"
+            seen += chunk
+    return seen
