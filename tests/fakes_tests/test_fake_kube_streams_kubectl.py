@@ -42,7 +42,13 @@ def config(fake: FakeKube, tmp_path: Path, token: str = ADMIN_TOKEN) -> tuple[Pa
 
 
 async def kubectl(
-    fake: FakeKube, binary: str, tmp_path: Path, args: list[str], *, stdin: bytes | None = None, token: str = ADMIN_TOKEN
+    fake: FakeKube,
+    binary: str,
+    tmp_path: Path,
+    args: list[str],
+    *,
+    stdin: bytes | None = None,
+    token: str = ADMIN_TOKEN,
 ) -> subprocess.CompletedProcess[bytes]:
     kubeconfig, home = config(fake, tmp_path, token)
     return await run_kubectl(binary, args, kubeconfig=kubeconfig, home=home, stdin=stdin)
@@ -115,7 +121,7 @@ async def test_exec_errors_are_statuses(fake_kube: FakeKube, tmp_path: Path) -> 
     assert b"Error from server (BadRequest): container zzz is not valid for pod two" in result.stderr
     result = await kubectl(fake_kube, binary, tmp_path, ["exec", "two", "-c", "b", "--", "no-such-program"])
     assert result.returncode == 1
-    assert b'error: Internal error occurred: error executing command in container: OCI runtime exec failed' in (
+    assert b"error: Internal error occurred: error executing command in container: OCI runtime exec failed" in (
         result.stderr
     )
     assert b'exec: "no-such-program": executable file not found in $PATH' in result.stderr
