@@ -102,12 +102,12 @@ async def _cat(args: list[str], io_: ExecIO, ctx: ExecContext) -> int:
         return 0
     status = 0
     for path in args:
-        data = ctx.runtime.read_file(ctx.pod, path, namespace=ctx.namespace)
-        if data is None:
+        content = ctx.runtime.read_file(ctx.pod, path, namespace=ctx.namespace)
+        if content is None:
             await io_.stderr(f"cat: {path}: No such file or directory\n".encode())
             status = 1
         else:
-            await io_.stdout(data)
+            await io_.stdout(content)
     return status
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -136,7 +137,9 @@ def spdy_headers(protocol: str) -> list[tuple[str, str]]:
 class _IO:
     """ExecIO over a sender of (channel, bytes) and a stdin channel."""
 
-    def __init__(self, write: Any, stdin: trio.MemoryReceiveChannel[bytes] | None, tty: bool) -> None:
+    def __init__(
+        self, write: Callable[[int, bytes], Awaitable[None]], stdin: trio.MemoryReceiveChannel[bytes] | None, tty: bool
+    ) -> None:
         self._write = write
         self._stdin = stdin
         self._tty = tty

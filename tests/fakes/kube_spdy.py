@@ -141,7 +141,8 @@ class SpdySession:
             raise SpdyError(f"a SPDY header block does not inflate: {exc}") from exc
         try:
             (count,) = struct.unpack_from(">I", raw)
-            offset, headers = 4, {}
+            offset = 4
+            headers: dict[str, list[str]] = {}
             for _ in range(count):
                 (size,) = struct.unpack_from(">I", raw, offset)
                 name = raw[offset + 4 : offset + 4 + size].decode("latin-1")
