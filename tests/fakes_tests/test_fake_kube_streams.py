@@ -215,7 +215,7 @@ async def ws_session(response: Response, sends: list[bytes], *, close_after: int
         with trio.fail_after(5):
             while True:
                 data = await client_stream.receive_some()
-                client.receive_data(data or None)
+                client.receive_data(bytes(data) or None)
                 events = list(client.events())
                 received += [bytes(e.data) for e in events if isinstance(e, BytesMessage)]
                 if close_after is not None and len(received) >= close_after:
