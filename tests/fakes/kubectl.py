@@ -3,7 +3,9 @@
 The ``kubectl`` on PATH here is a version dispatcher that probes the server first; tests call one of the
 versioned binaries next to it (``kubectl.1.27`` ... ``kubectl.1.33``) for deterministic behaviour. Each run
 gets its own ``HOME`` (kubectl caches discovery under ``$HOME/.kube/cache``), an explicit ``--kubeconfig``,
-no shell, and a timeout. Tests that need kubectl skip with :data:`SKIP_REASON` when none is found.
+no shell, and a timeout (:func:`run_kubectl`; long-running ``logs -f`` / ``port-forward`` through
+:func:`started_kubectl` and :func:`read_until`). Tests that need kubectl skip with :data:`SKIP_REASON`
+when none is found.
 
 kubectl 1.32 and newer send protobuf bodies for built-in types from their typed clients (``create
 namespace``, ``auth can-i``, ``auth whoami``, ...). The fake answers those with 415, as it should for a
