@@ -26,6 +26,9 @@ Invariants:
   any other ``OSError`` is a real fault and ends the server with that error (``trio.SocketListener``
   already retries the per-connection errnos such as ``ECONNABORTED`` itself). Opening the listeners is the
   one place where an ``OSError`` becomes a kubeport error (``cannot listen on HOST:PORT: ...``).
+- A ``101 Switching Protocols`` response with an ``upgrade`` callable (only for a request that asked to
+  upgrade) hands the raw stream, and any bytes already read past the request head, to that callable; HTTP
+  ends there and the connection closes when it returns. No idle or head timeouts apply afterwards.
 """
 
 from __future__ import annotations
@@ -94,12 +97,14 @@ class Request:
 
 
 Send = Callable[[bytes], Awaitable[None]]
+Upgrade = Callable[[trio.abc.Stream, bytes], Awaitable[None]]  # (raw stream, bytes already read past the head)
 
 
 @dataclass
 class Response:
     """A response: a whole ``body``, or a chunked stream from ``stream`` (an async iterator) or from
     ``producer`` (called with a ``send`` function; it may open nurseries, which an async generator must not).
+    A ``101`` with ``upgrade`` switches protocols: ``upgrade`` then owns the connection's byte stream.
     """
 
     status: int
@@ -107,6 +112,7 @@ class Response:
     body: bytes = b""
     stream: AsyncIterator[bytes] | None = None
     producer: Callable[[Send], Awaitable[None]] | None = None
+    upgrade: Upgrade | None = None
 
     @classmethod
     def json(cls, status: int, obj: Any, headers: Iterable[tuple[str, str]] = ()) -> Response:
@@ -210,6 +216,11 @@ class _Connection:
         """Send a response; for HEAD requests only the head (with the length a GET would have had)."""
         headers = [(k.lower(), v) for k, v in response.headers]
         names = {k for k, _ in headers}
+        if response.status == 101 and response.upgrade is not None:
+            await self.send(h11.InformationalResponse(status_code=101, headers=_encode(headers)))
+            leftover, _ = self.conn.trailing_data
+            await response.upgrade(self.stream, bytes(leftover))
+            return
         if response.stream is None and response.producer is None:
             if "content-length" not in names:
                 headers.append(("content-length", str(len(response.body))))
@@ -458,6 +469,8 @@ async def handle_connection(
             request = _to_request(event, body, peer_cert, client)
             response = await _call_handler(handler, request)
             await conn.send_response(response, head=request.method == "HEAD")
+            if conn.conn.our_state is h11.SWITCHED_PROTOCOL:
+                return  # the upgrade handler has had the stream; nothing more is HTTP
             slot.idle()
             if conn.conn.our_state is h11.MUST_CLOSE or conn.conn.their_state is h11.MUST_CLOSE:
                 return

@@ -12,10 +12,14 @@ the bootstrap RBAC that gives every authenticated user discovery and self review
 cluster-admin. The user behind ``admin_token`` is ``kubernetes-admin`` in ``system:masters``.
 
 Faithful vs simplified, in one place: JSON only (protobuf/YAML bodies → 415), no OpenAPI documents (404:
-use ``--validate=false``), no dryRun, no server-side apply, no exec/attach/port-forward/log subresources,
-no admission or escalation checks, opaque tokens instead of JWTs. The per-module docstrings say more.
+use ``--validate=false``), no dryRun, no server-side apply, no attach, no admission or escalation checks,
+opaque tokens instead of JWTs. ``pods/log``, ``pods/exec`` and ``pods/portforward`` work against
+:attr:`FakeKube.pods` (in-memory logs, a built-in command set, test-provided port handlers: see
+``kube_pods``, ``kube_exec``, ``kube_portforward``); upgraded connections are recorded with status
+101. The per-module docstrings say more.
 
-Test controls (no HTTP): :meth:`FakeKube.add_token`, :meth:`~FakeKube.grant`, :meth:`~FakeKube.create_object`,
+Test controls (no HTTP): :meth:`FakeKube.add_pod`, :attr:`FakeKube.pods`,
+:meth:`FakeKube.add_token`, :meth:`~FakeKube.grant`, :meth:`~FakeKube.create_object`,
 :meth:`~FakeKube.get_object`, :meth:`~FakeKube.fail_next`, :attr:`~FakeKube.token_delay`,
 :meth:`~FakeKube.kubeconfig`, :meth:`~FakeKube.issue_client_cert`, :meth:`~FakeKube.wait_request`.
 
@@ -47,6 +51,7 @@ from tests.fakes.kube_authn import Authenticator
 from tests.fakes.kube_bootstrap import bootstrap_objects
 from tests.fakes.kube_controllers import Controllers
 from tests.fakes.kube_paths import parse_request
+from tests.fakes.kube_pods import PodRuntime
 from tests.fakes.kube_rbac import Attributes, UserInfo, authorize, forbidden_error, impersonate
 from tests.fakes.kube_routes import Call, json_response, serve_non_resource, serve_resource
 from tests.fakes.kube_status import KubeStatusError, PlainTextError, injected, unauthorized
@@ -54,6 +59,7 @@ from tests.fakes.kube_store import KubeStore
 
 MAX_BODY_BYTES = 3 * 1024 * 1024  # kube-apiserver's request body limit
 CERT_TTL = timedelta(days=1)
+IMAGE = "fake.invalid/image:1"
 
 
 @dataclass(frozen=True)
@@ -135,6 +141,7 @@ class FakeKube:
             legacy_sa_secrets=legacy_sa_secrets,
         )
         self.requests: list[RecordedRequest] = []
+        self.pods = PodRuntime()
         self.max_recorded = max_recorded  # long benchmark runs keep the newest requests only
         self._injections: list[_Injection] = []
         self._recorded = trio.Event()
@@ -201,6 +208,41 @@ class FakeKube:
             raise KeyError(f"the fake does not store {obj.get('apiVersion')}/{obj.get('kind')}")
         namespace = (obj.get("metadata") or {}).get("namespace") or ("default" if rt.namespaced else "")
         return self.store.create(rt, namespace, obj)
+
+    def add_pod(
+        self,
+        name: str,
+        *,
+        namespace: str = "default",
+        containers: Sequence[str] = ("main",),
+        phase: str = "Running",
+        env: dict[str, str] | None = None,
+        log: str | None = None,
+    ) -> dict[str, Any]:
+        """Store a pod with these containers (each with ``env``) in ``phase``, as a scheduled pod looks;
+        ``log`` becomes its first container's log."""
+        specs = [
+            {"name": c, "image": IMAGE, "env": [{"name": k, "value": v} for k, v in (env or {}).items()]}
+            for c in containers
+        ]
+        pod = self.create_object(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": name, "namespace": namespace},
+                "spec": {"containers": specs, "nodeName": "fake-node"},
+                "status": {
+                    "phase": phase,
+                    "podIP": "10.0.0.10",
+                    "containerStatuses": [
+                        {"name": c, "ready": phase == "Running", "restartCount": 0, "image": IMAGE} for c in containers
+                    ],
+                },
+            }
+        )
+        if log is not None:
+            self.pods.set_log(name, log, namespace=namespace)
+        return pod
 
     def get_object(self, resource: str, name: str, namespace: str = "") -> dict[str, Any] | None:
         """A copy of a stored object (``resource`` as kubectl accepts it: ``sa``, ``secrets``, ``Secret``)."""
@@ -401,6 +443,7 @@ class FakeKube:
             server_address=self._info.address if self._info else "127.0.0.1:6443",
             now=datetime.now(UTC),
             mint_token=self.authenticator.mint_bound_token,
+            runtime=self.pods,
         )
         if info.is_resource:
             return await serve_resource(call)

@@ -7,7 +7,7 @@ namespaced, kind, verbs, shortNames and categories as a real 1.30 server lists t
 aggregated discovery first; plain JSON makes it fall back to these documents, as against an older server.
 
 Simplified: only the resources below exist; one version per group; no ``storageVersionHash``; subresources
-are listed only where the fake implements them (``serviceaccounts/token``).
+are listed only where the fake implements them (``serviceaccounts/token``, ``pods/exec|log|portforward``).
 """
 
 from __future__ import annotations
@@ -123,6 +123,19 @@ TOKEN_SUBRESOURCE: dict[str, Any] = {
     "verbs": ["create"],
 }
 
+# As a real server lists them (name, kind, verbs), right after "pods".
+POD_SUBRESOURCES: tuple[dict[str, Any], ...] = (
+    {"name": "pods/exec", "singularName": "", "namespaced": True, "kind": "PodExecOptions", "verbs": ["create", "get"]},
+    {"name": "pods/log", "singularName": "", "namespaced": True, "kind": "Pod", "verbs": ["get"]},
+    {
+        "name": "pods/portforward",
+        "singularName": "",
+        "namespaced": True,
+        "kind": "PodPortForwardOptions",
+        "verbs": ["create", "get"],
+    },
+)
+
 _BY_PATH: dict[tuple[str, str, str], ResourceType] = {(r.group, r.version, r.name): r for r in RESOURCES}
 
 
@@ -212,6 +225,8 @@ def resource_list(group: str, version: str) -> dict[str, Any] | None:
     if group == "":
         at = next(i for i, e in enumerate(entries) if e["name"] == "serviceaccounts") + 1
         entries.insert(at, dict(TOKEN_SUBRESOURCE))
+        at = next(i for i, e in enumerate(entries) if e["name"] == "pods") + 1
+        entries[at:at] = [dict(entry) for entry in POD_SUBRESOURCES]
     return {
         "kind": "APIResourceList",
         "apiVersion": "v1",

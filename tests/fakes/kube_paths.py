@@ -11,6 +11,9 @@ the URL as the real server:
   namespace object itself (namespace attribute = its own name, as in the real server).
 - GET without a name is ``list`` (``watch`` with ``watch=true``), DELETE without a name
   ``deletecollection``; the legacy ``/watch/`` path segment makes the verb ``watch``.
+- ``pods/exec``, ``pods/attach`` and ``pods/portforward`` are ``create`` for GET as for POST: WebSocket
+  upgrades must be GETs (RFC 6455), and the real server (KEP-4006,
+  ``AuthorizePodWebsocketUpgradeCreatePermission``) does not let ``get`` alone open a shell.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from urllib.parse import unquote
 
 _NAMESPACE_SUBRESOURCES = frozenset({"status", "finalize"})
 _METHOD_VERBS = {"POST": "create", "GET": "get", "HEAD": "get", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+_STREAMING_SUBRESOURCES = frozenset({"exec", "attach", "portforward"})
 _TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
 _FALSE = frozenset({"0", "f", "F", "FALSE", "false", "False"})
 
@@ -80,6 +84,8 @@ def parse_request(method: str, path: str, query: dict[str, list[str]]) -> Reques
         name = _exact_name(query.get("fieldSelector", [""])[-1])
     if not name and verb == "delete":
         verb = "deletecollection"
+    if resource == "pods" and not group and subresource in _STREAMING_SUBRESOURCES and verb == "get":
+        verb = "create"
     return RequestInfo(
         path=path,
         verb=verb,

@@ -32,7 +32,11 @@ import trio
 
 from registry.server.http import Request, Response
 from tests.fakes import kube_discovery as disc
+from tests.fakes.kube_exec import serve_exec
+from tests.fakes.kube_logs import serve_log
 from tests.fakes.kube_paths import RequestInfo, parse_bool
+from tests.fakes.kube_pods import PodRuntime
+from tests.fakes.kube_portforward import serve_portforward
 from tests.fakes.kube_rbac import Attributes, UserInfo, authorize, rules_for
 from tests.fakes.kube_select import Selector, selector_from_query
 from tests.fakes.kube_status import (
@@ -74,6 +78,7 @@ class Call:
     server_address: str
     now: datetime
     mint_token: TokenMinter
+    runtime: PodRuntime | None = None  # what runs in pods (logs, exec, port-forward); None: 404 for those
 
 
 def json_response(status: int, obj: Any) -> Response:
@@ -188,6 +193,8 @@ async def serve_resource(call: Call) -> Response:
     if info.subresource:
         if rt is disc.SERVICE_ACCOUNTS and info.subresource == "token" and info.verb == "create":
             return _token_request(call)
+        if rt is disc.PODS and call.runtime is not None and info.subresource in _POD_STREAMS:
+            return _pod_stream(call, call.runtime)
         raise unknown_resource()
     if not rt.stored:
         if info.verb != "create" or info.namespace:
@@ -249,6 +256,21 @@ async def serve_resource(call: Call) -> Response:
             },
         )
     raise method_not_allowed()
+
+
+_POD_STREAMS = {"log": ("get",), "exec": ("create",), "portforward": ("create",)}
+
+
+def _pod_stream(call: Call, runtime: PodRuntime) -> Response:
+    info = call.info
+    if info.verb not in _POD_STREAMS[info.subresource] or (info.subresource == "log" and call.request.method == "HEAD"):
+        raise method_not_allowed()
+    pod = call.store.get(disc.PODS, info.namespace, info.name)  # 404 pods "x" not found
+    if info.subresource == "log":
+        return serve_log(call.store, runtime, pod, call.request.query)
+    if info.subresource == "exec":
+        return serve_exec(runtime, pod, call.request)
+    return serve_portforward(runtime, pod, call.request)
 
 
 def _object_or_table(call: Call, rt: disc.ResourceType, obj: Obj) -> Response:

@@ -3,7 +3,9 @@
 The ``kubectl`` on PATH here is a version dispatcher that probes the server first; tests call one of the
 versioned binaries next to it (``kubectl.1.27`` ... ``kubectl.1.33``) for deterministic behaviour. Each run
 gets its own ``HOME`` (kubectl caches discovery under ``$HOME/.kube/cache``), an explicit ``--kubeconfig``,
-no shell, and a timeout. Tests that need kubectl skip with :data:`SKIP_REASON` when none is found.
+no shell, and a timeout (:func:`run_kubectl`; long-running ``logs -f`` / ``port-forward`` through
+:func:`started_kubectl` and :func:`read_until`). Tests that need kubectl skip with :data:`SKIP_REASON`
+when none is found.
 
 kubectl 1.32 and newer send protobuf bodies for built-in types from their typed clients (``create
 namespace``, ``auth can-i``, ``auth whoami``, ...). The fake answers those with 415, as it should for a
@@ -12,11 +14,12 @@ protobuf-blind server; ``find_kubectl(json_only=True)`` picks the newest kubectl
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import trio
@@ -82,3 +85,43 @@ async def run_kubectl(
             check=False,
             env=env,
         )
+
+
+@contextlib.asynccontextmanager
+async def started_kubectl(
+    binary: str, args: Sequence[str], *, kubeconfig: Path, home: Path
+) -> AsyncIterator[trio.Process]:
+    """A long-running kubectl (``logs -f``, ``port-forward``) with piped stdout/stderr, killed (and reaped)
+    when the block ends unless it has exited by itself."""
+    await trio.Path(home).mkdir(parents=True, exist_ok=True)
+    env = {"HOME": str(home), "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "KUBECONFIG": str(kubeconfig)}
+    process = await trio.lowlevel.open_process(
+        [binary, "--kubeconfig", str(kubeconfig), *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    try:
+        yield process
+    finally:
+        with trio.CancelScope(shield=True):
+            if process.returncode is None:
+                process.kill()
+            await process.wait()
+            for pipe in (process.stdout, process.stderr):
+                if pipe is not None:
+                    await pipe.aclose()
+
+
+async def read_until(stream: trio.abc.ReceiveStream | None, needle: bytes, *, timeout: float = 20) -> bytes:
+    """Everything read from ``stream`` up to and including the first ``needle`` (TooSlowError after
+    ``timeout``; EOF before it is an AssertionError with what was read)."""
+    assert stream is not None
+    seen = b""
+    with trio.fail_after(timeout):
+        while needle not in seen:
+            chunk = await stream.receive_some()
+            assert chunk, f"EOF before {needle!r}; read {seen!r}"
+            seen += chunk
+    return seen

@@ -213,3 +213,31 @@ async def test_head_gets_headers_without_body(nursery: trio.Nursery) -> None:
         assert int(r.headers["content-length"]) > 0
         assert r.content == b""
         assert (await client.get("/after-head")).json()["path"] == "/after-head"
+
+
+async def test_a_101_with_upgrade_hands_over_the_raw_stream(nursery: trio.Nursery) -> None:
+    async def upgraded(stream: trio.abc.Stream, leftover: bytes) -> None:
+        data = leftover
+        while not data.endswith(b"\n"):
+            data += await stream.receive_some()
+        await stream.send_all(b"echo:" + data)
+
+    async def handler(request: Request) -> Response:
+        if request.header("upgrade") == "raw":
+            return Response(101, [("connection", "Upgrade"), ("upgrade", "raw")], upgrade=upgraded)
+        return Response.json(400, {"upgrade": request.header("upgrade")})
+
+    info = await start(nursery, handler)
+    stream = await trio.open_tcp_stream(info.host, info.port)
+    head = b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: raw\r\n\r\n"
+    await stream.send_all(head + b"early bytes\n")  # sent before the 101: the handler gets them as leftover
+    received = b""
+    with trio.fail_after(5):
+        while True:
+            chunk = await stream.receive_some()
+            if not chunk:
+                break
+            received += chunk
+    assert received.startswith(b"HTTP/1.1 101 ")
+    assert received.endswith(b"\r\n\r\necho:early bytes\n")  # then the server closed the connection
+    await stream.aclose()
