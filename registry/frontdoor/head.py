@@ -19,6 +19,7 @@ exactly like a missing one).
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from http import HTTPStatus
 
@@ -27,6 +28,7 @@ import h11
 from registry.core.errors import BadParameter, KubeportError
 
 MAX_HEAD_BYTES = 64 * 1024
+_BLANK_LINE = re.compile(rb"\n\r?\n")  # where h11 ends a head (it accepts bare LF line ends too)
 _MAX_DETAIL = 160  # characters of h11's complaint echoed back (it may quote the peer's bytes)
 
 
@@ -89,12 +91,19 @@ class FirstHead:
                 raise HeadTooLarge(f"the request head is larger than {self.max_bytes} bytes (or its end never came)")
             return None
         if isinstance(event, h11.Request):
+            raw = b"".join(self._chunks)
+            # h11 bounds only an INCOMPLETE head: one that arrived whole in a single read may be larger.
+            end = _BLANK_LINE.search(raw)
+            if end is None or end.end() > self.max_bytes:
+                raise HeadTooLarge(f"the request head is larger than {self.max_bytes} bytes")
+            if event.http_version not in (b"1.0", b"1.1"):  # h11 reads any HTTP/x.y; an h2 preface is not HTTP/1
+                raise BadParameter(f"HTTP/{event.http_version.decode('ascii', 'replace')[:8]} is not supported here")
             return Head(
                 method=bytes(event.method),
                 target=bytes(event.target),
                 http_version=bytes(event.http_version),
                 headers=tuple((bytes(name), bytes(value)) for name, value in event.headers),
-                raw=b"".join(self._chunks),
+                raw=raw,
             )
         if isinstance(event, h11.ConnectionClosed):
             raise BadParameter("the connection closed before a request head was sent")
