@@ -9,6 +9,7 @@ shuffling inside a group and only live tunnels.
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 from collections import Counter
@@ -42,7 +43,7 @@ def test_a_head_split_anywhere_is_found_and_kept_whole(cuts: list[int]) -> None:
     bounds = [0, *sorted(cuts), len(data)]
     reader = FirstHead()
     head = None
-    for start, end in zip(bounds, bounds[1:], strict=False):
+    for start, end in itertools.pairwise(bounds):
         assert head is None
         head = reader.feed(data[start:end])
     assert head is not None

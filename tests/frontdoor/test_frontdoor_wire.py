@@ -175,4 +175,4 @@ def test_hostile_stream_headers_are_refused(headers: list, message: str) -> None
 
 def test_stream_info_refuses_a_naive_expiry() -> None:
     with pytest.raises(BadParameter, match="timezone-aware"):
-        info(cert_expires=datetime(2031, 1, 1))  # noqa: DTZ001
+        info(cert_expires=datetime(2031, 1, 1))
