@@ -146,7 +146,7 @@ async def test_kubectl_reaches_the_agent_through_the_front_door(tmp_path: Path, 
         targets = [target for _, target, _ in seen]
         assert any(t.startswith(prefix + b"/api") for t in targets)
         assert any(t.startswith(prefix + b"/version") for t in targets)
-        for host, target, first_bytes in seen:
+        for host, _target, first_bytes in seen:
             assert host == "host-a"
             # the first bytes the agent read are kubectl's own request head, unchanged by the front door
             assert first_bytes.startswith(b"GET " + prefix)
