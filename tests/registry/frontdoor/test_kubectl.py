@@ -24,7 +24,7 @@ import yaml
 
 from registry.core.kube_route import cluster_prefix
 from tests.fakes.kubectl import SKIP_REASON, available_kubectls, find_kubectl, run_kubectl
-from tests.frontdoor.frontdoor_helpers import Env, Opened, ca, credentials, frontdoor_env, user
+from tests.registry.frontdoor.frontdoor_helpers import Env, Opened, ca, credentials, frontdoor_env, user
 
 VERSION = {"major": "1", "minor": "31", "gitVersion": "v1.31.0", "platform": "linux/amd64"}
 API = {

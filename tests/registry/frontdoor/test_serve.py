@@ -23,7 +23,7 @@ from registry.core import codec
 from registry.core.identity import Identity
 from registry.core.kube_route import cluster_prefix
 from registry.frontdoor.serve import FrontDoorLimits, splice
-from tests.frontdoor.frontdoor_helpers import (
+from tests.registry.frontdoor.frontdoor_helpers import (
     ADMIN,
     Env,
     agent,
