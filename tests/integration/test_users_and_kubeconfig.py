@@ -20,6 +20,7 @@ from kubernetes import config as k8s_config
 
 from registry.client import RegistryClient
 from registry.core import codec
+from registry.core.errors import KubeportError
 from registry.core.identity import identity_from_cert, load_certificate, load_private_key
 from registry.core.kube_route import cluster_prefix, split_prefix
 from registry.core.resources import CommandLabel, KubeCluster, KubeServer, Metadata
@@ -280,7 +281,7 @@ async def test_update_from_a_stale_read_is_refused(registry: RegistryInfo, tmp_p
     async with admin(registry) as client:
         stale = await client.get("user", "dave")
         await client.update({**stale, "spec": {"roles": ["kube-manager"]}})
-        with pytest.raises(Exception, match="modified concurrently|revision"):
+        with pytest.raises(KubeportError, match=r"modified concurrently|revision"):
             await client.update({**stale, "spec": {"roles": []}})
 
 
@@ -344,9 +345,9 @@ async def test_kubeconfig_has_one_context_per_allowed_cluster(registry: Registry
             config, context=context, client_configuration=configuration, temp_file_path=str(tmp_path)
         )
         assert configuration.host == f"https://{host}:3026{cluster_prefix(name)}"
-        assert Path(configuration.cert_file).read_bytes() == cert_pem
-        assert Path(configuration.key_file).read_bytes() == key_pem
-        assert Path(configuration.ssl_ca_cert).read_bytes() == ca_pem
+        assert await trio.Path(configuration.cert_file).read_bytes() == cert_pem
+        assert await trio.Path(configuration.key_file).read_bytes() == key_pem
+        assert await trio.Path(configuration.ssl_ca_cert).read_bytes() == ca_pem
 
     # --kube-cluster picks the current context; --kube-public-addr names the front door
     r = await kpctl(
