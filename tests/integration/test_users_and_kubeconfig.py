@@ -22,6 +22,7 @@ from registry.client import RegistryClient
 from registry.core import codec
 from registry.core.errors import KubeportError
 from registry.core.identity import identity_from_cert, load_certificate, load_private_key
+from registry.core.identity_file import IdentityFile
 from registry.core.kube_route import cluster_prefix, split_prefix
 from registry.core.resources import CommandLabel, KubeCluster, KubeServer, Metadata
 from registry.server.serve import RegistryInfo
@@ -336,6 +337,10 @@ async def test_kubeconfig_has_one_context_per_allowed_cluster(registry: Registry
     assert load_private_key(key_pem, "key").public_key() == load_certificate(cert_pem, "cert").public_key()
     async with admin(registry) as client:
         assert (await client.ping())["kube_public_addr"] == ""
+    # The embedded credentials pass mutual TLS with a server whose certificate the same CA issued (the registry)
+    embedded = IdentityFile(cert_pem=cert_pem, key_pem=key_pem, ca_pems=(ca_pem,))
+    async with RegistryClient.from_identity(embedded, registry.address) as client:
+        assert (await client.whoami())["name"] == "alice"
     assert b"PRIVATE KEY" not in (r.out + r.err).encode()  # no secret printed
 
     # The kubernetes client's loader accepts it, for the current context and any other
