@@ -273,6 +273,14 @@ async def test_only_callers_allowed_to_write_users_may_add_them(registry: Regist
     assert r.code == 1 and "may not delete user" in r.err
     r = await kpctl("users", "ls", "--identity", str(tmp_path / "rita"))
     assert r.code == 0 and "carl" in r.out
+    # a caller who may write users but not list roles is told why the role check failed
+    await create(tmp_path, USER_ADMIN.replace("[user, role]", "[user]").replace("user-admin", "user-only"), "u.yaml")
+    assert (await kpctl("users", "add", "ulla", "--roles=user-only")).code == 0
+    assert (await kpctl("auth", "sign", "--user", "ulla", "--out", str(tmp_path / "ulla"))).code == 0
+    r = await kpctl("users", "add", "dan", "--roles=kube-access", "--identity", str(tmp_path / "ulla"))
+    assert r.code == 1 and "may not list role" in r.err and "needs list on role" in r.err, r.err
+    r = await kpctl("users", "add", "dan", "--identity", str(tmp_path / "ulla"))  # no roles: nothing to check
+    assert r.code == 0, r.err
 
 
 async def test_update_from_a_stale_read_is_refused(registry: RegistryInfo, tmp_path: Path) -> None:

@@ -29,7 +29,7 @@ from registry.cli import render
 from registry.cli.kpctl.flags import SubParsers, command, group
 from registry.client import RegistryClient
 from registry.core import codec
-from registry.core.errors import AlreadyExists, BadParameter, NotFound
+from registry.core.errors import AccessDenied, AlreadyExists, BadParameter, NotFound
 from registry.core.resources import User
 from registry.core.validation import quote
 from registry.host.cmdline import resolve_connection
@@ -65,7 +65,12 @@ async def check_roles_exist(client: RegistryClient, roles: Sequence[str]) -> Non
     """Raise NotFound naming every role in ``roles`` that the registry does not hold."""
     if not roles:
         return
-    items, _ = await client.list("role")
+    try:
+        items, _ = await client.list("role")
+    except AccessDenied as err:
+        raise AccessDenied(
+            f"{err.message} (kpctl checks that the roles named exist: that needs list on role)"
+        ) from None
     known = {str(item["metadata"]["name"]) for item in items}
     missing = [role for role in roles if role not in known]
     if not missing:
