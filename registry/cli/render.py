@@ -190,11 +190,20 @@ def _role_rows(items: Sequence[Mapping[str, Any]], verbose: bool) -> str:
 
 
 def _user_rows(items: Sequence[Mapping[str, Any]], verbose: bool) -> str:
-    rows = [
-        [i["metadata"]["name"], ",".join(i.get("spec", {}).get("roles", []) or [])]
-        for i in sorted(items, key=lambda i: str(i["metadata"]["name"]))
-    ]
-    return table(["User", "Roles"], rows)
+    """tctl's ``User  Roles``, plus the Kubernetes traits (``kpctl users add --k8s-groups/--k8s-users``)."""
+    rows = []
+    for item in sorted(items, key=lambda i: str(i["metadata"]["name"])):
+        spec = item.get("spec") or {}
+        traits = spec.get("traits") or {}
+        rows.append(
+            [
+                item["metadata"]["name"],
+                ",".join(spec.get("roles", []) or []),
+                ",".join(traits.get("kubernetes_groups", []) or []),
+                ",".join(traits.get("kubernetes_users", []) or []),
+            ]
+        )
+    return table(["User", "Roles", "Kubernetes Groups", "Kubernetes Users"], rows)
 
 
 def _token_rows(items: Sequence[Mapping[str, Any]], verbose: bool) -> str:

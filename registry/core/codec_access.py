@@ -8,8 +8,22 @@ Invariants:
 * Roles accept only what kubeport enforces (rules, kubernetes_labels/groups/users/resources and the
   ``max_session_ttl`` option); anything else Teleport knows is rejected with its path, never ignored, so a
   role never grants or denies less than its author believes.
-* An empty or missing ``kubernetes_labels`` selects no cluster (Teleport v4+); a ``kubernetes_resources``
-  entry without verbs grants every verb before v7 and is an error in v7.
+* Role versions v3 to v8 are accepted, each with Teleport's rules (``validateKubeResources``), so the role
+  engine (:mod:`registry.core.kube_access`) never meets an entry it would read differently from Teleport:
+
+  - v3-v6: ``kubernetes_resources`` restrict pods only: ``kind: pod`` and verbs ``["*"]`` (the default when
+    verbs are missing); anything else is refused with a hint to move to v7/v8. Seed 004's v6 role with
+    ``kind: '*'`` is therefore refused, as Teleport refuses it (``KubernetesResource kind "*" is not supported
+    in role version "v6"``); written as v7 it means what its author meant.
+  - v7: singular kinds from Teleport's list (:data:`~registry.core.kube_access.V7_KINDS`) or ``*``; verbs
+    required; ``namespace`` required except for cluster-wide kinds; no ``api_group``.
+  - v8: ``kind`` is a plural resource name (or ``*``) and ``api_group`` says which group (``*`` any);
+    ``api_group`` may be empty only for the core API's resources (``pods``, ...), a v7 singular kind with a
+    ``*`` or its v7 group is refused as a mistake, ``namespace`` is required for known namespaced resources.
+  - every version: ``name`` required; ``*`` is not combined with other verbs.
+* An empty or missing ``kubernetes_labels`` selects no cluster (Teleport v4+; a v3 role without them
+  selects every cluster, which the role engine applies).
+* User traits are lists of printable strings: they become impersonation headers and label values.
 * A token's name is its secret value: messages never show it, and ``token_to_dict(..., with_secrets=False)``
   masks it with :func:`registry.core.resources.mask_token` (the one masking rule).
 * ``decode_X(X_to_dict(r)) == r`` for every role, user and token model.
@@ -30,6 +44,7 @@ from registry.core.codec_common import (
     metadata_dict,
     plain,
 )
+from registry.core.kube_access import V7_CLUSTER_WIDE_KINDS, V7_KINDS, WILDCARD
 from registry.core.resources import (
     RULE_RESOURCES,
     RULE_VERBS,
@@ -59,6 +74,35 @@ KUBE_VERBS = (
     "proxy",
 )
 ROLE_OPTIONS = ("max_session_ttl",)
+LEGACY_POD_VERSIONS = ("v3", "v4", "v5", "v6")  # kubernetes_resources restrict pods only, every verb
+# The core API group's resources (api_group "" in a v8 role), namespaced and cluster-wide.
+_CORE_NAMESPACED = (
+    "pods",
+    "services",
+    "configmaps",
+    "secrets",
+    "serviceaccounts",
+    "persistentvolumeclaims",
+    "endpoints",
+    "events",
+    "limitranges",
+    "replicationcontrollers",
+    "resourcequotas",
+    "podtemplates",
+    "bindings",
+)
+CORE_RESOURCES = frozenset((*_CORE_NAMESPACED, "namespaces", "nodes", "persistentvolumes", "componentstatuses"))
+# (api_group, resource) pairs that live in a namespace: a v8 entry for one must name its namespace (Teleport's
+# best-effort check; resources it does not know are not checked).
+NAMESPACED_RESOURCES = frozenset(
+    [("", name) for name in _CORE_NAMESPACED]
+    + [("apps", n) for n in ("deployments", "replicasets", "statefulsets", "daemonsets", "controllerrevisions")]
+    + [("batch", "jobs"), ("batch", "cronjobs")]
+    + [("rbac.authorization.k8s.io", "roles"), ("rbac.authorization.k8s.io", "rolebindings")]
+    + [("networking.k8s.io", "ingresses"), ("networking.k8s.io", "networkpolicies")]
+    + [("autoscaling", "horizontalpodautoscalers"), ("policy", "poddisruptionbudgets")]
+    + [("coordination.k8s.io", "leases"), ("discovery.k8s.io", "endpointslices"), ("events.k8s.io", "events")]
+)
 _CONDITION_FIELDS = ("rules", "kubernetes_labels", "kubernetes_groups", "kubernetes_users", "kubernetes_resources")
 
 
@@ -111,22 +155,59 @@ def _kube_resources(conditions: Fields, version: str) -> tuple[dict[str, Any], .
     result = []
     for index, item in enumerate(raw):
         entry = Fields(item, subject=conditions.subject, path=f"{conditions.at('kubernetes_resources')}[{index}]")
-        entry.reject_unknown(("kind", "namespace", "name", "verbs"))
+        entry.reject_unknown(("kind", "api_group", "namespace", "name", "verbs"))
         verbs = entry.strings("verbs")
         if not verbs:
-            if version == "v7":
-                entry.fail(f"{entry.at('verbs')} is required in a v7 role (use ['*'] for every verb)")
-            verbs = ("*",)  # before v7 a kubernetes_resources entry granted every verb
+            if version in ("v7", "v8"):
+                entry.fail(f"{entry.at('verbs')} is required in a {version} role (use ['*'] for every verb)")
+            verbs = ("*",)  # before v7 a kubernetes_resources entry granted every verb (setDefaultKubernetesVerbs)
         _one_of(entry, entry.at("verbs"), verbs, KUBE_VERBS)
-        result.append(
-            {
-                "kind": entry.string("kind", required=True, limit=253),
-                "namespace": entry.string("namespace", limit=253),
-                "name": entry.string("name", required=True, limit=253),
-                "verbs": list(verbs),
-            }
-        )
+        if "*" in verbs and len(verbs) > 1:
+            entry.fail(f'{entry.at("verbs")}: "*" cannot be used with other verbs')
+        resource = {
+            "kind": entry.string("kind", required=True, limit=253),
+            "namespace": entry.string("namespace", limit=253),
+            "name": entry.string("name", required=True, limit=253),
+            "verbs": list(verbs),
+        }
+        if version == "v8":
+            resource["api_group"] = entry.string("api_group", limit=253)
+            _check_v8_entry(entry, resource)
+        else:
+            _check_legacy_entry(entry, resource, version, str(entry.raw("api_group") or ""))
+        result.append(resource)
     return tuple(result)
+
+
+def _check_legacy_entry(entry: Fields, resource: Mapping[str, Any], version: str, api_group: str) -> None:
+    """Teleport's ``validateKubeResources`` for roles before v8 (their kinds are singular names)."""
+    kind, upgrade = resource["kind"], "upgrade the role to version v7 (kinds as listed) or v8 (plural resources)"
+    if version in LEGACY_POD_VERSIONS:
+        if kind != "pod":
+            entry.fail(f"{entry.at('kind')} {quote(kind)} is not supported in a {version} role (only pod); {upgrade}")
+        if list(resource["verbs"]) != ["*"]:
+            entry.fail(f'{entry.at("verbs")}: a {version} role supports only ["*"]; {upgrade}')
+    if api_group:
+        entry.fail(f"{entry.at('api_group')} is not supported in a {version} role; upgrade the role to version v8")
+    if kind != WILDCARD and kind not in V7_KINDS:
+        entry.fail(f"{entry.at('kind')} {quote(kind)} is not supported (supported: *, {', '.join(V7_KINDS)})")
+    if not resource["namespace"] and kind not in V7_CLUSTER_WIDE_KINDS:
+        entry.fail(f"{entry.at('namespace')} is required for kind {quote(kind)}")
+
+
+def _check_v8_entry(entry: Fields, resource: Mapping[str, Any]) -> None:
+    """Teleport's v8 rules: plural resource names, ``api_group`` empty only for the core API's resources."""
+    kind, group = resource["kind"], resource["api_group"]
+    if kind in V7_KINDS and group in (WILDCARD, V7_KINDS[kind][1]):
+        plural = V7_KINDS[kind][0]
+        entry.fail(f"{entry.at('kind')} {quote(kind)} is a v7 kind name: a v8 role names plural resources ({plural})")
+    if not group and kind not in CORE_RESOURCES:
+        entry.fail(
+            f"{entry.at('api_group')} is required for resource {quote(kind)} in a v8 role "
+            '("" only for the core API\'s resources such as pods; "*" for every group)'
+        )
+    if not resource["namespace"] and (group, kind) in NAMESPACED_RESOURCES:
+        entry.fail(f"{entry.at('namespace')} is required for resource {quote(kind)}")
 
 
 def _conditions(spec: Fields, key: str, version: str) -> RoleConditions:
@@ -176,13 +257,21 @@ def decode_user(doc: Mapping[str, Any]) -> User:
     traits_fields = spec.mapping("traits")
     traits: dict[str, tuple[str, ...]] = {}
     for key in traits_fields:
-        if len(key) > 256:
-            traits_fields.fail(f"{traits_fields.path} has a key longer than 256 characters")
+        if not isinstance(key, str) or len(key) > 256 or not key.isprintable():
+            traits_fields.fail(
+                f"{traits_fields.path} key {describe(key)} must be printable text of at most 256 characters"
+            )
         values = traits_fields.raw(key)
         if values is None:
             values = []
         if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
             traits_fields.fail(f"{traits_fields.at(key)} must be a list of strings (got {describe(values)})")
+        for index, value in enumerate(values):
+            if not value.isprintable() or len(value) > 1024:
+                traits_fields.fail(
+                    f"{traits_fields.at(key)}[{index}] must be printable text of at most 1024 characters "
+                    f"(got {quote(value)})"
+                )
         traits[key] = tuple(values)
     return User(metadata=metadata, roles=roles, traits=traits)
 

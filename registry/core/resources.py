@@ -256,7 +256,8 @@ class RoleConditions:
     kubernetes_labels: Mapping[str, str | list[str]] = field(default_factory=dict)
     kubernetes_groups: tuple[str, ...] = ()
     kubernetes_users: tuple[str, ...] = ()
-    # {kind, namespace, name, verbs}, as written (defaults per role version are applied by authorization)
+    # {kind, namespace, name, verbs} (+ api_group in v8), as written; verbs default to ["*"] before v7 (the
+    # codec fills them in); the defaults per role version are applied by authorization (kube_access)
     kubernetes_resources: tuple[Mapping[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
@@ -269,7 +270,7 @@ class RoleConditions:
 @dataclass(frozen=True)
 class Role:
     KIND: ClassVar[str] = "role"
-    VERSIONS: ClassVar[tuple[str, ...]] = ("v5", "v6", "v7")
+    VERSIONS: ClassVar[tuple[str, ...]] = ("v3", "v4", "v5", "v6", "v7", "v8")
     VERSION: ClassVar[str] = "v7"  # the default for new roles
 
     metadata: Metadata

@@ -13,7 +13,7 @@ Invariants:
 
 from __future__ import annotations
 
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 
 class MetadataBody(TypedDict, total=False):
@@ -74,6 +74,8 @@ class Ping(TypedDict):
     server_time: str
     public_addr: str
     loopback_only: bool
+    # The Kubernetes front door for kubeconfigs; "" when none is served. Absent from older registries.
+    kube_public_addr: NotRequired[str]
 
 
 class Whoami(TypedDict):

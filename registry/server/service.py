@@ -225,6 +225,9 @@ class Registry:
     # ``kpctl tokens add`` prints an address agents on other hosts can use, or says why there is none).
     public_addr: str = ""  # the first --public-addr, or "" when none was given
     loopback_only: bool = False  # listening on a loopback address: other hosts cannot connect
+    # The Kubernetes front door's address for kubeconfigs (``--kube-public-addr``, else its listen address),
+    # set by whoever starts the front door; "" while this registry serves none (kpctl then assumes port 3026).
+    kube_public_addr: str = ""
 
     def __init__(
         self,
@@ -794,4 +797,5 @@ class Registry:
             "server_time": format_rfc3339(self.now(), fraction="micro"),
             "public_addr": self.public_addr,
             "loopback_only": self.loopback_only,
+            "kube_public_addr": self.kube_public_addr,
         }

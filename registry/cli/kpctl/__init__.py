@@ -3,12 +3,14 @@
     kpctl create FILE [-f]                         create (or with -f create-or-replace) every resource in FILE
     kpctl get KIND[/NAME] [--format yaml|json|text] [--with-secrets] [-v]
     kpctl rm KIND/NAME
+    kpctl users add NAME --roles=a,b [--k8s-groups=g] [--k8s-users=u] | users update NAME --set-roles=a,b
+    kpctl users ls [--format text|json|yaml] | users rm NAME
     kpctl tokens add --type=kube [--ttl=30m] [--format text|json|yaml] | tokens ls | tokens rm TOKEN
-    kpctl auth sign --user NAME --out FILE [--ttl 12h]
+    kpctl auth sign --user NAME --out FILE [--ttl 12h] [--format identity|kubernetes] [--kube-cluster NAME]
     kpctl status
     kpctl kube explain NAME
 
-One module per command group, as tctl has: ``resources`` (create, get, rm), ``tokens``, ``auth``,
+One module per command group, as tctl has: ``resources`` (create, get, rm), ``users``, ``tokens``, ``auth``,
 ``status``, ``kube``; each declares its commands with ``add_commands``. ``flags`` holds what they share;
 every text table and view is the renderer's (:mod:`registry.cli.render`).
 
@@ -21,7 +23,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from registry.cli.kpctl import auth, kube, resources, status, tokens
+from registry.cli.kpctl import auth, kube, resources, status, tokens, users
 from registry.cli.kpctl.flags import FLAGS_EPILOG, global_flags
 from registry.host.cmdline import guarded, parse_command_line, run_command
 
@@ -35,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     global_flags(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     # One module per command group (as tctl has); the order here is the order of kpctl --help.
-    for group in (resources, tokens, auth, status, kube):
+    for group in (resources, users, tokens, auth, status, kube):
         group.add_commands(sub)
     return parser
 

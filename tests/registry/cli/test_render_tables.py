@@ -41,7 +41,16 @@ ROLES = [
     },
     {"metadata": {"name": "admin"}, "spec": {}},
 ]
-USERS = [{"metadata": {"name": "zed"}, "spec": {"roles": ["dev", "ops"]}}, {"metadata": {"name": "amy"}, "spec": {}}]
+USERS = [
+    {
+        "metadata": {"name": "zed"},
+        "spec": {
+            "roles": ["dev", "ops"],
+            "traits": {"kubernetes_groups": ["viewers", "devs"], "kubernetes_users": ["jenkins"]},
+        },
+    },
+    {"metadata": {"name": "amy"}, "spec": {}},
+]
 TOKENS = [{"metadata": {"name": "abcd****", "expires": ""}, "spec": {"roles": ["Kube"]}}]
 EVENTS = [
     {"time": "t1", "event": "resource.create", "user": "admin", "kind": "role", "name": "dev"},
@@ -77,7 +86,14 @@ TABLES: list[tuple[str, list[dict[str, Any]], str]] = [
         "admin\n"
         "dev    kube_cluster:list,read  viewers,devs\n",
     ),
-    ("user", USERS, "User  Roles\n----  -------\namy\nzed   dev,ops\n"),
+    (
+        "user",
+        USERS,
+        "User  Roles    Kubernetes Groups  Kubernetes Users\n"
+        "----  -------  -----------------  ----------------\n"
+        "amy\n"
+        "zed   dev,ops  viewers,devs       jenkins\n",
+    ),
     ("token", TOKENS, "Token     Type  Expiry Time (UTC)\n--------  ----  -----------------\nabcd****  Kube  never\n"),
     (
         "event",

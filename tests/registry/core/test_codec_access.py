@@ -81,7 +81,9 @@ def test_role_defaults_and_value_lists() -> None:
             "allow": {
                 "kubernetes_labels": {"env": ["prod", "^stag.*$"], "team": "dev"},
                 "kubernetes_users": ["{{internal.kubernetes_users}}"],
-                "kubernetes_resources": [{"kind": "pod", "name": "web-*", "verbs": ["get", "exec"]}],
+                "kubernetes_resources": [
+                    {"kind": "pod", "namespace": "default", "name": "web-*", "verbs": ["get", "exec"]}
+                ],
             },
             "options": {"max_session_ttl": "8h"},
         },
@@ -94,7 +96,11 @@ def test_role_defaults_and_value_lists() -> None:
     with pytest.raises(BadParameter, match=r"kubernetes_resources\[0\].verbs is required in a v7 role"):
         codec.resource_from_dict({**doc, "spec": {"allow": {"kubernetes_resources": [{"kind": "pod", "name": "x"}]}}})
     v6 = codec.resource_from_dict(
-        {**doc, "version": "v6", "spec": {"allow": {"kubernetes_resources": [{"kind": "pod", "name": "x"}]}}}
+        {
+            **doc,
+            "version": "v6",
+            "spec": {"allow": {"kubernetes_resources": [{"kind": "pod", "namespace": "default", "name": "x"}]}},
+        }
     )
     assert v6.allow.kubernetes_resources[0]["verbs"] == ["*"]  # type: ignore[union-attr]
 
@@ -123,8 +129,8 @@ def _role(allow: Any = None, **top: Any) -> dict[str, Any]:
         ),
         (_role(spec={"options": {"max_session_ttl": "1d"}}), 'spec.options.max_session_ttl "1d": unknown unit "d"'),
         (_role(spec={"allow": {}, "rules": []}), "unknown field spec.rules"),
-        (_role(version="v8"), 'role "x": unsupported version "v8" (supported: v5, v6, v7)'),
-        (_role(version="v3"), "unsupported version"),
+        (_role(version="v9"), 'role "x": unsupported version "v9" (supported: v3, v4, v5, v6, v7, v8)'),
+        (_role(version="v2"), "unsupported version"),
         (
             _role({"rules": [{"resources": ["node"], "verbs": ["list"]}]}),
             "spec.allow.rules[0].resources[0] must be one of kube_cluster, kube_server, token, role, user, event, "
@@ -156,8 +162,8 @@ def _role(allow: Any = None, **top: Any) -> dict[str, Any]:
             "kubernetes_resources[0].kind is required",
         ),
         (
-            _role({"kubernetes_resources": [{"kind": "pod", "name": "x", "verbs": ["get"], "api_group": "*"}]}),
-            "unknown field spec.allow.kubernetes_resources[0].api_group",
+            _role({"kubernetes_resources": [{"kind": "pod", "name": "x", "verbs": ["get"], "group": "*"}]}),
+            "unknown field spec.allow.kubernetes_resources[0].group",
         ),
         (_role(metadata={"name": "a/b"}), 'role "a/b": metadata.name must match'),
     ],

@@ -160,11 +160,20 @@ def _conditions(rng: random.Random, version: str) -> RoleConditions:
         kubernetes_labels=rng.choice([{}, {"*": "*"}, {"env": ["prod", "^st.*$"], "team": "dev"}]),
         kubernetes_groups=tuple(rng.sample(["viewers", "{{internal.kubernetes_groups}}"], rng.randrange(3))),
         kubernetes_users=tuple(rng.sample(["alice", "bob"], rng.randrange(3))),
-        kubernetes_resources=tuple(
-            {"kind": "pod", "namespace": rng.choice(["", "*"]), "name": "web-*", "verbs": ["get", "exec"]}
-            for _ in range(rng.randrange(2))
-        ),
+        kubernetes_resources=tuple(_kube_resource(rng, version) for _ in range(rng.randrange(2))),
     )
+
+
+def _kube_resource(rng: random.Random, version: str) -> dict[str, Any]:
+    """A valid entry for ``version``: pods with every verb before v7, v7 kinds, v8 plural resources."""
+    if version in ("v3", "v4", "v5", "v6"):
+        return {"kind": "pod", "namespace": rng.choice(["default", "*"]), "name": "web-*", "verbs": ["*"]}
+    if version == "v7":
+        kind = rng.choice(["pod", "namespace", "*"])
+        namespace = "" if kind == "namespace" else rng.choice(["default", "*"])
+        return {"kind": kind, "namespace": namespace, "name": "web-*", "verbs": ["get", "exec"]}
+    kind, group = rng.choice([("pods", ""), ("deployments", "apps"), ("*", "*"), ("crontabs", "stable.example.com")])
+    return {"kind": kind, "api_group": group, "namespace": "dev", "name": "web-*", "verbs": ["get", "exec"]}
 
 
 def _random_resource(rng: random.Random) -> Resource:
