@@ -63,6 +63,10 @@ ROOMS: dict[str, frozenset[str]] = {
     "registry.mint": frozenset({"labels", "registry.core", "registry.host", "registry.client"}),
     # the agent: reaches the registry only through the client (no server, store or command-line code)
     "agent": frozenset({"labels", "registry", "registry.core", "registry.host", "registry.client"}),
+    # the front door: kubectl's endpoint and the agents' tunnels; reads the registry's state, never its clients
+    "registry.frontdoor": frozenset(
+        {"labels", "registry", "registry.core", "registry.host", "registry.store", "registry.server"}
+    ),
     # kpctl and the user side: clients of the registry
     "registry.cli": frozenset({"labels", "registry", "registry.core", "registry.host", "registry.client"}),
     # tests' in-process registry (the real API handlers over a MemoryStore, as an httpx transport): it joins
@@ -190,7 +194,10 @@ def test_the_composition_root_is_the_only_room_allowed_both_server_and_agent() -
             "from . import files\nfrom .. import client\n",
             ["2: registry.host imports registry.client"],
         ),
-        ("registry.frontdoor.route", "", ["0: module registry.frontdoor.route belongs to no room"]),
+        ("registry.nowhere.route", "", ["0: module registry.nowhere.route belongs to no room"]),
+        ("registry.frontdoor.serve", "from registry.server import api\nfrom registry.host import h2tunnel\n", []),
+        ("registry.frontdoor.serve", "from registry.client import RegistryClient\n", ["1: registry.frontdoor"]),
+        ("registry.frontdoor.tunnels", "from agent import tunnel\n", ["1: registry.frontdoor imports agent"]),
     ],
 )
 def test_layering_check_finds_each_kind_of_violation(module: str, source: str, expected: list[str]) -> None:
