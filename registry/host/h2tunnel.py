@@ -122,6 +122,10 @@ class StreamReset(trio.BrokenResourceError):
         super().__init__(message)
         self.error_code = error_code
 
+    def fresh(self) -> StreamReset:
+        """A new instance to raise (re-raising one instance from many places would pile up tracebacks)."""
+        return StreamReset(str(self), self.error_code)
+
 
 def _clean_reason(text: str) -> bytes:
     printable = "".join(c if " " <= c <= "~" else "?" for c in text).strip()
@@ -179,7 +183,7 @@ class TunnelStream(trio.abc.HalfCloseableStream):
                 if self._closed:
                     raise trio.ClosedResourceError("this tunnel stream was closed")
                 if self._error is not None and not self._recv_eof:
-                    raise self._error  # an abort: unread bytes are gone, like after a TCP RST
+                    raise self._error.fresh()  # an abort: unread bytes are gone, like after a TCP RST
                 if self._buffer:
                     chunk = self._buffer.popleft()
                     if max_bytes is not None and len(chunk) > max_bytes:
@@ -202,7 +206,7 @@ class TunnelStream(trio.abc.HalfCloseableStream):
         if self._closed:
             raise trio.ClosedResourceError("this tunnel stream was closed")
         if self._error is not None:
-            raise self._error
+            raise self._error.fresh()
         if self._sent_eof:
             raise trio.ClosedResourceError("send_eof() was called on this tunnel stream")
 
@@ -245,7 +249,7 @@ class TunnelStream(trio.abc.HalfCloseableStream):
             raise trio.ClosedResourceError("this tunnel stream was closed")
         if not self._sent_eof:
             if self._error is not None:
-                raise self._error
+                raise self._error.fresh()
             self._tunnel._end_stream(self)
         await trio.lowlevel.cancel_shielded_checkpoint()
 
@@ -508,7 +512,7 @@ class H2Tunnel:
         for start in range(0, len(data), frame):
             chunk = data[start : start + frame]
             if not self._h2_call(self._conn.send_data, stream.stream_id, chunk):
-                raise stream._error or StreamReset("tunnel stream was reset")
+                raise stream._error.fresh() if stream._error else StreamReset("tunnel stream was reset")
             self._stats["bytes_out_total"] += len(chunk)
 
     def _end_stream(self, stream: TunnelStream) -> None:
@@ -650,6 +654,8 @@ class H2Tunnel:
         assert self._handler is not None
         try:
             await self._handler(stream)
+        except trio.BrokenResourceError as exc:  # the stream was reset or the connection ended: expected
+            log.debug("tunnel stream %d: handler ended: %s", stream.stream_id, exc)
         except Exception:
             log.exception("tunnel stream %d: handler failed", stream.stream_id)
         finally:
