@@ -529,7 +529,7 @@ async def test_headers_again_on_an_ended_stream_end_the_connection(nursery: trio
 
 
 async def test_a_peer_that_overruns_the_window_is_disconnected(nursery: trio.Nursery) -> None:
-    server, peer, problems = await _server_with_raw_client(nursery)
+    _server, peer, problems = await _server_with_raw_client(nursery)
     await peer.client_preface()
     await peer.send(peer.headers(1, CONNECT))
     assert await peer.frame_of(hyperframe.frame.HeadersFrame, 1) is not None
