@@ -1,21 +1,25 @@
-"""What travels with each tunnel stream: who the kubectl connection belongs to, and which cluster it is for.
+"""What travels with one tunnel stream: who opened it, for which cluster, until when.
 
-Pure (no I/O). The front door sets these on the extended-CONNECT stream it opens to an agent (one stream per
-kubectl TCP connection); the agent reads them back with :meth:`StreamInfo.from_headers` and trusts them only
-because the stream arrived on a connection it dialed itself to a front door the registry CA vouches for
-(access-design.md §7.4). They are never read from kubectl's own request headers (``kube_headers`` strips
-every ``kubeport-*`` header kubectl sends).
+Pure (no I/O). The front door authenticates kubectl's client certificate and opens one tunnel stream per
+kubectl connection; the identity it established rides on the stream's opening headers as a
+:class:`StreamInfo`. The agent trusts these headers only because the stream arrived on a connection the
+agent itself dialed to a front door certified by the registry CA (access-design.md §7.4): no other
+listener of the agent accepts them.
 
-Header names: ``kubeport-cluster``, ``kubeport-user``, ``kubeport-roles`` (comma-joined, may be empty),
-``kubeport-client-addr``, ``kubeport-cert-expires`` (RFC 3339, UTC, ``Z``).
+Header names: ``kubeport-cluster``, ``kubeport-user``, ``kubeport-roles`` (comma-joined),
+``kubeport-client-addr``, ``kubeport-cert-expires`` (RFC 3339 UTC, ``Z``).
 
 Invariants:
 
 * ``StreamInfo.from_headers(info.to_headers()) == info`` for every valid ``info``.
-* Each of the five headers must appear exactly once; a missing, repeated or malformed one raises
-  :class:`~registry.core.errors.BadParameter` naming it. Other headers (h2 pseudo-headers, anything else)
-  are ignored. Values are checked with the same rules as the resources they name (cluster, user and role
-  names), so a value can never smuggle a comma, a line break or a control character.
+* Every value is printable ASCII. The cluster and each role match the resource name rule (``NAME_RE``), the
+  user matches the user name rule (``USER_NAME_RE``): so no value can carry a comma, a blank, a control
+  character or a non-ASCII look-alike into the ``Impersonate-*`` headers the agent builds from them.
+* Anything hostile or malformed is a :class:`BadParameter` naming the header: a missing or repeated header, a
+  value that is too long, not ASCII or breaks its rule, more than :data:`MAX_ROLES` roles, a repeated role, a
+  timestamp that is not RFC 3339 UTC. Other headers (HTTP/2 pseudo-headers, ...) are ignored. Oversized
+  values are refused before they are decoded or split.
+* ``cert_expires`` is always an aware UTC datetime.
 """
 
 from __future__ import annotations
@@ -24,37 +28,98 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Final
 
+from registry.core.codec_access import USER_NAME_RE
+from registry.core.codec_common import NAME_RE
 from registry.core.errors import BadParameter
 
-CLUSTER_HEADER = b"kubeport-cluster"
-USER_HEADER = b"kubeport-user"
-ROLES_HEADER = b"kubeport-roles"
-CLIENT_ADDR_HEADER = b"kubeport-client-addr"
-CERT_EXPIRES_HEADER = b"kubeport-cert-expires"
-HEADERS = (CLUSTER_HEADER, USER_HEADER, ROLES_HEADER, CLIENT_ADDR_HEADER, CERT_EXPIRES_HEADER)
+CLUSTER: Final = "kubeport-cluster"
+USER: Final = "kubeport-user"
+ROLES: Final = "kubeport-roles"
+CLIENT_ADDR: Final = "kubeport-client-addr"
+CERT_EXPIRES: Final = "kubeport-cert-expires"
+NAMES: Final = (CLUSTER, USER, ROLES, CLIENT_ADDR, CERT_EXPIRES)
 
-MAX_VALUE_BYTES = 8 * 1024
-MAX_ROLES = 256
-_NAME_RE = re.compile(r"^[a-zA-Z0-9._-]{1,253}$")  # cluster and role names (codec_common.NAME_RE)
-_USER_RE = re.compile(r"^[a-zA-Z0-9._@+-]{1,253}$")  # user names (codec_access.USER_NAME_RE)
-_ADDR_RE = re.compile(r"^[A-Za-z0-9.:%\[\]_-]{1,300}$")  # host:port, [v6]:port, v6%zone:port
-_TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?Z$")
-_MAX_SHOWN = 80
+MAX_NAME: Final = 253  # resource and user names (check_name's bound)
+MAX_ADDR: Final = 300  # "[v6 address%zone]:port" with room to spare
+MAX_ROLES: Final = 256
+MAX_ROLES_VALUE: Final = MAX_ROLES * (MAX_NAME + 1)
 
-
-def _show(value: str) -> str:
-    return repr(value if len(value) <= _MAX_SHOWN else value[:_MAX_SHOWN] + "...")
+# Printable ASCII without blanks or commas: host:port, [v6]:port, or a unix socket path.
+_ADDR_RE = re.compile(r"^[\x21-\x2b\x2d-\x7e]*$")
+_RFC3339_UTC = re.compile(r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,6}))?Z$")
 
 
-def _rfc3339(moment: datetime) -> str:
-    moment = moment.astimezone(UTC)
-    return moment.isoformat(timespec="microseconds" if moment.microsecond else "seconds").replace("+00:00", "Z")
+def _check_name(header: str, value: object, pattern: re.Pattern[str]) -> str:
+    if not isinstance(value, str):
+        raise BadParameter(f"tunnel header {header} must be a string, got {type(value).__name__}")
+    if not value:
+        raise BadParameter(f"tunnel header {header} must not be empty")
+    if len(value) > MAX_NAME:
+        raise BadParameter(f"tunnel header {header} is longer than {MAX_NAME} characters ({len(value)})")
+    if not pattern.fullmatch(value) or value in (".", ".."):
+        raise BadParameter(f"tunnel header {header} must match {pattern.pattern}, got {value[:100]!r}")
+    return value
+
+
+def _check_roles(roles: object) -> tuple[str, ...]:
+    if not isinstance(roles, tuple):
+        raise BadParameter(f"tunnel header {ROLES} must be a tuple of names, got {type(roles).__name__}")
+    if len(roles) > MAX_ROLES:
+        raise BadParameter(f"tunnel header {ROLES} names {len(roles)} roles; at most {MAX_ROLES} are allowed")
+    for role in roles:
+        _check_name(ROLES, role, NAME_RE)
+    if len(set(roles)) != len(roles):
+        raise BadParameter(f"tunnel header {ROLES} repeats a role: {','.join(roles)[:200]!r}")
+    return roles
+
+
+def _check_addr(value: object) -> str:
+    if not isinstance(value, str):
+        raise BadParameter(f"tunnel header {CLIENT_ADDR} must be a string, got {type(value).__name__}")
+    if len(value) > MAX_ADDR:
+        raise BadParameter(f"tunnel header {CLIENT_ADDR} is longer than {MAX_ADDR} characters ({len(value)})")
+    if not _ADDR_RE.fullmatch(value):
+        raise BadParameter(
+            f"tunnel header {CLIENT_ADDR} must be printable ASCII without blanks or commas, got {value[:100]!r}"
+        )
+    return value
+
+
+def format_expiry(value: datetime) -> str:
+    """RFC 3339 in UTC with a ``Z``; fractions only when there are microseconds (certificates have none)."""
+    utc = value.astimezone(UTC)
+    text = utc.strftime("%Y-%m-%dT%H:%M:%S")
+    if utc.microsecond:
+        text += f".{utc.microsecond:06d}"
+    return text + "Z"
+
+
+def parse_expiry(text: str) -> datetime:
+    """The inverse of :func:`format_expiry`; only the ``Z`` form is accepted (the header is UTC by contract)."""
+    match = _RFC3339_UTC.fullmatch(text)
+    if match is None:
+        raise BadParameter(f"tunnel header {CERT_EXPIRES} is not an RFC 3339 UTC time (…Z): {text[:64]!r}")
+    year, month, day, hour, minute, second, fraction = match.groups()
+    try:
+        return datetime(
+            int(year),
+            int(month),
+            int(day),
+            int(hour),
+            int(minute),
+            int(second),
+            int((fraction or "0").ljust(6, "0")),
+            tzinfo=UTC,
+        )
+    except ValueError as exc:
+        raise BadParameter(f"tunnel header {CERT_EXPIRES} is not a valid time: {text!r} ({exc})") from None
 
 
 @dataclass(frozen=True)
 class StreamInfo:
-    """The identity and target of one tunnel stream, as the front door decided them."""
+    """The identity of one tunnel stream, set by the front door (see the module docstring)."""
 
     cluster: str
     user: str
@@ -63,71 +128,62 @@ class StreamInfo:
     cert_expires: datetime
 
     def __post_init__(self) -> None:
-        if not isinstance(self.cluster, str) or not _NAME_RE.match(self.cluster):
-            raise BadParameter(f"stream info: invalid cluster name {_show(str(self.cluster))}")
-        if not isinstance(self.user, str) or not _USER_RE.match(self.user):
-            raise BadParameter(f"stream info: invalid user name {_show(str(self.user))}")
-        if not isinstance(self.roles, tuple) or len(self.roles) > MAX_ROLES:
-            raise BadParameter(f"stream info: roles must be a tuple of at most {MAX_ROLES} role names")
-        for role in self.roles:
-            if not isinstance(role, str) or not _NAME_RE.match(role):
-                raise BadParameter(f"stream info: invalid role name {_show(str(role))}")
-        if len(set(self.roles)) != len(self.roles):
-            raise BadParameter("stream info: roles must not repeat")
-        if not isinstance(self.client_addr, str) or not _ADDR_RE.match(self.client_addr):
-            raise BadParameter(f"stream info: invalid client address {_show(str(self.client_addr))}")
-        if not isinstance(self.cert_expires, datetime) or self.cert_expires.utcoffset() is None:
-            raise BadParameter("stream info: cert_expires must be a timezone-aware datetime")
+        _check_name(CLUSTER, self.cluster, NAME_RE)
+        _check_name(USER, self.user, USER_NAME_RE)
+        _check_roles(self.roles)
+        _check_addr(self.client_addr)
+        if not isinstance(self.cert_expires, datetime):
+            raise BadParameter(f"tunnel header {CERT_EXPIRES} must be a datetime")
+        if self.cert_expires.tzinfo is None or self.cert_expires.utcoffset() is None:
+            raise BadParameter(f"tunnel header {CERT_EXPIRES} must be an aware datetime (UTC)")
+        try:
+            utc = self.cert_expires.astimezone(UTC)
+        except OverflowError:
+            raise BadParameter(f"tunnel header {CERT_EXPIRES} is out of range") from None
+        object.__setattr__(self, "cert_expires", utc)
 
     def to_headers(self) -> list[tuple[bytes, bytes]]:
-        """The stream's metadata as (lower-case name, value) header pairs, in :data:`HEADERS` order."""
-        return [
-            (CLUSTER_HEADER, self.cluster.encode("ascii")),
-            (USER_HEADER, self.user.encode("ascii")),
-            (ROLES_HEADER, ",".join(self.roles).encode("ascii")),
-            (CLIENT_ADDR_HEADER, self.client_addr.encode("ascii")),
-            (CERT_EXPIRES_HEADER, _rfc3339(self.cert_expires).encode("ascii")),
-        ]
+        """The stream's opening headers (lower-case names, ASCII values)."""
+        values = (
+            (CLUSTER, self.cluster),
+            (USER, self.user),
+            (ROLES, ",".join(self.roles)),
+            (CLIENT_ADDR, self.client_addr),
+            (CERT_EXPIRES, format_expiry(self.cert_expires)),
+        )
+        return [(name.encode("ascii"), value.encode("ascii")) for name, value in values]
 
     @classmethod
     def from_headers(cls, headers: Iterable[tuple[bytes | str, bytes | str]]) -> StreamInfo:
-        """Read the five headers back (see the module docstring for what is refused)."""
-        found: dict[bytes, str] = {}
+        """Read a :class:`StreamInfo` back from a stream's headers (raises :class:`BadParameter`)."""
+        found: dict[str, str] = {}
         for raw_name, raw_value in headers:
-            name = raw_name.encode("latin-1") if isinstance(raw_name, str) else bytes(raw_name)
+            name = raw_name.decode("latin-1") if isinstance(raw_name, bytes) else raw_name
             name = name.lower()
-            if name not in HEADERS:
+            if name not in NAMES:
                 continue
-            shown = name.decode("ascii")
             if name in found:
-                raise BadParameter(f"stream info: header {shown} appears more than once")
-            value = raw_value.encode("utf-8") if isinstance(raw_value, str) else bytes(raw_value)
-            if len(value) > MAX_VALUE_BYTES:
-                raise BadParameter(f"stream info: header {shown} is longer than {MAX_VALUE_BYTES} bytes")
+                raise BadParameter(f"tunnel header {name} is repeated")
+            limit = MAX_ROLES_VALUE if name == ROLES else max(MAX_NAME, MAX_ADDR)
+            if len(raw_value) > limit:  # before decoding or splitting anything
+                raise BadParameter(f"tunnel header {name} is longer than {limit} bytes ({len(raw_value)})")
             try:
-                found[name] = value.decode("ascii")
-            except UnicodeDecodeError:
-                raise BadParameter(f"stream info: header {shown} is not ASCII") from None
-        missing = [name.decode("ascii") for name in HEADERS if name not in found]
+                value = raw_value.decode("ascii") if isinstance(raw_value, bytes) else raw_value
+                value.encode("ascii")
+            except (UnicodeDecodeError, UnicodeEncodeError):
+                raise BadParameter(f"tunnel header {name} is not ASCII") from None
+            found[name] = value
+        missing = [name for name in NAMES if name not in found]
         if missing:
-            raise BadParameter(f"stream info: missing header {', '.join(missing)}")
-        roles_text = found[ROLES_HEADER]
+            raise BadParameter(f"tunnel stream without header(s) {', '.join(missing)}")
+        roles_text = found[ROLES]
+        if roles_text.count(",") >= MAX_ROLES:
+            raise BadParameter(f"tunnel header {ROLES} names more than {MAX_ROLES} roles")
         roles = tuple(roles_text.split(",")) if roles_text else ()
-        expires_text = found[CERT_EXPIRES_HEADER]
-        if not _TIME_RE.match(expires_text):
-            raise BadParameter(
-                f"stream info: kubeport-cert-expires {_show(expires_text)} is not an RFC 3339 UTC time (...Z)"
-            )
-        try:
-            expires = datetime.fromisoformat(expires_text.replace("Z", "+00:00"))
-        except ValueError:
-            raise BadParameter(
-                f"stream info: kubeport-cert-expires {_show(expires_text)} is not a valid time"
-            ) from None
         return cls(
-            cluster=found[CLUSTER_HEADER],
-            user=found[USER_HEADER],
+            cluster=found[CLUSTER],
+            user=found[USER],
             roles=roles,
-            client_addr=found[CLIENT_ADDR_HEADER],
-            cert_expires=expires,
+            client_addr=found[CLIENT_ADDR],
+            cert_expires=parse_expiry(found[CERT_EXPIRES]),
         )

@@ -195,7 +195,10 @@ def test_the_composition_root_is_the_only_room_allowed_both_server_and_agent() -
             "from . import files\nfrom .. import client\n",
             ["2: registry.host imports registry.client"],
         ),
-        ("registry.elsewhere.route", "", ["0: module registry.elsewhere.route belongs to no room"]),
+        ("registry.nowhere.route", "", ["0: module registry.nowhere.route belongs to no room"]),
+        ("registry.frontdoor.serve", "from registry.server import api\nfrom registry.host import h2tunnel\n", []),
+        ("registry.frontdoor.serve", "from registry.client import RegistryClient\n", ["1: registry.frontdoor"]),
+        ("registry.frontdoor.tunnels", "from agent import tunnel\n", ["1: registry.frontdoor imports agent"]),
     ],
 )
 def test_layering_check_finds_each_kind_of_violation(module: str, source: str, expected: list[str]) -> None:

@@ -146,33 +146,36 @@ def headers_with(name: bytes, value: bytes | None, *, extra: list[tuple[bytes, b
 
 
 @pytest.mark.parametrize(
-    ("headers", "message"),
+    ("headers", "named"),
     [
-        (headers_with(b"kubeport-user", None), "missing header kubeport-user"),
-        ([], "missing header kubeport-cluster, kubeport-user"),
-        (headers_with(b"kubeport-user", b"bob", extra=[(b"kubeport-user", b"alice")]), "more than once"),
-        (headers_with(b"kubeport-user", b"bob", extra=[(b"Kubeport-User", b"alice")]), "more than once"),
-        (headers_with(b"kubeport-user", b"alice\r\nx-evil: 1"), "invalid user name"),
-        (headers_with(b"kubeport-user", b""), "invalid user name"),
-        (headers_with(b"kubeport-user", "älice".encode()), "not ASCII"),
-        (headers_with(b"kubeport-cluster", b"a/b"), "invalid cluster name"),
-        (headers_with(b"kubeport-cluster", b"x" * 9000), "longer than"),
-        (headers_with(b"kubeport-roles", b"a,,b"), "invalid role name"),
-        (headers_with(b"kubeport-roles", b"a,a"), "must not repeat"),
-        (headers_with(b"kubeport-roles", b"a, b"), "invalid role name"),
-        (headers_with(b"kubeport-roles", b",".join([b"r%d" % i for i in range(300)])), "at most 256"),
-        (headers_with(b"kubeport-client-addr", b"1.2.3.4:5 x"), "invalid client address"),
-        (headers_with(b"kubeport-cert-expires", b"2031-05-06T07:08:09+00:00"), "not an RFC 3339 UTC time"),
-        (headers_with(b"kubeport-cert-expires", b"2031-05-06"), "not an RFC 3339 UTC time"),
-        (headers_with(b"kubeport-cert-expires", b"2031-13-40T07:08:09Z"), "not a valid time"),
-        (headers_with(b"kubeport-cert-expires", b"tomorrow"), "not an RFC 3339 UTC time"),
+        (headers_with(b"kubeport-user", None), "kubeport-user"),
+        ([], "kubeport-cluster"),
+        (headers_with(b"kubeport-user", b"bob", extra=[(b"kubeport-user", b"alice")]), "kubeport-user"),
+        (headers_with(b"kubeport-user", b"bob", extra=[(b"Kubeport-User", b"alice")]), "kubeport-user"),
+        (headers_with(b"kubeport-user", b"alice\r\nx-evil: 1"), "kubeport-user"),
+        (headers_with(b"kubeport-user", b""), "kubeport-user"),
+        (headers_with(b"kubeport-user", "älice".encode()), "kubeport-user"),
+        (headers_with(b"kubeport-cluster", b"a/b"), "kubeport-cluster"),
+        (headers_with(b"kubeport-cluster", b"x" * 9000), "kubeport-cluster"),
+        (headers_with(b"kubeport-roles", b"a,,b"), "kubeport-roles"),
+        (headers_with(b"kubeport-roles", b"a,a"), "kubeport-roles"),
+        (headers_with(b"kubeport-roles", b"a, b"), "kubeport-roles"),
+        (headers_with(b"kubeport-roles", b",".join([b"r%d" % i for i in range(300)])), "kubeport-roles"),
+        (headers_with(b"kubeport-client-addr", b"1.2.3.4:5 x"), "kubeport-client-addr"),
+        (headers_with(b"kubeport-cert-expires", b"2031-05-06T07:08:09+00:00"), "kubeport-cert-expires"),
+        (headers_with(b"kubeport-cert-expires", b"2031-05-06"), "kubeport-cert-expires"),
+        (headers_with(b"kubeport-cert-expires", b"2031-13-40T07:08:09Z"), "kubeport-cert-expires"),
+        (headers_with(b"kubeport-cert-expires", b"tomorrow"), "kubeport-cert-expires"),
     ],
 )
-def test_hostile_stream_headers_are_refused(headers: list, message: str) -> None:
-    with pytest.raises(BadParameter, match=message):
+def test_hostile_stream_headers_are_refused(headers: list, named: str) -> None:
+    """Every refusal is a BadParameter naming the header at fault (the wording is tunnel_info's own, tested in
+    tests/registry/core/test_tunnel_info.py)."""
+    with pytest.raises(BadParameter) as caught:
         StreamInfo.from_headers(headers)
+    assert named in caught.value.message
 
 
 def test_stream_info_refuses_a_naive_expiry() -> None:
-    with pytest.raises(BadParameter, match="timezone-aware"):
+    with pytest.raises(BadParameter, match="kubeport-cert-expires"):
         info(cert_expires=datetime(2031, 1, 1))

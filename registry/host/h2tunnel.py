@@ -1,0 +1,839 @@
+"""The reverse tunnel's connection driver: many byte streams over one HTTP/2 connection (python-hyper ``h2``).
+
+One :class:`H2Tunnel` drives one connection, on either side: the agent dials out and runs the HTTP/2
+*server* side (``side="server"``), the front door runs the *client* side and opens one extended-CONNECT
+stream (``:method CONNECT``, ``:protocol kubeport-http1``, RFC 8441) per kubectl connection. Each stream is
+a :class:`TunnelStream`, a ``trio.abc.HalfCloseableStream``: END_STREAM is ``send_eof``, RST_STREAM is an
+abort (the peer's next ``receive_some``/``send_all`` raises :class:`StreamReset`, a
+``trio.BrokenResourceError``).
+
+Shape (after hypercorn's h2 driver): ``h2`` is the sans-IO state machine; this module only moves bytes and
+wakes tasks. Invariants:
+
+* **One reader** task feeds every received byte to ``h2`` and never waits for anything but the transport, so
+  control frames (WINDOW_UPDATE, PING, SETTINGS) are always processed, whatever any stream's consumer does.
+* **One writer** task owns ``transport.send_all``; everybody else appends ``h2``'s output to an outbox and
+  wakes it. ``TunnelStream.send_all`` returns once its bytes were handed to the transport (real
+  back-pressure, and coalesced writes when many streams send). The outbox is bounded: a peer that makes
+  us answer frames (PING floods ...) while it does not read is disconnected.
+* **Flow control**: a stream's received data is acknowledged to the peer only as its consumer reads it, so a
+  stream's receive buffer never holds more than its window (``stream_window``). The connection window is at
+  least ``max_concurrent_streams * stream_window`` (checked by :class:`TunnelConfig`), so streams whose
+  consumers stall can never exhaust it: one slow consumer never stalls another stream. Senders wait on
+  events set by WINDOW_UPDATE / SETTINGS, never poll.
+* **Liveness**: a PING every ``ping_interval`` seconds; after ``ping_misses`` unanswered intervals the
+  connection is closed (MockClock-friendly: only ``trio.sleep``).
+* **Drain**: ``drain()`` stops new streams (the server also advertises ``SETTINGS_MAX_CONCURRENT_STREAMS=0``
+  and refuses late arrivals with REFUSED_STREAM), lets existing streams finish, then sends GOAWAY and
+  closes. GOAWAY goes last because ``h2`` (4.x) admits no frame at all after a GOAWAY in either direction;
+  a GOAWAY received therefore ends the connection (its live streams break).
+* **Failures stay inside**: a peer's garbage, protocol violation, oversized header block or dead transport
+  ends this connection only; ``run()`` then raises one :class:`ConnectionProblem` (never an exception
+  group), every stream breaks, and server-side handler tasks are cancelled. A bad stream (a CONNECT without
+  ``:protocol``, trailers) is refused or reset on its own and the connection stays up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+import trio
+
+from registry.core.errors import BadParameter, ConnectionProblem, LimitExceeded
+
+log = logging.getLogger(__name__)
+
+PROTOCOL = b"kubeport-http1"
+"""The ``:protocol`` of every tunnel stream: raw HTTP/1.1 bytes in both directions."""
+ERROR_HEADER = b"kubeport-error"
+"""On a refusal, a short printable-ASCII reason for the front door's logs and errors."""
+
+MAX_WINDOW = 2**31 - 1
+_DEFAULT_WINDOW = 65_535
+_MAX_FRAME_LIMIT = 2**24 - 1
+_SEND_CHUNK = 256 * 1024  # bytes queued per stream before waiting for the writer
+
+Headers = list[tuple[bytes, bytes]]
+Side = Literal["client", "server"]
+StreamHandler = Callable[["TunnelStream"], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class TunnelConfig:
+    """Tunables of one tunnel connection; both sides of a tunnel should use the same values."""
+
+    stream_window: int = 2 * 1024 * 1024
+    connection_window: int = MAX_WINDOW
+    max_concurrent_streams: int = 1000
+    max_frame_size: int = 64 * 1024
+    max_header_list_size: int = 64 * 1024
+    ping_interval: float = 15.0
+    ping_misses: int = 2
+    read_size: int = 256 * 1024
+    close_timeout: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not _DEFAULT_WINDOW <= self.stream_window <= MAX_WINDOW:
+            raise BadParameter(
+                f"tunnel stream_window must be {_DEFAULT_WINDOW}..{MAX_WINDOW}, got {self.stream_window}"
+            )
+        if not _DEFAULT_WINDOW <= self.connection_window <= MAX_WINDOW:
+            raise BadParameter(
+                f"tunnel connection_window must be {_DEFAULT_WINDOW}..{MAX_WINDOW}, got {self.connection_window}"
+            )
+        if self.max_concurrent_streams < 1:
+            raise BadParameter(f"tunnel max_concurrent_streams must be positive, got {self.max_concurrent_streams}")
+        if self.stream_window * self.max_concurrent_streams > self.connection_window:
+            # Otherwise a few stalled consumers could use up the connection window and stall everyone.
+            raise BadParameter(
+                "tunnel connection_window must cover every stream's window: "
+                f"{self.max_concurrent_streams} x {self.stream_window} > {self.connection_window}"
+            )
+        if not 16_384 <= self.max_frame_size <= _MAX_FRAME_LIMIT:
+            raise BadParameter(f"tunnel max_frame_size must be 16384..{_MAX_FRAME_LIMIT}, got {self.max_frame_size}")
+        if self.max_header_list_size < 4096:
+            raise BadParameter(f"tunnel max_header_list_size must be at least 4096, got {self.max_header_list_size}")
+        if self.ping_interval <= 0 or self.ping_misses < 1:
+            raise BadParameter("tunnel ping_interval must be positive and ping_misses at least 1")
+        if self.read_size < 1024 or self.close_timeout <= 0:
+            raise BadParameter("tunnel read_size must be at least 1024 and close_timeout positive")
+
+    @property
+    def max_outbox(self) -> int:
+        """Unsent bytes beyond which the peer counts as not reading (every stream's chunk, plus slack)."""
+        return self.max_concurrent_streams * (_SEND_CHUNK + 1024) + 16 * 1024 * 1024
+
+
+class StreamReset(trio.BrokenResourceError):
+    """The stream was aborted: by the peer (RST_STREAM), or because its connection ended."""
+
+    def __init__(self, message: str, error_code: int = h2.errors.ErrorCodes.CANCEL) -> None:
+        super().__init__(message)
+        self.error_code = error_code
+
+    def fresh(self) -> StreamReset:
+        """A new instance to raise (re-raising one instance from many places would pile up tracebacks)."""
+        return StreamReset(str(self), self.error_code)
+
+
+def _clean_reason(text: str) -> bytes:
+    printable = "".join(c if " " <= c <= "~" else "?" for c in text).strip()
+    return printable[:200].encode("ascii")
+
+
+class TunnelStream(trio.abc.HalfCloseableStream):
+    """One tunnel stream (see the module docstring). ``headers`` are the request headers on the server side
+    and the response headers on the client side."""
+
+    def __init__(self, tunnel: H2Tunnel, stream_id: int, headers: Headers) -> None:
+        self._tunnel = tunnel
+        self.stream_id = stream_id
+        self.headers = headers
+        self.status: int | None = None  # client side: the response status once it arrived
+        self._buffer: deque[bytes] = deque()
+        self._buffered = 0
+        self._recv_eof = False
+        self._sent_eof = False
+        self._error: StreamReset | None = None
+        self._closed = False  # aclose() was called
+        self._on_wire_done = False  # both END_STREAMs exchanged, or reset: h2 forgot this stream
+        self._responded = False  # server side: accept() or refuse() happened
+        self._receiving = False
+        self._sending = False
+        self._recv_lot = trio.lowlevel.ParkingLot()
+        self._send_lot = trio.lowlevel.ParkingLot()
+
+    def __repr__(self) -> str:
+        return f"<TunnelStream {self.stream_id} on {self._tunnel.side} tunnel>"
+
+    # -- server side: answer the CONNECT -------------------------------------------------------------------
+
+    async def accept(self) -> None:
+        """Answer the CONNECT with ``:status 200``: from now on bytes flow both ways."""
+        self._tunnel._respond(self, 200, None)
+        await trio.lowlevel.checkpoint()
+
+    async def refuse(self, status: int, reason: str) -> None:
+        """Answer the CONNECT with ``status`` (4xx/5xx) and end the stream; ``reason`` travels in a header."""
+        self._tunnel._respond(self, status, reason)
+        await trio.lowlevel.checkpoint()
+
+    # -- receiving ------------------------------------------------------------------------------------------
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if max_bytes is not None and max_bytes < 1:
+            raise ValueError("max_bytes must be positive")
+        if self._receiving:
+            raise trio.BusyResourceError("another task is already receiving on this tunnel stream")
+        self._receiving = True
+        try:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            while True:
+                if self._closed:
+                    raise trio.ClosedResourceError("this tunnel stream was closed")
+                if self._error is not None and not self._recv_eof:
+                    raise self._error.fresh()  # an abort: unread bytes are gone, like after a TCP RST
+                if self._buffer:
+                    chunk = self._buffer.popleft()
+                    if max_bytes is not None and len(chunk) > max_bytes:
+                        self._buffer.appendleft(chunk[max_bytes:])
+                        chunk = chunk[:max_bytes]
+                    self._buffered -= len(chunk)
+                    self._tunnel._consumed(self, len(chunk))
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                    return chunk
+                if self._recv_eof:
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                    return b""
+                await self._recv_lot.park()
+        finally:
+            self._receiving = False
+
+    # -- sending --------------------------------------------------------------------------------------------
+
+    def _check_can_send(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("this tunnel stream was closed")
+        if self._error is not None:
+            raise self._error.fresh()
+        if self._sent_eof:
+            raise trio.ClosedResourceError("send_eof() was called on this tunnel stream")
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self._sending:
+            raise trio.BusyResourceError("another task is already sending on this tunnel stream")
+        self._sending = True
+        try:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            view = memoryview(data).cast("B")
+            self._check_can_send()
+            position = 0
+            while position < len(view):
+                self._check_can_send()
+                window = self._tunnel._send_window(self)
+                if window <= 0:
+                    await self._send_lot.park()
+                    continue
+                size = min(window, len(view) - position, _SEND_CHUNK)
+                self._tunnel._send_data(self, view[position : position + size])
+                position += size
+                await self._tunnel._wait_flushed()
+            if not view:
+                await trio.lowlevel.checkpoint()
+        finally:
+            self._sending = False
+
+    async def wait_send_all_might_not_block(self) -> None:
+        if self._sending:
+            raise trio.BusyResourceError("another task is already sending on this tunnel stream")
+        while not (self._closed or self._error or self._sent_eof) and self._tunnel._send_window(self) <= 0:
+            await self._send_lot.park()
+        await trio.lowlevel.checkpoint()
+
+    async def send_eof(self) -> None:
+        if self._sending:
+            raise trio.BusyResourceError("another task is already sending on this tunnel stream")
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self._closed:
+            raise trio.ClosedResourceError("this tunnel stream was closed")
+        if not self._sent_eof:
+            if self._error is not None:
+                raise self._error.fresh()
+            self._tunnel._end_stream(self)
+        await trio.lowlevel.cancel_shielded_checkpoint()
+
+    async def aclose(self) -> None:
+        """Close both directions: END_STREAM when everything the peer sent was received (like a TCP FIN),
+        RST_STREAM(CANCEL) otherwise (like a TCP RST)."""
+        if not self._closed:
+            self._closed = True
+            self._tunnel._close_stream(self)
+            self._recv_lot.unpark_all()
+            self._send_lot.unpark_all()
+        await trio.lowlevel.checkpoint()
+
+    # -- driven by the tunnel ---------------------------------------------------------------------------------
+
+    def _break(self, error: StreamReset) -> None:
+        if self._error is None:
+            self._error = error
+        self._recv_lot.unpark_all()
+        self._send_lot.unpark_all()
+
+    @property
+    def buffered(self) -> int:
+        """Received bytes waiting for the consumer (never more than the stream window)."""
+        return self._buffered
+
+
+class H2Tunnel:
+    """One tunnel connection over ``transport`` (already connected; TLS or any byte stream). Call
+    :meth:`run` in a task; the client side then opens streams with :meth:`open_stream`, the server side
+    gets each accepted-for-dispatch stream in ``handler`` (see :meth:`run`)."""
+
+    def __init__(self, transport: trio.abc.Stream, *, side: Side, config: TunnelConfig | None = None) -> None:
+        if side not in ("client", "server"):
+            raise BadParameter(f"tunnel side must be client or server, got {side!r}")
+        self.side: Side = side
+        self.config = config or TunnelConfig()
+        self._transport = transport
+        self._conn = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=side == "client", header_encoding=None)
+        )
+        self._streams: dict[int, TunnelStream] = {}
+        self._handler: StreamHandler | None = None
+        self._handlers = 0
+        self._nursery: trio.Nursery | None = None
+        self._outbox = bytearray()
+        self._queued_seq = 0
+        self._sent_seq = 0
+        self._writer_lot = trio.lowlevel.ParkingLot()
+        self._flushed_lot = trio.lowlevel.ParkingLot()
+        self._idle_lot = trio.lowlevel.ParkingLot()
+        self._ready = trio.Event()  # the peer's first SETTINGS arrived
+        self._finished = trio.Event()
+        self._dead = False
+        self._draining = False
+        self._peer_draining = False
+        self._failure: ConnectionProblem | None = None
+        self._ping_outstanding = False
+        self._ping_missed = 0
+        self._ping_counter = 0
+        self._stats = {
+            "streams_opened_total": 0,
+            "streams_refused_total": 0,
+            "streams_reset_total": 0,
+            "bytes_in_total": 0,
+            "bytes_out_total": 0,
+            "pings_sent_total": 0,
+            "peak_stream_buffered": 0,
+        }
+
+    # -- public ----------------------------------------------------------------------------------------------
+
+    @property
+    def live(self) -> bool:
+        """Ready for new streams: the peer's SETTINGS arrived and nobody is draining or dead."""
+        return self._ready.is_set() and not (self._dead or self._draining or self._peer_draining)
+
+    @property
+    def closed(self) -> bool:
+        return self._dead
+
+    def statistics(self) -> dict[str, int]:
+        return {
+            **self._stats,
+            "open_streams": len(self._streams),
+            "handlers": self._handlers,
+            "buffered": sum(stream.buffered for stream in self._streams.values()),
+            "outbox": len(self._outbox),
+            "live": int(self.live),
+            "draining": int(self._draining or self._peer_draining),
+        }
+
+    async def wait_ready(self) -> None:
+        """Wait until the peer's SETTINGS arrived (or the connection ended: check :attr:`live`)."""
+        await self._ready.wait()
+
+    async def wait_closed(self) -> None:
+        await self._finished.wait()
+
+    async def run(
+        self, handler: StreamHandler | None = None, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Drive the connection until it ends. Returns after a graceful end (GOAWAY without error, or our
+        own drain); raises :class:`ConnectionProblem` when the transport breaks, the peer violates HTTP/2,
+        or PINGs go unanswered. Server side: ``handler(stream)`` runs in a task per valid CONNECT stream;
+        it must ``accept()`` or ``refuse()`` it; exceptions it raises are logged and end only its stream.
+        The transport is closed on return."""
+        if (handler is None) != (self.side == "client"):
+            raise BadParameter("the server side of a tunnel needs a stream handler; the client side takes none")
+        self._handler = handler
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self._start()
+                nursery.start_soon(self._write_loop)
+                nursery.start_soon(self._read_loop)
+                nursery.start_soon(self._ping_loop)
+                task_status.started()
+        finally:
+            self._shutdown(None)
+            self._finished.set()
+            if self._failure is None:
+                with trio.move_on_after(self.config.close_timeout):
+                    await self._transport.aclose()
+            await trio.aclose_forcefully(self._transport)
+        if self._failure is not None:
+            raise self._failure
+
+    async def drain(self) -> None:
+        """Refuse new streams, let the existing ones finish, then GOAWAY and close; returns once closed."""
+        self.start_drain()
+        await self._finished.wait()
+
+    def start_drain(self) -> None:
+        """:meth:`drain` without waiting."""
+        if self._dead or self._draining:
+            return
+        self._draining = True
+        if self.side == "server":
+            self._h2_call(self._conn.update_settings, {h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 0})
+        if self._nursery is not None:
+            self._nursery.start_soon(self._drain_when_idle)
+
+    def abort(self, reason: str) -> None:
+        """End the connection now: every stream breaks, :meth:`run` raises ConnectionProblem(reason)."""
+        self._fail(ConnectionProblem(reason))
+
+    async def open_stream(self, headers: Sequence[tuple[bytes, bytes]], *, authority: str) -> TunnelStream:
+        """Client side: open an extended-CONNECT stream carrying ``headers``; returns once the server
+        accepted it. Raises ConnectionProblem when the connection is not live or the server refused or reset
+        the stream, LimitExceeded at the peer's stream limit. Time limits are the caller's (``fail_after``)."""
+        if self.side != "client":
+            raise BadParameter("only the client side of a tunnel opens streams")
+        await self._ready.wait()
+        if not self.live:
+            raise ConnectionProblem(f"tunnel is {'closed' if self._dead else 'draining'}: no new streams")
+        if not self._conn.remote_settings.enable_connect_protocol:
+            raise ConnectionProblem("tunnel peer does not accept extended CONNECT (SETTINGS_ENABLE_CONNECT_PROTOCOL)")
+        request = [
+            (b":method", b"CONNECT"),
+            (b":protocol", PROTOCOL),
+            (b":scheme", b"https"),
+            (b":path", b"/"),
+            (b":authority", authority.encode("ascii", "replace")),
+            *headers,
+        ]
+        try:
+            stream_id = self._conn.get_next_available_stream_id()
+            self._conn.send_headers(stream_id, request)
+        except h2.exceptions.TooManyStreamsError:
+            raise LimitExceeded(
+                f"tunnel peer allows {self._conn.remote_settings.max_concurrent_streams} concurrent streams"
+                " and all are in use"
+            ) from None
+        except h2.exceptions.NoAvailableStreamIDError:
+            self.start_drain()
+            raise ConnectionProblem("tunnel connection used up its stream ids; it drains now") from None
+        except h2.exceptions.ProtocolError as exc:
+            raise ConnectionProblem(f"tunnel stream headers refused by h2: {exc}") from None
+        stream = TunnelStream(self, stream_id, [])
+        self._streams[stream_id] = stream
+        self._stats["streams_opened_total"] += 1
+        self._pull()
+        try:
+            while stream.status is None:
+                if stream._error is not None:
+                    raise ConnectionProblem(f"tunnel stream was not opened: {stream._error}")
+                await stream._recv_lot.park()
+        except BaseException:
+            await stream.aclose()
+            raise
+        if stream.status != 200:
+            reason = dict(stream.headers).get(ERROR_HEADER, b"").decode("ascii", "replace")
+            await stream.aclose()
+            raise ConnectionProblem(f"tunnel peer refused the stream: HTTP {stream.status}: {reason or 'no reason'}")
+        return stream
+
+    # -- h2 plumbing -------------------------------------------------------------------------------------------
+
+    def _start(self) -> None:
+        config = self.config
+        self._conn.local_settings = h2.settings.Settings(
+            client=self.side == "client",
+            initial_values={
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: config.max_concurrent_streams,
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: config.stream_window,
+                h2.settings.SettingCodes.MAX_FRAME_SIZE: config.max_frame_size,
+                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: config.max_header_list_size,
+                h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL: 1 if self.side == "server" else 0,
+            },
+        )
+        # Settings given as initial values are in force at once (the peer learns them from our first
+        # SETTINGS frame); h2 copied the defaults of these two into plain attributes at construction.
+        self._conn.max_inbound_frame_size = config.max_frame_size
+        self._conn.decoder.max_header_list_size = config.max_header_list_size
+        self._conn.initiate_connection()
+        self._conn.increment_flow_control_window(config.connection_window - _DEFAULT_WINDOW)
+        self._pull()
+
+    def _pull(self) -> None:
+        """Move whatever h2 wants to send into the outbox and wake the writer."""
+        data = self._conn.data_to_send()
+        if data:
+            self._outbox += data
+            self._queued_seq += 1
+            self._writer_lot.unpark_all()
+
+    def _h2_call(self, method: Callable[..., object], *args: object) -> bool:
+        """Call an h2 method that changes stream state; False (nothing sent) when h2 says the stream or the
+        connection is already gone, which races with the peer make normal."""
+        if self._dead:
+            return False
+        try:
+            method(*args)
+        except (h2.exceptions.StreamClosedError, h2.exceptions.NoSuchStreamError):
+            return False
+        except h2.exceptions.ProtocolError as exc:
+            log.debug("tunnel: h2 refused %s: %s", getattr(method, "__name__", method), exc)
+            return False
+        self._pull()
+        return True
+
+    async def _wait_flushed(self) -> None:
+        target = self._queued_seq
+        while self._sent_seq < target:
+            if self._dead:
+                raise StreamReset("tunnel connection ended before the data was sent")
+            await self._flushed_lot.park()
+
+    def _send_window(self, stream: TunnelStream) -> int:
+        if self._dead or stream._on_wire_done:
+            return 0
+        try:
+            return self._conn.local_flow_control_window(stream.stream_id)
+        except h2.exceptions.ProtocolError:
+            return 0
+
+    def _send_data(self, stream: TunnelStream, data: memoryview) -> None:
+        frame = self._conn.max_outbound_frame_size
+        for start in range(0, len(data), frame):
+            chunk = data[start : start + frame]
+            if not self._h2_call(self._conn.send_data, stream.stream_id, chunk):
+                raise stream._error.fresh() if stream._error else StreamReset("tunnel stream was reset")
+            self._stats["bytes_out_total"] += len(chunk)
+
+    def _end_stream(self, stream: TunnelStream) -> None:
+        stream._sent_eof = True
+        self._h2_call(self._conn.end_stream, stream.stream_id)
+        self._maybe_forget(stream)
+
+    def _respond(self, stream: TunnelStream, status: int, reason: str | None) -> None:
+        if self.side != "server" or stream._responded:
+            raise BadParameter("only a server-side stream is answered, and only once")
+        stream._responded = True
+        headers = [(b":status", str(status).encode())]
+        if reason is not None:
+            headers.append((ERROR_HEADER, _clean_reason(reason)))
+        if status == 200:
+            self._h2_call(self._conn.send_headers, stream.stream_id, headers)
+            return
+        self._stats["streams_refused_total"] += 1
+        stream._sent_eof = True
+        self._h2_call(self._conn.send_headers, stream.stream_id, headers, True)
+        # Tell the client to stop sending on it too (RFC 9113 §8.1: a complete response, then NO_ERROR).
+        self._h2_call(self._conn.reset_stream, stream.stream_id, h2.errors.ErrorCodes.NO_ERROR)
+        stream._break(StreamReset("tunnel stream was refused", h2.errors.ErrorCodes.NO_ERROR))
+        self._forget(stream)
+
+    def _consumed(self, stream: TunnelStream, size: int) -> None:
+        # Hand the window back only now that the consumer took the bytes: that is the flow control.
+        if size and not self._dead:
+            self._h2_call(self._conn.acknowledge_received_data, size, stream.stream_id)
+
+    def _discard_unread(self, stream: TunnelStream) -> None:
+        # Nobody will read these bytes: hand their window back so the connection window never leaks.
+        if stream._buffered:
+            self._consumed(stream, stream._buffered)
+        stream._buffer.clear()
+        stream._buffered = 0
+
+    def _close_stream(self, stream: TunnelStream) -> None:
+        self._discard_unread(stream)
+        if not stream._on_wire_done and not self._dead:
+            if stream._recv_eof and stream._error is None:
+                if not stream._sent_eof:
+                    stream._sent_eof = True
+                    self._h2_call(self._conn.end_stream, stream.stream_id)
+            else:
+                self._stats["streams_reset_total"] += 1
+                self._h2_call(self._conn.reset_stream, stream.stream_id, h2.errors.ErrorCodes.CANCEL)
+        self._forget(stream)
+
+    def _maybe_forget(self, stream: TunnelStream) -> None:
+        if stream._sent_eof and stream._recv_eof:
+            self._forget(stream)
+
+    def _forget(self, stream: TunnelStream) -> None:
+        stream._on_wire_done = True
+        if self._streams.pop(stream.stream_id, None) is not None:
+            self._idle_lot.unpark_all()
+
+    # -- tasks -----------------------------------------------------------------------------------------------
+
+    async def _write_loop(self) -> None:
+        while True:
+            while not self._outbox:
+                await self._writer_lot.park()
+            data, self._outbox = self._outbox, bytearray()
+            seq = self._queued_seq
+            try:
+                await self._transport.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                self._fail(ConnectionProblem(f"tunnel connection broke while sending: {_describe(exc)}"))
+                return
+            self._sent_seq = seq
+            self._flushed_lot.unpark_all()
+
+    async def _read_loop(self) -> None:
+        while True:
+            try:
+                data = await self._transport.receive_some(self.config.read_size)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                self._fail(ConnectionProblem(f"tunnel connection broke: {_describe(exc)}"))
+                return
+            if not data:
+                self._fail(ConnectionProblem("tunnel peer closed the connection without GOAWAY"))
+                return
+            self._stats["bytes_in_total"] += len(data)
+            try:
+                events = self._conn.receive_data(data)
+            except h2.exceptions.H2Error as exc:
+                code = getattr(exc, "error_code", h2.errors.ErrorCodes.PROTOCOL_ERROR)
+                with contextlib.suppress(h2.exceptions.H2Error):
+                    self._conn.close_connection(error_code=code, additional_data=_clean_reason(str(exc)))
+                self._pull()
+                await self._flush_briefly()
+                self._fail(ConnectionProblem(f"tunnel peer broke HTTP/2: {type(exc).__name__}: {exc}"))
+                return
+            for event in events:
+                self._dispatch(event)
+                if self._dead:
+                    return
+            self._pull()
+            if len(self._outbox) > self.config.max_outbox:
+                self._fail(ConnectionProblem(f"tunnel peer does not read: {len(self._outbox)} bytes unsent"))
+                return
+
+    async def _ping_loop(self) -> None:
+        config = self.config
+        while True:
+            await trio.sleep(config.ping_interval)
+            if self._ping_outstanding:
+                self._ping_missed += 1
+                if self._ping_missed >= config.ping_misses:
+                    waited = config.ping_interval * config.ping_misses
+                    self._fail(ConnectionProblem(f"tunnel peer answered no PING for {waited:g} s"))
+                    return
+            self._ping_counter += 1
+            self._ping_outstanding = True
+            self._stats["pings_sent_total"] += 1
+            self._h2_call(self._conn.ping, self._ping_counter.to_bytes(8, "big"))
+
+    async def _drain_when_idle(self) -> None:
+        while self._streams or self._handlers:
+            await self._idle_lot.park()
+        with contextlib.suppress(h2.exceptions.H2Error):
+            self._conn.close_connection(last_stream_id=self._conn.highest_inbound_stream_id)
+        self._pull()
+        await self._flush_briefly()
+        self._dead = True
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    async def _flush_briefly(self) -> None:
+        """Give the writer a moment to send a last frame (GOAWAY) before the connection is torn down."""
+        with trio.move_on_after(self.config.close_timeout):
+            target = self._queued_seq
+            while self._sent_seq < target and not self._dead:
+                await self._flushed_lot.park()
+
+    async def _run_handler(self, stream: TunnelStream) -> None:
+        assert self._handler is not None
+        try:
+            await self._handler(stream)
+        except trio.BrokenResourceError as exc:  # the stream was reset or the connection ended: expected
+            log.debug("tunnel stream %d: handler ended: %s", stream.stream_id, exc)
+        except Exception:
+            log.exception("tunnel stream %d: handler failed", stream.stream_id)
+        finally:
+            if not stream._responded:
+                self._respond(stream, 500, "the agent did not answer the stream")
+            self._handlers -= 1
+            stream._closed = True
+            self._close_stream(stream)
+            self._idle_lot.unpark_all()
+
+    # -- events ------------------------------------------------------------------------------------------------
+
+    def _dispatch(self, event: h2.events.Event) -> None:
+        if isinstance(event, h2.events.DataReceived):
+            self._on_data(event)
+        elif isinstance(event, h2.events.RequestReceived):
+            self._on_request(event)
+        elif isinstance(event, h2.events.ResponseReceived):
+            stream = self._stream(event.stream_id)
+            if stream is not None:
+                stream.headers = _headers(event.headers)
+                stream.status = _status(stream.headers)
+                stream._recv_lot.unpark_all()
+        elif isinstance(event, h2.events.StreamEnded):
+            stream = self._stream(event.stream_id)
+            if stream is not None:
+                stream._recv_eof = True
+                stream._recv_lot.unpark_all()
+                self._maybe_forget(stream)
+        elif isinstance(event, h2.events.StreamReset):
+            stream = self._stream(event.stream_id)
+            if stream is not None:
+                code = int(event.error_code) if event.error_code is not None else 0
+                stream._break(StreamReset(f"tunnel stream was reset by the peer ({_code_name(code)})", code))
+                if not stream._recv_eof:
+                    self._discard_unread(stream)
+                self._forget(stream)
+        elif isinstance(event, h2.events.WindowUpdated):
+            if event.stream_id:
+                stream = self._stream(event.stream_id)
+                if stream is not None:
+                    stream._send_lot.unpark_all()
+            else:
+                self._wake_senders()
+        elif isinstance(event, h2.events.RemoteSettingsChanged):
+            self._on_settings(event)
+        elif isinstance(event, h2.events.PingAckReceived):
+            self._ping_outstanding = False
+            self._ping_missed = 0
+        elif isinstance(event, h2.events.ConnectionTerminated):
+            code = int(event.error_code) if event.error_code is not None else 0
+            if code == h2.errors.ErrorCodes.NO_ERROR:
+                self._dead = True  # graceful: run() returns normally
+                self._shutdown(StreamReset("tunnel peer closed the connection (GOAWAY)"))
+                if self._nursery is not None:
+                    self._nursery.cancel_scope.cancel()
+            else:
+                detail = (event.additional_data or b"").decode("ascii", "replace")
+                self._fail(ConnectionProblem(f"tunnel peer ended the connection: {_code_name(code)} {detail}".strip()))
+        elif isinstance(event, h2.events.TrailersReceived):  # not part of the tunnel protocol
+            stream = self._stream(event.stream_id)
+            if stream is not None:
+                stream._break(StreamReset("tunnel peer sent trailers", h2.errors.ErrorCodes.PROTOCOL_ERROR))
+                self._h2_call(self._conn.reset_stream, event.stream_id, h2.errors.ErrorCodes.PROTOCOL_ERROR)
+                self._discard_unread(stream)
+                self._forget(stream)
+
+    def _stream(self, stream_id: int | None) -> TunnelStream | None:
+        return self._streams.get(stream_id) if stream_id is not None else None
+
+    def _on_data(self, event: h2.events.DataReceived) -> None:
+        stream_id = event.stream_id
+        data = event.data or b""
+        flow = event.flow_controlled_length or 0
+        stream = self._stream(stream_id)
+        if stream is None or stream._closed or stream._error is not None or stream_id is None:
+            # Nobody will read it: give the window straight back.
+            if flow and stream_id is not None:
+                self._h2_call(self._conn.acknowledge_received_data, flow, stream_id)
+            return
+        if flow > len(data):  # padding is never read by anyone
+            self._h2_call(self._conn.acknowledge_received_data, flow - len(data), stream_id)
+        if data:
+            stream._buffer.append(data)
+            stream._buffered += len(data)
+            self._stats["peak_stream_buffered"] = max(self._stats["peak_stream_buffered"], stream._buffered)
+            stream._recv_lot.unpark_all()
+
+    def _on_request(self, event: h2.events.RequestReceived) -> None:
+        stream_id = event.stream_id
+        if stream_id is None:
+            return
+        headers = _headers(event.headers)
+        if self._draining or self._dead or self._nursery is None:
+            self._stats["streams_refused_total"] += 1
+            self._h2_call(self._conn.reset_stream, stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+            return
+        stream = TunnelStream(self, stream_id, headers)
+        self._streams[stream_id] = stream
+        self._stats["streams_opened_total"] += 1
+        pseudo = {name: value for name, value in headers if name.startswith(b":")}
+        method, protocol = pseudo.get(b":method"), pseudo.get(b":protocol")
+        if method != b"CONNECT" or protocol != PROTOCOL:
+            got = f"{(method or b'').decode('ascii', 'replace')} {(protocol or b'-').decode('ascii', 'replace')}"
+            self._respond(stream, 400, f"a tunnel stream is CONNECT with :protocol kubeport-http1, got {got}")
+            return
+        self._handlers += 1
+        self._nursery.start_soon(self._run_handler, stream)
+
+    def _on_settings(self, event: h2.events.RemoteSettingsChanged) -> None:
+        changed = event.changed_settings
+        if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in changed:
+            self._wake_senders()
+        limit = changed.get(h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS)
+        if limit is not None:
+            self._peer_draining = limit.new_value == 0
+        self._ready.set()
+
+    def _wake_senders(self) -> None:
+        for stream in self._streams.values():
+            stream._send_lot.unpark_all()
+
+    # -- ending ------------------------------------------------------------------------------------------------
+
+    def _fail(self, problem: ConnectionProblem) -> None:
+        if not self._dead and self._failure is None:
+            self._failure = problem
+            log.debug("tunnel (%s side): %s", self.side, problem.message)
+        self._dead = True
+        self._shutdown(StreamReset(f"tunnel connection ended: {problem.message}"))
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    def _shutdown(self, error: StreamReset | None) -> None:
+        self._dead = True
+        error = error or StreamReset("tunnel connection ended")
+        for stream in list(self._streams.values()):
+            stream._break(error)
+            stream._on_wire_done = True
+            if not stream._recv_eof:
+                stream._buffer.clear()
+                stream._buffered = 0
+        self._streams.clear()
+        self._ready.set()
+        self._writer_lot.unpark_all()
+        self._flushed_lot.unpark_all()
+        self._idle_lot.unpark_all()
+
+
+def _headers(raw: Sequence[tuple[bytes | str, bytes | str]] | None) -> Headers:
+    out: Headers = []
+    for name, value in raw or ():
+        out.append(
+            (
+                name if isinstance(name, bytes) else name.encode("latin-1"),
+                value if isinstance(value, bytes) else value.encode("latin-1"),
+            )
+        )
+    return out
+
+
+def _status(headers: Headers) -> int:
+    for name, value in headers:
+        if name == b":status" and value.isdigit():
+            return int(value)
+    return 0
+
+
+def _code_name(code: int) -> str:
+    try:
+        return h2.errors.ErrorCodes(code).name
+    except ValueError:
+        return f"error code {code}"
+
+
+def _describe(exc: BaseException) -> str:
+    cause = exc.__cause__ or exc.__context__
+    text = str(exc) or type(exc).__name__
+    if cause is not None and str(cause):
+        text += f" ({cause})"
+    return text
