@@ -1,6 +1,7 @@
 """kubeport: the daemons and the user side.
 
-    kubeport start [--data-dir DIR] [--listen HOST:PORT]      all-in-one: registry + a local agent (the main job)
+    kubeport start [--data-dir DIR] [--listen HOST:PORT]      all-in-one: registry + front door + a local agent
+                   [--kube-listen HOST:PORT] [--kube-public-addr HOST:PORT]
     kubeport registry start [--data-dir DIR] [--listen ...]   the registry alone
     kubeport configure --registry=HOST:PORT --token=T -o FILE write an agent configuration
     kubeport agent start -c FILE                              run an agent
@@ -14,6 +15,7 @@ agent (DESIGN.md, dependency direction).
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +32,7 @@ from registry.cli import kube_cmd, render
 from registry.client import RegistryClient
 from registry.core.errors import BadParameter
 from registry.core.netaddr import parse_hostport
+from registry.frontdoor.run import DEFAULT_KUBE_LISTEN, run_frontdoor
 from registry.host.cmdline import (
     StopSignals,
     add_connection_flags,
@@ -40,11 +43,16 @@ from registry.host.cmdline import (
     set_command,
 )
 from registry.host.paths import default_data_dir
-from registry.server.serve import DEFAULT_LISTEN, DEFAULT_PORT, RegistryInfo, serve_registry
+from registry.server.serve import DEFAULT_LISTEN, DEFAULT_PORT, Companion, RegistryInfo, serve_registry
 
 
 def _data_dir(args: argparse.Namespace) -> Path:
     return Path(args.data_dir).expanduser() if args.data_dir else default_data_dir()
+
+
+def _frontdoor(args: argparse.Namespace) -> Companion:
+    """The Kubernetes front door, run by the registry process beside its API."""
+    return functools.partial(run_frontdoor, listen=args.kube_listen, public_addr=args.kube_public_addr)
 
 
 def _print_registry_banner(info: RegistryInfo, *, all_in_one: bool) -> None:
@@ -53,6 +61,8 @@ def _print_registry_banner(info: RegistryInfo, *, all_in_one: bool) -> None:
     print(f"  data dir:        {info.data_dir}")
     print(f"  admin identity:  {info.admin_identity}  (kpctl on this host uses it automatically)")
     print(f"  CA pin:          {info.ca_pin}")
+    if info.kube_address:
+        print(f"  kube front door: {info.kube_address}  (kubectl reaches every cluster here)")
     print()
     print("Try, in another terminal:")
     print("  kpctl status")
@@ -61,6 +71,12 @@ def _print_registry_banner(info: RegistryInfo, *, all_in_one: bool) -> None:
     if all_in_one:
         print("  kubeport kube ls                        # what the local agent serves")
     print("  kpctl tokens add --type=kube --ttl=1h    # to join agents on other hosts")
+    print()
+    print("kubectl through kubeport (seed 003's kube-access role, see README: access):")
+    print("  kpctl create -f kube-access.yaml")
+    print("  kpctl users add alice --roles=kube-access")
+    print("  kpctl auth sign --user=alice --format=kubernetes --out=kubeconfig --ttl=25h")
+    print("  kubectl --kubeconfig kubeconfig get pods")
     print()
     print("Press Ctrl-C to stop.", flush=True)
 
@@ -74,6 +90,7 @@ async def cmd_registry_start(args: argparse.Namespace) -> int:
                 data_dir=_data_dir(args),
                 listen=args.listen,
                 public_addrs=tuple(args.public_addr or ()),
+                companions=[_frontdoor(args)],
                 task_status=task_status,
             )
         )
@@ -109,7 +126,9 @@ async def cmd_start(args: argparse.Namespace) -> int:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(stop.watch, agent_scope)
         info: RegistryInfo = await nursery.start(
-            lambda task_status: serve_registry(data_dir=_data_dir(args), listen=args.listen, task_status=task_status)
+            lambda task_status: serve_registry(
+                data_dir=_data_dir(args), listen=args.listen, companions=[_frontdoor(args)], task_status=task_status
+            )
         )
         with agent_scope:
             config = await local_agent_config(info, args.allow_label_command or ())
@@ -175,6 +194,19 @@ def build_parser() -> argparse.ArgumentParser:
             p, "where state lives (default: $KUBEPORT_DATA_DIR, /var/lib/kubeport as root, ~/.kubeport otherwise)"
         )
         p.add_argument("--listen", metavar="HOST:PORT", default=DEFAULT_LISTEN, help=LISTEN_HELP)
+        p.add_argument(
+            "--kube-listen",
+            metavar="HOST:PORT",
+            default=DEFAULT_KUBE_LISTEN,
+            help=f"the Kubernetes front door kubectl and agents' tunnels connect to (default {DEFAULT_KUBE_LISTEN})",
+        )
+        p.add_argument(
+            "--kube-public-addr",
+            metavar="HOST:PORT",
+            type=_public_addr,
+            help="the front door address kubeconfigs and agents use (a load balancer, a DNS name); default: the "
+            "--kube-listen address (this host's name when that is a wildcard)",
+        )
         add_debug_flag(p)
 
     p = sub.add_parser(

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -79,6 +79,13 @@ class RegistryInfo:
     admin_identity: Path
     ca_pin: str
     cluster_name: str
+    kube_address: str = ""  # where kubectl reaches the front door ("" without one)
+
+
+# A service run inside the registry process beside the API (the Kubernetes front door): started once the API
+# listens and before the registry reports itself started, with the service and the cluster CA. The registry
+# server never imports what runs here; the composition root passes it in.
+Companion = Callable[[Registry, CertAuthority, "trio.TaskStatus[None]"], Awaitable[None]]
 
 
 def _earlier_cluster_files(data_dir: Path | None) -> list[str]:
@@ -164,6 +171,7 @@ async def serve_registry(
     rate_limits: Mapping[str, Rate] | None = None,
     max_audit_events: int = MAX_AUDIT_EVENTS,
     audit_window: float = AUDIT_WINDOW,
+    companions: Sequence[Companion] = (),
     task_status: trio.TaskStatus[RegistryInfo] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the registry until cancelled; ``task_status`` gets where it listens and the admin identity.
@@ -171,7 +179,8 @@ async def serve_registry(
     ``http_limits`` sets the connection deadlines and budgets (default :data:`REGISTRY_HTTP_LIMITS`),
     ``rate_limits`` the per-source limits of requests without a certificate (default
     ``registry.server.api.DEFAULT_RATE_LIMITS``), ``max_audit_events`` and ``audit_window`` the audit log's
-    cap and the window over which repeated failures share one row.
+    cap and the window over which repeated failures share one row. ``companions`` run beside the API in
+    the same nursery (the composition root passes the Kubernetes front door).
     """
     host, port = parse_hostport(listen, default_port=DEFAULT_PORT, what="--listen")
     data_dir = ensure_private_dir(data_dir)
@@ -215,6 +224,8 @@ async def serve_registry(
             nursery.start_soon(lambda: serve_expiry(store, interval=expiry_interval))
             await nursery.start(serve_audit_flush, registry)
             nursery.start_soon(_renew_admin_identity, identity_path, ca, address)
+            for companion in companions:
+                await nursery.start(companion, registry, ca)
             log.info("registry %r listening on %s", ca.cluster_name, address)
             task_status.started(
                 RegistryInfo(
@@ -223,6 +234,7 @@ async def serve_registry(
                     admin_identity=identity_path,
                     ca_pin=ca.pin,
                     cluster_name=ca.cluster_name,
+                    kube_address=registry.kube_public_addr,
                 )
             )
     finally:

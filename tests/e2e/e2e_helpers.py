@@ -46,6 +46,8 @@ from registry.core.errors import KubeportError
 from registry.host.paths import ADMIN_IDENTITY
 from tests.helpers import cluster_doc  # noqa: F401  (re-exported: the e2e tests import it from here)
 
+# Every registry a test starts puts its front door on a free port (the default, 3026, may be taken).
+KUBE_LISTEN = ("--kube-listen", "127.0.0.1:0")
 REPO = Path(__file__).resolve().parents[2]
 KUBEPORT = "registry.cli.kubeport_main"
 KPCTL = "registry.cli.kpctl"
@@ -312,7 +314,7 @@ class Harness:
         data_dir = data_dir or self.tmp / "registry-data"
         port = port or free_port()
         child = await self.spawn(
-            name, "registry", "start", "--data-dir", str(data_dir), "--listen", f"127.0.0.1:{port}"
+            name, "registry", "start", "--data-dir", str(data_dir), "--listen", f"127.0.0.1:{port}", *KUBE_LISTEN
         )
         child.server = True
         identity = data_dir / ADMIN_IDENTITY

@@ -12,7 +12,7 @@ import trio
 from registry.client import RegistryClient
 from registry.host.paths import ADMIN_IDENTITY, STORE_FILE
 from registry.store import SQLiteStore
-from tests.e2e.e2e_helpers import Harness, free_port, gather, parse_table
+from tests.e2e.e2e_helpers import KUBE_LISTEN, Harness, free_port, gather, parse_table
 from tests.fakes.kube_api import FakeKube
 from tests.helpers import kpctl, seed_kube_cluster_yaml
 
@@ -25,7 +25,9 @@ async def test_kubeport_start_serves_new_clusters_and_stops_cleanly_on_sigint(
     data_dir = tmp_path / "all-in-one"
     port = free_port()
     async with Harness(tmp_path) as h:
-        child = await h.spawn("kubeport-start", "start", "--data-dir", str(data_dir), "--listen", f"127.0.0.1:{port}")
+        child = await h.spawn(
+            "kubeport-start", "start", "--data-dir", str(data_dir), "--listen", f"127.0.0.1:{port}", *KUBE_LISTEN
+        )
         printed = await h.wait_output(child, r"admin identity:\s+(\S+)")
         assert Path(printed.group(1)) == data_dir / ADMIN_IDENTITY
         assert f"running on 127.0.0.1:{port}" in child.stdout()

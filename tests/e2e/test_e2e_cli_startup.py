@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from tests.e2e.e2e_helpers import READY_TIMEOUT, Child, Harness, free_port, write_agent_config
+from tests.e2e.e2e_helpers import KUBE_LISTEN, READY_TIMEOUT, Child, Harness, free_port, write_agent_config
 
 pytestmark = pytest.mark.slow
 
@@ -52,7 +52,7 @@ async def test_port_in_use_is_one_error_line(tmp_path: Path, command: list[str],
     async with Harness(tmp_path) as h:
         with held_port() as port:
             listen = form.format(port=port)
-            r = await h.kubeport(*command, "--data-dir", str(tmp_path / "data"), "--listen", listen)
+            r = await h.kubeport(*command, "--data-dir", str(tmp_path / "data"), "--listen", listen, *KUBE_LISTEN)
         assert r.code == 1, r.err
         line = one_error_line(r.err)
         assert f"127.0.0.1:{port}" in line
@@ -87,7 +87,7 @@ async def test_data_dir_before_the_command_and_a_bare_port(tmp_path: Path) -> No
     async with Harness(tmp_path) as h:
         data = tmp_path / "all-in-one"
         port = free_port()
-        child = await h.spawn("kubeport", "--data-dir", str(data), "start", "--listen", str(port))
+        child = await h.spawn("kubeport", "--data-dir", str(data), "start", "--listen", str(port), *KUBE_LISTEN)
         child.server = True
         await h.wait_output(child, rf"is running on 127\.0\.0\.1:{port}")
         assert (data / "admin.identity").exists()
@@ -128,7 +128,7 @@ async def test_ctrl_c_while_importing_or_starting_exits_130_quietly(tmp_path: Pa
     """``-X importtime`` reports each import as it finishes: the signal lands while the command is still
     loading its modules or starting its services, the window that used to end in a traceback."""
     async with Harness(tmp_path) as h:
-        argv = ["kubeport", *command, "--data-dir", str(tmp_path / "data"), "--listen", str(free_port())]
+        argv = ["kubeport", *command, "--data-dir", str(tmp_path / "data"), "--listen", str(free_port()), *KUBE_LISTEN]
         child = await h.spawn("interrupted", *argv, module=ENTRY, env={"PYTHONPROFILEIMPORTTIME": "1"})
         code = await interrupt_when(h, child, None, "| trio\n")
         assert_interrupted_quietly(child, code)
@@ -216,6 +216,7 @@ async def test_tokens_add_prints_the_public_addr(tmp_path: Path) -> None:
             f"127.0.0.1:{port}",
             "--public-addr",
             f"reg.example.test:{port}",
+            *KUBE_LISTEN,
             module=ENTRY,
         )
         child.server = True

@@ -75,10 +75,11 @@ ROOMS: dict[str, frozenset[str]] = {
     "registry.testing": frozenset(
         {"labels", "registry", "registry.core", "registry.host", "registry.store", "registry.server", "registry.client"}
     ),
-    # the composition root (kubeport start = registry + agent): the only module that may import both
+    # the composition root (kubeport start = registry + front door + agent): the only module that may import
+    # the server, the front door and the agent together
     "registry.cli.kubeport_main": frozenset(
         {"labels", "registry", "registry.core", "registry.host", "registry.client", "registry.cli", "registry.server"}
-        | {"agent"}
+        | {"agent", "registry.frontdoor"}
     ),
 }
 COMPOSITION_ROOT = "registry.cli.kubeport_main"
