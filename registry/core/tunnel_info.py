@@ -90,7 +90,7 @@ class StreamInfo:
             (USER, self.user),
             (ROLES, ",".join(self.roles)),
             (CLIENT_ADDR, self.client_addr),
-            (CERT_EXPIRES, format_rfc3339(self.cert_expires, fraction="none")),
+            (CERT_EXPIRES, format_rfc3339(self.cert_expires)),
         )
         return [(name.encode("ascii"), value.encode("utf-8")) for name, value in values]
 
