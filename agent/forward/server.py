@@ -49,7 +49,7 @@ from agent.forward import audit as audit_events
 from agent.forward.context import ForwardContext
 from agent.forward.decide import Decision, Target, WrongCluster, decide, inspect_headers, map_request, strip_prefix
 from agent.forward.upstream import Endpoint, UpstreamConnection, UpstreamError
-from registry.core.errors import AccessDenied, KubeportError, NotFound, Timeout, Unauthenticated
+from registry.core.errors import AccessDenied, BadParameter, KubeportError, NotFound, Timeout, Unauthenticated
 from registry.core.kube_access import Identity, cluster_not_found
 from registry.core.kube_request import KubeRequest
 from registry.core.resources import Role, User
@@ -70,6 +70,10 @@ T = TypeVar("T")
 
 class _ClientGone(Exception):
     """The client closed or broke the stream."""
+
+
+class _Malformed(BadParameter):
+    """A request head the header rules refuse as smuggling or malformed: answered, then the stream closes."""
 
 
 class _Abort(Exception):
@@ -190,7 +194,11 @@ class _Session:
             target = strip_prefix(self.info.cluster, bytes(head.target))
             record.path = target.raw
             record.request = map_request(method, target)
-            inbound = inspect_headers(head.headers.raw_items())
+            try:
+                inbound = inspect_headers(head.headers.raw_items())
+            except BadParameter as err:
+                # Smuggling or a malformed head: the client's framing cannot be trusted any more.
+                raise _Malformed(err.message) from None
             if self.ctx.now() >= self.info.cert_expires:
                 stamp = format_rfc3339(self.info.cert_expires, fraction="none")
                 raise Unauthenticated(f"the client certificate of {self.info.user} expired at {stamp}")
@@ -213,7 +221,7 @@ class _Session:
             record.identity = decision.identity
             endpoint = await self.ctx.endpoints.endpoint(kube_cluster, self.ctx.exec_credential)
         except KubeportError as err:
-            keep = not isinstance(err, WrongCluster) and await self._drain()
+            keep = not isinstance(err, WrongCluster | _Malformed) and await self._drain()
             await self._refuse(err, record, close=not keep)
             return keep
         return await self._forward(head, decision, endpoint, record)
