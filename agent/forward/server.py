@@ -173,16 +173,20 @@ class _Session:
             with trio.fail_after(self.limits.head_timeout):
                 event = await self._next_event()
         except trio.TooSlowError:
-            await self._send_error(Timeout("the request head did not arrive in time"), close=True)
+            await self._refuse_head(Timeout("the request head did not arrive in time"), 408, "Timeout")
             return None
         except h11.RemoteProtocolError as exc:
             code = exc.error_status_hint
-            error = KubeportError(f"malformed HTTP request: {exc}")
-            await self._send_error(
-                error, close=True, code=code, reason="RequestHeaderFieldsTooLarge" if code == 431 else "BadRequest"
-            )
+            reason = "RequestHeaderFieldsTooLarge" if code == 431 else "BadRequest"
+            await self._refuse_head(KubeportError(f"malformed HTTP request: {exc}"), code, reason)
             return None
         return event if isinstance(event, h11.Request) else None
+
+    async def _refuse_head(self, err: KubeportError, code: int, reason: str) -> None:
+        """A head that cannot be read is a refused request too: audited, answered, then the stream closes."""
+        record = _Record(method="", path="", started=trio.current_time(), status=code, error=err.message)
+        await self._emit(record)
+        await self._send_error(err, close=True, code=code, reason=reason)
 
     # -- one request -----------------------------------------------------------------------------------
 
