@@ -21,7 +21,11 @@ REFUSED: list[tuple[str, list[bytes], set[int]]] = [
     ("Connection names it, whitespace", [b"Connection: close ,\t Impersonate-User\t"], {400}),
     ("Connection names it, second header", [b"Connection: keep-alive", b"Connection: IMPERSONATE-USER"], {400}),
     ("Connection names Authorization", [b"Connection: Authorization"], {400}),
-    ("Connection: Upgrade plus a protected name", [b"Connection: Upgrade, Impersonate-Group", b"Upgrade: websocket"], {400}),
+    (
+        "Connection: Upgrade plus a protected name",
+        [b"Connection: Upgrade, Impersonate-Group", b"Upgrade: websocket"],
+        {400},
+    ),
     ("Impersonate-Uid", [b"Impersonate-Uid: 0"], {403}),
     ("Impersonate-Extra-*", [b"Impersonate-Extra-Scopes: view"], {403}),
     ("duplicate Impersonate-User", [b"Impersonate-User: alice", b"impersonate-user: admin"], {403}),

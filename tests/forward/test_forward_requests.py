@@ -236,7 +236,9 @@ async def test_a_post_body_is_forwarded(nursery: trio.Nursery, fake_kube: FakeKu
     assert seen.header("transfer-encoding") == "chunked"
 
 
-async def test_an_unreachable_api_server_is_a_502_naming_the_cluster(nursery: trio.Nursery, fake_kube: FakeKube) -> None:
+async def test_an_unreachable_api_server_is_a_502_naming_the_cluster(
+    nursery: trio.Nursery, fake_kube: FakeKube
+) -> None:
     world = world_for(fake_kube)
     listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
     port = listener.socket.getsockname()[1]

@@ -202,6 +202,8 @@ async def test_an_upgrade_that_the_roles_refuse_never_reaches_upstream(
         },
     )
     client = await open_client(nursery, world)
-    reply = await client.request("GET", f"{PREFIX}/api/v1/namespaces/default/pods/web/exec?command=sh", headers=WEBSOCKET)
+    reply = await client.request(
+        "GET", f"{PREFIX}/api/v1/namespaces/default/pods/web/exec?command=sh", headers=WEBSOCKET
+    )
     assert reply.status == 403
     assert not scripted.requests

@@ -63,8 +63,12 @@ async def serve_scripted(task_status: trio.TaskStatus[Scripted] = trio.TASK_STAT
     ca = CertAuthority.generate("scripted", now=now)
     key = generate_private_key()
     cert = ca.issue(
-        public_key_pem(key), Identity(name="scripted", kind="agent"), ttl=timedelta(hours=1), now=now,
-        dns_names=["localhost"], ip_addresses=["127.0.0.1"],
+        public_key_pem(key),
+        Identity(name="scripted", kind="agent"),
+        ttl=timedelta(hours=1),
+        now=now,
+        dns_names=["localhost"],
+        ip_addresses=["127.0.0.1"],
     )
     context = server_context(cert, key, [ca.cert_pem], client_certs="optional")
     state = Scripted(ca_pem=ca.cert_pem)
@@ -148,6 +152,7 @@ async def _status(conn: h11.Connection, stream: trio.abc.Stream, code: int, mess
     body = json.dumps({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message, "code": code})
     headers = [(b"Content-Type", b"application/json"), (b"Content-Length", str(len(body)).encode())]
     await stream.send_all(
-        conn.send(h11.Response(status_code=code, headers=headers)) + conn.send(h11.Data(data=body.encode()))
+        conn.send(h11.Response(status_code=code, headers=headers))
+        + conn.send(h11.Data(data=body.encode()))
         + conn.send(h11.EndOfMessage())
     )
