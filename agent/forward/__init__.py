@@ -11,7 +11,7 @@
 """
 
 from agent.forward.audit import AuditBatcher, AuditEvent
-from agent.forward.context import ForwardContext, ForwardLimits, RegistryAccessSource
+from agent.forward.context import ForwardContext, ForwardLimits, RegistryAccessSource, served_clusters
 from agent.forward.server import handle_stream
 from agent.forward.upstream import Endpoints, UpstreamError, UpstreamPool
 
@@ -25,4 +25,5 @@ __all__ = [
     "UpstreamError",
     "UpstreamPool",
     "handle_stream",
+    "served_clusters",
 ]

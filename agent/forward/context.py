@@ -27,7 +27,7 @@ from agent.forward.upstream import Endpoints, UpstreamPool
 from agent.kube.exec_plugin import ExecCredential
 from registry.core import codec
 from registry.core.errors import AccessDenied, ConnectionProblem, KubeportError, NotFound
-from registry.core.resources import KubeCluster, Role, User
+from registry.core.resources import KubeCluster, KubeServer, Role, User
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,39 @@ class ForwardContext:
     exec_credential: ExecCredentials | None = None
     limits: ForwardLimits = field(default_factory=ForwardLimits)
     now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+
+
+class ServedTable(Protocol):
+    """The part of :class:`agent.clusters.Supervisor` that :func:`served_clusters` reads."""
+
+    @property
+    def served(self) -> Mapping[str, Any]: ...
+
+    def kube_server(self, served: Any, expires: float) -> KubeServer: ...
+
+
+def served_clusters(table: ServedTable) -> tuple[ClusterLookup, ExecCredentials]:
+    """``ForwardContext.cluster`` and ``.exec_credential`` backed by the agent's served-cluster table.
+
+    The labels are exactly what this agent's heartbeat announces (static, service and dynamic labels), so
+    the forwarder authorizes against the labels the front door routed with; the exec credential comes from
+    the cluster's own :class:`~agent.kube.client.KubeAPI` cache.
+    """
+
+    def cluster(name: str) -> tuple[KubeCluster, Mapping[str, str]] | None:
+        served = table.served.get(name)
+        if served is None:
+            return None
+        return served.cluster, table.kube_server(served, 0.0).all_labels()
+
+    async def exec_credential(name: str) -> ExecCredential:
+        served = table.served.get(name)
+        if served is None:
+            raise NotFound(f'Kubernetes cluster "{name}" is not served by this agent')
+        credential: ExecCredential = await served.api.exec_credential()
+        return credential
+
+    return cluster, exec_credential
 
 
 class ResourceReader(Protocol):

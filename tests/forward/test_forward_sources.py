@@ -104,3 +104,51 @@ async def test_audit_batcher_counts_and_reports_drops_and_survives_a_failing_sin
     events = [e for b in batches for e in b]
     assert events[0] == {"event": AUDIT_DROPPED, "success": False, "count": 3}
     assert [e["n"] for e in events[1:]] == [0, 1, 2, 3, 4]  # nothing queued was lost to the failures
+
+
+async def test_served_clusters_reads_the_agent_table_with_heartbeat_labels() -> None:
+    from datetime import UTC, datetime
+    from types import SimpleNamespace
+
+    from agent.forward import served_clusters
+    from agent.health import HealthResult
+    from agent.heartbeat import ServiceInfo, kube_server
+    from agent.kube.exec_plugin import ExecCredential
+    from registry.core.errors import NotFound
+    from registry.core.resources import CommandLabel, KubeCluster, Metadata
+
+    cluster = KubeCluster(
+        metadata=Metadata(name="prod", labels={"env": "prod", "team": "a"}),
+        dynamic_labels={"arch": CommandLabel(command=("uname", "-m"), period="1m")},
+    )
+    service = ServiceInfo(host_id="host-1", hostname="agent:3027", labels={"team": "b"}, commands={})
+    credential = ExecCredential(token="t", client_cert=None, client_key=None, expires=None)
+
+    class API:
+        async def exec_credential(self) -> ExecCredential:
+            return credential
+
+    class Table:
+        def __init__(self) -> None:
+            self.served = {"prod": SimpleNamespace(cluster=cluster, api=API())}
+
+        def kube_server(self, served: SimpleNamespace, expires: float) -> object:
+            health = HealthResult(status="healthy", reason="", checked_at=datetime.now(UTC))
+            return kube_server(
+                served.cluster,
+                results={"arch": "x86_64"},
+                service=service,
+                service_results={},
+                health=health,
+                expires=expires,
+            )
+
+    lookup, exec_credential = served_clusters(Table())  # type: ignore[arg-type]
+    found = lookup("prod")
+    assert found is not None
+    assert found[0] is cluster
+    assert dict(found[1]) == {"env": "prod", "team": "b", "arch": "x86_64"}
+    assert lookup("gone") is None
+    assert await exec_credential("prod") is credential
+    with pytest.raises(NotFound):
+        await exec_credential("gone")
