@@ -269,6 +269,11 @@ class KubeAPI:
                 return {"Authorization": f"Bearer {credential.token}"}
         return {}
 
+    async def exec_credential(self) -> ExecCredential:
+        """The cluster's current exec-plugin credential from this client's cache (the plugin runs only when
+        the cached one is missing or about to expire). The agent's forwarder uses it for proxied requests."""
+        return await self._current_exec_credential()
+
     async def _current_exec_credential(self) -> ExecCredential:
         # One lock so that concurrent calls (health runs three at once) start the plugin only once.
         async with self._exec_lock:

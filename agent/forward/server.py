@@ -1,0 +1,559 @@
+"""The forwarder: an h11 server on one tunnel stream, forwarding each request to the cluster's API server.
+
+:func:`handle_stream` serves one kubectl connection (one tunnel stream, bound to one cluster and one user
+by its :class:`~registry.core.tunnel_info.StreamInfo`) until the client leaves, the stream must close, or
+the user's certificate expires. For **every** request read from the stream, in this order (pure steps in
+:mod:`agent.forward.decide`): the raw path must carry the stream's cluster prefix (else 400 and the stream
+closes: a request for another cluster is refused, never routed), the prefix is stripped, the request is
+mapped, the header rules are applied, the user's *current* user resource and roles are fetched
+(``ForwardContext.user_access``), the cluster's labels are looked up in the served-cluster table (gone ->
+404), the role engine decides, and the request goes upstream with our impersonation headers, the
+cluster's own credential and the API server's ``Host``.
+
+Streaming: request and response bodies are moved event by event (h11 on both sides), never buffered
+whole, so watches, ``logs -f`` and large lists flow as they come. While a response streams, the client side
+is watched: a client that goes away stops the upstream read at once and that upstream connection is closed
+(never pooled). An upstream that breaks after the response head went out ends the client connection
+without a clean terminator, so a truncated answer never looks complete. Before the head went out, every
+failure is a ``Status`` (502 naming the cluster for an unreachable API server).
+
+Upgrades (exec, attach, port-forward; WebSocket and SPDY/3.1): the upgrade request is checked and
+forwarded like any other; if the API server answers 101, its head goes to the client verbatim and both
+directions are spliced as raw bytes until either side ends, then both close. No request is parsed on the
+stream after a 101. A non-101 answer is an ordinary response, and the loop goes on (kubectl's WebSocket ->
+SPDY fallback needs exactly that). The forwarder does not decode the upgraded stream, so ``session.end``
+carries no exit code (``exit_code: None``).
+
+Invariants: nothing this module raises escapes :func:`handle_stream` except cancellation; every refusal
+is a Kubernetes ``Status`` (``KubeportError.to_status()``); every request yields exactly one
+``kube.request`` audit event (an upgraded one also ``session.start``/``session.end``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import ssl
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, TypeVar
+
+import h11
+import trio
+
+from agent.forward import audit as audit_events
+from agent.forward.context import ForwardContext
+from agent.forward.decide import Decision, Target, WrongCluster, decide, inspect_headers, map_request, strip_prefix
+from agent.forward.upstream import Endpoint, UpstreamConnection, UpstreamError
+from registry.core.errors import AccessDenied, BadParameter, KubeportError, NotFound, Timeout, Unauthenticated
+from registry.core.kube_access import Identity, cluster_not_found
+from registry.core.kube_request import KubeRequest
+from registry.core.resources import Role, User
+from registry.core.timefmt import format_rfc3339
+from registry.core.tunnel_info import StreamInfo
+
+log = logging.getLogger(__name__)
+
+_STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError)
+# Response headers that belong to one hop (RFC 9110 §7.6.1); framing headers stay: h11 re-frames with them.
+_RESPONSE_HOP_BY_HOP = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade", b"proxy-authenticate"}
+)
+DRAIN_LIMIT = 1024 * 1024  # the most of a refused request's body read to keep its connection alive
+
+T = TypeVar("T")
+
+
+class _ClientGone(Exception):
+    """The client closed or broke the stream."""
+
+
+class _Malformed(BadParameter):
+    """A request head the header rules refuse as smuggling or malformed: answered, then the stream closes."""
+
+
+class _Abort(Exception):
+    """The exchange broke after the response head went out: the stream must close without more bytes."""
+
+
+async def handle_stream(stream: trio.abc.HalfCloseableStream, info: StreamInfo, *, ctx: ForwardContext) -> None:
+    """Serve kubectl's requests on ``stream`` (bound to ``info``) until it ends; see the module docstring."""
+    await _Session(stream, info, ctx).run()
+
+
+@dataclass
+class _Record:
+    """What the audit event of one request says, filled in as the request goes."""
+
+    method: str
+    path: str
+    started: float
+    request: KubeRequest | None = None
+    roles: tuple[str, ...] = ()
+    identity: Identity | None = None
+    status: int = 0
+    error: str | None = None
+    emitted: bool = False
+
+
+@dataclass
+class _Body:
+    """A request body on its way upstream; the first ``limit`` bytes are kept for one replay."""
+
+    limit: int
+    recorded: list[bytes] = field(default_factory=list)
+    size: int = 0
+    replayable: bool = True
+    done: bool = False
+
+
+class _Session:
+    def __init__(self, stream: trio.abc.HalfCloseableStream, info: StreamInfo, ctx: ForwardContext) -> None:
+        self.stream = stream
+        self.info = info
+        self.ctx = ctx
+        self.limits = ctx.limits
+        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_head_bytes)
+        self.client_gone = False
+
+    # -- the loop --------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        remaining = (self.info.cert_expires - self.ctx.now()).total_seconds()
+        # The stream lives at most as long as the certificate that opened it (Teleport disconnects at expiry).
+        deadline = trio.current_time() + remaining if remaining > 0 else math.inf
+        try:
+            with trio.CancelScope(deadline=deadline):
+                await self._loop()
+        except (_ClientGone, _Abort):
+            pass
+        except Exception:
+            log.exception("forwarding for %s to cluster %s failed", self.info.user, self.info.cluster)
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(1), contextlib.suppress(*_STREAM_ERRORS):
+                await self.stream.aclose()
+
+    async def _loop(self) -> None:
+        while True:
+            request = await self._read_head()
+            if request is None:
+                return
+            if not await self._exchange(request):
+                return
+            if self.conn.our_state is not h11.DONE or self.conn.their_state is not h11.DONE:
+                return
+            self.conn.start_next_cycle()
+
+    async def _receive(self) -> None:
+        try:
+            data = await self.stream.receive_some(self.limits.splice_chunk)
+        except _STREAM_ERRORS as exc:
+            raise _ClientGone from exc
+        self.conn.receive_data(bytes(data))
+
+    async def _next_event(self) -> Any:
+        while True:
+            event = self.conn.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            await self._receive()
+
+    async def _read_head(self) -> h11.Request | None:
+        try:
+            buffered, closed = self.conn.trailing_data
+            if not buffered and not closed:
+                with trio.move_on_after(self.limits.idle_timeout) as idle:
+                    await self._receive()
+                if idle.cancelled_caught:
+                    return None
+            with trio.fail_after(self.limits.head_timeout):
+                event = await self._next_event()
+        except trio.TooSlowError:
+            await self._refuse_head(Timeout("the request head did not arrive in time"), 408, "Timeout")
+            return None
+        except h11.RemoteProtocolError as exc:
+            code = exc.error_status_hint
+            reason = "RequestHeaderFieldsTooLarge" if code == 431 else "BadRequest"
+            await self._refuse_head(KubeportError(f"malformed HTTP request: {exc}"), code, reason)
+            return None
+        return event if isinstance(event, h11.Request) else None
+
+    async def _refuse_head(self, err: KubeportError, code: int, reason: str) -> None:
+        """A head that cannot be read is a refused request too: audited, answered, then the stream closes."""
+        record = _Record(method="", path="", started=trio.current_time(), status=code, error=err.message)
+        await self._emit(record)
+        await self._send_error(err, close=True, code=code, reason=reason)
+
+    # -- one request -----------------------------------------------------------------------------------
+
+    async def _exchange(self, head: h11.Request) -> bool:
+        """Serve one request; False when the stream must close afterwards."""
+        method = head.method.decode("ascii", "replace")
+        record = _Record(method=method, path=head.target.decode("ascii", "replace"), started=trio.current_time())
+        try:
+            target = strip_prefix(self.info.cluster, bytes(head.target))
+            record.path = target.raw
+            record.request = map_request(method, target)
+            try:
+                inbound = inspect_headers(head.headers.raw_items())
+            except BadParameter as err:
+                # Smuggling or a malformed head: the client's framing cannot be trusted any more.
+                raise _Malformed(err.message) from None
+            if self.ctx.now() >= self.info.cert_expires:
+                stamp = format_rfc3339(self.info.cert_expires, fraction="none")
+                raise Unauthenticated(f"the client certificate of {self.info.user} expired at {stamp}")
+            user, roles = await self._user_access()
+            record.roles = tuple(role.name for role in roles)
+            found = self.ctx.cluster(self.info.cluster)
+            if found is None:
+                raise cluster_not_found(self.info.cluster)
+            kube_cluster, labels = found
+            decision = decide(
+                user=user,
+                roles=roles,
+                cluster=self.info.cluster,
+                labels=labels,
+                target=target,
+                request=record.request,
+                inbound=inbound,
+            )
+            record.roles = decision.access.roles
+            record.identity = decision.identity
+            endpoint = await self.ctx.endpoints.endpoint(kube_cluster, self.ctx.exec_credential)
+        except KubeportError as err:
+            keep = not isinstance(err, WrongCluster | _Malformed) and await self._drain()
+            await self._refuse(err, record, close=not keep)
+            return keep
+        return await self._forward(head, decision, endpoint, record)
+
+    async def _user_access(self) -> tuple[User, tuple[Role, ...]]:
+        try:
+            return await self.ctx.user_access(self.info.user)
+        except NotFound:
+            raise AccessDenied(f'kubeport user "{self.info.user}" does not exist (any more): access denied') from None
+
+    async def _drain(self) -> bool:
+        """Read and drop what is left of the request body (at most DRAIN_LIMIT); True when all of it."""
+        size = 0
+        try:
+            with trio.fail_after(self.limits.head_timeout):
+                while self.conn.their_state is h11.SEND_BODY:
+                    event = await self._next_event()
+                    if isinstance(event, h11.Data):
+                        size += len(event.data)
+                        if size > DRAIN_LIMIT:
+                            return False
+                    elif not isinstance(event, h11.EndOfMessage):
+                        return False
+        except (trio.TooSlowError, h11.RemoteProtocolError):
+            return False
+        return True
+
+    async def _refuse(self, err: KubeportError, record: _Record, *, close: bool) -> None:
+        record.status = err.code
+        record.error = err.message
+        await self._emit(record)
+        await self._send_error(err, close=close)
+
+    async def _send_error(self, err: KubeportError, *, close: bool, code: int | None = None, reason: str = "") -> None:
+        if self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return
+        status = err.to_status()
+        if code is not None:
+            status["code"] = code
+            status["reason"] = reason or status["reason"]
+        body = json.dumps(status, separators=(",", ":")).encode()
+        headers = [(b"Content-Type", b"application/json"), (b"Content-Length", str(len(body)).encode())]
+        if close:
+            headers.append((b"Connection", b"close"))
+        with contextlib.suppress(_ClientGone, h11.LocalProtocolError):
+            await self._send(h11.Response(status_code=status["code"], headers=headers))
+            await self._send(h11.Data(data=body))
+            await self._send(h11.EndOfMessage())
+
+    async def _send(self, event: Any) -> None:
+        data = self.conn.send(event)
+        if data:
+            try:
+                await self.stream.send_all(data)
+            except _STREAM_ERRORS as exc:
+                raise _ClientGone from exc
+
+    # -- forwarding ------------------------------------------------------------------------------------
+
+    async def _forward(self, head: h11.Request, decision: Decision, endpoint: Endpoint, record: _Record) -> bool:
+        upstream_head = h11.Request(
+            method=head.method,
+            target=(endpoint.base_path + decision.target.raw).encode("ascii"),
+            headers=_upstream_headers(decision, endpoint),
+        )
+        body = _Body(limit=self.limits.replay_body_bytes)
+        fresh = False
+        while True:
+            try:
+                conn, reused = await self.ctx.pool.acquire(endpoint, fresh=fresh)
+            except UpstreamError as err:
+                return await self._upstream_failed(err, record)
+            try:
+                await conn.send(upstream_head)
+                await self._send_body(body, conn)
+                response = await self._watching(lambda conn=conn: self._response_head(conn))  # type: ignore[misc]
+            except UpstreamError as err:
+                await self.ctx.pool.discard(conn)
+                if reused and body.replayable and not fresh:
+                    fresh = True  # a kept-alive connection the server had closed: once more on a new one
+                    continue
+                return await self._upstream_failed(err, record)
+            except BaseException:
+                await self.ctx.pool.discard(conn)
+                raise
+            break
+        record.status = response.status_code
+        if response.status_code == 101:
+            await self._splice(conn, response, decision, record)
+            return False
+        try:
+            await self._watching(lambda: self._relay(conn, response))
+        except BaseException as exc:
+            await self.ctx.pool.discard(conn)
+            record.error = "the client went away" if isinstance(exc, _ClientGone) else "the exchange broke"
+            if isinstance(exc, UpstreamError):
+                record.error = exc.message
+                exc = _Abort()
+            await self._emit(record)
+            if isinstance(exc, Exception):
+                raise exc from None
+            raise
+        await self.ctx.pool.release(conn)
+        await self._emit(record)
+        return True
+
+    async def _upstream_failed(self, err: UpstreamError, record: _Record) -> bool:
+        keep = await self._drain()
+        await self._refuse(err, record, close=not keep)
+        return keep
+
+    async def _send_body(self, body: _Body, conn: UpstreamConnection) -> None:
+        for chunk in body.recorded:
+            await conn.send(h11.Data(data=chunk))
+        while not body.done:
+            try:
+                with trio.fail_after(self.limits.head_timeout):
+                    event = await self._next_event()
+            except (trio.TooSlowError, h11.RemoteProtocolError) as exc:
+                raise _ClientGone from exc
+            if isinstance(event, h11.Data):
+                data = bytes(event.data)
+                if body.replayable and body.size + len(data) <= body.limit:
+                    body.recorded.append(data)
+                    body.size += len(data)
+                else:
+                    body.replayable = False
+                    body.recorded.clear()
+                await conn.send(h11.Data(data=data))
+            elif isinstance(event, h11.EndOfMessage):
+                body.done = True
+            else:
+                raise _ClientGone
+        await conn.send(h11.EndOfMessage())
+
+    async def _response_head(self, conn: UpstreamConnection) -> h11.Response | h11.InformationalResponse:
+        with trio.move_on_after(self.limits.response_head_timeout) as waited:
+            while True:
+                event = await conn.next_event()
+                if isinstance(event, h11.Response):
+                    return event
+                if isinstance(event, h11.InformationalResponse):
+                    if event.status_code == 101:
+                        return event
+                    continue  # 100 Continue, 102, 103: not for kubectl
+                raise conn.endpoint.unreachable("the connection closed before an answer")
+        assert waited.cancelled_caught
+        raise conn.endpoint.unreachable(f"no answer within {self.limits.response_head_timeout:g}s")
+
+    async def _relay(self, conn: UpstreamConnection, response: h11.Response | h11.InformationalResponse) -> None:
+        headers = _response_headers(response.headers.raw_items())
+        await self._send(h11.Response(status_code=response.status_code, headers=headers, reason=response.reason))
+        while True:
+            try:
+                event = await conn.next_event(self.limits.splice_chunk)
+            except UpstreamError as err:
+                raise _Abort(err.message) from None
+            if isinstance(event, h11.Data):
+                await self._send(h11.Data(data=event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                await self._send(h11.EndOfMessage())
+                return
+            else:
+                raise _Abort("the API server closed the connection mid-response")
+
+    async def _watching(self, work: Callable[[], Awaitable[T]]) -> T:
+        """Run ``work`` while watching the client: if it goes away, ``work`` is cancelled -> _ClientGone."""
+        result: list[T] = []
+        error: list[Exception] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch_client, nursery.cancel_scope)
+            try:
+                result.append(await work())
+            except Exception as exc:
+                error.append(exc)
+            nursery.cancel_scope.cancel()
+        if error:
+            raise error[0]
+        if not result:
+            raise _ClientGone
+        return result[0]
+
+    async def _watch_client(self, scope: trio.CancelScope) -> None:
+        try:
+            while True:
+                if len(self.conn.trailing_data[0]) > self.limits.max_head_bytes:
+                    await trio.sleep_forever()  # a pipelining client waits for its turn
+                data = await self.stream.receive_some(self.limits.splice_chunk)
+                if not data:
+                    break
+                # Nothing should come while a response streams; keep it for the next request (or the
+                # upgraded protocol) so the byte stream stays whole.
+                self.conn.receive_data(bytes(data))
+        except _STREAM_ERRORS:
+            pass
+        self.client_gone = True
+        scope.cancel()
+
+    # -- upgrades --------------------------------------------------------------------------------------
+
+    async def _splice(
+        self,
+        conn: UpstreamConnection,
+        response: h11.Response | h11.InformationalResponse,
+        decision: Decision,
+        record: _Record,
+    ) -> None:
+        try:
+            if not decision.upgrade:
+                raise conn.endpoint.unreachable("101 Switching Protocols to a request that asked for no upgrade")
+            try:
+                await self._send(
+                    h11.InformationalResponse(
+                        status_code=101, headers=list(response.headers.raw_items()), reason=response.reason
+                    )
+                )
+            except h11.LocalProtocolError as exc:
+                raise conn.endpoint.unreachable(f"an unusable 101 answer: {exc}") from None
+        except UpstreamError as err:
+            await self.ctx.pool.discard(conn)
+            await self._refuse(err, record, close=True)
+            return
+        await self._emit(record)
+        assert record.request is not None
+        assert record.identity is not None
+        session_id = str(uuid.uuid4())
+        protocol = b", ".join(v for n, v in response.headers.raw_items() if n.lower() == b"upgrade").decode("latin-1")
+        session = partial(
+            audit_events.session_event,
+            session_id=session_id,
+            info=self.info,
+            host=self.ctx.host,
+            request=record.request,
+            identity=record.identity,
+            protocol=protocol,
+        )
+        await self._emit_event(session(audit_events.SESSION_START, now=self.ctx.now()))
+        started = trio.current_time()
+        up, down = [0], [0]
+        client_extra = self.conn.trailing_data[0]
+        upstream_extra = conn.h11.trailing_data[0]
+        try:
+            with contextlib.suppress(*_STREAM_ERRORS, UpstreamError):
+                if upstream_extra:
+                    await self.stream.send_all(upstream_extra)
+                    down[0] += len(upstream_extra)
+                if client_extra:
+                    await conn.send_raw(client_extra)
+                    up[0] += len(client_extra)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._copy, self.stream, conn.stream, up, nursery.cancel_scope)
+                    nursery.start_soon(self._copy, conn.stream, self.stream, down, nursery.cancel_scope)
+        finally:
+            await self.ctx.pool.discard(conn)
+            end = session(
+                audit_events.SESSION_END,
+                now=self.ctx.now(),
+                extra={
+                    "bytes_from_client": up[0],
+                    "bytes_to_client": down[0],
+                    "duration_ms": round((trio.current_time() - started) * 1000, 3),
+                    "exit_code": None,
+                },
+            )
+            with trio.CancelScope(shield=True):
+                await self._emit_event(end)
+
+    async def _copy(
+        self, source: trio.abc.ReceiveStream, sink: trio.abc.SendStream, counter: list[int], scope: trio.CancelScope
+    ) -> None:
+        try:
+            while True:
+                data = await source.receive_some(self.limits.splice_chunk)
+                if not data:
+                    break
+                await sink.send_all(data)
+                counter[0] += len(data)
+        except _STREAM_ERRORS:
+            pass
+        finally:
+            scope.cancel()  # either side ending ends the session: both close
+
+    # -- audit -----------------------------------------------------------------------------------------
+
+    async def _emit(self, record: _Record) -> None:
+        if record.emitted:
+            return
+        record.emitted = True
+        event = audit_events.request_event(
+            info=self.info,
+            host=self.ctx.host,
+            now=self.ctx.now(),
+            method=record.method,
+            path=record.path,
+            request=record.request,
+            roles=record.roles,
+            identity=record.identity,
+            status=record.status,
+            duration_ms=(trio.current_time() - record.started) * 1000,
+            error=record.error,
+        )
+        await self._emit_event(event)
+
+    async def _emit_event(self, event: dict[str, Any]) -> None:
+        try:
+            await self.ctx.audit(event)
+        except Exception:
+            # Auditing must never break forwarding; the production callback only queues (AuditBatcher).
+            log.exception("the audit callback failed for a %s event", event.get("event"))
+
+
+def _upstream_headers(decision: Decision, endpoint: Endpoint) -> list[tuple[bytes, bytes]]:
+    headers = [*decision.headers, (b"Host", endpoint.host_header)]
+    if endpoint.authorization is not None:
+        headers.append((b"Authorization", endpoint.authorization))
+    return headers
+
+
+def _response_headers(raw: Any) -> list[tuple[bytes, bytes]]:
+    items = list(raw)
+    listed = {
+        token.strip().lower()
+        for name, value in items
+        if name.lower() == b"connection"
+        for token in value.split(b",")
+        if token.strip()
+    }
+    return [(n, v) for n, v in items if n.lower() not in _RESPONSE_HOP_BY_HOP and n.lower() not in listed]
+
+
+__all__ = ["Target", "handle_stream"]

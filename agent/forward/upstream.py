@@ -1,0 +1,315 @@
+"""The forwarder's side towards a cluster's API server: endpoints from kubeconfigs, pooled h11 connections.
+
+:class:`Endpoints` turns a served ``kube_cluster`` into an :class:`Endpoint` (server address, TLS context,
+``Host`` and ``Authorization``): the kubeconfig is checked with the same :func:`check_kubeconfig` the agent
+registered the cluster with (cached by content, so it is parsed once, not per request), TLS contexts come
+from :mod:`agent.kube.tls` (cached per TLS material), and an ``exec`` credential comes from the cluster's
+existing credential cache (``ForwardContext.exec_credential``), never from running the plugin per request.
+
+:class:`UpstreamPool` keeps idle keep-alive connections per endpoint: at most ``max_idle`` each, dropped
+after ``idle_ttl`` seconds unused, after any error, after a response that did not end cleanly, and after
+an upgrade (an upgraded connection belongs to its one session). Connections are h11 clients over
+``trio.SSLStream`` (or plain TCP for an ``http://`` server).
+
+Invariants: every failure here is an :class:`UpstreamError` (a 502 ``Status`` naming the cluster and the
+server, never a secret, never a traceback); a connection handed out by :meth:`UpstreamPool.acquire` is idle
+and in h11 state IDLE on both sides; :meth:`UpstreamPool.release` pools only connections whose last
+exchange finished completely.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import ssl
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import h11
+import httpx
+import trio
+
+from agent.kube._text import clean
+from agent.kube.exec_plugin import ExecCredential
+from agent.kube.tls import client_context
+from registry.core.errors import KubeportError
+from registry.core.kubeconfig import KubeTarget, check_kubeconfig
+from registry.core.netaddr import format_hostport
+from registry.core.resources import KubeCluster
+
+MAX_RESPONSE_HEAD: Final = 256 * 1024  # an API server's response head; a bigger one is hostile
+_STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError)
+_STATIC_ORIGINS = frozenset({"config-file", "defaults"})
+
+
+class UpstreamError(KubeportError):
+    """The cluster's API server could not be reached, or broke the exchange (502)."""
+
+    code = 502
+    reason = "BadGateway"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """How to reach one cluster's API server. ``key`` names the connections that may be shared."""
+
+    cluster: str
+    server: str  # the kubeconfig's server URL, for messages
+    host: str
+    port: int
+    base_path: str  # the server URL's path, without a trailing slash
+    host_header: bytes
+    server_hostname: str | None  # name checked against the certificate (tls-server-name or the host)
+    ssl_context: ssl.SSLContext | None = field(repr=False)
+    authorization: bytes | None = field(repr=False)
+    key: tuple[Any, ...] = field(repr=False)
+
+    def unreachable(self, why: str) -> UpstreamError:
+        return UpstreamError(
+            f'cannot reach the API server of Kubernetes cluster "{self.cluster}" ({self.server}): {why}'
+        )
+
+
+def _describe(exc: BaseException) -> str:
+    text = clean(str(exc)) or type(exc).__name__
+    return text[:300]
+
+
+class Endpoints:
+    """Kubeconfig -> :class:`Endpoint`, checked once per kubeconfig content (bounded cache)."""
+
+    def __init__(self, *, max_entries: int = 1024) -> None:
+        self._targets: OrderedDict[tuple[str, bytes, bool], KubeTarget] = OrderedDict()
+        self._max = max_entries
+
+    def target(self, cluster: KubeCluster) -> KubeTarget:
+        allow_exec = cluster.allow_exec_plugins or cluster.origin in _STATIC_ORIGINS
+        key = (cluster.name, hashlib.sha256(cluster.kubeconfig).digest(), allow_exec)
+        found = self._targets.get(key)
+        if found is not None:
+            self._targets.move_to_end(key)
+            return found
+        try:
+            target = check_kubeconfig(cluster.kubeconfig, cluster_name=cluster.name, allow_exec=allow_exec)
+        except KubeportError as err:
+            raise UpstreamError(
+                f'Kubernetes cluster "{cluster.name}" has an unusable kubeconfig: {err.message}'
+            ) from None
+        self._targets[key] = target
+        while len(self._targets) > self._max:
+            self._targets.popitem(last=False)
+        return target
+
+    async def endpoint(
+        self, cluster: KubeCluster, exec_credential: Callable[[str], Awaitable[ExecCredential]] | None
+    ) -> Endpoint:
+        target = self.target(cluster)
+        return build_endpoint(cluster.name, target, await _credential(cluster.name, target, exec_credential))
+
+
+async def _credential(
+    name: str, target: KubeTarget, source: Callable[[str], Awaitable[ExecCredential]] | None
+) -> ExecCredential | None:
+    if target.auth != "exec":
+        return None
+    if source is None:
+        raise UpstreamError(f'Kubernetes cluster "{name}" uses an exec credential plugin and none is available here')
+    try:
+        return await source(name)
+    except KubeportError as err:
+        raise UpstreamError(f'Kubernetes cluster "{name}": its exec credential plugin failed: {err.message}') from None
+
+
+def build_endpoint(name: str, target: KubeTarget, credential: ExecCredential | None = None) -> Endpoint:
+    """The :class:`Endpoint` of a checked kubeconfig (``credential``: the current exec credential)."""
+    server = target.server.rstrip("/")
+    if target.proxy_url:
+        raise UpstreamError(f'Kubernetes cluster "{name}": proxy-url is not supported by the forwarder yet')
+    parts = urlsplit(server)
+    scheme = parts.scheme
+    host = parts.hostname or ""
+    port = parts.port or (443 if scheme == "https" else 80)
+    cert, key = target.client_cert, target.client_key
+    if credential is not None and credential.client_cert is not None:
+        cert, key = credential.client_cert, credential.client_key
+    context: ssl.SSLContext | None = None
+    if scheme == "https":
+        try:
+            context = client_context(target.ca_data, target.insecure, cert, key)
+        except KubeportError as err:
+            raise UpstreamError(f'Kubernetes cluster "{name}": {err.message}') from None
+    authorization: bytes | None = None
+    if target.auth == "token" and target.token:
+        authorization = f"Bearer {target.token}".encode("ascii")
+    elif target.auth == "basic" and target.username is not None:
+        pair = httpx.BasicAuth(target.username, target.password or "")
+        authorization = next(pair.auth_flow(httpx.Request("GET", "http://x"))).headers["Authorization"].encode()
+    elif credential is not None and credential.token is not None:
+        authorization = f"Bearer {credential.token}".encode()
+    default_port = 443 if scheme == "https" else 80
+    host_header = format_hostport(host, port) if port != default_port else (f"[{host}]" if ":" in host else host)
+    if not host_header.isascii():
+        raise UpstreamError(f'Kubernetes cluster "{name}": the server name must be ASCII (use its punycode form)')
+    return Endpoint(
+        cluster=name,
+        server=server,
+        host=host,
+        port=port,
+        base_path=parts.path.rstrip("/"),
+        host_header=host_header.encode("ascii"),
+        server_hostname=(target.tls_server_name or host) if context is not None else None,
+        ssl_context=context,
+        authorization=authorization,
+        key=(name, server, target.tls_server_name, id(context)),
+    )
+
+
+class UpstreamConnection:
+    """One h11 client connection to an API server."""
+
+    def __init__(self, endpoint: Endpoint, stream: trio.abc.Stream) -> None:
+        self.endpoint = endpoint
+        self.stream = stream
+        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_RESPONSE_HEAD)
+        self.idle_since = 0.0
+        self.exchanges = 0
+        self.closed = False
+
+    async def send(self, event: Any) -> None:
+        try:
+            data = self.h11.send(event)
+            if data:
+                await self.stream.send_all(data)
+        except (*_STREAM_ERRORS, h11.LocalProtocolError) as exc:
+            raise self.endpoint.unreachable(f"sending the request failed: {_describe(exc)}") from None
+
+    async def send_raw(self, data: bytes) -> None:
+        try:
+            await self.stream.send_all(data)
+        except _STREAM_ERRORS as exc:
+            raise self.endpoint.unreachable(f"the connection broke: {_describe(exc)}") from None
+
+    async def next_event(self, max_bytes: int = 64 * 1024) -> Any:
+        while True:
+            try:
+                event = self.h11.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise self.endpoint.unreachable(f"malformed HTTP answer: {_describe(exc)}") from None
+            if event is not h11.NEED_DATA:
+                return event
+            try:
+                data = await self.stream.receive_some(max_bytes)
+            except _STREAM_ERRORS as exc:
+                raise self.endpoint.unreachable(f"the connection broke: {_describe(exc)}") from None
+            self.h11.receive_data(bytes(data))
+
+    def reusable(self) -> bool:
+        return not self.closed and self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE
+
+    async def aclose(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        with trio.CancelScope(shield=True), trio.move_on_after(1), contextlib.suppress(*_STREAM_ERRORS):
+            await self.stream.aclose()
+
+
+@dataclass(frozen=True)
+class PoolStatistics:
+    connects: int
+    reuses: int
+    idle: int
+    discarded: int
+    connect_failures: int
+
+
+class UpstreamPool:
+    """Keep-alive connections per endpoint (see the module docstring)."""
+
+    def __init__(self, *, max_idle: int = 8, idle_ttl: float = 30.0, connect_timeout: float = 10.0) -> None:
+        self.max_idle = max_idle
+        self.idle_ttl = idle_ttl
+        self.connect_timeout = connect_timeout
+        self._idle: dict[tuple[Any, ...], list[UpstreamConnection]] = {}
+        self._connects = 0
+        self._reuses = 0
+        self._discarded = 0
+        self._connect_failures = 0
+
+    def statistics(self) -> PoolStatistics:
+        return PoolStatistics(
+            connects=self._connects,
+            reuses=self._reuses,
+            idle=sum(len(v) for v in self._idle.values()),
+            discarded=self._discarded,
+            connect_failures=self._connect_failures,
+        )
+
+    async def acquire(self, endpoint: Endpoint, *, fresh: bool = False) -> tuple[UpstreamConnection, bool]:
+        """An idle pooled connection (reused=True) or a new one; ``fresh`` skips the pool."""
+        now = trio.current_time()
+        idle = self._idle.get(endpoint.key)
+        while idle and not fresh:
+            conn = idle.pop()
+            if now - conn.idle_since <= self.idle_ttl:
+                self._reuses += 1
+                return conn, True
+            await self.discard(conn)
+        return await self.connect(endpoint), False
+
+    async def connect(self, endpoint: Endpoint) -> UpstreamConnection:
+        stream: trio.abc.Stream | None = None
+        try:
+            with trio.fail_after(self.connect_timeout):
+                stream = await trio.open_tcp_stream(endpoint.host, endpoint.port)
+                if endpoint.ssl_context is not None:
+                    stream = trio.SSLStream(
+                        stream, endpoint.ssl_context, server_hostname=endpoint.server_hostname, https_compatible=True
+                    )
+                    await stream.do_handshake()
+        except trio.TooSlowError:
+            self._connect_failures += 1
+            await _close_quietly(stream)
+            raise endpoint.unreachable(f"no connection within {self.connect_timeout:g}s") from None
+        except (*_STREAM_ERRORS, UnicodeError) as exc:
+            self._connect_failures += 1
+            await _close_quietly(stream)
+            raise endpoint.unreachable(_describe(exc)) from None
+        self._connects += 1
+        return UpstreamConnection(endpoint, stream)
+
+    async def release(self, conn: UpstreamConnection) -> None:
+        """Pool ``conn`` if its exchange ended cleanly, else close it."""
+        if not conn.reusable():
+            await self.discard(conn)
+            return
+        try:
+            conn.h11.start_next_cycle()
+        except h11.LocalProtocolError:
+            await self.discard(conn)
+            return
+        conn.exchanges += 1
+        conn.idle_since = trio.current_time()
+        idle = self._idle.setdefault(conn.endpoint.key, [])
+        idle.append(conn)
+        while len(idle) > self.max_idle:
+            await self.discard(idle.pop(0))
+
+    async def discard(self, conn: UpstreamConnection) -> None:
+        self._discarded += 1
+        await conn.aclose()
+
+    async def aclose(self) -> None:
+        idle, self._idle = self._idle, {}
+        for conns in idle.values():
+            for conn in conns:
+                await conn.aclose()
+
+
+async def _close_quietly(stream: trio.abc.Stream | None) -> None:
+    if stream is not None:
+        with trio.CancelScope(shield=True), trio.move_on_after(1), contextlib.suppress(*_STREAM_ERRORS):
+            await stream.aclose()

@@ -1,0 +1,209 @@
+"""Streaming through the forwarder: watches, a client leaving, an upstream dying, upgrades and splicing."""
+
+from __future__ import annotations
+
+import json
+
+import h11
+import pytest
+import trio
+
+from tests.agent.forward.forward_helpers import (
+    CLUSTER,
+    LABELS,
+    PODS_ONLY,
+    PREFIX,
+    World,
+    kube_cluster,
+    open_client,
+    user,
+    world_for,
+)
+from tests.agent.forward.upstreams import GREETING, Scripted, serve_scripted
+from tests.fakes.kube_api import FakeKube
+
+POD = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web", "namespace": "default"}, "spec": {}}
+
+
+async def test_a_watch_streams_each_event_as_it_comes(nursery: trio.Nursery, fake_kube: FakeKube) -> None:
+    world = world_for(fake_kube)
+    ctx = world.context()
+    client = await open_client(nursery, world, ctx)
+    listed = await client.request("GET", f"{PREFIX}/api/v1/namespaces/default/pods")
+    version = listed.json()["metadata"]["resourceVersion"]
+    client.conn.start_next_cycle()
+    await client.send_request("GET", f"{PREFIX}/api/v1/namespaces/default/pods?watch=true&resourceVersion={version}")
+    head = await client.response_head()
+    assert head.status_code == 200
+    fake_kube.create_object(POD)
+    event = await client.next_event()  # the first event arrives while the watch is still open
+    assert isinstance(event, h11.Data)
+    first = json.loads(bytes(event.data).splitlines()[0])
+    assert (first["type"], first["object"]["metadata"]["name"]) == ("ADDED", "web")
+    fake_kube.delete_object("pods", "web", "default")
+    event = await client.next_event()
+    assert json.loads(bytes(event.data))["type"] == "DELETED"
+    # kubectl ^C: the client goes away mid-watch; the upstream connection is closed, never pooled
+    await client.stream.aclose()
+    [_, watch] = await world.wait_events(2)
+    assert (watch["verb"], watch["status"]) == ("watch", 200)
+    assert watch["error"] == "the client went away"
+    stats = ctx.pool.statistics()
+    assert stats.discarded == 1
+    assert stats.idle == 0
+
+
+@pytest.fixture
+async def scripted(nursery: trio.Nursery) -> Scripted:
+    return await nursery.start(serve_scripted)
+
+
+def scripted_world(scripted: Scripted) -> World:
+    world = World()
+    world.roles[PODS_ONLY.name] = PODS_ONLY
+    world.users["alice"] = user("alice", [PODS_ONLY.name])
+    world.clusters[CLUSTER] = (kube_cluster(CLUSTER, scripted.kubeconfig()), LABELS)
+    return world
+
+
+async def test_an_upstream_dying_mid_response_ends_the_client_response(
+    nursery: trio.Nursery, scripted: Scripted
+) -> None:
+    world = scripted_world(scripted)
+    client = await open_client(nursery, world)
+    await client.send_request("GET", f"{PREFIX}/die")
+    head = await client.response_head()
+    assert head.status_code == 200
+    event = await client.next_event()
+    assert bytes(event.data) == b'{"type":"ADDED"}\n'
+    # No terminating chunk: a truncated answer must not look complete, and the connection ends promptly.
+    with trio.fail_after(5), pytest.raises(h11.RemoteProtocolError):
+        await client.next_event()
+    [record] = await world.wait_events(1)
+    assert record["status"] == 200
+    assert "closed" in record["error"] or "broke" in record["error"]
+
+
+async def test_a_stale_pooled_connection_is_retried_on_a_fresh_one(nursery: trio.Nursery, scripted: Scripted) -> None:
+    world = scripted_world(scripted)
+    ctx = world.context()
+    client = await open_client(nursery, world, ctx)
+    first = await client.request("GET", f"{PREFIX}/answer-then-close")
+    assert first.status == 410
+    await world.wait_events(1)
+    second = await client.request("GET", f"{PREFIX}/version")
+    assert second.status == 404  # the scripted server's answer, not a 502
+    stats = ctx.pool.statistics()
+    assert (stats.connects, stats.reuses) == (2, 1)
+
+
+async def test_a_hang_up_before_answering_is_a_502(nursery: trio.Nursery, scripted: Scripted) -> None:
+    world = scripted_world(scripted)
+    client = await open_client(nursery, world)
+    reply = await client.request("GET", f"{PREFIX}/hang-up")
+    assert reply.status == 502
+    assert f'Kubernetes cluster "{CLUSTER}"' in reply.json()["message"]
+
+
+SPDY = [
+    (b"Connection", b"Upgrade"),
+    (b"Upgrade", b"SPDY/3.1"),
+    (b"X-Stream-Protocol-Version", b"v4.channel.k8s.io"),
+    (b"X-Stream-Protocol-Version", b"v3.channel.k8s.io"),
+]
+WEBSOCKET = [
+    (b"Connection", b"Upgrade"),
+    (b"Upgrade", b"websocket"),
+    (b"Sec-WebSocket-Key", b"dGhlIHNhbXBsZSBub25jZQ=="),
+    (b"Sec-WebSocket-Version", b"13"),
+    (b"Sec-WebSocket-Protocol", b"v5.channel.k8s.io"),
+]
+
+
+@pytest.mark.parametrize(("method", "headers"), [("POST", SPDY), ("GET", WEBSOCKET)], ids=["spdy", "websocket"])
+async def test_an_upgrade_answered_101_is_spliced_both_ways(
+    nursery: trio.Nursery, scripted: Scripted, method: str, headers: list[tuple[bytes, bytes]]
+) -> None:
+    world = scripted_world(scripted)
+    client = await open_client(nursery, world)
+    target = f"{PREFIX}/api/v1/namespaces/default/pods/web/exec?command=sh&stdin=true&tty=true"
+    await client.send_request(method, target, headers=[*headers, (b"Impersonate-User", b"alice")])
+    head = await client.response_head()
+    assert head.status_code == 101
+    sent = dict(head.headers.raw_items())
+    assert sent[b"Upgrade"] in (b"SPDY/3.1", b"websocket")
+    # what went upstream: the upgrade pair, the protocol headers in order, the query byte for byte
+    _, path, upstream_headers = scripted.requests[-1]
+    assert path == "/api/v1/namespaces/default/pods/web/exec?command=sh&stdin=true&tty=true"
+    names = [n.lower() for n, _ in upstream_headers]
+    assert (b"connection", b"Upgrade") in [(n.lower(), v) for n, v in upstream_headers]
+    assert names.count(b"impersonate-user") == 1
+    assert [v for n, v in upstream_headers if n.lower() == b"authorization"] == [b"Bearer scripted-token"]
+    if method == "POST":
+        versions = [v for n, v in upstream_headers if n.lower() == b"x-stream-protocol-version"]
+        assert versions == [b"v4.channel.k8s.io", b"v3.channel.k8s.io"]
+    # raw bytes from here on, both ways
+    leftover, _ = client.conn.trailing_data
+    received = bytearray(leftover)
+    with trio.fail_after(5):
+        while len(received) < len(GREETING):
+            received += await client.stream.receive_some(100)
+    assert bytes(received) == GREETING
+    await client.stream.send_all(b"GET /not-http-any-more HTTP/1.1\r\n\r\nhello")
+    expected = b"GET /NOT-HTTP-ANY-MORE HTTP/1.1\r\n\r\nHELLO"
+    received = bytearray()
+    with trio.fail_after(5):
+        while len(received) < len(expected):
+            received += await client.stream.receive_some(100)
+    assert bytes(received) == expected  # spliced, not parsed: no request smuggling after a 101
+    await client.stream.aclose()
+    [start] = await world.wait_events(1, "session.start")
+    [end] = await world.wait_events(1, "session.end")
+    assert start["session_id"] == end["session_id"]
+    assert (start["session_kind"], start["pod"], start["namespace"]) == ("exec", "web", "default")
+    assert end["bytes_from_client"] == len(expected)
+    assert end["bytes_to_client"] == len(GREETING) + len(expected)
+    assert end["exit_code"] is None
+    [request] = world.kube_requests()
+    assert (request["verb"], request["resource"], request["status"]) == ("create", "pods/exec", 101)
+    with trio.fail_after(5):
+        while scripted.sessions_closed < 1:
+            await scripted.closed.wait()
+
+
+async def test_an_upgrade_answered_otherwise_is_a_normal_response_and_the_loop_goes_on(
+    nursery: trio.Nursery, scripted: Scripted
+) -> None:
+    world = scripted_world(scripted)
+    client = await open_client(nursery, world)
+    refused = await client.request("GET", f"{PREFIX}/api/v1/namespaces/default/pods/refuse/exec", headers=WEBSOCKET)
+    assert refused.status == 400  # kubectl falls back to SPDY on exactly this
+    assert refused.json()["message"] == "upgrade refused by the scripted server"
+    assert client.can_reuse()
+    client.conn.start_next_cycle()
+    await client.send_request("POST", f"{PREFIX}/api/v1/namespaces/default/pods/web/exec", headers=SPDY)
+    head = await client.response_head()
+    assert head.status_code == 101
+
+
+async def test_an_upgrade_that_the_roles_refuse_never_reaches_upstream(
+    nursery: trio.Nursery, scripted: Scripted
+) -> None:
+    world = scripted_world(scripted)
+    viewer = world.roles[PODS_ONLY.name]
+    from tests.agent.forward.forward_helpers import role
+
+    world.roles[PODS_ONLY.name] = role(
+        viewer.name,
+        {
+            "kubernetes_labels": {"*": "*"},
+            "kubernetes_groups": ["viewers"],
+            "kubernetes_resources": [{"kind": "pod", "namespace": "*", "name": "*", "verbs": ["get", "list"]}],
+        },
+    )
+    client = await open_client(nursery, world)
+    reply = await client.request(
+        "GET", f"{PREFIX}/api/v1/namespaces/default/pods/web/exec?command=sh", headers=WEBSOCKET
+    )
+    assert reply.status == 403
+    assert not scripted.requests

@@ -1,0 +1,158 @@
+"""A tiny scripted API server over TLS, for what the shared fake cannot do: 101 upgrades, dying mid-answer.
+
+Paths (anything else: 404 Status):
+
+* ``.../exec`` and ``.../portforward`` with ``Connection: Upgrade``: 101 echoing ``Upgrade``,
+  ``X-Stream-Protocol-Version`` / ``Sec-WebSocket-Protocol``, then a greeting in the same write, then
+  every byte received is sent back upper-cased until the client closes;
+* ``.../refuse/exec``: a 400 Status (a server that will not upgrade: kubectl's fallback path);
+* ``/die``: 200 chunked, one chunk, then the TCP connection is dropped;
+* ``/hang-up``: closes the connection without answering;
+* ``/answer-then-close``: a 410 Status that looks keep-alive, then the connection closes (a stale pooled
+  connection for the next request).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import h11
+import trio
+import yaml
+
+from registry.core.identity import CertAuthority, Identity, generate_private_key, public_key_pem
+from registry.host.tls import server_context
+
+GREETING = b"greeting-from-upstream"
+
+
+@dataclass
+class Scripted:
+    port: int = 0
+    ca_pem: bytes = b""
+    requests: list[tuple[str, str, list[tuple[bytes, bytes]]]] = field(default_factory=list)
+    sessions_closed: int = 0
+    closed: trio.Event = field(default_factory=trio.Event)
+
+    def kubeconfig(self, token: str = "scripted-token") -> bytes:
+        doc: dict[str, Any] = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "c",
+                    "cluster": {
+                        "server": f"https://127.0.0.1:{self.port}",
+                        "certificate-authority-data": base64.b64encode(self.ca_pem).decode(),
+                    },
+                }
+            ],
+            "users": [{"name": "u", "user": {"token": token}}],
+            "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+            "current-context": "x",
+        }
+        return yaml.safe_dump(doc).encode()
+
+
+async def serve_scripted(task_status: trio.TaskStatus[Scripted] = trio.TASK_STATUS_IGNORED) -> None:
+    now = datetime.now(UTC)
+    ca = CertAuthority.generate("scripted", now=now)
+    key = generate_private_key()
+    cert = ca.issue(
+        public_key_pem(key),
+        Identity(name="scripted", kind="agent"),
+        ttl=timedelta(hours=1),
+        now=now,
+        dns_names=["localhost"],
+        ip_addresses=["127.0.0.1"],
+    )
+    context = server_context(cert, key, [ca.cert_pem], client_certs="optional")
+    state = Scripted(ca_pem=ca.cert_pem)
+
+    async def handler(stream: trio.SSLStream[trio.SocketStream]) -> None:
+        try:
+            await _serve(stream, state)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.RemoteProtocolError):
+            pass
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    listeners = await trio.open_ssl_over_tcp_listeners(0, context, host="127.0.0.1")
+    state.port = listeners[0].transport_listener.socket.getsockname()[1]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.serve_listeners, handler, listeners)
+        task_status.started(state)
+
+
+async def _next(conn: h11.Connection, stream: trio.abc.Stream) -> Any:
+    while True:
+        event = conn.next_event()
+        if event is not h11.NEED_DATA:
+            return event
+        conn.receive_data(await stream.receive_some(65536))
+
+
+async def _serve(stream: trio.abc.Stream, state: Scripted) -> None:
+    conn = h11.Connection(h11.SERVER)
+    while True:
+        request = await _next(conn, stream)
+        if not isinstance(request, h11.Request):
+            return
+        while not isinstance(await _next(conn, stream), h11.EndOfMessage):
+            pass
+        path = request.target.decode()
+        headers = list(request.headers.raw_items())
+        state.requests.append((request.method.decode(), path, headers))
+        lower = [(n.lower(), v) for n, v in headers]
+        upgrade = [v for n, v in lower if n == b"upgrade"]
+        if "/refuse/" in path:
+            await _status(conn, stream, 400, "upgrade refused by the scripted server")
+        elif path.split("?")[0].endswith(("/exec", "/portforward", "/attach")) and upgrade:
+            echo = [(b"Upgrade", upgrade[0]), (b"Connection", b"Upgrade")]
+            echo += [(b"X-Stream-Protocol-Version", v) for n, v in lower if n == b"x-stream-protocol-version"][:1]
+            echo += [(b"Sec-WebSocket-Protocol", v) for n, v in lower if n == b"sec-websocket-protocol"][:1]
+            await stream.send_all(conn.send(h11.InformationalResponse(status_code=101, headers=echo)) + GREETING)
+            await _echo(conn, stream, state)
+            return
+        elif path == "/die":
+            head = h11.Response(status_code=200, headers=[(b"Transfer-Encoding", b"chunked")])
+            await stream.send_all(conn.send(head) + conn.send(h11.Data(data=b'{"type":"ADDED"}\n')))
+            return  # dropped without the last chunk
+        elif path == "/hang-up":
+            return
+        elif path == "/answer-then-close":
+            await _status(conn, stream, 410, "answered; now this connection goes away without saying so")
+            return
+        else:
+            await _status(conn, stream, 404, f"{path} not found")
+        conn.start_next_cycle()
+
+
+async def _echo(conn: h11.Connection, stream: trio.abc.Stream, state: Scripted) -> None:
+    leftover, _ = conn.trailing_data
+    if leftover:
+        await stream.send_all(leftover.upper())
+    try:
+        while True:
+            data = await stream.receive_some(65536)
+            if not data:
+                return
+            await stream.send_all(bytes(data).upper())
+    finally:
+        state.sessions_closed += 1
+        state.closed.set()
+        state.closed = trio.Event()
+
+
+async def _status(conn: h11.Connection, stream: trio.abc.Stream, code: int, message: str) -> None:
+    body = json.dumps({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message, "code": code})
+    headers = [(b"Content-Type", b"application/json"), (b"Content-Length", str(len(body)).encode())]
+    await stream.send_all(
+        conn.send(h11.Response(status_code=code, headers=headers))
+        + conn.send(h11.Data(data=body.encode()))
+        + conn.send(h11.EndOfMessage())
+    )
