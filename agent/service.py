@@ -32,6 +32,7 @@ from typing import Any
 import trio
 import trio.lowlevel
 
+from agent.access import serve_access
 from agent.clusters import Supervisor
 from agent.config import AgentConfig
 from agent.heartbeat import Announcer, ServiceInfo
@@ -63,10 +64,13 @@ class Agent:
         health_interval: float = 60.0,
         label_timeout: float = 30.0,
         freeze_gc: bool = False,
+        serve_access: bool = True,
     ) -> None:
         """``freeze_gc``: the agent owns its process (the daemons set it), so it may tell the collector to
-        stop scanning everything loaded at start-up."""
+        stop scanning everything loaded at start-up. ``serve_access``: keep a tunnel to the registry's
+        front door and forward kubectl traffic (``agent.access``)."""
         self.config = config
+        self.access_enabled = serve_access
         self.freeze_gc = freeze_gc
         self.health_interval = health_interval
         self.label_timeout = label_timeout
@@ -149,6 +153,17 @@ class Agent:
                 if kube.resources:
                     await nursery.start(self.watcher.serve)
                 nursery.start_soon(holder.renew_forever)
+                if self.access_enabled:
+                    supervisor = self.supervisor
+                    await nursery.start(
+                        lambda task_status: serve_access(
+                            host_id=me.host_id or "",
+                            table=supervisor,
+                            client=lambda: holder.client,
+                            identity=lambda: holder.identity,
+                            task_status=task_status,
+                        )
+                    )
                 nursery.start_soon(self._reconcile_loop, static)
                 nursery.start_soon(self._describe_loop, holder, me.host_id, static)
                 task_status.started(

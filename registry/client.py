@@ -275,6 +275,10 @@ class RegistryClient:
         items, _ = await self.events_page(limit=limit, event=event)
         return items
 
+    async def report_events(self, events: Sequence[Mapping[str, Any]]) -> None:
+        """Agents: audit events about the requests they forwarded (``POST /v1/events``)."""
+        await self._request("POST", "/v1/events", body={"events": list(events)})
+
     async def events_page(
         self, *, limit: int = 100, event: str | None = None, continue_from: str | None = None
     ) -> tuple[builtins.list[AuditEvent], str | None]:

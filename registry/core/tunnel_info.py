@@ -34,6 +34,8 @@ from registry.core.codec_access import USER_NAME_RE
 from registry.core.codec_common import NAME_RE
 from registry.core.errors import BadParameter
 
+# The ALPN protocol an agent offers on the front door's port (kubectl gets http/1.1 on the same port).
+TUNNEL_ALPN: Final = "kubeport-tunnel/1"
 CLUSTER: Final = "kubeport-cluster"
 USER: Final = "kubeport-user"
 ROLES: Final = "kubeport-roles"

@@ -70,7 +70,7 @@ from registry.core.identity import (
 from registry.core.kube_access import cluster_not_found
 from registry.core.kube_route import split_prefix
 from registry.core.netaddr import format_hostport, listen_error, parse_hostport
-from registry.core.tunnel_info import StreamInfo
+from registry.core.tunnel_info import TUNNEL_ALPN, StreamInfo
 from registry.frontdoor.head import FirstHead, Head, RequestTimeout, error_response
 from registry.frontdoor.lookup import ClusterLookup
 from registry.frontdoor.pick import order_agents, route
@@ -82,7 +82,6 @@ from registry.server.service import Registry
 
 log = logging.getLogger(__name__)
 
-TUNNEL_ALPN = "kubeport-tunnel/1"
 HTTP11_ALPN = "http/1.1"
 FRONTDOOR_ALPN = (TUNNEL_ALPN, HTTP11_ALPN)  # server preference: h2 is never listed, so never selected
 DEFAULT_KUBE_PORT = 3026

@@ -184,6 +184,7 @@ class RegistryAPI:
             ("kube_agents", "DELETE", 1): self._delete_agent,
             ("tokens", "POST", 0): self._generate_token,
             ("events", "GET", 0): self._events,
+            ("events", "POST", 0): self._post_events,
             ("watch", "GET", 0): self._watch,
         }
 
@@ -369,6 +370,13 @@ class RegistryAPI:
         if more is not None:
             body["continue"] = more
         return Response.json(200, body)
+
+    async def _post_events(self, caller: Caller, request: Request, rest: list[str]) -> Response:
+        events = _body_object(request).get("events")
+        if not isinstance(events, list):
+            raise BadParameter("request body field 'events' must be a list")
+        kept = await self.registry.record_agent_events(caller, events)
+        return Response.json(200, {"kind": "Status", "status": "Success", "details": {"count": kept}})
 
     async def _watch(self, caller: Caller, request: Request, rest: list[str]) -> Response:
         kinds = tuple(k for k in (request.query_value("kinds") or "kube_cluster").split(",") if k)

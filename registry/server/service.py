@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import json
 import re
 import secrets
 import shlex
@@ -95,6 +96,10 @@ MAX_EVENTS_PAGE = 1000  # events per page of GET /v1/events
 EVENTS_SCAN = 10_000  # rows one page may look at to find matches of an ``event`` filter
 MAX_USER_CERT_TTL = timedelta(days=7)
 MAX_HEARTBEAT_TTL = 3600.0
+# What agents may report about the requests they forward (agent/forward/audit.py), and how much.
+AGENT_EVENT_TYPES = frozenset({"kube.request", "session.start", "session.end", "audit.dropped"})
+MAX_AGENT_EVENTS = 500
+MAX_AGENT_EVENT_BYTES = 8192
 HOST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 # Audit event names per (kind, action), Teleport's where it has one.
@@ -328,6 +333,31 @@ class Registry:
         self._audit_writes += 1
         if self._audit_writes % self._audit_trim_every == 0:
             await self._trim_audit()
+
+    async def record_agent_events(self, caller: Caller, events: builtins.list[Any]) -> int:
+        """Audit events an agent reports for the requests it forwarded (``kube.request``, ``session.*``,
+        ``audit.dropped``): only agents may report, each event is a bounded flat-ish mapping of one of those
+        types, and ``reported_by`` is the caller's host id whatever the body says. Returns how many were kept."""
+        if caller.kind != "agent" or not caller.identity.host_id:
+            raise AccessDenied(f"access denied: {caller.describe()} may not report access events")
+        if len(events) > MAX_AGENT_EVENTS:
+            raise BadParameter(f"at most {MAX_AGENT_EVENTS} events per request (got {len(events)})")
+        checked: builtins.list[dict[str, Any]] = []
+        for index, event in enumerate(events):
+            if not isinstance(event, dict) or event.get("event") not in AGENT_EVENT_TYPES:
+                raise BadParameter(
+                    f"event {index}: expected a mapping whose event is one of {', '.join(sorted(AGENT_EVENT_TYPES))}"
+                )
+            if len(json.dumps(event)) > MAX_AGENT_EVENT_BYTES:
+                raise BadParameter(f"event {index}: more than {MAX_AGENT_EVENT_BYTES} bytes")
+            fields = {k: v for k, v in event.items() if isinstance(k, str) and k not in ("event", "time")}
+            fields["reported_by"] = caller.identity.host_id
+            fields.setdefault("success", True)
+            checked.append({"event": event["event"], **fields})
+        for value in checked:  # validated as a whole first: a bad batch writes nothing
+            name = value.pop("event")
+            await self.audit(name, None, **value)
+        return len(checked)
 
     def _audit_name(self) -> str:
         """A name that sorts by time and, within this process, strictly by write order (pages never
