@@ -98,3 +98,24 @@ async def kpctl(*argv: str) -> CliResult:
 
 def dedent(text: str) -> str:
     return textwrap.dedent(text).lstrip("\n")
+
+
+# seed 003's kube-access.yaml (flattened in the seed text; re-indented, nothing else changed)
+KUBE_ACCESS = """\
+kind: role
+metadata:
+  name: kube-access
+version: v7
+spec:
+  allow:
+    kubernetes_labels:
+      '*': '*'
+    kubernetes_resources:
+      - kind: '*'
+        namespace: '*'
+        name: '*'
+        verbs: ['*']
+    kubernetes_groups:
+    - viewers
+  deny: {}
+"""

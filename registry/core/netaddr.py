@@ -69,7 +69,7 @@ def parse_hostport(
             raise BadParameter(f"{what} {_show(value)}: put an IPv6 address in brackets, e.g. [::1]:{default_port}")
         host, sep, after = text.partition(":")
         port_text = after if sep else None
-        if host and not _is_ip(host) and (len(host) > 253 or not _HOST_RE.match(host)):
+        if host and not is_ip(host) and (len(host) > 253 or not _HOST_RE.match(host)):
             raise BadParameter(f"{what} {_show(value)}: invalid host name (expected an IP address or a DNS name)")
     port = default_port
     if port_text is not None:
@@ -83,14 +83,6 @@ def parse_hostport(
             raise BadParameter(f"{what} {_show(value)}: missing host (expected HOST:PORT)")
         host = default_host
     return host, port
-
-
-def _is_ip(value: str) -> bool:
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        return False
-    return True
 
 
 _CAUSES = {
@@ -115,3 +107,22 @@ def listen_error(host: str, port: int, exc: BaseException) -> str:
     else:
         cause = str(exc)
     return f"cannot listen on {where}: {cause}"
+
+
+def is_ip(value: str) -> bool:
+    """Whether ``value`` is an IPv4 or IPv6 address (not a name)."""
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only reaches this machine: ``localhost`` or a loopback address."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -69,7 +69,7 @@ from registry.core.identity import (
 )
 from registry.core.kube_access import cluster_not_found
 from registry.core.kube_route import split_prefix
-from registry.core.netaddr import format_hostport, listen_error, parse_hostport
+from registry.core.netaddr import format_hostport, is_ip, listen_error, parse_hostport
 from registry.core.tunnel_info import TUNNEL_ALPN, StreamInfo
 from registry.frontdoor.head import FirstHead, Head, RequestTimeout, error_response
 from registry.frontdoor.lookup import ClusterLookup
@@ -171,7 +171,7 @@ def frontdoor_server_context(
     for host in hosts:
         if host in ("", "0.0.0.0", "::"):
             continue
-        (ips if _is_ip(host) else names).append(host.lower() if not _is_ip(host) else host)
+        (ips if is_ip(host) else names).append(host.lower() if not is_ip(host) else host)
     key = generate_private_key()
     cert = ca.issue(
         public_key_pem(key),
@@ -184,16 +184,6 @@ def frontdoor_server_context(
     context = server_context(cert, key, [ca.cert_pem], client_certs="required")
     context.set_alpn_protocols(list(FRONTDOOR_ALPN))
     return context
-
-
-def _is_ip(value: str) -> bool:
-    import ipaddress
-
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        return False
-    return True
 
 
 class Denial(Exception):

@@ -42,7 +42,7 @@ from registry.core.identity import (
     public_key_pem,
 )
 from registry.core.identity_file import IdentityFile
-from registry.core.netaddr import format_hostport, parse_hostport
+from registry.core.netaddr import format_hostport, is_ip, is_loopback, parse_hostport
 from registry.host.files import ensure_private_dir, write_secret_file
 from registry.host.paths import ADMIN_IDENTITY, CA_PIN_FILE, STORE_FILE
 from registry.host.tls import server_context
@@ -196,9 +196,9 @@ async def serve_registry(
         )
         server_key = generate_private_key()
         extra_names = [parse_hostport(a, default_port=port, what="--public-addr")[0] for a in public_addrs]
-        dns_names = [REGISTRY_SERVER_NAME, "localhost", *[n for n in extra_names if not _is_ip(n)]]
-        ips = ["127.0.0.1", "::1", *[n for n in extra_names if _is_ip(n)]]
-        if _is_ip(host) and host not in ("0.0.0.0", "::"):
+        dns_names = [REGISTRY_SERVER_NAME, "localhost", *[n for n in extra_names if not is_ip(n)]]
+        ips = ["127.0.0.1", "::1", *[n for n in extra_names if is_ip(n)]]
+        if is_ip(host) and host not in ("0.0.0.0", "::"):
             ips.append(host)
         server_cert = ca.issue(
             public_key_pem(server_key),
@@ -218,7 +218,7 @@ async def serve_registry(
             )
             address = public_addrs[0] if public_addrs else advertised_address(host, info.port)
             registry.public_addr = public_addrs[0] if public_addrs else ""
-            registry.loopback_only = _is_loopback(host)
+            registry.loopback_only = is_loopback(host)
             identity_path = data_dir / ADMIN_IDENTITY
             ensure_admin_identity(identity_path, ca, address, now)
             nursery.start_soon(lambda: serve_expiry(store, interval=expiry_interval))
@@ -274,24 +274,3 @@ async def _renew_admin_identity(path: Path, ca: CertAuthority, address: str) -> 
     while True:
         await trio.sleep(3600)
         await trio.to_thread.run_sync(ensure_admin_identity, path, ca, address, datetime.now(tz=UTC))
-
-
-def _is_loopback(host: str) -> bool:
-    import ipaddress
-
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _is_ip(value: str) -> bool:
-    import ipaddress
-
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        return False
-    return True

@@ -25,27 +25,8 @@ from registry.frontdoor.run import run_frontdoor
 from registry.server.serve import RegistryInfo, serve_registry
 from tests.fakes.kube_api import FakeKube
 from tests.fakes.kubectl import SKIP_REASON, find_kubectl, run_kubectl
-from tests.helpers import cluster_doc, kpctl
+from tests.helpers import KUBE_ACCESS, cluster_doc, kpctl
 from tests.integration.test_agent_inprocess import admin, agent_config, new_token, wait_for
-
-KUBE_ACCESS = """\
-kind: role
-metadata:
-  name: kube-access
-version: v7
-spec:
-  allow:
-    kubernetes_labels:
-      '*': '*'
-    kubernetes_resources:
-      - kind: '*'
-        namespace: '*'
-        name: '*'
-        verbs: ['*']
-    kubernetes_groups:
-    - viewers
-  deny: {}
-"""
 
 KUBE_DEV_ONLY = """\
 kind: role

@@ -27,29 +27,11 @@ from registry.core.kube_route import cluster_prefix, split_prefix
 from registry.core.resources import CommandLabel, KubeCluster, KubeServer, Metadata
 from registry.server.serve import RegistryInfo
 from tests.fakes.kubectl import SKIP_REASON, find_kubectl, run_kubectl
-from tests.helpers import cluster_doc, kpctl, kubeconfig_bytes
+from tests.helpers import KUBE_ACCESS, cluster_doc, kpctl, kubeconfig_bytes
 
 REPO = Path(__file__).resolve().parents[2]
 
 # seed 003's kube-access role (re-indented), and a role that lets its holder manage users only
-KUBE_ACCESS = """\
-kind: role
-metadata:
-  name: kube-access
-version: v7
-spec:
-  allow:
-    kubernetes_labels:
-      '*': '*'
-    kubernetes_resources:
-      - kind: '*'
-        namespace: '*'
-        name: '*'
-        verbs: ['*']
-    kubernetes_groups:
-    - viewers
-  deny: {}
-"""
 KUBE_MANAGER = """\
 kind: role
 metadata:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import socket
 import sys
 from collections.abc import Mapping
@@ -14,6 +13,7 @@ from registry.cli.kpctl.flags import SubParsers, command, duration, group
 from registry.client import RegistryClient
 from registry.core import codec
 from registry.core.errors import BadParameter, NotFound
+from registry.core.netaddr import is_loopback
 from registry.core.resources import mask_token
 from registry.host.cmdline import resolve_connection
 
@@ -70,7 +70,7 @@ def agent_address(ping: Mapping[str, Any], used: str, this_host: str | None) -> 
     if isinstance(public, str) and public:
         return public, notes
     host, port = _split_address(used)
-    if not _is_loopback(host):
+    if not is_loopback(host):
         return used, notes
     if this_host is None:
         notes.append(f"the registry has no --public-addr and {used} only works on this host; {fix}.")
@@ -92,15 +92,6 @@ def _split_address(address: str) -> tuple[str, str]:
     return (host, port) if host else (address, "3025")
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _this_host_address() -> str | None:
     """A non-loopback address of this host: the source address of the default route (a UDP "connect"
     sends nothing), else what the host name resolves to; None when there is none."""
@@ -111,13 +102,13 @@ def _this_host_address() -> str | None:
                 found = str(probe.getsockname()[0])
         except OSError:
             continue
-        if not _is_loopback(found):
+        if not is_loopback(found):
             return found
     try:
         found = socket.gethostbyname(socket.gethostname())
     except OSError:
         return None
-    return None if _is_loopback(found) else found
+    return None if is_loopback(found) else found
 
 
 async def cmd_tokens_ls(args: argparse.Namespace) -> int:

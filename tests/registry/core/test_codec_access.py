@@ -10,6 +10,7 @@ import pytest
 from registry.core import codec
 from registry.core.errors import BadParameter
 from registry.core.resources import Role, RoleConditions, Rule, Token, User
+from tests.helpers import KUBE_ACCESS
 
 # seed 003, verbatim
 KUBE_MANAGER = """\
@@ -28,26 +29,6 @@ spec:
       - update
       - delete
 version: v5
-"""
-
-# seed 003's kube-access.yaml (flattened in the seed text; re-indented, nothing else changed)
-KUBE_ACCESS = """\
-kind: role
-metadata:
-  name: kube-access
-version: v7
-spec:
-  allow:
-    kubernetes_labels:
-      '*': '*'
-    kubernetes_resources:
-      - kind: '*'
-        namespace: '*'
-        name: '*'
-        verbs: ['*']
-    kubernetes_groups:
-    - viewers
-  deny: {}
 """
 
 

@@ -22,27 +22,11 @@ from registry.core.kube_access import (
 )
 from registry.core.kube_request import KubeRequest, parse_request
 from registry.core.resources import Metadata, Role, RoleConditions, User
+from tests.helpers import KUBE_ACCESS
 
 # -- roles from the seeds (YAML through the real codec where it accepts the version) --------------------------
 
-SEED_003_KUBE_ACCESS = """
-kind: role
-metadata:
-  name: kube-access
-version: v7
-spec:
-  allow:
-    kubernetes_labels:
-      '*': '*'
-    kubernetes_resources:
-      - kind: '*'
-        namespace: '*'
-        name: '*'
-        verbs: ['*']
-    kubernetes_groups:
-      - viewers
-  deny: {}
-"""
+SEED_003_KUBE_ACCESS = KUBE_ACCESS
 
 SEED_004_EXAMPLE_ROLE = """
 kind: role
