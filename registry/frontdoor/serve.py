@@ -60,16 +60,13 @@ import trio
 from registry.core import kube_headers
 from registry.core.errors import AccessDenied, BadParameter, ConnectionProblem, KubeportError, Unauthenticated
 from registry.core.identity import (
-    REGISTRY_SERVER_NAME,
     REGISTRY_TTL,
     CertAuthority,
     Identity,
-    generate_private_key,
-    public_key_pem,
 )
 from registry.core.kube_access import cluster_not_found
 from registry.core.kube_route import split_prefix
-from registry.core.netaddr import format_hostport, is_ip, listen_error, parse_hostport
+from registry.core.netaddr import format_hostport, listen_error, parse_hostport
 from registry.core.tunnel_info import TUNNEL_ALPN, StreamInfo
 from registry.frontdoor.head import FirstHead, Head, RequestTimeout, error_response
 from registry.frontdoor.lookup import ClusterLookup
@@ -78,6 +75,7 @@ from registry.host.tls import peer_certificate_der, server_context
 from registry.server.admission import Admission, AdmissionLimits, source_of
 from registry.server.authz import Caller
 from registry.server.http import Slot
+from registry.server.serve import issue_server_certificate
 from registry.server.service import Registry
 
 log = logging.getLogger(__name__)
@@ -163,24 +161,10 @@ def frontdoor_server_context(
     The certificate is of kind ``registry`` (the front door runs in the registry process and only the
     registry kind may carry :data:`REGISTRY_SERVER_NAME`), so agents verify it as they verify the registry.
     """
-    names: list[str] = []
-    ips: list[str] = []
     hosts = [listen_host] + [
         parse_hostport(a, default_port=DEFAULT_KUBE_PORT, what="--kube-public-addr")[0] for a in public_addrs
     ]
-    for host in hosts:
-        if host in ("", "0.0.0.0", "::"):
-            continue
-        (ips if is_ip(host) else names).append(host.lower() if not is_ip(host) else host)
-    key = generate_private_key()
-    cert = ca.issue(
-        public_key_pem(key),
-        Identity(name=REGISTRY_SERVER_NAME, kind="registry"),
-        ttl=ttl,
-        now=now,
-        dns_names=sorted(set(names)),
-        ip_addresses=sorted(set(ips)),
-    )
+    cert, key = issue_server_certificate(ca, hosts, now=now, ttl=ttl)
     context = server_context(cert, key, [ca.cert_pem], client_certs="required")
     context.set_alpn_protocols(list(FRONTDOOR_ALPN))
     return context

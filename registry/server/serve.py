@@ -25,7 +25,7 @@ import logging
 import socket
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import trio
@@ -127,6 +127,33 @@ async def load_or_create_ca(
     return CertAuthority.from_pem(record.value["cert_pem"].encode(), record.value["key_pem"].encode())
 
 
+def issue_server_certificate(
+    ca: CertAuthority, hosts: Sequence[str], *, now: datetime, ttl: timedelta = REGISTRY_TTL
+) -> tuple[bytes, bytes]:
+    """(certificate, key) for a TLS server of the registry process (the API, the front door): kind
+    ``registry`` with the fixed name every client verifies, ``localhost``, 127.0.0.1, ::1 and each of
+    ``hosts`` (names and addresses; wildcards skipped). A fresh key per call, never written to disk."""
+    names = [REGISTRY_SERVER_NAME, "localhost"]
+    ips = ["127.0.0.1", "::1"]
+    for host in hosts:
+        if host in ("", "0.0.0.0", "::"):
+            continue
+        if is_ip(host):
+            ips.append(host)
+        else:
+            names.append(host.lower())
+    key = generate_private_key()
+    cert = ca.issue(
+        public_key_pem(key),
+        Identity(name=REGISTRY_SERVER_NAME, kind="registry"),
+        ttl=ttl,
+        now=now,
+        dns_names=sorted(set(names)),
+        ip_addresses=sorted(set(ips)),
+    )
+    return cert, key
+
+
 def _record_ca_pin(data_dir: Path, ca: CertAuthority) -> None:
     path = data_dir / CA_PIN_FILE
     try:
@@ -194,20 +221,8 @@ async def serve_registry(
         registry = Registry(
             store, ca, cluster_name=ca.cluster_name, max_audit_events=max_audit_events, audit_window=audit_window
         )
-        server_key = generate_private_key()
         extra_names = [parse_hostport(a, default_port=port, what="--public-addr")[0] for a in public_addrs]
-        dns_names = [REGISTRY_SERVER_NAME, "localhost", *[n for n in extra_names if not is_ip(n)]]
-        ips = ["127.0.0.1", "::1", *[n for n in extra_names if is_ip(n)]]
-        if is_ip(host) and host not in ("0.0.0.0", "::"):
-            ips.append(host)
-        server_cert = ca.issue(
-            public_key_pem(server_key),
-            Identity(name=REGISTRY_SERVER_NAME, kind="registry"),
-            ttl=REGISTRY_TTL,
-            now=now,
-            dns_names=sorted(set(dns_names)),
-            ip_addresses=sorted(set(ips)),
-        )
+        server_cert, server_key = issue_server_certificate(ca, [host, *extra_names], now=now)
         ssl_context = server_context(server_cert, server_key, [ca.cert_pem], client_certs="optional")
         api = RegistryAPI(registry, bookmark_interval=bookmark_interval, rate_limits=rate_limits)
         async with trio.open_nursery() as nursery:
