@@ -74,7 +74,7 @@ from registry.frontdoor.pick import order_agents, route
 from registry.host.tls import peer_certificate_der, server_context
 from registry.server.admission import Admission, AdmissionLimits, source_of
 from registry.server.authz import Caller
-from registry.server.http import Slot
+from registry.server.http import Slot, accept_retrying
 from registry.server.serve import issue_server_certificate
 from registry.server.service import Registry
 
@@ -577,18 +577,25 @@ async def serve_frontdoor(
     ssl_context: ssl.SSLContext,
     limits: FrontDoorLimits | None = None,
     rng: random.Random | None = None,
+    listeners: Sequence[trio.SocketListener] | None = None,
     task_status: trio.TaskStatus[FrontDoorInfo] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Listen on host:port (0 = any free port) and serve the front door until cancelled.
 
     ``ssl_context`` comes from :func:`frontdoor_server_context`; ``task_status.started`` gets the bound
-    address and the :class:`FrontDoor` (its ``statistics()``).
+    address and the :class:`FrontDoor` (its ``statistics()``). ``listeners`` serves on listeners the caller
+    opened instead (``host`` and ``port`` are then unused); they are closed on return. Accept errors follow
+    :func:`registry.server.http.accept_retrying`: resource shortages are retried, anything else ends the
+    front door with that error.
     """
     frontdoor = FrontDoor(registry, hub, limits=limits, rng=rng)
-    try:
-        listeners = await trio.open_tcp_listeners(port, host=host)
-    except (OSError, UnicodeError) as exc:
-        raise ConnectionProblem(listen_error(host, port, exc)) from None
+    if listeners is None:
+        try:
+            listeners = await trio.open_tcp_listeners(port, host=host)
+        except (OSError, UnicodeError) as exc:
+            raise ConnectionProblem(listen_error(host, port, exc)) from None
+    else:
+        listeners = list(listeners)
     bound = listeners[0].socket.getsockname()
     info = FrontDoorInfo(host=bound[0], port=bound[1], frontdoor=frontdoor)
     admission = frontdoor.admission
@@ -596,12 +603,8 @@ async def serve_frontdoor(
 
     async def accept_loop(listener: trio.SocketListener, nursery: trio.Nursery) -> None:
         while True:
-            try:
-                sock = await listener.accept()
-            except OSError as exc:  # EMFILE and friends: back off instead of spinning
-                log.warning("front door accept failed: %s", exc)
-                await trio.sleep(0.1)
-                continue
+            # Out of descriptors or memory: retried; any other accept error ends the front door (as the API).
+            sock = await accept_retrying(listener, f"the front door {info.address}")
             try:
                 peer = sock.socket.getpeername()
             except OSError:
