@@ -214,6 +214,19 @@ class BaseStore(abc.ABC):
         await self._maybe_compact()
         return [change.item.to_record() for change in changes if change.type == "PUT"]
 
+    async def delete_many(self, kind: str, names: Sequence[str]) -> builtins.list[Record]:
+        kind = _plan.check_kind(kind)
+        if isinstance(names, str):
+            raise BadParameter("delete_many takes a sequence of names, not one name")
+        ops = [WriteOp("delete", kind, _plan.check_name(kind, name)) for name in names]
+        self._check_open()
+        if not ops:
+            await trio.lowlevel.checkpoint()
+            return []
+        changes = await self._write_batch(ops)
+        await self._maybe_compact()
+        return [change.recorded.to_record() for change in changes]  # as watchers see them: without secrets
+
     async def update(
         self,
         kind: str,

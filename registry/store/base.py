@@ -107,6 +107,12 @@ class Store(Protocol):
         order given, and watchers see one PUT event per record. Returns the records in that order."""
         ...
 
+    async def delete_many(self, kind: str, names: Sequence[str]) -> builtins.list[Record]:
+        """Remove several live records of ``kind`` in ONE write, all or nothing (NotFound for any name that is
+        not live, or given twice, removes none); one DELETE event each, in the order given. Returns their last
+        versions with the deletes' revisions."""
+        ...
+
     async def update(
         self,
         kind: str,

@@ -1,5 +1,6 @@
-"""``create_many``: several creates in one commit, for every backend. All or nothing, revisions consecutive in
-the order given, one watch event per record, and (SQLite) one transaction, so one durable sync per batch."""
+"""``create_many`` / ``delete_many``: several creates (deletes) in one commit, for every backend. All or
+nothing, revisions consecutive in the order given, one watch event per record, and (SQLite) one
+transaction, so one durable sync per batch."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from registry.core.errors import AlreadyExists, BadParameter, TooLarge
+from registry.core.errors import AlreadyExists, BadParameter, NotFound, TooLarge
 from registry.store import SQLiteStore
 from registry.store._common import BaseStore
 from tests.registry.store.store_helpers import BACKENDS, FakeClock, open_backend, revisions, take
@@ -116,3 +117,23 @@ async def test_sqlite_batch_is_one_transaction_and_survives_reopening(tmp_path: 
         assert await reopened.count(K) == 500
     finally:
         await reopened.aclose()
+
+
+async def test_delete_many_is_one_write_all_or_nothing(store: BaseStore) -> None:
+    await store.create_many(K, batch(5))
+    async with store.watch([K]) as live:
+        for bad in (["e0001", "nope"], ["e0002", "e0002"]):
+            with pytest.raises(NotFound):
+                await store.delete_many(K, bad)
+        assert await store.revision() == 5 and await store.count(K) == 5
+        removed = await store.delete_many(K, ["e0003", "e0000"])
+        events = await take(live, 2)
+    assert [(r.name, r.revision) for r in removed] == [("e0003", 6), ("e0000", 7)]
+    assert [(e.type, e.record.name, e.record.revision) for e in events] == [
+        ("DELETE", "e0003", 6),
+        ("DELETE", "e0000", 7),
+    ]
+    assert [r.name for r in await store.list(K)] == ["e0001", "e0002", "e0004"]
+    assert await store.delete_many(K, []) == []
+    with pytest.raises(BadParameter):
+        await store.delete_many(K, "e0001")
