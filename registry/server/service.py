@@ -324,12 +324,14 @@ class Registry:
         await self.store.create(AUDIT_KIND, self._audit_name(), value, expires=self.clock() + AUDIT_RETENTION)
         await self._audit_written(1)
 
-    async def audit_many(self, events: builtins.list[tuple[str, dict[str, Any]]]) -> None:
-        """Several audit events (``(event, fields)``, no caller) in ONE store write (``Store.create_many``: one
+    async def audit_many(self, events: builtins.list[tuple[str, Caller | None, dict[str, Any]]]) -> None:
+        """Several audit events (``(event, caller, fields)``) in ONE store write (``Store.create_many``: one
         commit, one fsync with SQLite), in order; all are written or none."""
         if not events:
             return
-        values = [(self._audit_name(), self._audit_value(event, None, dict(fields))) for event, fields in events]
+        values = [
+            (self._audit_name(), self._audit_value(event, caller, dict(fields))) for event, caller, fields in events
+        ]
         await self.store.create_many(AUDIT_KIND, values, expires=self.clock() + AUDIT_RETENTION)
         await self._audit_written(len(values))
 
@@ -375,7 +377,7 @@ class Registry:
             checked.append({"event": event["event"], **fields})
         # Validated as a whole first, then written as one store write: a bad batch writes nothing, and a
         # batch of 500 costs one commit (one fsync), not 500.
-        await self.audit_many([(value.pop("event"), value) for value in checked])
+        await self.audit_many([(value.pop("event"), None, value) for value in checked])
         return len(checked)
 
     def _audit_name(self) -> str:
