@@ -38,9 +38,11 @@ first); a verified certificate makes it authenticated and never shed.
 Audit (``Registry.audit``): ``kube.connection.start`` / ``kube.connection.end`` per routed connection (user,
 cluster, agent host, client address; the end adds duration and bytes), written by one background task
 from a bounded queue so a slow store never delays kubectl (a full queue drops events, counted in
-:meth:`FrontDoor.statistics` and logged). Denials go through ``Registry.audit_failure`` (aggregated per
-source and reason, like failed joins), as ``kube.connection.denied`` or ``kube.tunnel.denied``. Requests
-themselves are audited by the agent, which parses them.
+:meth:`FrontDoor.statistics` and logged). What is queued when the task gets to it is written as one batch
+(``Registry.audit_many``: one store commit for up to :data:`AUDIT_BATCH` events). Denials go through
+``Registry.audit_failure`` (aggregated per source and reason, like failed joins), as
+``kube.connection.denied`` or ``kube.tunnel.denied``. Requests themselves are audited by the agent, which
+parses them.
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ from registry.frontdoor.pick import order_agents, route
 from registry.host.tls import peer_certificate_der, server_context
 from registry.server.admission import Admission, AdmissionLimits, source_of
 from registry.server.authz import Caller
-from registry.server.http import Slot
+from registry.server.http import Slot, accept_retrying
 from registry.server.serve import issue_server_certificate
 from registry.server.service import Registry
 
@@ -195,18 +197,39 @@ class _Stats:
     bytes_to_client: int = 0
 
 
-class _AuditQueue:
-    """Audit writes off the connection's path: a bounded queue drained by one task (module docstring)."""
+@dataclass(frozen=True)
+class _Audit:
+    """One ``Registry.audit`` event waiting in the queue (consecutive ones are written as one batch)."""
 
-    def __init__(self, capacity: int) -> None:
-        self._send, self._receive = trio.open_memory_channel[Callable[[], Awaitable[None]]](capacity)
+    event: str
+    caller: Caller | None
+    fields: dict[str, Any]
+
+
+_AuditJob = _Audit | Callable[[], Awaitable[None]]
+AUDIT_BATCH = 500  # events per store write at most
+
+
+class _AuditQueue:
+    """Audit writes off the connection's path: a bounded queue drained by one task (module docstring). What
+    is queued when the task gets to it goes out together: runs of :class:`_Audit` events as one
+    ``write_many`` (``Registry.audit_many``: one store commit), other jobs (aggregated failures) one by one."""
+
+    def __init__(
+        self,
+        capacity: int,
+        write_many: Callable[[list[tuple[str, Caller | None, dict[str, Any]]]], Awaitable[None]],
+    ) -> None:
+        self._send, self._receive = trio.open_memory_channel[_AuditJob](capacity)
+        self._write_many = write_many
         self.written = 0
         self.dropped = 0
         self.failed = 0
+        self.batches = 0
 
-    def submit(self, write: Callable[[], Awaitable[None]]) -> None:
+    def submit(self, job: _AuditJob) -> None:
         try:
-            self._send.send_nowait(write)
+            self._send.send_nowait(job)
         except trio.WouldBlock:
             self.dropped += 1
             if self.dropped == 1 or self.dropped % 1000 == 0:
@@ -215,25 +238,43 @@ class _AuditQueue:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         try:
-            async for write in self._receive:
-                await self._write(write)
+            async for job in self._receive:
+                await self._write([job, *self._ready(AUDIT_BATCH - 1)])
         finally:
             # On shutdown, write what is queued (bounded), so a graceful stop loses nothing.
             with trio.CancelScope(shield=True), trio.move_on_after(5):
-                while True:
-                    try:
-                        write = self._receive.receive_nowait()
-                    except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                        break
-                    await self._write(write)
+                while jobs := self._ready(AUDIT_BATCH):
+                    await self._write(jobs)
 
-    async def _write(self, write: Callable[[], Awaitable[None]]) -> None:
+    def _ready(self, limit: int) -> list[_AuditJob]:
+        jobs: list[_AuditJob] = []
+        while len(jobs) < limit:
+            try:
+                jobs.append(self._receive.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+        return jobs
+
+    async def _write(self, jobs: list[_AuditJob]) -> None:
+        run: list[tuple[str, Caller | None, dict[str, Any]]] = []
+        for job in [*jobs, None]:
+            if isinstance(job, _Audit):
+                run.append((job.event, job.caller, job.fields))
+                continue
+            if run:
+                await self._attempt(functools.partial(self._write_many, run), len(run))
+                self.batches += 1
+                run = []
+            if job is not None:
+                await self._attempt(job, 1)
+
+    async def _attempt(self, write: Callable[[], Awaitable[None]], count: int) -> None:
         try:
             await write()
-            self.written += 1
+            self.written += count
         except KubeportError as exc:
-            self.failed += 1
-            log.warning("writing a front door audit event failed: %s", exc)
+            self.failed += count
+            log.warning("writing %d front door audit event(s) failed: %s", count, exc)
 
 
 class FrontDoor:
@@ -253,7 +294,7 @@ class FrontDoor:
         self.rng = rng or random.SystemRandom()
         self.lookup = ClusterLookup(registry.store, now=registry.now, max_age=self.limits.heartbeat_max_age)
         self.admission = Admission(self.limits.admission_limits())
-        self.audit = _AuditQueue(self.limits.audit_queue)
+        self.audit = _AuditQueue(self.limits.audit_queue, registry.audit_many)
         self._stats = _Stats()
 
     def statistics(self) -> dict[str, Any]:
@@ -273,6 +314,7 @@ class FrontDoor:
             "audit_written": self.audit.written,
             "audit_dropped": self.audit.dropped,
             "audit_failed": self.audit.failed,
+            "audit_batches": self.audit.batches,
             "heartbeat_listings": self.lookup.listings,
             "admission": self.admission.statistics(),
         }
@@ -466,7 +508,7 @@ class FrontDoor:
         stats.active += 1
         started = trio.current_time()
         fields = {"cluster": info.cluster, "agent": agent_host, "client": info.client_addr, "roles": list(info.roles)}
-        self.audit.submit(functools.partial(self.registry.audit, "kube.connection.start", caller, **fields))
+        self.audit.submit(_Audit("kube.connection.start", caller, dict(fields)))
         counts = [0, 0]
         # The connection may live no longer than the certificate that opened it (Teleport does the same).
         remaining = (info.cert_expires - self.registry.now()).total_seconds()
@@ -480,14 +522,15 @@ class FrontDoor:
             with trio.CancelScope(shield=True), trio.move_on_after(1), contextlib.suppress(*_STREAM_ERRORS):
                 await tunnel.aclose()
             self.audit.submit(
-                functools.partial(
-                    self.registry.audit,
+                _Audit(
                     "kube.connection.end",
                     caller,
-                    **fields,
-                    duration_ms=round((trio.current_time() - started) * 1000),
-                    bytes_sent=counts[0],
-                    bytes_received=counts[1],
+                    {
+                        **fields,
+                        "duration_ms": round((trio.current_time() - started) * 1000),
+                        "bytes_sent": counts[0],
+                        "bytes_received": counts[1],
+                    },
                 )
             )
 
@@ -577,18 +620,25 @@ async def serve_frontdoor(
     ssl_context: ssl.SSLContext,
     limits: FrontDoorLimits | None = None,
     rng: random.Random | None = None,
+    listeners: Sequence[trio.SocketListener] | None = None,
     task_status: trio.TaskStatus[FrontDoorInfo] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Listen on host:port (0 = any free port) and serve the front door until cancelled.
 
     ``ssl_context`` comes from :func:`frontdoor_server_context`; ``task_status.started`` gets the bound
-    address and the :class:`FrontDoor` (its ``statistics()``).
+    address and the :class:`FrontDoor` (its ``statistics()``). ``listeners`` serves on listeners the caller
+    opened instead (``host`` and ``port`` are then unused); they are closed on return. Accept errors follow
+    :func:`registry.server.http.accept_retrying`: resource shortages are retried, anything else ends the
+    front door with that error.
     """
     frontdoor = FrontDoor(registry, hub, limits=limits, rng=rng)
-    try:
-        listeners = await trio.open_tcp_listeners(port, host=host)
-    except (OSError, UnicodeError) as exc:
-        raise ConnectionProblem(listen_error(host, port, exc)) from None
+    if listeners is None:
+        try:
+            listeners = await trio.open_tcp_listeners(port, host=host)
+        except (OSError, UnicodeError) as exc:
+            raise ConnectionProblem(listen_error(host, port, exc)) from None
+    else:
+        listeners = list(listeners)
     bound = listeners[0].socket.getsockname()
     info = FrontDoorInfo(host=bound[0], port=bound[1], frontdoor=frontdoor)
     admission = frontdoor.admission
@@ -596,12 +646,8 @@ async def serve_frontdoor(
 
     async def accept_loop(listener: trio.SocketListener, nursery: trio.Nursery) -> None:
         while True:
-            try:
-                sock = await listener.accept()
-            except OSError as exc:  # EMFILE and friends: back off instead of spinning
-                log.warning("front door accept failed: %s", exc)
-                await trio.sleep(0.1)
-                continue
+            # Out of descriptors or memory: retried; any other accept error ends the front door (as the API).
+            sock = await accept_retrying(listener, f"the front door {info.address}")
             try:
                 peer = sock.socket.getpeername()
             except OSError:

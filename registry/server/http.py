@@ -63,6 +63,27 @@ ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, er
 ACCEPT_RETRY_DELAY = 0.1  # seconds, as trio.serve_listeners
 
 
+async def accept_retrying(listener: trio.abc.Listener[trio.SocketStream], where: str) -> trio.SocketStream:
+    """The next connection from ``listener``, as ``trio.serve_listeners`` accepts: an ``accept`` failing with
+    one of :data:`ACCEPT_CAPACITY_ERRNOS` is logged (naming ``where``) and retried after
+    :data:`ACCEPT_RETRY_DELAY`; any other ``OSError`` is raised, to end the server (the registry's API and the
+    front door both accept through here)."""
+    while True:
+        try:
+            return await listener.accept()
+        except OSError as exc:
+            if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
+                raise  # not a passing shortage: a fault the server cannot serve through
+            log.error(
+                "accept on %s returned %s (%s); retrying in %s seconds",
+                where,
+                errno.errorcode[exc.errno],
+                os.strerror(exc.errno),
+                ACCEPT_RETRY_DELAY,
+            )
+            await trio.sleep(ACCEPT_RETRY_DELAY)
+
+
 @dataclass
 class Request:
     method: str
@@ -550,20 +571,7 @@ async def serve_http(
 
     async def accept_loop(listener: trio.SocketListener, nursery: trio.Nursery) -> None:
         while True:
-            try:
-                sock_stream = await listener.accept()
-            except OSError as exc:
-                if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
-                    raise  # not a passing shortage: a fault the server cannot serve through
-                log.error(
-                    "accept on %s returned %s (%s); retrying in %s seconds",
-                    info.address,
-                    errno.errorcode[exc.errno],
-                    os.strerror(exc.errno),
-                    ACCEPT_RETRY_DELAY,
-                )
-                await trio.sleep(ACCEPT_RETRY_DELAY)
-                continue
+            sock_stream = await accept_retrying(listener, info.address)
             try:
                 peer = sock_stream.socket.getpeername()
             except OSError:  # already gone

@@ -320,6 +320,22 @@ class Registry:
     # -- audit ---------------------------------------------------------------------------------------
 
     async def audit(self, event: str, caller: Caller | None, **fields: Any) -> None:
+        value = self._audit_value(event, caller, fields)
+        await self.store.create(AUDIT_KIND, self._audit_name(), value, expires=self.clock() + AUDIT_RETENTION)
+        await self._audit_written(1)
+
+    async def audit_many(self, events: builtins.list[tuple[str, Caller | None, dict[str, Any]]]) -> None:
+        """Several audit events (``(event, caller, fields)``) in ONE store write (``Store.create_many``: one
+        commit, one fsync with SQLite), in order; all are written or none."""
+        if not events:
+            return
+        values = [
+            (self._audit_name(), self._audit_value(event, caller, dict(fields))) for event, caller, fields in events
+        ]
+        await self.store.create_many(AUDIT_KIND, values, expires=self.clock() + AUDIT_RETENTION)
+        await self._audit_written(len(values))
+
+    def _audit_value(self, event: str, caller: Caller | None, fields: dict[str, Any]) -> dict[str, Any]:
         value: dict[str, Any] = {
             "event": event,
             "time": format_epoch(self.clock()),
@@ -329,9 +345,14 @@ class Registry:
             value["user"] = caller.name
             value["identity_kind"] = caller.kind
         value.update({k: v for k, v in fields.items() if v is not None})
-        await self.store.create(AUDIT_KIND, self._audit_name(), value, expires=self.clock() + AUDIT_RETENTION)
-        self._audit_writes += 1
-        if self._audit_writes % self._audit_trim_every == 0:
+        return value
+
+    async def _audit_written(self, count: int) -> None:
+        """Count ``count`` new audit rows; trim whenever the count passes a multiple of the trim interval
+        (a batch that passes one or more of them trims once: one trim deletes up to MAX_AUDIT_TRIM rows)."""
+        before = self._audit_writes
+        self._audit_writes += count
+        if before // self._audit_trim_every != self._audit_writes // self._audit_trim_every:
             await self._trim_audit()
 
     async def record_agent_events(self, caller: Caller, events: builtins.list[Any]) -> int:
@@ -354,9 +375,9 @@ class Registry:
             fields["reported_by"] = caller.identity.host_id
             fields.setdefault("success", True)
             checked.append({"event": event["event"], **fields})
-        for value in checked:  # validated as a whole first: a bad batch writes nothing
-            name = value.pop("event")
-            await self.audit(name, None, **value)
+        # Validated as a whole first, then written as one store write: a bad batch writes nothing, and a
+        # batch of 500 costs one commit (one fsync), not 500.
+        await self.audit_many([(value.pop("event"), None, value) for value in checked])
         return len(checked)
 
     def _audit_name(self) -> str:
@@ -375,9 +396,13 @@ class Registry:
             excess = await self.store.count(AUDIT_KIND) - self.max_audit_events
             if excess <= 0:
                 return
-            for record in await self.store.list(AUDIT_KIND, limit=min(excess, MAX_AUDIT_TRIM)):
-                with contextlib.suppress(NotFound):  # expired or trimmed by another replica meanwhile
-                    await self.store.delete(AUDIT_KIND, record.name)
+            oldest = await self.store.list(AUDIT_KIND, limit=min(excess, MAX_AUDIT_TRIM))
+            try:
+                await self.store.delete_many(AUDIT_KIND, [record.name for record in oldest])  # one commit
+            except NotFound:  # one expired or was trimmed by another replica meanwhile: one at a time
+                for record in oldest:
+                    with contextlib.suppress(NotFound):
+                        await self.store.delete(AUDIT_KIND, record.name)
         finally:
             self._audit_trimming = False
 

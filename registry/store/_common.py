@@ -13,6 +13,7 @@ Auto-compaction is amortised: history may grow to ``max_history + slack`` before
 from __future__ import annotations
 
 import abc
+import builtins
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
@@ -92,6 +93,11 @@ class BaseStore(abc.ABC):
     @abc.abstractmethod
     async def _write(self, op: WriteOp) -> list[Change]:
         """Plan (``_plan.plan_write``) and apply ``op`` atomically, then call ``_published``."""
+
+    @abc.abstractmethod
+    async def _write_batch(self, ops: Sequence[WriteOp]) -> list[Change]:
+        """Plan (``_plan.plan_batch``) and apply every op in ONE atomic commit (all or nothing), then call
+        ``_published`` with all the changes."""
 
     @abc.abstractmethod
     async def _expire(self) -> list[Change]:
@@ -186,6 +192,40 @@ class BaseStore(abc.ABC):
 
     async def create(self, kind: str, name: str, value: dict[str, Any], *, expires: float | None = None) -> Record:
         return await self._write_record("create", kind, name, value, expires=expires, expected_revision=None)
+
+    async def create_many(
+        self, kind: str, items: Sequence[tuple[str, dict[str, Any]]], *, expires: float | None = None
+    ) -> builtins.list[Record]:
+        kind = _plan.check_kind(kind)
+        ops: list[WriteOp] = []
+        for entry in items:  # every item is checked before anything is written
+            if not isinstance(entry, tuple) or len(entry) != 2:
+                raise BadParameter(f"create_many takes (name, value) pairs, got {entry!r:.100}")
+            name, value = entry
+            name = _plan.check_name(kind, name)
+            data = _plan.encode_value(kind, name, value, self._max_value_bytes)
+            when = _plan.check_expires(kind, name, expires)
+            ops.append(WriteOp("create", kind, name, data, _plan.encode_labels(value), when))
+        self._check_open()
+        if not ops:
+            await trio.lowlevel.checkpoint()
+            return []
+        changes = await self._write_batch(ops)
+        await self._maybe_compact()
+        return [change.item.to_record() for change in changes if change.type == "PUT"]
+
+    async def delete_many(self, kind: str, names: Sequence[str]) -> builtins.list[Record]:
+        kind = _plan.check_kind(kind)
+        if isinstance(names, str):
+            raise BadParameter("delete_many takes a sequence of names, not one name")
+        ops = [WriteOp("delete", kind, _plan.check_name(kind, name)) for name in names]
+        self._check_open()
+        if not ops:
+            await trio.lowlevel.checkpoint()
+            return []
+        changes = await self._write_batch(ops)
+        await self._maybe_compact()
+        return [change.recorded.to_record() for change in changes]  # as watchers see them: without secrets
 
     async def update(
         self,

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -334,6 +334,24 @@ def plan_write(op: WriteOp, current: Item | None, *, now: float, revision: int) 
     created = live.created_revision if live is not None else new_revision
     item = Item(op.kind, op.name, op.data, new_revision, created, op.expires, op.labels)
     changes.append(Change("PUT", item, supersedes=_secrets.redact(live) if live is not None else None))
+    return changes
+
+
+def plan_batch(
+    ops: Sequence[WriteOp], read: Callable[[str, str], Item | None], *, now: float, revision: int
+) -> list[Change]:
+    """The changes of ``ops`` applied one after the other (each sees the ones before it: a name written twice
+    meets its own first write), reading stored items through ``read``. Raises like :func:`plan_write`, for
+    the whole batch, before anything is applied."""
+    overlay: dict[tuple[str, str], Item | None] = {}
+    changes: list[Change] = []
+    for op in ops:
+        key = (op.kind, op.name)
+        current = overlay[key] if key in overlay else read(op.kind, op.name)
+        planned = plan_write(op, current, now=now, revision=revision)
+        changes += planned
+        revision = planned[-1].revision
+        overlay[key] = None if planned[-1].type == "DELETE" else planned[-1].item
     return changes
 
 

@@ -9,7 +9,8 @@ Invariants every backend keeps (the shared tests in ``tests/registry/store`` che
   takes the next integer; the first write of a new store is revision 1 and ``revision()`` of an empty store
   is 0. A record's ``revision`` is the revision of the write that produced that version.
 * **Every write is one event.** Watchers see each revision of their kinds exactly once, in order, with no
-  gap: first the stored history after ``since`` (catch-up), then live events.
+  gap: first the stored history after ``since`` (catch-up), then live events. ``create_many`` is several
+  writes in one commit (one durable sync): each record its own revision and event, consecutive, all or none.
 * **Every write replaces the whole record**, value *and* expiry: ``expires=None`` means "never expires",
   also on ``update`` and ``put``.
 * **Expired records are invisible** (``expires <= clock()``) to ``get``, ``list``, ``update`` and
@@ -23,9 +24,10 @@ Invariants every backend keeps (the shared tests in ``tests/registry/store`` che
 
 from __future__ import annotations
 
+import builtins
 import logging
 import math
-from collections.abc import AsyncIterator, Collection, Mapping
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -95,6 +97,20 @@ class Store(Protocol):
 
     async def create(self, kind: str, name: str, value: dict[str, Any], *, expires: float | None = None) -> Record:
         """Write a new record; AlreadyExists when a live one has the name."""
+        ...
+
+    async def create_many(
+        self, kind: str, items: Sequence[tuple[str, dict[str, Any]]], *, expires: float | None = None
+    ) -> builtins.list[Record]:
+        """Create several ``(name, value)`` records of ``kind`` in ONE write: all or nothing (AlreadyExists for
+        any live name, or a name given twice, writes none), one durable commit, consecutive revisions in the
+        order given, and watchers see one PUT event per record. Returns the records in that order."""
+        ...
+
+    async def delete_many(self, kind: str, names: Sequence[str]) -> builtins.list[Record]:
+        """Remove several live records of ``kind`` in ONE write, all or nothing (NotFound for any name that is
+        not live, or given twice, removes none); one DELETE event each, in the order given. Returns their last
+        versions with the deletes' revisions."""
         ...
 
     async def update(

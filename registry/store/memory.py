@@ -78,6 +78,15 @@ class MemoryStore(BaseStore):
         self._apply(changes)
         return changes
 
+    async def _write_batch(self, ops: Sequence[WriteOp]) -> list[Change]:
+        await trio.lowlevel.checkpoint()
+        self._check_open()
+        changes = _plan.plan_batch(
+            ops, lambda kind, name: self._items.get(kind, {}).get(name), now=self._now(), revision=self._revision
+        )
+        self._apply(changes)  # planned in full first: a refused op leaves the store as it was
+        return changes
+
     async def _expire(self) -> list[Change]:
         await trio.lowlevel.checkpoint()
         self._check_open()

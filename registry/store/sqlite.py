@@ -228,6 +228,13 @@ class SQLiteStore(BaseStore):
             self._published(changes)
             return changes
 
+    async def _write_batch(self, ops: Sequence[WriteOp]) -> list[Change]:
+        async with self._lock:
+            self._check_open()
+            changes = await self._run("batch write", self._write_batch_sync, ops, self._now(), self._revision)
+            self._published(changes)
+            return changes
+
     async def _expire(self) -> list[Change]:
         async with self._lock:
             self._check_open()
@@ -304,6 +311,13 @@ class SQLiteStore(BaseStore):
         with _transaction(self._conn):
             current = self._select_item(op.kind, op.name)
             changes = _plan.plan_write(op, current, now=now, revision=revision)
+            self._apply_sync(changes)
+        _purge_wal_if_redacted(self._conn, changes)
+        return changes
+
+    def _write_batch_sync(self, ops: Sequence[WriteOp], now: float, revision: int) -> list[Change]:
+        with _transaction(self._conn):  # one transaction, one commit (one fsync) for the whole batch
+            changes = _plan.plan_batch(ops, self._select_item, now=now, revision=revision)
             self._apply_sync(changes)
         _purge_wal_if_redacted(self._conn, changes)
         return changes
