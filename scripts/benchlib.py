@@ -173,7 +173,9 @@ def _tail(log: Path) -> str:
 async def spawn(argv: list[str], log: Path) -> trio.Process:
     """Start ``argv`` with stdout and stderr into ``log`` (no pipes: nothing can block on a full one)."""
     with log.open("wb") as handle:
-        return await trio.lowlevel.open_process(argv, stdout=handle, stderr=subprocess.STDOUT, env=child_env(), cwd=ROOT)
+        return await trio.lowlevel.open_process(
+            argv, stdout=handle, stderr=subprocess.STDOUT, env=child_env(), cwd=ROOT
+        )
 
 
 async def banner(process: trio.Process, log: Path, patterns: Sequence[re.Pattern[bytes]], what: str) -> list[str]:
