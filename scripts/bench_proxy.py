@@ -499,7 +499,7 @@ async def watches(
     before = {name: rss_kib(pid) for name, pid in rss_pids.items()}
     opened: list[tuple[str, Conn]] = []
     arrivals = Arrivals()
-    control = await Conn.open(direct)
+    control: Conn | None = None
     try:
         with trio.fail_after(IO_TIMEOUT * 3):
             limiter = trio.CapacityLimiter(20)
@@ -518,7 +518,9 @@ async def watches(
                 for index in range(direct_count):
                     nursery.start_soon(open_one, direct, f"d{index}")
             # Every watch is open upstream (the upstream counts them) before memory is read; bounded by
-            # the deadline above.
+            # the deadline above. The control connection is opened only now: a connection's first request
+            # must follow its handshake within the server's handshake timeout.
+            control = await Conn.open(direct)
             for _ in range(int(IO_TIMEOUT * 3 / 0.05)):
                 if await open_upstream(control) >= count + direct_count:
                     break
@@ -549,7 +551,8 @@ async def watches(
                     await trio.sleep(0.1)
             nursery.cancel_scope.cancel()
     finally:
-        await control.aclose()
+        if control is not None:
+            await control.aclose()
         for _, conn in opened:
             await conn.aclose()
     return result
@@ -856,7 +859,8 @@ def as_json(config: Config, machine: dict[str, Any], res: Results) -> str:
             "rss_kib_before": w.rss_kib_before,
             "rss_kib_after": w.rss_kib_after,
             "per_watch_kib": w.per_watch_kib(),
-            "single_delay_ms": w.single_ms,
+            "single_delay_p50_ms": percentile(w.single_ms, 0.5),
+            "single_delay_p99_ms": percentile(w.single_ms, 0.99),
             "burst_delay_p99_ms": percentile(w.burst_delays_ms, 0.99),
         }
     return json.dumps(doc)
