@@ -26,7 +26,8 @@ delay of an event: ``--events`` events sent one at a time to one proxied and one
 other watch stays idle (delay = the proxied latency minus the direct one; a latency is the arrival time
 minus the upstream's stamp), then ``--bursts`` events sent to every watch at once. The CPU table divides
 each process's CPU time (utime + stime from ``/proc``) over a row by its requests (by MiB for the big
-response).
+response), and counts the connections the upstream accepted during the row (direct: the client's; through
+kubeport: the agent's, so a pool that does not keep its connections shows as handshakes).
 
 Caveats printed with the table: the client, the upstream, the registry and the agent share this machine's
 cores, so through kubeport four processes compete where direct two do; the client wakes its watches one
@@ -136,6 +137,7 @@ class Upstream:
 
     def __init__(self) -> None:
         self.watches: dict[int, tuple[str, trio.MemorySendChannel[str]]] = {}  # per open watch: its id
+        self.peers: set[str] = set()  # every client address seen: the connections made to this server
         self.small = json.dumps(
             {
                 "kind": "ConfigMap",
@@ -147,6 +149,7 @@ class Upstream:
 
     async def handle(self, request: Request) -> Response:
         json_type = [("content-type", "application/json")]
+        self.peers.add(request.client)
         if request.path == "/version":
             return Response(200, json_type, json.dumps({"major": "1", "minor": "30", "gitVersion": "v1.30.0"}).encode())
         if request.path.endswith("/selfsubjectaccessreviews") and request.method == "POST":
@@ -160,8 +163,9 @@ class Upstream:
         if request.path == "/api/v1/namespaces/default/configmaps" and request.query.get("watch") == ["true"]:
             selector = (request.query.get("labelSelector") or [""])[0]
             return Response(200, json_type, stream=self._watch(selector.removeprefix("bench-watch=")))
-        if request.path == "/bench/watches":
-            return Response(200, json_type, json.dumps({"watches": len(self.watches)}).encode())
+        if request.path == "/bench/stats":
+            stats = {"watches": len(self.watches), "connections": len(self.peers)}
+            return Response(200, json_type, json.dumps(stats).encode())
         if request.path == "/bench/event" and request.method == "POST":
             seq = (request.query.get("seq") or [""])[0]
             wanted = set(request.query.get("watch") or ())
@@ -351,6 +355,7 @@ class Phase:
     seconds: float = 0.0
     latencies: list[float] = field(default_factory=list)
     cpu: dict[str, float] = field(default_factory=dict)  # process name -> CPU seconds over the phase
+    upstream_conns: int = 0  # connections the upstream accepted during the phase
 
     @property
     def rate(self) -> float:
@@ -360,17 +365,41 @@ class Phase:
         return percentile(self.latencies, q) * 1000
 
 
-async def measured(pids: dict[str, int], body: Callable[[Phase], Awaitable[None]]) -> Phase:
+@dataclass(frozen=True)
+class Probe:
+    """What a phase reads besides its own clock: the processes' CPU, the upstream's connection count."""
+
+    pids: dict[str, int]
+    upstream: Target
+
+    async def upstream_stats(self) -> dict[str, int]:
+        """The upstream's counters, asked on a connection of its own (which the count includes)."""
+        conn = await Conn.open(self.upstream)
+        try:
+            status = await conn.start("GET", "/bench/stats")
+            body = b""
+            while (chunk := await conn.body_chunk()) is not None:
+                body += chunk
+        finally:
+            await conn.aclose()
+        if status != 200:
+            raise RuntimeError(f"the upstream answered {status} to /bench/stats")
+        return {k: int(v) for k, v in json.loads(body).items()}
+
+
+async def measured(probe: Probe, body: Callable[[Phase], Awaitable[None]]) -> Phase:
     phase = Phase()
-    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    conns_before = (await probe.upstream_stats())["connections"]
+    before = {name: cpu_seconds(pid) for name, pid in probe.pids.items()}
     start = time.perf_counter()
     await body(phase)
     phase.seconds = time.perf_counter() - start
-    phase.cpu = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
+    phase.cpu = {name: cpu_seconds(pid) - before[name] for name, pid in probe.pids.items()}
+    phase.upstream_conns = (await probe.upstream_stats())["connections"] - conns_before - 1  # less this ask
     return phase
 
 
-async def keepalive(target: Target, pids: dict[str, int], conns: int, total: int) -> Phase:
+async def keepalive(target: Target, probe: Probe, conns: int, total: int) -> Phase:
     opened = [await Conn.open(target) for _ in range(conns)]
     for conn in opened:  # warm-up: the agent's upstream pool and the user's roles are cached after this
         for _ in range(5):
@@ -390,13 +419,13 @@ async def keepalive(target: Target, pids: dict[str, int], conns: int, total: int
 
     try:
         with trio.fail_after(IO_TIMEOUT * 5):
-            return await measured(pids, body)
+            return await measured(probe, body)
     finally:
         for conn in opened:
             await conn.aclose()
 
 
-async def new_connections(target: Target, pids: dict[str, int], concurrency: int, total: int) -> Phase:
+async def new_connections(target: Target, probe: Probe, concurrency: int, total: int) -> Phase:
     async def body(phase: Phase) -> None:
         async def client() -> None:
             for _ in range(max(1, total // concurrency)):
@@ -414,10 +443,10 @@ async def new_connections(target: Target, pids: dict[str, int], concurrency: int
                 nursery.start_soon(client)
 
     with trio.fail_after(IO_TIMEOUT * 5):
-        return await measured(pids, body)
+        return await measured(probe, body)
 
 
-async def bulk(target: Target, pids: dict[str, int], mib: int) -> Phase:
+async def bulk(target: Target, probe: Probe, mib: int) -> Phase:
     conn = await Conn.open(target)
 
     async def body(phase: Phase) -> None:
@@ -428,7 +457,7 @@ async def bulk(target: Target, pids: dict[str, int], mib: int) -> Phase:
 
     try:
         with trio.fail_after(IO_TIMEOUT * 3):
-            return await measured(pids, body)
+            return await measured(probe, body)
     finally:
         await conn.aclose()
 
@@ -480,8 +509,8 @@ class Arrivals:
 
 
 async def open_upstream(conn: Conn) -> int:
-    """How many watches the upstream holds open."""
-    status = await conn.start("GET", "/bench/watches")
+    """How many watches the upstream holds open."""  # on the caller's connection: no new one counted
+    status = await conn.start("GET", "/bench/stats")
     body = b""
     while (chunk := await conn.body_chunk()) is not None:
         body += chunk
@@ -754,7 +783,7 @@ def result_rows(config: Config, res: Results) -> list[list[str]]:
 
 HOPS = ("client", "front door", "agent", "upstream")
 TABLE_HEADER = "| measurement | direct | through kubeport | kubeport vs direct | target | result |"
-CPU_HEADER = "| CPU ms per request | path | " + " | ".join(HOPS) + " |"
+CPU_HEADER = "| CPU ms per request | path | " + " | ".join(HOPS) + " | connections the upstream accepted |"
 
 
 def cpu_rows(res: Results) -> list[list[str]]:
@@ -763,11 +792,11 @@ def cpu_rows(res: Results) -> list[list[str]]:
         for path, phases in (("direct", res.direct), ("kubeport", res.proxied)):
             phase = phases[key]
             cells = [f"{phase.cpu[h] * 1000 / phase.count:.2f}" if h in phase.cpu else "-" for h in HOPS]
-            rows.append([label, path, *cells])
+            rows.append([label, path, *cells, f"{phase.upstream_conns:,} for {phase.count:,} requests"])
     for path, phases in (("direct", res.direct), ("kubeport", res.proxied)):
         phase = phases["bulk"]
         cells = [f"{phase.cpu[h] * 1000 / phase.count:.1f}/MiB" if h in phase.cpu else "-" for h in HOPS]
-        rows.append(["big response", path, *cells])
+        rows.append(["big response", path, *cells, f"{phase.upstream_conns:,}"])
     return rows
 
 
@@ -781,10 +810,12 @@ def render(config: Config, machine: dict[str, Any], res: Results) -> str:
         "",
         *benchlib.table_lines(TABLE_HEADER, "|---|---|---|---|---|---|", result_rows(config, res)),
         "",
-        *benchlib.table_lines(CPU_HEADER, "|---|---|---|---|---|---|", cpu_rows(res)),
+        *benchlib.table_lines(CPU_HEADER, "|---|---|---|---|---|---|---|", cpu_rows(res)),
         "",
         "front door = the registry process (front door, and the registry API the agent asks for the user's roles);"
-        " client = this process. Through kubeport four processes share the cores where direct two do. Watch "
+        " client = this process. Connections the upstream accepted: direct, the client's own; through kubeport, the "
+        "agent's (its keep-alive pool to the API server). Through kubeport four processes share the cores where "
+        "direct two do. Watch "
         "latency = arrival - the upstream's write stamp (taken just before it writes to that watch). One event "
         "at a time: an event goes to one proxied and one direct watch, all others idle; the delay is the "
         "difference of the two latencies. All at once: every watch gets the event; delay = a proxied watch's "
@@ -818,10 +849,11 @@ async def measure(config: Config, work: Path) -> Results:
         direct = Target.from_kubeconfig("direct", upstream_kubeconfig)
         proxied = Target.from_kubeconfig("kubeport", kubeconfig)
         pids = {"client": os.getpid(), "front door": reg.pid, "agent": agent_pid, "upstream": upstream_pid}
-        direct_pids = {"client": os.getpid(), "upstream": upstream_pid}
+        direct_probe = Probe({"client": os.getpid(), "upstream": upstream_pid}, direct)
+        probe = Probe(pids, direct)
         # Each row direct, then through kubeport, one after the other: a change in the machine's load (its
         # cores are shared) hits both sides of a row alike.
-        paths = ((direct, res.direct, direct_pids), (proxied, res.proxied, pids))
+        paths = ((direct, res.direct, direct_probe), (proxied, res.proxied, probe))
         for row, label in (("ka1", "keep-alive, 1"), ("ka10", "keep-alive, 10"), ("new", "new connections")):
             progress(f"{label}: direct, then through kubeport")
             for target, out, used in paths:
@@ -842,6 +874,7 @@ async def measure(config: Config, work: Path) -> Results:
 def as_json(config: Config, machine: dict[str, Any], res: Results) -> str:
     def phase(p: Phase) -> dict[str, Any]:
         out: dict[str, Any] = {"count": p.count, "seconds": p.seconds, "rate": p.rate, "cpu_seconds": p.cpu}
+        out["upstream_connections"] = p.upstream_conns
         if p.latencies:
             out |= {"p50_ms": p.p(0.5), "p99_ms": p.p(0.99)}
         return out

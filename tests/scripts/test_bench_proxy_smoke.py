@@ -61,12 +61,20 @@ def test_tiny_run_prints_every_row_measured_and_judged_and_cleans_up(tmp_path: P
     assert "front door" in rows[4][2] and "agent" in rows[4][2]
     assert [(r[0], r[1]) for r in cpu] == CPU_ROWS
     for row in cpu:  # the hops a path has are measured; direct has no front door or agent
-        assert len(row) == 6, row
-        assert (row[3], row[4]) == ("-", "-") if row[1] == "direct" else "-" not in row[2:], row
+        assert len(row) == 7, row
+        assert (row[3], row[4]) == ("-", "-") if row[1] == "direct" else "-" not in row[2:6], row
+    # Direct, the client's connections are the upstream's: none new on kept-alive ones, one per new-connection GET.
+    assert [r[6] for r in cpu if r[1] == "direct"] == [
+        "0 for 40 requests",
+        "0 for 40 requests",
+        "20 for 20 requests",
+        "1",
+    ]
 
     document = json.loads(out.strip().splitlines()[-1])
     assert set(document["direct"]) == set(document["kubeport"]) == {"ka1", "ka10", "new", "bulk"}
     assert document["kubeport"]["ka1"]["count"] == 40
+    assert document["kubeport"]["ka1"]["upstream_connections"] <= 1  # the agent keeps its upstream connection
     assert document["kubeport"]["bulk"]["count"] == 2
     assert set(document["kubeport"]["ka1"]["cpu_seconds"]) == {"client", "front door", "agent", "upstream"}
     assert document["watches"]["count"] == 6
@@ -140,5 +148,5 @@ def test_rows_judge_each_target() -> None:
     assert rows[0][3] == "+0.90 ms p50"
     assert rows[4][2] == "60.0 KiB (front door 20.0 + agent 40.0)"
     cpu = bench.cpu_rows(res)
-    assert cpu[1] == ["keep-alive, 1 conn", "kubeport", "1.00", "2.00", "3.00", "1.00"]
-    assert cpu[0] == ["keep-alive, 1 conn", "direct", "1.00", "-", "-", "1.00"]
+    assert cpu[1] == ["keep-alive, 1 conn", "kubeport", "1.00", "2.00", "3.00", "1.00", "0 for 100 requests"]
+    assert cpu[0] == ["keep-alive, 1 conn", "direct", "1.00", "-", "-", "1.00", "0 for 100 requests"]
