@@ -8,9 +8,10 @@ Everything is a real process on loopback, TLS on every hop:
 * the upstream: this script started again as a minimal API server (``--serve-upstream``: the project's h11
   server, ``registry.server.http``, with its own CA). ``GET .../configmaps/small`` answers ~200 bytes at
   once, ``.../configmaps/big?mib=N`` streams N MiB (chunked), ``...?watch=true`` is a chunked watch that
-  stays idle until ``POST /bench/event`` sends one event line to every open watch, each line stamped with
-  the upstream's monotonic clock just before it is written; ``/version`` and SelfSubjectAccessReviews
-  answer so the agent's health check passes;
+  stays idle until ``POST /bench/event`` sends one event line to the watches it names (``watch=ID``, the
+  ID a watch gave as ``labelSelector=bench-watch=ID``) or to every open watch, each line stamped with the
+  upstream's monotonic clock just before it is written; ``GET /bench/stats`` counts open watches and TLS
+  handshakes; ``/version`` and SelfSubjectAccessReviews answer so the agent's health check passes;
 * a registry with its front door (``kubeport registry start --kube-listen 127.0.0.1:0``) and one agent
   (``kubeport agent start``) that serves the upstream as a ``kube_cluster``; the agent holds the h2 tunnel;
 * the client is this process: a minimal h11 client over ``trio.SSLStream``. Direct, it dials the upstream
@@ -31,7 +32,7 @@ kubeport: the agent's, so a pool that does not keep its connections shows as han
 
 Caveats printed with the table: the client, the upstream, the registry and the agent share this machine's
 cores, so through kubeport four processes compete where direct two do; the client wakes its watches one
-after another, so the watch delay includes the client's own per-watch cost (measured on direct too).
+after another, so the burst delay includes the client's own per-watch cost (measured on direct too).
 
 Invariants: every process is ended before the script exits; loops are bounded by counts and deadlines;
 work happens in a fresh temporary directory (``--work-dir`` picks its parent), removed at the end.
@@ -510,7 +511,7 @@ class Arrivals:
 
 
 async def open_upstream(conn: Conn) -> int:
-    """How many watches the upstream holds open."""  # on the caller's connection: no new one counted
+    """How many watches the upstream holds open (asked on the caller's connection: no new one counted)."""
     status = await conn.start("GET", "/bench/stats")
     body = b""
     while (chunk := await conn.body_chunk()) is not None:
