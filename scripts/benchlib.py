@@ -154,7 +154,8 @@ def config_json(config: DataclassInstance) -> dict[str, Any]:
 # --- processes -------------------------------------------------------------------------------------------
 
 
-def _env() -> dict[str, str]:
+def child_env() -> dict[str, str]:
+    """The environment of a child: the repository on PYTHONPATH, none of the caller's kubeport settings."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     for var in ("KUBEPORT_REGISTRY", "KUBEPORT_IDENTITY", "KUBEPORT_DATA_DIR", "KUBECONFIG"):
@@ -172,7 +173,9 @@ def _tail(log: Path) -> str:
 async def spawn(argv: list[str], log: Path) -> trio.Process:
     """Start ``argv`` with stdout and stderr into ``log`` (no pipes: nothing can block on a full one)."""
     with log.open("wb") as handle:
-        return await trio.lowlevel.open_process(argv, stdout=handle, stderr=subprocess.STDOUT, env=_env(), cwd=ROOT)
+        return await trio.lowlevel.open_process(
+            argv, stdout=handle, stderr=subprocess.STDOUT, env=child_env(), cwd=ROOT
+        )
 
 
 async def banner(process: trio.Process, log: Path, patterns: Sequence[re.Pattern[bytes]], what: str) -> list[str]:
