@@ -229,7 +229,7 @@ class PoolStatistics:
 class UpstreamPool:
     """Keep-alive connections per endpoint (see the module docstring)."""
 
-    def __init__(self, *, max_idle: int = 8, idle_ttl: float = 30.0, connect_timeout: float = 10.0) -> None:
+    def __init__(self, *, max_idle: int = 32, idle_ttl: float = 30.0, connect_timeout: float = 10.0) -> None:
         self.max_idle = max_idle
         self.idle_ttl = idle_ttl
         self.connect_timeout = connect_timeout
