@@ -14,6 +14,7 @@ kubectl calls.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import ssl
@@ -30,12 +31,13 @@ from registry.host.tls import client_context
 from tests.fakes.kube_api import FakeKube, RecordedRequest
 from tests.fakes.kube_pods import echo_port
 from tests.fakes.kubectl import SKIP_REASON, find_kubectl, read_until, run_kubectl, started_kubectl
-from tests.helpers import KUBE_ACCESS, kpctl
+from tests.helpers import kpctl
 from tests.integration.access_setup import (
     Access,
     AccessRegistry,
     access_registry,  # noqa: F401  (fixture)
     kubectl_until_routed,
+    served,
     start_access,
 )
 from tests.integration.test_agent_inprocess import admin, wait_for
@@ -79,7 +81,7 @@ def streaming(fake: FakeKube, subresource: str) -> list[RecordedRequest]:
 
 async def routed(access: Access, binary: str) -> None:
     """The first call, retried while the agent's tunnel comes up (the only retry in this file)."""
-    code, out, err = await kubectl_until_routed(
+    code, _, err = await kubectl_until_routed(
         binary, ["get", "pods"], kubeconfig=access.kubeconfig, home=access.home()
     )
     assert code == 0, err
@@ -207,10 +209,14 @@ async def test_every_command_through_kubeport(
     async def sessions() -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | None:
         starts = [e for e in await events(access, "session.start") if e.get("user") == "alice"]
         ends = [e for e in await events(access, "session.end") if e.get("user") == "alice"]
-        return (starts, ends) if len(ends) >= 4 and len(starts) >= 4 else None
+        # exec x3 and cp x2 (exec of tar), port-forward once
+        return (starts, ends) if len(ends) >= 6 and len(starts) >= 6 else None
 
     starts, ends = await wait_for(sessions, what="session.start/end events of exec")
     assert all(e.get("cluster") == access.cluster for e in starts + ends)
+    assert {e["session_id"] for e in ends} <= {e["session_id"] for e in starts}
+    assert {e["session_kind"] for e in starts} >= {"exec", "portforward"}
+    assert all(e.get("pod") == "web" for e in starts)
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -229,3 +235,177 @@ async def test_get_and_exec_with_every_kubectl(
     code, out, err = await kubectl(access, binary, ["get", "pods", "-o", "name"])
     assert (code, out) == (0, b"pod/web\n"), err
     await exec_checks(access, fake_kube, binary, version)
+
+
+# ------------------------------------------------------------------------------------------ role cases
+
+PODS_ONLY = """\
+kind: role
+metadata:
+  name: pods-only
+version: v7
+spec:
+  allow:
+    kubernetes_labels:
+      '*': '*'
+    kubernetes_resources:
+      - kind: pod
+        namespace: '*'
+        name: '*'
+        verbs: ['*']
+    kubernetes_groups:
+    - viewers
+  deny:
+    kubernetes_resources:
+      - kind: pod
+        namespace: '*'
+        name: 'secret-*'
+        verbs: ['*']
+"""
+
+
+def kubeconfig_with(access: Access, name: str, cert_pem: bytes, key_pem: bytes) -> Path:
+    """The user's kubeconfig with another certificate and key in it."""
+    doc = yaml.safe_load(access.kubeconfig.read_text())
+    user = doc["users"][0]["user"]
+    user["client-certificate-data"] = base64.b64encode(cert_pem).decode()
+    user["client-key-data"] = base64.b64encode(key_pem).decode()
+    path = access.kubeconfig.with_name(f"kubeconfig-{name}")
+    path.write_text(yaml.safe_dump(doc))
+    path.chmod(0o600)
+    return path
+
+
+def issue(authority: CertAuthority, identity: Identity, *, ttl: timedelta, now: datetime) -> tuple[bytes, bytes]:
+    key = generate_private_key()
+    return authority.issue(public_key_pem(key), identity, ttl=ttl, now=now), key
+
+
+async def test_kubeports_own_refusals_never_reach_the_cluster(
+    access_registry: AccessRegistry,  # noqa: F811
+    fake_kube: FakeKube,
+    nursery: trio.Nursery,
+    tmp_path: Path,
+) -> None:
+    binary = kubectl_version("1.33")
+    grant_viewers(fake_kube)
+    fake_kube.grant("viewers", kind="Group", verbs=["get", "list"], resources=["secrets"])
+    fake_kube.add_pod("web")
+    fake_kube.add_pod("secret-pod")
+    access = await start_access(access_registry, fake_kube, nursery, tmp_path, roles={"pods-only": PODS_ONLY})
+    await routed(access, binary)
+
+    def reached(fragment: str) -> list[RecordedRequest]:
+        return [r for r in fake_kube.requests if fragment in r.path]
+
+    # a resource kubernetes_resources does not allow: kubeport's Forbidden, the cluster (which would allow
+    # it) never sees the request
+    code, _, err = await kubectl(access, binary, ["get", "configmaps"])
+    assert code == 1 and b"Forbidden" in err, err
+    assert reached("/configmaps") == []
+    code, _, err = await kubectl(access, binary, ["get", "secrets"])
+    assert code == 1 and b"Forbidden" in err, err
+    assert reached("/secrets") == []
+
+    # deny wins over the allow rule that matches every pod; its neighbour is still allowed
+    code, out, err = await kubectl(access, binary, ["get", "pod", "web", "-o", "name"])
+    assert (code, out) == (0, b"pod/web\n"), err
+    code, _, err = await kubectl(access, binary, ["get", "pod", "secret-pod"])
+    assert code == 1 and b"Forbidden" in err, err
+    code, _, err = await kubectl(access, binary, ["exec", "secret-pod", "--", "true"])
+    assert code == 1 and b"Forbidden" in err, err
+    assert reached("/pods/secret-pod") == []
+
+    # each refusal is audited as a kube.request by alice
+    async def denied() -> list[dict[str, Any]]:
+        found = [e for e in await events(access, "kube.request") if e.get("user") == "alice"]
+        refusals = [e for e in found if e.get("status") == 403]
+        return refusals if len(refusals) >= 4 else []  # configmaps, secrets, secret-pod twice
+
+    resources = {(e["resource"], e.get("name") or "") for e in await wait_for(denied, what="the refusals audited")}
+    assert {("configmaps", ""), ("secrets", ""), ("pods", "secret-pod")} <= resources, resources
+
+    # a deleted user: the next call is refused with a clear error (the certificate is still valid)
+    removed = await kpctl("users", "rm", "alice")
+    assert removed.code == 0, removed.err
+    before = len(fake_kube.requests)
+
+    async def refused() -> bytes:
+        code, _, err = await kubectl(access, binary, ["get", "pods"])
+        return err if code != 0 else b""
+
+    # kubectl's discovery turns every 401 into its own wording (a bad token sent straight to the API server
+    # reads the same); the front door's Status says why, and `get --raw` shows it
+    err = await wait_for(refused, what="the deleted user refused")
+    assert b"error: You must be logged in to the server" in err, err
+    raw = await kubectl(access, binary, ["get", "--raw", "/api/v1/namespaces/default/pods"])
+    assert raw[0] == 1
+    assert b'user \\"alice\\" no longer exists' in raw[2] or b'user "alice" no longer exists' in raw[2], raw[2]
+    assert [r for r in fake_kube.requests[before:] if r.header("user-agent") != "kubeport-agent"] == []
+
+
+async def test_certificates_the_front_door_refuses(
+    access_registry: AccessRegistry,  # noqa: F811
+    fake_kube: FakeKube,
+    nursery: trio.Nursery,
+    tmp_path: Path,
+) -> None:
+    binary = kubectl_version("1.33")
+    grant_viewers(fake_kube)
+    fake_kube.add_pod("web")
+    access = await start_access(access_registry, fake_kube, nursery, tmp_path)
+    await routed(access, binary)
+    now = datetime.now(tz=UTC)
+    authority = access_registry.ca
+    alice = Identity(name="alice", kind="user", roles=("kube-access",))
+    cases = {
+        "expired": issue(authority, alice, ttl=timedelta(minutes=1), now=now - timedelta(hours=1)),
+        "other-ca": issue(CertAuthority.generate("elsewhere", now=now), alice, ttl=timedelta(hours=1), now=now),
+        "agent": issue(
+            authority,
+            Identity(name="node-x", kind="agent", roles=("Kube",), host_id="x"),
+            ttl=timedelta(hours=1),
+            now=now,
+        ),
+    }
+    # expired and foreign certificates fail the handshake, and kubectl says why at once (the front door sends
+    # the TLS alert: with a bare EOF client-go retried for ~30 s); an agent's certificate is refused with a
+    # 403 Status (kubectl's discovery prints it as "unknown", `get --raw` shows the front door's words)
+    expected = {
+        "expired": b"Unable to connect to the server: remote error: tls: expired certificate",
+        "other-ca": b"Unable to connect to the server: remote error: tls: unknown certificate authority",
+        "agent": b"Error from server (Forbidden)",
+    }
+    before = len(fake_kube.requests)
+    for name, (cert, key) in cases.items():
+        path = kubeconfig_with(access, name, cert, key)
+        with trio.fail_after(10):
+            result = await run_kubectl(binary, ["get", "pods"], kubeconfig=path, home=access.home())
+        assert result.returncode == 1 and expected[name] in result.stderr, (name, result.stderr)
+    raw = await run_kubectl(binary, ["get", "--raw", "/api/v1/pods"], kubeconfig=path, home=access.home())
+    assert b"agent certificates cannot be used with kubectl; use a user certificate" in raw.stderr, raw.stderr
+    assert [r for r in fake_kube.requests[before:] if r.header("user-agent") != "kubeport-agent"] == []
+
+    # a user certificate on the tunnel's ALPN: the front door closes the connection, no tunnel is opened
+    cert, key = issue(authority, alice, ttl=timedelta(hours=1), now=now)
+    host, port = access.registry.info.kube_address.rsplit(":", 1)
+    context = client_context([authority.cert_pem], cert, key)
+    context.set_alpn_protocols(["kubeport-tunnel/1"])
+    with trio.fail_after(10):
+        stream = trio.SSLStream(await trio.open_tcp_stream(host, int(port)), context, server_hostname=host)
+        try:
+            await stream.do_handshake()
+            assert await stream.receive_some() == b""
+        except (trio.BrokenResourceError, ssl.SSLError):
+            pass
+        finally:
+            await stream.aclose()
+
+    async def tunnel_denied() -> list[dict[str, Any]]:
+        return [e for e in await events(access, "kube.tunnel.denied") if e.get("user") == "alice"]
+
+    (denied,) = await wait_for(tunnel_denied, what="the refused tunnel audited")
+    assert denied["error"] == "not an agent certificate"
+    assert await served(access.registry.info, access.cluster), "the real agent's tunnel is untouched"
+    code, out, err = await kubectl(access, binary, ["get", "pods", "-o", "name"])
+    assert (code, out) == (0, b"pod/web\n"), err
