@@ -81,9 +81,7 @@ def streaming(fake: FakeKube, subresource: str) -> list[RecordedRequest]:
 
 async def routed(access: Access, binary: str) -> None:
     """The first call, retried while the agent's tunnel comes up (the only retry in this file)."""
-    code, _, err = await kubectl_until_routed(
-        binary, ["get", "pods"], kubeconfig=access.kubeconfig, home=access.home()
-    )
+    code, _, err = await kubectl_until_routed(binary, ["get", "pods"], kubeconfig=access.kubeconfig, home=access.home())
     assert code == 0, err
 
 
@@ -207,8 +205,9 @@ async def test_every_command_through_kubeport(
 
     # exec is audited: a session.start and a session.end with the exit code
     async def sessions() -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | None:
-        starts = [e for e in await events(access, "session.start") if e.get("user") == "alice"]
+        # ends first: a session's start is written no later than its end, so every end read has its start
         ends = [e for e in await events(access, "session.end") if e.get("user") == "alice"]
+        starts = [e for e in await events(access, "session.start") if e.get("user") == "alice"]
         # exec x3 and cp x2 (exec of tar), port-forward once
         return (starts, ends) if len(ends) >= 6 and len(starts) >= 6 else None
 
