@@ -300,7 +300,8 @@ async def test_kubeports_own_refusals_never_reach_the_cluster(
     # a resource kubernetes_resources does not allow: kubeport's Forbidden, the cluster (which would allow
     # it) never sees the request
     code, _, err = await kubectl(access, binary, ["get", "configmaps"])
-    assert code == 1 and b"Forbidden" in err, err
+    assert code == 1 and b"Error from server (Forbidden): configmaps is forbidden" in err, err
+    assert b'"kubernetes_resources"' in err, err  # kubeport's wording (Teleport's), not the API server's
     assert reached("/configmaps") == []
     code, _, err = await kubectl(access, binary, ["get", "secrets"])
     assert code == 1 and b"Forbidden" in err, err
