@@ -73,7 +73,7 @@ from registry.core.tunnel_info import TUNNEL_ALPN, StreamInfo
 from registry.frontdoor.head import FirstHead, Head, RequestTimeout, error_response
 from registry.frontdoor.lookup import ClusterLookup
 from registry.frontdoor.pick import order_agents, route
-from registry.host.tls import peer_certificate_der, server_context
+from registry.host.tls import peer_certificate_der, send_handshake_alert, server_context
 from registry.server.admission import Admission, AdmissionLimits, source_of
 from registry.server.authz import Caller
 from registry.server.http import Slot, accept_retrying
@@ -333,6 +333,7 @@ class FrontDoor:
                 # No certificate, another CA's, an expired one, or no TLS at all: the handshake says no.
                 self._stats.handshake_failed += 1
                 log.debug("front door TLS handshake with %s failed: %s", client, exc)
+                await send_handshake_alert(stream)  # else kubectl reads EOF and retries for ~30 s
                 return
             der = peer_certificate_der(stream)
             if der is None:  # unreachable with client certificates required; never serve one without

@@ -101,6 +101,28 @@ def peer_certificate_der(stream: trio.SSLStream[Any]) -> bytes | None:
     return der if isinstance(der, bytes) and der else None
 
 
+async def send_handshake_alert(stream: trio.SSLStream[Any], *, timeout: float = 1.0) -> None:
+    """After a failed server-side handshake, send the TLS alert OpenSSL wrote (``unknown ca``, ``certificate
+    expired``, ...) before the connection is closed; best effort, bounded by ``timeout``, never raises.
+
+    trio's SSLStream marks itself broken on the handshake's SSLError and drops the bytes still in its
+    outgoing buffer, alert included, so the peer sees a bare EOF. TLS 1.3 clients finish their side of the
+    handshake before the server has checked their certificate and then read that EOF as a response lost in
+    transit: client-go retries a GET on EOF (10 times, with backoff, and again per discovery call), so kubectl
+    with an expired or foreign certificate hung for ~30 s before this, instead of printing at once
+    ``remote error: tls: ...`` as it does against an API server. trio has no public way to reach the buffer:
+    without the attribute (a future trio), this does nothing and the old bare EOF remains.
+    """
+    outgoing = getattr(stream, "_outgoing", None)
+    if not isinstance(outgoing, ssl.MemoryBIO):
+        return
+    pending = outgoing.read()
+    if not pending:
+        return
+    with trio.move_on_after(timeout), contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        await stream.transport_stream.send_all(pending)
+
+
 def _harden(context: ssl.SSLContext) -> None:
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_alpn_protocols(list(ALPN_PROTOCOLS))

@@ -285,13 +285,17 @@ class RegistryAPI:
 
     async def _list(self, caller: Caller, request: Request, rest: list[str]) -> Response:
         kind = _kind(rest[0])
+        # The revision is read BEFORE the items: a write landing while they are read is then after it, so a
+        # watch from it replays that write (at worst one the list already has) instead of skipping it. Read
+        # after, it could name a write the list missed, and a list-then-watch reader lost the change for good.
+        revision = await self.registry.revision()
         items = await self.registry.list(
             caller,
             kind,
             with_secrets=_flag(request, "with_secrets"),
             labels=_parse_label_filter(request.query_value("labels")),
         )
-        body: ResourceList = {"items": items, "revision": await self.registry.revision()}
+        body: ResourceList = {"items": items, "revision": revision}
         return Response.json(200, body)
 
     def _resource_from_body(self, request: Request, kind: str) -> Any:

@@ -50,6 +50,7 @@ import trio
 from registry.core import validation
 from registry.core.errors import BadParameter, ConnectionProblem, KubeportError
 from registry.core.netaddr import format_hostport, listen_error
+from registry.host.tls import send_handshake_alert
 from registry.server.admission import Admission, AdmissionLimits, source_of
 
 log = logging.getLogger(__name__)
@@ -429,6 +430,7 @@ async def handle_connection(
                     await stream.do_handshake()
             except (trio.BrokenResourceError, trio.TooSlowError, ssl.SSLError, OSError) as exc:
                 log.debug("TLS handshake with %s failed: %s", client, exc)
+                await send_handshake_alert(stream)  # the peer learns why (expired, unknown CA), not a bare EOF
                 return
             peer_cert = stream.getpeercert(binary_form=True) or None
             if peer_cert is not None:

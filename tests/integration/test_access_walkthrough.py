@@ -12,7 +12,6 @@ What the cluster receives is checked on the fake's request record: the agent's c
 
 from __future__ import annotations
 
-import functools
 import re
 from pathlib import Path
 
@@ -21,11 +20,10 @@ import trio
 import yaml
 
 from agent.service import Agent
-from registry.frontdoor.run import run_frontdoor
-from registry.server.serve import RegistryInfo, serve_registry
 from tests.fakes.kube_api import FakeKube
-from tests.fakes.kubectl import SKIP_REASON, find_kubectl, run_kubectl
+from tests.fakes.kubectl import SKIP_REASON, find_kubectl
 from tests.helpers import KUBE_ACCESS, cluster_doc, kpctl
+from tests.integration.access_setup import AccessRegistry, access_registry, kubectl_until_routed, served  # noqa: F401
 from tests.integration.test_agent_inprocess import admin, agent_config, new_token, wait_for
 
 KUBE_DEV_ONLY = """\
@@ -47,47 +45,16 @@ spec:
 """
 
 
-async def served(registry: RegistryInfo, name: str) -> bool:
-    async with await admin(registry) as client:
-        servers, _ = await client.list("kube_server")
-    return any(s["metadata"]["name"] == name for s in servers)
-
-
-async def kubectl_until_routed(binary: str, args: list[str], *, kubeconfig: Path, home: Path) -> tuple[int, str, str]:
-    """Run kubectl; while the agent's tunnel is still coming up the front door answers 503 (no agent with a
-    live tunnel), so retry that one answer for a few seconds (bounded)."""
-    with trio.fail_after(30):
-        while True:
-            result = await run_kubectl(binary, args, kubeconfig=kubeconfig, home=home)
-            out, err = result.stdout.decode(), result.stderr.decode()
-            if "ServiceUnavailable" not in err and "no agent" not in err:
-                return result.returncode, out, err
-            await trio.sleep(0.2)  # a bounded retry of a refused call, not a wait for a condition to sleep on
-
-
-@pytest.fixture
-async def access_registry(nursery: trio.Nursery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> RegistryInfo:
-    data_dir = tmp_path / "registry-data"
-    info: RegistryInfo = await nursery.start(
-        lambda task_status: serve_registry(
-            data_dir=data_dir,
-            listen="127.0.0.1:0",
-            cluster_name="test-cluster",
-            companions=[functools.partial(run_frontdoor, listen="127.0.0.1:0")],
-            task_status=task_status,
-        )
-    )
-    monkeypatch.setenv("KUBEPORT_DATA_DIR", str(data_dir))
-    return info
-
-
 async def test_seed_walkthrough_kubectl_get_pods_through_kubeport(
-    access_registry: RegistryInfo, fake_kube: FakeKube, nursery: trio.Nursery, tmp_path: Path
+    access_registry: AccessRegistry,  # noqa: F811
+    fake_kube: FakeKube,
+    nursery: trio.Nursery,
+    tmp_path: Path,
 ) -> None:
     kubectl = find_kubectl(json_only=True)
     if kubectl is None:
         pytest.skip(SKIP_REASON)
-    registry = access_registry
+    registry = access_registry.info
     assert registry.kube_address, "the registry advertises its front door"
     fake_kube.grant("viewers", kind="Group", verbs=["get", "list", "watch"], resources=["pods"])
     fake_kube.add_pod("web-1")
@@ -152,12 +119,15 @@ async def test_seed_walkthrough_kubectl_get_pods_through_kubeport(
 
 
 async def test_a_cluster_the_roles_do_not_select_answers_like_one_that_does_not_exist(
-    access_registry: RegistryInfo, fake_kube: FakeKube, nursery: trio.Nursery, tmp_path: Path
+    access_registry: AccessRegistry,  # noqa: F811
+    fake_kube: FakeKube,
+    nursery: trio.Nursery,
+    tmp_path: Path,
 ) -> None:
     kubectl = find_kubectl(json_only=True)
     if kubectl is None:
         pytest.skip(SKIP_REASON)
-    registry = access_registry
+    registry = access_registry.info
     config = agent_config(registry, await new_token(registry), tmp_path / "agent", [{"labels": {"*": "*"}}])
     await nursery.start(Agent(config).serve)
     async with await admin(registry) as client:

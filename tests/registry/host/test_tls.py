@@ -30,6 +30,7 @@ from registry.host.tls import (
     client_context,
     insecure_fetch_context,
     peer_certificate_der,
+    send_handshake_alert,
     server_context,
 )
 
@@ -192,6 +193,79 @@ async def test_expired_client_cert_is_refused(ca: CertAuthority, registry_pair: 
     with trio.fail_after(TIMEOUT):
         async with tls_server(_server(ca, registry_pair)) as (port, saw):
             await _expect_refused(port, _client(ca, expired), saw)
+
+
+@pytest.mark.parametrize(
+    ("which", "alert"),
+    [("other-ca", "TLSV1_ALERT_UNKNOWN_CA"), ("expired", "SSLV3_ALERT_CERTIFICATE_EXPIRED"), ("none", None)],
+)
+async def test_a_refused_handshake_sends_its_alert_when_asked(
+    ca: CertAuthority, other_ca: CertAuthority, registry_pair: Keypair, which: str, alert: str | None
+) -> None:
+    """trio drops the alert of a failed server handshake; send_handshake_alert sends it, so a TLS 1.3 client
+    (whose side of the handshake is already done) learns why instead of reading a bare EOF, which client-go
+    takes for a lost response and retries (kubectl with an expired certificate hung for ~30 s)."""
+    clients = {
+        "other-ca": _issue(other_ca, Identity("alice", "user")),
+        "expired": _issue(ca, Identity("alice", "user"), now=NOW - timedelta(days=2)),
+        "none": None,
+    }
+
+    async def handler(stream: trio.SSLStream[trio.SocketStream]) -> None:
+        try:
+            await stream.do_handshake()
+        except trio.BrokenResourceError:
+            await send_handshake_alert(stream)
+        finally:
+            await stream.aclose()
+
+    async def refusal(port: int, client: ssl.SSLContext) -> BaseException | None:
+        tcp = await trio.open_tcp_stream("127.0.0.1", port)
+        async with trio.SSLStream(tcp, client, server_hostname=REGISTRY_SERVER_NAME) as stream:
+            await stream.do_handshake()  # TLS 1.3: the client is done before the server checked it
+            try:
+                await stream.send_all(b"GET / HTTP/1.1\r\n\r\n")
+                await stream.receive_some(1024)
+            except trio.BrokenResourceError as exc:
+                return exc.__cause__
+        return None
+
+    pair = clients[which]
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            context = _server(ca, registry_pair, "required")
+            listeners = await nursery.start(partial(trio.serve_ssl_over_tcp, handler, 0, context, host="127.0.0.1"))
+            port = listeners[0].transport_listener.socket.getsockname()[1]
+            cause = await refusal(port, _client(ca, pair))
+            nursery.cancel_scope.cancel()
+    assert isinstance(cause, ssl.SSLError), cause
+    if alert is not None:
+        assert cause.reason == alert, cause
+    else:  # no certificate at all: OpenSSL's own alert for that
+        assert "ALERT" in str(cause.reason), cause
+
+
+async def test_send_handshake_alert_after_a_good_handshake_sends_nothing(
+    ca: CertAuthority, registry_pair: Keypair, alice: Keypair
+) -> None:
+    sent: list[bytes] = []
+
+    async def handler(stream: trio.SSLStream[trio.SocketStream]) -> None:
+        await stream.do_handshake()
+        outgoing = stream._outgoing  # what send_handshake_alert reads
+        await send_handshake_alert(stream)
+        sent.append(outgoing.read())
+        await stream.send_all(await stream.receive_some(1024))
+        await stream.aclose()
+
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            context = _server(ca, registry_pair, "required")
+            listeners = await nursery.start(partial(trio.serve_ssl_over_tcp, handler, 0, context, host="127.0.0.1"))
+            port = listeners[0].transport_listener.socket.getsockname()[1]
+            assert (await talk(port, _client(ca, alice)))[0] == b"ping"
+            nursery.cancel_scope.cancel()
+    assert sent == [b""]
 
 
 # ------------------------------------------------------------------------------------------------- ALPN
