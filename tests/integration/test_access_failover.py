@@ -21,7 +21,7 @@ from registry.server.serve import RegistryInfo
 from tests.fakes.kube_api import FakeKube
 from tests.fakes.kubectl import SKIP_REASON, find_kubectl, read_until, started_kubectl
 from tests.helpers import KUBE_ACCESS, cluster_doc, kpctl
-from tests.integration.test_access_walkthrough import access_registry, kubectl_until_routed  # noqa: F401  (fixture)
+from tests.integration.access_setup import AccessRegistry, access_registry, kubectl_until_routed  # noqa: F401
 from tests.integration.test_agent_inprocess import admin, agent_config, new_token, wait_for
 
 
@@ -60,7 +60,7 @@ async def open_connections(registry: RegistryInfo) -> list[dict[str, Any]]:
 @pytest.mark.parametrize("version", ["1.27", "1.33"])
 async def test_a_tunnel_dropped_mid_watch_ends_the_watch_and_the_next_call_uses_another_agent(
     version: str,
-    access_registry: RegistryInfo,  # noqa: F811
+    access_registry: AccessRegistry,  # noqa: F811
     fake_kube: FakeKube,
     nursery: trio.Nursery,
     tmp_path: Path,
@@ -68,7 +68,7 @@ async def test_a_tunnel_dropped_mid_watch_ends_the_watch_and_the_next_call_uses_
     kubectl = find_kubectl(version)
     if kubectl is None:
         pytest.skip(SKIP_REASON)
-    registry = access_registry
+    registry = access_registry.info
     fake_kube.grant("viewers", kind="Group", verbs=["get", "list", "watch"], resources=["pods"])
     fake_kube.add_pod("web-1")
 
