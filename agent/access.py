@@ -19,7 +19,7 @@ request, the front door per connection).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -68,11 +68,16 @@ async def front_door_address(client: Callable[[], RegistryClient], *, poll_inter
         await trio.sleep(poll_interval)
 
 
-def tunnel_dialer(address: str, identity: Callable[[], IdentityFile]) -> Callable[[], Any]:
-    """``dial()`` for :func:`serve_tunnel`: TLS to ``address`` with the current agent certificate."""
-    host, port = parse_hostport(address, default_port=3026, what="the front door address")
+def tunnel_dialer(
+    address: Callable[[], Awaitable[str]], identity: Callable[[], IdentityFile]
+) -> Callable[[], Awaitable[trio.abc.Stream]]:
+    """``dial()`` for :func:`serve_tunnel`: TLS with the current agent certificate to the address the
+    registry advertises at that moment (a registry restarted with another ``--kube-public-addr`` is followed
+    at the next reconnect)."""
 
     async def dial() -> trio.abc.Stream:
+        where = await address()
+        host, port = parse_hostport(where, default_port=3026, what="the front door address")
         current = identity()
         context = client_context(current.ca_pems, current.cert_pem, current.key_pem)
         context.set_alpn_protocols([TUNNEL_ALPN])
@@ -85,7 +90,7 @@ def tunnel_dialer(address: str, identity: Callable[[], IdentityFile]) -> Callabl
             raise
         if tls.selected_alpn_protocol() != TUNNEL_ALPN:
             await trio.aclose_forcefully(tls)
-            raise ConnectionProblem(f"{address} is not a kubeport front door (it did not accept {TUNNEL_ALPN})")
+            raise ConnectionProblem(f"{where} is not a kubeport front door (it did not accept {TUNNEL_ALPN})")
         return tls
 
     return dial
@@ -124,7 +129,8 @@ async def serve_access(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(batcher.serve)
             log.info("serving kubectl traffic through the front door at %s", address)
-            await serve_tunnel(tunnel_dialer(address, identity), handle, name=f"the front door at {address}")
+            dial = tunnel_dialer(lambda: front_door_address(client, poll_interval=poll_interval), identity)
+            await serve_tunnel(dial, handle, name=f"the front door at {address}")
     finally:
         with trio.CancelScope(shield=True):  # pooled upstream connections end with the agent
             await context.pool.aclose()
