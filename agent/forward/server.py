@@ -270,13 +270,19 @@ class _Session:
         headers = [(b"Content-Type", b"application/json"), (b"Content-Length", str(len(body)).encode())]
         if close:
             headers.append((b"Connection", b"close"))
+        out = bytearray()  # one write: head, body and end in one tunnel frame
         with contextlib.suppress(_ClientGone, h11.LocalProtocolError):
-            await self._send(h11.Response(status_code=status["code"], headers=headers))
-            await self._send(h11.Data(data=body))
-            await self._send(h11.EndOfMessage())
+            try:
+                for event in (h11.Response(status_code=status["code"], headers=headers), h11.Data(data=body)):
+                    out += self.conn.send(event) or b""
+                out += self.conn.send(h11.EndOfMessage()) or b""
+            finally:
+                await self._write(out)
 
     async def _send(self, event: Any) -> None:
-        data = self.conn.send(event)
+        await self._write(self.conn.send(event))
+
+    async def _write(self, data: bytes | bytearray | None) -> None:
         if data:
             try:
                 await self.stream.send_all(data)
@@ -293,6 +299,7 @@ class _Session:
         )
         body = _Body(limit=self.limits.replay_body_bytes)
         fresh = False
+        relaying = [False]  # True once the answer's head arrived and it is being relayed (not a 101)
         while True:
             try:
                 conn, reused = await self.ctx.pool.acquire(endpoint, fresh=fresh)
@@ -301,36 +308,45 @@ class _Session:
             try:
                 await conn.send(upstream_head)
                 await self._send_body(body, conn)
-                response = await self._watching(lambda conn=conn: self._response_head(conn))  # type: ignore[misc]
-            except UpstreamError as err:
+                # One watcher task for the answer's head and its body (a watcher per phase cost a task more).
+                response = await self._watching(
+                    lambda conn=conn: self._answer(conn, record, relaying)  # type: ignore[misc]
+                )
+            except BaseException as exc:
                 await self.ctx.pool.discard(conn)
-                if reused and body.replayable and not fresh:
-                    fresh = True  # a kept-alive connection the server had closed: once more on a new one
-                    continue
-                return await self._upstream_failed(err, record)
-            except BaseException:
-                await self.ctx.pool.discard(conn)
+                if relaying[0]:
+                    record.error = "the client went away" if isinstance(exc, _ClientGone) else "the exchange broke"
+                    if isinstance(exc, UpstreamError):
+                        record.error = exc.message
+                        exc = _Abort()
+                    await self._emit(record)
+                    if isinstance(exc, Exception):
+                        raise exc from None
+                    raise
+                if isinstance(exc, UpstreamError):
+                    if reused and body.replayable and not fresh:
+                        fresh = True  # a kept-alive connection the server had closed: once more on a new one
+                        continue
+                    return await self._upstream_failed(exc, record)
                 raise
             break
-        record.status = response.status_code
-        if response.status_code == 101:
+        if not relaying[0]:
             await self._splice(conn, response, decision, record)
             return False
-        try:
-            await self._watching(lambda: self._relay(conn, response))
-        except BaseException as exc:
-            await self.ctx.pool.discard(conn)
-            record.error = "the client went away" if isinstance(exc, _ClientGone) else "the exchange broke"
-            if isinstance(exc, UpstreamError):
-                record.error = exc.message
-                exc = _Abort()
-            await self._emit(record)
-            if isinstance(exc, Exception):
-                raise exc from None
-            raise
         await self.ctx.pool.release(conn)
         await self._emit(record)
         return True
+
+    async def _answer(
+        self, conn: UpstreamConnection, record: _Record, relaying: list[bool]
+    ) -> h11.Response | h11.InformationalResponse:
+        """The answer's head; unless it is a 101, its whole relay to the client too."""
+        response = await self._response_head(conn)
+        record.status = response.status_code
+        if response.status_code != 101:
+            relaying[0] = True
+            await self._relay(conn, response)
+        return response
 
     async def _upstream_failed(self, err: UpstreamError, record: _Record) -> bool:
         keep = await self._drain()
@@ -376,20 +392,36 @@ class _Session:
         raise conn.endpoint.unreachable(f"no answer within {self.limits.response_head_timeout:g}s")
 
     async def _relay(self, conn: UpstreamConnection, response: h11.Response | h11.InformationalResponse) -> None:
+        """Move the answer to the client. What is already read from upstream goes out as one write (a small
+        answer: head, body and end in one tunnel frame), flushed before waiting for more from upstream."""
         headers = _response_headers(response.headers.raw_items())
-        await self._send(h11.Response(status_code=response.status_code, headers=headers, reason=response.reason))
-        while True:
-            try:
-                event = await conn.next_event(self.limits.splice_chunk)
-            except UpstreamError as err:
-                raise _Abort(err.message) from None
-            if isinstance(event, h11.Data):
-                await self._send(h11.Data(data=event.data))
-            elif isinstance(event, h11.EndOfMessage):
-                await self._send(h11.EndOfMessage())
-                return
-            else:
-                raise _Abort("the API server closed the connection mid-response")
+        pending = bytearray(
+            self.conn.send(h11.Response(status_code=response.status_code, headers=headers, reason=response.reason))
+            or b""
+        )
+        try:
+            while True:
+                event = conn.poll_event()
+                if event is h11.NEED_DATA:
+                    if pending:
+                        await self._write(pending)
+                        pending = bytearray()
+                    event = await conn.next_event(self.limits.splice_chunk)
+                if isinstance(event, h11.Data):
+                    pending += self.conn.send(h11.Data(data=event.data)) or b""
+                    if len(pending) >= self.limits.splice_chunk:
+                        await self._write(pending)
+                        pending = bytearray()
+                elif isinstance(event, h11.EndOfMessage):
+                    pending += self.conn.send(h11.EndOfMessage()) or b""
+                    await self._write(pending)
+                    return
+                else:
+                    await self._write(pending)
+                    raise _Abort("the API server closed the connection mid-response")
+        except UpstreamError as err:
+            await self._write(pending)  # what arrived before the break still goes out
+            raise _Abort(err.message) from None
 
     async def _watching(self, work: Callable[[], Awaitable[T]]) -> T:
         """Run ``work`` while watching the client: if it goes away, ``work`` is cancelled -> _ClientGone."""

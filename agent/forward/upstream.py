@@ -2,8 +2,8 @@
 
 :class:`Endpoints` turns a served ``kube_cluster`` into an :class:`Endpoint` (server address, TLS context,
 ``Host`` and ``Authorization``): the kubeconfig is checked with the same :func:`check_kubeconfig` the agent
-registered the cluster with (cached by content, so it is parsed once, not per request), TLS contexts come
-from :mod:`agent.kube.tls` (cached per TLS material), and an ``exec`` credential comes from the cluster's
+registered the cluster with (cached by content, so it is parsed once, not per request; so is the endpoint
+of a kubeconfig without an ``exec`` credential), TLS contexts come from :mod:`agent.kube.tls` (cached per TLS material), and an ``exec`` credential comes from the cluster's
 existing credential cache (``ForwardContext.exec_credential``), never from running the plugin per request.
 
 :class:`UpstreamPool` keeps idle keep-alive connections per endpoint: at most ``max_idle`` each, dropped
@@ -83,6 +83,8 @@ class Endpoints:
 
     def __init__(self, *, max_entries: int = 1024) -> None:
         self._targets: OrderedDict[tuple[str, bytes, bool], KubeTarget] = OrderedDict()
+        # The endpoint of a kubeconfig without an exec credential depends on its target only: built once.
+        self._endpoints: dict[int, tuple[KubeTarget, Endpoint]] = {}
         self._max = max_entries
 
     def target(self, cluster: KubeCluster) -> KubeTarget:
@@ -100,13 +102,21 @@ class Endpoints:
             ) from None
         self._targets[key] = target
         while len(self._targets) > self._max:
-            self._targets.popitem(last=False)
+            _, gone = self._targets.popitem(last=False)
+            self._endpoints.pop(id(gone), None)
         return target
 
     async def endpoint(
         self, cluster: KubeCluster, exec_credential: Callable[[str], Awaitable[ExecCredential]] | None
     ) -> Endpoint:
         target = self.target(cluster)
+        if target.auth != "exec":
+            cached = self._endpoints.get(id(target))
+            if cached is not None and cached[0] is target:
+                return cached[1]
+            endpoint = build_endpoint(cluster.name, target)
+            self._endpoints[id(target)] = (target, endpoint)
+            return endpoint
         return build_endpoint(cluster.name, target, await _credential(cluster.name, target, exec_credential))
 
 
@@ -191,6 +201,13 @@ class UpstreamConnection:
             await self.stream.send_all(data)
         except _STREAM_ERRORS as exc:
             raise self.endpoint.unreachable(f"the connection broke: {_describe(exc)}") from None
+
+    def poll_event(self) -> Any:
+        """The next event from what is already received, or ``h11.NEED_DATA`` (never waits)."""
+        try:
+            return self.h11.next_event()
+        except h11.RemoteProtocolError as exc:
+            raise self.endpoint.unreachable(f"malformed HTTP answer: {_describe(exc)}") from None
 
     async def next_event(self, max_bytes: int = 64 * 1024) -> Any:
         while True:
