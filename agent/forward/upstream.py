@@ -4,7 +4,8 @@
 ``Host`` and ``Authorization``): the kubeconfig is checked with the same :func:`check_kubeconfig` the agent
 registered the cluster with (cached by content, so it is parsed once, not per request; so is the endpoint
 of a kubeconfig without an ``exec`` credential), TLS contexts come from :mod:`agent.kube.tls` (cached per
-TLS material), and an ``exec`` credential comes from the cluster's existing credential cache (``ForwardContext.exec_credential``), never from running the plugin per request.
+TLS material), and an ``exec`` credential comes from the cluster's existing credential cache
+(``ForwardContext.exec_credential``), never from running the plugin per request.
 
 :class:`UpstreamPool` keeps idle keep-alive connections per endpoint: at most ``max_idle`` each, dropped
 after ``idle_ttl`` seconds unused, after any error, after a response that did not end cleanly, and after
