@@ -119,3 +119,22 @@ spec:
     - viewers
   deny: {}
 """
+
+
+# seed 004's example role exactly as written there (a v6 role with kind '*', which Teleport refuses)
+SEED_004_EXAMPLE_ROLE = """
+kind: role
+version: v6
+metadata:
+  name: example-role
+spec:
+  allow:
+    kubernetes_labels:
+      '*': '*'
+    kubernetes_groups:
+      - editor
+    kubernetes_resources:
+      - kind: "*"
+        namespace: "*"
+        name: "*"
+"""

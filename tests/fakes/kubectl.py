@@ -125,3 +125,18 @@ async def read_until(stream: trio.abc.ReceiveStream | None, needle: bytes, *, ti
             assert chunk, f"EOF before {needle!r}; read {seen!r}"
             seen += chunk
     return seen
+
+
+def kubectl_version(version: str) -> str:
+    """The versioned kubectl binary, or skip the test with the README's reason."""
+    import pytest
+
+    binary = find_kubectl(version)
+    if binary is None:
+        pytest.skip(f"{SKIP_REASON} (kubectl {version})")
+    return binary
+
+
+def minor(version: str) -> int:
+    """``"1.30"`` -> 30."""
+    return int(version.split(".")[1])

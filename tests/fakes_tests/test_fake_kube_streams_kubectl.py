@@ -17,21 +17,16 @@ import trio
 from tests.fakes.fixtures import ADMIN_TOKEN, fake_kube  # noqa: F401  (fixture)
 from tests.fakes.kube_api import FakeKube, RecordedRequest
 from tests.fakes.kube_pods import echo_port
-from tests.fakes.kubectl import SKIP_REASON, find_kubectl, read_until, run_kubectl, started_kubectl
+from tests.fakes.kubectl import (
+    kubectl_version,
+    minor,
+    read_until,
+    run_kubectl,
+    started_kubectl,
+)
 
 VERSIONS = [f"1.{minor}" for minor in range(27, 34)]
 _homes = itertools.count()
-
-
-def kubectl_version(version: str) -> str:
-    binary = find_kubectl(version)
-    if binary is None:
-        pytest.skip(f"{SKIP_REASON} (kubectl {version})")
-    return binary
-
-
-def minor(version: str) -> int:
-    return int(version.split(".")[1])
 
 
 def config(fake: FakeKube, tmp_path: Path, token: str = ADMIN_TOKEN) -> tuple[Path, Path]:

@@ -30,7 +30,13 @@ from registry.core.identity import CertAuthority, Identity, generate_private_key
 from registry.host.tls import client_context
 from tests.fakes.kube_api import FakeKube, RecordedRequest
 from tests.fakes.kube_pods import echo_port
-from tests.fakes.kubectl import SKIP_REASON, find_kubectl, read_until, run_kubectl, started_kubectl
+from tests.fakes.kubectl import (
+    kubectl_version,
+    minor,
+    read_until,
+    run_kubectl,
+    started_kubectl,
+)
 from tests.helpers import kpctl
 from tests.integration.access_setup import (
     Access,
@@ -43,17 +49,6 @@ from tests.integration.access_setup import (
 from tests.integration.test_agent_inprocess import admin, wait_for
 
 VERSIONS = [f"1.{minor}" for minor in range(27, 34)]
-
-
-def kubectl_version(version: str) -> str:
-    binary = find_kubectl(version)
-    if binary is None:
-        pytest.skip(f"{SKIP_REASON} (kubectl {version})")
-    return binary
-
-
-def minor(version: str) -> int:
-    return int(version.split(".")[1])
 
 
 def grant_viewers(fake: FakeKube) -> None:

@@ -12,23 +12,9 @@ from registry.core.errors import AccessDenied, BadParameter
 from registry.core.kube_access import WILDCARD, KubeResourceRule, authorize, cluster_visible, resource_rules
 from registry.core.kube_request import parse_request
 from registry.core.resources import Metadata, Role, User
+from tests.helpers import SEED_004_EXAMPLE_ROLE
 
-SEED_004_AS_WRITTEN = """
-kind: role
-version: v6
-metadata:
-  name: example-role
-spec:
-  allow:
-    kubernetes_labels:
-      '*': '*'
-    kubernetes_groups:
-      - editor
-    kubernetes_resources:
-      - kind: "*"
-        namespace: "*"
-        name: "*"
-"""
+SEED_004_AS_WRITTEN = SEED_004_EXAMPLE_ROLE
 ALICE = User(metadata=Metadata(name="alice"), roles=("r",))
 EVERYTHING = KubeResourceRule(WILDCARD, WILDCARD, WILDCARD, WILDCARD, (WILDCARD,))
 

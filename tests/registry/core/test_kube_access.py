@@ -28,23 +28,6 @@ from tests.helpers import KUBE_ACCESS
 
 SEED_003_KUBE_ACCESS = KUBE_ACCESS
 
-SEED_004_EXAMPLE_ROLE = """
-kind: role
-version: v6
-metadata:
-  name: example-role
-spec:
-  allow:
-    kubernetes_labels:
-      '*': '*'
-    kubernetes_groups:
-      - editor
-    kubernetes_resources:
-      - kind: "*"
-        namespace: "*"
-        name: "*"
-"""
-
 
 def _role_yaml(text: str) -> Role:
     (role,) = decode_resources(text, source="test")
