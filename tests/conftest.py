@@ -21,7 +21,7 @@ from tests.fakes.fixtures import fake_kube  # noqa: F401  (re-exported fixture)
 def _isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     home = tmp_path_factory.mktemp("home")
     monkeypatch.setenv("HOME", str(home))
-    for var in ("KUBEPORT_REGISTRY", "KUBEPORT_IDENTITY", "KUBEPORT_DATA_DIR", "KUBECONFIG"):
+    for var in ("KUBEPORT_REGISTRY", "KUBEPORT_IDENTITY", "KUBEPORT_DATA_DIR", "KUBEPORT_HOME", "KUBECONFIG"):
         monkeypatch.delenv(var, raising=False)
 
 
