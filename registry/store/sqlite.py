@@ -13,7 +13,9 @@ Durability and atomicity:
 
 Concurrency: one connection, used from worker threads (``trio.to_thread.run_sync``) so the trio thread
 never blocks on disk, and serialised by a trio lock. A write holds the lock from BEGIN through publishing
-its events to watchers, which keeps fan-out in revision order. Thread calls are never abandoned on
+its events to watchers, which keeps fan-out in revision order. Single writes that queue while another
+commits are committed together (group commit, :meth:`SQLiteStore._write`): one transaction and one fsync
+for the group, each op still planned, revisioned and answered on its own. Thread calls are never abandoned on
 cancellation, so a transaction always finishes (commit or rollback) before the caller sees the cancel.
 
 Deleted values stay readable in ``events`` until compaction drops them (at most ``max_history`` plus the
@@ -159,6 +161,7 @@ class SQLiteStore(BaseStore):
         self._conn = conn
         self._revision, self._floor, self._records = state
         self._lock = trio.Lock()
+        self._pending: list[_Pending] = []  # writes waiting for the next group commit (see _write)
 
     @classmethod
     async def open(
@@ -221,12 +224,57 @@ class SQLiteStore(BaseStore):
             return await self._run("count", self._count_sync, kind, now)
 
     async def _write(self, op: WriteOp) -> list[Change]:
-        async with self._lock:
+        """Group commit: writes that queue up while another commits go to disk together, in ONE transaction
+        (one fsync), each planned in arrival order against the state the earlier ones left.
+
+        Each caller still gets its own outcome: an op whose plan fails (NotFound, AlreadyExists,
+        CompareFailed) fails alone and consumes no revision; the others commit. Only a failure of the
+        transaction itself (disk full, I/O error) fails every op of the group, and then none is written.
+        A caller cancelled before its op was taken into a group withdraws it; once taken, it waits (shielded)
+        for the commit to finish, so a cancelled write is never left half-known: as before, a transaction
+        always finishes before its caller sees the cancel.
+        """
+        slot = _Pending(op)
+        self._pending.append(slot)
+        try:
+            async with self._lock:
+                if not slot.taken:
+                    await self._commit_group()
+        except trio.Cancelled:
+            if not slot.taken:
+                self._pending.remove(slot)
+                raise
+            with trio.CancelScope(shield=True):
+                await slot.done.wait()
+            raise
+        if isinstance(slot.outcome, KubeportError) and slot.outcome.__traceback__ is not None:
+            # A group failure is one exception shared by every op of the group: each caller gets its own.
+            raise type(slot.outcome)(slot.outcome.message) from slot.outcome
+        if isinstance(slot.outcome, BaseException):
+            raise slot.outcome
+        assert slot.outcome is not None
+        return slot.outcome
+
+    async def _commit_group(self) -> None:
+        """Under the lock: take every queued write and commit them together (see :meth:`_write`)."""
+        group, self._pending = self._pending, []
+        for slot in group:
+            slot.taken = True
+        try:
             self._check_open()
-            changes = await self._run(op.op, self._write_sync, op, self._now(), self._revision)
-            # No checkpoint since the thread returned: publish before anyone else can write.
-            self._published(changes)
-            return changes
+            ops = [slot.op for slot in group]
+            what = ops[0].op if len(ops) == 1 else f"group of {len(ops)} writes"
+            outcomes = await self._run(what, self._group_sync, ops, self._now(), self._revision)
+        except BaseException as exc:
+            for slot in group:
+                slot.outcome = exc
+                slot.done.set()
+            raise
+        # No checkpoint since the thread returned: publish before anyone else can write.
+        self._published([change for outcome in outcomes if isinstance(outcome, list) for change in outcome])
+        for slot, outcome in zip(group, outcomes, strict=True):
+            slot.outcome = outcome
+            slot.done.set()
 
     async def _write_batch(self, ops: Sequence[WriteOp]) -> list[Change]:
         async with self._lock:
@@ -307,13 +355,25 @@ class SQLiteStore(BaseStore):
         rows = self._conn.execute(_HISTORY, (after, json.dumps(kinds), limit)).fetchall()
         return [Change(row[0], Item(*row[1:])) for row in rows]
 
-    def _write_sync(self, op: WriteOp, now: float, revision: int) -> list[Change]:
+    def _group_sync(self, ops: Sequence[WriteOp], now: float, revision: int) -> list[list[Change] | KubeportError]:
+        """Plan and apply ``ops`` in order in one transaction; a plan error is that op's outcome (planning
+        changes nothing, so the others are unaffected). A SQLite error rolls back the whole group."""
+        outcomes: list[list[Change] | KubeportError] = []
+        applied: list[Change] = []
         with _transaction(self._conn):
-            current = self._select_item(op.kind, op.name)
-            changes = _plan.plan_write(op, current, now=now, revision=revision)
-            self._apply_sync(changes)
-        _purge_wal_if_redacted(self._conn, changes)
-        return changes
+            for op in ops:
+                try:
+                    changes = _plan.plan_write(op, self._select_item(op.kind, op.name), now=now, revision=revision)
+                except KubeportError as exc:
+                    outcomes.append(exc)
+                    continue
+                self._apply_sync(changes)
+                if changes:
+                    revision = changes[-1].revision
+                applied.extend(changes)
+                outcomes.append(changes)
+        _purge_wal_if_redacted(self._conn, applied)
+        return outcomes
 
     def _write_batch_sync(self, ops: Sequence[WriteOp], now: float, revision: int) -> list[Change]:
         with _transaction(self._conn):  # one transaction, one commit (one fsync) for the whole batch
@@ -374,6 +434,18 @@ def _purge_wal_if_redacted(conn: sqlite3.Connection, changes: Sequence[Change]) 
     old page images (which still hold the secret) leave the disk. Writes without secrets skip this."""
     if any(c.history is not None or c.supersedes is not None for c in changes):
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
+
+class _Pending:
+    """One queued write of a group commit and, once committed, its outcome."""
+
+    __slots__ = ("done", "op", "outcome", "taken")
+
+    def __init__(self, op: WriteOp) -> None:
+        self.op = op
+        self.taken = False  # a group holds it: it will be committed (or fail) with that group
+        self.outcome: list[Change] | BaseException | None = None
+        self.done = trio.Event()
 
 
 class _transaction:
