@@ -26,7 +26,7 @@ from registry.core.errors import BadParameter, ConnectionProblem, KubeportError
 from registry.store import _plan
 from registry.store._plan import Change, Item, WriteKind, WriteOp
 from registry.store._watch import Hub, open_watch
-from registry.store.base import Event, Record
+from registry.store.base import Event, Record, Write
 
 Clock = Callable[[], float]
 
@@ -214,6 +214,40 @@ class BaseStore(abc.ABC):
         await self._maybe_compact()
         return [change.item.to_record() for change in changes if change.type == "PUT"]
 
+    async def write_many(self, writes: Sequence[Write]) -> builtins.list[Record]:
+        if isinstance(writes, Write) or not isinstance(writes, Sequence):
+            raise BadParameter("write_many takes a sequence of Write")
+        ops: list[WriteOp] = []
+        for write in writes:  # every write is checked before anything is written
+            if not isinstance(write, Write):
+                raise BadParameter(f"write_many takes Write items, got {write!r:.100}")
+            ops.append(self._write_op(write))
+        self._check_open()
+        if not ops:
+            await trio.lowlevel.checkpoint()
+            return []
+        changes = await self._write_batch(ops)
+        await self._maybe_compact()
+        return _per_write(ops, changes)
+
+    def _write_op(self, write: Write) -> WriteOp:
+        if write.op not in ("create", "update", "put", "delete"):
+            raise BadParameter(f"unknown write op {write.op!r}")
+        kind = _plan.check_kind(write.kind)
+        name = _plan.check_name(kind, write.name)
+        expected = _plan.check_optional_revision("expected_revision", write.expected_revision)
+        if expected is not None and write.op not in ("update", "delete"):
+            raise BadParameter(f"{write.op} takes no expected_revision")
+        if write.op == "delete":
+            if write.value is not None or write.expires is not None:
+                raise BadParameter("delete takes no value and no expiry")
+            return WriteOp("delete", kind, name, expected_revision=expected)
+        if not isinstance(write.value, dict):
+            raise BadParameter(f"{write.op} of {kind} {name!r} needs a value (a mapping)")
+        data = _plan.encode_value(kind, name, write.value, self._max_value_bytes)
+        when = _plan.check_expires(kind, name, write.expires)
+        return WriteOp(write.op, kind, name, data, _plan.encode_labels(write.value), when, expected)
+
     async def delete_many(self, kind: str, names: Sequence[str]) -> builtins.list[Record]:
         kind = _plan.check_kind(kind)
         if isinstance(names, str):
@@ -348,3 +382,18 @@ class BaseStore(abc.ABC):
                 await self._compact(self._max_history)
             except KubeportError as exc:
                 log.warning("%s store: automatic compaction failed (retried after later writes): %s", self.backend, exc)
+
+
+def _per_write(ops: Sequence[WriteOp], changes: Sequence[Change]) -> list[Record]:
+    """One record per op from a batch's changes: an op's changes end with its own (a create or put that met
+    an expired record starts with that record's removal, which this skips)."""
+    records: list[Record] = []
+    position = 0
+    for op in ops:
+        change = changes[position]
+        if op.op != "delete" and change.type == "DELETE":
+            position += 1  # the expired record's removal
+            change = changes[position]
+        records.append(change.recorded.to_record() if change.type == "DELETE" else change.item.to_record())
+        position += 1
+    return records

@@ -62,6 +62,18 @@ class Event:
     record: Record
 
 
+@dataclass(frozen=True)
+class Write:
+    """One write of :meth:`Store.write_many`: ``op`` with the arguments of the method of that name."""
+
+    op: Literal["create", "update", "put", "delete"]
+    kind: str
+    name: str
+    value: dict[str, Any] | None = None  # None only for delete
+    expires: float | None = None
+    expected_revision: int | None = None  # update and delete only
+
+
 class Store(Protocol):
     """What the registry needs from storage. Errors come from :mod:`registry.core.errors`."""
 
@@ -105,6 +117,15 @@ class Store(Protocol):
         """Create several ``(name, value)`` records of ``kind`` in ONE write: all or nothing (AlreadyExists for
         any live name, or a name given twice, writes none), one durable commit, consecutive revisions in the
         order given, and watchers see one PUT event per record. Returns the records in that order."""
+        ...
+
+    async def write_many(self, writes: Sequence[Write]) -> builtins.list[Record]:
+        """Several writes of any kinds in ONE durable commit, all or nothing: each is planned after the ones
+        before it (as if called one by one), and if any would fail (NotFound, AlreadyExists, CompareFailed)
+        none is written and that error is raised. Consecutive revisions, one event per change, in order.
+        Returns one record per write: the new version, or for a delete the last version with the delete's
+        revision (as watchers see it). The registry writes a change and its audit event this way, so a crash
+        can never keep one without the other."""
         ...
 
     async def delete_many(self, kind: str, names: Sequence[str]) -> builtins.list[Record]:

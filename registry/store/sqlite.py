@@ -224,9 +224,16 @@ class SQLiteStore(BaseStore):
             return await self._run("count", self._count_sync, kind, now)
 
     async def _write(self, op: WriteOp) -> list[Change]:
+        return await self._queue_write((op,), atomic=False)
+
+    async def _write_batch(self, ops: Sequence[WriteOp]) -> list[Change]:
+        return await self._queue_write(tuple(ops), atomic=True)
+
+    async def _queue_write(self, ops: tuple[WriteOp, ...], *, atomic: bool) -> list[Change]:
         """Group commit: writes that queue up while another commits go to disk together, in ONE transaction
         (one fsync), each planned in arrival order against the state the earlier ones left.
 
+        A batch (``create_many``, ``write_many``) joins a group as one unit, all or nothing within it.
         Each caller still gets its own outcome: an op whose plan fails (NotFound, AlreadyExists,
         CompareFailed) fails alone and consumes no revision; the others commit. Only a failure of the
         transaction itself (disk full, I/O error) fails every op of the group, and then none is written.
@@ -234,7 +241,7 @@ class SQLiteStore(BaseStore):
         for the commit to finish, so a cancelled write is never left half-known: as before, a transaction
         always finishes before its caller sees the cancel.
         """
-        slot = _Pending(op)
+        slot = _Pending(ops, atomic)
         self._pending.append(slot)
         try:
             async with self._lock:
@@ -262,9 +269,10 @@ class SQLiteStore(BaseStore):
             slot.taken = True
         try:
             self._check_open()
-            ops = [slot.op for slot in group]
-            what = ops[0].op if len(ops) == 1 else f"group of {len(ops)} writes"
-            outcomes = await self._run(what, self._group_sync, ops, self._now(), self._revision)
+            units = [(slot.ops, slot.atomic) for slot in group]
+            single = len(group) == 1 and not group[0].atomic
+            what = group[0].ops[0].op if single else f"group of {len(group)} writes"
+            outcomes = await self._run(what, self._group_sync, units, self._now(), self._revision)
         except BaseException as exc:
             for slot in group:
                 slot.outcome = exc
@@ -275,13 +283,6 @@ class SQLiteStore(BaseStore):
         for slot, outcome in zip(group, outcomes, strict=True):
             slot.outcome = outcome
             slot.done.set()
-
-    async def _write_batch(self, ops: Sequence[WriteOp]) -> list[Change]:
-        async with self._lock:
-            self._check_open()
-            changes = await self._run("batch write", self._write_batch_sync, ops, self._now(), self._revision)
-            self._published(changes)
-            return changes
 
     async def _expire(self) -> list[Change]:
         async with self._lock:
@@ -355,15 +356,23 @@ class SQLiteStore(BaseStore):
         rows = self._conn.execute(_HISTORY, (after, json.dumps(kinds), limit)).fetchall()
         return [Change(row[0], Item(*row[1:])) for row in rows]
 
-    def _group_sync(self, ops: Sequence[WriteOp], now: float, revision: int) -> list[list[Change] | KubeportError]:
-        """Plan and apply ``ops`` in order in one transaction; a plan error is that op's outcome (planning
-        changes nothing, so the others are unaffected). A SQLite error rolls back the whole group."""
+    def _group_sync(
+        self, units: Sequence[tuple[tuple[WriteOp, ...], bool]], now: float, revision: int
+    ) -> list[list[Change] | KubeportError]:
+        """Plan and apply ``units`` (one op, or an atomic batch) in order in one transaction; a plan error is
+        that unit's outcome (planning changes nothing, and a batch is planned in full before it is applied,
+        so the others are unaffected). A SQLite error rolls back the whole group."""
         outcomes: list[list[Change] | KubeportError] = []
         applied: list[Change] = []
         with _transaction(self._conn):
-            for op in ops:
+            for ops, atomic in units:
                 try:
-                    changes = _plan.plan_write(op, self._select_item(op.kind, op.name), now=now, revision=revision)
+                    if atomic:
+                        changes = _plan.plan_batch(ops, self._select_item, now=now, revision=revision)
+                    else:
+                        (op,) = ops
+                        current = self._select_item(op.kind, op.name)
+                        changes = _plan.plan_write(op, current, now=now, revision=revision)
                 except KubeportError as exc:
                     outcomes.append(exc)
                     continue
@@ -374,13 +383,6 @@ class SQLiteStore(BaseStore):
                 outcomes.append(changes)
         _purge_wal_if_redacted(self._conn, applied)
         return outcomes
-
-    def _write_batch_sync(self, ops: Sequence[WriteOp], now: float, revision: int) -> list[Change]:
-        with _transaction(self._conn):  # one transaction, one commit (one fsync) for the whole batch
-            changes = _plan.plan_batch(ops, self._select_item, now=now, revision=revision)
-            self._apply_sync(changes)
-        _purge_wal_if_redacted(self._conn, changes)
-        return changes
 
     def _expire_sync(self, now: float, revision: int) -> list[Change]:
         with _transaction(self._conn):
@@ -439,10 +441,11 @@ def _purge_wal_if_redacted(conn: sqlite3.Connection, changes: Sequence[Change]) 
 class _Pending:
     """One queued write of a group commit and, once committed, its outcome."""
 
-    __slots__ = ("done", "op", "outcome", "taken")
+    __slots__ = ("atomic", "done", "ops", "outcome", "taken")
 
-    def __init__(self, op: WriteOp) -> None:
-        self.op = op
+    def __init__(self, ops: tuple[WriteOp, ...], atomic: bool) -> None:
+        self.ops = ops
+        self.atomic = atomic
         self.taken = False  # a group holds it: it will be committed (or fail) with that group
         self.outcome: list[Change] | BaseException | None = None
         self.done = trio.Event()
