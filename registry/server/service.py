@@ -78,7 +78,7 @@ from registry.server import authz
 from registry.server.admission import source_of_client
 from registry.server.aggregate import FailureAggregator, FailureRow
 from registry.server.authz import Caller
-from registry.store import Event, Record, Store
+from registry.store import Event, Record, Store, Write
 
 AUDIT_KIND = "audit"
 AGENT_KIND = "kube_agent"
@@ -320,19 +320,34 @@ class Registry:
     # -- audit ---------------------------------------------------------------------------------------
 
     async def audit(self, event: str, caller: Caller | None, **fields: Any) -> None:
-        value = self._audit_value(event, caller, fields)
-        await self.store.create(AUDIT_KIND, self._audit_name(), value, expires=self.clock() + AUDIT_RETENTION)
+        name, value = self._audit_entry(event, caller, fields)
+        await self.store.create(AUDIT_KIND, name, value, expires=self._audit_expiry())
         await self._audit_written(1)
+
+    def _audit_entry(self, event: str, caller: Caller | None, fields: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        return self._audit_name(), self._audit_value(event, caller, fields)
+
+    def _audit_expiry(self) -> float:
+        return float(self.clock()) + AUDIT_RETENTION
+
+    async def _write_audited(self, write: Write, event: str, caller: Caller, **fields: Any) -> Record:
+        """``write`` and its audit event in ONE store commit (``Store.write_many``): a crash keeps both or
+        neither, so no change is ever missing from the audit log (and no event names a change that did not
+        happen). Returns the written record."""
+        name, value = self._audit_entry(event, caller, fields)
+        record, _ = await self.store.write_many(
+            [write, Write("create", AUDIT_KIND, name, value, expires=self._audit_expiry())]
+        )
+        await self._audit_written(1)
+        return record
 
     async def audit_many(self, events: builtins.list[tuple[str, Caller | None, dict[str, Any]]]) -> None:
         """Several audit events (``(event, caller, fields)``) in ONE store write (``Store.create_many``: one
         commit, one fsync with SQLite), in order; all are written or none."""
         if not events:
             return
-        values = [
-            (self._audit_name(), self._audit_value(event, caller, dict(fields))) for event, caller, fields in events
-        ]
-        await self.store.create_many(AUDIT_KIND, values, expires=self.clock() + AUDIT_RETENTION)
+        values = [self._audit_entry(event, caller, dict(fields)) for event, caller, fields in events]
+        await self.store.create_many(AUDIT_KIND, values, expires=self._audit_expiry())
         await self._audit_written(len(values))
 
     def _audit_value(self, event: str, caller: Caller | None, fields: dict[str, Any]) -> dict[str, Any]:
@@ -501,10 +516,10 @@ class Registry:
         authz.check(caller, resource.KIND, "create")
         resource = self._prepare(caller, resource)
         self._check_dynamic_labels(caller, resource, "create", None)
-        record = await self.store.create(
-            resource.KIND, _store_name(resource), _to_store_value(resource), expires=_expires_ts(resource)
+        write = Write(
+            "create", resource.KIND, _store_name(resource), _to_store_value(resource), expires=_expires_ts(resource)
         )
-        await self._audit_write(caller, resource, "create", _dynamic_label_audit(resource, None))
+        record = await self._audit_write(write, caller, resource, "create", _dynamic_label_audit(resource, None))
         return record_to_wire(record, with_secrets=False)
 
     async def update(self, caller: Caller, resource: Resource) -> ResourceBody:
@@ -532,14 +547,15 @@ class Registry:
             # The dynamic labels were checked against this revision: a concurrent change must not be
             # overwritten (reverted) by a caller who may not change them.
             expected = current.revision
-        record = await self.store.update(
+        write = Write(
+            "update",
             resource.KIND,
             name,
             _to_store_value(resource),
-            expected_revision=expected,
             expires=_expires_ts(resource),
+            expected_revision=expected,
         )
-        await self._audit_write(caller, resource, "update", _dynamic_label_audit(resource, stored))
+        record = await self._audit_write(write, caller, resource, "update", _dynamic_label_audit(resource, stored))
         return record_to_wire(record, with_secrets=False)
 
     async def delete(self, caller: Caller, kind: str, name: str) -> None:
@@ -549,20 +565,23 @@ class Registry:
             if not sep:
                 raise BadParameter(f'kube_server "{name}": name the heartbeat as <host_id>/<cluster name>')
             await self.delete_heartbeat(caller, host_id, cluster)
-        else:
-            await self.store.delete(kind, name)
+            await self.audit("kube_server.delete", caller, kind=kind, name=name)
+            return
         audit_kind = _AUDIT_NAMES.get(kind, kind)
         shown = mask_token(name) if kind == "token" else name
-        await self.audit(f"{audit_kind}.delete", caller, kind=kind, name=shown)
+        await self._write_audited(Write("delete", kind, name), f"{audit_kind}.delete", caller, kind=kind, name=shown)
 
     async def _audit_write(
-        self, caller: Caller, resource: Resource, action: str, extra: Mapping[str, Any] | None = None
-    ) -> None:
+        self, write: Write, caller: Caller, resource: Resource, action: str, extra: Mapping[str, Any] | None = None
+    ) -> Record:
+        """``write`` of ``resource`` with its ``<kind>.<action>`` audit event, in one commit."""
         audit_kind = _AUDIT_NAMES.get(resource.KIND, resource.KIND)
         name = resource.metadata.name
         if isinstance(resource, Token):
             name = mask_token(name)
-        await self.audit(f"{audit_kind}.{action}", caller, kind=resource.KIND, name=name, **(extra or {}))
+        return await self._write_audited(
+            write, f"{audit_kind}.{action}", caller, kind=resource.KIND, name=name, **(extra or {})
+        )
 
     async def get(self, caller: Caller, kind: str, name: str, *, with_secrets: bool = False) -> ResourceBody:
         authz.check(caller, kind, "read")
@@ -663,10 +682,8 @@ class Registry:
         }
         token = codec.resource_from_dict(doc, source="token")
         assert isinstance(token, Token)
-        record = await self.store.create(
-            "token", token.metadata.name, _to_store_value(token), expires=_expires_ts(token)
-        )
-        await self._audit_write(caller, token, "create")
+        write = Write("create", "token", token.metadata.name, _to_store_value(token), expires=_expires_ts(token))
+        record = await self._audit_write(write, caller, token, "create")
         return record_to_wire(record, with_secrets=True)
 
     async def join(self, *, token: str, host_id: str | None, nodename: str, csr_pem: bytes, client: str) -> JoinResult:
