@@ -9,8 +9,10 @@ something changed (``touch(name)``); the announcer decides *when* to talk to the
 - every entry is re-announced every ``2/3 * ttl`` (jittered), so a registry that lost it (restart with a
   fresh store, TTL expiry while partitioned) gets it back, and a killed agent's entries expire by TTL;
 - removals delete the kube_server; on shutdown every entry is deleted (shielded, bounded in time);
-- a failed send keeps the entry dirty and is retried with backoff; at most ``concurrency`` requests are in
-  flight so 1,000 clusters do not open 1,000 connections.
+- a round's announces go in ONE batch request (``heartbeat_many``: one registry commit for up to ``chunk``
+  clusters; an entry the registry refuses fails alone); a registry without that route gets one request per
+  entry, at most ``concurrency`` in flight so 1,000 clusters do not open 1,000 connections;
+- a failed send keeps the entry dirty and is retried with backoff.
 
 What a heartbeat says is :func:`kube_server` (pure): a secret-free copy of the served cluster with its
 dynamic label results, the agent's service labels (which win) and the cluster's health. The supervisor
@@ -125,6 +127,7 @@ class Announcer:
         self._wake = trio.Event()
         self._limit = trio.CapacityLimiter(concurrency)
         self._failures = 0
+        self._batch = True  # one request per flush (POST /v1/kube_servers/{host_id}); False: per entry
         self._stats = {"announces": 0, "unchanged_skipped": 0, "deletes": 0, "errors": 0}
         self.idle = trio.Event()  # set whenever nothing is pending (tests and benchmarks wait on it)
 
@@ -218,29 +221,67 @@ class Announcer:
         failed_deletes: list[str] = []
         client = self._get_client()
 
-        async def announce(name: str) -> None:
+        # What to send: every dirty entry whose content changed (or whose periodic re-announce is due).
+        outgoing: list[tuple[str, dict[str, Any], str]] = []
+        for name in sorted(dirty):
             build = self._builders.get(name)
             if build is None:
-                return
+                continue
             wire = build(self._clock() + self.ttl)
             content = _content_key(wire)
             forced = name in self._due
             self._due.discard(name)
             if not forced and self._last_content.get(name) == content:
                 self._stats["unchanged_skipped"] += 1
-                return
-            async with self._limit:
-                try:
-                    await client.heartbeat(wire)
-                except KubeportError as err:
-                    self._stats["errors"] += 1
-                    failed.append(name)
-                    log.warning("heartbeat for %s failed: %s", name, err.message)
-                    return
+                continue
+            outgoing.append((name, wire, content))
+
+        def sent(name: str, content: str) -> None:
             if name in self._builders:  # removed while in flight: remember nothing (it is being deleted)
                 self._last_sent[name] = trio.current_time()
                 self._last_content[name] = content
             self._stats["announces"] += 1
+
+        def refused(name: str, message: str) -> None:
+            self._stats["errors"] += 1
+            failed.append(name)
+            log.warning("heartbeat for %s failed: %s", name, message)
+
+        async def announce(name: str, wire: dict[str, Any], content: str) -> None:
+            async with self._limit:
+                try:
+                    await client.heartbeat(wire)
+                except KubeportError as err:
+                    refused(name, err.message)
+                    return
+            sent(name, content)
+
+        async def announce_batch() -> None:
+            """All of ``outgoing`` in one request (one registry commit); per-entry errors come back as
+            results. A registry without the batch route gets one request per entry from then on."""
+            try:
+                results = await client.heartbeat_many(self.host_id, [wire for _, wire, _ in outgoing])
+            except NotFound as err:
+                if not err.message.startswith("no route"):
+                    raise
+                self._batch = False
+                log.info("the registry has no batch heartbeat route: sending one heartbeat per request")
+                async with trio.open_nursery() as inner:
+                    for name, wire, content in outgoing:
+                        inner.start_soon(announce, name, wire, content)
+                return
+            except KubeportError as err:
+                for name, _, _ in outgoing:
+                    refused(name, err.message)
+                return
+            for (name, _, content), result in zip(outgoing, results, strict=False):
+                error = result.get("error")
+                if error is None:
+                    sent(name, content)
+                else:
+                    refused(name, str(error.get("message", "refused")))
+            for name, _, _ in outgoing[len(results) :]:  # a short answer: retry what it did not cover
+                refused(name, "no result in the registry's answer")
 
         async def delete(name: str) -> None:
             async with self._limit:
@@ -258,8 +299,11 @@ class Announcer:
         async with trio.open_nursery() as nursery:
             for name in sorted(deleted):
                 nursery.start_soon(delete, name)
-            for name in sorted(dirty):
-                nursery.start_soon(announce, name)
+            if outgoing and self._batch:
+                nursery.start_soon(announce_batch)
+            elif outgoing:
+                for name, wire, content in outgoing:
+                    nursery.start_soon(announce, name, wire, content)
         # Anything that changed meanwhile is already in the fresh sets; retry what failed.
         for name in failed:
             if name in self._builders:

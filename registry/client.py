@@ -41,7 +41,17 @@ from registry.core.identity import REGISTRY_SERVER_NAME, check_pin
 from registry.core.identity_file import IdentityFile
 from registry.core.resources import KubeCluster
 from registry.core.watch import Bookmark, Delete, Error, Init, Put, WatchDecoder, WatchProtocolError
-from registry.core.wire import AgentRecord, AuditEvent, Certificate, JoinResult, Ping, ResourceBody, Whoami
+from registry.core.wire import (
+    AgentRecord,
+    AuditEvent,
+    Certificate,
+    HeartbeatBatch,
+    HeartbeatResult,
+    JoinResult,
+    Ping,
+    ResourceBody,
+    Whoami,
+)
 from registry.host.files import read_limited
 from registry.host.tls import client_context, insecure_fetch_context
 
@@ -237,6 +247,15 @@ class RegistryClient:
         name = server["metadata"]["name"]
         result: ResourceBody = await self._request("PUT", f"/v1/kube_servers/{_seg(host_id)}/{_seg(name)}", body=server)
         return result
+
+    async def heartbeat_many(
+        self, host_id: str, servers: Sequence[Mapping[str, Any]]
+    ) -> builtins.list[HeartbeatResult]:
+        """Several heartbeats of one host in one request and one registry commit; one result per server, in
+        order (``error`` set on those refused)."""
+        body = {"servers": list(servers)}
+        result: HeartbeatBatch = await self._request("POST", f"/v1/kube_servers/{_seg(host_id)}", body=body)
+        return result["results"]
 
     async def delete_heartbeat(self, host_id: str, name: str) -> None:
         await self._request("DELETE", f"/v1/kube_servers/{_seg(host_id)}/{_seg(name)}")

@@ -49,6 +49,20 @@ class StatusBody(TypedDict, total=False):
     details: dict[str, Any]
 
 
+class HeartbeatResult(TypedDict, total=False):
+    """One entry of a batch heartbeat's answer (``POST /v1/kube_servers/{host_id}``), in request order:
+    the cluster name, and ``error`` (a Status) when that heartbeat was refused; the others were written."""
+
+    name: str
+    error: StatusBody
+
+
+class HeartbeatBatch(TypedDict):
+    """The answer to a batch heartbeat."""
+
+    results: list[HeartbeatResult]
+
+
 class ResourceList(TypedDict):
     """``GET /v1/resources/{kind}``: the items and the store revision they were read at (watch from it)."""
 

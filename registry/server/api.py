@@ -63,7 +63,7 @@ from registry.core.errors import (
     Unauthenticated,
 )
 from registry.core.resources import KIND_ALIASES, KubeServer
-from registry.core.wire import EventsPage, ResourceList
+from registry.core.wire import EventsPage, HeartbeatBatch, ResourceList
 from registry.server.admission import source_of_client
 from registry.server.authz import Caller
 from registry.server.http import Request, Response, Send
@@ -178,6 +178,7 @@ class RegistryAPI:
             ("resources", "DELETE", 2): self._delete,
             ("resources", "DELETE", 3): self._delete,
             ("kube_servers", "PUT", 2): self._heartbeat,
+            ("kube_servers", "POST", 1): self._heartbeat_many,
             ("kube_servers", "DELETE", 2): self._delete_heartbeat,
             ("kube_agents", "GET", 0): self._list_agents,
             ("kube_agents", "PUT", 1): self._put_agent,
@@ -334,6 +335,14 @@ class RegistryAPI:
         if server.host_id != rest[0] or server.metadata.name != rest[1]:
             raise BadParameter("heartbeat body host_id/name do not match the URL")
         return Response.json(200, await self.registry.heartbeat(caller, server))
+
+    async def _heartbeat_many(self, caller: Caller, request: Request, rest: list[str]) -> Response:
+        servers = _body_object(request).get("servers")
+        if not isinstance(servers, list):
+            raise BadParameter("request body field 'servers' must be a list of kube_servers")
+        results = await self.registry.heartbeat_many(caller, rest[0], servers)
+        body: HeartbeatBatch = {"results": results}
+        return Response.json(200, body)
 
     async def _delete_heartbeat(self, caller: Caller, request: Request, rest: list[str]) -> Response:
         await self.registry.delete_heartbeat(caller, rest[0], rest[1])

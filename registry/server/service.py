@@ -49,7 +49,7 @@ from typing import Any, cast
 from labels import validate_labels, validate_selector_items
 from registry import __version__
 from registry.core import codec, validation
-from registry.core.errors import AccessDenied, AlreadyExists, BadParameter, NotFound, Unauthenticated
+from registry.core.errors import AccessDenied, AlreadyExists, BadParameter, KubeportError, NotFound, Unauthenticated
 from registry.core.identity import (
     AGENT_TTL,
     USER_TTL,
@@ -73,7 +73,16 @@ from registry.core.resources import (
 )
 from registry.core.timefmt import format_epoch, format_rfc3339
 from registry.core.watch import Delete, Put, ResourceEvent, encode_line
-from registry.core.wire import AgentRecord, AuditEvent, CaBundle, Certificate, JoinResult, Ping, ResourceBody
+from registry.core.wire import (
+    AgentRecord,
+    AuditEvent,
+    CaBundle,
+    Certificate,
+    HeartbeatResult,
+    JoinResult,
+    Ping,
+    ResourceBody,
+)
 from registry.server import authz
 from registry.server.admission import source_of_client
 from registry.server.aggregate import FailureAggregator, FailureRow
@@ -96,6 +105,7 @@ MAX_EVENTS_PAGE = 1000  # events per page of GET /v1/events
 EVENTS_SCAN = 10_000  # rows one page may look at to find matches of an ``event`` filter
 MAX_USER_CERT_TTL = timedelta(days=7)
 MAX_HEARTBEAT_TTL = 3600.0
+MAX_HEARTBEAT_BATCH = 512  # kube_servers per batch heartbeat request (the agent sends at most 256)
 # What agents may report about the requests they forward (agent/forward/audit.py), and how much.
 AGENT_EVENT_TYPES = frozenset({"kube.request", "session.start", "session.end", "audit.dropped"})
 MAX_AGENT_EVENTS = 500
@@ -204,6 +214,13 @@ def record_to_wire(record: Record, *, with_secrets: bool) -> ResourceBody:
         if record.kind == "token":
             metadata["name"] = mask_token(str(metadata.get("name", "")))
     return cast(ResourceBody, value)
+
+
+def _claimed_name(body: object) -> str:
+    """The ``metadata.name`` a refused wire body claims (bounded), to label its error; "" when none."""
+    metadata = body.get("metadata") if isinstance(body, dict) else None
+    name = metadata.get("name") if isinstance(metadata, dict) else None
+    return name[:253] if isinstance(name, str) else ""
 
 
 def _store_name(resource: Resource) -> str:
@@ -632,13 +649,55 @@ class Registry:
     async def heartbeat(self, caller: Caller, server: KubeServer) -> ResourceBody:
         self._check_host_write(caller, server.host_id, "update")
         await self._check_may_serve(server)
+        (record,) = await self.store.write_many([self._heartbeat_write(server)])
+        return record_to_wire(record, with_secrets=False)
+
+    def _heartbeat_write(self, server: KubeServer) -> Write:
         now = self.clock()
         expires = _expires_ts(server)
         if expires is None or expires <= now:
             raise BadParameter(f'kube_server "{server.metadata.name}": metadata.expires must be in the future')
         expires = min(expires, now + MAX_HEARTBEAT_TTL)
-        record = await self.store.put("kube_server", server.store_name(), _to_store_value(server), expires=expires)
-        return record_to_wire(record, with_secrets=False)
+        return Write("put", "kube_server", server.store_name(), _to_store_value(server), expires=expires)
+
+    async def heartbeat_many(
+        self, caller: Caller, host_id: str, bodies: builtins.list[Any]
+    ) -> builtins.list[HeartbeatResult]:
+        """One agent's heartbeats for many clusters in ONE store commit (10 agents x 10,000 clusters is
+        ~250 heartbeats/s; one commit each would be the registry's whole write budget).
+
+        The caller must be allowed to write this host's heartbeats (else the whole request is refused);
+        each heartbeat is then checked on its own (shape, host id, a cluster that exists, expiry), so one
+        bad entry (a cluster deleted a moment ago) fails alone: its result carries the Status, the others
+        are written together. Results are in the order given."""
+        self._check_host_write(caller, host_id, "update")
+        if not isinstance(bodies, builtins.list) or len(bodies) > MAX_HEARTBEAT_BATCH:
+            raise BadParameter(f"a batch heartbeat takes a list of at most {MAX_HEARTBEAT_BATCH} kube_servers")
+        results: builtins.list[HeartbeatResult] = []
+        writes: builtins.list[Write] = []
+        seen: set[str] = set()
+        for index, body in enumerate(bodies):
+            name = ""
+            try:
+                server = codec.resource_from_dict(body, source=f"heartbeat {index}")
+                if not isinstance(server, KubeServer):
+                    raise BadParameter(f"heartbeat {index} must be a kube_server")
+                name = server.metadata.name
+                if server.host_id != host_id:
+                    raise BadParameter(f'heartbeat {index}: host_id "{server.host_id}" does not match the URL')
+                if name in seen:
+                    raise BadParameter(f'heartbeat {index}: kube_server "{name}" is given twice')
+                await self._check_may_serve(server)
+                writes.append(self._heartbeat_write(server))
+                seen.add(name)
+                results.append({"name": name})
+            except KubeportError as err:
+                if not name:
+                    name = _claimed_name(body)
+                results.append({"name": name, "error": err.to_status()})
+        if writes:
+            await self.store.write_many(writes)  # puts: nothing in the batch can fail to plan
+        return results
 
     async def delete_heartbeat(self, caller: Caller, host_id: str, name: str) -> None:
         self._check_host_write(caller, host_id, "delete")

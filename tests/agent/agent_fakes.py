@@ -31,7 +31,7 @@ from agent.health import HealthResult, KubeCalls
 from labels.runner import CommandSpec
 from registry.client import StreamEvent
 from registry.core import codec
-from registry.core.errors import ConnectionProblem, KubeportError
+from registry.core.errors import ConnectionProblem, KubeportError, NotFound
 from registry.core.identity import CertAuthority
 from registry.core.resources import KubeCluster
 from registry.core.watch import Error, WatchDecoder, WatchProtocolError
@@ -146,6 +146,9 @@ class FakeRegistryClient:
     fail_heartbeats: dict[str, deque[KubeportError]] = field(default_factory=dict)
     fail_deletes: dict[str, deque[KubeportError]] = field(default_factory=dict)
     hang: set[str] = field(default_factory=set)
+    batch_route: bool = True
+    batch_errors: deque[KubeportError] = field(default_factory=deque)
+    batch_calls: list[list[str]] = field(default_factory=list)
     release: trio.Event = field(default_factory=trio.Event)
     call_delay: float = 0.0
     in_flight: int = 0
@@ -248,6 +251,33 @@ class FakeRegistryClient:
             self.heartbeats.append((trio.current_time(), name, dict(server)))
             self._note()
         return dict(server)
+
+    async def heartbeat_many(self, host_id: str, servers: Sequence[Mapping[str, Any]]) -> builtins.list[Any]:
+        """The batch route: one request for several heartbeats. Each entry is recorded and may fail alone
+        (``fail_heartbeats``) as the registry answers per entry; ``batch_errors`` fail a whole request (the
+        network or the registry); ``batch_route=False`` answers like a registry without the route."""
+        self.batch_calls.append([str(s["metadata"]["name"]) for s in servers])
+        if not self.batch_route:
+            raise NotFound(f"no route for POST /v1/kube_servers/{host_id}")
+        if self.batch_errors:
+            raise self.batch_errors.popleft()
+        results: builtins.list[Any] = [None] * len(servers)
+
+        async def one(index: int, server: Mapping[str, Any]) -> None:
+            name = str(server["metadata"]["name"])
+            try:
+                await self._call(name, self.fail_heartbeats)
+                results[index] = {"name": name}
+            except KubeportError as err:
+                results[index] = {"name": name, "error": err.to_status()}
+            finally:
+                self.heartbeats.append((trio.current_time(), name, dict(server)))
+                self._note()
+
+        async with trio.open_nursery() as nursery:
+            for index, server in enumerate(servers):
+                nursery.start_soon(one, index, server)
+        return results
 
     async def delete_heartbeat(self, host_id: str, name: str) -> None:
         try:

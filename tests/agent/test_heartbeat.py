@@ -273,8 +273,47 @@ async def test_shutdown_is_bounded_when_the_registry_hangs(autojump_clock: trio.
 # ----------------------------------------------------------------------------------------- concurrency
 
 
+async def test_one_batch_request_per_round_and_a_refused_entry_is_retried_alone(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    client = FakeRegistryClient()
+    client.fail_heartbeats["c007"] = deque([NotFound('kube_cluster "c007" not found')])
+    names = [f"c{i:03}" for i in range(300)]
+    async with announcing(client) as announcer:
+        for name in names:
+            announcer.set(name, server(name))
+        await settled(announcer)
+        sizes = [len(call) for call in client.batch_calls]
+        assert sizes[:2] == [256, 44]  # chunk=256 per round, one request each
+        assert client.batch_calls[2:] == [["c007"]]  # only the refused entry went again
+        assert sorted(set(client.heartbeat_names())) == names
+        assert announcer.statistics()["announces"] == 300
+
+
+async def test_a_failed_batch_request_retries_every_entry_of_it(autojump_clock: trio.abc.Clock) -> None:
+    client = FakeRegistryClient()
+    client.batch_errors.append(ConnectionProblem("registry unreachable"))
+    async with announcing(client) as announcer:
+        announcer.set("a", server("a"))
+        announcer.set("b", server("b"))
+        await settled(announcer)
+        assert client.batch_calls == [["a", "b"], ["a", "b"]]
+        assert announcer.statistics()["errors"] == 2
+
+
+async def test_a_registry_without_the_batch_route_gets_one_request_per_entry(autojump_clock: trio.abc.Clock) -> None:
+    client = FakeRegistryClient(batch_route=False)
+    async with announcing(client) as announcer:
+        announcer.set("a", server("a"))
+        await settled(announcer)
+        announcer.set("b", server("b"))
+        await settled(announcer)
+        assert client.batch_calls == [["a"]]  # tried once, then never again
+        assert client.heartbeat_names() == ["a", "b"]
+
+
 async def test_at_most_concurrency_requests_are_in_flight(autojump_clock: trio.abc.Clock) -> None:
-    client = FakeRegistryClient(call_delay=0.1)
+    client = FakeRegistryClient(call_delay=0.1, batch_route=False)  # one request per heartbeat
     names = [f"c{i:03}" for i in range(50)]
     async with trio.open_nursery() as nursery:
         announcer = Announcer(
