@@ -41,7 +41,16 @@ from registry.core.identity import REGISTRY_SERVER_NAME, check_pin
 from registry.core.identity_file import IdentityFile
 from registry.core.resources import KubeCluster
 from registry.core.watch import Bookmark, Delete, Error, Init, Put, WatchDecoder, WatchProtocolError
-from registry.core.wire import AgentRecord, AuditEvent, Certificate, JoinResult, Ping, ResourceBody, Whoami
+from registry.core.wire import (
+    AgentRecord,
+    AuditEvent,
+    Certificate,
+    JoinResult,
+    KubeAccessView,
+    Ping,
+    ResourceBody,
+    Whoami,
+)
 from registry.host.files import read_limited
 from registry.host.tls import client_context, insecure_fetch_context
 
@@ -176,6 +185,11 @@ class RegistryClient:
 
     async def whoami(self) -> Whoami:
         result: Whoami = await self._request("GET", "/v1/whoami")
+        return result
+
+    async def kube_access(self) -> KubeAccessView:
+        """A user's view: their current roles, Kubernetes groups/users and the clusters they may reach."""
+        result: KubeAccessView = await self._request("GET", "/v1/kube_clusters")
         return result
 
     # -- resources -----------------------------------------------------------------------------------

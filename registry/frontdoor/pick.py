@@ -28,7 +28,6 @@ from dataclasses import dataclass
 
 from registry.core.kube_access import cluster_visible
 from registry.core.kube_listing import reachable_servers
-from registry.core.kube_listing import server_labels as server_labels  # re-exported: its tests import it here
 from registry.core.resources import KubeCluster, KubeServer, Role, User
 
 HEALTH_ORDER = ("healthy", "unknown", "unhealthy")
