@@ -46,6 +46,7 @@ from typing import Any
 import yaml
 
 from registry.core.errors import BadParameter, NotFound, TooLarge
+from registry.core.validation import load_yaml
 from registry.host.files import ensure_private_dir, write_secret_file
 
 MAX_KUBECONFIG_BYTES = 8 * 1024 * 1024
@@ -152,9 +153,17 @@ def parse_kubeconfig(data: bytes, *, source: str) -> dict[str, Any]:
         return BadParameter(f"the kubeconfig {source} is not one kubeport can update ({why}); fix or move it first")
 
     try:
-        doc = yaml.safe_load(data.decode("utf-8")) if data.strip() else None
-    except (UnicodeDecodeError, yaml.YAMLError, RecursionError):
-        raise bad("not valid UTF-8 YAML") from None
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise bad("not UTF-8 text") from None
+    try:
+        # The project's strict loader: depth bounded before parsing, no anchors/aliases, no duplicate keys.
+        documents = load_yaml(text, source="it") if text.strip() else [None]
+    except BadParameter as exc:
+        raise bad(exc.message) from None
+    if len(documents) != 1:
+        raise bad("more than one YAML document")
+    doc = documents[0]
     if doc is None:
         return empty_config()
     if not isinstance(doc, dict):
@@ -177,9 +186,18 @@ def parse_kubeconfig(data: bytes, *, source: str) -> dict[str, Any]:
     return doc
 
 
+class _NoAliasDumper(yaml.SafeDumper):
+    """Never writes anchors/aliases (shared objects are written out in full): kubeport's own reader refuses
+    them, and kubectl never writes them either."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
 def write_kubeconfig(path: Path, doc: Mapping[str, Any]) -> None:
     ensure_private_dir(path.parent)
-    write_secret_file(path, yaml.safe_dump(dict(doc), sort_keys=False, default_flow_style=False).encode())
+    text = yaml.dump(dict(doc), Dumper=_NoAliasDumper, sort_keys=False, default_flow_style=False)
+    write_secret_file(path, text.encode())
 
 
 @contextlib.contextmanager
