@@ -38,6 +38,7 @@ from registry.core.errors import BadParameter, ConnectionProblem, KubeportError
 from registry.core.kube_access import cluster_not_found
 from registry.core.kube_route import cluster_prefix
 from registry.core.wire import KubeAccessView
+from registry.host.cmdline import flag_value
 
 T = TypeVar("T")
 SEED_LOGIN_LINE = "Logged into kubernetes cluster \"{name}\". Try 'kubectl version' to test the connection."
@@ -66,7 +67,7 @@ async def with_registry(login: Login, call: Callable[[RegistryClient], Awaitable
 def uses_login(args: argparse.Namespace, env: dict[str, str] | None = None) -> bool:
     """Whether ``kube ls`` shows the user view (module docstring)."""
     env = dict(os.environ) if env is None else env
-    if args.registry or args.identity or args.data_dir or env.get("KUBEPORT_IDENTITY"):
+    if any(getattr(args, flag, None) for flag in ("registry", "identity", "data_dir")) or env.get("KUBEPORT_IDENTITY"):
         return False
     try:
         return KubeportHome().current_name() is not None
@@ -208,7 +209,7 @@ def register(
         "credentials', so a new 'kubeport login' refreshes every context.",
     )
     common(p)
-    p.add_argument("name", nargs="?", metavar="NAME", help="a cluster from kubeport kube ls")
+    p.add_argument("name", nargs="?", metavar="NAME", type=flag_value("NAME"), help="a cluster from kubeport kube ls")
     p.add_argument("--all", action="store_true", help="every cluster you may reach")
     set_command(p, cmd_kube_login)
     p = ksub.add_parser(
@@ -218,7 +219,7 @@ def register(
         "or for every cluster of the current login; other entries are kept.",
     )
     common(p)
-    p.add_argument("name", nargs="?", metavar="NAME")
+    p.add_argument("name", nargs="?", metavar="NAME", type=flag_value("NAME"), help="default: every cluster")
     set_command(p, cmd_kube_logout)
     p = ksub.add_parser(
         "credentials",

@@ -30,6 +30,7 @@ from registry.cli.profile import KubeportHome, Login, NotLoggedIn, login_hint
 from registry.core import codec
 from registry.core.errors import ConnectionProblem, KubeportError
 from registry.core.timefmt import format_human, format_rfc3339
+from registry.host.cmdline import flag_value
 
 
 def _remaining(expires: datetime, now: datetime) -> str:
@@ -141,7 +142,12 @@ def register(
         "users they grant, certificate expiry and the current kube cluster. Exit 1 when it expired.",
     )
     common(p)
-    p.add_argument("--cluster", metavar="NAME", help="a registry cluster's login (default: the current one)")
+    p.add_argument(
+        "--cluster",
+        metavar="NAME",
+        type=flag_value("--cluster"),
+        help="a registry cluster's login (default: the current one)",
+    )
     p.add_argument("--format", choices=render.FORMATS, default="text")
     set_command(p, cmd_status)
     p = sub.add_parser(
@@ -151,5 +157,5 @@ def register(
         "kubeconfig entry kube login wrote for it; other kubeconfig entries are kept.",
     )
     common(p)
-    p.add_argument("--cluster", metavar="NAME", help="only this registry cluster's login")
+    p.add_argument("--cluster", metavar="NAME", type=flag_value("--cluster"), help="only this registry cluster's login")
     set_command(p, cmd_logout)
