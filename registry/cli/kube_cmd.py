@@ -1,5 +1,9 @@
-"""``kubeport kube ls`` (what users can reach) and ``kpctl kube explain NAME`` (why an agent does or does not
-serve a cluster).
+"""``kubeport kube ls`` as the admin/agent view (every cluster agents serve) and ``kpctl kube explain NAME``
+(why an agent does or does not serve a cluster).
+
+A logged-in user's ``kube ls`` (only the clusters their roles reach, seed 003's columns) is
+:mod:`registry.cli.kube_user`, which falls back to :func:`cmd_kube_ls` here when there is no login or the
+command names another identity (``--identity``, ``--registry``, ``--data-dir``, ``$KUBEPORT_IDENTITY``).
 
 ``kube ls`` lists kube_server heartbeats de-duplicated by cluster name, as tsh does: a kube_cluster that no
 agent serves is not shown; one served by two agents is shown once. Unlike tsh it also shows each cluster's
