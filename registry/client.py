@@ -48,6 +48,7 @@ from registry.core.wire import (
     HeartbeatBatch,
     HeartbeatResult,
     JoinResult,
+    KubeAccessView,
     Ping,
     ResourceBody,
     Whoami,
@@ -186,6 +187,11 @@ class RegistryClient:
 
     async def whoami(self) -> Whoami:
         result: Whoami = await self._request("GET", "/v1/whoami")
+        return result
+
+    async def kube_access(self) -> KubeAccessView:
+        """A user's view: their current roles, Kubernetes groups/users and the clusters they may reach."""
+        result: KubeAccessView = await self._request("GET", "/v1/kube_clusters")
         return result
 
     # -- resources -----------------------------------------------------------------------------------

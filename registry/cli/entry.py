@@ -23,6 +23,15 @@ def _run(module: str) -> int:
 
 
 def kubeport() -> int:
+    if sys.argv[1:3] == ["kube", "credentials"]:
+        # kubectl's exec plugin runs on every kubectl call: answer before importing trio, the agent and the
+        # server (registry.cli.kube_credentials reads one file and prints).
+        try:
+            from registry.cli import kube_credentials
+
+            return kube_credentials.run(sys.argv[3:])
+        except KeyboardInterrupt:
+            return INTERRUPTED
     return _run("registry.cli.kubeport_main")
 
 

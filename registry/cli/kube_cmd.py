@@ -1,5 +1,9 @@
-"""``kubeport kube ls`` (what users can reach) and ``kpctl kube explain NAME`` (why an agent does or does not
-serve a cluster).
+"""``kubeport kube ls`` as the admin/agent view (every cluster agents serve) and ``kpctl kube explain NAME``
+(why an agent does or does not serve a cluster).
+
+A logged-in user's ``kube ls`` (only the clusters their roles reach, seed 003's columns) is
+:mod:`registry.cli.kube_user`, which falls back to :func:`cmd_kube_ls` here when there is no login or the
+command names another identity (``--identity``, ``--registry``, ``--data-dir``, ``$KUBEPORT_IDENTITY``).
 
 ``kube ls`` lists kube_server heartbeats de-duplicated by cluster name, as tsh does: a kube_cluster that no
 agent serves is not shown; one served by two agents is shown once. Unlike tsh it also shows each cluster's
@@ -24,6 +28,7 @@ from registry.cli import render
 from registry.client import RegistryClient
 from registry.core import codec
 from registry.core.errors import NotFound
+from registry.core.kube_listing import combined_health
 from registry.host.cmdline import resolve_connection
 
 
@@ -68,17 +73,7 @@ def cluster_health(servers: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, 
         status, reason = _health_of(server)
         host = str((server.get("spec") or {}).get("host_id", ""))
         by_name.setdefault(str(server["metadata"]["name"]), []).append((host, status, reason))
-    result: dict[str, dict[str, str]] = {}
-    for name, reports in by_name.items():
-        statuses = {status for _, status, _ in reports}
-        if "healthy" in statuses:
-            result[name] = {"status": "healthy"}
-        elif "unhealthy" in statuses:
-            _, _, reason = min(r for r in reports if r[1] == "unhealthy")
-            result[name] = {"status": "unhealthy", "reason": reason} if reason else {"status": "unhealthy"}
-        else:
-            result[name] = {"status": "unknown"}
-    return result
+    return {name: combined_health(reports) for name, reports in by_name.items()}
 
 
 async def cmd_kube_ls(args: argparse.Namespace) -> int:

@@ -6,7 +6,9 @@
     kubeport configure --registry=HOST:PORT --token=T -o FILE write an agent configuration
     kubeport agent start -c FILE                              run an agent
     kubeport install systemd [-o FILE]                        a systemd unit for the agent
-    kubeport kube ls [-v] [--format text|json|yaml]           clusters the agents serve
+    kubeport kube ls [-v] [--format text|json|yaml]           clusters you may reach (logged in), else served
+    kubeport kube login NAME|--all / kube logout [NAME]       kubeconfig contexts for your login (kube_user.py)
+    kubeport status / kubeport logout                         your login (session_cmd.py)
 
 This module is the composition root: the only place allowed to import both the registry server and the
 agent (DESIGN.md, dependency direction).
@@ -28,7 +30,7 @@ from agent.config import AgentConfig, parse_config
 from agent.config_render import render_config
 from agent.identity import IDENTITY_FILE
 from agent.service import Agent
-from registry.cli import kube_cmd, render
+from registry.cli import kube_user, render, session_cmd
 from registry.client import RegistryClient
 from registry.core.errors import BadParameter
 from registry.core.netaddr import parse_hostport
@@ -246,15 +248,18 @@ def build_parser() -> argparse.ArgumentParser:
     ksub = _group(sub, "kube", "Kubernetes clusters you can reach")
     p = ksub.add_parser(
         "ls",
-        help="list the clusters agents serve",
-        description="List served Kubernetes clusters (from heartbeats).",
+        help="list the clusters you may reach (logged in), else the clusters agents serve",
+        description="Logged in (kubeport login) and naming no other identity: the clusters your roles reach, "
+        "with * on the current kubeconfig context's. Otherwise every served cluster (from heartbeats).",
         epilog=FLAGS_EPILOG,
     )
     add_connection_flags(p)
     add_debug_flag(p)
     p.add_argument("--format", choices=render.FORMATS, default="text")
     p.add_argument("-v", "--verbose", action="store_true", help="do not shorten the Labels column")
-    set_command(p, kube_cmd.cmd_kube_ls)
+    set_command(p, kube_user.cmd_kube_ls)
+    kube_user.register(ksub, common=_global_flags, set_command=set_command)
+    session_cmd.register(sub, common=_global_flags, set_command=set_command)
     return parser
 
 

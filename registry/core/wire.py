@@ -139,3 +139,23 @@ class AgentRecord(TypedDict, total=False):
     label_errors: dict[str, dict[str, str]]
     expires_in: float
     expires: str
+
+
+class KubeClusterView(TypedDict):
+    """One cluster of ``GET /v1/kube_clusters``: what a user may see of a cluster they may reach."""
+
+    name: str
+    labels: dict[str, str]
+    health: dict[str, str]  # {"status": healthy|unhealthy|unknown[, "reason": ...]}
+
+
+class KubeAccessView(TypedDict):
+    """``GET /v1/kube_clusters``: the caller (a user), their current roles, the Kubernetes groups and users
+    those roles grant at most, and the clusters they may reach (``registry.core.kube_listing``)."""
+
+    user: str
+    roles: list[str]
+    kubernetes_groups: list[str]
+    kubernetes_users: list[str]
+    expires: str | None
+    items: list[KubeClusterView]

@@ -26,8 +26,8 @@ import random
 from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass
 
-from labels import combine
 from registry.core.kube_access import cluster_visible
+from registry.core.kube_listing import reachable_servers
 from registry.core.resources import KubeCluster, KubeServer, Role, User
 
 HEALTH_ORDER = ("healthy", "unknown", "unhealthy")
@@ -40,12 +40,6 @@ class Route:
     cluster: str
     visible: bool  # False: answer exactly as for a cluster that does not exist
     servers: tuple[KubeServer, ...] = ()  # heartbeats the user may reach the cluster through
-
-
-def server_labels(server: KubeServer, cluster: KubeCluster | None) -> dict[str, str]:
-    """The labels the agent behind ``server`` judges the cluster by (module docstring)."""
-    static = cluster.static_labels() if cluster is not None else dict(server.cluster.metadata.labels)
-    return combine(combine(static, server.metadata.labels), server.cluster.results())
 
 
 def route(
@@ -62,7 +56,7 @@ def route(
     if not serving:
         assert cluster is not None
         return Route(name, visible=cluster_visible(user, roles, cluster.all_labels()))
-    reachable = tuple(server for server in serving if cluster_visible(user, roles, server_labels(server, cluster)))
+    reachable = reachable_servers(user, roles, cluster, serving)
     return Route(name, visible=bool(reachable), servers=reachable)
 
 

@@ -6,6 +6,7 @@ Routes (all JSON; errors are Kubernetes ``Status`` bodies):
     GET    /v1/ca                                     public: the CA certificate (joiners check its pin)
     POST   /v1/join                                   token-authenticated: CSR -> agent certificate
     GET    /v1/whoami
+    GET    /v1/kube_clusters                          a user: the clusters their roles reach (kube_clusters.py)
     POST   /v1/certs/renew                            CSR -> a fresh certificate for the caller
     POST   /v1/certs/user                             admin: CSR + user + ttl -> user certificate
     GET    /v1/resources/{kind}[?with_secrets=1&labels=k=v,...]
@@ -67,6 +68,7 @@ from registry.core.wire import EventsPage, HeartbeatBatch, ResourceList
 from registry.server.admission import source_of_client
 from registry.server.authz import Caller
 from registry.server.http import Request, Response, Send
+from registry.server.kube_clusters import kube_access_view
 from registry.server.ratelimit import Rate, RateLimiter
 from registry.server.service import Registry
 
@@ -169,6 +171,7 @@ class RegistryAPI:
         # (route, method, segments after the route) -> handler; built once, looked up per request.
         self._routes: dict[tuple[str, str, int], _Handler] = {
             ("whoami", "GET", 0): self._whoami,
+            ("kube_clusters", "GET", 0): self._kube_clusters,
             ("certs", "POST", 1): self._certs,
             ("resources", "GET", 1): self._list,
             ("resources", "POST", 1): self._create,
@@ -271,6 +274,9 @@ class RegistryAPI:
                 "expires": identity.expires.isoformat() if identity.expires else None,
             },
         )
+
+    async def _kube_clusters(self, caller: Caller, request: Request, rest: list[str]) -> Response:
+        return Response.json(200, await kube_access_view(self.registry, caller))
 
     async def _certs(self, caller: Caller, request: Request, rest: list[str]) -> Response:
         body = _body_object(request)

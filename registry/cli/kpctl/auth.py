@@ -41,7 +41,7 @@ from registry.core import codec
 from registry.core.errors import BadParameter, KubeportError, NotFound
 from registry.core.identity import generate_private_key, make_csr
 from registry.core.identity_file import IdentityFile
-from registry.core.kube_access import cluster_visible
+from registry.core.kube_listing import visible_clusters
 from registry.core.kube_route import cluster_prefix
 from registry.core.netaddr import format_hostport, parse_hostport
 from registry.core.resources import KubeServer, Role, User
@@ -65,13 +65,9 @@ def reachable_clusters(user: User, roles: Sequence[Role], servers: Iterable[Kube
     With several agents serving one cluster, a cluster is allowed when any heartbeat's labels select it (the
     front door decides per connection with the labels it sees; this list only names contexts).
     """
-    served: set[str] = set()
-    allowed: set[str] = set()
-    for server in servers:
-        served.add(server.name)
-        if server.name not in allowed and cluster_visible(user, roles, server.all_labels()):
-            allowed.add(server.name)
-    return sorted(allowed), served
+    servers = list(servers)
+    allowed = [cluster.name for cluster in visible_clusters(user, roles, {}, servers)]
+    return allowed, {server.name for server in servers}
 
 
 def front_door_address(ping: Mapping[str, Any], registry_address: str, override: str | None) -> tuple[str, list[str]]:

@@ -20,9 +20,10 @@ from hypothesis import strategies as st
 
 from registry.core.errors import BadParameter, ConnectionProblem, NotFound
 from registry.core.kube_access import cluster_not_found
+from registry.core.kube_listing import server_labels
 from registry.core.resources import CommandLabel, Health, KubeCluster, KubeServer, Metadata, Role, RoleConditions, User
 from registry.frontdoor.head import FirstHead, HeadTooLarge, error_response
-from registry.frontdoor.pick import order_agents, route, server_labels
+from registry.frontdoor.pick import order_agents, route
 
 KUBECTL_HEAD = (
     b"GET /v1/clusters/cHJvZA/api?timeout=32s HTTP/1.1\r\n"
