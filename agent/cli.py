@@ -21,8 +21,16 @@ from agent.config import load_config
 from agent.config_render import render_config
 from agent.service import Agent, AgentInfo
 from registry.core.errors import BadParameter
-from registry.host.cmdline import StopSignals, add_data_dir_flag, add_debug_flag, flag_value, set_command
+from registry.host.cmdline import (
+    StopSignals,
+    add_data_dir_flag,
+    add_debug_flag,
+    add_metrics_flag,
+    flag_value,
+    set_command,
+)
 from registry.host.files import write_file_atomic, write_secret_file
+from registry.host.metrics import serve_metrics
 
 DEFAULT_CONFIG = "/etc/kubeport.yaml"
 DEFAULT_AGENT_DATA_DIR = "/var/lib/kubeport"
@@ -65,6 +73,8 @@ async def cmd_agent_start(args: argparse.Namespace) -> int:
     stop = StopSignals()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(stop.watch, nursery.cancel_scope)
+        if args.metrics_listen is not None:  # first: /readyz says "starting" while the agent joins
+            await nursery.start(serve_metrics, args.metrics_listen, agent.readiness)
         info: AgentInfo = await nursery.start(agent.serve)
         stop.started = True
         print(f"kubeport agent {info.nodename} (host {info.host_id}) joined the registry at {info.registry}")
@@ -151,6 +161,7 @@ def add_commands(sub: SubParsers, *, group: Group, epilog: str) -> None:
         epilog=epilog,
     )
     p.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=f"agent configuration (default {DEFAULT_CONFIG})")
+    add_metrics_flag(p)
     p.add_argument("--health-interval", type=float, default=60.0, help="seconds between cluster health checks")
     p.add_argument(
         "--label-timeout", type=float, default=30.0, help="seconds a dynamic label command may run before it is killed"

@@ -36,6 +36,7 @@ from registry import __version__
 from registry.client import RegistryClient
 from registry.core.errors import KubeportError, NotFound
 from registry.core.resources import CommandLabel, Health, KubeCluster, KubeServer, Metadata
+from registry.host.metrics import AGENT_HEARTBEATS
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +131,11 @@ class Announcer:
         self._batch = True  # one request per flush (POST /v1/kube_servers/{host_id}); False: per entry
         self._stats = {"announces": 0, "unchanged_skipped": 0, "deletes": 0, "errors": 0}
         self.idle = trio.Event()  # set whenever nothing is pending (tests and benchmarks wait on it)
+
+    @property
+    def failing(self) -> bool:
+        """The last round of sends failed (cleared by the next one that succeeds)."""
+        return self._failures > 0
 
     def statistics(self) -> dict[str, int]:
         return {
@@ -237,12 +243,14 @@ class Announcer:
             outgoing.append((name, wire, content))
 
         def sent(name: str, content: str) -> None:
+            AGENT_HEARTBEATS.labels("sent").inc()
             if name in self._builders:  # removed while in flight: remember nothing (it is being deleted)
                 self._last_sent[name] = trio.current_time()
                 self._last_content[name] = content
             self._stats["announces"] += 1
 
         def refused(name: str, message: str) -> None:
+            AGENT_HEARTBEATS.labels("failed").inc()
             self._stats["errors"] += 1
             failed.append(name)
             log.warning("heartbeat for %s failed: %s", name, message)

@@ -42,6 +42,7 @@ from registry.core.identity import generate_private_key, make_csr, needs_renewal
 from registry.core.identity_file import IdentityFile
 from registry.core.netaddr import format_hostport
 from registry.host.files import ensure_private_dir, read_limited, write_secret_file
+from registry.host.metrics import CERT_EXPIRY
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +175,7 @@ class ClientHolder:
 
     def __init__(self, identity: IdentityFile, path: Path) -> None:
         self.identity = identity
+        _note_expiry(identity)
         self.path = path
         self.client = RegistryClient.from_identity(identity)
         self._retired: list[RegistryClient] = []
@@ -198,6 +200,7 @@ class ClientHolder:
         )
         write_secret_file(self.path, fresh.dump())
         self.identity = fresh
+        _note_expiry(fresh)
         self._retired.append(self.client)
         self.client = RegistryClient.from_identity(fresh)
         log.info("renewed the agent certificate (valid until %s)", fresh.identity().expires)
@@ -205,3 +208,9 @@ class ClientHolder:
     async def aclose(self) -> None:
         for client in [*self._retired, self.client]:
             await client.aclose()
+
+
+def _note_expiry(identity: IdentityFile) -> None:
+    expires = identity.identity().expires
+    if expires is not None:
+        CERT_EXPIRY.labels("agent").set(expires.timestamp())

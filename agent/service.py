@@ -44,6 +44,7 @@ from labels.runner import LABEL_CONCURRENCY, CommandSpec, DynamicLabels
 from registry import __version__
 from registry.core.errors import KubeportError
 from registry.core.resources import CommandLabel, KubeCluster
+from registry.host.metrics import SERVED_CLUSTERS
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,15 @@ class Agent:
 
     def wake(self) -> None:
         self._wake.set()
+
+    async def readiness(self) -> str | None:
+        """For /readyz: None when the agent holds an identity and its last heartbeats reached the registry."""
+        await trio.lowlevel.checkpoint()
+        if self.announcer is None:
+            return "starting: joining the registry"
+        if self.announcer.failing:
+            return "heartbeats to the registry are failing"
+        return None
 
     def statistics(self) -> dict[str, Any]:
         return {
@@ -236,6 +246,7 @@ class Agent:
                     supervisor.reconcile(watcher.clusters, static, names)
             except Exception:  # a bug must not take every served cluster down; it is logged and retried
                 log.exception("reconcile pass failed")
+            SERVED_CLUSTERS.set(len(supervisor.served))
             full = False
             if self.freeze_gc and not frozen and watcher.synced.is_set():
                 # Everything loaded so far lives as long as the agent: keep it out of the GC's full scans

@@ -40,6 +40,7 @@ from registry.host.cmdline import (
     add_connection_flags,
     add_data_dir_flag,
     add_debug_flag,
+    add_metrics_flag,
     parse_command_line,
     run_command,
     set_command,
@@ -93,6 +94,7 @@ async def cmd_registry_start(args: argparse.Namespace) -> int:
                 listen=args.listen,
                 public_addrs=tuple(args.public_addr or ()),
                 companions=[_frontdoor(args)],
+                metrics_listen=args.metrics_listen,
                 task_status=task_status,
             )
         )
@@ -129,7 +131,11 @@ async def cmd_start(args: argparse.Namespace) -> int:
         nursery.start_soon(stop.watch, agent_scope)
         info: RegistryInfo = await nursery.start(
             lambda task_status: serve_registry(
-                data_dir=_data_dir(args), listen=args.listen, companions=[_frontdoor(args)], task_status=task_status
+                data_dir=_data_dir(args),
+                listen=args.listen,
+                companions=[_frontdoor(args)],
+                metrics_listen=args.metrics_listen,  # one listener for the whole process, the agent included
+                task_status=task_status,
             )
         )
         with agent_scope:
@@ -209,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
             help="the front door address kubeconfigs and agents use (a load balancer, a DNS name); default: the "
             "--kube-listen address (this host's name when that is a wildcard)",
         )
+        add_metrics_flag(p)
         add_debug_flag(p)
 
     p = sub.add_parser(

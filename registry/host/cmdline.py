@@ -90,6 +90,16 @@ def add_data_dir_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup,
     )
 
 
+def add_metrics_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        default=None,
+        help="serve Prometheus /metrics, /healthz and /readyz over plain HTTP on this address (off by default; "
+        "bind it to loopback or a private network, e.g. 127.0.0.1:9464)",
+    )
+
+
 def add_debug_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--debug", "-d", action="store_true", default=argparse.SUPPRESS, help="verbose logs and tracebacks on errors"

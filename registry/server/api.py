@@ -65,6 +65,7 @@ from registry.core.errors import (
 )
 from registry.core.resources import KIND_ALIASES, KubeServer
 from registry.core.wire import EventsPage, HeartbeatBatch, ResourceList
+from registry.host.metrics import REQUEST_SECONDS, REQUESTS, WATCH_CLIENTS, WATCH_EVENTS
 from registry.server.admission import source_of_client
 from registry.server.authz import Caller
 from registry.server.http import Request, Response, Send
@@ -154,6 +155,9 @@ def _body_str(body: dict[str, Any], key: str, *, required: bool = True) -> str:
     return value
 
 
+_METHODS = frozenset({"GET", "POST", "PUT", "DELETE"})
+
+
 class RegistryAPI:
     """The request handler passed to ``serve_http``."""
 
@@ -191,8 +195,32 @@ class RegistryAPI:
             ("events", "POST", 0): self._post_events,
             ("watch", "GET", 0): self._watch,
         }
+        self._route_names = frozenset({"ping", "ca", "join"} | {route for route, _, _ in self._routes})
 
     async def __call__(self, request: Request) -> Response:
+        """Answer ``request``, counted and timed for /metrics by route (a fixed set), method and code."""
+        start = time.perf_counter()
+        code = 500
+        try:
+            response = await self._answer(request)
+            code = response.status
+            return response
+        except KubeportError as err:
+            code = err.code
+            raise
+        finally:
+            route = self._metric_route(request.path)
+            REQUESTS.labels(route, request.method if request.method in _METHODS else "other", str(code)).inc()
+            REQUEST_SECONDS.labels(route).observe(time.perf_counter() - start)
+
+    def _metric_route(self, path: str) -> str:
+        """The route name for metric labels: one of the route table's (or a public route), else "other"
+        (never the raw path, which a caller controls)."""
+        parts = path.split("/", 3)
+        name = parts[2] if len(parts) > 2 and parts[1] == "v1" else ""
+        return name if name in self._route_names else "other"
+
+    async def _answer(self, request: Request) -> Response:
         if request.peer_cert is None:
             throttled = await self._throttle(request)
             if throttled is not None:
@@ -430,6 +458,7 @@ class RegistryAPI:
                         await emit(watch.Bookmark(last_revision))
 
             # Errors travel in-band as the last line: the HTTP status (200) is already on the wire.
+            WATCH_CLIENTS.inc()
             try:
                 async with registry.watch(kinds, since=start) as events:
                     await emit(watch.Init(start))
@@ -441,10 +470,13 @@ class RegistryAPI:
                                 await emit_line(
                                     registry.event_line(event.type, event.record, with_secrets=with_secrets)
                                 )
+                                WATCH_EVENTS.inc()
                         except KubeportError as err:  # fell behind: the client resumes from last_revision
                             await emit(watch.Error(err.to_status()))
                         nursery.cancel_scope.cancel()
             except KubeportError as err:  # too old to resume: the client relists
                 await emit(watch.Error(err.to_status()))
+            finally:
+                WATCH_CLIENTS.dec()
 
         return Response(200, [("content-type", "application/x-ndjson")], producer=produce)

@@ -44,10 +44,12 @@ from registry.core.identity import (
 from registry.core.identity_file import IdentityFile
 from registry.core.netaddr import format_hostport, is_ip, is_loopback, parse_hostport
 from registry.host.files import ensure_private_dir, write_secret_file
+from registry.host.metrics import CERT_EXPIRY, serve_metrics
 from registry.host.paths import ADMIN_IDENTITY, CA_PIN_FILE, STORE_FILE
 from registry.host.tls import server_context
 from registry.server.api import RegistryAPI
 from registry.server.http import HTTPLimits, ServerInfo, serve_http
+from registry.server.metrics_store import instrumented
 from registry.server.ratelimit import Rate
 from registry.server.service import AUDIT_WINDOW, MAX_AUDIT_EVENTS, Registry
 from registry.store import SQLiteStore, Store, serve_expiry
@@ -80,6 +82,7 @@ class RegistryInfo:
     ca_pin: str
     cluster_name: str
     kube_address: str = ""  # where kubectl reaches the front door ("" without one)
+    metrics_address: str = ""  # where /metrics, /healthz and /readyz are served ("" when off)
 
 
 # A service run inside the registry process beside the API (the Kubernetes front door): started once the API
@@ -185,6 +188,18 @@ def advertised_address(host: str, port: int) -> str:
     return format_hostport(host, port)
 
 
+async def _registry_readiness(store: Store) -> str | None:
+    """Ready when the store answers a real read of the CA record (the CA is then loadable too)."""
+    try:
+        with trio.fail_after(5):
+            await store.get(CA_KIND, "cluster")
+    except trio.TooSlowError:
+        return "the store did not answer within 5 s"
+    except KubeportError as exc:
+        return f"the store cannot read the cluster CA: {exc.message}"
+    return None
+
+
 async def serve_registry(
     *,
     data_dir: Path,
@@ -199,6 +214,7 @@ async def serve_registry(
     max_audit_events: int = MAX_AUDIT_EVENTS,
     audit_window: float = AUDIT_WINDOW,
     companions: Sequence[Companion] = (),
+    metrics_listen: str | None = None,
     task_status: trio.TaskStatus[RegistryInfo] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the registry until cancelled; ``task_status`` gets where it listens and the admin identity.
@@ -207,7 +223,9 @@ async def serve_registry(
     ``rate_limits`` the per-source limits of requests without a certificate (default
     ``registry.server.api.DEFAULT_RATE_LIMITS``), ``max_audit_events`` and ``audit_window`` the audit log's
     cap and the window over which repeated failures share one row. ``companions`` run beside the API in
-    the same nursery (the composition root passes the Kubernetes front door).
+    the same nursery (the composition root passes the Kubernetes front door). ``metrics_listen`` serves
+    /metrics, /healthz and /readyz there (``registry.host.metrics``; off when None), and times every store
+    operation.
     """
     host, port = parse_hostport(listen, default_port=DEFAULT_PORT, what="--listen")
     data_dir = ensure_private_dir(data_dir)
@@ -216,13 +234,17 @@ async def serve_registry(
         store = await SQLiteStore.open(data_dir / STORE_FILE)
     try:
         now = datetime.now(tz=UTC)
+        if metrics_listen is not None:
+            store = instrumented(store)
         ca = await load_or_create_ca(store, cluster_name or socket.gethostname() or "kubeport", now, data_dir=data_dir)
+        CERT_EXPIRY.labels("cluster_ca").set(ca.expires.timestamp())
         _record_ca_pin(data_dir, ca)
         registry = Registry(
             store, ca, cluster_name=ca.cluster_name, max_audit_events=max_audit_events, audit_window=audit_window
         )
         extra_names = [parse_hostport(a, default_port=port, what="--public-addr")[0] for a in public_addrs]
         server_cert, server_key = issue_server_certificate(ca, [host, *extra_names], now=now)
+        CERT_EXPIRY.labels("registry_server").set((now + REGISTRY_TTL).timestamp())
         ssl_context = server_context(server_cert, server_key, [ca.cert_pem], client_certs="optional")
         api = RegistryAPI(registry, bookmark_interval=bookmark_interval, rate_limits=rate_limits)
         async with trio.open_nursery() as nursery:
@@ -236,6 +258,12 @@ async def serve_registry(
             registry.loopback_only = is_loopback(host)
             identity_path = data_dir / ADMIN_IDENTITY
             ensure_admin_identity(identity_path, ca, address, now)
+            metrics_address = ""
+            if metrics_listen is not None:
+                checked_store = store
+                metrics_address = await nursery.start(
+                    serve_metrics, metrics_listen, lambda: _registry_readiness(checked_store)
+                )
             nursery.start_soon(lambda: serve_expiry(store, interval=expiry_interval))
             await nursery.start(serve_audit_flush, registry)
             nursery.start_soon(_renew_admin_identity, identity_path, ca, address)
@@ -250,6 +278,7 @@ async def serve_registry(
                     ca_pin=ca.pin,
                     cluster_name=ca.cluster_name,
                     kube_address=registry.kube_public_addr,
+                    metrics_address=metrics_address,
                 )
             )
     finally:

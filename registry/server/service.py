@@ -83,6 +83,7 @@ from registry.core.wire import (
     Ping,
     ResourceBody,
 )
+from registry.host.metrics import HEARTBEATS
 from registry.server import authz
 from registry.server.admission import source_of_client
 from registry.server.aggregate import FailureAggregator, FailureRow
@@ -650,6 +651,7 @@ class Registry:
         self._check_host_write(caller, server.host_id, "update")
         await self._check_may_serve(server)
         (record,) = await self.store.write_many([self._heartbeat_write(server)])
+        HEARTBEATS.labels("written").inc()
         return record_to_wire(record, with_secrets=False)
 
     def _heartbeat_write(self, server: KubeServer) -> Write:
@@ -697,6 +699,9 @@ class Registry:
                 results.append({"name": name, "error": err.to_status()})
         if writes:
             await self.store.write_many(writes)  # puts: nothing in the batch can fail to plan
+        HEARTBEATS.labels("written").inc(len(writes))
+        if len(writes) < len(results):
+            HEARTBEATS.labels("refused").inc(len(results) - len(writes))
         return results
 
     async def delete_heartbeat(self, caller: Caller, host_id: str, name: str) -> None:

@@ -19,6 +19,7 @@ import trio
 from agent.heartbeat import Announcer
 from registry.client import RegistryClient
 from registry.core.errors import ConnectionProblem, KubeportError, NotFound, Timeout
+from registry.host.metrics import AGENT_HEARTBEATS
 from tests.agent.agent_fakes import FakeRegistryClient
 
 WALL = 1_700_000_000.0  # the injected wall clock: expiry is wall time, scheduling is trio time
@@ -299,6 +300,23 @@ async def test_a_failed_batch_request_retries_every_entry_of_it(autojump_clock: 
         await settled(announcer)
         assert client.batch_calls == [["a", "b"], ["a", "b"]]
         assert announcer.statistics()["errors"] == 2
+        assert not announcer.failing  # the retry succeeded
+
+
+async def test_failing_heartbeats_show_in_metrics_and_readiness(autojump_clock: trio.abc.Clock) -> None:
+    client = FakeRegistryClient()
+    failed = AGENT_HEARTBEATS.labels("failed")
+    sent = AGENT_HEARTBEATS.labels("sent")
+    failed_before, sent_before = failed._value.get(), sent._value.get()
+    client.batch_errors.extend([ConnectionProblem("down")] * 3)
+    async with announcing(client) as announcer:
+        announcer.set("a", server("a"))
+        await client.wait_for(lambda: len(client.batch_calls) >= 2)
+        assert announcer.failing
+        await settled(announcer)
+        assert not announcer.failing
+    assert failed._value.get() - failed_before == 3
+    assert sent._value.get() - sent_before == 1
 
 
 async def test_a_registry_without_the_batch_route_gets_one_request_per_entry(autojump_clock: trio.abc.Clock) -> None:
