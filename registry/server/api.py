@@ -74,7 +74,7 @@ log = logging.getLogger(__name__)
 
 _Handler = Callable[[Caller, Request, list[str]], Awaitable[Response]]
 
-RESOURCE_KINDS = ("kube_cluster", "kube_server", "role", "user", "token")
+RESOURCE_KINDS = ("kube_cluster", "kube_server", "role", "user", "token", "oidc")
 WATCH_KINDS = ("kube_cluster", "kube_server")
 MAX_CURSOR_CHARS = 256
 # Per source, for requests without a client certificate. An agent needs one ca + one join to start; a
