@@ -14,9 +14,10 @@ Reached through :mod:`registry.core.codec`. The shape (``kind: oidc``, ``version
 
 Decisions (documented deviations from Teleport):
 
-* ``redirect_url`` must be a loopback ``http`` URL (RFC 8252 native-app redirect): the provider redirects the
-  browser straight to ``kubeport login``'s listener. Any port is accepted at login (the listener takes a free
-  one), so the URL is registered with the provider without a port or with the one the provider pins.
+* ``redirect_url`` must be an ``http`` URL on 127.0.0.1 or localhost (RFC 8252 native-app redirect): the
+  provider redirects the browser straight to ``kubeport login``'s listener, which takes a free port, so the
+  URL is written without a port (the registry puts the listener's in; providers accept any port on a
+  loopback redirect).
 * ``claims_to_roles`` values match exactly (a list claim matches when it contains the value); Teleport's
   wildcards and regular expressions are refused rather than read literally. ``name`` is accepted as a
   spelling of ``claim`` (seed 003 writes it so).
@@ -94,8 +95,10 @@ def url_problem(value: str, *, https_unless_loopback: bool) -> str | None:
         if parts.scheme == "http" and loopback_host(parts.hostname):
             return None
         return "must be an https URL (http only on a loopback address)"
-    if parts.scheme != "http" or not loopback_host(parts.hostname):
-        return "must be an http URL on a loopback address such as http://127.0.0.1/callback"
+    if parts.scheme != "http" or parts.hostname not in ("127.0.0.1", "localhost"):
+        return "must be an http URL on 127.0.0.1 or localhost, such as http://127.0.0.1/callback"
+    if parts.port is not None:
+        return "must not name a port (kubeport login listens on a free port; the registry puts it in)"
     if not parts.path.startswith("/"):
         return "must have a path such as /callback"
     return None

@@ -199,4 +199,3 @@ def user_name_from_claims(connector: OIDCConnector, claims: Mapping[str, Any]) -
 def mask_claims(claims: Mapping[str, Any]) -> dict[str, str]:
     """What the audit log keeps of a token's claims: issuer and subject only (never the token)."""
     return {key: str(claims[key])[:256] for key in ("iss", "sub") if key in claims}
-
