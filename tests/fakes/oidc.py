@@ -101,6 +101,14 @@ class FakeOIDCProvider:
         else:
             self.key, self.other_key = _rsa_key(0), _rsa_key(1)
 
+    def rotate_key(self) -> None:
+        """Sign with a new key under a new kid from now on (the JWKS serves only the new one)."""
+        kid = f"rotated-{secrets.token_hex(4)}"
+        if self.alg == "ES256":
+            self.key = ECKey.generate_key("P-256", parameters={"kid": kid}, private=True)
+        else:
+            self.key = RSAKey.import_key(self.other_key.as_dict(private=True), parameters={"kid": kid})
+
     # -- serving ---------------------------------------------------------------------------------------
 
     async def serve(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:

@@ -16,6 +16,7 @@ from registry.client import RegistryClient
 from registry.core.errors import AccessDenied, BadParameter, LimitExceeded, NotFound
 from registry.core.identity import generate_private_key, identity_from_cert, make_csr
 from registry.core.identity_file import IdentityFile
+from registry.server import oidc as oidc_module
 from registry.server.oidc import Flow, PendingFlows
 from registry.server.serve import RegistryInfo
 from tests.fakes.oidc import FakeOIDCProvider
@@ -241,3 +242,27 @@ def test_pending_flows_expire_are_single_use_and_bounded() -> None:
     flows.add("d", flow())
     flows.add("e", flow())  # expired ones no longer count
     assert len(flows) == 2
+
+
+async def test_provider_documents_are_cached_and_a_rotated_key_is_fetched(
+    registry: RegistryInfo, provider: FakeOIDCProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await set_up(registry, provider)
+    async with public_client(registry) as client:
+        for _ in range(2):
+            code, state, _ = await start_and_browse(client)
+            await client.sso_finish(state=state, code=code)
+        assert provider.requests.count(("GET", "/.well-known/openid-configuration")) == 1
+        assert provider.requests.count(("GET", "/jwks")) == 1
+        provider.rotate_key()
+        # Right after a fetch, an unknown kid does not refetch (tokens naming random kids cannot make the
+        # registry hammer the provider): refused.
+        code, state, _ = await start_and_browse(client)
+        with pytest.raises(AccessDenied):
+            await client.sso_finish(state=state, code=code)
+        assert provider.requests.count(("GET", "/jwks")) == 1
+        # Once the refresh interval has passed, the new kid makes the registry fetch the JWKS again.
+        monkeypatch.setattr(oidc_module, "JWKS_MIN_REFRESH", 0.0)
+        code, state, _ = await start_and_browse(client)
+        assert (await client.sso_finish(state=state, code=code))["user"] == "alice@example.com"
+    assert provider.requests.count(("GET", "/jwks")) == 2
