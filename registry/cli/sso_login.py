@@ -27,12 +27,14 @@ import sys
 import webbrowser
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TextIO
 from urllib.parse import parse_qs, urlsplit
 
 import h11
 import trio
 
+from labels import LabelError, parse_go_duration
 from registry.cli.login_common import Contact, save_login
 from registry.cli.profile import KubeportHome
 from registry.core.errors import AccessDenied, BadParameter, Timeout
@@ -55,6 +57,38 @@ _PAGE_BAD = (
 class Callback:
     code: str | None
     error: str | None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of ``kubeport login`` that only single sign-on reads (the login command adds them)."""
+    parser.add_argument(
+        "--browser",
+        metavar="none",
+        help="with --auth: 'none' prints the login URL without opening a browser (also $KUBEPORT_BROWSER=none)",
+    )
+    parser.add_argument(
+        "--sso-timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help=f"with --auth: how long to wait for the browser (default {int(DEFAULT_TIMEOUT)})",
+    )
+
+
+def _ttl_seconds(value: object) -> float | None:
+    """``args.ttl`` as the login command may hold it: None, seconds, a timedelta or a Go duration ("12h")."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return parse_go_duration(value, what="--ttl")
+        except LabelError as err:
+            raise BadParameter(str(err)) from None
+    raise BadParameter(f"--ttl must be a duration such as 12h (got {value!r})")
 
 
 def _browser_wanted(args: argparse.Namespace) -> bool:
@@ -136,7 +170,7 @@ async def run_sso_login(
     out = out if out is not None else sys.stderr
     connector = str(args.auth)
     timeout = float(getattr(args, "sso_timeout", None) or DEFAULT_TIMEOUT)
-    ttl = getattr(args, "ttl", None)
+    ttl = _ttl_seconds(getattr(args, "ttl", None))
     key_pem = generate_private_key()
     csr_pem = make_csr(key_pem, "kubeport-sso-login")
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
@@ -144,9 +178,7 @@ async def run_sso_login(
     try:
         port = listener.socket.getsockname()[1]
         async with contact.client() as client:
-            started = await client.sso_start(
-                connector, redirect_port=port, csr_pem=csr_pem, ttl_seconds=float(ttl) if ttl else None
-            )
+            started = await client.sso_start(connector, redirect_port=port, csr_pem=csr_pem, ttl_seconds=ttl)
             auth_url, state = str(started["auth_url"]), str(started["state"])
             redirect = urlsplit(str(started["redirect_uri"]))
             if redirect.port != port:

@@ -5,9 +5,10 @@ login's loopback listener)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import stat
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from registry.cli.login_common import first_contact
 from registry.cli.profile import KubeportHome, login_hint
 from registry.cli.sso_login import run_sso_login
 from registry.client import RegistryClient
-from registry.core.errors import AccessDenied, Timeout
+from registry.core.errors import AccessDenied, BadParameter, Timeout
 from registry.server.serve import RegistryInfo
 from tests.fakes.oidc import FakeOIDCProvider
 from tests.registry.oidc_helpers import CONNECTOR, set_up, started_provider
@@ -96,6 +97,12 @@ async def test_a_callback_with_another_state_is_ignored(
     await set_up(registry, provider)
 
     async def forged_first(http: httpx.AsyncClient, callback: str) -> None:
+        port = int(callback.split(":")[2].split("/", maxsplit=1)[0])
+        async with await trio.open_tcp_stream("127.0.0.1", port) as raw:  # a huge, hostile request head
+            await raw.send_all(b"GET /" + b"A" * 40_000 + b" HTTP/1.1\r\n\r\n")
+            with trio.fail_after(10), contextlib.suppress(trio.BrokenResourceError):
+                while await raw.receive_some():  # the listener drops it (a close or a reset), never answers
+                    pass
         forged = callback.replace("state=", "state=forged")
         assert (await http.get(forged)).status_code == 400  # not this login's: refused, login still waits
         no_path = callback.split("?", maxsplit=1)[0].replace("/callback", "/other")
@@ -145,3 +152,22 @@ async def test_no_roles_is_refused_and_nothing_saved(
     with pytest.raises(AccessDenied, match="no roles"):
         await login_with_browser(registry, home)
     assert home.profiles() == []
+
+
+async def test_ttl_is_passed_and_capped(registry: RegistryInfo, provider: FakeOIDCProvider, tmp_path: Path) -> None:
+    await set_up(registry, provider)
+    home = KubeportHome(tmp_path / "home")
+    code, _ = await login_with_browser(registry, home, ttl="2h")
+    assert code == 0
+    remaining = home.load().expires - datetime.now(tz=UTC)
+    assert timedelta(hours=1, minutes=58) < remaining <= timedelta(hours=2)
+
+
+@pytest.mark.parametrize("ttl", ["soon", [1], "-1h"])
+async def test_a_bad_ttl_is_one_clear_error(
+    registry: RegistryInfo, provider: FakeOIDCProvider, tmp_path: Path, ttl: object
+) -> None:
+    await set_up(registry, provider)
+    contact = await first_contact([registry.address], err=io.StringIO())
+    with pytest.raises(BadParameter):
+        await run_sso_login(args(ttl=ttl), KubeportHome(tmp_path / "home"), contact, out=io.StringIO())
