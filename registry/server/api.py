@@ -273,6 +273,7 @@ class RegistryAPI:
                 redirect_port=body.get("redirect_port"),
                 csr_pem=_body_str(body, "csr_pem").encode(),
                 ttl=_body_seconds(body, "ttl_seconds", DEFAULT_SSO_TTL.total_seconds()),
+                client=request.client,
             )
             return Response.json(200, started)
         if action == "finish":

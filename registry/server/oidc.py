@@ -17,8 +17,9 @@ The flow (RFC 8252 native-app style; ``kubeport login --auth=NAME`` is the clien
 Invariants:
 
 * A flow is used at most once (taken out before anything can fail), expires after :data:`FLOW_TTL` seconds,
-  and at most :data:`MAX_PENDING_FLOWS` are kept (more starts are refused with 429 until some finish or
-  expire), so anonymous starts cost bounded memory.
+  and at most :data:`MAX_PENDING_FLOWS` are kept, :data:`MAX_PENDING_PER_SOURCE` per source address (more
+  starts are refused with 429 until some finish or expire), so anonymous starts cost bounded memory and one
+  source cannot lock everyone else out.
 * Nothing from the provider is trusted unbounded: every answer is read up to :data:`MAX_PROVIDER_BYTES`,
   must be a JSON object, and the discovery document must name the connector's issuer.
 * The SSO user record carries the label ``kubeport.dev/connector: NAME`` and gets the mapped roles that
@@ -66,9 +67,11 @@ from registry.core.oidc_token import (
 )
 from registry.core.resources import OIDCConnector, Role, User, max_session_ttl
 from registry.core.timefmt import format_rfc3339
+from registry.server.admission import source_of_client
 
 FLOW_TTL = 600.0  # seconds a started login may take to finish
 MAX_PENDING_FLOWS = 1000
+MAX_PENDING_PER_SOURCE = 20  # one source (IP) cannot fill the table and lock everyone else out of SSO
 DISCOVERY_TTL = 3600.0  # seconds a provider's discovery document and JWKS are cached
 JWKS_MIN_REFRESH = 30.0  # an unknown key id refetches the JWKS at most this often (key rotation, not floods)
 MAX_PROVIDER_BYTES = 1 << 20
@@ -89,15 +92,24 @@ class Flow:
     csr_pem: bytes = field(repr=False)
     ttl: timedelta
     expires: float
+    source: str = ""
 
 
 class PendingFlows:
     """The started logins, by state: bounded, expiring, single use. Sans-IO (``clock`` injected)."""
 
-    def __init__(self, *, clock: Callable[[], float], ttl: float = FLOW_TTL, limit: int = MAX_PENDING_FLOWS) -> None:
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float],
+        ttl: float = FLOW_TTL,
+        limit: int = MAX_PENDING_FLOWS,
+        per_source: int = MAX_PENDING_PER_SOURCE,
+    ) -> None:
         self._clock = clock
         self._ttl = ttl
         self._limit = limit
+        self._per_source = per_source
         self._flows: dict[str, Flow] = {}
 
     def __len__(self) -> int:
@@ -115,6 +127,11 @@ class PendingFlows:
             raise LimitExceeded(
                 f"too many single sign-on logins in progress ({self._limit}): finish or wait for one to expire "
                 f"(they expire after {int(self._ttl)}s)"
+            )
+        if flow.source and sum(1 for f in self._flows.values() if f.source == flow.source) >= self._per_source:
+            raise LimitExceeded(
+                f"too many single sign-on logins in progress from {flow.source} ({self._per_source}): finish one "
+                f"or wait for it to expire (after {int(self._ttl)}s)"
             )
         self._flows[state] = flow
 
@@ -268,7 +285,13 @@ class OIDCLogin:
     # -- start -----------------------------------------------------------------------------------------
 
     async def start(
-        self, *, connector: str, redirect_port: object, csr_pem: bytes, ttl: timedelta = DEFAULT_SSO_TTL
+        self,
+        *,
+        connector: str,
+        redirect_port: object,
+        csr_pem: bytes,
+        ttl: timedelta = DEFAULT_SSO_TTL,
+        client: str = "",
     ) -> dict[str, Any]:
         conn = await self._connector(connector)
         redirect_uri = redirect_for(conn, redirect_port)
@@ -293,7 +316,8 @@ class OIDCLogin:
         if max_age is not None:
             params["max_age"] = str(max_age)
         expires = self.flows.new_expiry()
-        self.flows.add(state, Flow(conn.name, nonce, verifier, redirect_uri, csr_pem, ttl, expires))
+        flow = Flow(conn.name, nonce, verifier, redirect_uri, csr_pem, ttl, expires, source_of_client(client))
+        self.flows.add(state, flow)
         endpoint = str(doc["authorization_endpoint"])
         auth_url = f"{endpoint}{'&' if '?' in endpoint else '?'}{urlencode(params)}"
         return {

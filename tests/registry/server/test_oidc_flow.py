@@ -115,6 +115,7 @@ async def test_bad_id_tokens_are_refused_and_audited(
             await admin.get("user", "alice@example.com")  # no user record from a refused login
         events = await admin.events(event="user.login")
     assert events and events[-1]["success"] is False
+    assert code not in str(events) and provider.client_secret not in str(events)
 
 
 async def test_a_replayed_code_and_a_reused_state_are_refused(
@@ -242,6 +243,30 @@ def test_pending_flows_expire_are_single_use_and_bounded() -> None:
     flows.add("d", flow())
     flows.add("e", flow())  # expired ones no longer count
     assert len(flows) == 2
+
+
+def test_one_source_cannot_fill_the_pending_flows() -> None:
+    flows = PendingFlows(clock=lambda: 0.0, limit=100, per_source=3)
+
+    def flow(source: str) -> Flow:
+        return Flow("c", "n", "v", "u", b"csr", timedelta(hours=1), flows.new_expiry(), source)
+
+    for index in range(3):
+        flows.add(f"a{index}", flow("10.0.0.1"))
+    with pytest.raises(LimitExceeded, match=r"10\.0\.0\.1"):
+        flows.add("a3", flow("10.0.0.1"))
+    flows.add("b0", flow("10.0.0.2"))  # another source still gets in
+    assert len(flows) == 4
+
+
+async def test_the_start_route_is_bounded_per_source(registry: RegistryInfo, provider: FakeOIDCProvider) -> None:
+    await set_up(registry, provider)
+    async with public_client(registry) as client:
+        csr = make_csr(generate_private_key(), "x")
+        for _ in range(oidc_module.MAX_PENDING_PER_SOURCE):
+            await client.sso_start(CONNECTOR, redirect_port=40000, csr_pem=csr)
+        with pytest.raises(LimitExceeded):
+            await client.sso_start(CONNECTOR, redirect_port=40000, csr_pem=csr)
 
 
 async def test_provider_documents_are_cached_and_a_rotated_key_is_fetched(
