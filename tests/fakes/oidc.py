@@ -16,7 +16,8 @@ Misbehaviour on demand (``provider.fault``), each a way a real provider or an at
 ``hs256`` (HMAC keyed with the public RSA key: the algorithm-confusion attack), ``garbage`` (not a JWT),
 ``deny`` (the user refuses at the provider: redirect with ``error=access_denied``).
 
-Every request is recorded (``requests``) so tests can assert what the registry sent.
+Every request is recorded (``requests``) so tests can assert what the registry sent; ``overrides`` replaces
+the answer of a path (a provider answering nonsense, too much, or naming another issuer).
 """
 
 from __future__ import annotations
@@ -93,6 +94,8 @@ class FakeOIDCProvider:
     requests: list[tuple[str, str]] = field(default_factory=list)
     token_errors: list[str] = field(default_factory=list)
     id_tokens: list[str] = field(default_factory=list)
+    # path -> a canned answer served instead of the real one (a broken or hostile provider)
+    overrides: dict[str, Response] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.alg == "ES256":
@@ -119,6 +122,8 @@ class FakeOIDCProvider:
 
     async def handle(self, request: Request) -> Response:
         self.requests.append((request.method, request.path))
+        if request.path in self.overrides:
+            return self.overrides[request.path]
         if request.method == "GET" and request.path == "/.well-known/openid-configuration":
             return Response.json(200, self.discovery())
         if request.method == "GET" and request.path == "/jwks":

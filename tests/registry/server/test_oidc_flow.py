@@ -6,6 +6,7 @@ so each refusal (bad token, replay, wrong state, unknown connector, no roles, ta
 
 from __future__ import annotations
 
+import socket
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,10 +14,11 @@ import pytest
 import trio
 
 from registry.client import RegistryClient
-from registry.core.errors import AccessDenied, BadParameter, LimitExceeded, NotFound
+from registry.core.errors import AccessDenied, BadParameter, ConnectionProblem, LimitExceeded, NotFound
 from registry.core.identity import generate_private_key, identity_from_cert, make_csr
 from registry.core.identity_file import IdentityFile
 from registry.server import oidc as oidc_module
+from registry.server.http import Response
 from registry.server.oidc import Flow, PendingFlows
 from registry.server.serve import RegistryInfo
 from tests.fakes.oidc import FakeOIDCProvider
@@ -291,3 +293,53 @@ async def test_provider_documents_are_cached_and_a_rotated_key_is_fetched(
         code, state, _ = await start_and_browse(client)
         assert (await client.sso_finish(state=state, code=code))["user"] == "alice@example.com"
     assert provider.requests.count(("GET", "/jwks")) == 2
+
+
+def _json(value: Any) -> Response:
+    return Response.json(200, value)
+
+
+@pytest.mark.parametrize(
+    ("path", "answer", "at_start"),
+    [
+        ("/.well-known/openid-configuration", _json({"issuer": "https://evil.example.com"}), True),
+        ("/.well-known/openid-configuration", Response(200, [], b"not json"), True),
+        ("/.well-known/openid-configuration", Response(200, [], b"[1, 2]"), True),
+        ("/.well-known/openid-configuration", Response(500, [], b"{}"), True),
+        ("/.well-known/openid-configuration", Response(200, [], b" " * (2 << 20)), True),
+        ("/jwks", _json({"keys": "nope"}), False),
+        ("/jwks", _json({"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}), False),
+        ("/jwks", _json({"keys": [{"kty": "RSA", "n": "!!", "e": "AQAB"}]}), False),
+        ("/token", _json({"token_type": "Bearer"}), False),
+        ("/token", Response(200, [], b"{" * 5000), False),
+    ],
+)
+async def test_a_broken_or_hostile_provider_is_refused_clearly(
+    registry: RegistryInfo, provider: FakeOIDCProvider, path: str, answer: Response, at_start: bool
+) -> None:
+    await set_up(registry, provider)
+    async with public_client(registry) as client:
+        if at_start:
+            provider.overrides[path] = answer
+            with pytest.raises(AccessDenied, match="OIDC issuer"):
+                await client.sso_start(CONNECTOR, redirect_port=40000, csr_pem=make_csr(generate_private_key(), "x"))
+            return
+        code, state, _ = await start_and_browse(client)
+        provider.overrides[path] = answer
+        with pytest.raises(AccessDenied):
+            await client.sso_finish(state=state, code=code)
+
+
+async def test_an_unreachable_provider_is_a_connection_problem(registry: RegistryInfo) -> None:
+    provider = FakeOIDCProvider()
+    provider.issuer = f"http://{closed_address()}"
+    await set_up(registry, provider)
+    async with public_client(registry) as client:
+        with pytest.raises(ConnectionProblem, match="unreachable"):
+            await client.sso_start(CONNECTOR, redirect_port=40000, csr_pem=make_csr(generate_private_key(), "x"))
+
+
+def closed_address() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{sock.getsockname()[1]}"
