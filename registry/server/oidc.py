@@ -35,6 +35,7 @@ Invariants:
 from __future__ import annotations
 
 import secrets
+import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
+import certifi
 import httpx
 from joserfc.jwk import KeySet
 
@@ -184,7 +186,9 @@ class OIDCLogin:
         self.flows = PendingFlows(clock=clock, ttl=flow_ttl, limit=max_pending)
         self._clock = clock
         self._transport = transport
-        self._verify = verify
+        # One TLS context for every provider request: building one per request (httpx's default) costs more
+        # than the rest of a login. The CA bundle is the one httpx uses by default (certifi).
+        self._verify = ssl.create_default_context(cafile=certifi.where()) if verify is True else verify
         self._discovery: dict[str, _Cached] = {}
         self._jwks: dict[str, _Cached] = {}
 
