@@ -295,6 +295,21 @@ class RegistryClient:
         result: Certificate = await self._request("POST", "/v1/certs/user", body=body)
         return result
 
+    async def sso_start(
+        self, connector: str, *, redirect_port: int, csr_pem: bytes, ttl_seconds: float | None = None
+    ) -> dict[str, Any]:
+        """Start an OIDC login (public route): the auth URL to open, its state and the redirect URI."""
+        body: dict[str, Any] = {"connector": connector, "redirect_port": redirect_port, "csr_pem": csr_pem.decode()}
+        if ttl_seconds is not None:
+            body["ttl_seconds"] = ttl_seconds
+        result: dict[str, Any] = await self._request("POST", "/v1/sso/oidc/start", body=body)
+        return result
+
+    async def sso_finish(self, *, state: str, code: str) -> dict[str, Any]:
+        """Finish an OIDC login (public route): the certificate for the CSR given at start."""
+        result: dict[str, Any] = await self._request("POST", "/v1/sso/oidc/finish", body={"state": state, "code": code})
+        return result
+
     async def events(self, *, limit: int = 100, event: str | None = None) -> builtins.list[AuditEvent]:
         """The newest ``limit`` audit events (oldest first)."""
         items, _ = await self.events_page(limit=limit, event=event)

@@ -231,11 +231,21 @@ def _event_rows(items: Sequence[Mapping[str, Any]], verbose: bool) -> str:
     return table(["Time", "Event", "User", "Resource", "Result"], rows)
 
 
+def _oidc_rows(items: Sequence[Mapping[str, Any]], verbose: bool) -> str:
+    rows = []
+    for item in sorted(items, key=lambda i: str(i["metadata"]["name"])):
+        spec = item.get("spec") or {}
+        mapped = sorted({role for m in spec.get("claims_to_roles") or [] for role in m.get("roles") or []})
+        rows.append([item["metadata"]["name"], str(spec.get("issuer_url", "")), ",".join(mapped)])
+    return table(["Name", "Issuer", "Roles"], rows)
+
+
 _TABLES: dict[str, Callable[[Sequence[Mapping[str, Any]], bool], str]] = {
     "kube_cluster": _kube_cluster_rows,
     "kube_server": _kube_server_rows,
     "role": _role_rows,
     "user": _user_rows,
     "token": _token_rows,
+    "oidc": _oidc_rows,
     "event": _event_rows,
 }

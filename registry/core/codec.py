@@ -23,8 +23,9 @@ base64 and timestamps as RFC 3339 UTC (``Z``). Invariant: ``resource_from_dict(r
 for every model ``resource_from_dict`` can return.
 
 Layout: this module is the entry point (parsing, dispatch by kind, kube_cluster and kube_server, dumping);
-role, user and token live in ``codec_access`` and the pieces every kind shares in ``codec_common``. The
-names listed in ``__all__`` are the codec's public API, whichever module defines them.
+role, user and token live in ``codec_access``, the oidc connector in ``codec_oidc``, and the pieces
+every kind shares in ``codec_common``. The names listed in ``__all__`` are the codec's public API, whichever
+module defines them.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ from registry.core.codec_common import (
     metadata_dict,
     plain,
 )
+from registry.core.codec_oidc import decode_oidc, oidc_to_dict
 from registry.core.errors import BadParameter, TooLarge
 from registry.core.kubeconfig import check_kubeconfig, decode_base64_kubeconfig
 from registry.core.resources import (
@@ -71,6 +73,7 @@ from registry.core.resources import (
     Health,
     KubeCluster,
     KubeServer,
+    OIDCConnector,
     Resource,
     Role,
     Token,
@@ -80,7 +83,7 @@ from registry.core.timefmt import format_rfc3339
 from registry.core.validation import Fields, check_name, describe, label_errors, quote
 
 MAX_DOCUMENT_BYTES = validation.MAX_DOCUMENT_BYTES
-KINDS = ("kube_cluster", "kube_server", "role", "user", "token")
+KINDS = ("kube_cluster", "kube_server", "role", "user", "token", "oidc")
 MAX_DYNAMIC_LABELS = 64  # each one is a process every agent serving the cluster runs periodically
 
 
@@ -340,6 +343,7 @@ _DECODERS: dict[str, Callable[[Mapping[str, Any]], Resource]] = {
     "role": decode_role,
     "user": decode_user,
     "token": decode_token,
+    "oidc": decode_oidc,
 }
 
 
@@ -381,8 +385,9 @@ def _cluster_dict(cluster: KubeCluster, *, with_secrets: bool, results: bool) ->
 
 
 def resource_to_dict(r: Resource, *, with_secrets: bool = True) -> dict[str, Any]:
-    """The wire dict of a model. ``with_secrets=False`` drops a kube_cluster's kubeconfig and masks a
-    token's value; a kube_server's embedded cluster never carries a kubeconfig."""
+    """The wire dict of a model. ``with_secrets=False`` drops a kube_cluster's kubeconfig and an oidc
+    connector's client_secret, and masks a token's value; a kube_server's embedded cluster never carries a
+    kubeconfig."""
     if isinstance(r, KubeCluster):
         return _cluster_dict(r, with_secrets=with_secrets, results=False)
     if isinstance(r, KubeServer):
@@ -407,6 +412,8 @@ def resource_to_dict(r: Resource, *, with_secrets: bool = True) -> dict[str, Any
         return user_to_dict(r)
     if isinstance(r, Token):
         return token_to_dict(r, with_secrets=with_secrets)
+    if isinstance(r, OIDCConnector):
+        return oidc_to_dict(r, with_secrets=with_secrets)
     raise TypeError(f"not a resource: {type(r).__name__}")
 
 

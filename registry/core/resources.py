@@ -1,7 +1,8 @@
 """Resource models: frozen values for every kind the registry stores.
 
 Kinds: ``kube_cluster`` (a cluster an agent may serve: kubeconfig, static and dynamic labels),
-``kube_server`` (an agent's heartbeat for one served cluster), ``role``, ``user`` and ``token`` (join token).
+``kube_server`` (an agent's heartbeat for one served cluster), ``role``, ``user``, ``token`` (join token) and
+``oidc`` (a single sign-on connector).
 The wire shape (YAML/JSON, Teleport compatible) and all validation live in :mod:`registry.core.codec`.
 
 Invariants:
@@ -41,11 +42,15 @@ KIND_ALIASES: Mapping[str, str] = {
     "users": "user",
     "token": "token",
     "tokens": "token",
+    "oidc": "oidc",
+    "oidcs": "oidc",
 }
 
 # kube_cluster_dynamic_labels: a pseudo-resource, the grant to set or change a kube_cluster's
 # spec.dynamic_labels (commands agents run); see registry.server.authz.
 RULE_RESOURCES = ("kube_cluster", "kube_server", "token", "role", "user", "event", "kube_cluster_dynamic_labels", "*")
+# Kinds only the admin identity may touch, whatever a role's rules say (a connector decides who becomes whom).
+ADMIN_ONLY_KINDS = frozenset({"oidc"})
 RULE_VERBS = ("list", "create", "read", "update", "delete", "*")
 TOKEN_ROLES = ("Kube",)
 
@@ -345,7 +350,52 @@ class Token:
         return f"Token(roles={self.roles!r}, join_method={self.join_method!r}, expires={self.metadata.expires!r})"
 
 
-Resource: TypeAlias = KubeCluster | KubeServer | Role | User | Token
+@dataclass(frozen=True)
+class ClaimMapping:
+    """One ``claims_to_roles`` entry of an OIDC connector: when ID token claim ``claim`` equals ``value`` (or,
+    for a list claim such as ``groups``, contains it), the user gets ``roles``."""
+
+    claim: str
+    value: str
+    roles: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        _set(self, "roles", tuple(self.roles))
+
+
+@dataclass(frozen=True)
+class OIDCConnector:
+    """An OIDC single sign-on connector (Teleport's ``kind: oidc``, ``version: v3``); see ``codec_oidc``.
+
+    ``client_secret`` is a secret: excluded from ``repr`` and only shown with ``--with-secrets``."""
+
+    KIND: ClassVar[str] = "oidc"
+    VERSION: ClassVar[str] = "v3"
+
+    metadata: Metadata
+    issuer_url: str
+    client_id: str
+    redirect_url: str
+    claims_to_roles: tuple[ClaimMapping, ...]
+    client_secret: str = field(default="", repr=False)
+    scope: tuple[str, ...] = ()  # extra scopes; "openid" is always asked for
+    max_age: str | None = None  # Go duration: how recent the provider's own login must be
+    username_claim: str = "email"  # the claim that names the kubeport user
+    display: str = ""
+
+    def __post_init__(self) -> None:
+        _set(self, "claims_to_roles", tuple(self.claims_to_roles))
+        _set(self, "scope", tuple(self.scope))
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    def max_age_seconds(self) -> int | None:
+        return int(parse_go_duration(self.max_age)) if self.max_age is not None else None
+
+
+Resource: TypeAlias = KubeCluster | KubeServer | Role | User | Token | OIDCConnector
 
 
 # -- join token policy ------------------------------------------------------------------------------------

@@ -5,6 +5,8 @@ Routes (all JSON; errors are Kubernetes ``Status`` bodies):
     GET    /v1/ping                                   public: cluster name, version, CA pin
     GET    /v1/ca                                     public: the CA certificate (joiners check its pin)
     POST   /v1/join                                   token-authenticated: CSR -> agent certificate
+    POST   /v1/sso/oidc/start                         public: connector + loopback port + CSR -> auth URL
+    POST   /v1/sso/oidc/finish                        public: state + code -> user certificate (registry.server.oidc)
     GET    /v1/whoami
     GET    /v1/kube_clusters                          a user: the clusters their roles reach (kube_clusters.py)
     POST   /v1/certs/renew                            CSR -> a fresh certificate for the caller
@@ -70,6 +72,7 @@ from registry.server.admission import source_of_client
 from registry.server.authz import Caller
 from registry.server.http import Request, Response, Send
 from registry.server.kube_clusters import kube_access_view
+from registry.server.oidc import DEFAULT_SSO_TTL, OIDCLogin
 from registry.server.ratelimit import Rate, RateLimiter
 from registry.server.service import Registry
 
@@ -77,7 +80,7 @@ log = logging.getLogger(__name__)
 
 _Handler = Callable[[Caller, Request, list[str]], Awaitable[Response]]
 
-RESOURCE_KINDS = ("kube_cluster", "kube_server", "role", "user", "token")
+RESOURCE_KINDS = ("kube_cluster", "kube_server", "role", "user", "token", "oidc")
 WATCH_KINDS = ("kube_cluster", "kube_server")
 MAX_CURSOR_CHARS = 256
 # Per source, for requests without a client certificate. An agent needs one ca + one join to start; a
@@ -168,8 +171,10 @@ class RegistryAPI:
         bookmark_interval: float = 10.0,
         rate_limits: Mapping[str, Rate] | None = None,
         rate_clock: Callable[[], float] = time.monotonic,
+        sso: OIDCLogin | None = None,
     ) -> None:
         self.registry = registry
+        self.sso = sso if sso is not None else OIDCLogin(registry)
         self.bookmark_interval = bookmark_interval
         self.limiter = RateLimiter(DEFAULT_RATE_LIMITS if rate_limits is None else rate_limits, clock=rate_clock)
         # (route, method, segments after the route) -> handler; built once, looked up per request.
@@ -239,6 +244,8 @@ class RegistryAPI:
             return Response.json(200, self.registry.ca_bundle())
         if route == "join" and method == "POST" and not rest:
             return await self._join(request)
+        if route == "sso" and method == "POST" and len(rest) == 2 and rest[0] == "oidc":
+            return await self._sso(request, rest[1])  # the user has no certificate yet
 
         caller = await self._authenticate(request)
         handler = self._routes.get((route, method, len(rest)))
@@ -289,6 +296,24 @@ class RegistryAPI:
             client=request.client,
         )
         return Response.json(200, result)
+
+    async def _sso(self, request: Request, action: str) -> Response:
+        body = _body_object(request)
+        if action == "start":
+            started = await self.sso.start(
+                connector=_body_str(body, "connector"),
+                redirect_port=body.get("redirect_port"),
+                csr_pem=_body_str(body, "csr_pem").encode(),
+                ttl=_body_seconds(body, "ttl_seconds", DEFAULT_SSO_TTL.total_seconds()),
+                client=request.client,
+            )
+            return Response.json(200, started)
+        if action == "finish":
+            result = await self.sso.finish(
+                state=_body_str(body, "state"), code=_body_str(body, "code"), client=request.client
+            )
+            return Response.json(200, result)
+        raise NotFound(f"no route for POST /v1/sso/oidc/{action}")
 
     async def _whoami(self, caller: Caller, request: Request, rest: list[str]) -> Response:
         identity = caller.identity

@@ -10,6 +10,8 @@ names (resolved by the caller of these functions). Decisions:
   only the ``kube_server`` heartbeats of their own host id;
 - ``user`` identities act through the ``rules`` of their roles, Teleport style: a deny rule that matches
   wins over any allow rule; ``*`` in resources or verbs matches everything.
+- kinds in :data:`~registry.core.resources.ADMIN_ONLY_KINDS` (``oidc`` connectors: they decide who logs in
+  as whom with which roles) are the admin identity's alone, whatever a role's rules say;
 - ``registry`` identities are never callers (that certificate only serves TLS).
 
 Setting or changing a kube_cluster's ``spec.dynamic_labels`` needs more than writing kube_clusters: those
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 
 from registry.core.errors import AccessDenied
 from registry.core.identity import Identity
-from registry.core.resources import Role, Rule
+from registry.core.resources import ADMIN_ONLY_KINDS, Role, Rule
 
 VERBS = ("list", "read", "create", "update", "delete")
 DYNAMIC_LABELS = "kube_cluster_dynamic_labels"
@@ -76,6 +78,8 @@ _AGENT_GRANTS = {
 def allowed(caller: Caller, kind: str, verb: str) -> bool:
     if caller.kind == "admin":
         return True
+    if kind in ADMIN_ONLY_KINDS:  # e.g. oidc connectors: no role rule, not even "*", reaches them
+        return False
     if caller.kind == "agent":
         return (kind, verb) in _AGENT_GRANTS
     if caller.kind == "user":

@@ -62,6 +62,7 @@ from registry.core.resources import (
     CommandLabel,
     KubeCluster,
     KubeServer,
+    OIDCConnector,
     Resource,
     Role,
     Token,
@@ -88,7 +89,7 @@ from registry.server import authz
 from registry.server.admission import source_of_client
 from registry.server.aggregate import FailureAggregator, FailureRow
 from registry.server.authz import Caller
-from registry.store import Event, Record, Store, Write
+from registry.store import Event, Record, Store, Write, without_secret_fields
 
 AUDIT_KIND = "audit"
 AGENT_KIND = "kube_agent"
@@ -208,10 +209,7 @@ def record_to_wire(record: Record, *, with_secrets: bool) -> ResourceBody:
     metadata["revision"] = str(record.revision)
     value["metadata"] = metadata
     if not with_secrets:
-        if record.kind == "kube_cluster" and isinstance(value.get("spec"), dict):
-            spec = dict(value["spec"])
-            spec.pop("kubeconfig", None)
-            value["spec"] = spec
+        value = without_secret_fields(record.kind, value)  # the store's one table of secret fields
         if record.kind == "token":
             metadata["name"] = mask_token(str(metadata.get("name", "")))
     return cast(ResourceBody, value)
@@ -556,6 +554,10 @@ class Registry:
         ):
             assert isinstance(stored, KubeCluster)
             resource = replace(resource, kubeconfig=stored.kubeconfig)
+        if isinstance(resource, OIDCConnector) and not resource.client_secret:
+            # As for a kubeconfig: get (secret hidden) -> edit -> create -f keeps the stored client secret.
+            kept = current.value.get("spec", {}).get("client_secret", "")
+            resource = replace(resource, client_secret=kept if isinstance(kept, str) else "")
         expected = int(resource.metadata.revision) if resource.metadata.revision.isdigit() else None
         if (
             expected is None

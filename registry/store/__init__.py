@@ -13,11 +13,22 @@ from __future__ import annotations
 import re
 
 from registry.core.errors import BadParameter
+from registry.store._secrets import without_secret_fields
 from registry.store.base import Event, Record, Store, Write, serve_expiry
 from registry.store.memory import MemoryStore
 from registry.store.sqlite import SQLiteStore
 
-__all__ = ["Event", "MemoryStore", "Record", "SQLiteStore", "Store", "Write", "open_store", "serve_expiry"]
+__all__ = [
+    "Event",
+    "MemoryStore",
+    "Record",
+    "SQLiteStore",
+    "Store",
+    "Write",
+    "open_store",
+    "serve_expiry",
+    "without_secret_fields",
+]
 
 _SCHEME_RE = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*)://")
 

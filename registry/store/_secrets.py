@@ -1,8 +1,9 @@
 """What history may keep of a secret: nothing, once the version holding it is no longer current.
 
 The store knows no resource schema, with two exceptions: the label filter (``metadata.labels``) and this
-table of secrets. Two kinds hold secrets: a ``kube_cluster``'s ``spec.kubeconfig`` (a cluster credential)
-and a ``token``, whose *name* is the secret value (Teleport's provision tokens).
+table of secrets. Three kinds hold secrets: a ``kube_cluster``'s ``spec.kubeconfig`` (a cluster credential),
+an ``oidc`` connector's ``spec.client_secret``, and a ``token``, whose *name* is the secret value
+(Teleport's provision tokens).
 
 Invariants (kept by the planner, ``_plan``, for every backend):
 
@@ -29,7 +30,10 @@ if TYPE_CHECKING:
     from registry.store._plan import Item
 
 # kind -> paths (within the value) of secret fields
-SECRET_FIELDS: dict[str, tuple[tuple[str, ...], ...]] = {"kube_cluster": (("spec", "kubeconfig"),)}
+SECRET_FIELDS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "kube_cluster": (("spec", "kubeconfig"),),
+    "oidc": (("spec", "client_secret"),),  # an OIDC connector's client secret
+}
 # kinds whose record name is itself a secret
 SECRET_NAMES: frozenset[str] = frozenset({"token"})
 
@@ -57,6 +61,25 @@ def redact(item: Item) -> Item | None:
         return None
     data = json.dumps(value, separators=(",", ":"), sort_keys=True, allow_nan=False)
     return replace(item, name=name, data=data)
+
+
+def without_secret_fields(kind: str, value: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a stored wire dict without its secret fields (the API's answer without ``with_secrets``);
+    the dicts on the way to a secret field are copied, never the caller's changed."""
+    paths = SECRET_FIELDS.get(kind, ())
+    if not paths:
+        return value
+    out = dict(value)
+    for path in paths:
+        node = out
+        for key in path[:-1]:
+            child = node.get(key)
+            if not isinstance(child, dict):
+                break
+            node[key] = node = dict(child)
+        else:
+            node.pop(path[-1], None)
+    return out
 
 
 def _drop(value: dict[str, Any], path: tuple[str, ...]) -> bool:

@@ -30,6 +30,7 @@ DISPLAY = {
     "role": "role",
     "user": "user",
     "token": "token",
+    "oidc": "oidc connector",
 }
 
 
@@ -38,7 +39,7 @@ def _canonical_kind(raw: str) -> str:
         return "event"
     kind = KIND_ALIASES.get(raw)
     if kind is None:
-        supported = "kube_clusters, kube_servers, roles, users, tokens, events"
+        supported = "kube_clusters, kube_servers, roles, users, tokens, oidc, events"
         raise BadParameter(f"unknown resource kind {raw!r}; supported: {supported}")
     return kind
 
@@ -142,10 +143,12 @@ def add_commands(sub: SubParsers) -> None:
         help="replace resources that exist (a missing kubeconfig keeps the stored one)",
     )
 
-    p = command(sub, "get", "show resources: kube_clusters, kube_servers, roles, users, tokens, events", cmd_get)
+    p = command(sub, "get", "show resources: kube_clusters, kube_servers, roles, users, tokens, oidc, events", cmd_get)
     p.add_argument("ref", metavar="KIND[/NAME]")
     p.add_argument("--format", choices=render.FORMATS, default="yaml", help="output format (default: yaml)")
-    p.add_argument("--with-secrets", action="store_true", help="include kubeconfigs and token values")
+    p.add_argument(
+        "--with-secrets", action="store_true", help="include kubeconfigs, token values and oidc client secrets"
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="do not shorten long columns (text format)")
     p.add_argument(
         "--limit",
