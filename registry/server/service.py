@@ -78,6 +78,7 @@ from registry.server import authz
 from registry.server.admission import source_of_client
 from registry.server.aggregate import FailureAggregator, FailureRow
 from registry.server.authz import Caller
+from registry.server.bots import BotService
 from registry.store import Event, Record, Store
 
 AUDIT_KIND = "audit"
@@ -258,6 +259,7 @@ class Registry:
         self._audit_writes = 0
         self._audit_trimming = False
         self._last_audit_ns = 0
+        self.bots = BotService(self)  # machine identity: bot-NAME users, their join tokens and renewal
 
     def now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), tz=UTC)
@@ -747,16 +749,20 @@ class Registry:
     def _host_expiry(self, not_after: datetime) -> float:
         return not_after.timestamp() + HOST_RECORD_GRACE
 
-    async def renew(self, caller: Caller, csr_pem: bytes) -> Certificate:
+    async def renew(self, caller: Caller, csr_pem: bytes, ttl: timedelta | None = None) -> Certificate:
         """Re-issue the caller's own identity for a new key (agents and users renew before expiry).
 
         A user certificate never outlives the one it replaces: the new expiry is the earliest of the
         presented certificate's expiry (the one the admin chose, carried through every renewal), now plus
         the ``max_session_ttl`` of the user's current roles, and now plus USER_TTL. Its roles are the
         effective ones (:meth:`caller_for`), so a renewal never brings back a removed role. Agents get a
-        fresh AGENT_TTL and their host id stays reserved.
+        fresh AGENT_TTL and their host id stays reserved. A bot's certificate renews by the bots' rules
+        (:meth:`registry.server.bots.BotService.renew`: a fresh short TTL, ``ttl`` when given).
         """
         identity = caller.identity
+        bot = await self.bots.is_bot(identity)
+        if bot is not None:
+            return cast(Certificate, await self.bots.renew(caller, bot, csr_pem, ttl))
         if identity.kind not in ("agent", "user"):
             raise AccessDenied(f"access denied: {caller.describe()} cannot renew its certificate")
         now = self.now()
