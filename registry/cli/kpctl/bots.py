@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from registry.cli import render
@@ -51,7 +51,7 @@ def bot_yaml(*, registry: str, ca_pin: str, token: str, name: str) -> str:
     )
 
 
-def bot_rows(items: list[Mapping[str, Any]]) -> str:
+def bot_rows(items: Sequence[Mapping[str, Any]]) -> str:
     rows = []
     for item in items:
         status = str(item.get("status", ""))
