@@ -89,7 +89,7 @@ def bot_user(name: str) -> str:
 
 
 def check_bot_name(name: object) -> str:
-    if not isinstance(name, str) or not BOT_NAME_RE.match(name):
+    if not isinstance(name, str) or not BOT_NAME_RE.fullmatch(name):
         shown = repr(name)[:80]
         raise BadParameter(
             f"bot name {shown} is invalid: use 1-60 letters, digits, '.', '_' and '-', starting with a letter or digit"

@@ -164,7 +164,7 @@ def _pins(ctx: _Ctx, value: object) -> tuple[str, ...]:
     pins: list[str] = []
     for index, item in enumerate(items):
         pin = ctx.string(item, f"ca_pins[{index}]").lower()
-        if not _PIN_RE.match(pin):
+        if not _PIN_RE.fullmatch(pin):
             ctx.fail(f"ca_pins[{index}]: expected sha256:<64 hex digits>, got {validation.describe(item)}")
         pins.append(pin)
     return tuple(dict.fromkeys(pins))
@@ -215,7 +215,7 @@ def _output(ctx: _Ctx, value: object, index: int) -> KubernetesOutput:
         ctx.fail(f"{where}: set exactly one of kubernetes_cluster (one cluster) or kubernetes_labels (a selector)")
     if cluster is not None:
         cluster = ctx.string(cluster, f"{where}.kubernetes_cluster", limit=253)
-        if not _NAME_RE.match(cluster):
+        if not _NAME_RE.fullmatch(cluster):
             ctx.fail(f"{where}.kubernetes_cluster {validation.quote(cluster)} is not a valid cluster name")
     labels = None
     if selector is not None:
