@@ -19,7 +19,6 @@ import trio
 
 from registry.cli.bot.config import MAX_CONFIG_BYTES, BotConfig, parse_config
 from registry.cli.bot.service import Bot, check_config_files
-from registry.core.errors import BadParameter
 from registry.host.cmdline import StopSignals, add_debug_flag, set_command
 from registry.host.files import read_limited, write_file_atomic
 
@@ -53,10 +52,7 @@ WantedBy=multi-user.target
 def load_bot_config(path: str) -> BotConfig:
     """The validated bot.yaml (size-limited read; every problem one BadParameter naming the key)."""
     file = Path(path)
-    try:
-        data = read_limited(file, limit=MAX_CONFIG_BYTES, what=f"bot configuration {path}")
-    except FileNotFoundError:
-        raise BadParameter(f"bot configuration {path} does not exist (see README: Machine identity)") from None
+    data = read_limited(file, limit=MAX_CONFIG_BYTES, what="bot configuration")
     return parse_config(data, source=file.name)
 
 

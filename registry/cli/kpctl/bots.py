@@ -67,8 +67,6 @@ def bot_rows(items: Sequence[Mapping[str, Any]]) -> str:
 
 async def cmd_bots_add(args: argparse.Namespace) -> int:
     roles = split_list(args.roles or "", "--roles")
-    if not roles:
-        raise BadParameter("--roles is required: the roles the bot acts with, e.g. --roles=kube-access")
     ttl = duration(args.ttl, "--ttl")
     conn = resolve_connection(args)
     async with RegistryClient.from_identity(conn.identity, conn.address) as client:
@@ -81,7 +79,14 @@ async def cmd_bots_add(args: argparse.Namespace) -> int:
     token = str(bot["token"])
     address = str(ping.get("public_addr") or conn.address)
     expires = parse_rfc3339(str(bot["token_expires"]))
-    print(f"Bot {quote(args.name)} has been created (user {quote(bot['user'])}, roles: {', '.join(bot['roles'])}).")
+    roles_text = ", ".join(bot["roles"]) or "none yet"
+    print(f"Bot {quote(args.name)} has been created (user {quote(bot['user'])}, roles: {roles_text}).")
+    if not roles:
+        print(
+            f"warning: bot {quote(args.name)} has no roles: it can reach no cluster until you give it some "
+            f"(kpctl bots update {args.name} --add-roles=ROLE)",
+            file=sys.stderr,
+        )
     print(f"The bot join token: {token}")
     print(f"It can be used once, until {format_human(expires)}.\n")
     print("Write this bot.yaml on the machine (set the output's cluster and directory):\n")
