@@ -357,16 +357,17 @@ class BotService:
         return self._answer(name, cert, expires)
 
     async def is_bot(self, identity: Identity) -> str | None:
-        """The bot name when ``identity`` is a bot's user certificate (user ``bot-NAME`` with the bot label
-        and a state record), else None."""
+        """The bot name when ``identity`` is a bot's user certificate (user ``bot-NAME`` for which a bot state
+        record exists), else None. The state record decides, not the user's label: ``kpctl users update``
+        rewrites a user without its labels, and that must not turn a bot into a user whose certificate can
+        no longer be renewed past its expiry. A certificate of anyone else named ``bot-NAME`` fails the
+        generation check (its serial is not the bot's), which locks the bot rather than extending it."""
         if identity.kind != "user" or not identity.name.startswith(BOT_USER_PREFIX):
             return None
         name = identity.name[len(BOT_USER_PREFIX) :]
         try:
-            user = await self.store.get("user", identity.name)
+            await self.store.get(BOT_KIND, name)
         except NotFound:
-            return None
-        if user.value.get("metadata", {}).get("labels", {}).get(BOT_LABEL) != name:
             return None
         return name
 

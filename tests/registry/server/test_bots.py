@@ -282,3 +282,17 @@ def test_bot_ttl_bounds() -> None:
         bot_ttl(timedelta(days=2), ())
     with pytest.raises(BadParameter):
         bot_ttl(timedelta(seconds=5), ())
+
+
+async def test_editing_the_bot_user_with_kpctl_users_keeps_it_a_bot(reg: InProcessRegistry) -> None:
+    """``kpctl users update`` rewrites the user without its labels: renewal must still follow the bot rules."""
+    identity = await join_bot(reg, await add_bot(reg), ttl_seconds=600)
+    async with reg.client() as admin:
+        user = await admin.get("user", "bot-example")
+        user["metadata"].pop("labels", None)
+        await admin.update(user)
+    renewed = await renew_bot(reg, identity, ttl_seconds=3600)
+    first, second = identity.identity().expires, renewed.identity().expires
+    assert first is not None
+    assert second is not None
+    assert second > first
