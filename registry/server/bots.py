@@ -28,7 +28,11 @@ What differs from a human user is joining and renewal:
   user is deleted (every certificate of both holders stops at once, on every path) and the record says
   ``locked`` with the reason, audited as ``bot.locked``. ``kpctl bots rm`` then ``kpctl bots add`` recovers.
   Known cost, as in Teleport: a renewal whose answer was lost in transit leaves the bot holding the old
-  certificate, and its retry locks the bot.
+  certificate, and its retry locks the bot. A certificate of an *earlier* bot of the same name (removed and
+  added again since; :func:`from_earlier_bot`) is refused without locking the new one.
+- Known gap: until it expires (``certificate_ttl``, 1 h by default), such an earlier certificate still
+  authenticates as ``bot-NAME`` with the new bot's roles (intersected with the roles it names), as a
+  deleted-and-recreated user's old certificate does; renewal is refused, so it dies with its TTL.
 
 Invariants:
 - A bot's user and state record are created together (state first, so a user with the bot label but no
@@ -53,7 +57,7 @@ from typing import TYPE_CHECKING, Any
 
 from registry.core import codec
 from registry.core.errors import AccessDenied, AlreadyExists, BadParameter, CompareFailed, NotFound, Unauthenticated
-from registry.core.identity import Identity, identity_from_cert
+from registry.core.identity import CLOCK_SKEW, Identity, identity_from_cert
 from registry.core.kube_access import cluster_visible
 from registry.core.resources import (
     MAX_TOKEN_TTL,
@@ -63,7 +67,7 @@ from registry.core.resources import (
     mask_token,
     max_session_ttl,
 )
-from registry.core.timefmt import format_rfc3339
+from registry.core.timefmt import format_rfc3339, parse_rfc3339
 from registry.server import authz
 from registry.server.authz import Caller
 from registry.server.http import Request, Response
@@ -117,6 +121,17 @@ def bot_ttl(asked: timedelta | None, roles: Sequence[Role]) -> timedelta:
     if ttl < MIN_BOT_CERT_TTL or ttl > MAX_BOT_CERT_TTL:
         raise BadParameter(f"bot certificate ttl must be between 1m and 24h (got {ttl})")
     return min(ttl, max_session_ttl(roles))
+
+
+def from_earlier_bot(identity: Identity, created: str) -> bool:
+    """Whether ``identity``'s certificate was issued before the bot record was created (an earlier bot of the
+    same name). Certificates start CLOCK_SKEW before their issue and hold whole seconds, so compare the
+    creation time truncated to the second, minus the skew: a certificate issued at or after creation is never
+    taken for an earlier one, and one issued in an earlier second always is."""
+    if identity.not_before is None or not created:
+        return False
+    born = parse_rfc3339(created).replace(microsecond=0)
+    return identity.not_before < born - CLOCK_SKEW
 
 
 def reachable(user: User, roles: Sequence[Role], servers: Sequence[KubeServer]) -> list[dict[str, Any]]:
@@ -382,6 +397,13 @@ class BotService:
         state = dict(state_record.value)
         if state.get("locked"):
             raise Unauthenticated(f'bot "{name}" is locked ({state["locked"]["reason"]})')
+        if not state.get("serial") or from_earlier_bot(identity, str(state.get("created", ""))):
+            # A certificate of a bot of this name that was removed (and added again since): no theft of
+            # *this* bot, so no lock; the machine must join with the new bot's token.
+            raise Unauthenticated(
+                f'bot "{name}" was removed and added again since this certificate was issued: join with the new '
+                "bot's token (kpctl bots add printed it)"
+            )
         if str(identity.serial) != state.get("serial"):
             reason = "a certificate that is not the current generation was renewed"
             await self._lock(name, state, state_record.revision, reason)

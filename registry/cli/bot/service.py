@@ -5,7 +5,10 @@ The loop (tbot's):
 1. Start: with a stored identity (``storage/bot.identity``, for one of the configured registries, not
    expired) renew at once (a fresh certificate with the bot's current roles: a role added with
    ``kpctl bots update --add-roles`` arrives with a restart); else join with the onboarding token (the CA is
-   pinned with ``ca_pins``, or trusted on first contact with a warning, as the agent does).
+   pinned with ``ca_pins``, or trusted on first contact with a warning, as the agent does). When the
+   registry refuses the stored identity (the bot was removed and added again, or locked) and bot.yaml holds
+   a token this machine has not joined with yet (``storage/joined_token.sha256`` keeps the digest of the
+   last one), the bot joins with it: the recovery is "new token in bot.yaml, restart", no files to delete.
 2. Write every output (:mod:`registry.cli.bot.outputs`) for the clusters the bot may reach now.
 3. ``--oneshot`` stops here. The daemon sleeps ``renewal_interval`` (trio time: MockClock-testable), renews,
    rewrites the outputs (clusters that came or went change the contexts), and so on.
@@ -28,6 +31,8 @@ atomically (0600, storage 0700) before any output uses it; the token is never lo
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -59,6 +64,7 @@ from registry.host.files import ensure_private_dir, read_limited, write_secret_f
 log = logging.getLogger(__name__)
 
 IDENTITY_FILE = "bot.identity"
+USED_TOKEN_FILE = "joined_token.sha256"  # noqa: S105 (a file name) - the digest of the token this machine joined with (single use)
 MAX_RETRY = 60.0
 TRANSIENT = (ConnectionProblem, Timeout, LimitExceeded)
 
@@ -69,6 +75,10 @@ TransportFor = Callable[[bytes | None], httpx.AsyncBaseTransport]
 
 class BotStopped(KubeportError):
     """The bot cannot go on (removed, locked, expired...): the message says why and what to do."""
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def classify(err: KubeportError) -> str:
@@ -145,11 +155,13 @@ class Bot:
             log.warning("stored bot identity %s is for another registry (%s): joining again", path, stored.registry)
             return None
         if ident.expires is not None and ident.expires <= datetime.now(tz=UTC):
+            if self.token_is_new():
+                log.warning("stored bot identity %s expired: joining with the configured token", path)
+                return None
             raise BotStopped(
                 f"the bot's certificate in {path} expired at {ident.expires.isoformat()} (the bot was stopped or the "
                 "registry unreachable for longer than certificate_ttl); it needs a new join token: kpctl bots rm NAME, "
-                "kpctl bots add NAME, then put the new token in onboarding.token and delete "
-                f"{path}"
+                "kpctl bots add NAME, then put the new token in onboarding.token and start the bot again"
             )
         return stored
 
@@ -187,6 +199,7 @@ class Bot:
         except (AccessDenied, Unauthenticated) as err:
             raise BotStopped(f"the bot could not join: {err.message}") from None
         self._save(identity)
+        write_secret_file(self.config.storage / USED_TOKEN_FILE, (token_digest(config.token) + "\n").encode())
         self.status.joins += 1
         log.info("the bot joined as %s (certificate valid until %s)", identity.identity().name, self._expires())
         return identity
@@ -217,6 +230,15 @@ class Bot:
         self.status.renewals += 1
         log.info("renewed the bot certificate (valid until %s)", self._expires())
         return identity
+
+    def token_is_new(self) -> bool:
+        """Whether the configured token is not the one this machine last joined with (its digest is kept in
+        storage; the token itself never is)."""
+        path = self.config.storage / USED_TOKEN_FILE
+        if not path.exists():
+            return True
+        used = read_limited(path, limit=256, what="used token digest").decode(errors="replace").strip()
+        return not hmac.compare_digest(used, token_digest(self.config.token))
 
     def _save(self, identity: IdentityFile) -> None:
         ensure_private_dir(self.config.storage)
@@ -275,7 +297,15 @@ class Bot:
             self.identity = await self.join()
         else:
             self.identity = stored
-            self.identity = await self.renew()
+            try:
+                self.identity = await self.renew()
+            except BotStopped as err:
+                # The admin removed and re-added the bot (or it was locked) and put a new token in bot.yaml:
+                # join with it rather than make them delete the storage by hand.
+                if not self.token_is_new():
+                    raise
+                log.warning("%s; joining with the configured token (not used on this machine yet)", err.message)
+                self.identity = await self.join()
         await self.write_outputs()
 
     async def serve(

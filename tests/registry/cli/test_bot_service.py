@@ -246,3 +246,23 @@ async def test_failover_to_the_next_registry_address(reg: InProcessRegistry, tmp
 
 def test_retry_delays() -> None:
     assert [retry_delay(n) for n in range(1, 9)] == [1, 2, 4, 8, 16, 32, 60, 60]
+
+
+async def test_rm_add_and_a_new_token_in_bot_yaml_is_the_whole_recovery(reg: InProcessRegistry, tmp_path: Path) -> None:
+    """The machine keeps its storage; the admin re-creates the bot and the new token goes into bot.yaml."""
+    config = make_config(reg, tmp_path, await add_bot(reg))
+    await Bot(config, transport_for=transport_for(reg)).serve(oneshot=True)
+    assert (tmp_path / "storage" / "joined_token.sha256").stat().st_mode & 0o777 == 0o600
+    assert config.token not in (tmp_path / "storage" / "joined_token.sha256").read_text()
+    async with reg.client() as admin:
+        await admin.bots_rm("example")
+    # Same bot.yaml (the used token): a clear stop, no join attempt with a spent token.
+    with pytest.raises(BotStopped, match="refused to renew"):
+        await Bot(config, transport_for=transport_for(reg)).serve(oneshot=True)
+    start = reg.registry.clock()  # the bot is re-created a little later (certificates hold whole seconds)
+    reg.registry.clock = lambda: start + 5
+    fresh = make_config(reg, tmp_path, await add_bot(reg))
+    bot = Bot(fresh, transport_for=transport_for(reg))
+    await bot.serve(oneshot=True)
+    assert (bot.status.joins, bot.status.renewals) == (1, 0)
+    assert contexts(tmp_path / "out") == ["test-cluster-example-k8s-cluster"]

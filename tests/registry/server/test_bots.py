@@ -296,3 +296,27 @@ async def test_editing_the_bot_user_with_kpctl_users_keeps_it_a_bot(reg: InProce
     assert first is not None
     assert second is not None
     assert second > first
+
+
+async def test_a_certificate_of_an_earlier_bot_of_the_same_name_does_not_lock_the_new_one(
+    reg: InProcessRegistry,
+) -> None:
+    start = reg.registry.clock()
+    offset = [0.0]
+    reg.registry.clock = lambda: start + offset[0]
+    old = await join_bot(reg, await add_bot(reg))
+    async with reg.client() as admin:
+        await admin.bots_rm("example")
+    offset[0] = 5.0
+    new_token = await add_bot(reg)
+    # Before the new bot joined, and after: the old machine's renewal is refused, and nothing gets locked.
+    with pytest.raises(Unauthenticated, match="removed and added again"):
+        await renew_bot(reg, old)
+    new = await join_bot(reg, new_token)
+    with pytest.raises(Unauthenticated, match="removed and added again"):
+        await renew_bot(reg, old)
+    await renew_bot(reg, new)
+    async with reg.client() as admin:
+        [listed] = await admin.bots_list()
+    assert listed["status"] == "joined"
+    assert await events(reg, "bot.locked", success=False) == []
