@@ -266,3 +266,28 @@ async def test_rm_add_and_a_new_token_in_bot_yaml_is_the_whole_recovery(reg: InP
     await bot.serve(oneshot=True)
     assert (bot.status.joins, bot.status.renewals) == (1, 0)
     assert contexts(tmp_path / "out") == ["test-cluster-example-k8s-cluster"]
+
+
+async def test_the_daemon_stops_at_its_next_renewal_after_the_bot_is_removed(
+    reg: InProcessRegistry, tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    mock_clock.autojump_threshold = 0.05
+    bot = Bot(make_config(reg, tmp_path, await add_bot(reg)), transport_for=transport_for(reg))
+    stopped: list[tuple[float, BotStopped]] = []
+
+    async def run(task_status: trio.TaskStatus[None]) -> None:
+        try:
+            await bot.serve(task_status=task_status)
+        except BotStopped as err:
+            stopped.append((trio.current_time(), err))
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run)
+        removed_at = trio.current_time()
+        async with reg.client() as admin:
+            await admin.bots_rm("example")
+    [(when, err)] = stopped
+    assert when - removed_at <= INTERVAL + 1  # no later than the next renewal
+    assert "no longer exists" in err.message
+    assert bot.status.renewals == 0
+    assert (tmp_path / "out" / "kubeconfig.yaml").exists()  # the outputs stay (their certificate expires)
