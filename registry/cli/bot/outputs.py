@@ -13,8 +13,8 @@ Files in each destination directory (tbot's names; the kubeconfig embeds everyth
 Invariants:
 - Each file is replaced atomically with exactly the output's mode (0600 by default; 0640/0660 for a group
   reader, as seed 004 describes for another Linux user); a reader never sees a half-written file. The
-  identity files are written before ``kubeconfig.yaml``, so a kubeconfig is never newer than the key the
-  other files hold... and it embeds its own copy anyway.
+  kubeconfig embeds its own copy of the certificate and key, so it never depends on the other files.
+- A destination that is a symbolic link or not a directory is refused (one error naming it), never followed.
 - A directory the bot creates gets 0700, or 0750 when the output's mode lets a group read (the group must
   be able to enter it); an existing directory keeps its owner's mode.
 - The contexts are a convenience, never a grant: the front door decides with the bot's current roles on

@@ -292,6 +292,7 @@ class Bot:
 
     async def start(self) -> None:
         """Join or renew, then write the outputs once (what ``--oneshot`` does)."""
+        check_config_files(self.config)
         stored = self.load_stored()
         if stored is None:
             self.identity = await self.join()
@@ -376,9 +377,13 @@ def certificate_expiry(cert_pem: bytes) -> datetime:
 
 
 def check_config_files(config: BotConfig) -> None:
-    """Refuse a storage path that is a file or a symlink before anything is joined."""
-    storage = config.storage
-    if storage.is_symlink():
-        raise BadParameter(f"storage {storage} is a symbolic link: point storage at the real directory")
-    if storage.exists() and not storage.is_dir():
-        raise BadParameter(f"storage {storage} exists and is not a directory")
+    """Refuse a storage or destination path that is a symlink or not a directory, before anything is sent
+    (a join spends the single-use token)."""
+    paths = [("storage", config.storage)] + [
+        (f"outputs[{i}].destination.path", out.destination) for i, out in enumerate(config.outputs)
+    ]
+    for what, path in paths:
+        if path.is_symlink():
+            raise BadParameter(f"{what} {path} is a symbolic link: point it at the real directory")
+        if path.exists() and not path.is_dir():
+            raise BadParameter(f"{what} {path} exists and is not a directory")

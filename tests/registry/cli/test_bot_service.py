@@ -291,3 +291,32 @@ async def test_the_daemon_stops_at_its_next_renewal_after_the_bot_is_removed(
     assert "no longer exists" in err.message
     assert bot.status.renewals == 0
     assert (tmp_path / "out" / "kubeconfig.yaml").exists()  # the outputs stay (their certificate expires)
+
+
+async def test_hostile_files_are_refused_with_one_error(reg: InProcessRegistry, tmp_path: Path) -> None:
+    from registry.cli.bot.service import check_config_files
+    from registry.core.errors import BadParameter
+
+    token = await add_bot(reg)
+    # An output directory planted as a symlink is never written through.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "out").symlink_to(elsewhere)
+    bot = Bot(make_config(reg, tmp_path, token), transport_for=transport_for(reg))
+    with pytest.raises(BadParameter, match="symbolic link"):
+        await bot.serve(oneshot=True)
+    assert list(elsewhere.iterdir()) == []
+    assert reg.requests_to("/v1/bots/join") == []  # refused before the single-use token was spent
+    # A storage that is a symlink, or a file, is refused before anything is sent.
+    (tmp_path / "s-link").symlink_to(elsewhere)
+    with pytest.raises(BadParameter, match="symbolic link"):
+        check_config_files(make_config(reg, tmp_path, token, storage=tmp_path / "s-link"))
+    (tmp_path / "s-file").write_text("x")
+    with pytest.raises(BadParameter, match="not a directory"):
+        check_config_files(make_config(reg, tmp_path, token, storage=tmp_path / "s-file"))
+    # A corrupted identity file in storage: one error naming it, no traceback material.
+    (tmp_path / "out").unlink()
+    (tmp_path / "storage").mkdir(mode=0o700, exist_ok=True)
+    (tmp_path / "storage" / IDENTITY_FILE).write_bytes(b"-----BEGIN PRIVATE KEY-----\ngarbage\n")
+    with pytest.raises(BadParameter, match=IDENTITY_FILE):
+        await Bot(make_config(reg, tmp_path, token), transport_for=transport_for(reg)).serve(oneshot=True)
