@@ -56,7 +56,15 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from registry.core import codec
-from registry.core.errors import AccessDenied, AlreadyExists, BadParameter, CompareFailed, NotFound, Unauthenticated
+from registry.core.errors import (
+    AccessDenied,
+    AlreadyExists,
+    BadParameter,
+    CompareFailed,
+    NotFound,
+    TooLarge,
+    Unauthenticated,
+)
 from registry.core.identity import CLOCK_SKEW, Identity, identity_from_cert
 from registry.core.kube_access import cluster_visible
 from registry.core.resources import (
@@ -457,7 +465,7 @@ class BotService:
         for item in await self.store.list("kube_server"):
             try:
                 server = codec.resource_from_dict(item.value, verify_kubeconfig=False)
-            except (BadParameter, ValueError):
+            except (BadParameter, TooLarge, ValueError):  # a heartbeat this version cannot read names no cluster
                 continue
             if isinstance(server, KubeServer) and (server.metadata.expires is None or server.metadata.expires > now):
                 servers.append(server)

@@ -21,7 +21,8 @@ Invariants:
 - kube_clusters written through the API always carry ``kubeport.dev/origin: dynamic``.
 - Every request acts with the caller's *current* standing: a user's certificate is checked against the
   stored user on every request (deleted user -> 401; its roles are the certificate's roles that the user
-  still holds), and renewal never moves a user certificate's expiry later than the one it replaces.
+  still holds), and renewal never moves a user certificate's expiry later than the one it replaces
+  (bots excepted: they renew with a fresh short TTL while they exist, see ``registry.server.bots``).
 - kube_server (and kube_agent) writes and deletes go through :meth:`Registry._check_host_write`, whatever
   the route, so an agent touches only its own host's records; heartbeats name clusters that exist.
 - Agent host ids are assigned by the registry at join; a join naming a host id that is already in use
