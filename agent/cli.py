@@ -11,7 +11,7 @@ import argparse
 import logging
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeAlias
 
@@ -107,8 +107,11 @@ WantedBy=multi-user.target
 
 
 async def cmd_install_systemd(args: argparse.Namespace) -> int:
+    if getattr(args, "bot", False):  # --bot: the bot's unit (registry.cli.bot.cli, mounted by kubeport_main)
+        bot_unit: Callable[[argparse.Namespace], Awaitable[int]] = args.systemd_bot
+        return await bot_unit(args)
     exe = shutil.which("kubeport") or f"{sys.executable} -m registry.cli.kubeport_main"
-    unit = UNIT.format(exe=exe, config=args.config)
+    unit = UNIT.format(exe=exe, config=args.config or DEFAULT_CONFIG)
     if args.output == "-":
         sys.stdout.write(unit)
         return 0
@@ -124,9 +127,15 @@ SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 Group: TypeAlias = "Callable[[SubParsers, str, str], SubParsers]"
 
 
-def add_commands(sub: SubParsers, *, group: Group, epilog: str) -> None:
+def add_commands(
+    sub: SubParsers,
+    *,
+    group: Group,
+    epilog: str,
+    systemd_bot: Callable[[argparse.Namespace], Awaitable[int]] | None = None,
+) -> None:
     """Register configure / agent / install on the kubeport parser (``group`` makes a command group that
-    takes the global flags)."""
+    takes the global flags; ``systemd_bot``, when given, is what ``install systemd --bot`` runs)."""
     p = sub.add_parser(
         "configure",
         help="write an agent configuration file",
@@ -174,6 +183,11 @@ def add_commands(sub: SubParsers, *, group: Group, epilog: str) -> None:
         "systemd", help="write a systemd unit for the agent", description="Write a systemd unit.", epilog=epilog
     )
     p.add_argument("-o", "--output", default="-", help="unit file path ('-' = stdout, the default)")
-    p.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="agent configuration the unit starts with")
+    p.add_argument(
+        "-c", "--config", default=None, help=f"configuration the unit starts with (default {DEFAULT_CONFIG})"
+    )
+    if systemd_bot is not None:
+        p.add_argument("--bot", action="store_true", help="a unit for 'kubeport bot start' instead of the agent")
+        p.set_defaults(systemd_bot=systemd_bot)
     add_debug_flag(p)
     set_command(p, cmd_install_systemd)

@@ -286,8 +286,41 @@ class RegistryClient:
         result: ResourceBody = await self._request("POST", "/v1/tokens", body=body)
         return result
 
-    async def renew(self, csr_pem: bytes) -> Certificate:
-        result: Certificate = await self._request("POST", "/v1/certs/renew", body={"csr_pem": csr_pem.decode()})
+    async def renew(self, csr_pem: bytes, *, ttl_seconds: float | None = None) -> Certificate:
+        """A fresh certificate for the caller; ``ttl_seconds`` is what a bot asks for (others ignore it)."""
+        body: dict[str, Any] = {"csr_pem": csr_pem.decode()}
+        if ttl_seconds is not None:
+            body["ttl_seconds"] = ttl_seconds
+        result: Certificate = await self._request("POST", "/v1/certs/renew", body=body)
+        return result
+
+    # -- bots (machine identity, registry.server.bots) -------------------------------------------------
+
+    async def bots_list(self) -> builtins.list[dict[str, Any]]:
+        result = await self._request("GET", "/v1/bots")
+        return list(result["items"])
+
+    async def bots_add(self, name: str, roles: Sequence[str], *, token_ttl_seconds: float) -> dict[str, Any]:
+        """Create a bot; the answer holds its single-use join ``token`` (shown this once)."""
+        body = {"name": name, "roles": list(roles), "token_ttl_seconds": token_ttl_seconds}
+        result: dict[str, Any] = await self._request("POST", "/v1/bots", body=body)
+        return result
+
+    async def bots_update(
+        self, name: str, *, add_roles: Sequence[str] = (), set_roles: Sequence[str] | None = None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"add_roles": list(add_roles)}
+        if set_roles is not None:
+            body["set_roles"] = list(set_roles)
+        result: dict[str, Any] = await self._request("PUT", f"/v1/bots/{_seg(name)}", body=body)
+        return result
+
+    async def bots_rm(self, name: str) -> None:
+        await self._request("DELETE", f"/v1/bots/{_seg(name)}")
+
+    async def bot_clusters(self) -> dict[str, Any]:
+        """The caller's reachable kube clusters (with labels), the cluster name and the front door address."""
+        result: dict[str, Any] = await self._request("GET", "/v1/bots/self/clusters")
         return result
 
     async def sign_user(self, user: str, csr_pem: bytes, ttl_seconds: float) -> Certificate:
@@ -475,4 +508,24 @@ async def join(
     async with RegistryClient(address, ca_pems=ca_pems, timeout=timeout, transport=transport) as client:
         body = {"token": token, "nodename": nodename, "csr_pem": csr_pem.decode(), "host_id": host_id or ""}
         result: JoinResult = await client._request("POST", "/v1/join", body=body)
+        return result
+
+
+async def bot_join(
+    address: str,
+    *,
+    token: str,
+    csr_pem: bytes,
+    ca_pems: Sequence[bytes],
+    ttl_seconds: float | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> dict[str, Any]:
+    """Trade a bot's single-use join token and a CSR for its first certificate (registry verified against
+    ``ca_pems``)."""
+    async with RegistryClient(address, ca_pems=ca_pems, timeout=timeout, transport=transport) as client:
+        body: dict[str, Any] = {"token": token, "csr_pem": csr_pem.decode()}
+        if ttl_seconds is not None:
+            body["ttl_seconds"] = ttl_seconds
+        result: dict[str, Any] = await client._request("POST", "/v1/bots/join", body=body)
         return result

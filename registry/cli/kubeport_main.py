@@ -5,7 +5,8 @@
     kubeport registry start [--data-dir DIR] [--listen ...]   the registry alone
     kubeport configure --registry=HOST:PORT --token=T -o FILE write an agent configuration
     kubeport agent start -c FILE                              run an agent
-    kubeport install systemd [-o FILE]                        a systemd unit for the agent
+    kubeport install systemd [-o FILE] [--bot -c bot.yaml]    a systemd unit for the agent (or the bot)
+    kubeport bot start -c bot.yaml [--oneshot]                 a bot: keeps a kubeconfig fresh (machine identity)
     kubeport kube ls [-v] [--format text|json|yaml]           clusters you may reach (logged in), else served
     kubeport kube login NAME|--all / kube logout [NAME]       kubeconfig contexts for your login (kube_user.py)
     kubeport status / kubeport logout                         your login (session_cmd.py)
@@ -31,6 +32,7 @@ from agent.config_render import render_config
 from agent.identity import IDENTITY_FILE
 from agent.service import Agent
 from registry.cli import kube_user, render, session_cmd
+from registry.cli.bot import cli as bot_cli
 from registry.client import RegistryClient
 from registry.core.errors import BadParameter
 from registry.core.netaddr import parse_hostport
@@ -250,7 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     set_command(p, cmd_registry_start)
 
-    agent_cli.add_commands(sub, group=_group, epilog=FLAGS_EPILOG)
+    agent_cli.add_commands(sub, group=_group, epilog=FLAGS_EPILOG, systemd_bot=bot_cli.cmd_install_systemd_bot)
+    bot_cli.add_commands(sub, group=_group, epilog=FLAGS_EPILOG)  # kubeport bot start (machine identity)
 
     ksub = _group(sub, "kube", "Kubernetes clusters you can reach")
     p = ksub.add_parser(

@@ -260,7 +260,7 @@ def _yaml_message(err: yaml.YAMLError) -> str:
     if isinstance(err, yaml.MarkedYAMLError):
         problem = err.problem or err.context or "invalid YAML"
         return f"{_where(err.problem_mark or err.context_mark)}{problem}"
-    return str(err)
+    return str(err).splitlines()[0] if str(err) else "invalid YAML"  # e.g. a control character: one line
 
 
 def load_yaml(text: str, *, source: str) -> list[Any]:

@@ -22,6 +22,7 @@ Routes (all JSON; errors are Kubernetes ``Status`` bodies):
     PUT    /v1/kube_agents/{host_id}                  an agent describes itself (TTL like heartbeats)
     DELETE /v1/kube_agents/{host_id}
     POST   /v1/tokens                                 generate a join token
+    /v1/bots...                                       machine identity (routes in ``registry.server.bots``)
     GET    /v1/events[?limit=N&event=kube.create&continue=ID]  audit log, one page (see below)
     GET    /v1/watch?kinds=kube_cluster,kube_server&revision=N[&with_secrets=1]
 
@@ -68,6 +69,7 @@ from registry.core.errors import (
 from registry.core.resources import KIND_ALIASES, KubeServer
 from registry.core.wire import EventsPage, HeartbeatBatch, ResourceList
 from registry.host.metrics import REQUEST_SECONDS, REQUESTS, WATCH_CLIENTS, WATCH_EVENTS
+from registry.server import bots
 from registry.server.admission import source_of_client
 from registry.server.authz import Caller
 from registry.server.http import Request, Response, Send
@@ -199,6 +201,7 @@ class RegistryAPI:
             ("events", "GET", 0): self._events,
             ("events", "POST", 0): self._post_events,
             ("watch", "GET", 0): self._watch,
+            **bots.routes(registry.bots),  # /v1/bots...: machine identity (registry.server.bots)
         }
         self._route_names = frozenset({"ping", "ca", "join"} | {route for route, _, _ in self._routes})
 
@@ -246,6 +249,8 @@ class RegistryAPI:
             return await self._join(request)
         if route == "sso" and method == "POST" and len(rest) == 2 and rest[0] == "oidc":
             return await self._sso(request, rest[1])  # the user has no certificate yet
+        if route == "bots" and method == "POST" and rest == ["join"]:
+            return await bots.handle_join(self.registry.bots, request)
 
         caller = await self._authenticate(request)
         handler = self._routes.get((route, method, len(rest)))
@@ -262,7 +267,7 @@ class RegistryAPI:
 
     async def _throttle(self, request: Request) -> Response | None:
         """Rate-limit a request without a certificate: None to proceed, or the 429 to answer."""
-        is_join = request.path.rstrip("/") == "/v1/join"
+        is_join = request.path.rstrip("/") in ("/v1/join", "/v1/bots/join")
         source = source_of_client(request.client)
         wait = self.limiter.check("join" if is_join else "public", source)
         if wait <= 0:
@@ -335,7 +340,7 @@ class RegistryAPI:
         body = _body_object(request)
         csr = _body_str(body, "csr_pem").encode()
         if rest[0] == "renew":
-            return Response.json(200, await self.registry.renew(caller, csr))
+            return Response.json(200, await self.registry.renew(caller, csr, bots.body_seconds(body, "ttl_seconds")))
         if rest[0] == "user":
             result = await self.registry.sign_user(
                 caller, user=_body_str(body, "user"), csr_pem=csr, ttl=_body_seconds(body, "ttl_seconds", 12 * 3600)

@@ -21,7 +21,8 @@ Invariants:
 - kube_clusters written through the API always carry ``kubeport.dev/origin: dynamic``.
 - Every request acts with the caller's *current* standing: a user's certificate is checked against the
   stored user on every request (deleted user -> 401; its roles are the certificate's roles that the user
-  still holds), and renewal never moves a user certificate's expiry later than the one it replaces.
+  still holds), and renewal never moves a user certificate's expiry later than the one it replaces
+  (bots excepted: they renew with a fresh short TTL while they exist, see ``registry.server.bots``).
 - kube_server (and kube_agent) writes and deletes go through :meth:`Registry._check_host_write`, whatever
   the route, so an agent touches only its own host's records; heartbeats name clusters that exist.
 - Agent host ids are assigned by the registry at join; a join naming a host id that is already in use
@@ -89,6 +90,7 @@ from registry.server import authz
 from registry.server.admission import source_of_client
 from registry.server.aggregate import FailureAggregator, FailureRow
 from registry.server.authz import Caller
+from registry.server.bots import BotService
 from registry.store import Event, Record, Store, Write, without_secret_fields
 
 AUDIT_KIND = "audit"
@@ -274,6 +276,7 @@ class Registry:
         self._audit_writes = 0
         self._audit_trimming = False
         self._last_audit_ns = 0
+        self.bots = BotService(self)  # machine identity: bot-NAME users, their join tokens and renewal
 
     def now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), tz=UTC)
@@ -830,16 +833,20 @@ class Registry:
     def _host_expiry(self, not_after: datetime) -> float:
         return not_after.timestamp() + HOST_RECORD_GRACE
 
-    async def renew(self, caller: Caller, csr_pem: bytes) -> Certificate:
+    async def renew(self, caller: Caller, csr_pem: bytes, ttl: timedelta | None = None) -> Certificate:
         """Re-issue the caller's own identity for a new key (agents and users renew before expiry).
 
         A user certificate never outlives the one it replaces: the new expiry is the earliest of the
         presented certificate's expiry (the one the admin chose, carried through every renewal), now plus
         the ``max_session_ttl`` of the user's current roles, and now plus USER_TTL. Its roles are the
         effective ones (:meth:`caller_for`), so a renewal never brings back a removed role. Agents get a
-        fresh AGENT_TTL and their host id stays reserved.
+        fresh AGENT_TTL and their host id stays reserved. A bot's certificate renews by the bots' rules
+        (:meth:`registry.server.bots.BotService.renew`: a fresh short TTL, ``ttl`` when given).
         """
         identity = caller.identity
+        bot = await self.bots.is_bot(identity)
+        if bot is not None:
+            return cast(Certificate, await self.bots.renew(caller, bot, csr_pem, ttl))
         if identity.kind not in ("agent", "user"):
             raise AccessDenied(f"access denied: {caller.describe()} cannot renew its certificate")
         now = self.now()

@@ -9,6 +9,8 @@
     kpctl auth sign --user NAME --out FILE [--ttl 12h] [--format identity|kubernetes] [--kube-cluster NAME]
     kpctl status
     kpctl kube explain NAME
+    kpctl bots add NAME --roles=a,b [--ttl=1h] | bots update NAME --add-roles=R [--set-roles=a,b]
+    kpctl bots ls | bots rm NAME
 
 One module per command group, as tctl has: ``resources`` (create, get, rm), ``users``, ``tokens``, ``auth``,
 ``status``, ``kube``; each declares its commands with ``add_commands``. ``flags`` holds what they share;
@@ -23,7 +25,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from registry.cli.kpctl import auth, kube, resources, status, tokens, users
+from registry.cli.kpctl import auth, bots, kube, resources, status, tokens, users
 from registry.cli.kpctl.flags import FLAGS_EPILOG, global_flags
 from registry.host.cmdline import guarded, parse_command_line, run_command
 
@@ -37,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     global_flags(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     # One module per command group (as tctl has); the order here is the order of kpctl --help.
-    for group in (resources, users, tokens, auth, status, kube):
+    for group in (resources, users, tokens, auth, status, kube, bots):
         group.add_commands(sub)
     return parser
 
