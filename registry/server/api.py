@@ -21,6 +21,13 @@ Routes (all JSON; errors are Kubernetes ``Status`` bodies):
     POST   /v1/tokens                                 generate a join token
     GET    /v1/events[?limit=N&event=kube.create&continue=ID]  audit log, one page (see below)
     GET    /v1/watch?kinds=kube_cluster,kube_server&revision=N[&with_secrets=1]
+    POST   /v1/users/{name}/signup                    a single-use signup token for the user (add, reset)
+    POST   /v1/signup/info                            public: token -> user, otpauth URI, password policy
+    POST   /v1/signup                                 public: token + password + code -> credentials set
+    POST   /v1/login                                  public: user + password + code + CSR -> certificate
+
+The last three are ``registry.server.local_auth``'s (their own rate limits, lockout and audit); tokens and
+passwords travel only in bodies, never in URLs (which logs may show).
 
 The watch answers newline-delimited JSON (the format lives in ``registry.core.watch``, which encodes every
 line): first ``{"type": "INIT", "revision": N}``, then ``PUT`` /
@@ -67,6 +74,7 @@ from registry.core.wire import EventsPage, ResourceList
 from registry.server.admission import source_of_client
 from registry.server.authz import Caller
 from registry.server.http import Request, Response, Send
+from registry.server.local_auth import LocalAuth
 from registry.server.ratelimit import Rate, RateLimiter
 from registry.server.service import Registry
 
@@ -162,8 +170,10 @@ class RegistryAPI:
         bookmark_interval: float = 10.0,
         rate_limits: Mapping[str, Rate] | None = None,
         rate_clock: Callable[[], float] = time.monotonic,
+        local_auth: LocalAuth | None = None,
     ) -> None:
         self.registry = registry
+        self.local_auth = local_auth if local_auth is not None else LocalAuth(registry, rate_clock=rate_clock)
         self.bookmark_interval = bookmark_interval
         self.limiter = RateLimiter(DEFAULT_RATE_LIMITS if rate_limits is None else rate_limits, clock=rate_clock)
         # (route, method, segments after the route) -> handler; built once, looked up per request.
@@ -186,6 +196,7 @@ class RegistryAPI:
             ("events", "GET", 0): self._events,
             ("events", "POST", 0): self._post_events,
             ("watch", "GET", 0): self._watch,
+            ("users", "POST", 2): self._signup_token,
         }
 
     async def __call__(self, request: Request) -> Response:
@@ -207,6 +218,8 @@ class RegistryAPI:
             return Response.json(200, self.registry.ca_bundle())
         if route == "join" and method == "POST" and not rest:
             return await self._join(request)
+        if route in ("signup", "login") and method == "POST":
+            return await self._local_auth(route, rest, request)
 
         caller = await self._authenticate(request)
         handler = self._routes.get((route, method, len(rest)))
@@ -257,6 +270,22 @@ class RegistryAPI:
             client=request.client,
         )
         return Response.json(200, result)
+
+    async def _local_auth(self, route: str, rest: list[str], request: Request) -> Response:
+        body = _body_object(request)
+        if route == "login" and not rest:
+            ttl = _body_seconds(body, "ttl_seconds", 12 * 3600) if "ttl_seconds" in body else None
+            return Response.json(200, await self.local_auth.login(body, request.client, ttl))
+        if route == "signup" and not rest:
+            return Response.json(200, await self.local_auth.signup(body, request.client))
+        if route == "signup" and rest == ["info"]:
+            return Response.json(200, await self.local_auth.signup_info(body, request.client))
+        raise NotFound(f"no route for POST {request.path}")
+
+    async def _signup_token(self, caller: Caller, request: Request, rest: list[str]) -> Response:
+        if rest[1] != "signup":
+            raise NotFound(f"no route for POST {request.path}")
+        return Response.json(201, await self.local_auth.create_signup_token(caller, rest[0]))
 
     async def _whoami(self, caller: Caller, request: Request, rest: list[str]) -> Response:
         identity = caller.identity

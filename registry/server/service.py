@@ -40,7 +40,7 @@ import secrets
 import shlex
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -258,6 +258,8 @@ class Registry:
         self._audit_writes = 0
         self._audit_trimming = False
         self._last_audit_ns = 0
+        # Called with the name after a user is deleted (local credentials register here: registry.server.local_auth).
+        self.on_user_deleted: builtins.list[Callable[[str], Awaitable[None]]] = []
 
     def now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), tz=UTC)
@@ -303,6 +305,10 @@ class Registry:
         names = tuple(name for name in identity.roles if name in held)
         roles = await self._roles(names)
         return Caller(identity=replace(identity, roles=names), roles=roles)
+
+    async def roles_of(self, names: tuple[str, ...]) -> tuple[Role, ...]:
+        """The stored roles of ``names`` (a deleted one grants nothing); for login routes outside this class."""
+        return await self._roles(names)
 
     async def _roles(self, names: tuple[str, ...]) -> tuple[Role, ...]:
         """The stored roles of ``names``; a deleted role is skipped (it grants nothing)."""
@@ -551,6 +557,9 @@ class Registry:
             await self.delete_heartbeat(caller, host_id, cluster)
         else:
             await self.store.delete(kind, name)
+        if kind == "user":  # a user created again later must not inherit this one's password or tokens
+            for hook in self.on_user_deleted:
+                await hook(name)
         audit_kind = _AUDIT_NAMES.get(kind, kind)
         shown = mask_token(name) if kind == "token" else name
         await self.audit(f"{audit_kind}.delete", caller, kind=kind, name=shown)
