@@ -7,6 +7,8 @@
     kubeport agent start -c FILE                              run an agent
     kubeport install systemd [-o FILE]                        a systemd unit for the agent
     kubeport kube ls [-v] [--format text|json|yaml]           clusters the agents serve
+    kubeport signup --registry HOST:PORT --token T            a local user sets a password + one-time code
+    kubeport login --registry HOST:PORT --user NAME           password + code -> a short-lived certificate
 
 This module is the composition root: the only place allowed to import both the registry server and the
 agent (DESIGN.md, dependency direction).
@@ -28,7 +30,7 @@ from agent.config import AgentConfig, parse_config
 from agent.config_render import render_config
 from agent.identity import IDENTITY_FILE
 from agent.service import Agent
-from registry.cli import kube_cmd, render
+from registry.cli import kube_cmd, login_cmd, render
 from registry.client import RegistryClient
 from registry.core.errors import BadParameter
 from registry.core.netaddr import parse_hostport
@@ -43,6 +45,7 @@ from registry.host.cmdline import (
     set_command,
 )
 from registry.host.paths import default_data_dir
+from registry.server.local_auth import SECOND_FACTOR_OFF_WARNING, SECOND_FACTORS
 from registry.server.serve import DEFAULT_LISTEN, DEFAULT_PORT, Companion, RegistryInfo, serve_registry
 
 
@@ -81,6 +84,11 @@ def _print_registry_banner(info: RegistryInfo, *, all_in_one: bool) -> None:
     print("Press Ctrl-C to stop.", flush=True)
 
 
+def _warn_second_factor(args: argparse.Namespace) -> None:
+    if args.second_factor == "off":
+        print(f"WARNING: {SECOND_FACTOR_OFF_WARNING}", file=sys.stderr, flush=True)
+
+
 async def cmd_registry_start(args: argparse.Namespace) -> int:
     stop = StopSignals()
     async with trio.open_nursery() as nursery:
@@ -91,11 +99,13 @@ async def cmd_registry_start(args: argparse.Namespace) -> int:
                 listen=args.listen,
                 public_addrs=tuple(args.public_addr or ()),
                 companions=[_frontdoor(args)],
+                second_factor=args.second_factor,
                 task_status=task_status,
             )
         )
         stop.started = True
         _print_registry_banner(info, all_in_one=False)
+        _warn_second_factor(args)
     return stop.exit_code()
 
 
@@ -127,7 +137,11 @@ async def cmd_start(args: argparse.Namespace) -> int:
         nursery.start_soon(stop.watch, agent_scope)
         info: RegistryInfo = await nursery.start(
             lambda task_status: serve_registry(
-                data_dir=_data_dir(args), listen=args.listen, companions=[_frontdoor(args)], task_status=task_status
+                data_dir=_data_dir(args),
+                listen=args.listen,
+                companions=[_frontdoor(args)],
+                second_factor=args.second_factor,
+                task_status=task_status,
             )
         )
         with agent_scope:
@@ -137,6 +151,7 @@ async def cmd_start(args: argparse.Namespace) -> int:
                 await agent_nursery.start(agent.serve)
                 stop.started = True
                 _print_registry_banner(info, all_in_one=True)
+                _warn_second_factor(args)
         nursery.cancel_scope.cancel()
     return stop.exit_code()
 
@@ -207,6 +222,13 @@ def build_parser() -> argparse.ArgumentParser:
             help="the front door address kubeconfigs and agents use (a load balancer, a DNS name); default: the "
             "--kube-listen address (this host's name when that is a wildcard)",
         )
+        p.add_argument(
+            "--second-factor",
+            choices=SECOND_FACTORS,
+            default="otp",
+            help="local users' second factor at login: otp (password + one-time code, the default) or off "
+            "(password only, for labs; warned about at start)",
+        )
         add_debug_flag(p)
 
     p = sub.add_parser(
@@ -255,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=render.FORMATS, default="text")
     p.add_argument("-v", "--verbose", action="store_true", help="do not shorten the Labels column")
     set_command(p, kube_cmd.cmd_kube_ls)
+    login_cmd.register(sub)
     return parser
 
 

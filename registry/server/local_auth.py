@@ -228,6 +228,7 @@ class LocalAuth:
         self._hash_limiter = trio.CapacityLimiter(HASH_THREADS)
         self._dummy_hash: str | None = None
         registry.on_user_deleted.append(self.forget_user)
+        registry.second_factor = second_factor
 
     @property
     def otp_required(self) -> bool:

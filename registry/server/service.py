@@ -233,6 +233,8 @@ class Registry:
     # The Kubernetes front door's address for kubeconfigs (``--kube-public-addr``, else its listen address),
     # set by whoever starts the front door; "" while this registry serves none (kpctl then assumes port 3026).
     kube_public_addr: str = ""
+    # "otp" or "off": how local users log in, set by registry.server.local_auth.LocalAuth; ping reports it.
+    second_factor: str = "otp"
 
     def __init__(
         self,
@@ -862,4 +864,5 @@ class Registry:
             "public_addr": self.public_addr,
             "loopback_only": self.loopback_only,
             "kube_public_addr": self.kube_public_addr,
+            "second_factor": self.second_factor,
         }
