@@ -193,6 +193,8 @@ async def cmd_login(args: argparse.Namespace) -> int:
     secrets = Secrets(from_stdin=args.password_stdin)
     contact = await first_contact(registries, pin=args.ca_pin, home=home)
     password = secrets.next(f'Password for "{user}": ', "password")
+    if not password:
+        raise BadParameter("the password is empty")
     code = ""
     if contact.ping.get("second_factor", "otp") != "off":
         code = secrets.next("One-time code: ", "one-time code").strip()
