@@ -37,9 +37,10 @@ from registry.host.cmdline import add_debug_flag, flag_value, set_command
 
 MAX_STDIN_BYTES = 16 * 1024  # a password line and a code line; anything bigger is not one
 MIN_PASSWORD_CHARS = 12  # the registry's rule too (registry.server.local_auth); checked here to ask again early
+# argparse %-formats help texts: "%%s" prints as "%s".
 STDIN_HELP = (
     "read the secrets from standard input instead of a terminal: the password on the first line, the one-time "
-    'code on the second line (e.g. printf \'%%s\\n%%s\\n\' "$PASSWORD" "$CODE" | kubeport %s --password-stdin)'
+    'code on the second line (e.g. printf \'%%s\\n%%s\\n\' "$PASSWORD" "$CODE" | kubeport COMMAND --password-stdin)'
 )
 
 Ask = Callable[[str], str]
@@ -108,7 +109,7 @@ def _registries(args: argparse.Namespace, home: KubeportHome) -> tuple[tuple[str
 
 
 def _stdin_help(command: str) -> str:
-    return STDIN_HELP % command
+    return STDIN_HELP.replace("COMMAND", command)
 
 
 # -- signup --------------------------------------------------------------------------------------------
