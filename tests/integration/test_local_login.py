@@ -237,3 +237,32 @@ async def test_second_factor_off_warns_at_start_and_logs_in_with_a_password(
         )
         assert logged_in.code == 0, logged_in.err
         nursery.cancel_scope.cancel()
+
+
+async def test_users_reset_prints_a_new_signup_and_the_old_password_stops_working(
+    access_registry: AccessRegistry,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("KUBEPORT_HOME", str(tmp_path / "home"))
+    address, token, pin = await add_alice(tmp_path)
+    secret = await totp_secret(address, token, access_registry.ca.cert_pem)
+    signed_up = await kubeport(
+        "signup", "--registry", address, "--token", token, "--ca-pin", pin, "--password-stdin",
+        stdin=f"{PASSWORD}\n{code_after(secret, 0)}\n",
+    )  # fmt: skip
+    assert signed_up.code == 0, signed_up.err
+
+    reset = await kpctl("users", "reset", "alice")
+    assert reset.code == 0, reset.err
+    assert reset.out.startswith('User "alice" has been reset')
+    found = SIGNUP_LINE.search(reset.out)
+    assert found and found.group(2) != token
+    login = await kubeport(
+        "login", "--registry", address, "--user", "alice", "--ca-pin", pin, "--password-stdin",
+        stdin=f"{PASSWORD}\n{code_after(secret, 30)}\n",
+    )  # fmt: skip
+    assert (login.code, login.err) == (1, "ERROR: login failed: wrong user name, password or one-time code\n")
+
+    missing = await kpctl("users", "reset", "nobody")
+    assert (missing.code, missing.err) == (1, 'ERROR: user "nobody" not found (create it with kpctl users add)\n')
