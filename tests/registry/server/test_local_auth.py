@@ -12,14 +12,18 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import argon2
 import pyotp
 import pytest
+import trio
 
 from registry.client import RegistryClient
+from registry.core import codec
 from registry.core.errors import AccessDenied, BadParameter, LimitExceeded, NotFound, Unauthenticated
-from registry.core.identity import CertAuthority, generate_private_key, make_csr
+from registry.core.identity import CertAuthority, Identity, generate_private_key, make_csr
+from registry.server.authz import Caller
 from registry.server.local_auth import (
     CREDENTIALS_KIND,
     MAX_FAILURES,
@@ -30,7 +34,8 @@ from registry.server.local_auth import (
     totp_step,
 )
 from registry.server.ratelimit import Rate
-from registry.store import _secrets
+from registry.server.service import Registry
+from registry.store import SQLiteStore, _secrets
 from registry.testing import InProcessRegistry
 
 T0 = float(int(time.time()) // 30 * 30 + 10)  # a fixed "now" (near the real one: certificates), 10 s into a step
@@ -379,3 +384,46 @@ async def test_no_secret_reaches_the_audit_log_or_the_logs(env: Env, caplog: pyt
     for needle in (PASSWORD, "the wrong password x", token, secret, str(creds["password_hash"]), code):
         assert needle not in audit
         assert needle not in caplog.text
+
+
+def database_bytes(directory: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in directory.iterdir() if p.name.startswith("registry.db"))
+
+
+async def test_history_and_the_database_file_keep_no_superseded_hash_secret_or_token(tmp_path: Path) -> None:
+    store = await SQLiteStore.open(tmp_path / "registry.db")
+    try:
+        clock = Clock()
+        registry = Registry(store, CertAuthority.generate("c", now=datetime.now(tz=UTC)), cluster_name="c", clock=clock)
+        auth = LocalAuth(registry, hasher=CHEAP, rate_clock=Clock(0.0))
+        admin = Caller(identity=Identity(name="admin", kind="admin", roles=("admin",)))
+        await registry.create(
+            admin, codec.resource_from_dict({"kind": "user", "version": "v2", "metadata": {"name": "alice"}})
+        )
+        old: list[str] = []
+        for _ in range(2):  # sign up, then reset and sign up again
+            token = (await auth.create_signup_token(admin, "alice"))["token"]
+            info = await auth.signup_info({"token": token}, "127.0.0.1:1")
+            secret = str(pyotp.parse_uri(info["otpauth_uri"]).secret)
+            await auth.signup(
+                {"token": token, "password": PASSWORD, "totp_code": pyotp.TOTP(secret).at(clock.now)}, "127.0.0.1:1"
+            )
+            clock.now += 30
+            creds = (await store.get(CREDENTIALS_KIND, "alice")).value
+            old += [token, secret, str(creds["password_hash"])]
+        current_record = await store.get(CREDENTIALS_KIND, "alice")
+        current = current_record.value
+        superseded = [s for s in old if s not in (current["password_hash"], current["totp_secret"])]
+        history: list[str] = []
+        with trio.fail_after(5):
+            async with store.watch([CREDENTIALS_KIND, SIGNUP_KIND], since=0) as events:
+                async for event in events:
+                    history.append(json.dumps([event.record.name, event.record.value]))
+                    if event.record.revision >= current_record.revision:  # the last change of these kinds
+                        break
+        data = database_bytes(tmp_path)
+        for value in superseded:
+            assert not any(value in line for line in history), value
+            assert value.encode() not in data, value
+    finally:
+        await store.aclose()
