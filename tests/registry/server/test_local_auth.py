@@ -38,7 +38,16 @@ from registry.server.service import Registry
 from registry.store import SQLiteStore, _secrets
 from registry.testing import InProcessRegistry
 
-T0 = float(int(time.time()) // 30 * 30 + 10)  # a fixed "now" (near the real one: certificates), 10 s into a step
+
+def step_now() -> float:
+    """A fixed "now" 10 s into a TOTP step, at most 30 s before the real time (certificates are issued at the
+    real time, backdated by the CA's clock skew allowance)."""
+    t = int(time.time())
+    start = t - t % 30
+    return float(start + 10 if t % 30 >= 10 else start - 20)
+
+
+T0 = step_now()
 PASSWORD = "correct horse battery staple"
 ROLE = {
     "kind": "role",
@@ -49,8 +58,8 @@ ROLE = {
 
 
 class Clock:
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
+    def __init__(self, now: float | None = None) -> None:
+        self.now = step_now() if now is None else now
 
     def __call__(self) -> float:
         return self.now
