@@ -125,7 +125,8 @@ def print_qr(uri: str, out: TextIO) -> None:
 async def cmd_signup(args: argparse.Namespace) -> int:
     home = KubeportHome()
     secrets = Secrets(from_stdin=args.password_stdin)
-    contact = await first_contact(split_registries(args.registry or ""), pin=args.ca_pin, home=home)
+    registries, _ = _registries(args, home)
+    contact = await first_contact(registries, pin=args.ca_pin, home=home)
     async with contact.client() as client:
         info = await client.signup_info(args.token)
         user = str(info["user"])
