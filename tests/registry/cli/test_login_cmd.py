@@ -81,3 +81,12 @@ def test_help_documents_password_stdin_and_the_code_line(capsys: pytest.CaptureF
     text = " ".join(capsys.readouterr().out.split())
     assert "--password-stdin" in text and "the one-time code on the second line" in text
     assert "--auth NAME" in text and "--ttl" in text
+
+
+def test_second_factor_is_a_start_flag_defaulting_to_otp(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = kubeport_main.build_parser()
+    assert parser.parse_args(["start"]).second_factor == "otp"
+    assert parser.parse_args(["registry", "start", "--second-factor=off"]).second_factor == "off"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["start", "--second-factor=sms"])
+    assert "invalid choice" in capsys.readouterr().err
