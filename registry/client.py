@@ -343,6 +343,32 @@ class RegistryClient:
         result: dict[str, Any] = await self._request("POST", "/v1/sso/oidc/finish", body={"state": state, "code": code})
         return result
 
+    # -- local users (registry.server.local_auth) ------------------------------------------------------
+
+    async def create_signup_token(self, user: str) -> dict[str, Any]:
+        """Admin: a single-use signup token for ``user`` (``kpctl users add`` / ``reset``)."""
+        result: dict[str, Any] = await self._request("POST", f"/v1/users/{_seg(user)}/signup", body={})
+        return result
+
+    async def signup_info(self, token: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._request("POST", "/v1/signup/info", body={"token": token})
+        return result
+
+    async def signup(self, token: str, password: str, totp_code: str) -> dict[str, Any]:
+        body = {"token": token, "password": password, "totp_code": totp_code}
+        result: dict[str, Any] = await self._request("POST", "/v1/signup", body=body)
+        return result
+
+    async def login(
+        self, user: str, password: str, totp_code: str, csr_pem: bytes, ttl_seconds: float | None = None
+    ) -> dict[str, Any]:
+        """Password + code + CSR -> ``{cert_pem, ca_pems, expires, roles}`` (no client certificate needed)."""
+        body: dict[str, Any] = {"user": user, "password": password, "totp_code": totp_code, "csr_pem": csr_pem.decode()}
+        if ttl_seconds is not None:
+            body["ttl_seconds"] = ttl_seconds
+        result: dict[str, Any] = await self._request("POST", "/v1/login", body=body)
+        return result
+
     async def events(self, *, limit: int = 100, event: str | None = None) -> builtins.list[AuditEvent]:
         """The newest ``limit`` audit events (oldest first)."""
         items, _ = await self.events_page(limit=limit, event=event)

@@ -177,7 +177,11 @@ class InProcessRegistry:
                 yield reg
             finally:
                 nursery.cancel_scope.cancel()
-                await reg.store.aclose()
+                # Shielded: in the cancelled scope an unshielded await raises Cancelled, which would replace
+                # an error raised in the ``async with`` body and be swallowed by this nursery (a failing test
+                # would pass).
+                with trio.CancelScope(shield=True):
+                    await reg.store.aclose()
 
     # -- clients -------------------------------------------------------------------------------------
 

@@ -10,6 +10,8 @@
     kubeport kube ls [-v] [--format text|json|yaml]           clusters you may reach (logged in), else served
     kubeport kube login NAME|--all / kube logout [NAME]       kubeconfig contexts for your login (kube_user.py)
     kubeport status / kubeport logout                         your login (session_cmd.py)
+    kubeport signup --registry HOST:PORT --token T            a local user sets a password + one-time code
+    kubeport login --registry HOST:PORT --user NAME           password + code (or --auth=CONNECTOR) -> a certificate
 
 This module is the composition root: the only place allowed to import both the registry server and the
 agent (DESIGN.md, dependency direction).
@@ -31,7 +33,7 @@ from agent.config import AgentConfig, parse_config
 from agent.config_render import render_config
 from agent.identity import IDENTITY_FILE
 from agent.service import Agent
-from registry.cli import kube_user, render, session_cmd
+from registry.cli import kube_user, login_cmd, render, session_cmd
 from registry.cli.bot import cli as bot_cli
 from registry.client import RegistryClient
 from registry.core.errors import BadParameter
@@ -48,6 +50,7 @@ from registry.host.cmdline import (
     set_command,
 )
 from registry.host.paths import default_data_dir
+from registry.server.local_auth import SECOND_FACTOR_OFF_WARNING, SECOND_FACTORS
 from registry.server.serve import DEFAULT_LISTEN, DEFAULT_PORT, Companion, RegistryInfo, serve_registry
 
 
@@ -86,6 +89,11 @@ def _print_registry_banner(info: RegistryInfo, *, all_in_one: bool) -> None:
     print("Press Ctrl-C to stop.", flush=True)
 
 
+def _warn_second_factor(args: argparse.Namespace) -> None:
+    if args.second_factor == "off":
+        print(f"WARNING: {SECOND_FACTOR_OFF_WARNING}", file=sys.stderr, flush=True)
+
+
 async def cmd_registry_start(args: argparse.Namespace) -> int:
     stop = StopSignals()
     async with trio.open_nursery() as nursery:
@@ -97,11 +105,13 @@ async def cmd_registry_start(args: argparse.Namespace) -> int:
                 public_addrs=tuple(args.public_addr or ()),
                 companions=[_frontdoor(args)],
                 metrics_listen=args.metrics_listen,
+                second_factor=args.second_factor,
                 task_status=task_status,
             )
         )
         stop.started = True
         _print_registry_banner(info, all_in_one=False)
+        _warn_second_factor(args)
     return stop.exit_code()
 
 
@@ -137,6 +147,7 @@ async def cmd_start(args: argparse.Namespace) -> int:
                 listen=args.listen,
                 companions=[_frontdoor(args)],
                 metrics_listen=args.metrics_listen,  # one listener for the whole process, the agent included
+                second_factor=args.second_factor,
                 task_status=task_status,
             )
         )
@@ -147,6 +158,7 @@ async def cmd_start(args: argparse.Namespace) -> int:
                 await agent_nursery.start(agent.serve)
                 stop.started = True
                 _print_registry_banner(info, all_in_one=True)
+                _warn_second_factor(args)
         nursery.cancel_scope.cancel()
     return stop.exit_code()
 
@@ -218,6 +230,13 @@ def build_parser() -> argparse.ArgumentParser:
             "--kube-listen address (this host's name when that is a wildcard)",
         )
         add_metrics_flag(p)
+        p.add_argument(
+            "--second-factor",
+            choices=SECOND_FACTORS,
+            default="otp",
+            help="local users' second factor at login: otp (password + one-time code, the default) or off "
+            "(password only, for labs; warned about at start)",
+        )
         add_debug_flag(p)
 
     p = sub.add_parser(
@@ -270,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     set_command(p, kube_user.cmd_kube_ls)
     kube_user.register(ksub, common=_global_flags, set_command=set_command)
     session_cmd.register(sub, common=_global_flags, set_command=set_command)
+    login_cmd.register(sub)
     return parser
 
 

@@ -90,6 +90,8 @@ class Ping(TypedDict):
     loopback_only: bool
     # The Kubernetes front door for kubeconfigs; "" when none is served. Absent from older registries.
     kube_public_addr: NotRequired[str]
+    # How local users log in: "otp" (password + one-time code) or "off" (password only). Absent from older registries.
+    second_factor: NotRequired[str]
 
 
 class Whoami(TypedDict):

@@ -25,6 +25,13 @@ Routes (all JSON; errors are Kubernetes ``Status`` bodies):
     /v1/bots...                                       machine identity (routes in ``registry.server.bots``)
     GET    /v1/events[?limit=N&event=kube.create&continue=ID]  audit log, one page (see below)
     GET    /v1/watch?kinds=kube_cluster,kube_server&revision=N[&with_secrets=1]
+    POST   /v1/users/{name}/signup                    a single-use signup token for the user (add, reset)
+    POST   /v1/signup/info                            public: token -> user, otpauth URI, password policy
+    POST   /v1/signup                                 public: token + password + code -> credentials set
+    POST   /v1/login                                  public: user + password + code + CSR -> certificate
+
+The last three are ``registry.server.local_auth``'s (their own rate limits, lockout and audit); tokens and
+passwords travel only in bodies, never in URLs (which logs may show).
 
 The watch answers newline-delimited JSON (the format lives in ``registry.core.watch``, which encodes every
 line): first ``{"type": "INIT", "revision": N}``, then ``PUT`` /
@@ -74,6 +81,7 @@ from registry.server.admission import source_of_client
 from registry.server.authz import Caller
 from registry.server.http import Request, Response, Send
 from registry.server.kube_clusters import kube_access_view
+from registry.server.local_auth import LocalAuth
 from registry.server.oidc import DEFAULT_SSO_TTL, OIDCLogin
 from registry.server.ratelimit import Rate, RateLimiter
 from registry.server.service import Registry
@@ -174,9 +182,11 @@ class RegistryAPI:
         rate_limits: Mapping[str, Rate] | None = None,
         rate_clock: Callable[[], float] = time.monotonic,
         sso: OIDCLogin | None = None,
+        local_auth: LocalAuth | None = None,
     ) -> None:
         self.registry = registry
         self.sso = sso if sso is not None else OIDCLogin(registry)
+        self.local_auth = local_auth if local_auth is not None else LocalAuth(registry, rate_clock=rate_clock)
         self.bookmark_interval = bookmark_interval
         self.limiter = RateLimiter(DEFAULT_RATE_LIMITS if rate_limits is None else rate_limits, clock=rate_clock)
         # (route, method, segments after the route) -> handler; built once, looked up per request.
@@ -202,6 +212,7 @@ class RegistryAPI:
             ("events", "POST", 0): self._post_events,
             ("watch", "GET", 0): self._watch,
             **bots.routes(registry.bots),  # /v1/bots...: machine identity (registry.server.bots)
+            ("users", "POST", 2): self._signup_token,
         }
         self._route_names = frozenset({"ping", "ca", "join"} | {route for route, _, _ in self._routes})
 
@@ -251,6 +262,8 @@ class RegistryAPI:
             return await self._sso(request, rest[1])  # the user has no certificate yet
         if route == "bots" and method == "POST" and rest == ["join"]:
             return await bots.handle_join(self.registry.bots, request)
+        if route in ("signup", "login") and method == "POST":
+            return await self._local_auth(route, rest, request)
 
         caller = await self._authenticate(request)
         handler = self._routes.get((route, method, len(rest)))
@@ -319,6 +332,22 @@ class RegistryAPI:
             )
             return Response.json(200, result)
         raise NotFound(f"no route for POST /v1/sso/oidc/{action}")
+
+    async def _local_auth(self, route: str, rest: list[str], request: Request) -> Response:
+        body = _body_object(request)
+        if route == "login" and not rest:
+            ttl = _body_seconds(body, "ttl_seconds", 12 * 3600) if "ttl_seconds" in body else None
+            return Response.json(200, await self.local_auth.login(body, request.client, ttl))
+        if route == "signup" and not rest:
+            return Response.json(200, await self.local_auth.signup(body, request.client))
+        if route == "signup" and rest == ["info"]:
+            return Response.json(200, await self.local_auth.signup_info(body, request.client))
+        raise NotFound(f"no route for POST {request.path}")
+
+    async def _signup_token(self, caller: Caller, request: Request, rest: list[str]) -> Response:
+        if rest[1] != "signup":
+            raise NotFound(f"no route for POST {request.path}")
+        return Response.json(201, await self.local_auth.create_signup_token(caller, rest[0]))
 
     async def _whoami(self, caller: Caller, request: Request, rest: list[str]) -> Response:
         identity = caller.identity

@@ -49,6 +49,7 @@ from registry.host.paths import ADMIN_IDENTITY, CA_PIN_FILE, STORE_FILE
 from registry.host.tls import server_context
 from registry.server.api import RegistryAPI
 from registry.server.http import HTTPLimits, ServerInfo, serve_http
+from registry.server.local_auth import SECOND_FACTOR_OFF_WARNING, LocalAuth
 from registry.server.metrics_store import instrumented
 from registry.server.ratelimit import Rate
 from registry.server.service import AUDIT_WINDOW, MAX_AUDIT_EVENTS, Registry
@@ -215,6 +216,7 @@ async def serve_registry(
     audit_window: float = AUDIT_WINDOW,
     companions: Sequence[Companion] = (),
     metrics_listen: str | None = None,
+    second_factor: str = "otp",
     task_status: trio.TaskStatus[RegistryInfo] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the registry until cancelled; ``task_status`` gets where it listens and the admin identity.
@@ -225,7 +227,8 @@ async def serve_registry(
     cap and the window over which repeated failures share one row. ``companions`` run beside the API in
     the same nursery (the composition root passes the Kubernetes front door). ``metrics_listen`` serves
     /metrics, /healthz and /readyz there (``registry.host.metrics``; off when None), and times every store
-    operation.
+    operation. ``second_factor`` is ``"otp"`` (local users log in with password + one-time code) or ``"off"``
+    (password only: labs; the start logs a warning).
     """
     host, port = parse_hostport(listen, default_port=DEFAULT_PORT, what="--listen")
     data_dir = ensure_private_dir(data_dir)
@@ -246,7 +249,10 @@ async def serve_registry(
         server_cert, server_key = issue_server_certificate(ca, [host, *extra_names], now=now)
         CERT_EXPIRY.labels("registry_server").set((now + REGISTRY_TTL).timestamp())
         ssl_context = server_context(server_cert, server_key, [ca.cert_pem], client_certs="optional")
-        api = RegistryAPI(registry, bookmark_interval=bookmark_interval, rate_limits=rate_limits)
+        local_auth = LocalAuth(registry, second_factor=second_factor)
+        if not local_auth.otp_required:
+            log.warning(SECOND_FACTOR_OFF_WARNING)
+        api = RegistryAPI(registry, bookmark_interval=bookmark_interval, rate_limits=rate_limits, local_auth=local_auth)
         async with trio.open_nursery() as nursery:
             info: ServerInfo = await nursery.start(
                 lambda task_status: serve_http(

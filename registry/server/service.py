@@ -41,7 +41,7 @@ import secrets
 import shlex
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -251,6 +251,8 @@ class Registry:
     # The Kubernetes front door's address for kubeconfigs (``--kube-public-addr``, else its listen address),
     # set by whoever starts the front door; "" while this registry serves none (kpctl then assumes port 3026).
     kube_public_addr: str = ""
+    # "otp" or "off": how local users log in, set by registry.server.local_auth.LocalAuth; ping reports it.
+    second_factor: str = "otp"
 
     def __init__(
         self,
@@ -277,6 +279,8 @@ class Registry:
         self._audit_trimming = False
         self._last_audit_ns = 0
         self.bots = BotService(self)  # machine identity: bot-NAME users, their join tokens and renewal
+        # Called with the name after a user is deleted (local credentials register here: registry.server.local_auth).
+        self.on_user_deleted: builtins.list[Callable[[str], Awaitable[None]]] = []
 
     def now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), tz=UTC)
@@ -322,6 +326,10 @@ class Registry:
         names = tuple(name for name in identity.roles if name in held)
         roles = await self._roles(names)
         return Caller(identity=replace(identity, roles=names), roles=roles)
+
+    async def roles_of(self, names: tuple[str, ...]) -> tuple[Role, ...]:
+        """The stored roles of ``names`` (a deleted one grants nothing); for login routes outside this class."""
+        return await self._roles(names)
 
     async def _roles(self, names: tuple[str, ...]) -> tuple[Role, ...]:
         """The stored roles of ``names``; a deleted role is skipped (it grants nothing)."""
@@ -593,6 +601,9 @@ class Registry:
         audit_kind = _AUDIT_NAMES.get(kind, kind)
         shown = mask_token(name) if kind == "token" else name
         await self._write_audited(Write("delete", kind, name), f"{audit_kind}.delete", caller, kind=kind, name=shown)
+        if kind == "user":  # a user created again later must not inherit this one's password or tokens
+            for hook in self.on_user_deleted:
+                await hook(name)
 
     async def _audit_write(
         self, write: Write, caller: Caller, resource: Resource, action: str, extra: Mapping[str, Any] | None = None
@@ -943,4 +954,5 @@ class Registry:
             "public_addr": self.public_addr,
             "loopback_only": self.loopback_only,
             "kube_public_addr": self.kube_public_addr,
+            "second_factor": self.second_factor,
         }

@@ -1,9 +1,11 @@
 """What history may keep of a secret: nothing, once the version holding it is no longer current.
 
 The store knows no resource schema, with two exceptions: the label filter (``metadata.labels``) and this
-table of secrets. Three kinds hold secrets: a ``kube_cluster``'s ``spec.kubeconfig`` (a cluster credential),
-an ``oidc`` connector's ``spec.client_secret``, and a ``token``, whose *name* is the secret value
-(Teleport's provision tokens).
+table of secrets. These kinds hold secrets: a ``kube_cluster``'s ``spec.kubeconfig`` (a cluster credential),
+an ``oidc`` connector's ``spec.client_secret``, a ``token`` and a ``signup_token``, whose *name* is the secret
+value (Teleport's provision tokens; the signup token also holds the TOTP secret to enroll), and
+``local_credentials`` (a local user's password hash, TOTP secret and failure counters: history keeps none of
+them once superseded).
 
 Invariants (kept by the planner, ``_plan``, for every backend):
 
@@ -33,9 +35,12 @@ if TYPE_CHECKING:
 SECRET_FIELDS: dict[str, tuple[tuple[str, ...], ...]] = {
     "kube_cluster": (("spec", "kubeconfig"),),
     "oidc": (("spec", "client_secret"),),  # an OIDC connector's client secret
+    # a local user's password hash, TOTP secret and failure counters (registry.server.local_auth)
+    "local_credentials": (("password_hash",), ("totp_secret",), ("failures",), ("locked_until",), ("last_totp_step",)),
+    "signup_token": (("totp_secret",),),
 }
 # kinds whose record name is itself a secret
-SECRET_NAMES: frozenset[str] = frozenset({"token"})
+SECRET_NAMES: frozenset[str] = frozenset({"token", "signup_token"})
 
 
 def has_secrets(kind: str) -> bool:

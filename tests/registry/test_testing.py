@@ -76,3 +76,11 @@ async def test_faults_are_mapped_like_the_network(
             await client.whoami()
         assert (await client.whoami())["kind"] == "admin"
         assert [r.path for r in reg.requests] == ["/v1/whoami", "/v1/whoami"]
+
+
+async def test_an_error_in_the_body_propagates_instead_of_being_swallowed() -> None:
+    # Closing the store in the cancelled scope once raised Cancelled over the body's error, and the nursery
+    # swallowed it: every failing assertion inside ``async with InProcessRegistry.open()`` passed.
+    with pytest.RaisesGroup(pytest.RaisesExc(AssertionError, match="the body failed"), allow_unwrapped=True):
+        async with InProcessRegistry.open():
+            raise AssertionError("the body failed")

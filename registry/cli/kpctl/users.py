@@ -14,8 +14,9 @@ Invariants:
 * ``update`` replaces only what its flags name and writes with the revision it read, so a concurrent change
   is refused rather than overwritten.
 * Output follows tctl (``User "alice" has been created``, ``User "alice" has been updated:`` + one
-  ``New <field>: ...`` line per change, ``User "alice" has been deleted``); no secret is ever printed (users
-  hold none; signup tokens are a later issue).
+  ``New <field>: ...`` line per change, ``User "alice" has been deleted``). ``add`` and ``reset`` print the
+  user's single-use signup command (``kubeport signup --registry HOST:PORT --token TOKEN --ca-pin PIN``):
+  that token is meant to be handed to the user; no other secret is ever printed.
 """
 
 from __future__ import annotations
@@ -102,7 +103,9 @@ async def cmd_users_add(args: argparse.Namespace) -> int:
             raise AlreadyExists(
                 f"user {quote(user.name)} already exists: change it with kpctl users update, or remove it first"
             ) from None
+        signup, address = await _signup(client, user.name, conn.address)
     print(f"User {quote(user.name)} has been created")
+    print_signup(user.name, signup, address)
     if not roles:
         print(
             f"warning: user {quote(user.name)} has no roles: it can reach no cluster until you give it some "
@@ -110,9 +113,41 @@ async def cmd_users_add(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     print(
-        f"Sign credentials for it with: kpctl auth sign --user={user.name} --format=kubernetes "
+        f"Or sign credentials for it with: kpctl auth sign --user={user.name} --format=kubernetes "
         "--out=kubeconfig --ttl=25h"
     )
+    return 0
+
+
+async def _signup(client: RegistryClient, name: str, used: str) -> tuple[dict[str, Any], str]:
+    """A signup token for ``name`` and the registry address (with its CA pin) the user should dial."""
+    signup = await client.create_signup_token(name)
+    ping = await client.ping()
+    public = ping.get("public_addr")
+    address = public if isinstance(public, str) and public else used
+    return {**signup, "ca_pin": ping["ca_pin"]}, address
+
+
+def print_signup(name: str, signup: Mapping[str, Any], address: str) -> None:
+    """tctl's signup hint, as a command: the token is single use and lasts one hour (a secret meant for the
+    user; nothing else is printed about it)."""
+    print(f"User {quote(name)} signs up (sets a password and a one-time code app) within 1 hour with:\n")
+    print(f"  kubeport signup --registry {address} --token {signup['token']} --ca-pin {signup['ca_pin']}\n")
+    print("The token works once. A new one: kpctl users reset " + name)
+
+
+async def cmd_users_reset(args: argparse.Namespace) -> int:
+    build_user(args.name, (), {})  # the name, before any request
+    conn = resolve_connection(args)
+    async with RegistryClient.from_identity(conn.identity, conn.address) as client:
+        try:
+            signup, address = await _signup(client, args.name, conn.address)
+        except NotFound:
+            raise NotFound(f"user {quote(args.name)} not found (create it with kpctl users add)") from None
+    print(
+        f"User {quote(args.name)} has been reset: the old password, one-time code app and signup tokens no longer work"
+    )
+    print_signup(args.name, signup, address)
     return 0
 
 
@@ -197,6 +232,14 @@ def add_commands(sub: SubParsers) -> None:
     p.add_argument("--set-roles", metavar="ROLES", help="the new comma-separated roles (each must exist)")
     p.add_argument("--set-k8s-groups", metavar="GROUPS", help="the new kubernetes_groups trait ('' clears it)")
     p.add_argument("--set-k8s-users", metavar="USERS", help="the new kubernetes_users trait ('' clears it)")
+
+    p = command(
+        usub,
+        "reset",
+        "drop a user's password and one-time code app and print a new signup command (1 h, single use)",
+        cmd_users_reset,
+    )
+    p.add_argument("name", metavar="NAME")
 
     p = command(usub, "ls", "list users", cmd_users_ls)
     p.add_argument("--format", choices=render.FORMATS, default="text", help="output format (default: text)")
