@@ -111,7 +111,8 @@ class IdentityFile:
                 continue
             match = re.fullmatch(r"-----BEGIN ([A-Z0-9 ]{1,40})-----", line)
             if match is None:
-                raise BadParameter(f"line {number}: expected a PEM block or a # comment, got {line[:40]!r}")
+                # Never quote the line: outside a block it may be part of a private key pasted out of place.
+                raise BadParameter(f"line {number}: expected a PEM block or a # comment")
             block_label = match.group(1)
             if block_label not in ("PRIVATE KEY", "CERTIFICATE"):
                 hint = " (encrypted keys are not supported)" if "ENCRYPTED" in block_label else ""

@@ -147,3 +147,12 @@ def test_constructor_validates_too(good: IdentityFile, change: dict[str, object]
     fields.update(change)
     with pytest.raises(BadParameter, match=error):
         IdentityFile(**fields)  # type: ignore[arg-type]
+
+
+def test_an_error_never_quotes_key_material(good: IdentityFile) -> None:
+    # A private key's base64 body pasted without its BEGIN line: the error must not echo any of it.
+    body = b"".join(line + b"\n" for line in good.key_pem.splitlines()[1:-1])
+    with pytest.raises(BadParameter) as caught:
+        _parse(body + good.cert_pem + good.ca_pems[0])
+    for line in body.decode().splitlines():
+        assert line[:20] not in caught.value.message
