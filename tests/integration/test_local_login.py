@@ -10,13 +10,10 @@ trio loop, secrets on stdin) for the user, and real kubectl with the certificate
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import re
-import sys
 import time
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import httpx
@@ -25,17 +22,15 @@ import pytest
 import trio
 import yaml
 
-from registry.cli import kubeport_main
 from registry.cli.kpctl.auth import kubeconfig_document
 from registry.cli.profile import KubeportHome
 from registry.client import RegistryClient
 from registry.core.identity import REGISTRY_SERVER_NAME
-from registry.host.cmdline import guarded, parse_command_line
 from registry.server.local_auth import SECOND_FACTOR_OFF_WARNING
 from registry.server.serve import RegistryInfo, serve_registry
 from tests.fakes.kube_api import FakeKube
 from tests.fakes.kubectl import SKIP_REASON, find_kubectl
-from tests.helpers import KUBE_ACCESS, CliResult, kpctl
+from tests.helpers import KUBE_ACCESS, kpctl
 from tests.integration.access_setup import (  # noqa: F401
     AccessRegistry,
     access_registry,
@@ -44,23 +39,10 @@ from tests.integration.access_setup import (  # noqa: F401
     start_agent,
 )
 from tests.integration.test_agent_inprocess import admin
+from tests.integration.user_loop_helpers import kubeport
 
 PASSWORD = "a long pässwörd for alice ✓"
 SIGNUP_LINE = re.compile(r"kubeport signup --registry (\S+) --token (\S+) --ca-pin (\S+)")
-
-
-async def kubeport(*argv: str, stdin: str = "") -> CliResult:
-    """Run kubeport's real command path (parsing, client, TLS, output) in this trio loop."""
-    args = parse_command_line(kubeport_main.build_parser(), list(argv))
-    out, err = io.StringIO(), io.StringIO()
-    saved = sys.stdin
-    sys.stdin = io.StringIO(stdin)
-    try:
-        with redirect_stdout(out), redirect_stderr(err):
-            code = await guarded(args.func, args)
-    finally:
-        sys.stdin = saved
-    return CliResult(code, out.getvalue(), err.getvalue())
 
 
 def code_after(secret: str, seconds: float) -> str:

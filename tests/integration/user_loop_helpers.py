@@ -1,13 +1,15 @@
 """What the user-loop tests share (issue 10 §3): ``kubeport`` run in-process, and a login saved exactly as
 ``kubeport login`` saves one (a key generated here, a certificate the registry signs, ``save_login``).
 
-Until password login lands, the certificate is signed with the admin's ``sign_user`` (what ``kpctl auth
-sign`` does); what ends up on disk is the same profile and identity.
+``save_user_login`` signs the certificate with the admin's ``sign_user`` (what ``kpctl auth sign`` does), for
+tests about what comes after a login; what ends up on disk is the same profile and identity as a real
+``kubeport login`` (tests/integration/test_user_walkthrough.py runs the real one).
 """
 
 from __future__ import annotations
 
 import io
+import sys
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
@@ -21,15 +23,21 @@ from tests.helpers import CliResult
 from tests.integration.test_agent_inprocess import admin
 
 
-async def kubeport(*argv: str) -> CliResult:
-    """``kubeport ARGV`` through its real parser and error handling, in this trio loop."""
+async def kubeport(*argv: str, stdin: str = "") -> CliResult:
+    """``kubeport ARGV`` through its real parser and error handling, in this trio loop (``stdin`` is what
+    the command reads, e.g. a password and a code for ``--password-stdin``)."""
     out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
-        try:
-            args = parse_command_line(build_parser(), list(argv))
-            code = await guarded(args.func, args)
-        except SystemExit as exc:  # argparse usage errors
-            code = int(exc.code or 0)
+    saved = sys.stdin
+    sys.stdin = io.StringIO(stdin)
+    try:
+        with redirect_stdout(out), redirect_stderr(err):
+            try:
+                args = parse_command_line(build_parser(), list(argv))
+                code = await guarded(args.func, args)
+            except SystemExit as exc:  # argparse usage errors
+                code = int(exc.code or 0)
+    finally:
+        sys.stdin = saved
     return CliResult(code, out.getvalue(), err.getvalue())
 
 
