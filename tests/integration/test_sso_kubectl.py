@@ -1,11 +1,10 @@
 """An SSO user reaches a cluster with real kubectl (issue 10 §2 and §5): a real registry with its front door, a
-real agent, the fake Kubernetes API, the fake OIDC provider, ``run_sso_login`` with the test playing the
-browser, then kubectl with a kubeconfig made from the saved login (what ``kubeport kube login`` writes)."""
+real agent, the fake Kubernetes API, the fake OIDC provider, ``kubeport login --auth=CONNECTOR`` (the real
+command; the test plays the browser it opens), ``kubeport kube login``, then kubectl through the exec plugin."""
 
 from __future__ import annotations
 
-import argparse
-import io
+import webbrowser
 from pathlib import Path
 
 import httpx
@@ -13,10 +12,6 @@ import pytest
 import trio
 import yaml
 
-from registry.cli.kpctl.auth import kubeconfig_document
-from registry.cli.login_common import first_contact
-from registry.cli.profile import KubeportHome
-from registry.cli.sso_login import run_sso_login
 from tests.fakes.kube_api import FakeKube
 from tests.fakes.kubectl import SKIP_REASON, find_kubectl
 from tests.helpers import KUBE_ACCESS, kpctl
@@ -27,6 +22,7 @@ from tests.integration.access_setup import (  # noqa: F401  (fixture)
     kubectl_until_routed,
     start_agent,
 )
+from tests.integration.user_loop_helpers import kubeport
 from tests.registry.oidc_helpers import CONNECTOR, connector_doc, started_provider
 
 
@@ -35,6 +31,7 @@ async def test_an_sso_user_runs_kubectl_get_pods_through_kubeport(
     fake_kube: FakeKube,
     nursery: trio.Nursery,
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     kubectl = find_kubectl(json_only=True)
     if kubectl is None:
@@ -54,33 +51,30 @@ async def test_an_sso_user_runs_kubectl_get_pods_through_kubeport(
     created = await kpctl("create", str(tmp_path / "oidc.yaml"))
     assert created.code == 0, created.err
 
-    # The user's side: kubeport login --auth=fake-idp, the browser played by httpx.
-    home = KubeportHome(tmp_path / "kubeport-home")
-    contact = await first_contact([registry.address], err=io.StringIO())
-    urls = trio.open_memory_channel[str](1)
+    # The user's side: kubeport login --auth=fake-idp (the real command), the browser played by httpx.
+    monkeypatch.setenv("KUBEPORT_HOME", str(tmp_path / "kubeport-home"))
+    kubeconfig = tmp_path / "kubeconfig"
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    monkeypatch.delenv("KUBEPORT_BROWSER", raising=False)
+    send, receive = trio.open_memory_channel[str](1)
+
+    def open_browser(url: str, *args: object, **kwargs: object) -> bool:  # runs in a worker thread
+        trio.from_thread.run_sync(send.send_nowait, url)
+        return True
+
+    monkeypatch.setattr(webbrowser, "open", open_browser)
 
     async def browser() -> None:
-        url = await urls[1].receive()
+        url = await receive.receive()
         async with httpx.AsyncClient(follow_redirects=True) as http:
             assert (await http.get(url)).status_code == 200
 
     nursery.start_soon(browser)
-    args = argparse.Namespace(auth=CONNECTOR, browser="none")
-    assert await run_sso_login(args, home, contact, on_url=urls[0].send_nowait, out=io.StringIO()) == 0
-    login = home.load()
-
-    kubeconfig = tmp_path / "kubeconfig"
-    document = kubeconfig_document(
-        kubeport_cluster=login.profile.cluster,
-        user=login.profile.user,
-        clusters=["mycluster"],
-        current="mycluster",
-        front_door=registry.kube_address,
-        cert_pem=login.identity.cert_pem,
-        key_pem=login.identity.key_pem,
-        ca_pems=login.identity.ca_pems,
-    )
-    kubeconfig.write_text(yaml.safe_dump(document))
+    login = await kubeport("login", "--registry", registry.address, "--auth", CONNECTOR)
+    assert login.code == 0, login.err
+    assert "alice@example.com" in (await kubeport("status")).out
+    logged = await kubeport("kube", "login", "mycluster")
+    assert logged.code == 0, logged.err
     fake_kube.requests.clear()
     code, out, err = await kubectl_until_routed(kubectl, ["get", "pods"], kubeconfig=kubeconfig, home=tmp_path / "h")
     assert code == 0, err
