@@ -63,7 +63,7 @@ async def _setup(reg: InProcessRegistry) -> None:
     for host, cluster, status in (
         ("h1", "prod-a", "unhealthy"),
         ("h2", "prod-a", "healthy"),
-        ("h1", "prod-b", "x"),
+        ("h1", "prod-b", "unknown"),
         ("h1", "dev", "healthy"),
     ):
         await reg.registry.heartbeat(reg.caller(agent(host)), _heartbeat(host, cluster, status=status))
