@@ -19,11 +19,11 @@ from __future__ import annotations
 import builtins
 import json
 import ssl
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import aclosing, asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 from urllib.parse import quote
 
 import httpx
@@ -55,6 +55,8 @@ from registry.core.wire import (
 )
 from registry.host.files import read_limited
 from registry.host.tls import client_context, insecure_fetch_context
+
+T = TypeVar("T")
 
 DEFAULT_TIMEOUT = 15.0
 _SNI = {"sni_hostname": REGISTRY_SERVER_NAME}
@@ -95,6 +97,21 @@ def _map_transport_error(address: str, exc: Exception) -> KubeportError:
     return ConnectionProblem(f"cannot reach the registry at {address}: {text}")
 
 
+def split_addresses(address: str) -> tuple[str, ...]:
+    """``HOST:PORT[,HOST:PORT...]`` as a tuple, each checked (:func:`_base_url`); empty parts are an error."""
+    if not isinstance(address, str):
+        raise BadParameter(f"registry address must be a string, got {type(address).__name__}")
+    parts = tuple(part.strip() for part in address.split(","))
+    for part in parts:
+        _base_url(part)
+    return parts
+
+
+def _retryable_read(exc: BaseException) -> bool:
+    """A GET that failed this way may be sent to another registry: it changed nothing."""
+    return isinstance(exc, httpx.TimeoutException | httpx.RemoteProtocolError | httpx.ReadError)
+
+
 def _seg(value: str) -> str:
     """One URL path segment: names never become path syntax (``..``, ``/``, ``?``)."""
     if value in ("", ".", ".."):
@@ -113,6 +130,15 @@ def _raise_for(response: httpx.Response) -> None:
 
 
 class RegistryClient:
+    """The one way to talk to a registry (module docstring).
+
+    ``address`` may name several registries serving the same cluster (``HOST:PORT[,HOST:PORT...]``, as
+    ``--registry`` and ``KUBEPORT_REGISTRY`` take it). A request goes to the registry that answered last; when
+    it cannot connect there (nothing was sent), it tries the next one, and so on once around the list. A
+    GET (nothing changes) is also retried on the next registry after a connection that broke or timed out
+    mid-request; a write that may have reached a registry is never sent twice: its error is raised.
+    """
+
     def __init__(
         self,
         address: str,
@@ -123,11 +149,55 @@ class RegistryClient:
         timeout: float = DEFAULT_TIMEOUT,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        self.address = address
+        self.addresses = split_addresses(address)
+        self._current = 0
         self._ssl = client_context(ca_pems, cert_pem, key_pem)
-        self._http = httpx.AsyncClient(
-            base_url=_base_url(address), verify=self._ssl, timeout=timeout, trust_env=False, transport=transport
-        )
+        self._timeout = timeout
+        self._transport = transport
+        self._clients: dict[int, httpx.AsyncClient] = {}
+
+    @property
+    def address(self) -> str:
+        """The registry requests go to now (the one that answered last)."""
+        return self.addresses[self._current]
+
+    def _client_at(self, index: int) -> httpx.AsyncClient:
+        client = self._clients.get(index)
+        if client is None:
+            client = httpx.AsyncClient(
+                base_url=_base_url(self.addresses[index]),
+                verify=self._ssl,
+                timeout=self._timeout,
+                trust_env=False,
+                transport=self._transport,
+            )
+            self._clients[index] = client
+        return client
+
+    @property
+    def _http(self) -> httpx.AsyncClient:
+        return self._client_at(self._current)
+
+    async def _failover(self, method: str, attempt: Callable[[httpx.AsyncClient], Awaitable[T]]) -> T:
+        """Run ``attempt`` against the current registry, then the next ones as the class docstring says."""
+        errors: list[KubeportError] = []
+        count = len(self.addresses)
+        for step in range(count):
+            index = (self._current + step) % count
+            try:
+                result = await attempt(self._client_at(index))
+            except (httpx.HTTPError, ssl.SSLError) as exc:
+                mapped = _map_transport_error(self.addresses[index], exc)
+                not_sent = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
+                if step + 1 < count and (not_sent or (method == "GET" and _retryable_read(exc))):
+                    errors.append(mapped)
+                    continue
+                if errors:
+                    raise type(mapped)("; ".join(e.message for e in [*errors, mapped])) from None
+                raise mapped from None
+            self._current = index
+            return result
+        raise AssertionError("unreachable: the loop returns or raises")
 
     @classmethod
     def from_identity(cls, identity: IdentityFile, address: str | None = None, **kwargs: Any) -> RegistryClient:
@@ -155,7 +225,9 @@ class RegistryClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.aclose()
 
     async def _request(
         self,
@@ -165,14 +237,12 @@ class RegistryClient:
         params: Mapping[str, str] | None = None,
         body: Any = None,
     ) -> Any:
-        try:
-            response = await self._http.request(
+        async def send(http: httpx.AsyncClient) -> httpx.Response:
+            return await http.request(
                 method, path, params=params, json=body if body is not None else None, extensions=_SNI
             )
-        except httpx.HTTPError as exc:
-            raise _map_transport_error(self.address, exc) from None
-        except ssl.SSLError as exc:
-            raise _map_transport_error(self.address, exc) from None
+
+        response = await self._failover(method, send)
         _raise_for(response)
         try:
             return response.json()
@@ -409,21 +479,32 @@ class RegistryClient:
         if with_secrets:
             params["with_secrets"] = "1"
         timeout = httpx.Timeout(DEFAULT_TIMEOUT, read=None)
-        try:
-            async with self._http.stream(
-                "GET", "/v1/watch", params=params, timeout=timeout, extensions=_SNI
-            ) as response:
-                if not response.is_success:
-                    await response.aread()
-                    _raise_for(response)
-                events = _watch_events(response, self.address)
-                try:
-                    yield events
-                finally:
-                    # Callers may stop reading at any point; close the generators under us promptly.
-                    await events.aclose()
-        except httpx.HTTPError as exc:
-            raise _map_transport_error(self.address, exc) from None
+        count = len(self.addresses)
+        for step in range(count):  # connect to the first registry that takes the connection (failover)
+            index = (self._current + step) % count
+            address = self.addresses[index]
+            streaming = False
+            try:
+                async with self._client_at(index).stream(
+                    "GET", "/v1/watch", params=params, timeout=timeout, extensions=_SNI
+                ) as response:
+                    streaming = True
+                    self._current = index
+                    if not response.is_success:
+                        await response.aread()
+                        _raise_for(response)
+                    events = _watch_events(response, address)
+                    try:
+                        yield events
+                    finally:
+                        # Callers may stop reading at any point; close the generators under us promptly.
+                        await events.aclose()
+                    return
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                if streaming or step + 1 == count:
+                    raise _map_transport_error(address, exc) from None
+            except httpx.HTTPError as exc:
+                raise _map_transport_error(address, exc) from None
 
 
 async def _watch_events(response: httpx.Response, address: str) -> AsyncGenerator[StreamEvent, None]:
