@@ -30,10 +30,10 @@ import json
 import logging
 import math
 import ssl
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager, suppress
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from contextlib import aclosing, asynccontextmanager, suppress
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import httpx
@@ -413,9 +413,10 @@ class EtcdClient:
     ) -> AsyncIterator[AsyncIterator[tuple[int, list[WatchEvent]]]]:
         """A watch stream: yields (header revision, events) per message, from ``start_revision``.
 
-        Entering fails with Compacted when ``start_revision`` was compacted away (the gateway's ``canceled``
-        answer with ``compact_revision``), and with ConnectionProblem when the member cannot be reached;
-        iteration raises the same when the stream breaks, so the caller resumes from the last revision.
+        Entering fails with ConnectionProblem when the member cannot be reached. Iteration raises Compacted
+        when ``start_revision`` was compacted away (etcd first answers ``created``, then ``canceled`` with
+        ``compact_revision``), and ConnectionProblem when the stream breaks; the caller resumes from the last
+        revision it saw (or re-reads, after Compacted).
         """
         body: dict[str, Any] = {"key": b64(key)}
         if range_end is not None:
@@ -432,12 +433,13 @@ class EtcdClient:
                     raw = await response.aread()
                     message, code = _error_of(_loads(raw[:MAX_ANSWER_BYTES]), response.status_code)
                     raise _map_error(message, code)
-                lines = response.aiter_lines()
-                first = await _next_result(lines)
-                _check_watch_result(first)
-                if not first.get("created", False):
-                    raise ConnectionProblem("etcd watch did not start")
-                yield _watch_events(lines, first)
+                async with aclosing(cast(AsyncGenerator[str, None], response.aiter_lines())) as lines:  # a generator
+                    first = await _next_result(lines)
+                    _check_watch_result(first)
+                    if not first.get("created", False):
+                        raise ConnectionProblem("etcd watch did not start")
+                    async with aclosing(_watch_events(lines, first)) as events:
+                        yield events
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             self._next_endpoint(index)
             raise ConnectionProblem(f"etcd watch at {self.endpoints[index]}: {exc}") from None
@@ -480,7 +482,7 @@ def _check_watch_result(result: dict[str, Any]) -> None:
 
 async def _watch_events(
     lines: AsyncIterator[str], first: dict[str, Any]
-) -> AsyncIterator[tuple[int, list[WatchEvent]]]:
+) -> AsyncGenerator[tuple[int, list[WatchEvent]], None]:
     result = first
     while True:
         events = result.get("events") or []

@@ -132,7 +132,7 @@ def shared_etcd() -> EtcdServer:
     if _shared is None or _shared.process is None or _shared.process.poll() is not None:
         binary = find_etcd()
         if binary is None:
-            import pytest  # noqa: PLC0415  (only tests reach this)
+            import pytest  # only tests reach this
 
             pytest.skip(SKIP_REASON)
         root = Path(tempfile.mkdtemp(prefix="kubeport-etcd-"))
