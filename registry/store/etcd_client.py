@@ -317,6 +317,10 @@ class EtcdClient:
                 if not idempotent and any(text in message for text in _AMBIGUOUS):
                     raise Ambiguous(f"etcd at {self.endpoints[index]}: {message} (the write may have been applied)")
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+                if _is_verification_failure(exc):  # retrying cannot make a certificate trusted
+                    raise ConnectionProblem(
+                        f"etcd at {self.endpoints[index]}: TLS verification failed: {exc}"
+                    ) from None
                 last = f"{type(exc).__name__}: {exc}"  # never left this process: safe to send again
             except httpx.HTTPError as exc:
                 last = f"{type(exc).__name__}: {exc}"
@@ -497,6 +501,17 @@ async def _watch_events(
             yield _header_revision(result), decoded
         result = await _next_result(lines)
         _check_watch_result(result)
+
+
+def _is_verification_failure(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    for _ in range(8):  # httpx wraps httpcore, which wraps ssl
+        if seen is None:
+            return False
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _loads(raw: bytes) -> dict[str, Any]:

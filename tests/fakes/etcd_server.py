@@ -14,11 +14,14 @@ import atexit
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -53,10 +56,20 @@ def free_port() -> int:
         return port
 
 
+@dataclass(frozen=True)
+class TLSFiles:
+    """PEM files: the CA both sides trust, and a certificate + key (server and client auth) for each side."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
 class EtcdServer:
     """One etcd member (a cluster of one) on 127.0.0.1."""
 
-    def __init__(self, binary: str, data_dir: Path, *, name: str = "t") -> None:
+    def __init__(self, binary: str, data_dir: Path, *, name: str = "t", tls: TLSFiles | None = None) -> None:
+        self.tls = tls
         self.binary = binary
         self.data_dir = data_dir
         self.name = name
@@ -70,10 +83,10 @@ class EtcdServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self.endpoint}"
+        return f"{'https' if self.tls else 'http'}://{self.endpoint}"
 
     def start(self, *, timeout: float = 20.0) -> EtcdServer:
-        client = f"http://127.0.0.1:{self.client_port}"
+        client = self.url
         peer = f"http://127.0.0.1:{self.peer_port}"
         log = (self.data_dir.parent / f"{self.data_dir.name}.log").open("ab")
         self.process = subprocess.Popen(
@@ -89,6 +102,7 @@ class EtcdServer:
                 # a test machine's disk is slow and shared: no fsync per write keeps the suite fast
                 "--unsafe-no-fsync",
                 "--log-level", "error",
+                *self._tls_flags(),
             ],
             stdout=log,
             stderr=log,
@@ -99,7 +113,7 @@ class EtcdServer:
             if self.process.poll() is not None:
                 raise RuntimeError(f"etcd exited with {self.process.returncode}; see {log.name}")
             try:
-                if httpx.get(f"{client}/health", timeout=1.0).status_code == 200:
+                if httpx.get(f"{client}/health", timeout=1.0, **self._tls_client()).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass
@@ -107,6 +121,21 @@ class EtcdServer:
                 self.kill()
                 raise RuntimeError(f"etcd did not become healthy within {timeout}s; see {log.name}")
             time.sleep(0.05)  # polling a child process's readiness with a deadline
+
+    def _tls_flags(self) -> list[str]:
+        if self.tls is None:
+            return []
+        return [
+            "--cert-file", str(self.tls.cert), "--key-file", str(self.tls.key),
+            "--trusted-ca-file", str(self.tls.ca), "--client-cert-auth",
+        ]  # fmt: skip
+
+    def _tls_client(self) -> dict[str, Any]:
+        if self.tls is None:
+            return {}
+        context = ssl.create_default_context(cafile=str(self.tls.ca))
+        context.load_cert_chain(self.tls.cert, self.tls.key)
+        return {"verify": context}
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:

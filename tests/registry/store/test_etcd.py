@@ -12,6 +12,7 @@ import base64
 import math
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ import pytest
 import trio
 
 from registry.core.errors import BadParameter, Compacted, CompareFailed, ConnectionProblem, LimitExceeded
+from registry.core.identity import CertAuthority
+from registry.server.serve import issue_server_certificate
 from registry.server.store_config import StoreConfig, open_registry_store
 from registry.store.etcd import EtcdStore, check_prefix
 from registry.store.etcd_client import (
@@ -32,7 +35,7 @@ from registry.store.etcd_client import (
     put_op,
 )
 from registry.store.etcd_seal import Sealer, Unsealable, decode_key_file, encode_key_file, generate_key
-from tests.fakes.etcd_server import EtcdServer, free_port, shared_etcd, unique_prefix
+from tests.fakes.etcd_server import SKIP_REASON, EtcdServer, TLSFiles, find_etcd, free_port, shared_etcd, unique_prefix
 from tests.registry.store.store_helpers import FakeClock, cluster, revisions, take
 
 
@@ -379,6 +382,38 @@ async def test_tls_flags_that_do_not_load_are_one_clear_error(tmp_path: Path) ->
     missing = StoreConfig(store="etcds://127.0.0.1:1", etcd_cert=tmp_path / "no.pem", etcd_key=tmp_path / "no.key")
     with pytest.raises(BadParameter, match="--etcd-cert"):
         await open_registry_store(missing, tmp_path)
+
+
+async def test_tls_to_etcd_with_a_client_certificate(tmp_path: Path) -> None:
+    binary = find_etcd()
+    if binary is None:
+        pytest.skip(SKIP_REASON)
+    now = datetime.now(tz=UTC)
+    ca = CertAuthority.generate("etcd-test", now=now)
+    files = {"ca.pem": ca.cert_pem}
+    for side in ("server", "client"):
+        cert, key = issue_server_certificate(ca, ["127.0.0.1"], now=now)
+        files[f"{side}.pem"], files[f"{side}-key.pem"] = cert, key
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    tls = TLSFiles(tmp_path / "ca.pem", tmp_path / "server.pem", tmp_path / "server-key.pem")
+    server = EtcdServer(binary, tmp_path / "data", tls=tls).start()
+    try:
+        config = StoreConfig(
+            store=f"etcd://{server.endpoint}",
+            etcd_ca=tmp_path / "ca.pem",
+            etcd_cert=tmp_path / "client.pem",
+            etcd_key=tmp_path / "client-key.pem",
+        )
+        store = await open_registry_store(config, tmp_path)
+        async with store:
+            await store.create("c", "a", cluster())
+            assert [r.name for r in await store.list("c")] == ["a"]
+        untrusted = StoreConfig(store=f"etcds://{server.endpoint}")  # the system roots do not know this CA
+        with pytest.raises(ConnectionProblem, match="TLS verification failed"), trio.fail_after(5):
+            await open_registry_store(untrusted, tmp_path)
+    finally:
+        server.kill()
 
 
 def test_put_op_shape() -> None:
