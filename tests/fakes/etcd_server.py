@@ -68,7 +68,10 @@ class TLSFiles:
 class EtcdServer:
     """One etcd member (a cluster of one) on 127.0.0.1."""
 
-    def __init__(self, binary: str, data_dir: Path, *, name: str = "t", tls: TLSFiles | None = None) -> None:
+    def __init__(
+        self, binary: str, data_dir: Path, *, name: str = "t", tls: TLSFiles | None = None, no_fsync: bool = True
+    ) -> None:
+        self.no_fsync = no_fsync
         self.tls = tls
         self.binary = binary
         self.data_dir = data_dir
@@ -100,7 +103,7 @@ class EtcdServer:
                 "--initial-advertise-peer-urls", peer,
                 "--initial-cluster", f"{self.name}={peer}",
                 # a test machine's disk is slow and shared: no fsync per write keeps the suite fast
-                "--unsafe-no-fsync",
+                *(["--unsafe-no-fsync"] if self.no_fsync else []),
                 "--log-level", "error",
                 *self._tls_flags(),
             ],
