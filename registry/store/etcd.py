@@ -48,9 +48,11 @@ key file from the registry's data dir; ``open`` refuses a key that does not open
 entries of superseded versions are rewritten without secrets (``_secrets``), as in SQLite; etcd's MVCC keeps
 the sealed old version until the next etcd compaction.
 
-Limits: one write is one etcd txn, and etcd allows ``--max-txn-ops`` operations per txn (128 by default):
-a write needs two per change plus one, so ``create_many``/``delete_many`` of more than ``max_batch``
-records is refused with LimitExceeded (raise ``--max-txn-ops`` on etcd and ``max_txn_ops`` here together).
+Limits: one write is one etcd txn, and etcd allows ``--max-txn-ops`` operations per txn (128 by default).
+A write needs one operation per key it touches: per change the record and its history entry (plus the
+rewrite of a superseded version's entry for kinds with secrets), plus the counter; so plain ``create_many``
+takes up to 63 records, and a larger write is refused whole with LimitExceeded before anything is written
+(raise ``--max-txn-ops`` on etcd and ``max_txn_ops`` here together). ``expire`` splits its work into txns.
 """
 
 from __future__ import annotations
@@ -139,6 +141,11 @@ class EtcdStore(BaseStore):
             if isinstance(number, bool) or not isinstance(number, int | float) or not 0 < number < 1e6:
                 raise BadParameter(f"{what} must be a positive number of seconds, got {number!r}")
         self._max_txn_ops = _plan.check_positive("max_txn_ops", max_txn_ops)
+        if self._max_txn_ops < 4:
+            raise BadParameter(f"max_txn_ops must be at least 4 (etcd's default is 128), got {max_txn_ops}")
+        # Expired records removed per txn: each is an item delete, its DELETE entry and the redaction of its
+        # last version's history entry, plus the counter once.
+        self._max_batch = (self._max_txn_ops - 1) // 3
         self._client = client
         self._sealer = sealer
         self.prefix = check_prefix(prefix)
@@ -281,10 +288,14 @@ class EtcdStore(BaseStore):
                 lower = kvs[-1].key + b"\x00"
 
     async def _count(self, kind: str, now: float) -> int:
+        """etcd's count of the kind's keys, less those already expired by the store clock (the expiry index
+        names the candidates; with more than one txn holds, every record of the kind is read instead)."""
         base = self._items + kind.encode() + b"/"
-        due = {name for expires, _, k, name in self._deadlines if k == kind and expires <= now}
+        due = sorted({name for expires, _, k, name in self._deadlines if k == kind and expires <= now})
+        if len(due) >= self._max_txn_ops:
+            return len(await self._list(kind, _plan.ListRange(), None, now))
         ops = [range_op(base, prefix_end(base), count_only=True)]
-        ops += [range_op(self._item_key(kind, name)) for name in sorted(due)[: self._max_txn_ops - 1]]
+        ops += [range_op(self._item_key(kind, name)) for name in due]
         result = await self._client.txn([], ops, idempotent=True)
         self._check_open()
         total = _count_of(result.responses[0])
@@ -316,11 +327,6 @@ class EtcdStore(BaseStore):
         return await self._commit([(op.kind, op.name)], plan)
 
     async def _write_batch(self, ops: Sequence[WriteOp]) -> list[Change]:
-        if 2 * len(ops) + 1 > self._max_txn_ops:
-            raise LimitExceeded(
-                f"a batch of {len(ops)} records is more than one etcd txn holds (at most "
-                f"{(self._max_txn_ops - 1) // 2} with --max-txn-ops {self._max_txn_ops}): split it"
-            )
         keys = list(dict.fromkeys((op.kind, op.name) for op in ops))
 
         def plan(items: Snapshot, now: float, revision: int) -> list[Change]:
@@ -329,19 +335,29 @@ class EtcdStore(BaseStore):
         return await self._commit(keys, plan)
 
     async def _expire(self) -> list[Change]:
-        now = self._now()
-        due: dict[tuple[str, str], None] = {}
-        while self._deadlines and self._deadlines[0][0] <= now and len(due) < (self._max_txn_ops - 1) // 2:
-            _, _, kind, name = heapq.heappop(self._deadlines)
-            due[(kind, name)] = None
-        if not due:
-            await trio.lowlevel.checkpoint()
-            return []
+        """Remove every expired record, as many etcd txns as it takes (each holds at most ``max_batch``)."""
 
         def plan(items: Snapshot, now: float, revision: int) -> list[Change]:
             return _plan.plan_expiry([i for i in items.values() if i is not None], now=now, revision=revision)
 
-        return await self._commit(list(due), plan)
+        removed: list[Change] = []
+        while True:
+            now = self._now()
+            due: dict[tuple[str, str], tuple[float, int, str, str]] = {}
+            while self._deadlines and self._deadlines[0][0] <= now and len(due) < self._max_batch:
+                entry = heapq.heappop(self._deadlines)
+                due[(entry[2], entry[3])] = entry
+            if not due:
+                break
+            try:
+                removed += await self._commit(list(due), plan)
+            except BaseException:
+                for entry in due.values():  # not removed: the next sweep must still find them
+                    heapq.heappush(self._deadlines, entry)
+                raise
+        if not removed:
+            await trio.lowlevel.checkpoint()
+        return removed
 
     async def _commit(
         self, keys: Sequence[tuple[str, str]], plan: Callable[[Snapshot, float, int], list[Change]]

@@ -219,6 +219,45 @@ async def test_the_feed_survives_etcd_compaction_past_it(etcd: EtcdServer) -> No
                 pass
 
 
+async def test_a_feed_cut_off_past_compaction_sends_its_watchers_to_relist(etcd: EtcdServer) -> None:
+    a, b = await open_pair(etcd, max_history=5)
+    real_watch, real_txn = b._client.watch, b._client.txn
+
+    def partitioned(*args: Any, **kwargs: Any) -> Any:
+        raise ConnectionProblem("etcd: partitioned (test)")
+
+    async def partitioned_txn(*args: Any, **kwargs: Any) -> Any:
+        raise ConnectionProblem("etcd: partitioned (test)")
+
+    async with a, b:
+        async with b.watch(["c"]) as on_b:
+            b._client.watch, b._client.txn = partitioned, partitioned_txn  # type: ignore[method-assign]
+            if b._kick_scope is not None:
+                b._kick_scope.cancel()
+            for n in range(20):  # a compacts kubeport's history past everything b has seen
+                await a.put("c", "x", cluster(n=n))
+            b._client.watch, b._client.txn = real_watch, real_txn  # type: ignore[method-assign]
+            with pytest.raises(Compacted):
+                await take(on_b, 1, timeout=10)
+        async with b.watch(["c"]) as again:  # relist, watch again: live from here
+            await a.put("c", "y", cluster())
+            assert revisions(await take(again, 1)) == [21]
+
+
+async def test_one_sweep_removes_more_expired_records_than_one_txn_holds(etcd: EtcdServer) -> None:
+    clock = FakeClock()
+    async with await EtcdStore.open(etcd.url, key=generate_key(), prefix=unique_prefix(), clock=clock) as store:
+        for start in range(0, 150, 50):
+            await store.create_many(
+                "kube_server", [(f"s{n:03d}", {}) for n in range(start, start + 50)], expires=clock.now + 5
+            )
+        clock.advance(10)
+        assert await store.count("kube_server") == 0
+        assert await store.expire() == 150
+        assert await store.list("kube_server") == []
+        assert await store.revision() == 300
+
+
 # --- leases ------------------------------------------------------------------------------------------------
 
 
