@@ -208,7 +208,9 @@ class EtcdStore(BaseStore):
                     "from the data dir of a registry already serving this cluster"
                 ) from None
         every_item = range_op(self._items, prefix_end(self._items), count_only=True)
-        snapshot = await self._client.txn([], [range_op(self._rev_key), range_op(self._floor_key), every_item])
+        snapshot = await self._client.txn(
+            [], [range_op(self._rev_key), range_op(self._floor_key), every_item], idempotent=True
+        )
         counter, floor = (_decimal(kvs) for kvs in snapshot.ranges()[:2])
         records = int(_count_of(snapshot.responses[2]))
         self._revision = counter
@@ -412,7 +414,9 @@ class EtcdStore(BaseStore):
         final[self._rev_key] = put_op(self._rev_key, str(changes[-1].revision).encode())
         if len(final) > self._max_txn_ops:
             raise LimitExceeded(
-                f"this write needs {len(final)} etcd operations, more than --max-txn-ops {self._max_txn_ops}"
+                f"this write of {len(changes)} changes needs {len(final)} etcd operations in one txn, more than "
+                f"etcd's --max-txn-ops ({self._max_txn_ops}): split the batch (or raise --max-txn-ops on etcd and "
+                "max_txn_ops here together)"
             )
         return list(final.values())
 
