@@ -269,6 +269,7 @@ class EtcdClient:
         tls: ssl.SSLContext | None = None,
         request_timeout: float = 5.0,
         retry_for: float = 10.0,
+        transport: httpx.AsyncBaseTransport | None = None,  # tests: a scripted etcd
     ) -> None:
         if not endpoints:
             raise BadParameter("etcd: no endpoint given")
@@ -279,6 +280,7 @@ class EtcdClient:
             verify=tls if tls is not None else True,
             timeout=httpx.Timeout(request_timeout),
             limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
+            transport=transport,
         )
         self.failovers = 0
 

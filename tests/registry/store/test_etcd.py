@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import trio
 
@@ -113,6 +114,77 @@ async def test_no_reachable_endpoint_is_a_connection_problem_naming_them() -> No
             await client.range(b"x")
     finally:
         await client.aclose()
+
+
+def scripted_etcd(*answers: tuple[int, dict[str, Any]]) -> tuple[list[str], httpx.MockTransport]:
+    """A transport answering with ``answers`` in turn (then the last one), recording which host was asked."""
+    asked: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        asked.append(request.url.host)
+        status, body = answers[min(len(asked) - 1, len(answers) - 1)]
+        return httpx.Response(status, json=body)
+
+    return asked, httpx.MockTransport(answer)
+
+
+TIMED_OUT = (503, {"error": "etcdserver: request timed out", "code": 14, "message": "etcdserver: request timed out"})
+LEADER_CHANGED = (503, {"error": "etcdserver: leader changed", "code": 14, "message": "etcdserver: leader changed"})
+NO_LEADER = (503, {"error": "etcdserver: no leader", "code": 14, "message": "etcdserver: no leader"})
+OK = (200, {"header": {"revision": "7"}, "succeeded": True})
+
+
+@pytest.mark.parametrize("trouble", [TIMED_OUT, LEADER_CHANGED, NO_LEADER])
+async def test_a_transient_etcd_error_moves_a_read_to_the_next_member(trouble: tuple[int, dict[str, Any]]) -> None:
+    asked, transport = scripted_etcd(trouble, OK)
+    client = EtcdClient(["http://one:2379", "http://two:2379"], transport=transport, retry_for=5)
+    kvs, _, _, revision = await client.range(b"k")
+    await client.aclose()
+    assert (kvs, revision, asked) == ([], 7, ["one", "two"])
+
+
+@pytest.mark.parametrize("trouble", [TIMED_OUT, LEADER_CHANGED])
+async def test_a_write_that_may_have_landed_is_not_sent_twice(trouble: tuple[int, dict[str, Any]]) -> None:
+    asked, transport = scripted_etcd(trouble, OK)
+    client = EtcdClient(["http://one:2379", "http://two:2379"], transport=transport)
+    with pytest.raises(Ambiguous):
+        await client.txn([], [put_op(b"k", b"v")])
+    await client.aclose()
+    assert asked == ["one"]
+
+
+async def test_a_write_etcd_never_took_is_retried_on_the_next_member() -> None:
+    asked, transport = scripted_etcd(NO_LEADER, OK)
+    client = EtcdClient(["http://one:2379", "http://two:2379"], transport=transport)
+    assert (await client.txn([], [put_op(b"k", b"v")])).succeeded
+    await client.aclose()
+    assert asked == ["one", "two"]
+
+
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        ((400, {"error": "etcdserver: too many operations in txn request", "code": 3}), BadParameter),
+        ((400, {"error": "etcdserver: mvcc: required revision has been compacted", "code": 11}), Compacted),
+        ((200, {"header": {"revision": "nope"}}), ConnectionProblem),
+        ((500, {"error": "etcdserver: permission denied", "code": 7}), ConnectionProblem),
+    ],
+)
+async def test_etcd_errors_map_to_kubeport_errors(answer: tuple[int, dict[str, Any]], error: type[Exception]) -> None:
+    _, transport = scripted_etcd(answer)
+    client = EtcdClient(["http://one:2379"], transport=transport, retry_for=0.2)
+    with pytest.raises(error):
+        await client.range(b"k")
+    await client.aclose()
+
+
+async def test_a_non_json_answer_is_a_connection_problem() -> None:
+    client = EtcdClient(
+        ["http://one:2379"], transport=httpx.MockTransport(lambda r: httpx.Response(200, text="<html>")), retry_for=0.2
+    )
+    with pytest.raises(ConnectionProblem, match="not JSON"):
+        await client.range(b"k")
+    await client.aclose()
 
 
 def test_omitted_proto3_defaults_and_int64_strings_decode() -> None:
