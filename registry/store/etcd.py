@@ -50,9 +50,11 @@ the sealed old version until the next etcd compaction.
 
 Limits: one write is one etcd txn, and etcd allows ``--max-txn-ops`` operations per txn (128 by default).
 A write needs one operation per key it touches: per change the record and its history entry (plus the
-rewrite of a superseded version's entry for kinds with secrets), plus the counter; so plain ``create_many``
-takes up to 63 records, and a larger write is refused whole with LimitExceeded before anything is written
-(raise ``--max-txn-ops`` on etcd and ``max_txn_ops`` here together). ``expire`` splits its work into txns.
+rewrite of a superseded version's entry for kinds with secrets), plus the counter. etcd checks the limit per
+nesting level, so a larger write goes as one txn of nested txns (:func:`nest_ops`; up to 4096 operations,
+about 2000 records, still one atomic revision); beyond that it is refused whole with LimitExceeded before
+anything is written. etcd also caps a request at ``--max-request-bytes`` (1.5 MiB by default): a batch of
+large values can meet that first (TooLarge). ``expire`` splits its work into as many txns as it needs.
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ from typing import Any
 
 import trio
 
-from registry.core.errors import BadParameter, Compacted, ConnectionProblem, KubeportError, LimitExceeded
+from registry.core.errors import BadParameter, Compacted, ConnectionProblem, KubeportError, LimitExceeded, TooLarge
 from registry.store import _plan
 from registry.store._common import BaseStore, Clock
 from registry.store._plan import Change, Item, WriteOp
@@ -96,6 +98,10 @@ DEFAULT_PREFIX = "/kubeport/"
 _PREFIX_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_./")
 MAX_LEASE_TTL = 9_000_000_000  # etcd's MaxLeaseTTL; a farther expiry gets no lease (the sweep still removes it)
 _PAGE = 500  # keys per range read
+# A write puts a value twice (the record and its history entry) in one request, and etcd refuses requests
+# over --max-request-bytes (1.5 MiB by default): 640 KiB values keep the largest single write under it.
+MAX_VALUE_BYTES = 640 * 1024
+_EXPIRE_BATCH = 256  # expired records per txn to start with; halved while etcd finds the request too large
 _CANARY = b"kubeport etcd key check"
 
 Snapshot = dict[tuple[str, str], Item | None]
@@ -128,7 +134,7 @@ class EtcdStore(BaseStore):
         clock: Clock = time.time,
         max_history: int = 100_000,
         watch_buffer: int = 1024,
-        max_value_bytes: int = _plan.DEFAULT_MAX_VALUE_BYTES,
+        max_value_bytes: int = MAX_VALUE_BYTES,
         lease_bucket: float = 10.0,
         lease_grace: float = 60.0,
         max_txn_ops: int = 128,
@@ -143,9 +149,9 @@ class EtcdStore(BaseStore):
         self._max_txn_ops = _plan.check_positive("max_txn_ops", max_txn_ops)
         if self._max_txn_ops < 4:
             raise BadParameter(f"max_txn_ops must be at least 4 (etcd's default is 128), got {max_txn_ops}")
-        # Expired records removed per txn: each is an item delete, its DELETE entry and the redaction of its
-        # last version's history entry, plus the counter once.
-        self._max_batch = (self._max_txn_ops - 1) // 3
+        # Expired records removed per txn (nested, see nest_ops): each is an item delete, its DELETE entry and
+        # the redaction of its last version's history entry; the counter once.
+        self._max_batch = max(1, ((self._max_txn_ops // 2) ** 2 - 1) // 3)
         self._client = client
         self._sealer = sealer
         self.prefix = check_prefix(prefix)
@@ -227,27 +233,42 @@ class EtcdStore(BaseStore):
     def _hist_key(self, revision: int) -> bytes:
         return self._hist + f"{revision:020d}".encode()
 
-    def _seal_json(self, key: bytes, value: dict[str, Any]) -> bytes:
-        return self._sealer.seal(key, json.dumps(value, separators=(",", ":")).encode())
+    def _seal_item(self, key: bytes, item: Item, **extra: str) -> bytes:
+        """Sealed ``meta JSON + "\\n" + value``: the value's canonical JSON goes in as it is (escaping it into
+        another JSON string could double its size against etcd's request limit)."""
+        meta = {**_item_meta(item), **extra}
+        return self._sealer.seal(key, json.dumps(meta, separators=(",", ":")).encode() + b"\n" + item.data.encode())
 
-    def _open_json(self, kv: KeyValue) -> dict[str, Any]:
+    def _open_item(self, kv: KeyValue) -> tuple[Item, dict[str, Any]]:
+        plain = self._sealer.open(kv.key, kv.value)
+        head, _, data = plain.partition(b"\n")  # JSON text never holds a raw newline
         try:
-            value = json.loads(self._sealer.open(kv.key, kv.value))
-        except (ValueError, RecursionError):
+            meta = json.loads(head)
+            if not isinstance(meta, dict):
+                raise ValueError("not an object")
+            expires = meta.get("e")
+            item = Item(
+                kind=str(meta["k"]),
+                name=str(meta["n"]),
+                data=data.decode(),
+                revision=int(meta["r"]),
+                created_revision=int(meta["c"]),
+                expires=None if expires is None else float(expires),
+                labels=str(meta.get("l", "{}")),
+            )
+        except (KeyError, TypeError, ValueError, RecursionError):
             raise ConnectionProblem(f"etcd value at {kv.key!r:.80} is damaged") from None
-        if not isinstance(value, dict):
-            raise ConnectionProblem(f"etcd value at {kv.key!r:.80} is damaged")
-        return value
+        return item, meta
 
     def _decode_item(self, kv: KeyValue) -> Item:
-        return _item_from(self._open_json(kv))
+        return self._open_item(kv)[0]
 
     def _decode_change(self, kv: KeyValue) -> tuple[Change, str]:
-        raw = self._open_json(kv)
-        kind = raw.get("t")
-        if kind not in ("PUT", "DELETE") or not isinstance(raw.get("i"), dict):
+        item, meta = self._open_item(kv)
+        kind = meta.get("t")
+        if kind not in ("PUT", "DELETE"):
             raise ConnectionProblem(f"etcd history entry {kv.key!r:.80} is damaged")
-        return Change(kind, _item_from(raw["i"])), str(raw.get("w", ""))
+        return Change(kind, item), str(meta.get("w", ""))
 
     def _hist_revision(self, key: bytes) -> int | None:
         if not key.startswith(self._hist):
@@ -310,7 +331,7 @@ class EtcdStore(BaseStore):
         """(counter, its mod_revision, floor, items) read in one consistent txn."""
         ops = [range_op(self._rev_key), range_op(self._floor_key)]
         ops += [range_op(self._item_key(kind, name)) for kind, name in keys]
-        result = await self._client.txn([], ops, idempotent=True)
+        result = await self._client.txn([], nest_ops(ops, self._max_txn_ops, what="this read"), idempotent=True)
         ranges = result.ranges()
         counter_kvs = ranges[0]
         counter = _decimal(counter_kvs)
@@ -343,19 +364,23 @@ class EtcdStore(BaseStore):
             return _plan.plan_expiry([i for i in items.values() if i is not None], now=now, revision=revision)
 
         removed: list[Change] = []
+        batch = min(self._max_batch, _EXPIRE_BATCH)
         while True:
             now = self._now()
             due: dict[tuple[str, str], tuple[float, int, str, str]] = {}
-            while self._deadlines and self._deadlines[0][0] <= now and len(due) < self._max_batch:
+            while self._deadlines and self._deadlines[0][0] <= now and len(due) < batch:
                 entry = heapq.heappop(self._deadlines)
                 due[(entry[2], entry[3])] = entry
             if not due:
                 break
             try:
                 removed += await self._commit(list(due), plan)
-            except BaseException:
+            except BaseException as exc:
                 for entry in due.values():  # not removed: the next sweep must still find them
                     heapq.heappush(self._deadlines, entry)
+                if isinstance(exc, TooLarge) and len(due) > 1:
+                    batch = max(1, len(due) // 2)  # large values: fewer per request
+                    continue
                 raise
         if not removed:
             await trio.lowlevel.checkpoint()
@@ -398,27 +423,19 @@ class EtcdStore(BaseStore):
         final: dict[bytes, dict[str, Any]] = {}  # etcd refuses a key twice in one txn: keep each key's last op
         for change in changes:
             hist_key = self._hist_key(change.revision)
-            final[hist_key] = put_op(
-                hist_key, self._seal_json(hist_key, _change_json(change.type, change.recorded, write_id))
-            )
+            final[hist_key] = put_op(hist_key, self._seal_item(hist_key, change.recorded, t=change.type, w=write_id))
             old = change.supersedes
             if old is not None and old.revision > floor:  # at or below the floor the entry is gone already
                 old_key = self._hist_key(old.revision)
-                final[old_key] = put_op(old_key, self._seal_json(old_key, _change_json("PUT", old, write_id)))
+                final[old_key] = put_op(old_key, self._seal_item(old_key, old, t="PUT", w=write_id))
             item_key = self._item_key(change.item.kind, change.item.name)
             if change.type == "DELETE":
                 final[item_key] = delete_op(item_key)
             else:
                 lease = await self._lease_for(change.item.expires)
-                final[item_key] = put_op(item_key, self._seal_json(item_key, _item_json(change.item)), lease=lease)
+                final[item_key] = put_op(item_key, self._seal_item(item_key, change.item), lease=lease)
         final[self._rev_key] = put_op(self._rev_key, str(changes[-1].revision).encode())
-        if len(final) > self._max_txn_ops:
-            raise LimitExceeded(
-                f"this write of {len(changes)} changes needs {len(final)} etcd operations in one txn, more than "
-                f"etcd's --max-txn-ops ({self._max_txn_ops}): split the batch (or raise --max-txn-ops on etcd and "
-                "max_txn_ops here together)"
-            )
-        return list(final.values())
+        return nest_ops(list(final.values()), self._max_txn_ops, what=f"this write of {len(changes)} changes")
 
     async def _lease_for(self, expires: float | None) -> int:
         """The lease of ``expires``' bucket (0: no lease), granted on first use and cached."""
@@ -621,6 +638,25 @@ class _Kicked(KubeportError):
     """A writer found the feed stuck and asked it to re-read history."""
 
 
+def nest_ops(ops: list[dict[str, Any]], max_ops: int, *, what: str) -> list[dict[str, Any]]:
+    """``ops`` as the success list of ONE etcd txn within ``--max-txn-ops``: as they are when they fit, else
+    split over nested txns (etcd checks the limit per level: an outer list of ``k`` nested txns may give each
+    ``max_ops - k`` operations, so up to (max_ops / 2)^2 = 4096 by default, all still one atomic revision)."""
+    if len(ops) <= max_ops:
+        return ops
+    for nested in range(2, max_ops):
+        per = max_ops - nested
+        if nested * per >= len(ops):
+            size = math.ceil(len(ops) / nested)
+            return [{"request_txn": {"success": ops[i : i + size]}} for i in range(0, len(ops), size)]
+        if nested > max_ops // 2:
+            break
+    raise LimitExceeded(
+        f"{what} needs {len(ops)} etcd operations in one txn, more than etcd's --max-txn-ops ({max_ops}) allows "
+        "even nested: split it (or raise --max-txn-ops on etcd and max_txn_ops here together)"
+    )
+
+
 def _decimal(kvs: Sequence[KeyValue]) -> int:
     if not kvs:
         return 0
@@ -639,33 +675,12 @@ def _count_of(response: dict[str, Any]) -> int:
         raise ConnectionProblem("etcd answered a malformed count") from None
 
 
-def _item_json(item: Item) -> dict[str, Any]:
+def _item_meta(item: Item) -> dict[str, Any]:
     return {
         "k": item.kind,
         "n": item.name,
-        "d": item.data,
         "l": item.labels,
         "r": item.revision,
         "c": item.created_revision,
         "e": item.expires,
     }
-
-
-def _change_json(type_: str, item: Item, write_id: str) -> dict[str, Any]:
-    return {"t": type_, "i": _item_json(item), "w": write_id}
-
-
-def _item_from(raw: dict[str, Any]) -> Item:
-    try:
-        expires = raw.get("e")
-        return Item(
-            kind=str(raw["k"]),
-            name=str(raw["n"]),
-            data=str(raw["d"]),
-            revision=int(raw["r"]),
-            created_revision=int(raw["c"]),
-            expires=None if expires is None else float(expires),
-            labels=str(raw.get("l", "{}")),
-        )
-    except (KeyError, TypeError, ValueError):
-        raise ConnectionProblem("an etcd record is damaged") from None

@@ -39,7 +39,7 @@ from urllib.parse import urlsplit
 import httpx
 import trio
 
-from registry.core.errors import BadParameter, Compacted, ConnectionProblem, KubeportError
+from registry.core.errors import BadParameter, Compacted, ConnectionProblem, KubeportError, TooLarge
 
 log = logging.getLogger(__name__)
 
@@ -92,13 +92,24 @@ class TxnResult:
     responses: list[dict[str, Any]] = field(default_factory=list)
 
     def ranges(self) -> list[list[KeyValue]]:
-        """The kvs of each ``response_range`` in order."""
-        out: list[list[KeyValue]] = []
-        for response in self.responses:
-            rng = response.get("response_range")
-            if isinstance(rng, dict):
-                out.append(decode_kvs(rng))
-        return out
+        """The kvs of each ``response_range`` in order, nested txns' ones in place."""
+        return _ranges_of(self.responses, depth=0)
+
+
+def _ranges_of(responses: object, *, depth: int) -> list[list[KeyValue]]:
+    if not isinstance(responses, list) or depth > 4:
+        raise ConnectionProblem("etcd answered a malformed txn")
+    out: list[list[KeyValue]] = []
+    for response in responses:
+        if not isinstance(response, dict):
+            raise ConnectionProblem("etcd answered a malformed txn")
+        rng = response.get("response_range")
+        if isinstance(rng, dict):
+            out.append(decode_kvs(rng))
+        nested = response.get("response_txn")
+        if isinstance(nested, dict):
+            out += _ranges_of(nested.get("responses") or [], depth=depth + 1)
+    return out
 
 
 def b64(data: bytes | str) -> str:
@@ -551,6 +562,8 @@ def _map_error(message: str, code: int) -> KubeportError:
     # Code 11 (OutOfRange) also means "future revision": only the message tells compaction apart.
     if "compacted" in message:
         return Compacted(f"etcd: {message}")
+    if "request is too large" in message or "larger than max" in message:  # etcd's check, or gRPC's
+        return TooLarge(f"etcd refused the request as too large (its --max-request-bytes): {message}")
     if "lease not found" in message:
         return LeaseNotFound(f"etcd: {message}")
     if code == 3 or "invalid" in message:

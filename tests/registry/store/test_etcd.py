@@ -20,11 +20,19 @@ import httpx
 import pytest
 import trio
 
-from registry.core.errors import BadParameter, Compacted, CompareFailed, ConnectionProblem, LimitExceeded
+from registry.core.errors import (
+    AlreadyExists,
+    BadParameter,
+    Compacted,
+    CompareFailed,
+    ConnectionProblem,
+    LimitExceeded,
+    TooLarge,
+)
 from registry.core.identity import CertAuthority
 from registry.server.serve import issue_server_certificate
 from registry.server.store_config import StoreConfig, open_registry_store
-from registry.store.etcd import EtcdStore, check_prefix
+from registry.store.etcd import MAX_VALUE_BYTES, EtcdStore, check_prefix, nest_ops
 from registry.store.etcd_client import (
     Ambiguous,
     EtcdClient,
@@ -408,12 +416,46 @@ async def test_prefixes_keep_clusters_apart(etcd: EtcdServer) -> None:
         assert await two.revision() == 0
 
 
-async def test_a_batch_larger_than_one_etcd_txn_is_refused_whole(etcd: EtcdServer) -> None:
+async def test_a_batch_larger_than_one_etcd_txn_goes_nested_and_stays_atomic(etcd: EtcdServer) -> None:
     async with await EtcdStore.open(etcd.url, key=generate_key(), prefix=unique_prefix()) as store:
+        await store.create("c", "n0999", {})
+        with pytest.raises(AlreadyExists):  # the last name is taken: none of the thousand is written
+            await store.create_many("c", [(f"n{n:04d}", {}) for n in range(1000)])
+        assert await store.count("c") == 1
+        async with store.watch(["c"], since=1) as events:
+            created = await store.create_many("c", [(f"m{n:04d}", {}) for n in range(1000)])
+            assert [r.revision for r in created] == list(range(2, 1002))
+            assert revisions(await take(events, 1000)) == list(range(2, 1002))
+        deleted = await store.delete_many("c", [f"m{n:04d}" for n in range(1000)])  # the audit trim's size
+        assert len(deleted) == 1000 and await store.count("c") == 1
         with pytest.raises(LimitExceeded, match="max-txn-ops"):
-            await store.create_many("c", [(f"n{n}", {}) for n in range(100)])
-        assert await store.list("c") == []
-        assert len(await store.create_many("c", [(f"n{n}", {}) for n in range(60)])) == 60
+            await store.create_many("c", [(f"x{n:04d}", {}) for n in range(2100)])
+
+
+async def test_the_largest_value_fits_one_etcd_request_and_expiry_adapts_to_large_values(etcd: EtcdServer) -> None:
+    clock = FakeClock()
+    async with await EtcdStore.open(etcd.url, key=generate_key(), prefix=unique_prefix(), clock=clock) as store:
+        big = {"spec": {"kubeconfig": "x" * (MAX_VALUE_BYTES - 100)}}  # a secret kind: the update rewrites history
+        await store.create("kube_cluster", "big", big)
+        await store.update("kube_cluster", "big", big)
+        assert (await store.get("kube_cluster", "big")).value == big
+        with pytest.raises(TooLarge):
+            await store.create("kube_cluster", "bigger", {"spec": {"kubeconfig": "x" * MAX_VALUE_BYTES}})
+        for n in range(12):  # 12 x 300 KB of DELETE history is more than one etcd request takes
+            await store.create("kube_server", f"s{n}", {"blob": "y" * 300_000}, expires=clock.now + 1)
+        clock.advance(2)
+        assert await store.expire() == 12
+        assert await store.count("kube_server") == 0
+
+
+def test_nesting_respects_the_per_level_limit() -> None:
+    ops = [{"n": n} for n in range(4000)]
+    nested = nest_ops(ops, 128, what="w")
+    assert len(nested) <= 128 and all(len(n["request_txn"]["success"]) <= 128 - len(nested) for n in nested)
+    assert [op for n in nested for op in n["request_txn"]["success"]] == ops
+    assert nest_ops(ops[:128], 128, what="w") == ops[:128]
+    with pytest.raises(LimitExceeded):
+        nest_ops([{}] * 4097, 128, what="w")
 
 
 @pytest.mark.parametrize(
