@@ -29,7 +29,9 @@ watch hub, in order, whoever wrote it (this process or another registry). A writ
 feed has published it here, so a caller's own write is in ``revision()`` and in every local watch when it
 returns. When etcd's watch breaks or is compacted past the feed's position, the feed re-reads ``hist/``
 after the last published revision (a range read, which compaction of etcd's MVCC history does not affect)
-and watches again: no gap, no duplicate. Catch-up for ``watch(since=...)`` reads ``hist/`` directly.
+and watches again: no gap, no duplicate. A watch that goes silent without breaking (a member cut off from
+the cluster) is caught by a watchdog comparing the counter in etcd with what was published. Catch-up for
+``watch(since=...)`` reads ``hist/`` directly.
 
 History compaction is kubeport's: ``compact(keep)`` deletes ``hist/`` entries up to the new floor, and asks
 etcd to compact its own MVCC history up to the etcd revision of the *previous* kubeport compaction, so old
@@ -139,11 +141,17 @@ class EtcdStore(BaseStore):
         lease_grace: float = 60.0,
         max_txn_ops: int = 128,
         publish_timeout: float = 5.0,
+        watchdog_interval: float = 5.0,
     ) -> None:
         super().__init__(
             clock=clock, max_history=max_history, watch_buffer=watch_buffer, max_value_bytes=max_value_bytes
         )
-        for what, number in (("lease_bucket", lease_bucket), ("lease_grace", lease_grace)):
+        for what, number in (
+            ("lease_bucket", lease_bucket),
+            ("lease_grace", lease_grace),
+            ("publish_timeout", publish_timeout),
+            ("watchdog_interval", watchdog_interval),
+        ):
             if isinstance(number, bool) or not isinstance(number, int | float) or not 0 < number < 1e6:
                 raise BadParameter(f"{what} must be a positive number of seconds, got {number!r}")
         self._max_txn_ops = _plan.check_positive("max_txn_ops", max_txn_ops)
@@ -163,7 +171,8 @@ class EtcdStore(BaseStore):
         self._hist = base + b"hist/"
         self._bucket = float(lease_bucket)
         self._grace = float(lease_grace)
-        self._publish_timeout = publish_timeout
+        self._publish_timeout = float(publish_timeout)
+        self._watchdog_interval = float(watchdog_interval)
         self._leases: dict[float, int] = {}  # bucket end (store clock) -> lease id
         self._deadlines: list[tuple[float, int, str, str]] = []  # as MemoryStore: (expires, revision, kind, name)
         self._lock = trio.Lock()  # one write of this process at a time (other processes: the txn compare)
@@ -518,19 +527,37 @@ class EtcdStore(BaseStore):
         """Publish every new store revision here, in order (a system task: it must never raise)."""
         try:
             with self._feed_scope:
-                while True:
-                    try:
-                        etcd_revision = await self._feed_watch(etcd_revision)
-                    except (KubeportError, ValueError) as exc:
-                        if not isinstance(exc, Compacted | _Kicked):
-                            log.warning("etcd feed for %s: %s (re-reading history)", self.prefix, exc)
-                            await trio.sleep(0.2)  # back off before reconnecting (not a wait for a condition)
-                    etcd_revision = await self._resync_until_done(etcd_revision)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._watchdog)
+                    while True:
+                        try:
+                            etcd_revision = await self._feed_watch(etcd_revision)
+                        except (KubeportError, ValueError) as exc:
+                            if not isinstance(exc, Compacted | _Kicked):
+                                log.warning("etcd feed for %s: %s (re-reading history)", self.prefix, exc)
+                                await trio.sleep(0.2)  # back off before reconnecting (not a wait for a condition)
+                        etcd_revision = await self._resync_until_done(etcd_revision)
         except Exception:  # pragma: no cover - the feed must not take the process down
             log.exception("etcd feed for %s ended", self.prefix)
         finally:
             self._hub.close()  # watchers end rather than hang
             self._feed_done.set()
+
+    async def _watchdog(self) -> None:
+        """Kick the feed when a watch went silent: a member cut off without closing the connection sends
+        nothing, and a registry with no writes of its own would never notice. Every ``watchdog_interval``
+        it reads the revision counter; still behind the previous reading one interval later means stuck."""
+        behind = 0
+        while True:
+            await trio.sleep(self._watchdog_interval)  # a periodic check, not a wait for a condition
+            if self._revision < behind and self._kick_scope is not None:
+                log.warning("etcd feed for %s is stuck below revision %d: re-reading history", self.prefix, behind)
+                self._kick_scope.cancel()
+            try:
+                kvs, *_ = await self._client.range(self._rev_key)
+                behind = _decimal(kvs)
+            except KubeportError:
+                behind = 0  # etcd unreachable: the watch itself reports that
 
     async def _feed_watch(self, etcd_revision: int) -> int:
         with trio.CancelScope() as kick:

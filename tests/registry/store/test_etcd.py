@@ -12,6 +12,7 @@ import base64
 import math
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -322,6 +323,27 @@ async def test_a_feed_cut_off_past_compaction_sends_its_watchers_to_relist(etcd:
         async with b.watch(["c"]) as again:  # relist, watch again: live from here
             await a.put("c", "y", cluster())
             assert revisions(await take(again, 1)) == [21]
+
+
+async def test_a_silent_watch_is_noticed_and_the_feed_catches_up(etcd: EtcdServer) -> None:
+    a, b = await open_pair(etcd, watchdog_interval=0.1)
+
+    @asynccontextmanager
+    async def silent(*args: Any, **kwargs: Any) -> AsyncIterator[AsyncIterator[Any]]:
+        async def nothing() -> AsyncIterator[Any]:
+            await trio.sleep_forever()  # a member cut off without closing the connection
+            yield
+
+        yield nothing()
+
+    async with a, b, b.watch(["c"]) as on_b:
+        b._client.watch = silent  # type: ignore[method-assign]
+        if b._kick_scope is not None:
+            b._kick_scope.cancel()
+        for n in range(3):
+            await a.put("c", f"x{n}", cluster())
+        assert revisions(await take(on_b, 3, timeout=5)) == [1, 2, 3]
+        assert b.resyncs >= 1
 
 
 async def test_one_sweep_removes_more_expired_records_than_one_txn_holds(etcd: EtcdServer) -> None:
