@@ -40,9 +40,11 @@ versions of values do not pile up in etcd, while lagging watchers still have a w
 TTL. Records carry ``expires`` (store clock) and every read filters on the store's ``clock()``, as the
 other backends do; the registry's expiry sweep (``serve_expiry`` → :meth:`expire`) removes expired records
 with DELETE events. Each record with an expiry is also attached to an etcd lease that ends ``lease_grace``
-seconds after it, rounded up to a ``lease_bucket`` (10 s): one lease per bucket (cached, as Teleport does),
-never one per key. Leases are the backstop that frees keys when no registry is running to sweep; a key
-deleted by a lease produces no store event (nobody was there to write one). A lease that expired under the
+seconds after it (an hour by default), rounded up to a ``lease_bucket`` (10 s): one lease per bucket (cached,
+as Teleport does), never one per key. Leases are the backstop that frees the keys of a cluster whose
+registries are all gone; a key deleted by a lease produces no store event (nobody was there to write one),
+which is why the grace is long: a registry that comes back within it sweeps the expired records itself,
+with DELETE events, so watchers resuming from a revision miss nothing. A lease that expired under the
 cache (``requested lease not found``) is dropped from the cache and the write retried once with a new one.
 
 Secrets at rest: every value under ``items/`` and ``hist/`` is sealed with AES-GCM (``etcd_seal``) using the
@@ -138,7 +140,7 @@ class EtcdStore(BaseStore):
         watch_buffer: int = 1024,
         max_value_bytes: int = MAX_VALUE_BYTES,
         lease_bucket: float = 10.0,
-        lease_grace: float = 60.0,
+        lease_grace: float = 3600.0,
         max_txn_ops: int = 128,
         publish_timeout: float = 5.0,
         watchdog_interval: float = 5.0,

@@ -366,7 +366,7 @@ async def test_one_sweep_removes_more_expired_records_than_one_txn_holds(etcd: E
 async def test_one_lease_per_ttl_bucket_not_per_key(etcd: EtcdServer, client: EtcdClient) -> None:
     clock = FakeClock()
     prefix = unique_prefix()
-    async with await EtcdStore.open(etcd.url, key=generate_key(), prefix=prefix, clock=clock) as store:
+    async with await EtcdStore.open(etcd.url, key=generate_key(), prefix=prefix, clock=clock, lease_grace=60) as store:
         bucket_start = math.ceil(clock.now / 10) * 10 + 10
         for n in range(30):  # thirty heartbeats ending within one 10 s bucket share one lease
             await store.put("kube_server", f"s{n}", cluster(), expires=bucket_start + 0.5 + n / 10)
