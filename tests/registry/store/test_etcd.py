@@ -21,6 +21,7 @@ import httpx
 import pytest
 import trio
 
+from registry.cli import kubeport_main
 from registry.core.errors import (
     AlreadyExists,
     BadParameter,
@@ -31,6 +32,7 @@ from registry.core.errors import (
     TooLarge,
 )
 from registry.core.identity import CertAuthority
+from registry.host.cmdline import parse_command_line
 from registry.server.serve import issue_server_certificate
 from registry.server.store_config import StoreConfig, open_registry_store
 from registry.store.etcd import MAX_VALUE_BYTES, EtcdStore, check_prefix, nest_ops
@@ -595,3 +597,44 @@ def test_put_op_shape() -> None:
     # int64 fields go out as strings; a zero lease is left out as proto3 does
     assert put_op(b"k", b"v", lease=7)["request_put"]["lease"] == "7"
     assert "lease" not in put_op(b"k", b"v")["request_put"]
+
+
+# --- the command line ----------------------------------------------------------------------------------------
+
+
+def test_registry_start_reads_the_store_flags() -> None:
+    args = parse_command_line(
+        kubeport_main.build_parser(),
+        ["registry", "start", "--store", "etcd://a:1,b:2", "--etcd-prefix", "/prod/", "--etcd-ca", "~/ca.pem"],
+    )
+    config = kubeport_main._store_config(args)
+    assert (config.etcd_prefix, config.etcd_ca) == ("/prod/", Path("~/ca.pem").expanduser())
+    assert config.endpoints() == ["https://a:1", "https://b:2"]  # a CA given: TLS to etcd
+    default = kubeport_main._store_config(parse_command_line(kubeport_main.build_parser(), ["registry", "start"]))
+    assert default == StoreConfig(store="sqlite")
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--store", "mysql://h:1"], "ERROR: --store 'mysql://h:1': use sqlite"),
+        (["--etcd-prefix", "/p/"], "ERROR: --etcd-prefix/--etcd-ca/--etcd-cert/--etcd-key need --store etcd://"),
+        (["--store", "etcd://h:1", "--etcd-cert", "c.pem"], "ERROR: --etcd-cert and --etcd-key go together"),
+        (["--store", "etcd://h:1", "--etcd-prefix", "/a b/"], "ERROR: etcd prefix"),
+    ],
+)
+def test_bad_store_flags_are_one_error_line(
+    flags: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert kubeport_main.main(["registry", "start", "--data-dir", str(tmp_path / "d"), *flags]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1, err
+    assert not (tmp_path / "d" / "etcd.key").exists()
+
+
+@pytest.mark.parametrize("value", ["", " ", "etcd://h:1\x00", "x" * 100_000])
+def test_empty_huge_or_control_store_values_are_usage_errors(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        parse_command_line(kubeport_main.build_parser(), ["registry", "start", "--store", value])
+    assert exc.value.code == 2
+    assert "--store" in capsys.readouterr().err
