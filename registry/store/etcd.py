@@ -5,8 +5,9 @@ Layout under the key prefix (default ``/kubeport/``; one prefix per kubeport clu
     meta/revision      kubeport's store revision, decimal (plain)
     meta/floor         kubeport's history floor, decimal (plain)
     meta/keycheck      a sealed canary: proves this registry holds the key file the data was written with
-    items/<kind>/<name>   the current version of each record (sealed JSON: data, labels, revisions, expires)
-    hist/<revision:020>   one history entry per store revision (sealed JSON: type, item, write id)
+    items/<kind>/<name>   the current version of each record (sealed: a JSON line with labels, revisions and
+                          expiry, then the value's canonical JSON as it is)
+    hist/<revision:020>   one history entry per store revision (sealed the same way, plus type and write id)
 
 Revisions. The store contract wants one global, gap-free revision that starts at 1, with every change its
 own revision (a create over an expired record is a DELETE then a PUT, two revisions; ``create_many`` of N
@@ -35,7 +36,9 @@ the cluster) is caught by a watchdog comparing the counter in etcd with what was
 
 History compaction is kubeport's: ``compact(keep)`` deletes ``hist/`` entries up to the new floor, and asks
 etcd to compact its own MVCC history up to the etcd revision of the *previous* kubeport compaction, so old
-versions of values do not pile up in etcd, while lagging watchers still have a window.
+versions of values do not pile up in etcd, while lagging watchers still have a window. etcd compaction is
+cluster-wide: on an etcd shared with other applications it compacts their history too, as etcd's own
+``--auto-compaction-*`` would (kubeport's feed does not depend on etcd history, so it copes with either).
 
 TTL. Records carry ``expires`` (store clock) and every read filters on the store's ``clock()``, as the
 other backends do; the registry's expiry sweep (``serve_expiry`` → :meth:`expire`) removes expired records
@@ -45,7 +48,7 @@ as Teleport does), never one per key. Leases are the backstop that frees the key
 registries are all gone; a key deleted by a lease produces no store event (nobody was there to write one),
 which is why the grace is long: a registry that comes back within it sweeps the expired records itself,
 with DELETE events, so watchers resuming from a revision miss nothing. A lease that expired under the
-cache (``requested lease not found``) is dropped from the cache and the write retried once with a new one.
+cache (``requested lease not found``) is dropped from the cache and the write retried with a new one.
 
 Secrets at rest: every value under ``items/`` and ``hist/`` is sealed with AES-GCM (``etcd_seal``) using the
 key file from the registry's data dir; ``open`` refuses a key that does not open ``meta/keycheck``. History
