@@ -3,6 +3,7 @@
     kubeport start [--data-dir DIR] [--listen HOST:PORT]      all-in-one: registry + front door + a local agent
                    [--kube-listen HOST:PORT] [--kube-public-addr HOST:PORT]
     kubeport registry start [--data-dir DIR] [--listen ...]   the registry alone
+                   [--store etcd://HOST:PORT,... --etcd-prefix P --etcd-ca/--etcd-cert/--etcd-key FILE]
     kubeport configure --registry=HOST:PORT --token=T -o FILE write an agent configuration
     kubeport agent start -c FILE                              run an agent
     kubeport install systemd [-o FILE] [--bot -c bot.yaml]    a systemd unit for the agent (or the bot)
@@ -45,6 +46,7 @@ from registry.host.cmdline import (
     add_data_dir_flag,
     add_debug_flag,
     add_metrics_flag,
+    flag_value,
     parse_command_line,
     run_command,
     set_command,
@@ -52,6 +54,7 @@ from registry.host.cmdline import (
 from registry.host.paths import default_data_dir
 from registry.server.local_auth import SECOND_FACTOR_OFF_WARNING, SECOND_FACTORS
 from registry.server.serve import DEFAULT_LISTEN, DEFAULT_PORT, Companion, RegistryInfo, serve_registry
+from registry.server.store_config import DEFAULT_PREFIX, StoreConfig
 
 
 def _data_dir(args: argparse.Namespace) -> Path:
@@ -94,6 +97,42 @@ def _warn_second_factor(args: argparse.Namespace) -> None:
         print(f"WARNING: {SECOND_FACTOR_OFF_WARNING}", file=sys.stderr, flush=True)
 
 
+def _store_flags(p: argparse.ArgumentParser) -> None:
+    """``--store`` and the etcd flags of ``registry start`` (README: etcd backend)."""
+    g = p.add_argument_group("store")
+    g.add_argument(
+        "--store",
+        metavar="STORE",
+        type=flag_value("--store"),
+        default="sqlite",
+        help="sqlite (default: registry.db in the data dir) or etcd://HOST:PORT[,HOST:PORT...] (an etcd cluster "
+        "several registries share; everything is sealed with DATA_DIR/etcd.key, which every replica needs)",
+    )
+    g.add_argument(
+        "--etcd-prefix",
+        metavar="PREFIX",
+        type=flag_value("--etcd-prefix"),
+        default=DEFAULT_PREFIX,
+        help=f"etcd key prefix of this kubeport cluster, so several can share one etcd (default {DEFAULT_PREFIX})",
+    )
+    g.add_argument("--etcd-ca", metavar="FILE", type=flag_value("--etcd-ca"), help="CA (PEM) to verify etcd with")
+    g.add_argument("--etcd-cert", metavar="FILE", type=flag_value("--etcd-cert"), help="client certificate for etcd")
+    g.add_argument("--etcd-key", metavar="FILE", type=flag_value("--etcd-key"), help="its private key")
+
+
+def _store_config(args: argparse.Namespace) -> StoreConfig:
+    def path(value: str | None) -> Path | None:
+        return Path(value).expanduser() if value else None
+
+    return StoreConfig(
+        store=args.store,
+        etcd_prefix=args.etcd_prefix,
+        etcd_ca=path(args.etcd_ca),
+        etcd_cert=path(args.etcd_cert),
+        etcd_key=path(args.etcd_key),
+    ).check()
+
+
 async def cmd_registry_start(args: argparse.Namespace) -> int:
     stop = StopSignals()
     async with trio.open_nursery() as nursery:
@@ -103,6 +142,7 @@ async def cmd_registry_start(args: argparse.Namespace) -> int:
                 data_dir=_data_dir(args),
                 listen=args.listen,
                 public_addrs=tuple(args.public_addr or ()),
+                store_config=_store_config(args),
                 companions=[_frontdoor(args)],
                 metrics_listen=args.metrics_listen,
                 second_factor=args.second_factor,
@@ -269,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="address agents and kpctl use to reach this registry (repeatable; the first one is advertised, "
         "and 'kpctl tokens add' prints it for new agents)",
     )
+    _store_flags(p)
     set_command(p, cmd_registry_start)
 
     agent_cli.add_commands(sub, group=_group, epilog=FLAGS_EPILOG, systemd_bot=bot_cli.cmd_install_systemd_bot)

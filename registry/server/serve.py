@@ -5,6 +5,7 @@ Data dir layout (created 0700; every file with secrets 0600):
     registry.db        the SQLite store: resources, heartbeats, tokens, audit events and the cluster CA
     admin.identity     the admin identity file (client cert + key + CA + the registry address)
     ca.pin             the cluster CA's pin (public): this data dir has had a CA
+    etcd.key           with ``--store etcd://``: the key sealing everything in etcd (store_config.py)
 
 Invariants:
 - The first start creates the CA (kept in the store, so registry replicas sharing a store share it) and
@@ -53,7 +54,8 @@ from registry.server.local_auth import SECOND_FACTOR_OFF_WARNING, LocalAuth
 from registry.server.metrics_store import instrumented
 from registry.server.ratelimit import Rate
 from registry.server.service import AUDIT_WINDOW, MAX_AUDIT_EVENTS, Registry
-from registry.store import SQLiteStore, Store, serve_expiry
+from registry.server.store_config import StoreConfig, open_registry_store
+from registry.store import Store, serve_expiry
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +102,7 @@ def _earlier_cluster_files(data_dir: Path | None) -> list[str]:
 
 
 async def load_or_create_ca(
-    store: Store, cluster_name: str, now: datetime, *, data_dir: Path | None = None
+    store: Store, cluster_name: str, now: datetime, *, data_dir: Path | None = None, store_name: str | None = None
 ) -> CertAuthority:
     """The cluster CA from the store; a new one only for a store and data dir that never had one.
 
@@ -114,10 +116,11 @@ async def load_or_create_ca(
         earlier = _earlier_cluster_files(data_dir)
         if earlier:
             assert data_dir is not None
+            lost, backup = (store_name, store_name) if store_name else (STORE_FILE, data_dir / STORE_FILE)
             raise BadParameter(
                 f"the store has no cluster CA, but {data_dir} holds {' and '.join(earlier)} from a registry that "
-                f"had one: {STORE_FILE} was emptied, truncated or replaced. Refusing to create a new CA (every "
-                f"agent and identity would be locked out). Restore {data_dir / STORE_FILE} from a backup; to "
+                f"had one: {lost} was emptied, truncated or replaced. Refusing to create a new CA (every "
+                f"agent and identity would be locked out). Restore {backup} from a backup; to "
                 f"really start a new cluster here, move {' and '.join(earlier)} out of {data_dir} first"
             ) from None
         ca = CertAuthority.generate(cluster_name, now=now)
@@ -208,6 +211,7 @@ async def serve_registry(
     cluster_name: str | None = None,
     public_addrs: tuple[str, ...] = (),
     store: Store | None = None,
+    store_config: StoreConfig | None = None,
     bookmark_interval: float = 10.0,
     expiry_interval: float = 1.0,
     http_limits: HTTPLimits = REGISTRY_HTTP_LIMITS,
@@ -234,12 +238,18 @@ async def serve_registry(
     data_dir = ensure_private_dir(data_dir)
     own_store = store is None
     if store is None:
-        store = await SQLiteStore.open(data_dir / STORE_FILE)
+        store = await open_registry_store(store_config or StoreConfig(), data_dir)
     try:
         now = datetime.now(tz=UTC)
         if metrics_listen is not None:
             store = instrumented(store)
-        ca = await load_or_create_ca(store, cluster_name or socket.gethostname() or "kubeport", now, data_dir=data_dir)
+        ca = await load_or_create_ca(
+            store,
+            cluster_name or socket.gethostname() or "kubeport",
+            now,
+            data_dir=data_dir,
+            store_name=store_config.describe() if store_config is not None else None,
+        )
         CERT_EXPIRY.labels("cluster_ca").set(ca.expires.timestamp())
         _record_ca_pin(data_dir, ca)
         registry = Registry(

@@ -6,6 +6,9 @@
 * ``sqlite:///var/lib/kubeport/registry.db`` — :class:`SQLiteStore` at the path after ``sqlite://``
   (so three slashes give an absolute path);
 * anything without a scheme — a file path for :class:`SQLiteStore`.
+
+The etcd backend (:mod:`registry.store.etcd`) also needs the registry's key file and TLS files, so the
+registry opens it from its flags (``registry/server/store_config.py``), not through ``open_store``.
 """
 
 from __future__ import annotations

@@ -83,6 +83,15 @@ class Hub:
                     sub.send.close()
                     break
 
+    def cut_all(self) -> None:
+        """End every current subscription as if it fell behind: each watcher gets Compacted and relists
+        (for a backend that learns its history was lost under it, e.g. etcd compacted past its feed)."""
+        for sub in list(self._subs):
+            sub.overflowed = True
+            self.overflows += 1
+            sub.send.close()
+        self._subs.clear()
+
     def close(self) -> None:
         self.closed = True
         for sub in self._subs:

@@ -26,19 +26,8 @@ content is zeroed) and a write that removed a secret ends with a ``wal_checkpoin
 the WAL's old page images into the database and empties the WAL. Stores written before this (schema 1) are
 scrubbed once when opened.
 
-How an etcd backend maps onto the same protocol (not written yet; one etcd serves several registries):
-
-* key ``/kubeport/<kind>/<name>``, value the JSON text; ``list`` is a range over ``/kubeport/<kind>/``
-  (plus the name prefix), label filtering done client side exactly as here.
-* ``Record.revision`` is the key's ``mod_revision`` and ``created_revision`` its ``create_revision``; the
-  store revision is the header revision. etcd revisions are global and +1 per transaction, so all
-  invariants hold; revision numbers simply start wherever the etcd cluster is.
-* ``create``: txn with compare ``create_revision == 0``; ``update``/``delete`` with ``expected_revision``:
-  compare ``mod_revision``; a failed compare reads the key to tell NotFound from CompareFailed.
-* TTL: one lease per distinct expiry (or per heartbeat), attached on put; etcd deletes the key when the
-  lease ends and emits the DELETE itself, so ``expire()`` has nothing to do but report 0.
-* ``watch``: etcd watch on the kind prefixes with ``start_revision = since + 1``; a cancelled watch with
-  ``compact_revision`` (error code 11) becomes Compacted; etcd's own compaction replaces ``compact``.
+The etcd backend (``etcd.py``) keeps the same tables as etcd keys (``items/``, ``hist/``, ``meta/``) under
+a key prefix, with the store revision as a counter advanced in the same etcd txn as each change.
 """
 
 from __future__ import annotations

@@ -309,12 +309,26 @@ class Harness:
     # -- the registry --------------------------------------------------------------------------------
 
     async def start_registry(
-        self, *, data_dir: Path | None = None, port: int | None = None, name: str = "registry"
+        self,
+        *,
+        data_dir: Path | None = None,
+        port: int | None = None,
+        name: str = "registry",
+        extra: Sequence[str] = (),
     ) -> RegistryProc:
+        """``extra``: more ``registry start`` flags (e.g. ``--store etcd://...``)."""
         data_dir = data_dir or self.tmp / "registry-data"
         port = port or free_port()
         child = await self.spawn(
-            name, "registry", "start", "--data-dir", str(data_dir), "--listen", f"127.0.0.1:{port}", *KUBE_LISTEN
+            name,
+            "registry",
+            "start",
+            "--data-dir",
+            str(data_dir),
+            "--listen",
+            f"127.0.0.1:{port}",
+            *KUBE_LISTEN,
+            *extra,
         )
         child.server = True
         identity = data_dir / ADMIN_IDENTITY

@@ -14,8 +14,12 @@ import trio
 
 from registry.store import Event, MemoryStore, SQLiteStore
 from registry.store._common import BaseStore
+from registry.store.etcd import EtcdStore
+from registry.store.etcd_seal import generate_key
+from tests.fakes.etcd_server import shared_etcd, unique_prefix
 
-BACKENDS = ["memory", "sqlite"]
+# etcd runs whenever a binary is found (tests/fakes/etcd_server.py); without one its cases skip, saying why.
+BACKENDS = ["memory", "sqlite", "etcd"]
 
 START = 1_700_000_000.0  # a plausible wall-clock time for the fake clock
 
@@ -36,6 +40,9 @@ class FakeClock:
 async def open_backend(backend: str, tmp_path: Path, **options: Any) -> BaseStore:
     if backend == "memory":
         return MemoryStore(**options)
+    if backend == "etcd":
+        server = shared_etcd()
+        return await EtcdStore.open(server.url, key=generate_key(), prefix=unique_prefix(), **options)
     return await SQLiteStore.open(tmp_path / "store.db", **options)
 
 

@@ -221,7 +221,8 @@ BAD_CALLS: list[tuple[str, dict[str, Any], type[Exception], str]] = [
     ("create", {"kind": K, "name": "x", "value": {"a": object()}}, BadParameter, "not JSON-serialisable"),
     ("create", {"kind": K, "name": "x", "value": {"a": float("nan")}}, BadParameter, "not JSON"),
     ("create", {"kind": K, "name": "x", "value": {(1, 2): 1}}, BadParameter, "not JSON"),
-    ("create", {"kind": K, "name": "x", "value": {"a": "x" * (1 << 20)}}, TooLarge, "limit is 1048576"),
+    # the limit is the backend's (1 MiB; etcd 640 KiB, as a write puts the value twice in one request)
+    ("create", {"kind": K, "name": "x", "value": {"a": "x" * (1 << 20)}}, TooLarge, r"limit is \d+"),
     ("put", {"kind": K, "name": "x", "value": {}, "expires": "soon"}, BadParameter, "expires"),
     ("put", {"kind": K, "name": "x", "value": {}, "expires": True}, BadParameter, "expires"),
     ("put", {"kind": K, "name": "x", "value": {}, "expires": float("inf")}, BadParameter, "expires"),

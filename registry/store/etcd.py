@@ -1,0 +1,718 @@
+"""``EtcdStore``: the Store on an etcd cluster, so several registry processes can share one state.
+
+Layout under the key prefix (default ``/kubeport/``; one prefix per kubeport cluster sharing an etcd)::
+
+    meta/revision      kubeport's store revision, decimal (plain)
+    meta/floor         kubeport's history floor, decimal (plain)
+    meta/keycheck      a sealed canary: proves this registry holds the key file the data was written with
+    items/<kind>/<name>   the current version of each record (sealed: a JSON line with labels, revisions and
+                          expiry, then the value's canonical JSON as it is)
+    hist/<revision:020>   one history entry per store revision (sealed the same way, plus type and write id)
+
+Revisions. The store contract wants one global, gap-free revision that starts at 1, with every change its
+own revision (a create over an expired record is a DELETE then a PUT, two revisions; ``create_many`` of N
+records is N revisions in one commit). etcd's own revision cannot give that: a prefix shares etcd with
+other tenants (their writes make gaps), an etcd txn is ONE revision however many changes it holds, and a
+fresh etcd already starts at revision 1. So kubeport's revision is a counter kept *in* etcd, advanced in the
+same etcd txn as the changes, and etcd's revision serves underneath: every write is a txn that compares
+``meta/revision``'s ``mod_revision`` with the one read before planning (compare-and-swap through etcd's
+txn), so writes from all registries are serialised by etcd, each store revision is committed exactly once,
+and the etcd revision order of ``hist/`` keys is the store revision order. ``Record.revision`` is the store
+revision; etcd's ``mod_revision`` stays internal. A write whose answer was lost (``request timed out``,
+a dropped connection) is resolved by reading back ``hist/<its first revision>`` for its write id.
+
+Every rule of a write (expiry visibility, CAS, created_revision, secret redaction) comes from the shared
+planner (``_plan``), exactly as for the other backends; this module only reads a consistent snapshot (one
+read-only txn), plans, and commits the plan as one etcd txn.
+
+Watch. A background feed watches ``hist/`` in etcd and publishes each new store revision to the local
+watch hub, in order, whoever wrote it (this process or another registry). A write returns only once the
+feed has published it here, so a caller's own write is in ``revision()`` and in every local watch when it
+returns. When etcd's watch breaks or is compacted past the feed's position, the feed re-reads ``hist/``
+after the last published revision (a range read, which compaction of etcd's MVCC history does not affect)
+and watches again: no gap, no duplicate. A watch that goes silent without breaking (a member cut off from
+the cluster) is caught by a watchdog comparing the counter in etcd with what was published. Catch-up for
+``watch(since=...)`` reads ``hist/`` directly.
+
+History compaction is kubeport's: ``compact(keep)`` deletes ``hist/`` entries up to the new floor, and asks
+etcd to compact its own MVCC history up to the etcd revision of the *previous* kubeport compaction, so old
+versions of values do not pile up in etcd, while lagging watchers still have a window. etcd compaction is
+cluster-wide: on an etcd shared with other applications it compacts their history too, as etcd's own
+``--auto-compaction-*`` would (kubeport's feed does not depend on etcd history, so it copes with either).
+
+TTL. Records carry ``expires`` (store clock) and every read filters on the store's ``clock()``, as the
+other backends do; the registry's expiry sweep (``serve_expiry`` → :meth:`expire`) removes expired records
+with DELETE events. Each record with an expiry is also attached to an etcd lease that ends ``lease_grace``
+seconds after it (an hour by default), rounded up to a ``lease_bucket`` (10 s): one lease per bucket (cached,
+as Teleport does), never one per key. Leases are the backstop that frees the keys of a cluster whose
+registries are all gone; a key deleted by a lease produces no store event (nobody was there to write one),
+which is why the grace is long: a registry that comes back within it sweeps the expired records itself,
+with DELETE events, so watchers resuming from a revision miss nothing. A lease that expired under the
+cache (``requested lease not found``) is dropped from the cache and the write retried with a new one.
+
+Secrets at rest: every value under ``items/`` and ``hist/`` is sealed with AES-GCM (``etcd_seal``) using the
+key file from the registry's data dir; ``open`` refuses a key that does not open ``meta/keycheck``. History
+entries of superseded versions are rewritten without secrets (``_secrets``), as in SQLite; etcd's MVCC keeps
+the sealed old version until the next etcd compaction.
+
+Limits: one write is one etcd txn, and etcd allows ``--max-txn-ops`` operations per txn (128 by default).
+A write needs one operation per key it touches: per change the record and its history entry (plus the
+rewrite of a superseded version's entry for kinds with secrets), plus the counter. etcd checks the limit per
+nesting level, so a larger write goes as one txn of nested txns (:func:`nest_ops`; up to 4096 operations,
+about 2000 records, still one atomic revision); beyond that it is refused whole with LimitExceeded before
+anything is written. etcd also caps a request at ``--max-request-bytes`` (1.5 MiB by default): a batch of
+large values can meet that first (TooLarge). ``expire`` splits its work into as many txns as it needs.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import logging
+import math
+import os
+import ssl
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import trio
+
+from registry.core.errors import BadParameter, Compacted, ConnectionProblem, KubeportError, LimitExceeded, TooLarge
+from registry.store import _plan
+from registry.store._common import BaseStore, Clock
+from registry.store._plan import Change, Item, WriteOp
+from registry.store.base import Record
+from registry.store.etcd_client import (
+    Ambiguous,
+    EtcdClient,
+    KeyValue,
+    LeaseNotFound,
+    TxnResult,
+    WatchEvent,
+    compare_mod,
+    delete_op,
+    parse_endpoints,
+    prefix_end,
+    put_op,
+    range_op,
+)
+from registry.store.etcd_seal import Sealer, Unsealable
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PREFIX = "/kubeport/"
+_PREFIX_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_./")
+MAX_LEASE_TTL = 9_000_000_000  # etcd's MaxLeaseTTL; a farther expiry gets no lease (the sweep still removes it)
+_PAGE = 500  # keys per range read
+# A write puts a value twice (the record and its history entry) in one request, and etcd refuses requests
+# over --max-request-bytes (1.5 MiB by default): 640 KiB values keep the largest single write under it.
+MAX_VALUE_BYTES = 640 * 1024
+_EXPIRE_BATCH = 256  # expired records per txn to start with; halved while etcd finds the request too large
+_CANARY = b"kubeport etcd key check"
+
+Snapshot = dict[tuple[str, str], Item | None]
+
+
+def check_prefix(prefix: object) -> str:
+    """An etcd key prefix: starts and ends with ``/``, tame characters, no ``..`` (BadParameter otherwise)."""
+    if not isinstance(prefix, str) or not prefix:
+        raise BadParameter(f"etcd prefix must be a non-empty string such as /kubeport/, got {prefix!r:.80}")
+    if len(prefix) > 200 or not set(prefix) <= _PREFIX_CHARS or ".." in prefix:
+        raise BadParameter(f"etcd prefix {prefix!r:.80} may only hold letters, digits and - _ . / (at most 200)")
+    if not prefix.startswith("/"):
+        prefix = "/" + prefix
+    if not prefix.endswith("/"):
+        prefix += "/"
+    return prefix
+
+
+class EtcdStore(BaseStore):
+    """The Store on etcd; see the module docstring. Open with :meth:`open`."""
+
+    backend = "etcd"
+
+    def __init__(
+        self,
+        client: EtcdClient,
+        sealer: Sealer,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        clock: Clock = time.time,
+        max_history: int = 100_000,
+        watch_buffer: int = 1024,
+        max_value_bytes: int = MAX_VALUE_BYTES,
+        lease_bucket: float = 10.0,
+        lease_grace: float = 3600.0,
+        max_txn_ops: int = 128,
+        publish_timeout: float = 5.0,
+        watchdog_interval: float = 5.0,
+    ) -> None:
+        super().__init__(
+            clock=clock, max_history=max_history, watch_buffer=watch_buffer, max_value_bytes=max_value_bytes
+        )
+        for what, number in (
+            ("lease_bucket", lease_bucket),
+            ("lease_grace", lease_grace),
+            ("publish_timeout", publish_timeout),
+            ("watchdog_interval", watchdog_interval),
+        ):
+            if isinstance(number, bool) or not isinstance(number, int | float) or not 0 < number < 1e6:
+                raise BadParameter(f"{what} must be a positive number of seconds, got {number!r}")
+        self._max_txn_ops = _plan.check_positive("max_txn_ops", max_txn_ops)
+        if self._max_txn_ops < 4:
+            raise BadParameter(f"max_txn_ops must be at least 4 (etcd's default is 128), got {max_txn_ops}")
+        # Expired records removed per txn (nested, see nest_ops): each is an item delete, its DELETE entry and
+        # the redaction of its last version's history entry; the counter once.
+        self._max_batch = max(1, ((self._max_txn_ops // 2) ** 2 - 1) // 3)
+        self._client = client
+        self._sealer = sealer
+        self.prefix = check_prefix(prefix)
+        base = self.prefix.encode()
+        self._rev_key = base + b"meta/revision"
+        self._floor_key = base + b"meta/floor"
+        self._check_key = base + b"meta/keycheck"
+        self._items = base + b"items/"
+        self._hist = base + b"hist/"
+        self._bucket = float(lease_bucket)
+        self._grace = float(lease_grace)
+        self._publish_timeout = float(publish_timeout)
+        self._watchdog_interval = float(watchdog_interval)
+        self._leases: dict[float, int] = {}  # bucket end (store clock) -> lease id
+        self._deadlines: list[tuple[float, int, str, str]] = []  # as MemoryStore: (expires, revision, kind, name)
+        self._lock = trio.Lock()  # one write of this process at a time (other processes: the txn compare)
+        self._progress = trio.Event()  # set (and replaced) whenever the feed publishes
+        self._feed_scope = trio.CancelScope()
+        self._kick_scope: trio.CancelScope | None = None
+        self._feed_done = trio.Event()
+        self._last_etcd_compaction = 0
+        self.resyncs = 0
+
+    @classmethod
+    async def open(
+        cls,
+        endpoints: str | Sequence[str],
+        *,
+        key: bytes,
+        prefix: str = DEFAULT_PREFIX,
+        tls: ssl.SSLContext | None = None,
+        **options: Any,
+    ) -> EtcdStore:
+        """Connect, check the key against ``meta/keycheck`` (writing it on first use), load the expiry
+        index, and start the feed. ConnectionProblem when etcd cannot be reached, BadParameter for a key
+        that does not match the data."""
+        urls = parse_endpoints(endpoints, tls=tls is not None) if isinstance(endpoints, str) else list(endpoints)
+        client = EtcdClient(urls, tls=tls)
+        try:
+            store = cls(client, Sealer(key), prefix=prefix, **options)
+            await store._start()
+        except BaseException:
+            await client.aclose()
+            raise
+        return store
+
+    async def _start(self) -> None:
+        canary = self._sealer.seal(self._check_key, _CANARY)
+        result = await self._client.txn(
+            [compare_mod(self._check_key, 0)], [put_op(self._check_key, canary)], [range_op(self._check_key)],
+            idempotent=True,  # creating it twice is the same as once
+        )  # fmt: skip
+        if not result.succeeded:
+            stored = result.ranges()[0]
+            try:
+                if stored and self._sealer.open(self._check_key, stored[0].value) != _CANARY:
+                    raise Unsealable("wrong canary")
+            except Unsealable:
+                raise BadParameter(
+                    f"the data under etcd prefix {self.prefix} was written with another key file: copy etcd.key "
+                    "from the data dir of a registry already serving this cluster"
+                ) from None
+        every_item = range_op(self._items, prefix_end(self._items), count_only=True)
+        snapshot = await self._client.txn(
+            [], [range_op(self._rev_key), range_op(self._floor_key), every_item], idempotent=True
+        )
+        counter, floor = (_decimal(kvs) for kvs in snapshot.ranges()[:2])
+        records = int(_count_of(snapshot.responses[2]))
+        self._revision = counter
+        self._floor = floor
+        self._records = records
+        await self._load_deadlines(snapshot.revision)
+        trio.lowlevel.spawn_system_task(self._feed_main, snapshot.revision, name=f"etcd feed {self.prefix}")
+
+    # --- keys and encoding -----------------------------------------------------------------------------
+
+    def _item_key(self, kind: str, name: str) -> bytes:
+        return self._items + kind.encode() + b"/" + name.encode()
+
+    def _hist_key(self, revision: int) -> bytes:
+        return self._hist + f"{revision:020d}".encode()
+
+    def _seal_item(self, key: bytes, item: Item, **extra: str) -> bytes:
+        """Sealed ``meta JSON + "\\n" + value``: the value's canonical JSON goes in as it is (escaping it into
+        another JSON string could double its size against etcd's request limit)."""
+        meta = {**_item_meta(item), **extra}
+        return self._sealer.seal(key, json.dumps(meta, separators=(",", ":")).encode() + b"\n" + item.data.encode())
+
+    def _open_item(self, kv: KeyValue) -> tuple[Item, dict[str, Any]]:
+        plain = self._sealer.open(kv.key, kv.value)
+        head, _, data = plain.partition(b"\n")  # JSON text never holds a raw newline
+        try:
+            meta = json.loads(head)
+            if not isinstance(meta, dict):
+                raise ValueError("not an object")
+            expires = meta.get("e")
+            item = Item(
+                kind=str(meta["k"]),
+                name=str(meta["n"]),
+                data=data.decode(),
+                revision=int(meta["r"]),
+                created_revision=int(meta["c"]),
+                expires=None if expires is None else float(expires),
+                labels=str(meta.get("l", "{}")),
+            )
+        except (KeyError, TypeError, ValueError, RecursionError):
+            raise ConnectionProblem(f"etcd value at {kv.key!r:.80} is damaged") from None
+        return item, meta
+
+    def _decode_item(self, kv: KeyValue) -> Item:
+        return self._open_item(kv)[0]
+
+    def _decode_change(self, kv: KeyValue) -> tuple[Change, str]:
+        item, meta = self._open_item(kv)
+        kind = meta.get("t")
+        if kind not in ("PUT", "DELETE"):
+            raise ConnectionProblem(f"etcd history entry {kv.key!r:.80} is damaged")
+        return Change(kind, item), str(meta.get("w", ""))
+
+    def _hist_revision(self, key: bytes) -> int | None:
+        if not key.startswith(self._hist):
+            return None
+        tail = key[len(self._hist) :]
+        return int(tail) if tail.isdigit() else None
+
+    # --- reads -----------------------------------------------------------------------------------------
+
+    async def _read(self, kind: str, name: str) -> Item | None:
+        kvs, *_ = await self._client.range(self._item_key(kind, name))
+        self._check_open()
+        return self._decode_item(kvs[0]) if kvs else None
+
+    async def _list(
+        self, kind: str, bounds: _plan.ListRange, labels: Mapping[str, str | list[str]] | None, now: float
+    ) -> list[Record]:
+        base = self._items + kind.encode() + b"/"
+        lower = base + bounds.lower.encode()
+        upper = base + bounds.upper.encode() if bounds.upper is not None else prefix_end(base)
+        out: list[Record] = []
+        revision = 0
+        while True:
+            page = _PAGE if bounds.limit is None else min(_PAGE, max(bounds.limit - len(out), 1) * 2)
+            kvs, _, more, header = await self._client.range(
+                lower, upper, limit=page, descending=bounds.reverse, revision=revision
+            )
+            self._check_open()
+            revision = revision or header  # every page from the same snapshot
+            items = [self._decode_item(kv) for kv in kvs]
+            live = [i for i in items if not i.expired(now) and bounds.contains(i.name)]
+            out += _plan.to_records(live, labels)
+            if bounds.limit is not None and len(out) >= bounds.limit:
+                return out[: bounds.limit]
+            if not more or not kvs:
+                return out
+            if bounds.reverse:
+                upper = kvs[-1].key
+            else:
+                lower = kvs[-1].key + b"\x00"
+
+    async def _count(self, kind: str, now: float) -> int:
+        """etcd's count of the kind's keys, less those already expired by the store clock (the expiry index
+        names the candidates; with more than one txn holds, every record of the kind is read instead)."""
+        base = self._items + kind.encode() + b"/"
+        due = sorted({name for expires, _, k, name in self._deadlines if k == kind and expires <= now})
+        if len(due) >= self._max_txn_ops:
+            return len(await self._list(kind, _plan.ListRange(), None, now))
+        ops = [range_op(base, prefix_end(base), count_only=True)]
+        ops += [range_op(self._item_key(kind, name)) for name in due]
+        result = await self._client.txn([], ops, idempotent=True)
+        self._check_open()
+        total = _count_of(result.responses[0])
+        for kvs in result.ranges()[1:]:
+            if kvs and self._decode_item(kvs[0]).expired(now):
+                total -= 1
+        return total
+
+    async def _snapshot(self, keys: Sequence[tuple[str, str]]) -> tuple[int, int, int, Snapshot]:
+        """(counter, its mod_revision, floor, items) read in one consistent txn."""
+        ops = [range_op(self._rev_key), range_op(self._floor_key)]
+        ops += [range_op(self._item_key(kind, name)) for kind, name in keys]
+        result = await self._client.txn([], nest_ops(ops, self._max_txn_ops, what="this read"), idempotent=True)
+        ranges = result.ranges()
+        counter_kvs = ranges[0]
+        counter = _decimal(counter_kvs)
+        mod = counter_kvs[0].mod_revision if counter_kvs else 0
+        items: Snapshot = {}
+        for key, kvs in zip(keys, ranges[2:], strict=True):
+            items[key] = self._decode_item(kvs[0]) if kvs else None
+        return counter, mod, _decimal(ranges[1]), items
+
+    # --- writes ----------------------------------------------------------------------------------------
+
+    async def _write(self, op: WriteOp) -> list[Change]:
+        def plan(items: Snapshot, now: float, revision: int) -> list[Change]:
+            return _plan.plan_write(op, items[(op.kind, op.name)], now=now, revision=revision)
+
+        return await self._commit([(op.kind, op.name)], plan)
+
+    async def _write_batch(self, ops: Sequence[WriteOp]) -> list[Change]:
+        keys = list(dict.fromkeys((op.kind, op.name) for op in ops))
+
+        def plan(items: Snapshot, now: float, revision: int) -> list[Change]:
+            return _plan.plan_batch(ops, lambda kind, name: items[(kind, name)], now=now, revision=revision)
+
+        return await self._commit(keys, plan)
+
+    async def _expire(self) -> list[Change]:
+        """Remove every expired record, as many etcd txns as it takes (each holds at most ``max_batch``)."""
+
+        def plan(items: Snapshot, now: float, revision: int) -> list[Change]:
+            return _plan.plan_expiry([i for i in items.values() if i is not None], now=now, revision=revision)
+
+        removed: list[Change] = []
+        batch = min(self._max_batch, _EXPIRE_BATCH)
+        while True:
+            now = self._now()
+            due: dict[tuple[str, str], tuple[float, int, str, str]] = {}
+            while self._deadlines and self._deadlines[0][0] <= now and len(due) < batch:
+                entry = heapq.heappop(self._deadlines)
+                due[(entry[2], entry[3])] = entry
+            if not due:
+                break
+            try:
+                removed += await self._commit(list(due), plan)
+            except BaseException as exc:
+                for entry in due.values():  # not removed: the next sweep must still find them
+                    heapq.heappush(self._deadlines, entry)
+                if isinstance(exc, TooLarge) and len(due) > 1:
+                    batch = max(1, len(due) // 2)  # large values: fewer per request
+                    continue
+                raise
+        if not removed:
+            await trio.lowlevel.checkpoint()
+        return removed
+
+    async def _commit(
+        self, keys: Sequence[tuple[str, str]], plan: Callable[[Snapshot, float, int], list[Change]]
+    ) -> list[Change]:
+        """Read, plan and commit as one etcd txn guarded by the revision counter; retry when another
+        registry wrote in between. Returns once the feed has published the changes here."""
+        async with self._lock:
+            for _ in range(1000):
+                counter, mod, floor, items = await self._snapshot(keys)
+                self._check_open()
+                changes = plan(items, self._now(), counter)
+                if not changes:
+                    return []
+                write_id = os.urandom(8).hex()
+                try:
+                    ops = await self._ops_for(changes, floor, write_id)
+                    result = await self._client.txn([compare_mod(self._rev_key, mod)], ops)
+                except LeaseNotFound:
+                    self._leases.clear()  # a cached lease ran out under us: take fresh ones
+                    continue
+                except Ambiguous:
+                    result = TxnResult(await self._landed(changes[0].revision, write_id), 0)
+                if result.succeeded:
+                    break
+            else:
+                raise ConnectionProblem("etcd: too much write contention on the store revision, try again")
+        await self._wait_published(changes[-1].revision)
+        return changes
+
+    async def _landed(self, revision: int, write_id: str) -> bool:
+        """Whether the write that was to commit ``revision`` with ``write_id`` did (its answer was lost)."""
+        kvs, *_ = await self._client.range(self._hist_key(revision))
+        return bool(kvs) and self._decode_change(kvs[0])[1] == write_id
+
+    async def _ops_for(self, changes: Sequence[Change], floor: int, write_id: str) -> list[dict[str, Any]]:
+        final: dict[bytes, dict[str, Any]] = {}  # etcd refuses a key twice in one txn: keep each key's last op
+        for change in changes:
+            hist_key = self._hist_key(change.revision)
+            final[hist_key] = put_op(hist_key, self._seal_item(hist_key, change.recorded, t=change.type, w=write_id))
+            old = change.supersedes
+            if old is not None and old.revision > floor:  # at or below the floor the entry is gone already
+                old_key = self._hist_key(old.revision)
+                final[old_key] = put_op(old_key, self._seal_item(old_key, old, t="PUT", w=write_id))
+            item_key = self._item_key(change.item.kind, change.item.name)
+            if change.type == "DELETE":
+                final[item_key] = delete_op(item_key)
+            else:
+                lease = await self._lease_for(change.item.expires)
+                final[item_key] = put_op(item_key, self._seal_item(item_key, change.item), lease=lease)
+        final[self._rev_key] = put_op(self._rev_key, str(changes[-1].revision).encode())
+        return nest_ops(list(final.values()), self._max_txn_ops, what=f"this write of {len(changes)} changes")
+
+    async def _lease_for(self, expires: float | None) -> int:
+        """The lease of ``expires``' bucket (0: no lease), granted on first use and cached."""
+        if expires is None:
+            return 0
+        now = self._now()
+        end = math.ceil((expires + self._grace) / self._bucket) * self._bucket
+        ttl = max(math.ceil(end - now), math.ceil(self._grace))
+        if ttl > MAX_LEASE_TTL:
+            return 0
+        lease = self._leases.get(end)
+        if lease is None:
+            for old in [b for b in self._leases if b <= now]:
+                del self._leases[old]
+            lease, _ = await self._client.lease_grant(ttl)
+            self._leases[end] = lease
+        return lease
+
+    async def _compact(self, keep: int) -> int:
+        async with self._lock:
+            counter, mod, floor, _ = await self._snapshot([])
+            new_floor = counter - keep
+            if new_floor <= floor:
+                self._compacted(floor)
+                return self._floor
+            result = await self._client.txn(
+                [compare_mod(self._rev_key, mod)],
+                [
+                    delete_op(self._hist_key(floor + 1), self._hist_key(new_floor + 1)),
+                    put_op(self._floor_key, str(new_floor).encode()),
+                    put_op(self._rev_key, str(counter).encode()),  # same value: orders it against writes
+                ],
+                idempotent=True,  # compacting to the same floor twice is harmless
+            )
+            if not result.succeeded:
+                return self._floor  # a write came in between; the next compaction catches up
+            self._compacted(new_floor)
+            previous, self._last_etcd_compaction = self._last_etcd_compaction, result.revision
+        if previous:
+            try:
+                await self._client.compact(previous)
+            except KubeportError as exc:
+                log.warning("etcd compaction to revision %d failed: %s", previous, exc)
+        return self._floor
+
+    # --- history and the feed --------------------------------------------------------------------------
+
+    async def _read_history(self, kinds: frozenset[str], after: int, limit: int) -> Sequence[Change]:
+        ops = [
+            range_op(self._rev_key),
+            range_op(self._floor_key),
+            range_op(self._hist_key(after + 1), prefix_end(self._hist), limit=_PAGE),
+        ]
+        result = await self._client.txn([], ops, idempotent=True)
+        self._check_open()
+        ranges = result.ranges()
+        counter, floor = _decimal(ranges[0]), _decimal(ranges[1])
+        self._compacted(floor)
+        if after < floor:
+            raise _plan.too_old(after, floor)
+        if after > max(counter, self._revision):
+            raise _plan.too_new(after, max(counter, self._revision))
+        page: list[Change] = []
+        kvs = ranges[2]
+        while True:
+            for kv in kvs:
+                change, _ = self._decode_change(kv)
+                if change.item.kind in kinds:
+                    page.append(change)
+                    if len(page) >= limit:
+                        return page
+            if len(kvs) < _PAGE:
+                return page
+            kvs, *_ = await self._client.range(
+                kvs[-1].key + b"\x00", prefix_end(self._hist), limit=_PAGE, revision=result.revision
+            )
+            self._check_open()
+
+    async def _feed_main(self, etcd_revision: int) -> None:
+        """Publish every new store revision here, in order (a system task: it must never raise)."""
+        try:
+            with self._feed_scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._watchdog)
+                    while True:
+                        try:
+                            etcd_revision = await self._feed_watch(etcd_revision)
+                        except (KubeportError, ValueError) as exc:
+                            if not isinstance(exc, Compacted | _Kicked):
+                                log.warning("etcd feed for %s: %s (re-reading history)", self.prefix, exc)
+                                await trio.sleep(0.2)  # back off before reconnecting (not a wait for a condition)
+                        etcd_revision = await self._resync_until_done(etcd_revision)
+        except Exception:  # pragma: no cover - the feed must not take the process down
+            log.exception("etcd feed for %s ended", self.prefix)
+        finally:
+            self._hub.close()  # watchers end rather than hang
+            self._feed_done.set()
+
+    async def _watchdog(self) -> None:
+        """Kick the feed when a watch went silent: a member cut off without closing the connection sends
+        nothing, and a registry with no writes of its own would never notice. Every ``watchdog_interval``
+        it reads the revision counter; still behind the previous reading one interval later means stuck."""
+        behind = 0
+        while True:
+            await trio.sleep(self._watchdog_interval)  # a periodic check, not a wait for a condition
+            if self._revision < behind and self._kick_scope is not None:
+                log.warning("etcd feed for %s is stuck below revision %d: re-reading history", self.prefix, behind)
+                self._kick_scope.cancel()
+            try:
+                kvs, *_ = await self._client.range(self._rev_key)
+                behind = _decimal(kvs)
+            except KubeportError:
+                behind = 0  # etcd unreachable: the watch itself reports that
+
+    async def _feed_watch(self, etcd_revision: int) -> int:
+        with trio.CancelScope() as kick:
+            self._kick_scope = kick
+            async with self._client.watch(
+                self._hist, prefix_end(self._hist), start_revision=etcd_revision + 1
+            ) as stream:
+                async for header, events in stream:
+                    self._take(events)
+                    etcd_revision = max([etcd_revision, header] + [e.kv.mod_revision for e in events])
+        self._kick_scope = None
+        if kick.cancelled_caught:
+            raise _Kicked("kicked")
+        raise ConnectionProblem("etcd watch ended")
+
+    def _take(self, events: Sequence[WatchEvent]) -> None:
+        fresh: list[tuple[int, WatchEvent]] = []
+        for event in events:
+            revision = self._hist_revision(event.kv.key)
+            if event.type == "PUT" and revision is not None and revision > self._revision:
+                fresh.append((revision, event))  # older ones are redaction rewrites: already published
+        fresh.sort(key=lambda pair: pair[0])
+        changes: list[Change] = []
+        for revision, event in fresh:
+            if revision != self._revision + 1 + len(changes):
+                raise ConnectionProblem(f"etcd feed saw revision {revision} after {self._revision + len(changes)}")
+            changes.append(self._decode_change(event.kv)[0])
+        self._publish(changes)
+
+    def _publish(self, changes: Sequence[Change]) -> None:
+        if not changes:
+            return
+        for change in changes:
+            item = change.item
+            if change.type == "PUT" and item.expires is not None:
+                heapq.heappush(self._deadlines, (item.expires, item.revision, item.kind, item.name))
+        self._published(changes)
+        progress, self._progress = self._progress, trio.Event()
+        progress.set()
+
+    async def _resync_until_done(self, etcd_revision: int) -> int:
+        while True:
+            try:
+                return await self._resync()
+            except KubeportError as exc:
+                log.warning("etcd feed for %s: re-reading history failed: %s", self.prefix, exc)
+                await trio.sleep(0.5)  # back off before retrying (not a wait for a condition)
+
+    async def _resync(self) -> int:
+        """Publish the history after the last published revision by range reads; return the etcd revision
+        they were read at (the feed's watch continues after it)."""
+        self.resyncs += 1
+        unpublished = range_op(self._hist_key(self._revision + 1), prefix_end(self._hist), limit=_PAGE)
+        result = await self._client.txn([], [range_op(self._floor_key), unpublished], idempotent=True)
+        floor_kvs, kvs = result.ranges()
+        floor = _decimal(floor_kvs)
+        if floor > self._revision:
+            # History we never published was compacted away: local watchers cannot be served without a gap.
+            log.warning("etcd feed for %s fell behind compaction (floor %d): watchers must relist", self.prefix, floor)
+            self._hub.cut_all()
+            self._revision = floor
+        while kvs:
+            self._take([WatchEvent("PUT", kv) for kv in kvs])
+            if len(kvs) < _PAGE:
+                break
+            kvs, *_ = await self._client.range(
+                kvs[-1].key + b"\x00", prefix_end(self._hist), limit=_PAGE, revision=result.revision
+            )
+        return result.revision
+
+    async def _wait_published(self, revision: int) -> None:
+        """Wait for the feed to publish ``revision`` here; kick it once if it seems stuck."""
+        for attempt in range(2):
+            with trio.move_on_after(self._publish_timeout):
+                while self._revision < revision and not self._feed_done.is_set():
+                    await self._progress.wait()
+                return
+            if attempt == 0 and self._kick_scope is not None:
+                self._kick_scope.cancel()
+        log.warning(
+            "etcd feed for %s has not published revision %d yet (the write is committed)", self.prefix, revision
+        )
+
+    async def _load_deadlines(self, revision: int) -> None:
+        lower, upper = self._items, prefix_end(self._items)
+        while True:
+            kvs, _, more, _ = await self._client.range(lower, upper, limit=_PAGE, revision=revision)
+            for kv in kvs:
+                item = self._decode_item(kv)
+                if item.expires is not None:
+                    self._deadlines.append((item.expires, item.revision, item.kind, item.name))
+            if not more or not kvs:
+                break
+            lower = kvs[-1].key + b"\x00"
+        heapq.heapify(self._deadlines)
+
+    async def _close(self) -> None:
+        self._feed_scope.cancel()
+        with trio.CancelScope(shield=True):
+            await self._feed_done.wait()
+            await self._client.aclose()
+
+
+class _Kicked(KubeportError):
+    """A writer found the feed stuck and asked it to re-read history."""
+
+
+def nest_ops(ops: list[dict[str, Any]], max_ops: int, *, what: str) -> list[dict[str, Any]]:
+    """``ops`` as the success list of ONE etcd txn within ``--max-txn-ops``: as they are when they fit, else
+    split over nested txns (etcd checks the limit per level: an outer list of ``k`` nested txns may give each
+    ``max_ops - k`` operations, so up to (max_ops / 2)^2 = 4096 by default, all still one atomic revision)."""
+    if len(ops) <= max_ops:
+        return ops
+    for nested in range(2, max_ops):
+        per = max_ops - nested
+        if nested * per >= len(ops):
+            size = math.ceil(len(ops) / nested)
+            return [{"request_txn": {"success": ops[i : i + size]}} for i in range(0, len(ops), size)]
+        if nested > max_ops // 2:
+            break
+    raise LimitExceeded(
+        f"{what} needs {len(ops)} etcd operations in one txn, more than etcd's --max-txn-ops ({max_ops}) allows "
+        "even nested: split it (or raise --max-txn-ops on etcd and max_txn_ops here together)"
+    )
+
+
+def _decimal(kvs: Sequence[KeyValue]) -> int:
+    if not kvs:
+        return 0
+    try:
+        return int(kvs[0].value.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        raise ConnectionProblem(f"etcd value at {kvs[0].key!r:.80} is not a number") from None
+
+
+def _count_of(response: dict[str, Any]) -> int:
+    rng = response.get("response_range") or {}
+    count = rng.get("count", 0) if isinstance(rng, dict) else 0
+    try:
+        return int(count)
+    except (TypeError, ValueError):
+        raise ConnectionProblem("etcd answered a malformed count") from None
+
+
+def _item_meta(item: Item) -> dict[str, Any]:
+    return {
+        "k": item.kind,
+        "n": item.name,
+        "l": item.labels,
+        "r": item.revision,
+        "c": item.created_revision,
+        "e": item.expires,
+    }
