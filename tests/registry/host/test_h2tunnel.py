@@ -595,3 +595,28 @@ async def test_a_handler_that_never_answers_gets_a_500(nursery: trio.Nursery) ->
     pair = await memory_pair(nursery, handler)
     with pytest.raises(ConnectionProblem, match="HTTP 500"):
         await pair.client.open_stream([], authority="c")
+
+
+@pytest.mark.parametrize(
+    ("data", "padding"),
+    [(b"", 0), (b"abc", 0), (b"0123456789", 0), (b"0123456789a", 0), (os.urandom(64 * 1024), 0), (b"ab", 5)],
+)
+def test_a_data_frame_repr_reads_the_same_from_its_first_bytes(data: bytes, padding: int) -> None:
+    # h2 builds repr(frame) for every frame it receives; the tunnel's replacement must say exactly what
+    # hyperframe's own does, without hex-encoding the whole body.
+    frame = hyperframe.frame.DataFrame(1, data)
+    if padding:
+        frame.flags.add("PADDED")
+        frame.pad_length = padding
+    expected = f"DataFrame(stream_id=1, flags={frame.flags!r}): " + hyperframe.frame._raw_data_repr(
+        frame.serialize_body()
+    )
+    assert repr(frame) == expected
+
+
+def test_a_data_frame_repr_never_serializes_the_body(monkeypatch: pytest.MonkeyPatch) -> None:
+    def whole_body(self: hyperframe.frame.DataFrame) -> bytes:
+        raise AssertionError("repr(DataFrame) copied the whole body")
+
+    monkeypatch.setattr(hyperframe.frame.DataFrame, "serialize_body", whole_body)
+    assert repr(hyperframe.frame.DataFrame(3, b"x" * MiB)).endswith("<hex:78787878787878787878...>")
