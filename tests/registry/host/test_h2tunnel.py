@@ -620,3 +620,33 @@ def test_a_data_frame_repr_never_serializes_the_body(monkeypatch: pytest.MonkeyP
 
     monkeypatch.setattr(hyperframe.frame.DataFrame, "serialize_body", whole_body)
     assert repr(hyperframe.frame.DataFrame(3, b"x" * MiB)).endswith("<hex:78787878787878787878...>")
+
+
+class _WriterSteps(trio.abc.Instrument):
+    def __init__(self) -> None:
+        self.steps = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task.name.endswith("._write_loop"):
+            self.steps += 1
+
+
+async def test_a_send_on_an_idle_tunnel_goes_out_without_waking_the_writer(
+    nursery: trio.Nursery, make_pair: MakePair
+) -> None:
+    # Each send_all used to wake the writer task and wait to be woken back: two task switches per frame on
+    # the request path. A stream finding the transport free writes itself; the echo still arrives whole.
+    pair = await make_pair(nursery)
+    stream = await pair.client.open_stream([], authority="agent")
+    counter = _WriterSteps()
+    trio.lowlevel.add_instrument(counter)
+    try:
+        for i in range(20):
+            message = f"request {i}".encode()
+            await stream.send_all(message)
+            with trio.fail_after(10):
+                assert await stream.receive_some() == message
+    finally:
+        trio.lowlevel.remove_instrument(counter)
+    # The server side's echo goes through TunnelStream.send_all too; only window updates may need the writer.
+    assert counter.steps <= 4
