@@ -220,6 +220,7 @@ class _Session:
                 target=target,
                 request=record.request,
                 inbound=inbound,
+                cache=self.ctx.decisions,
             )
             record.roles = decision.access.roles
             record.identity = decision.identity
