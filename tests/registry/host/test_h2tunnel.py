@@ -650,3 +650,51 @@ async def test_a_send_on_an_idle_tunnel_goes_out_without_waking_the_writer(
         trio.lowlevel.remove_instrument(counter)
     # The server side's echo goes through TunnelStream.send_all too; only window updates may need the writer.
     assert counter.steps <= 4
+
+
+async def test_a_send_stuck_on_a_peer_that_stopped_reading_ends_with_the_tunnel(nursery: trio.Nursery) -> None:
+    # A stream writing the transport itself is shielded from cancellation (a half-written TLS record would
+    # break every stream), so it must be freed when the tunnel ends, e.g. after unanswered PINGs.
+    left, right = trio.testing.lockstep_stream_pair()  # a send waits until the peer reads it
+    client = H2Tunnel(left, side="client")
+    problems: list[ConnectionProblem] = []
+
+    async def run() -> None:
+        try:
+            await client.run()
+        except ConnectionProblem as exc:
+            problems.append(exc)
+
+    nursery.start_soon(run)
+    peer = RawPeer(right)
+    opened: list[TunnelStream] = []
+
+    async def open_one() -> None:
+        opened.append(await client.open_stream([], authority="c"))
+
+    nursery.start_soon(open_one)
+    await peer.server_preface()
+    await peer.skip_preface()
+    assert await peer.frame_of(hyperframe.frame.HeadersFrame, 1) is not None
+    await peer.send(peer.headers(1, [(b":status", b"200")]))
+    await wait_until(lambda: bool(opened))
+    failed: list[BaseException] = []
+
+    async def send_big() -> None:
+        with trio.CancelScope() as scope:
+            sending.append(scope)
+            try:
+                await opened[0].send_all(b"x" * 60_000)  # within the 65,535 window; the peer never reads it
+            except trio.BrokenResourceError as exc:
+                failed.append(exc)
+
+    sending: list[trio.CancelScope] = []
+    nursery.start_soon(send_big)
+    await trio.testing.wait_all_tasks_blocked()
+    sending[0].cancel()  # shielded: the write goes on ...
+    await trio.testing.wait_all_tasks_blocked()
+    assert not failed
+    client.abort("the agent answered no PING")  # ... until the tunnel ends
+    with trio.fail_after(5):
+        await wait_until(lambda: bool(failed))
+    assert problems and "PING" in problems[0].message
