@@ -919,8 +919,8 @@ async def run(config: Config) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bench_proxy", description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a ~30 s smoke run (smaller counts)")
-    parser.add_argument("--requests", type=positive(1_000_000), help="keep-alive GETs per row (2000; quick 200)")
-    parser.add_argument("--new-conns", type=positive(100_000), help="new-connection GETs (400; quick 40)")
+    parser.add_argument("--requests", type=positive(1_000_000), help="keep-alive GETs per row (3000; quick 300)")
+    parser.add_argument("--new-conns", type=positive(100_000), help="new-connection GETs (600; quick 60)")
     parser.add_argument("--bulk-mib", type=positive(4096), help="MiB in the big response (64; quick 16)")
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--watches", type=positive(10_000), help="idle watches through kubeport (200; quick 20)")

@@ -23,6 +23,7 @@ from typing import Any, Final, Protocol
 import trio
 
 from agent.forward.audit import AuditEvent
+from agent.forward.decide import DecisionCache
 from agent.forward.upstream import Endpoints, UpstreamPool
 from agent.kube.exec_plugin import ExecCredential
 from registry.core import codec
@@ -76,6 +77,7 @@ class ForwardContext:
     exec_credential: ExecCredentials | None = None
     limits: ForwardLimits = field(default_factory=ForwardLimits)
     now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    decisions: DecisionCache = field(default_factory=DecisionCache)
 
 
 class ServedTable(Protocol):

@@ -18,12 +18,20 @@ them (first, later kept-alive and upgrade requests alike):
    then :func:`~registry.core.kube_access.choose_identity` with the client's own ``Impersonate-*`` request.
 5. :func:`registry.core.kube_headers.outbound` builds the upstream headers; the client's ``Host`` is
    dropped here (the upstream adapter sets the API server's) and ``Authorization`` never survives step 3.
+
+Memoized, never skipped (both pure functions of their inputs; a bounded LRU each): step 2 per (method,
+target) for targets up to ``_MEMO_TARGET`` characters, and the allow decision of step 4 in a
+:class:`DecisionCache` keyed by the very user and role *objects* the caller passed (checked with ``is``,
+so a refreshed user or role, a new object, never meets an old decision), the cluster, its labels and the
+mapped request. Refusals are not memoized: they are computed again each time.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 from registry.core import kube_headers
 from registry.core.errors import BadParameter
@@ -80,9 +88,41 @@ def strip_prefix(cluster: str, raw_target: bytes) -> Target:
     return Target(path=path or "/", query=query)
 
 
+_MEMO_TARGET = 1024  # longer targets are mapped each time: a hostile client's huge paths are never kept
+_parse_memo = lru_cache(maxsize=2048)(parse_request)
+
+
 def map_request(method: str, target: Target) -> KubeRequest:
-    """Step 2 (raises :class:`BadParameter`)."""
+    """Step 2 (raises :class:`BadParameter`, which is never memoized)."""
+    if len(target.path) + len(target.query) <= _MEMO_TARGET and len(method) <= 16:
+        return _parse_memo(method, target.path, target.query)
     return parse_request(method, target.path, target.query)
+
+
+class DecisionCache:
+    """The last ``size`` allow decisions of :func:`authorize` (module docstring: keyed by object identity
+    of the user and roles, which the entry also holds, so an id is never reused while it is a key)."""
+
+    def __init__(self, size: int = 1024) -> None:
+        self.size = size
+        self._entries: OrderedDict[tuple[object, ...], tuple[User, tuple[Role, ...], KubeAccess]] = OrderedDict()
+        self.hits = 0
+
+    def authorize(
+        self, user: User, roles: Sequence[Role], cluster: str, labels: Mapping[str, str], request: KubeRequest
+    ) -> KubeAccess:
+        held = tuple(roles)
+        key = (id(user), tuple(id(role) for role in held), cluster, tuple(sorted(labels.items())), request)
+        found = self._entries.get(key)
+        if found is not None and found[0] is user and all(a is b for a, b in zip(found[1], held, strict=True)):
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return found[2]
+        access = authorize(user, held, cluster, labels, request)  # raises on a refusal: nothing kept
+        self._entries[key] = (user, held, access)
+        if len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+        return access
 
 
 def decide(
@@ -94,9 +134,13 @@ def decide(
     target: Target,
     request: KubeRequest,
     inbound: kube_headers.Inbound,
+    cache: DecisionCache | None = None,
 ) -> Decision:
     """Steps 4 and 5 for an already mapped request and inspected head (raises a ``KubeportError``)."""
-    access = authorize(user, roles, cluster, labels, request)
+    if cache is not None:
+        access = cache.authorize(user, roles, cluster, labels, request)
+    else:
+        access = authorize(user, roles, cluster, labels, request)
     identity = choose_identity(access, inbound.requested_user, inbound.requested_groups)
     headers = [(name, value) for name, value in kube_headers.outbound(inbound, identity) if name.lower() != b"host"]
     return Decision(

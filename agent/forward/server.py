@@ -220,6 +220,7 @@ class _Session:
                 target=target,
                 request=record.request,
                 inbound=inbound,
+                cache=self.ctx.decisions,
             )
             record.roles = decision.access.roles
             record.identity = decision.identity
@@ -393,8 +394,12 @@ class _Session:
 
     async def _relay(self, conn: UpstreamConnection, response: h11.Response | h11.InformationalResponse) -> None:
         """Move the answer to the client. What is already read from upstream goes out as one write (a small
-        answer: head, body and end in one tunnel frame), flushed before waiting for more from upstream."""
+        answer: head, body and end in one tunnel frame), flushed before waiting for more from upstream --
+        except an answer whose declared length fits one chunk: it is held until complete, so an API server
+        that writes its head and body separately still costs one tunnel frame, not two (a client has no use
+        for such a head without its body; a watch or any chunked answer is flushed as it comes)."""
         headers = _response_headers(response.headers.raw_items())
+        hold = _declared_length(headers) <= self.limits.splice_chunk
         pending = bytearray(
             self.conn.send(h11.Response(status_code=response.status_code, headers=headers, reason=response.reason))
             or b""
@@ -403,7 +408,7 @@ class _Session:
             while True:
                 event = conn.poll_event()
                 if event is h11.NEED_DATA:
-                    if pending:
+                    if pending and not hold:
                         await self._write(pending)
                         pending = bytearray()
                     event = await conn.next_event(self.limits.splice_chunk)
@@ -574,6 +579,19 @@ def _upstream_headers(decision: Decision, endpoint: Endpoint) -> list[tuple[byte
     if endpoint.authorization is not None:
         headers.append((b"Authorization", endpoint.authorization))
     return headers
+
+
+def _declared_length(headers: list[tuple[bytes, bytes]]) -> float:
+    """The body length a response head declares (Content-Length), infinite when none or unusable (chunked,
+    read-until-close). h11 already refused a head with conflicting or malformed lengths."""
+    length = math.inf
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered == b"transfer-encoding":
+            return math.inf
+        if lowered == b"content-length" and value.strip().isdigit():
+            length = int(value)
+    return length
 
 
 def _response_headers(raw: Any) -> list[tuple[bytes, bytes]]:

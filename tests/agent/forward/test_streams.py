@@ -7,15 +7,19 @@ import json
 import h11
 import pytest
 import trio
+import trio.testing
 
+from agent.forward import handle_stream
 from tests.agent.forward.forward_helpers import (
     CLUSTER,
     LABELS,
     PODS_ONLY,
     PREFIX,
+    Client,
     World,
     kube_cluster,
     open_client,
+    stream_info,
     user,
     world_for,
 )
@@ -82,6 +86,28 @@ async def test_an_upstream_dying_mid_response_ends_the_client_response(
     [record] = await world.wait_events(1)
     assert record["status"] == 200
     assert "closed" in record["error"] or "broke" in record["error"]
+
+
+async def test_a_small_answer_written_in_two_parts_upstream_reaches_the_client_in_one_write(
+    nursery: trio.Nursery, scripted: Scripted
+) -> None:
+    # Each write on a tunnel stream is a frame, a send and a wake-up at the front door and at kubectl: an
+    # answer of declared small length goes out whole, however the API server split it.
+    world = scripted_world(scripted)
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    writes: list[int] = []
+    pump = server_stream.send_stream.send_all_hook  # type: ignore[attr-defined]
+
+    async def counted() -> None:
+        writes.append(1)
+        await pump()
+
+    server_stream.send_stream.send_all_hook = counted  # type: ignore[attr-defined]
+    nursery.start_soon(lambda: handle_stream(server_stream, stream_info(), ctx=world.context()))
+    client = Client(client_stream)
+    reply = await client.request("GET", f"{PREFIX}/split")
+    assert (reply.status, reply.body) == (200, b'{"kind":"ConfigMap"}')
+    assert len(writes) == 1
 
 
 async def test_a_stale_pooled_connection_is_retried_on_a_fresh_one(nursery: trio.Nursery, scripted: Scripted) -> None:

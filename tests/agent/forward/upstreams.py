@@ -9,7 +9,9 @@ Paths (anything else: 404 Status):
 * ``/die``: 200 chunked, one chunk, then the TCP connection is dropped;
 * ``/hang-up``: closes the connection without answering;
 * ``/answer-then-close``: a 410 Status that looks keep-alive, then the connection closes (a stale pooled
-  connection for the next request).
+  connection for the next request);
+* ``/split``: a 200 with a Content-Length whose head and body are two writes, the body only once every
+  task waits (so the forwarder has surely read the head alone first).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 
 import h11
 import trio
+import trio.testing
 import yaml
 
 from registry.core.identity import CertAuthority, Identity, generate_private_key, public_key_pem
@@ -122,6 +125,12 @@ async def _serve(stream: trio.abc.Stream, state: Scripted) -> None:
             head = h11.Response(status_code=200, headers=[(b"Transfer-Encoding", b"chunked")])
             await stream.send_all(conn.send(head) + conn.send(h11.Data(data=b'{"type":"ADDED"}\n')))
             return  # dropped without the last chunk
+        elif path == "/split":
+            body = b'{"kind":"ConfigMap"}'
+            head = h11.Response(status_code=200, headers=[(b"Content-Length", str(len(body)).encode())])
+            await stream.send_all(conn.send(head))
+            await trio.testing.wait_all_tasks_blocked()
+            await stream.send_all(conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage()))
         elif path == "/hang-up":
             return
         elif path == "/answer-then-close":

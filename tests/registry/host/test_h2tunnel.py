@@ -595,3 +595,106 @@ async def test_a_handler_that_never_answers_gets_a_500(nursery: trio.Nursery) ->
     pair = await memory_pair(nursery, handler)
     with pytest.raises(ConnectionProblem, match="HTTP 500"):
         await pair.client.open_stream([], authority="c")
+
+
+@pytest.mark.parametrize(
+    ("data", "padding"),
+    [(b"", 0), (b"abc", 0), (b"0123456789", 0), (b"0123456789a", 0), (os.urandom(64 * 1024), 0), (b"ab", 5)],
+)
+def test_a_data_frame_repr_reads_the_same_from_its_first_bytes(data: bytes, padding: int) -> None:
+    # h2 builds repr(frame) for every frame it receives; the tunnel's replacement must say exactly what
+    # hyperframe's own does, without hex-encoding the whole body.
+    frame = hyperframe.frame.DataFrame(1, data)
+    if padding:
+        frame.flags.add("PADDED")
+        frame.pad_length = padding
+    expected = f"DataFrame(stream_id=1, flags={frame.flags!r}): " + hyperframe.frame._raw_data_repr(
+        frame.serialize_body()
+    )
+    assert repr(frame) == expected
+
+
+def test_a_data_frame_repr_never_serializes_the_body(monkeypatch: pytest.MonkeyPatch) -> None:
+    def whole_body(self: hyperframe.frame.DataFrame) -> bytes:
+        raise AssertionError("repr(DataFrame) copied the whole body")
+
+    monkeypatch.setattr(hyperframe.frame.DataFrame, "serialize_body", whole_body)
+    assert repr(hyperframe.frame.DataFrame(3, b"x" * MiB)).endswith("<hex:78787878787878787878...>")
+
+
+class _WriterSteps(trio.abc.Instrument):
+    def __init__(self) -> None:
+        self.steps = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task.name.endswith("._write_loop"):
+            self.steps += 1
+
+
+async def test_a_send_on_an_idle_tunnel_goes_out_without_waking_the_writer(
+    nursery: trio.Nursery, make_pair: MakePair
+) -> None:
+    # Each send_all used to wake the writer task and wait to be woken back: two task switches per frame on
+    # the request path. A stream finding the transport free writes itself; the echo still arrives whole.
+    pair = await make_pair(nursery)
+    stream = await pair.client.open_stream([], authority="agent")
+    counter = _WriterSteps()
+    trio.lowlevel.add_instrument(counter)
+    try:
+        for i in range(20):
+            message = f"request {i}".encode()
+            await stream.send_all(message)
+            with trio.fail_after(10):
+                assert await stream.receive_some() == message
+    finally:
+        trio.lowlevel.remove_instrument(counter)
+    # The server side's echo goes through TunnelStream.send_all too; only window updates may need the writer.
+    assert counter.steps <= 4
+
+
+async def test_a_send_stuck_on_a_peer_that_stopped_reading_ends_with_the_tunnel(nursery: trio.Nursery) -> None:
+    # A stream writing the transport itself is shielded from cancellation (a half-written TLS record would
+    # break every stream), so it must be freed when the tunnel ends, e.g. after unanswered PINGs.
+    left, right = trio.testing.lockstep_stream_pair()  # a send waits until the peer reads it
+    client = H2Tunnel(left, side="client")
+    problems: list[ConnectionProblem] = []
+
+    async def run() -> None:
+        try:
+            await client.run()
+        except ConnectionProblem as exc:
+            problems.append(exc)
+
+    nursery.start_soon(run)
+    peer = RawPeer(right)
+    opened: list[TunnelStream] = []
+
+    async def open_one() -> None:
+        opened.append(await client.open_stream([], authority="c"))
+
+    nursery.start_soon(open_one)
+    await peer.server_preface()
+    await peer.skip_preface()
+    assert await peer.frame_of(hyperframe.frame.HeadersFrame, 1) is not None
+    await peer.send(peer.headers(1, [(b":status", b"200")]))
+    await wait_until(lambda: bool(opened))
+    failed: list[BaseException] = []
+
+    async def send_big() -> None:
+        with trio.CancelScope() as scope:
+            sending.append(scope)
+            try:
+                await opened[0].send_all(b"x" * 60_000)  # within the 65,535 window; the peer never reads it
+            except trio.BrokenResourceError as exc:
+                failed.append(exc)
+
+    sending: list[trio.CancelScope] = []
+    nursery.start_soon(send_big)
+    await trio.testing.wait_all_tasks_blocked()
+    sending[0].cancel()  # shielded: the write goes on ...
+    await trio.testing.wait_all_tasks_blocked()
+    assert not failed
+    client.abort("the agent answered no PING")  # ... until the tunnel ends
+    with trio.fail_after(5):
+        await wait_until(lambda: bool(failed))
+    assert problems and "PING" in problems[0].message
