@@ -225,8 +225,8 @@ def test_a_held_lock_is_waited_for_then_reported(tmp_path: Path) -> None:
     released = threading.Event()
 
     def release() -> None:
+        released.set()  # before the unlink: the waiter may take the lock the moment the file is gone
         lock.unlink()
-        released.set()
 
     timer = threading.Timer(0.1, release)
     timer.start()
