@@ -196,23 +196,15 @@ class BaseStore(abc.ABC):
     async def create_many(
         self, kind: str, items: Sequence[tuple[str, dict[str, Any]]], *, expires: float | None = None
     ) -> builtins.list[Record]:
-        kind = _plan.check_kind(kind)
-        ops: list[WriteOp] = []
-        for entry in items:  # every item is checked before anything is written
+        for entry in items:
             if not isinstance(entry, tuple) or len(entry) != 2:
                 raise BadParameter(f"create_many takes (name, value) pairs, got {entry!r:.100}")
-            name, value = entry
-            name = _plan.check_name(kind, name)
-            data = _plan.encode_value(kind, name, value, self._max_value_bytes)
-            when = _plan.check_expires(kind, name, expires)
-            ops.append(WriteOp("create", kind, name, data, _plan.encode_labels(value), when))
-        self._check_open()
-        if not ops:
-            await trio.lowlevel.checkpoint()
-            return []
-        changes = await self._write_batch(ops)
-        await self._maybe_compact()
-        return [change.item.to_record() for change in changes if change.type == "PUT"]
+        return await self.write_many([Write("create", kind, name, value, expires=expires) for name, value in items])
+
+    async def delete_many(self, kind: str, names: Sequence[str]) -> builtins.list[Record]:
+        if isinstance(names, str):
+            raise BadParameter("delete_many takes a sequence of names, not one name")
+        return await self.write_many([Write("delete", kind, name) for name in names])  # as watchers see them
 
     async def write_many(self, writes: Sequence[Write]) -> builtins.list[Record]:
         if isinstance(writes, Write) or not isinstance(writes, Sequence):
@@ -247,19 +239,6 @@ class BaseStore(abc.ABC):
         data = _plan.encode_value(kind, name, write.value, self._max_value_bytes)
         when = _plan.check_expires(kind, name, write.expires)
         return WriteOp(write.op, kind, name, data, _plan.encode_labels(write.value), when, expected)
-
-    async def delete_many(self, kind: str, names: Sequence[str]) -> builtins.list[Record]:
-        kind = _plan.check_kind(kind)
-        if isinstance(names, str):
-            raise BadParameter("delete_many takes a sequence of names, not one name")
-        ops = [WriteOp("delete", kind, _plan.check_name(kind, name)) for name in names]
-        self._check_open()
-        if not ops:
-            await trio.lowlevel.checkpoint()
-            return []
-        changes = await self._write_batch(ops)
-        await self._maybe_compact()
-        return [change.recorded.to_record() for change in changes]  # as watchers see them: without secrets
 
     async def update(
         self,
