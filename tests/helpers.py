@@ -138,3 +138,18 @@ spec:
         namespace: "*"
         name: "*"
 """
+
+
+def kube_server_doc(host_id: str, cluster: Any, *, expires: float, status: str | None = None) -> dict[str, Any]:
+    """A kube_server (heartbeat) wire dict as an agent sends it: ``cluster`` served by ``host_id`` until
+    ``expires`` (unix seconds), with ``status`` as its health when given."""
+    spec: dict[str, Any] = {
+        "host_id": host_id,
+        "hostname": "agent:3027",
+        "version": "1.0",
+        "cluster": {"kind": "kube_cluster", "version": "v3", "metadata": {"name": cluster}, "spec": {}},
+    }
+    if status is not None:
+        spec["health"] = {"status": status}
+    expiry = datetime.fromtimestamp(expires, tz=UTC).isoformat()
+    return {"kind": "kube_server", "version": "v3", "metadata": {"name": cluster, "expires": expiry}, "spec": spec}

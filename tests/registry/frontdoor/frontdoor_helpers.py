@@ -27,7 +27,7 @@ from registry.host.tls import client_context
 from registry.server.authz import Caller
 from registry.server.service import Registry
 from registry.store import MemoryStore
-from tests.helpers import cluster_doc, kubeconfig_bytes
+from tests.helpers import cluster_doc, kube_server_doc, kubeconfig_bytes
 
 ADMIN = Caller(identity=Identity(name="admin", kind="admin", roles=("admin",)))
 
@@ -113,20 +113,8 @@ def user_doc(name: str, roles: list[str]) -> dict[str, Any]:
 
 
 def heartbeat(host_id: str, cluster: str, *, status: str = "healthy") -> KubeServer:
-    expires = (datetime.now(tz=UTC) + timedelta(minutes=5)).isoformat()
-    doc = {
-        "kind": "kube_server",
-        "version": "v3",
-        "metadata": {"name": cluster, "expires": expires},
-        "spec": {
-            "host_id": host_id,
-            "hostname": "agent:3027",
-            "version": "1.0",
-            "cluster": {"kind": "kube_cluster", "version": "v3", "metadata": {"name": cluster}, "spec": {}},
-            "health": {"status": status},
-        },
-    }
-    server = codec.resource_from_dict(doc)
+    expires = (datetime.now(tz=UTC) + timedelta(minutes=5)).timestamp()
+    server = codec.resource_from_dict(kube_server_doc(host_id, cluster, expires=expires, status=status))
     assert isinstance(server, KubeServer)
     return server
 

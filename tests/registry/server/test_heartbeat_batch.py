@@ -13,7 +13,7 @@ from registry.core import codec
 from registry.core.errors import AccessDenied, BadParameter
 from registry.core.identity import Identity
 from registry.testing import InProcessRegistry, agent_identity
-from tests.helpers import cluster_doc, kubeconfig_bytes
+from tests.helpers import cluster_doc, kube_server_doc, kubeconfig_bytes
 
 
 @pytest.fixture
@@ -27,18 +27,7 @@ async def reg() -> AsyncIterator[InProcessRegistry]:
 
 
 def server(name: Any, host_id: str = "host-1", expires_in: float = 60.0) -> dict[str, Any]:
-    expires = datetime.fromtimestamp(datetime.now(tz=UTC).timestamp() + expires_in, tz=UTC).isoformat()
-    return {
-        "kind": "kube_server",
-        "version": "v3",
-        "metadata": {"name": name, "expires": expires},
-        "spec": {
-            "host_id": host_id,
-            "hostname": "agent:3027",
-            "version": "1.0",
-            "cluster": {"kind": "kube_cluster", "version": "v3", "metadata": {"name": name}, "spec": {}},
-        },
-    }
+    return kube_server_doc(host_id, name, expires=datetime.now(tz=UTC).timestamp() + expires_in)
 
 
 async def test_many_heartbeats_one_commit_and_bad_entries_fail_alone(reg: InProcessRegistry) -> None:

@@ -25,7 +25,7 @@ from registry.core.resources import KubeServer
 from registry.server.authz import Caller
 from registry.server.service import Registry, mask_token
 from registry.store import MemoryStore
-from tests.helpers import cluster_doc, kubeconfig_bytes
+from tests.helpers import cluster_doc, kube_server_doc, kubeconfig_bytes
 
 START = datetime(2030, 1, 1, tzinfo=UTC)
 MIN_TOKEN_LENGTH = 16  # the promised minimum (generated tokens have 32 characters)
@@ -239,19 +239,7 @@ def agent(host_id: str) -> Caller:
 
 
 def server_of(host_id: str, name: str, clock: Clock) -> KubeServer:
-    expires = datetime.fromtimestamp(clock() + 60, tz=UTC).isoformat()
-    doc = {
-        "kind": "kube_server",
-        "version": "v3",
-        "metadata": {"name": name, "expires": expires},
-        "spec": {
-            "host_id": host_id,
-            "hostname": "agent:3027",
-            "version": "1.0",
-            "cluster": {"kind": "kube_cluster", "version": "v3", "metadata": {"name": name}, "spec": {}},
-        },
-    }
-    server = codec.resource_from_dict(doc)
+    server = codec.resource_from_dict(kube_server_doc(host_id, name, expires=clock() + 60))
     assert isinstance(server, KubeServer)
     return server
 
