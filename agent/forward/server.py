@@ -26,7 +26,8 @@ carries no exit code (``exit_code: None``).
 
 Invariants: nothing this module raises escapes :func:`handle_stream` except cancellation; every refusal
 is a Kubernetes ``Status`` (``KubeportError.to_status()``); every request yields exactly one
-``kube.request`` audit event (an upgraded one also ``session.start``/``session.end``).
+``kube.request`` audit event (an upgraded one also ``session.start``/``session.end``) and one count in
+``kubeport_proxied_requests_total{cluster,code}``.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ from registry.core.kube_request import KubeRequest
 from registry.core.resources import Role, User
 from registry.core.timefmt import format_rfc3339
 from registry.core.tunnel_info import StreamInfo
+from registry.host.metrics import PROXIED
 
 log = logging.getLogger(__name__)
 
@@ -551,6 +553,9 @@ class _Session:
         if record.emitted:
             return
         record.emitted = True
+        # One count per answered request, beside its audit event; the cluster label is the stream's
+        # kube_cluster name (validated by StreamInfo), never anything from the request line.
+        PROXIED.labels(self.info.cluster, str(record.status)).inc()
         event = audit_events.request_event(
             info=self.info,
             host=self.ctx.host,
