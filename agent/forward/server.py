@@ -21,8 +21,11 @@ Upgrades (exec, attach, port-forward; WebSocket and SPDY/3.1): the upgrade reque
 forwarded like any other; if the API server answers 101, its head goes to the client verbatim and both
 directions are spliced as raw bytes until either side ends, then both close. No request is parsed on the
 stream after a 101. A non-101 answer is an ordinary response, and the loop goes on (kubectl's WebSocket ->
-SPDY fallback needs exactly that). The forwarder does not decode the upgraded stream, so ``session.end``
-carries no exit code (``exit_code: None``).
+SPDY fallback needs exactly that). The forwarder does not parse the upgraded stream, but for exec and
+attach over the WebSocket channel protocols an :class:`~agent.forward.exit_status.ExitCodeTap` is shown a
+copy of the server's bytes (after they went out) and finds the exit status on the error channel, so
+``session.end`` has ``exit_code``; when it cannot (SPDY, a session cut short, anything odd) ``exit_code`` is
+None and ``exit_code_reason`` says why.
 
 Invariants: nothing this module raises escapes :func:`handle_stream` except cancellation; every refusal
 is a Kubernetes ``Status`` (``KubeportError.to_status()``); every request yields exactly one
@@ -47,6 +50,7 @@ import h11
 import trio
 
 from agent.forward import audit as audit_events
+from agent.forward import exit_status
 from agent.forward.context import ForwardContext
 from agent.forward.decide import Decision, Target, WrongCluster, decide, inspect_headers, map_request, strip_prefix
 from agent.forward.upstream import Endpoint, UpstreamConnection, UpstreamError
@@ -492,6 +496,12 @@ class _Session:
         assert record.identity is not None
         session_id = str(uuid.uuid4())
         protocol = b", ".join(v for n, v in response.headers.raw_items() if n.lower() == b"upgrade").decode("latin-1")
+        subprotocol = b", ".join(
+            v for n, v in response.headers.raw_items() if n.lower() == b"sec-websocket-protocol"
+        ).decode("latin-1")
+        # exec/attach end with an exit status on the error channel: read passively from the server's bytes
+        exits = record.request.subresource in ("exec", "attach")
+        tap = exit_status.tap_for(protocol, subprotocol) if exits else None
         session = partial(
             audit_events.session_event,
             session_id=session_id,
@@ -511,14 +521,24 @@ class _Session:
                 if upstream_extra:
                     await self.stream.send_all(upstream_extra)
                     down[0] += len(upstream_extra)
+                    if tap is not None:
+                        tap.feed(upstream_extra)
                 if client_extra:
                     await conn.send_raw(client_extra)
                     up[0] += len(client_extra)
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._copy, self.stream, conn.stream, up, nursery.cancel_scope)
-                    nursery.start_soon(self._copy, conn.stream, self.stream, down, nursery.cancel_scope)
+                    nursery.start_soon(self._copy, conn.stream, self.stream, down, nursery.cancel_scope, tap)
         finally:
             await self.ctx.pool.discard(conn)
+            if tap is not None:
+                ended = tap.result()
+            elif exits:
+                ended = exit_status.untapped(protocol, subprotocol)
+            else:
+                ended = exit_status.ExitStatus(
+                    None, f"a {record.request.subresource or 'upgraded'} session has no exit code"
+                )
             end = session(
                 audit_events.SESSION_END,
                 now=self.ctx.now(),
@@ -526,14 +546,20 @@ class _Session:
                     "bytes_from_client": up[0],
                     "bytes_to_client": down[0],
                     "duration_ms": round((trio.current_time() - started) * 1000, 3),
-                    "exit_code": None,
+                    "exit_code": ended.code,
+                    **({"exit_code_reason": ended.reason} if ended.code is None else {}),
                 },
             )
             with trio.CancelScope(shield=True):
                 await self._emit_event(end)
 
     async def _copy(
-        self, source: trio.abc.ReceiveStream, sink: trio.abc.SendStream, counter: list[int], scope: trio.CancelScope
+        self,
+        source: trio.abc.ReceiveStream,
+        sink: trio.abc.SendStream,
+        counter: list[int],
+        scope: trio.CancelScope,
+        tap: exit_status.ExitCodeTap | None = None,
     ) -> None:
         try:
             while True:
@@ -542,6 +568,8 @@ class _Session:
                     break
                 await sink.send_all(data)
                 counter[0] += len(data)
+                if tap is not None and tap.wants_data:  # after the send: the tap never delays the bytes
+                    tap.feed(data)
         except _STREAM_ERRORS:
             pass
         finally:

@@ -4,6 +4,8 @@ failed or refused (issue 11 §4). labels/ only calls back (``on_run``); the agen
 
 from __future__ import annotations
 
+import inspect
+
 import trio
 from prometheus_client import REGISTRY
 
@@ -36,6 +38,6 @@ async def test_every_run_is_counted_by_result() -> None:
 
 def test_the_agent_counts_by_default() -> None:
     # The supervisor's default factory is the counting one (a plain DynamicLabels would count nothing).
-    default = Supervisor.__init__.__kwdefaults__["label_runners"]  # type: ignore[misc]
+    default = inspect.signature(Supervisor).parameters["label_runners"].default
     assert default is counted_labels
     assert isinstance(counted_labels([]), DynamicLabels)
