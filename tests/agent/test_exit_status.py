@@ -39,7 +39,7 @@ def server() -> FrameProtocol:
 
 
 def message(channel: int, payload: bytes, proto: FrameProtocol | None = None) -> bytes:
-    return (proto or server()).send_data(bytes([channel]) + payload, fin=True)
+    return bytes((proto or server()).send_data(bytes([channel]) + payload, fin=True))
 
 
 def session(*parts: bytes, close: bool = True) -> bytes:
@@ -72,7 +72,7 @@ def test_the_kubelets_status_gives_the_exit_code(status: dict[str, Any], code: i
 def test_a_fragmented_status_message_is_reassembled() -> None:
     proto = server()
     body = b"\x03" + json.dumps(failure(42)).encode()
-    frames = proto.send_data(body[:5], fin=False) + proto.send_data(body[5:20], fin=False)
+    frames = bytes(proto.send_data(body[:5], fin=False) + proto.send_data(body[5:20], fin=False))
     frames += proto.send_data(body[20:], fin=True)
     assert tapped(session(message(1, b"x"), frames)) == ExitStatus(42)
 
@@ -102,7 +102,9 @@ def test_a_huge_status_message_gives_up() -> None:
 
 
 def test_a_masked_frame_from_the_server_gives_up() -> None:
-    masked = FrameProtocol(client=True, extensions=[]).send_data(b"\x03" + json.dumps(SUCCESS).encode(), fin=True)
+    masked = bytes(
+        FrameProtocol(client=True, extensions=[]).send_data(b"\x03" + json.dumps(SUCCESS).encode(), fin=True)
+    )
     result = tapped(masked)
     assert result.code is None
     assert "websocket closed (code 1002)" in (result.reason or "")
