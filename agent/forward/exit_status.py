@@ -17,8 +17,8 @@ Invariants (the tap sits on a hot path and reads hostile bytes):
   JSON, not an object, or names no usable code, a close before the status) gives up: the exit code is
   ``None`` with the reason, never a guess. Once it has an answer or gave up, ``wants_data`` is False and
   ``feed`` costs nothing.
-* SPDY sessions are not decoded (their streams' headers are zlib-compressed with shared state): the exit
-  code is ``None`` with :data:`SPDY_REASON`.
+
+SPDY sessions are read by :mod:`agent.forward.exit_spdy`; :mod:`agent.forward.exit_taps` picks the tap.
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 MAX_STATUS_BYTES = 64 * 1024  # a kubelet Status is a few hundred bytes; its message names the command
 ERROR_CHANNEL = 3
 CHANNEL_PROTOCOLS = frozenset({"v4.channel.k8s.io", "v5.channel.k8s.io"})
-SPDY_REASON = "spdy streams are not decoded"
 _MAX_REASON = 200  # the most of a Status' own words copied into a reason
 
 
@@ -43,24 +42,6 @@ class ExitStatus:
 
     code: int | None
     reason: str | None = None
-
-
-def tap_for(upgrade: str, subprotocol: str) -> ExitCodeTap | None:
-    """The tap for a session that switched to ``upgrade`` (the 101's ``Upgrade``) with WebSocket
-    ``subprotocol``; None when the exit code cannot be decoded (then :func:`untapped` says why)."""
-    if upgrade.strip().lower() == "websocket" and subprotocol.strip() in CHANNEL_PROTOCOLS:
-        return ExitCodeTap()
-    return None
-
-
-def untapped(upgrade: str, subprotocol: str) -> ExitStatus:
-    """Why a session without a tap has no exit code."""
-    if upgrade.strip().lower().startswith("spdy/"):
-        return ExitStatus(None, SPDY_REASON)
-    if upgrade.strip().lower() == "websocket":
-        shown = subprotocol.strip()[:64] or "none"
-        return ExitStatus(None, f"the websocket subprotocol ({shown}) carries no exit status kubeport decodes")
-    return ExitStatus(None, "the upgraded protocol is not decoded")
 
 
 class ExitCodeTap:
@@ -76,6 +57,14 @@ class ExitCodeTap:
     @property
     def wants_data(self) -> bool:
         return self._result is None
+
+    wants_client_data = False  # the exit status is in the server's bytes only
+
+    def feed_client(self, data: bytes | bytearray | memoryview) -> None:
+        return None
+
+    def feed_server(self, data: bytes | bytearray | memoryview) -> None:
+        self.feed(data)
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Show the tap the next server -> client bytes (a copy is parsed; ``data`` is not kept)."""

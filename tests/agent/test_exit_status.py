@@ -11,15 +11,9 @@ from typing import Any
 import pytest
 from wsproto.frame_protocol import FrameProtocol, Opcode
 
-from agent.forward.exit_status import (
-    MAX_STATUS_BYTES,
-    SPDY_REASON,
-    ExitCodeTap,
-    ExitStatus,
-    exit_status,
-    tap_for,
-    untapped,
-)
+from agent.forward.exit_spdy import SpdyExitTap
+from agent.forward.exit_status import MAX_STATUS_BYTES, ExitCodeTap, ExitStatus, exit_status
+from agent.forward.exit_taps import tap_for, untapped
 
 SUCCESS = {"metadata": {}, "status": "Success"}
 
@@ -162,12 +156,13 @@ def test_after_the_status_nothing_more_is_parsed() -> None:
 
 
 def test_which_sessions_are_tapped() -> None:
-    assert tap_for("websocket", "v5.channel.k8s.io") is not None
-    assert tap_for("WebSocket", "v4.channel.k8s.io") is not None
-    assert tap_for("websocket", "v4.base64.channel.k8s.io") is None
-    assert tap_for("SPDY/3.1", "") is None
-    assert untapped("SPDY/3.1", "") == ExitStatus(None, SPDY_REASON)
-    assert "v1.channel.k8s.io" in (untapped("websocket", "v1.channel.k8s.io").reason or "")
+    assert isinstance(tap_for("websocket", "v5.channel.k8s.io", ""), ExitCodeTap)
+    assert isinstance(tap_for("WebSocket", "v4.channel.k8s.io", ""), ExitCodeTap)
+    assert tap_for("websocket", "v4.base64.channel.k8s.io", "") is None
+    assert isinstance(tap_for("SPDY/3.1", "", "v4.channel.k8s.io"), SpdyExitTap)
+    assert tap_for("SPDY/3.1", "", "v3.channel.k8s.io") is None  # its error stream is plain text
+    assert "(v3.channel.k8s.io)" in (untapped("SPDY/3.1", "", "v3.channel.k8s.io").reason or "")
+    assert "(v1.channel.k8s.io)" in (untapped("websocket", "v1.channel.k8s.io", "").reason or "")
     assert exit_status(json.dumps(SUCCESS).encode()) == ExitStatus(0)
 
 

@@ -3,8 +3,7 @@ front door, agent tunnel) to the fake Kubernetes API, then ``kpctl get events``.
 
 * kubectl 1.30+ speaks WebSocket (``v5.channel.k8s.io``): the agent reads the exit status off the error
   channel passively, so ``true`` ends with ``exit_code: 0`` and a failing command with its code;
-* kubectl 1.27 speaks SPDY, which kubeport does not decode: ``exit_code`` is null and
-  ``exit_code_reason`` says why.
+* kubectl 1.27 speaks SPDY/3.1 (``v4.channel.k8s.io``): the agent reads the error stream the same way.
 """
 
 from __future__ import annotations
@@ -59,10 +58,7 @@ async def test_session_end_has_the_exit_code(
 
     ends = await wait_for(both, what="two session.end events")
     ends.sort(key=lambda e: e["time"])
-    if minor(version) >= 30:
-        assert [e["protocol"] for e in ends] == ["websocket", "websocket"]
-        assert [e["exit_code"] for e in ends] == [0, 7]
-        assert all("exit_code_reason" not in e for e in ends)
-    else:
-        assert [e.get("exit_code") for e in ends] == [None, None]  # the registry stores no null fields
-        assert [e["exit_code_reason"] for e in ends] == ["spdy streams are not decoded"] * 2
+    protocol = "websocket" if minor(version) >= 30 else "SPDY/3.1"
+    assert [e["protocol"] for e in ends] == [protocol, protocol]
+    assert [e["exit_code"] for e in ends] == [0, 7]
+    assert all("exit_code_reason" not in e for e in ends)
