@@ -8,8 +8,8 @@ Events (plain dicts, the registry's audit shape: ``event`` names the type, ``tim
   broken exchanges;
 * ``session.start`` / ``session.end`` — around an upgraded exec/attach/port-forward stream: session id,
   kind, pod, namespace, protocol; the end adds bytes each way, duration, and ``exit_code`` (read from the
-  WebSocket error channel by :mod:`agent.forward.exit_status`; ``None`` with ``exit_code_reason`` when it
-  cannot be known, e.g. over SPDY).
+  error channel by :mod:`agent.forward.exit_taps`; ``None`` with ``exit_code_reason`` when it cannot be
+  known).
 
 :class:`AuditBatcher` is the production ``audit`` callback: calling it never waits for I/O. Events go into
 a bounded queue that :meth:`AuditBatcher.serve` flushes in batches to a ``sink`` (one write per batch, not
