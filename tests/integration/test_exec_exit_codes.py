@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import trio
+from prometheus_client import REGISTRY
 
 from tests.fakes.kube_api import FakeKube
 from tests.fakes.kubectl import kubectl_version, minor
@@ -25,6 +26,10 @@ from tests.integration.access_setup import (
 )
 from tests.integration.test_access_kubectl import grant_viewers, kubectl, routed
 from tests.integration.test_agent_inprocess import wait_for
+
+
+def _sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 async def _session_ends() -> list[dict[str, Any]]:
@@ -47,6 +52,8 @@ async def test_session_end_has_the_exit_code(
     fake_kube.add_pod("web")
     access = await start_access(access_registry, fake_kube, nursery, tmp_path)
     await routed(access, binary)
+    upgrades = _sample("kubeport_proxied_requests_total", cluster=access.cluster, code="101")
+    streams = _sample("kubeport_tunnel_streams_total", side="frontdoor")
     code, _, err = await kubectl(access, binary, ["exec", "web", "--", "true"])
     assert code == 0, err
     code, out, err = await kubectl(access, binary, ["exec", "web", "--", "sh", "-c", "echo out; exit 7"])
@@ -62,3 +69,8 @@ async def test_session_end_has_the_exit_code(
     assert [e["protocol"] for e in ends] == [protocol, protocol]
     assert [e["exit_code"] for e in ends] == [0, 7]
     assert all("exit_code_reason" not in e for e in ends)
+    # the same path in /metrics: two upgrades answered 101 for this cluster, each over a tunnel stream
+    assert _sample("kubeport_proxied_requests_total", cluster=access.cluster, code="101") == upgrades + 2
+    assert _sample("kubeport_tunnel_streams_total", side="frontdoor") >= streams + 2
+    assert _sample("kubeport_tunnel_connections", side="frontdoor") >= 1
+    assert _sample("kubeport_tunnel_connections", side="agent") >= 1
