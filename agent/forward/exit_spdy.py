@@ -161,6 +161,8 @@ class SpdyExitTap:
             self._give_up(f"the SPDY stream could not be decoded: {exc}")
         except (struct.error, zlib.error, ValueError):
             self._give_up("the SPDY stream could not be decoded")
+        except Exception as exc:  # a passive tap must never break the session it watches
+            self._give_up(f"the SPDY stream could not be decoded (unexpected {type(exc).__name__})")
 
     def _give_up(self, reason: str) -> None:
         self._result = ExitStatus(None, reason)

@@ -78,6 +78,8 @@ class ExitCodeTap:
                     return
         except (LocalProtocolError, RemoteProtocolError, ValueError) as exc:
             self._give_up(f"the websocket stream could not be decoded ({type(exc).__name__})")
+        except Exception as exc:  # a passive tap must never break the session it watches
+            self._give_up(f"the websocket stream could not be decoded (unexpected {type(exc).__name__})")
 
     def result(self) -> ExitStatus:
         """The exit status found, or why there is none (the session ended before its status arrived)."""
