@@ -51,6 +51,7 @@ from registry.core import codec
 from registry.core.errors import KubeportError
 from registry.core.kubeconfig import KubeTarget, check_kubeconfig
 from registry.core.resources import KubeCluster, KubeServer
+from registry.host.metrics import LABEL_RUNS
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,21 @@ class MonitorFactory(Protocol):
     ) -> Monitor: ...
 
 
+def counted_labels(
+    specs: Sequence[CommandSpec],
+    *,
+    on_change: Callable[[], None] | None = None,
+    limiter: trio.CapacityLimiter | None = None,
+) -> DynamicLabels:
+    """The default :class:`LabelRunnerFactory`: ``DynamicLabels`` whose every run is counted in
+    ``kubeport_agent_dynamic_label_runs_total{result}`` (labels/ stays free of prometheus: it only calls back)."""
+    return DynamicLabels(specs, on_change=on_change, limiter=limiter, on_run=_count_label_run)
+
+
+def _count_label_run(result: str) -> None:
+    LABEL_RUNS.labels(result).inc()
+
+
 # ------------------------------------------------------------------------------------------- task handles
 
 
@@ -137,7 +153,7 @@ class Supervisor:
         now: Callable[[], datetime] = lambda: datetime.now(tz=UTC),
         label_policy: LabelCommandPolicy | None = None,
         label_limiter: trio.CapacityLimiter | None = None,
-        label_runners: LabelRunnerFactory = DynamicLabels,
+        label_runners: LabelRunnerFactory = counted_labels,
         health_monitors: MonitorFactory = HealthMonitor,
     ) -> None:
         """``label_policy``: the programs kube_cluster dynamic labels may run (None: none at all).

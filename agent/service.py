@@ -33,14 +33,14 @@ import trio
 import trio.lowlevel
 
 from agent.access import serve_access
-from agent.clusters import Supervisor
+from agent.clusters import Supervisor, counted_labels
 from agent.config import AgentConfig
 from agent.heartbeat import Announcer, ServiceInfo
 from agent.identity import IDENTITY_FILE, ClientHolder, obtain_identity
 from agent.label_commands import LabelCommandPolicy, resolve_service_command
 from agent.static_clusters import load_static_clusters
 from agent.watcher import ClusterWatcher
-from labels.runner import LABEL_CONCURRENCY, CommandSpec, DynamicLabels
+from labels.runner import LABEL_CONCURRENCY, CommandSpec
 from registry import __version__
 from registry.core.errors import KubeportError
 from registry.core.resources import CommandLabel, KubeCluster
@@ -120,7 +120,7 @@ class Agent:
         }
         label_slots = trio.CapacityLimiter(LABEL_CONCURRENCY)
         path_env, cwd = os.environ.get("PATH", os.defpath), os.getcwd()
-        service_labels = DynamicLabels(
+        service_labels = counted_labels(
             [
                 CommandSpec(
                     key=c.name,

@@ -30,8 +30,11 @@ import trio
 from registry.core.errors import BadParameter, ConnectionProblem, KubeportError
 from registry.core.tunnel_info import StreamInfo
 from registry.host.h2tunnel import H2Tunnel, TunnelConfig, TunnelStream
+from registry.host.metrics import AGENT_SIDE, TUNNEL_STREAMS, TUNNELS
 
 log = logging.getLogger(__name__)
+_TUNNELS = TUNNELS.labels(AGENT_SIDE)  # tunnels that are up (the peer's SETTINGS arrived)
+_STREAMS = TUNNEL_STREAMS.labels(AGENT_SIDE)  # streams accepted (a refused stream is not counted)
 
 Dial = Callable[[], Awaitable[trio.abc.Stream]]
 Handle = Callable[[trio.abc.HalfCloseableStream, StreamInfo], Awaitable[None]]
@@ -92,6 +95,8 @@ class TunnelStatus:
         }
 
     def _up(self, name: str) -> None:
+        if not self.connected:
+            _TUNNELS.inc()
         self.connected = True
         self._connects += 1
         log.info("tunnel to %s is up", name)
@@ -105,6 +110,8 @@ class TunnelStatus:
             log.warning("tunnel to %s is down: %s (reconnecting with backoff)", name, reason)
         else:
             log.debug("tunnel to %s: still down: %s", name, reason)
+        if was_up:
+            _TUNNELS.dec()
         self.connected = False
         self.last_error = reason
         self._changed.unpark_all()
@@ -142,19 +149,24 @@ async def serve_tunnel(
             await stream.refuse(403, f"the certificate of user {info.user!r} has expired")
             return
         await stream.accept()
+        _STREAMS.inc()
         with trio.move_on_after(remaining):
             await handle(stream, info)
 
     task_status.started(status)
-    while True:
-        reason = await _one_connection(
-            dial, on_stream=on_stream, status=status, name=name, config=config, dial_timeout=dial_timeout
-        )
-        if status.connected:
-            delays = (backoff or Backoff()).delays(rng)  # it worked for a while: start over from the shortest delay
-        status._down(name, reason)
-        status.current = None
-        await trio.sleep(next(delays))
+    try:
+        while True:
+            reason = await _one_connection(
+                dial, on_stream=on_stream, status=status, name=name, config=config, dial_timeout=dial_timeout
+            )
+            if status.connected:
+                delays = (backoff or Backoff()).delays(rng)  # it worked for a while: start over from the shortest
+            status._down(name, reason)
+            status.current = None
+            await trio.sleep(next(delays))
+    finally:
+        if status.connected:  # cancelled while up: the gauge must not keep a tunnel that is gone
+            _TUNNELS.dec()
 
 
 async def _one_connection(

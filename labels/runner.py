@@ -364,7 +364,10 @@ class DynamicLabels:
     """Runs a set of :class:`CommandSpec` and keeps their latest values (see the module docstring).
 
     ``on_change`` is called synchronously, from the runner's task, each time a label's value differs from
-    its previous one, including its first value; it must not block or raise. ``limiter`` bounds the
+    its previous one, including its first value; it must not block or raise. ``on_run`` is called the same
+    way after every run with its result, ``"ok"``, ``"failed"`` or ``"refused"`` (the command was never
+    started: see :attr:`CommandSpec.refusal`), so a caller can count runs (the agent's metrics) without this
+    package knowing about them. ``limiter`` bounds the
     commands running at once; share one between runners to bound a whole agent (default: a limiter of
     :data:`LABEL_CONCURRENCY` for this runner alone).
     """
@@ -376,6 +379,7 @@ class DynamicLabels:
         on_change: Callable[[], None] | None = None,
         wall_clock: Callable[[], datetime] | None = None,
         limiter: trio.CapacityLimiter | None = None,
+        on_run: Callable[[str], None] | None = None,
     ) -> None:
         keys = [spec.key for spec in specs]
         duplicates = sorted({key for key in keys if keys.count(key) > 1})
@@ -383,6 +387,7 @@ class DynamicLabels:
             raise LabelError(f"duplicate dynamic label keys: {', '.join(quote(k) for k in duplicates)}")
         self._specs = tuple(specs)
         self._on_change = on_change
+        self._on_run = on_run
         self._wall_clock = wall_clock or _utc_now
         self._limiter = limiter if limiter is not None else trio.CapacityLimiter(LABEL_CONCURRENCY)
         self._states: dict[str, LabelState] = {}
@@ -467,7 +472,7 @@ class DynamicLabels:
 
     async def _run_once(self, spec: CommandSpec) -> None:
         if spec.refusal is not None:
-            self._record(spec.key, *_failure(spec.refusal, b""))
+            self._record(spec.key, *_failure(spec.refusal, b""), result="refused")
             return
         async with self._limiter:
             self._counters.running.add(spec.key)
@@ -479,7 +484,7 @@ class DynamicLabels:
                 self._counters.running.discard(spec.key)
         self._record(spec.key, ok, value)
 
-    def _record(self, key: str, ok: bool, value: str) -> None:
+    def _record(self, key: str, ok: bool, value: str, *, result: str | None = None) -> None:
         now = trio.current_time()
         previous = self._states.get(key)
         last_error = previous.last_error if previous else None
@@ -501,6 +506,8 @@ class DynamicLabels:
             log.warning("dynamic label %s failed: %s", key, value[:200])
         elif ok and previous is not None and not previous.ok:
             log.info("dynamic label %s recovered", key)
+        if self._on_run is not None:
+            self._on_run(result or ("ok" if ok else "failed"))
         if self._ran is not None:
             self._ran.set()
             self._ran = None

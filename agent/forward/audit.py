@@ -7,8 +7,9 @@ Events (plain dicts, the registry's audit shape: ``event`` names the type, ``tim
   name, impersonated user and groups, response status, duration in ms, and ``error`` for refusals and
   broken exchanges;
 * ``session.start`` / ``session.end`` — around an upgraded exec/attach/port-forward stream: session id,
-  kind, pod, namespace, protocol; the end adds bytes each way, duration, and ``exit_code`` (``None``: the
-  forwarder splices bytes and does not decode the stream, see the package docstring).
+  kind, pod, namespace, protocol; the end adds bytes each way, duration, and ``exit_code`` (read from the
+  error channel by :mod:`agent.forward.exit_taps`; ``None`` with ``exit_code_reason`` when it cannot be
+  known).
 
 :class:`AuditBatcher` is the production ``audit`` callback: calling it never waits for I/O. Events go into
 a bounded queue that :meth:`AuditBatcher.serve` flushes in batches to a ``sink`` (one write per batch, not

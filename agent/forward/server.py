@@ -21,12 +21,16 @@ Upgrades (exec, attach, port-forward; WebSocket and SPDY/3.1): the upgrade reque
 forwarded like any other; if the API server answers 101, its head goes to the client verbatim and both
 directions are spliced as raw bytes until either side ends, then both close. No request is parsed on the
 stream after a 101. A non-101 answer is an ordinary response, and the loop goes on (kubectl's WebSocket ->
-SPDY fallback needs exactly that). The forwarder does not decode the upgraded stream, so ``session.end``
-carries no exit code (``exit_code: None``).
+SPDY fallback needs exactly that). The forwarder does not parse the upgraded stream, but for exec and
+attach (stream protocols v4/v5, WebSocket or SPDY) a tap (:mod:`agent.forward.exit_taps`) is shown copies
+of the bytes and finds the exit status on the error channel, so ``session.end`` has ``exit_code``; when it
+cannot (an older protocol, a session cut short, anything odd) ``exit_code`` is None and ``exit_code_reason``
+says why.
 
 Invariants: nothing this module raises escapes :func:`handle_stream` except cancellation; every refusal
 is a Kubernetes ``Status`` (``KubeportError.to_status()``); every request yields exactly one
-``kube.request`` audit event (an upgraded one also ``session.start``/``session.end``).
+``kube.request`` audit event (an upgraded one also ``session.start``/``session.end``) and one count in
+``kubeport_proxied_requests_total{cluster,code}``.
 """
 
 from __future__ import annotations
@@ -44,10 +48,13 @@ from typing import Any, TypeVar
 
 import h11
 import trio
+from prometheus_client import Counter
 
 from agent.forward import audit as audit_events
+from agent.forward import exit_taps
 from agent.forward.context import ForwardContext
 from agent.forward.decide import Decision, Target, WrongCluster, decide, inspect_headers, map_request, strip_prefix
+from agent.forward.exit_status import ExitStatus
 from agent.forward.upstream import Endpoint, UpstreamConnection, UpstreamError
 from registry.core.errors import AccessDenied, BadParameter, KubeportError, NotFound, Timeout, Unauthenticated
 from registry.core.kube_access import Identity, cluster_not_found
@@ -55,6 +62,7 @@ from registry.core.kube_request import KubeRequest
 from registry.core.resources import Role, User
 from registry.core.timefmt import format_rfc3339
 from registry.core.tunnel_info import StreamInfo
+from registry.host.metrics import PROXIED
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +127,7 @@ class _Session:
         self.limits = ctx.limits
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_head_bytes)
         self.client_gone = False
+        self.proxied: dict[int, Counter] = {}  # HTTP code -> this cluster's kubeport_proxied_requests_total child
 
     # -- the loop --------------------------------------------------------------------------------------
 
@@ -490,6 +499,11 @@ class _Session:
         assert record.identity is not None
         session_id = str(uuid.uuid4())
         protocol = b", ".join(v for n, v in response.headers.raw_items() if n.lower() == b"upgrade").decode("latin-1")
+        subprotocol = _joined(response, b"sec-websocket-protocol")
+        stream_protocol = _joined(response, b"x-stream-protocol-version")
+        # exec/attach end with an exit status on the error channel: read passively from copies of the bytes
+        exits = record.request.subresource in ("exec", "attach")
+        tap = exit_taps.tap_for(protocol, subprotocol, stream_protocol) if exits else None
         session = partial(
             audit_events.session_event,
             session_id=session_id,
@@ -509,14 +523,25 @@ class _Session:
                 if upstream_extra:
                     await self.stream.send_all(upstream_extra)
                     down[0] += len(upstream_extra)
+                    if tap is not None:
+                        tap.feed_server(upstream_extra)
                 if client_extra:
+                    if tap is not None:
+                        tap.feed_client(client_extra)
                     await conn.send_raw(client_extra)
                     up[0] += len(client_extra)
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._copy, self.stream, conn.stream, up, nursery.cancel_scope)
-                    nursery.start_soon(self._copy, conn.stream, self.stream, down, nursery.cancel_scope)
+                    copy = partial(self._copy, scope=nursery.cancel_scope, tap=tap)
+                    nursery.start_soon(partial(copy, self.stream, conn.stream, up, from_client=True))
+                    nursery.start_soon(partial(copy, conn.stream, self.stream, down))
         finally:
             await self.ctx.pool.discard(conn)
+            if tap is not None:
+                ended = tap.result()
+            elif exits:
+                ended = exit_taps.untapped(protocol, subprotocol, stream_protocol)
+            else:
+                ended = ExitStatus(None, f"a {record.request.subresource or 'upgraded'} session has no exit code")
             end = session(
                 audit_events.SESSION_END,
                 now=self.ctx.now(),
@@ -524,22 +549,35 @@ class _Session:
                     "bytes_from_client": up[0],
                     "bytes_to_client": down[0],
                     "duration_ms": round((trio.current_time() - started) * 1000, 3),
-                    "exit_code": None,
+                    "exit_code": ended.code,
+                    **({"exit_code_reason": ended.reason} if ended.code is None else {}),
                 },
             )
             with trio.CancelScope(shield=True):
                 await self._emit_event(end)
 
     async def _copy(
-        self, source: trio.abc.ReceiveStream, sink: trio.abc.SendStream, counter: list[int], scope: trio.CancelScope
+        self,
+        source: trio.abc.ReceiveStream,
+        sink: trio.abc.SendStream,
+        counter: list[int],
+        scope: trio.CancelScope,
+        *,
+        tap: exit_taps.Tap | None = None,
+        from_client: bool = False,
     ) -> None:
         try:
             while True:
                 data = await source.receive_some(self.limits.splice_chunk)
                 if not data:
                     break
+                if tap is not None and from_client and tap.wants_client_data:
+                    # before the send: the server's answer to these bytes must not reach the tap first
+                    tap.feed_client(data)
                 await sink.send_all(data)
                 counter[0] += len(data)
+                if tap is not None and not from_client and tap.wants_data:
+                    tap.feed_server(data)  # after the send: the tap never delays kubectl's bytes
         except _STREAM_ERRORS:
             pass
         finally:
@@ -551,6 +589,12 @@ class _Session:
         if record.emitted:
             return
         record.emitted = True
+        # One count per answered request, beside its audit event; the cluster label is the stream's
+        # kube_cluster name (validated by StreamInfo), never anything from the request line.
+        counter = self.proxied.get(record.status)
+        if counter is None:  # labels() costs ~4 us; a connection mostly repeats one code, so keep its child
+            counter = self.proxied[record.status] = PROXIED.labels(self.info.cluster, str(record.status))
+        counter.inc()
         event = audit_events.request_event(
             info=self.info,
             host=self.ctx.host,
@@ -579,6 +623,11 @@ def _upstream_headers(decision: Decision, endpoint: Endpoint) -> list[tuple[byte
     if endpoint.authorization is not None:
         headers.append((b"Authorization", endpoint.authorization))
     return headers
+
+
+def _joined(response: h11.Response | h11.InformationalResponse, name: bytes) -> str:
+    """Every value of header ``name`` in ``response``, comma-joined."""
+    return b", ".join(v for n, v in response.headers.raw_items() if n.lower() == name).decode("latin-1")
 
 
 def _declared_length(headers: list[tuple[bytes, bytes]]) -> float:

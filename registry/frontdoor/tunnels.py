@@ -12,6 +12,9 @@ Invariants:
 * :meth:`live_hosts` names only hosts whose tunnel is ready (the agent's SETTINGS arrived) and not draining.
 * A tunnel's failure (garbage from the agent, a dead connection) ends that tunnel only; ``serve_agent``
   logs it and returns, it never raises it into the front door's task tree.
+* ``kubeport_tunnel_connections{side="frontdoor"}`` counts the agent connections being served (from
+  authentication to their end, draining ones included); ``kubeport_tunnel_streams_total`` the streams an
+  agent accepted.
 """
 
 from __future__ import annotations
@@ -23,8 +26,10 @@ import trio
 from registry.core.errors import ConnectionProblem
 from registry.core.tunnel_info import StreamInfo
 from registry.host.h2tunnel import H2Tunnel, TunnelConfig, TunnelStream
+from registry.host.metrics import FRONTDOOR_SIDE, TUNNEL_STREAMS, TUNNELS
 
 log = logging.getLogger(__name__)
+_STREAMS = TUNNEL_STREAMS.labels(FRONTDOOR_SIDE)  # bound once: open_stream is on every kubectl connection
 
 
 class TunnelHub:
@@ -56,12 +61,14 @@ class TunnelHub:
             log.info("agent %s connected again: its previous tunnel drains", host_id)
             old.start_drain()
         self._changed.unpark_all()
+        TUNNELS.labels(FRONTDOOR_SIDE).inc()
         try:
             await tunnel.run()
         except ConnectionProblem as exc:
             self._stats["failed_total"] += 1
             log.info("tunnel of agent %s ended: %s", host_id, exc.message)
         finally:
+            TUNNELS.labels(FRONTDOOR_SIDE).dec()
             if self._tunnels.get(host_id) is tunnel:
                 del self._tunnels[host_id]
             self._changed.unpark_all()
@@ -95,6 +102,7 @@ class TunnelHub:
             self._stats["streams_failed_total"] += 1
             raise
         self._stats["streams_opened_total"] += 1
+        _STREAMS.inc()
         return stream
 
     async def drain(self) -> None:

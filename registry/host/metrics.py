@@ -52,6 +52,11 @@ REQUEST_SECONDS = Histogram(
 )
 WATCH_CLIENTS = Gauge("kubeport_registry_watch_clients", "Open watch streams on the registry API.")
 WATCH_EVENTS = Counter("kubeport_registry_watch_events_total", "Watch events sent to watch clients.")
+WATCH_LAG = Histogram(
+    "kubeport_registry_watch_lag_seconds",
+    "Time from the store publishing a live change to its watch line being written to a watch client.",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0),
+)
 HEARTBEATS = Counter("kubeport_registry_heartbeats_total", "kube_server heartbeats received, by result.", ["result"])
 
 # -- store ---------------------------------------------------------------------------------------------------
@@ -68,14 +73,22 @@ STORE_ERRORS = Counter("kubeport_store_errors_total", "Store operations that fai
 
 TUNNELS = Gauge("kubeport_tunnel_connections", "Live reverse-tunnel connections.", ["side"])
 TUNNEL_STREAMS = Counter("kubeport_tunnel_streams_total", "Streams opened over reverse tunnels.", ["side"])
+FRONTDOOR_SIDE = "frontdoor"  # the ``side`` label values: one process may hold both ends (kubeport start)
+AGENT_SIDE = "agent"
 PROXIED = Counter(
-    "kubeport_proxied_requests_total", "Requests forwarded to Kubernetes API servers.", ["cluster", "code"]
+    "kubeport_proxied_requests_total",
+    "Requests the agent forwarder answered (forwarded or refused), by kube_cluster and HTTP code.",
+    ["cluster", "code"],
 )
 
 # -- agent ---------------------------------------------------------------------------------------------------
 
 AGENT_HEARTBEATS = Counter("kubeport_agent_heartbeats_total", "Heartbeats the agent sent, by result.", ["result"])
-LABEL_RUNS = Counter("kubeport_agent_dynamic_label_runs_total", "Dynamic-label command runs, by result.", ["result"])
+LABEL_RUNS = Counter(
+    "kubeport_agent_dynamic_label_runs_total",
+    "Dynamic-label command runs, by result (ok, failed, refused).",
+    ["result"],
+)
 SERVED_CLUSTERS = Gauge("kubeport_agent_served_clusters", "kube_clusters this agent serves now.")
 
 # -- every process ---------------------------------------------------------------------------------------------

@@ -75,7 +75,7 @@ from registry.core.errors import (
 )
 from registry.core.resources import KIND_ALIASES, KubeServer
 from registry.core.wire import EventsPage, HeartbeatBatch, ResourceList
-from registry.host.metrics import REQUEST_SECONDS, REQUESTS, WATCH_CLIENTS, WATCH_EVENTS
+from registry.host.metrics import REQUEST_SECONDS, REQUESTS, WATCH_CLIENTS, WATCH_EVENTS, WATCH_LAG
 from registry.server import bots
 from registry.server.admission import source_of_client
 from registry.server.authz import Caller
@@ -530,6 +530,8 @@ class RegistryAPI:
                                     registry.event_line(event.type, event.record, with_secrets=with_secrets)
                                 )
                                 WATCH_EVENTS.inc()
+                                if event.published is not None:  # live, not replayed history
+                                    WATCH_LAG.observe(trio.current_time() - event.published)
                         except KubeportError as err:  # fell behind: the client resumes from last_revision
                             await emit(watch.Error(err.to_status()))
                         nursery.cancel_scope.cancel()

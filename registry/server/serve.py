@@ -192,8 +192,11 @@ def advertised_address(host: str, port: int) -> str:
     return format_hostport(host, port)
 
 
-async def _registry_readiness(store: Store) -> str | None:
-    """Ready when the store answers a real read of the CA record (the CA is then loadable too)."""
+async def _registry_readiness(store: Store, companions_up: Callable[[], bool] = lambda: True) -> str | None:
+    """Ready when the store answers a real read of the CA record (the CA is then loadable too) and every
+    companion (the Kubernetes front door) listens: before that, kubectl and agents would be refused."""
+    if not companions_up():
+        return "the Kubernetes front door is not listening yet"
     try:
         with trio.fail_after(5):
             await store.get(CA_KIND, "cluster")
@@ -275,16 +278,18 @@ async def serve_registry(
             identity_path = data_dir / ADMIN_IDENTITY
             ensure_admin_identity(identity_path, ca, address, now)
             metrics_address = ""
+            companions_up = [not companions]
             if metrics_listen is not None:
                 checked_store = store
                 metrics_address = await nursery.start(
-                    serve_metrics, metrics_listen, lambda: _registry_readiness(checked_store)
+                    serve_metrics, metrics_listen, lambda: _registry_readiness(checked_store, lambda: companions_up[0])
                 )
             nursery.start_soon(lambda: serve_expiry(store, interval=expiry_interval))
             await nursery.start(serve_audit_flush, registry)
             nursery.start_soon(_renew_admin_identity, identity_path, ca, address)
             for companion in companions:
                 await nursery.start(companion, registry, ca)
+            companions_up[0] = True
             log.info("registry %r listening on %s", ca.cluster_name, address)
             task_status.started(
                 RegistryInfo(

@@ -90,8 +90,8 @@ class Change:
         """The item as history keeps it and watchers see it."""
         return self.history if self.history is not None else self.item
 
-    def to_event(self) -> Event:
-        return Event(self.type, self.recorded.to_record())
+    def to_event(self, published: float | None = None) -> Event:
+        return Event(self.type, self.recorded.to_record(), published)
 
 
 def _removal(last: Item, revision: int) -> Change:

@@ -16,6 +16,8 @@ events above the last one delivered" has no gap.
 * Once live, an overflow ends the iteration with Compacted after the buffered events have been delivered;
   the client resumes from the last revision it saw, which history normally still covers.
 * When the hub closes (the store is closed) iteration simply ends.
+* A live event carries the trio time its change was published (``Event.published``), so the API can
+  measure watch lag without an extra await; events from history carry None.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ class Subscription:
     def __init__(self, kinds: frozenset[str], buffer: int) -> None:
         self.kinds = kinds
         self.overflowed = False
-        self.send, self.receive = trio.open_memory_channel[Change](buffer)
+        # each change with the trio time it was published at (the watch-lag metric's start)
+        self.send, self.receive = trio.open_memory_channel[tuple[Change, float]](buffer)
 
 
 class Hub:
@@ -70,12 +73,13 @@ class Hub:
 
     def publish(self, changes: Sequence[Change]) -> None:
         """Deliver ``changes`` (in revision order) to every interested subscription, never waiting."""
+        now = trio.current_time()  # one clock read per commit, carried to the watch line (watch lag)
         for sub in list(self._subs):
             for change in changes:
                 if change.item.kind not in sub.kinds:
                     continue
                 try:
-                    sub.send.send_nowait(change)
+                    sub.send.send_nowait((change, now))
                 except trio.WouldBlock:
                     sub.overflowed = True
                     self.overflows += 1
@@ -151,7 +155,7 @@ class WatchIterator:
                 await self.fetch_page()
                 continue
             try:
-                change = await self._sub.receive.receive()
+                change, published = await self._sub.receive.receive()
             except (trio.EndOfChannel, trio.ClosedResourceError):
                 if self._sub.overflowed:
                     raise fell_behind(self.last, self._hub.buffer) from None
@@ -159,7 +163,7 @@ class WatchIterator:
             if change.revision <= self.last:
                 continue  # already delivered from history
             self.last = change.revision
-            return change.to_event()
+            return change.to_event(published)
 
 
 @asynccontextmanager

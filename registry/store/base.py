@@ -29,7 +29,7 @@ import logging
 import math
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import trio
@@ -60,6 +60,9 @@ class Event:
     type: Literal["PUT", "DELETE"]
     # PUT: the new version; DELETE: the last version, with .revision = the delete's revision
     record: Record
+    # trio.current_time() when the store published this change live (for the watch-lag metric); None for
+    # an event read from history. Not part of the event's identity.
+    published: float | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
