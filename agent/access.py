@@ -201,11 +201,12 @@ async def serve_access(
     client: Callable[[], RegistryClient],
     identity: Callable[[], IdentityFile],
     poll_interval: float = POLL_INTERVAL,
-    refresh_interval: float = REFRESH_INTERVAL,
+    refresh_interval: float | None = None,
     task_status: trio.TaskStatus[TunnelPool] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve kubectl traffic for the clusters in ``table`` until cancelled (module docstring). Hands the
-    :class:`TunnelPool` to ``task_status.started``."""
+    :class:`TunnelPool` to ``task_status.started``. ``refresh_interval`` defaults to :data:`REFRESH_INTERVAL`."""
+    refresh = REFRESH_INTERVAL if refresh_interval is None else refresh_interval
 
     async def ship(events: list[AuditEvent]) -> None:
         await client().report_events(events)
@@ -237,7 +238,7 @@ async def serve_access(
                 elif not pool.addresses and not said:
                     log.info("the registry runs no Kubernetes front door yet; asking again every %.0f s", poll_interval)
                     said = True
-                await trio.sleep(refresh_interval if pool.addresses else poll_interval)
+                await trio.sleep(refresh if pool.addresses else poll_interval)
     finally:
         with trio.CancelScope(shield=True):  # pooled upstream connections end with the agent
             await context.pool.aclose()

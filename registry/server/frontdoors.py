@@ -73,7 +73,8 @@ def live_addresses(values: Iterable[object], own: Iterable[str] = ()) -> tuple[s
 class FrontDoorDirectory:
     """The live front doors of every registry sharing ``store`` (module docstring)."""
 
-    def __init__(self, store: Store, *, clock: Callable[[], float], ttl: float = FRONTDOOR_TTL) -> None:
+    def __init__(self, store: Store, *, clock: Callable[[], float], ttl: float | None = None) -> None:
+        ttl = FRONTDOOR_TTL if ttl is None else ttl
         if not ttl > 0:
             raise BadParameter(f"front door ttl must be a positive number of seconds, got {ttl!r}")
         self.store = store

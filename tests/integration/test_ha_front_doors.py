@@ -1,0 +1,165 @@
+"""Several registries on one etcd (issue 11 §2): each runs a front door and announces it; an agent configured
+with a dead registry first and both live ones joins through a live one, keeps a tunnel to both front doors,
+and kubectl works through each. When one registry goes away, kubectl through the other keeps working, the
+agent drops the dead front door's tunnel and keeps serving. ``kpctl --registry dead,alive`` works.
+
+Real etcd (``tests/fakes/etcd_server.py``), real registries and front doors on 127.0.0.1, a real agent and
+real kubectl against the fake Kubernetes API. The front-door TTL and the agent's refresh period are
+shortened (``monkeypatch``) so that a registry's departure is seen within seconds, not tens of seconds.
+"""
+
+from __future__ import annotations
+
+import functools
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import yaml
+
+from agent.config import parse_config
+from agent.service import Agent
+from registry.frontdoor.run import run_frontdoor
+from registry.server.serve import RegistryInfo, serve_registry
+from registry.server.store_config import StoreConfig
+from tests.e2e.e2e_helpers import free_port
+from tests.fakes.etcd_server import shared_etcd, unique_prefix
+from tests.fakes.kube_api import FakeKube
+from tests.fakes.kubectl import SKIP_REASON, find_kubectl
+from tests.helpers import KUBE_ACCESS, cluster_doc, kpctl
+from tests.integration.access_setup import kubectl_until_routed
+from tests.integration.test_agent_inprocess import admin, new_token, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+async def start_registry(
+    nursery: trio.Nursery, data_dir: Path, store: StoreConfig
+) -> tuple[RegistryInfo, trio.CancelScope]:
+    """A registry with its front door in its own cancel scope (cancelling it is the registry going away)."""
+    scope = trio.CancelScope()
+
+    async def run(task_status: trio.TaskStatus[RegistryInfo]) -> None:
+        with scope:
+            await serve_registry(
+                data_dir=data_dir,
+                listen="127.0.0.1:0",
+                cluster_name="ha-cluster",
+                store_config=store,
+                companions=[functools.partial(run_frontdoor, listen="127.0.0.1:0")],
+                task_status=task_status,
+            )
+
+    info: RegistryInfo = await nursery.start(run)
+    return info, scope
+
+
+async def sign(data_dir: Path, user: str, out: Path) -> Path:
+    """``kpctl auth sign`` through the registry of ``data_dir``: the kubeconfig names that registry's front door."""
+    signed = await kpctl(
+        "auth", "sign", f"--user={user}", "--format=kubernetes", f"--out={out}", "--ttl=1h", "--data-dir", str(data_dir)
+    )
+    assert signed.code == 0, signed.err
+    return out
+
+
+def server_of(kubeconfig: Path) -> str:
+    doc: dict[str, Any] = yaml.safe_load(kubeconfig.read_text())
+    return str(doc["clusters"][0]["cluster"]["server"])
+
+
+async def test_an_agent_keeps_a_tunnel_to_every_front_door_and_survives_losing_a_registry(
+    fake_kube: FakeKube, nursery: trio.Nursery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kubectl = find_kubectl("1.33")
+    if kubectl is None:
+        pytest.skip(SKIP_REASON)
+    monkeypatch.setattr("registry.server.frontdoors.FRONTDOOR_TTL", 3.0)
+    monkeypatch.setattr("agent.access.REFRESH_INTERVAL", 0.5)
+    etcd = shared_etcd()
+    store = StoreConfig(store=f"etcd://{etcd.endpoint}", etcd_prefix=unique_prefix())
+    first_dir, second_dir = tmp_path / "r1", tmp_path / "r2"
+    first, stop_first = await start_registry(nursery, first_dir, store)
+    second_dir.mkdir(mode=0o700)
+    shutil.copy2(first_dir / "etcd.key", second_dir / "etcd.key")  # every replica holds the same sealing key
+    second, _ = await start_registry(nursery, second_dir, store)
+    assert first.kube_address != second.kube_address
+
+    fake_kube.grant("viewers", kind="Group", verbs=["get", "list"], resources=["pods"])
+    fake_kube.add_pod("web-1")
+    async with await admin(first) as client:
+        await client.create(cluster_doc("prod", fake_kube.kubeconfig_yaml(token="admin-token"), {"env": "prod"}))
+    role = tmp_path / "role.yaml"
+    role.write_text(KUBE_ACCESS)
+    assert (await kpctl("create", "-f", str(role), "--data-dir", str(first_dir))).code == 0
+    assert (await kpctl("users", "add", "alice", "--roles=kube-access", "--data-dir", str(first_dir))).code == 0
+
+    # The agent lists a dead registry first: it joins through a live one.
+    dead = f"127.0.0.1:{free_port()}"
+    doc = {
+        "kubeport": {
+            "registry": [dead, first.address, second.address],
+            "token": await new_token(second),
+            "ca_pin": first.ca_pin,
+            "data_dir": str(tmp_path / "agent"),
+        },
+        "kubernetes_service": {"enabled": True, "listen_addr": "127.0.0.1:0", "resources": [{"labels": {"*": "*"}}]},
+    }
+    agent = Agent(parse_config(yaml.safe_dump(doc), source="ha agent"))
+    with trio.fail_after(60):
+        await nursery.start(agent.serve)
+    doors = tuple(sorted([first.kube_address, second.kube_address]))
+
+    async def both_tunnels_up() -> bool:
+        await trio.lowlevel.checkpoint()
+        return agent.tunnels is not None and agent.tunnels.connected() == doors
+
+    await wait_for(both_tunnels_up, timeout=30, what="a tunnel to each front door")
+
+    kubeconfigs = {
+        "first": await sign(first_dir, "alice", tmp_path / "kc-first"),
+        "second": await sign(second_dir, "alice", tmp_path / "kc-second"),
+    }
+    assert first.kube_address in server_of(kubeconfigs["first"])
+    assert second.kube_address in server_of(kubeconfigs["second"])
+    for name, kubeconfig in kubeconfigs.items():
+        code, out, err = await kubectl_until_routed(
+            kubectl, ["get", "pods", "-n", "default"], kubeconfig=kubeconfig, home=tmp_path / f"home-{name}"
+        )
+        assert code == 0, err
+        assert "web-1" in out
+
+    stop_first.cancel()  # the first registry and its front door go away
+
+    async def only_second() -> bool:
+        await trio.lowlevel.checkpoint()
+        return agent.tunnels is not None and agent.tunnels.addresses == (second.kube_address,)
+
+    await wait_for(only_second, timeout=30, what="the agent dropping the dead front door's tunnel")
+    assert agent.tunnels is not None and agent.tunnels.statistics()["dropped_total"] == 1
+    code, out, err = await kubectl_until_routed(
+        kubectl, ["get", "pods", "-n", "default"], kubeconfig=kubeconfigs["second"], home=tmp_path / "home-after"
+    )
+    assert code == 0, err
+    assert "web-1" in out
+
+    # Still serving: its heartbeats reach the surviving registry.
+    async def renewed_through_second() -> bool:
+        async with await admin(second) as client:
+            servers, _ = await client.list("kube_server")
+        return any(s["metadata"]["name"] == "prod" for s in servers)
+
+    await wait_for(renewed_through_second, timeout=30, what="the agent still serving prod")
+
+    # Through the dead first, then the live second: kpctl fails over.
+    listed = await kpctl(
+        "get", "kube_clusters", "--registry", f"{first.address},{second.address}", "--data-dir", str(second_dir)
+    )
+    assert listed.code == 0, listed.err
+    assert "prod" in listed.out
+    monkeypatch.setenv("KUBEPORT_REGISTRY", f"{first.address},{second.address}")
+    listed = await kpctl("get", "kube_clusters", "--data-dir", str(second_dir))
+    assert listed.code == 0, listed.err
+    assert "prod" in listed.out
