@@ -55,9 +55,11 @@ async def run_frontdoor(
     *,
     listen: str = DEFAULT_KUBE_LISTEN,
     public_addr: str | None = None,
+    tunnel_addr: str | None = None,
 ) -> None:
     """Serve the front door for ``registry`` until cancelled; started once it listens and the registry
-    advertises it."""
+    advertises it. ``tunnel_addr`` (``--kube-tunnel-addr``) is the address announced for agents' tunnels
+    when it differs from the one kubeconfigs name (several front doors behind one load balancer)."""
     host, port = parse_hostport(listen, default_port=DEFAULT_KUBE_PORT, what="--kube-listen")
     public_hosts = [public_addr] if public_addr else []
     if not public_addr and host in _WILDCARDS:  # the certificate must name what kubeconfigs will name
@@ -73,7 +75,7 @@ async def run_frontdoor(
         registry.kube_public_addr = advertised_kube_address(info.host, info.port, public_addr)
         log.info("front door listening on %s (kubeconfigs name %s)", info.address, registry.kube_public_addr)
         # Agents learn every live front door from the shared store (registry.server.frontdoors).
-        door_id = await registry.front_doors.announce(registry.kube_public_addr)
+        door_id = await registry.front_doors.announce(tunnel_addr or registry.kube_public_addr)
         try:
             task_status.started()
             await trio.sleep_forever()

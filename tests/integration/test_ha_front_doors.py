@@ -36,10 +36,11 @@ pytestmark = pytest.mark.slow
 
 
 async def start_registry(
-    nursery: trio.Nursery, data_dir: Path, store: StoreConfig
+    nursery: trio.Nursery, data_dir: Path, store: StoreConfig, **frontdoor: Any
 ) -> tuple[RegistryInfo, trio.CancelScope]:
     """A registry with its front door in its own cancel scope (cancelling it is the registry going away)."""
     scope = trio.CancelScope()
+    frontdoor.setdefault("listen", "127.0.0.1:0")
 
     async def run(task_status: trio.TaskStatus[RegistryInfo]) -> None:
         with scope:
@@ -48,7 +49,7 @@ async def start_registry(
                 listen="127.0.0.1:0",
                 cluster_name="ha-cluster",
                 store_config=store,
-                companions=[functools.partial(run_frontdoor, listen="127.0.0.1:0")],
+                companions=[functools.partial(run_frontdoor, **frontdoor)],
                 task_status=task_status,
             )
 
@@ -163,3 +164,52 @@ async def test_an_agent_keeps_a_tunnel_to_every_front_door_and_survives_losing_a
     listed = await kpctl("get", "kube_clusters", "--data-dir", str(second_dir))
     assert listed.code == 0, listed.err
     assert "prod" in listed.out
+
+
+async def test_front_doors_behind_one_load_balancer_announce_their_own_tunnel_addresses(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """``--kube-public-addr`` names the balancer in kubeconfigs; ``--kube-tunnel-addr`` lets each front door
+    announce where agents reach it directly, so the agent holds a tunnel to each (through the balancer it
+    would reach only one of them)."""
+    etcd = shared_etcd()
+    store = StoreConfig(store=f"etcd://{etcd.endpoint}", etcd_prefix=unique_prefix())
+    balancer = "kube.example.com:443"
+    ports = [free_port(), free_port()]
+    infos = []
+    for index, port in enumerate(ports):
+        data_dir = tmp_path / f"r{index}"
+        if index:
+            data_dir.mkdir(mode=0o700)
+            shutil.copy2(tmp_path / "r0" / "etcd.key", data_dir / "etcd.key")
+        info, _ = await start_registry(
+            nursery,
+            data_dir,
+            store,
+            listen=f"127.0.0.1:{port}",
+            public_addr=balancer,
+            tunnel_addr=f"127.0.0.1:{port}",
+        )
+        infos.append(info)
+    async with await admin(infos[1]) as client:
+        ping = await client.ping()
+    assert ping["kube_public_addr"] == balancer  # what kubeconfigs name: unchanged
+    assert ping.get("kube_front_doors") == [f"127.0.0.1:{p}" for p in sorted(ports)]
+
+    doc = {
+        "kubeport": {
+            "registry": f"{infos[0].address},{infos[1].address}",
+            "token": await new_token(infos[0]),
+            "ca_pin": infos[0].ca_pin,
+            "data_dir": str(tmp_path / "agent"),
+        },
+        "kubernetes_service": {"enabled": True, "listen_addr": "127.0.0.1:0", "resources": [{"labels": {"*": "*"}}]},
+    }
+    agent = Agent(parse_config(yaml.safe_dump(doc), source="ha agent"))
+    await nursery.start(agent.serve)
+
+    async def both_tunnels_up() -> bool:
+        await trio.lowlevel.checkpoint()
+        return agent.tunnels is not None and len(agent.tunnels.connected()) == 2
+
+    await wait_for(both_tunnels_up, timeout=30, what="a tunnel to each front door behind the balancer")
