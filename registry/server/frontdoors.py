@@ -8,8 +8,9 @@ start, holding the address agents dial (``--kube-public-addr``, else the listen 
 registry that was killed leaves a record that expires within its TTL.
 
 :class:`FrontDoorDirectory` is the one place that reads and writes these records. It keeps the list of
-live addresses in memory, refreshed from the store every ``ttl / 3`` seconds, so the public ``/v1/ping``
-never touches the store (an unauthenticated caller cannot make the registry read its store).
+live addresses in memory, reloaded whenever a front-door record changes (a watch on the kind) and at least
+every ``ttl / 3`` seconds, so the public ``/v1/ping`` never touches the store (an unauthenticated caller
+cannot make the registry read its store) and a new front door is listed by every registry at once.
 
 Invariants:
 
@@ -129,24 +130,48 @@ class FrontDoorDirectory:
         try:
             for door_id, address in list(self._own.items()):
                 await self.store.put(FRONTDOOR_KIND, door_id, frontdoor_value(door_id, address), expires=expires)
+        except KubeportError as err:
+            self._failures += 1
+            log.warning("cannot renew this registry's front door record (will retry): %s", err)
+        await self.reload()
+
+    async def reload(self) -> None:
+        """Read every live record into :attr:`addresses` (the last good list stays when the store fails)."""
+        try:
             records: list[Record] = await self.store.list(FRONTDOOR_KIND, limit=4 * MAX_FRONT_DOORS)
         except KubeportError as err:
             self._failures += 1
-            log.warning("cannot refresh the list of front doors (keeping the last one): %s", err)
+            log.warning("cannot read the list of front doors (keeping the last one): %s", err)
             self.addresses = tuple(sorted(set(self.addresses) | set(self._own.values())))
             return
         self.addresses = live_addresses((r.value for r in records), self._own.values())
         self.known = True
+
+    async def _follow(self) -> None:
+        """Reload on every change of any front-door record (another registry's announce, renewal, withdrawal
+        or expiry), so a new front door is listed at once, not at the next tick."""
+        while True:
+            try:
+                async with self.store.watch([FRONTDOOR_KIND]) as events:
+                    await self.reload()  # after the watch started: no change between the two is missed
+                    async for _ in events:
+                        await self.reload()
+                return  # the store closed
+            except KubeportError as err:
+                log.debug("front door watch interrupted (the periodic refresh goes on): %s", err)
+                await trio.sleep(self.interval)
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Refresh every ``ttl / 3`` seconds until cancelled; a clean shutdown withdraws this process's
         records."""
         try:
             await self.refresh()
-            task_status.started()
-            while True:
-                await trio.sleep(self.interval)
-                await self.refresh()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._follow)
+                task_status.started()
+                while True:
+                    await trio.sleep(self.interval)
+                    await self.refresh()
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(3):
                 for door_id in list(self._own):

@@ -3,10 +3,12 @@ live ones (what agents read from /v1/ping)."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from registry.core.errors import ConnectionProblem
 from registry.server.frontdoors import FRONTDOOR_KIND, MAX_FRONT_DOORS, FrontDoorDirectory, live_addresses
@@ -93,6 +95,22 @@ async def test_serve_renews_the_record_and_withdraws_it_on_shutdown(autojump_clo
         assert (await store.get(FRONTDOOR_KIND, door)).expires == pytest.approx((first or 0) + 10)
         nursery.cancel_scope.cancel()
     assert await store.list(FRONTDOOR_KIND) == []
+
+
+async def test_a_new_front_door_is_listed_by_every_registry_at_once() -> None:
+    """No waiting for the next tick (10 s): each directory watches the records."""
+    store = MemoryStore()
+    first, second = FrontDoorDirectory(store, clock=time.time), FrontDoorDirectory(store, clock=time.time)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(first.serve)
+        await nursery.start(second.serve)
+        door = await second.announce("new:3026")
+        await trio.testing.wait_all_tasks_blocked()
+        assert first.addresses == ("new:3026",)
+        await second.withdraw(door)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not first.addresses
+        nursery.cancel_scope.cancel()
 
 
 @pytest.mark.parametrize(
