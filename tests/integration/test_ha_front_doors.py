@@ -21,7 +21,9 @@ import yaml
 
 from agent.config import parse_config
 from agent.service import Agent
+from registry.cli import kubeport_main
 from registry.frontdoor.run import run_frontdoor
+from registry.host.cmdline import parse_command_line
 from registry.server.serve import RegistryInfo, serve_registry
 from registry.server.store_config import StoreConfig
 from tests.e2e.e2e_helpers import free_port
@@ -213,3 +215,19 @@ async def test_front_doors_behind_one_load_balancer_announce_their_own_tunnel_ad
         return agent.tunnels is not None and len(agent.tunnels.connected()) == 2
 
     await wait_for(both_tunnels_up, timeout=30, what="a tunnel to each front door behind the balancer")
+
+
+@pytest.mark.parametrize("value", ["3026", ":3026", "", "a b:1", "http://h:1", "h\n:1", "h" * 300])
+def test_kube_tunnel_addr_needs_a_dialable_host(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        parse_command_line(kubeport_main.build_parser(), ["registry", "start", "--kube-tunnel-addr", value])
+    assert exc.value.code == 2
+    assert "--kube-tunnel-addr" in capsys.readouterr().err
+
+
+def test_kube_tunnel_addr_reaches_the_front_door() -> None:
+    args = parse_command_line(kubeport_main.build_parser(), ["registry", "start", "--kube-tunnel-addr", "fd1:3026"])
+    assert args.kube_tunnel_addr == "fd1:3026"
+    companion = kubeport_main._frontdoor(args)
+    assert isinstance(companion, functools.partial)
+    assert companion.keywords["tunnel_addr"] == "fd1:3026"
