@@ -10,9 +10,11 @@ What runs (one task tree, started by ``Agent.serve`` once the agent has its iden
   the cluster CA and its fixed name, the tunnel ALPN insisted on). The list is refreshed by asking again
   every ``refresh_interval`` seconds (a period, not a watch: ping goes to whichever registry answers, needs
   no extra route or permission, and a front door's record changes rarely). New front doors get a tunnel;
-  tunnels to front doors no longer listed are cancelled (a killed registry's record expires within its
-  TTL). A failed or empty answer changes nothing: with nothing better to go to, the existing tunnels keep
-  redialing with backoff. A registry without any front door is asked again every ``poll_interval`` s.
+  tunnels to front doors no longer listed are cancelled once they are down (a killed registry's record
+  expires within its TTL; a front door still connected but unlisted has only lost the store, and cutting
+  its kubectl streams would help no one). A failed or empty answer changes nothing: with nothing better to
+  go to, the existing tunnels keep redialing with backoff. A registry without any front door is asked
+  again every ``poll_interval`` s.
 * the front door routes kubectl only to agents with a tunnel to itself, so kubectl works through any
   live front door as long as the agent holds its tunnel;
 * every stream goes to :func:`agent.forward.server.handle_stream` with one :class:`ForwardContext`: the
@@ -138,7 +140,8 @@ def tunnel_dialer(
 
 class TunnelPool:
     """One tunnel per live front door (module docstring): :meth:`update` starts tunnels to new addresses
-    and cancels those to addresses no longer listed."""
+    and cancels those to addresses no longer listed, once they are down (a front door that is still
+    connected keeps its tunnel and its kubectl streams until the connection ends)."""
 
     def __init__(self, nursery: trio.Nursery, dial_to: Callable[[str], Dial], handle: Handle) -> None:
         self._nursery = nursery
@@ -172,7 +175,10 @@ class TunnelPool:
         """Make the tunnels match ``wanted``: start the missing ones, drop the others."""
         changed = False
         for address in sorted(set(self._tunnels) - set(wanted)):
-            scope, _ = self._tunnels.pop(address)
+            scope, current = self._tunnels[address]
+            if current.connected:  # still up: its registry only lost the store; dropping it would help no one
+                continue
+            del self._tunnels[address]
             scope.cancel()
             self._dropped += 1
             changed = True

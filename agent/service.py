@@ -106,6 +106,7 @@ class Agent:
             "failed": dict(self.supervisor.failed) if self.supervisor else {},
             "watcher": self.watcher.statistics() if self.watcher else {},
             "heartbeats": self.announcer.statistics() if self.announcer else {},
+            "tunnels": self.tunnels.statistics() if self.tunnels else {},
         }
 
     async def serve(self, *, task_status: trio.TaskStatus[AgentInfo] = trio.TASK_STATUS_IGNORED) -> None:

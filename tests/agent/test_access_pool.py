@@ -125,3 +125,20 @@ def test_front_doors_from_a_ping(ping: dict[str, Any], expected: tuple[str, ...]
 def test_a_huge_list_is_capped() -> None:
     doors = front_doors_from_ping({"kube_front_doors": [f"d{i}:1" for i in range(100_000)]})
     assert len(doors) == MAX_FRONT_DOORS
+
+
+async def test_a_connected_tunnel_is_kept_until_it_goes_down(nursery: trio.Nursery) -> None:
+    """A front door missing from the list but still connected keeps its tunnel (its kubectl streams live on)."""
+    dials = Dials()
+    pool = TunnelPool(nursery, dials.to, no_handler)
+    await pool.update(("a:3026",))
+    await trio.testing.wait_all_tasks_blocked()
+    _, status = pool._tunnels["a:3026"]
+    status.connected = True  # as serve_tunnel marks it once the front door's SETTINGS arrived
+    await pool.update(("b:3026",))
+    await trio.testing.wait_all_tasks_blocked()
+    assert pool.addresses == ("a:3026", "b:3026") and dials.cancelled == []
+    status.connected = False
+    await pool.update(("b:3026",))
+    await trio.testing.wait_all_tasks_blocked()
+    assert list(pool.addresses) == ["b:3026"] and dials.cancelled == ["a:3026"]
