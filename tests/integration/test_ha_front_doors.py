@@ -31,7 +31,7 @@ from tests.fakes.etcd_server import shared_etcd, unique_prefix
 from tests.fakes.kube_api import FakeKube
 from tests.fakes.kubectl import SKIP_REASON, find_kubectl
 from tests.helpers import KUBE_ACCESS, cluster_doc, kpctl
-from tests.integration.access_setup import kubectl_until_routed
+from tests.integration.access_setup import kubectl_until_routed, served
 from tests.integration.test_agent_inprocess import admin, new_token, wait_for
 
 pytestmark = pytest.mark.slow
@@ -120,6 +120,7 @@ async def test_an_agent_keeps_a_tunnel_to_every_front_door_and_survives_losing_a
         return agent.tunnels is not None and agent.tunnels.connected() == doors
 
     await wait_for(both_tunnels_up, timeout=30, what="a tunnel to each front door")
+    await wait_for(lambda: served(first, "prod"), timeout=30, what="the agent serving prod")
 
     kubeconfigs = {
         "first": await sign(first_dir, "alice", tmp_path / "kc-first"),
