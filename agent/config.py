@@ -2,7 +2,8 @@
 
 The file is YAML. Its ``kubernetes_service`` section uses Teleport's field names, so snippets from
 Teleport's docs work unchanged; a ``kubeport:`` section holds what Teleport keeps under ``teleport:``
-(registry address, join token, CA pins, data directory, node name). See
+(registry addresses: one, or several sharing one store as ``A,B`` or a YAML list; join token, CA pins,
+data directory, node name). See
 :func:`agent.config_render.render_config` for an annotated example; :mod:`agent.static_clusters` splits
 the ``kubeconfig_file`` into static clusters.
 
@@ -49,6 +50,7 @@ from registry.core.netaddr import format_hostport, parse_hostport
 
 MAX_CONFIG_BYTES = 1 << 20
 DEFAULT_REGISTRY_PORT = 3025
+MAX_REGISTRIES = 16  # addresses in kubeport.registry
 DEFAULT_LISTEN_ADDR = ("0.0.0.0", 3027)
 DEFAULT_DATA_DIR = Path("/var/lib/kubeport")
 DEFAULT_HEARTBEAT_TTL = 600.0  # Teleport's ServerAnnounceTTL
@@ -155,7 +157,7 @@ class KubeServiceConfig:
 class AgentConfig:
     """A complete, validated agent configuration. ``token`` is kept out of ``repr`` (logs, tracebacks)."""
 
-    registry: tuple[str, int]
+    registries: tuple[tuple[str, int], ...]  # kubeport.registry: one address or several (failover, in order)
     token: str | None = field(repr=False)
     token_file: Path | None
     ca_pins: tuple[str, ...]
@@ -164,6 +166,11 @@ class AgentConfig:
     heartbeat_ttl: float
     log_level: str
     kube: KubeServiceConfig
+
+    @property
+    def registry(self) -> tuple[str, int]:
+        """The first registry address (the one tried first)."""
+        return self.registries[0]
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -295,6 +302,28 @@ def _parse_duration(ctx: _Ctx, value: object, path: str, minimum: float) -> floa
 
 def _parse_path(ctx: _Ctx, value: object, path: str) -> Path:
     return Path(ctx.string(value, path))
+
+
+def _parse_registries(ctx: _Ctx, value: object, path: str) -> tuple[tuple[str, int], ...]:
+    """``HOST:PORT``, ``HOST:PORT,HOST:PORT`` or a YAML list of addresses: registries sharing one store,
+    tried in order (duplicates dropped, at most :data:`MAX_REGISTRIES`)."""
+    if isinstance(value, list):
+        if not value:
+            ctx.fail(f"{path} must name at least one registry")
+        items = [(ctx.string(item, f"{path}[{i}]"), f"{path}[{i}]") for i, item in enumerate(value)]
+    else:
+        text = ctx.string(value, path)
+        items = [(part.strip(), path) for part in text.split(",")] if "," in text else [(text, path)]
+    if len(items) > MAX_REGISTRIES:
+        ctx.fail(f"{path} names {len(items)} registries; at most {MAX_REGISTRIES} are allowed")
+    found: list[tuple[str, int]] = []
+    for raw, where in items:
+        if not raw:
+            ctx.fail(f"{where}: an empty registry address (check for a stray comma)")
+        address = _parse_hostport(ctx, raw, where, default_port=DEFAULT_REGISTRY_PORT, default_host=None, min_port=1)
+        if address not in found:
+            found.append(address)
+    return tuple(found)
 
 
 def _parse_pins(ctx: _Ctx, value: object, path: str) -> tuple[str, ...]:
@@ -506,14 +535,7 @@ def _build(ctx: _Ctx, raw: object) -> AgentConfig:
     ctx.check_keys(kp, "kubeport", _KUBEPORT_KEYS)
     if kp.get("registry") is None:
         ctx.fail("kubeport.registry is required")
-    registry = _parse_hostport(
-        ctx,
-        kp["registry"],
-        "kubeport.registry",
-        default_port=DEFAULT_REGISTRY_PORT,
-        default_host=None,
-        min_port=1,
-    )
+    registries = _parse_registries(ctx, kp["registry"], "kubeport.registry")
 
     token = None if kp.get("token") is None else ctx.string(kp["token"], "kubeport.token", secret=True).strip()
     token_file = None if kp.get("token_file") is None else _parse_path(ctx, kp["token_file"], "kubeport.token_file")
@@ -534,7 +556,7 @@ def _build(ctx: _Ctx, raw: object) -> AgentConfig:
         else _parse_duration(ctx, kp["heartbeat_ttl"], "kubeport.heartbeat_ttl", MIN_HEARTBEAT_TTL)
     )
     return AgentConfig(
-        registry=registry,
+        registries=registries,
         token=token,
         token_file=token_file,
         ca_pins=_parse_pins(ctx, kp.get("ca_pin"), "kubeport.ca_pin"),

@@ -29,7 +29,8 @@ _HEADER = """\
 # kubeport agent configuration (written by `kubeport configure`).
 #
 # kubeport:            how this agent reaches and trusts the registry.
-#   registry           host:port of the registry (port 3025 if omitted).
+#   registry           host:port of the registry (port 3025 if omitted); several registries sharing one
+#                      store as "a:3025,b:3025" or a YAML list: the agent fails over along them.
 #   token / token_file the join token, needed only for the first start; afterwards the agent's
 #                      identity lives in data_dir and the token may be removed.
 #   ca_pin             sha256 pin(s) of the registry CA; the agent refuses a registry whose CA differs.

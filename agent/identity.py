@@ -9,6 +9,9 @@ Files in the agent data dir (0700; files 0600):
 Invariants:
 - The private key is generated here and never leaves the host: the registry signs a CSR.
 - A restarted agent reuses a valid identity without the token; an expired one needs the token again.
+  ``kubeport.registry`` may list several registries sharing one store: the identity keeps the whole list,
+  and every call (CA fetch, join, renewal, all later calls) fails over along it. A stored identity for a
+  list that shares an address with the configured one is reused (with the configured list).
 - The registry assigns the host id: a join never names one (the registry refuses ids already in use, so
   a token holder cannot pose as another agent). Renewal keeps the id; a fresh join gets a new one.
 - Every call to the registry goes through ``registry.client`` (CA fetch, join, renewal): one way to talk
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import ParamSpec, TypeVar
@@ -52,8 +56,13 @@ MAX_TOKEN_FILE_BYTES = 4096
 
 
 def registry_address(config: AgentConfig) -> str:
-    host, port = config.registry
-    return format_hostport(host, port)
+    """Every configured registry as ``HOST:PORT[,HOST:PORT...]``: RegistryClient (join, renewal, every call)
+    fails over along this list, and the identity file keeps it."""
+    return ",".join(format_hostport(host, port) for host, port in config.registries)
+
+
+def _addresses(value: str | None) -> tuple[str, ...]:
+    return tuple(part.strip() for part in (value or "").split(",") if part.strip())
 
 
 def host_id(data_dir: Path) -> str | None:
@@ -131,8 +140,10 @@ async def obtain_identity(
     if path.exists():
         stored = IdentityFile.parse(read_limited(path, limit=1 << 20, what="agent identity"), source=str(path))
         ident = stored.identity()
-        if ident.expires is not None and ident.expires > now and stored.registry == address:
-            return stored
+        same_cluster = bool(set(_addresses(stored.registry)) & set(_addresses(address)))
+        if ident.expires is not None and ident.expires > now and same_cluster:
+            # The configured list is the truth (a registry added to or removed from kubeport.registry).
+            return stored if stored.registry == address else replace(stored, registry=address)
         reason = "expired" if ident.expires is not None and ident.expires <= now else "for another registry"
         log.warning("stored agent identity %s is %s: joining again with the token", path, reason)
     token = join_token(config)

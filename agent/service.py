@@ -32,7 +32,7 @@ from typing import Any
 import trio
 import trio.lowlevel
 
-from agent.access import serve_access
+from agent.access import TunnelPool, serve_access
 from agent.clusters import Supervisor, counted_labels
 from agent.config import AgentConfig
 from agent.heartbeat import Announcer, ServiceInfo
@@ -82,6 +82,7 @@ class Agent:
         self.supervisor: Supervisor | None = None
         self.watcher: ClusterWatcher | None = None
         self.announcer: Announcer | None = None
+        self.tunnels: TunnelPool | None = None  # one tunnel per live front door (agent.access)
         self._wake = trio.Event()
         # Set after the first attempt to publish this agent's kube_agent record: the registry accepts
         # heartbeats of static clusters only once that record declares them, so reconciling waits for it.
@@ -105,6 +106,7 @@ class Agent:
             "failed": dict(self.supervisor.failed) if self.supervisor else {},
             "watcher": self.watcher.statistics() if self.watcher else {},
             "heartbeats": self.announcer.statistics() if self.announcer else {},
+            "tunnels": self.tunnels.statistics() if self.tunnels else {},
         }
 
     async def serve(self, *, task_status: trio.TaskStatus[AgentInfo] = trio.TASK_STATUS_IGNORED) -> None:
@@ -165,7 +167,7 @@ class Agent:
                 nursery.start_soon(holder.renew_forever)
                 if self.access_enabled:
                     supervisor = self.supervisor
-                    await nursery.start(
+                    self.tunnels = await nursery.start(
                         lambda task_status: serve_access(
                             host_id=me.host_id or "",
                             table=supervisor,

@@ -553,7 +553,25 @@ async def fetch_unverified_ca(
 
     Only safe with a check afterwards (:func:`fetch_ca` checks a pin) or as an explicit trust-on-first-use
     (the agent without ``ca_pin``, which says so in its log). Errors are mapped like every other call.
+    ``address`` may name several registries (``A,B``): one that cannot be reached is skipped for the next.
     """
+    addresses = split_addresses(address)
+    errors: list[KubeportError] = []
+    for index, one in enumerate(addresses):
+        try:
+            return await _fetch_unverified_ca_at(one, timeout=timeout, transport=transport)
+        except (ConnectionProblem, Timeout) as err:
+            if index + 1 == len(addresses):
+                if errors:
+                    raise type(err)("; ".join(e.message for e in [*errors, err])) from None
+                raise
+            errors.append(err)
+    raise AssertionError("unreachable: the loop returns or raises")
+
+
+async def _fetch_unverified_ca_at(
+    address: str, *, timeout: float, transport: httpx.AsyncBaseTransport | None
+) -> list[bytes]:
     async with httpx.AsyncClient(
         base_url=_base_url(address),
         verify=insecure_fetch_context(),

@@ -1,7 +1,7 @@
 """kubeport: the daemons and the user side.
 
     kubeport start [--data-dir DIR] [--listen HOST:PORT]      all-in-one: registry + front door + a local agent
-                   [--kube-listen HOST:PORT] [--kube-public-addr HOST:PORT]
+                   [--kube-listen HOST:PORT] [--kube-public-addr HOST:PORT] [--kube-tunnel-addr HOST:PORT]
     kubeport registry start [--data-dir DIR] [--listen ...]   the registry alone
                    [--store etcd://HOST:PORT,... --etcd-prefix P --etcd-ca/--etcd-cert/--etcd-key FILE]
     kubeport configure --registry=HOST:PORT --token=T -o FILE write an agent configuration
@@ -63,7 +63,9 @@ def _data_dir(args: argparse.Namespace) -> Path:
 
 def _frontdoor(args: argparse.Namespace) -> Companion:
     """The Kubernetes front door, run by the registry process beside its API."""
-    return functools.partial(run_frontdoor, listen=args.kube_listen, public_addr=args.kube_public_addr)
+    return functools.partial(
+        run_frontdoor, listen=args.kube_listen, public_addr=args.kube_public_addr, tunnel_addr=args.kube_tunnel_addr
+    )
 
 
 def _print_registry_banner(info: RegistryInfo, *, all_in_one: bool) -> None:
@@ -268,6 +270,13 @@ def build_parser() -> argparse.ArgumentParser:
             type=_public_addr,
             help="the front door address kubeconfigs and agents use (a load balancer, a DNS name); default: the "
             "--kube-listen address (this host's name when that is a wildcard)",
+        )
+        p.add_argument(
+            "--kube-tunnel-addr",
+            metavar="HOST:PORT",
+            type=_public_addr,
+            help="the address agents dial for their tunnel to this front door (default: --kube-public-addr). With "
+            "several registries behind one load balancer, give each its own so agents reach every front door",
         )
         add_metrics_flag(p)
         p.add_argument(

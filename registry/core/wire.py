@@ -92,6 +92,9 @@ class Ping(TypedDict):
     kube_public_addr: NotRequired[str]
     # How local users log in: "otp" (password + one-time code) or "off" (password only). Absent from older registries.
     second_factor: NotRequired[str]
+    # Every live front door of the registries sharing this one's store (agents keep a tunnel to each).
+    # Absent from older registries: agents then use kube_public_addr.
+    kube_front_doors: NotRequired[list[str]]
 
 
 class Whoami(TypedDict):

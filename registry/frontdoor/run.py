@@ -1,6 +1,9 @@
 """The front door as the registry process runs it: one tunnel hub, the TLS context from the cluster CA, the
 listener, and the address kubeconfigs and agents are told (``Registry.kube_public_addr``, in ``/v1/ping``).
 
+Each front door announces itself (``Registry.front_doors``, a ``frontdoor`` record with a TTL in the shared
+store) while it runs and withdraws on a clean shutdown, so agents keep a tunnel to every live one.
+
 ``run_frontdoor`` has the shape of a registry ``Companion`` (``registry.server.serve``): the composition root
 binds ``listen``/``public_addr`` and hands it to ``serve_registry``, which starts it once the API listens.
 
@@ -52,9 +55,11 @@ async def run_frontdoor(
     *,
     listen: str = DEFAULT_KUBE_LISTEN,
     public_addr: str | None = None,
+    tunnel_addr: str | None = None,
 ) -> None:
     """Serve the front door for ``registry`` until cancelled; started once it listens and the registry
-    advertises it."""
+    advertises it. ``tunnel_addr`` (``--kube-tunnel-addr``) is the address announced for agents' tunnels
+    when it differs from the one kubeconfigs name (several front doors behind one load balancer)."""
     host, port = parse_hostport(listen, default_port=DEFAULT_KUBE_PORT, what="--kube-listen")
     public_hosts = [public_addr] if public_addr else []
     if not public_addr and host in _WILDCARDS:  # the certificate must name what kubeconfigs will name
@@ -69,4 +74,11 @@ async def run_frontdoor(
         )
         registry.kube_public_addr = advertised_kube_address(info.host, info.port, public_addr)
         log.info("front door listening on %s (kubeconfigs name %s)", info.address, registry.kube_public_addr)
-        task_status.started()
+        # Agents learn every live front door from the shared store (registry.server.frontdoors).
+        door_id = await registry.front_doors.announce(tunnel_addr or registry.kube_public_addr)
+        try:
+            task_status.started()
+            await trio.sleep_forever()
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(3):
+                await registry.front_doors.withdraw(door_id)

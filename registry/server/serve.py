@@ -267,6 +267,8 @@ async def serve_registry(
             log.warning(SECOND_FACTOR_OFF_WARNING)
         api = RegistryAPI(registry, bookmark_interval=bookmark_interval, rate_limits=rate_limits, local_auth=local_auth)
         async with trio.open_nursery() as nursery:
+            # Before the API answers: a first ping already lists the other registries' front doors.
+            await nursery.start(registry.front_doors.serve)
             info: ServerInfo = await nursery.start(
                 lambda task_status: serve_http(
                     api, host=host, port=port, ssl_context=ssl_context, limits=http_limits, task_status=task_status

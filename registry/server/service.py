@@ -91,6 +91,7 @@ from registry.server.admission import source_of_client
 from registry.server.aggregate import FailureAggregator, FailureRow
 from registry.server.authz import Caller
 from registry.server.bots import BotService
+from registry.server.frontdoors import FrontDoorDirectory
 from registry.store import Event, Record, Store, Write, without_secret_fields
 
 AUDIT_KIND = "audit"
@@ -279,6 +280,8 @@ class Registry:
         self._audit_trimming = False
         self._last_audit_ns = 0
         self.bots = BotService(self)  # machine identity: bot-NAME users, their join tokens and renewal
+        # The live front doors of every registry sharing the store (ping lists them for agents).
+        self.front_doors = FrontDoorDirectory(store, clock=clock)
         # Called with the name after a user is deleted (local credentials register here: registry.server.local_auth).
         self.on_user_deleted: builtins.list[Callable[[str], Awaitable[None]]] = []
 
@@ -946,7 +949,7 @@ class Registry:
         return line
 
     def ping(self) -> Ping:
-        return {
+        ping: Ping = {
             "cluster_name": self.cluster_name,
             "version": __version__,
             "ca_pin": self.ca.pin,
@@ -956,3 +959,6 @@ class Registry:
             "kube_public_addr": self.kube_public_addr,
             "second_factor": self.second_factor,
         }
+        if self.front_doors.known:  # never a partial list (registry.server.frontdoors)
+            ping["kube_front_doors"] = list(self.front_doors.addresses)
+        return ping

@@ -194,6 +194,21 @@ def test_registry_addresses(value: str, expected: tuple[str, int]) -> None:
 
 
 @pytest.mark.parametrize(
+    "value",
+    [
+        "'reg-a:3025,reg-b'",
+        "' reg-a:3025 , reg-b:3025 '",
+        "[reg-a:3025, reg-b]",
+        "[reg-a, reg-b:3025, reg-a:3025]",  # a duplicate is dropped, the order kept
+    ],
+)
+def test_several_registries_as_a_comma_list_or_a_yaml_list(value: str) -> None:
+    cfg = parse(f"kubeport:\n  registry: {value}\n" + SERVE_ALL)
+    assert cfg.registries == (("reg-a", 3025), ("reg-b", 3025))
+    assert cfg.registry == ("reg-a", 3025)
+
+
+@pytest.mark.parametrize(
     ("value", "fragment"),
     [
         ("reg:70000", 'kubeport.registry "reg:70000": port 70000 is out of range 1-65535'),
@@ -213,7 +228,16 @@ def test_registry_addresses(value: str, expected: tuple[str, int]) -> None:
         ("'-bad-:1'", "invalid host name"),
         ("3025", "kubeport.registry must be a string (quote it in YAML), got int 3025"),
         ("''", "kubeport.registry must not be empty"),
-        ("[a, b]", "kubeport.registry must be a string"),
+        ("{a: b}", "kubeport.registry must be a string"),
+        ("[]", "kubeport.registry must name at least one registry"),
+        ("'a:1,'", "kubeport.registry: an empty registry address (check for a stray comma)"),
+        ("'a:1,,b:2'", "an empty registry address"),
+        ("[a:1, 3025]", "kubeport.registry[1] must be a string"),
+        ("[a:1, 'b:99999']", 'kubeport.registry[1] "b:99999": port 99999 is out of range'),
+        ("'a:1,https://b:2'", "must be HOST:PORT, not a URL"),
+        ("[[a:1]]", "kubeport.registry[0] must be a string"),
+        ("'" + ",".join(f"r{i}:1" for i in range(17)) + "'", "names 17 registries; at most 16 are allowed"),
+        ("[" + ", ".join(f"r{i}:1" for i in range(1000)) + "]", "at most 16 are allowed"),
     ],
 )
 def test_bad_registry_addresses(value: str, fragment: str) -> None:
