@@ -54,6 +54,11 @@ async def served(registry: RegistryInfo, name: str) -> bool:
     return any(s["metadata"]["name"] == name for s in servers)
 
 
+# How kubectl shows the front door's 503 while no agent holds a tunnel yet: the reason (older kubectl), the
+# Status message, and kubectl 1.33's own wording for a 503.
+_NOT_ROUTED_YET = ("ServiceUnavailable", "no agent", "the server is currently unable to handle the request")
+
+
 async def kubectl_until_routed(binary: str, args: list[str], *, kubeconfig: Path, home: Path) -> tuple[int, str, str]:
     """Run kubectl; while the agent's tunnel is still coming up the front door answers 503 (no agent with a
     live tunnel), so retry that one answer for a few seconds (bounded)."""
@@ -61,7 +66,7 @@ async def kubectl_until_routed(binary: str, args: list[str], *, kubeconfig: Path
         while True:
             result = await run_kubectl(binary, args, kubeconfig=kubeconfig, home=home)
             out, err = result.stdout.decode(), result.stderr.decode()
-            if "ServiceUnavailable" not in err and "no agent" not in err:
+            if not any(sign in err for sign in _NOT_ROUTED_YET):
                 return result.returncode, out, err
             await trio.sleep(0.2)  # a bounded retry of a refused call, not a wait for a condition to sleep on
 
