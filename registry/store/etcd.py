@@ -301,6 +301,17 @@ class EtcdStore(BaseStore):
         self._check_open()
         return self._decode_item(kvs[0]) if kvs else None
 
+    async def _read_many(self, kind: str, names: Sequence[str]) -> Sequence[Item]:
+        """One read-only txn per ``(max_txn_ops / 2)^2 - 1`` names (nested, see nest_ops)."""
+        per_txn = (self._max_txn_ops // 2) ** 2 - 1
+        out: list[Item] = []
+        for lo in range(0, len(names), per_txn):
+            ops = [range_op(self._item_key(kind, name)) for name in names[lo : lo + per_txn]]
+            result = await self._client.txn([], nest_ops(ops, self._max_txn_ops, what="this read"), idempotent=True)
+            self._check_open()
+            out += [self._decode_item(kvs[0]) for kvs in result.ranges() if kvs]
+        return out
+
     async def _list(
         self, kind: str, bounds: _plan.ListRange, labels: Mapping[str, str | list[str]] | None, now: float
     ) -> list[Record]:
