@@ -83,6 +83,7 @@ MAX_COUNT = 1_000_000
 STARTUP_TIMEOUT = 60.0  # until every watcher is ready
 STEP_TIMEOUT = 120.0  # one create, list or event delivery; far above any sane latency
 CLIENT_TIMEOUT = 120.0
+HANDSHAKES = 16  # TLS handshakes in flight while warming clients up (the registry allows 64 per source)
 HEARTBEAT_BATCH = 512  # the batch route's limit
 FILL_BATCH = 100  # kube_clusters per create_many while filling (etcd: well under its request size limit)
 STORES = {"sqlite": ("sqlite",), "etcd": ("etcd",), "both": ("sqlite", "etcd")}
@@ -424,11 +425,18 @@ async def running_registry(data_dir: Path, store: StoreConfig) -> AsyncIterator[
 
 
 async def warm_clients(endpoint: Endpoint, count: int) -> list[RegistryClient]:
-    """``count`` clients with their TLS connection already up, so timings exclude handshakes."""
+    """``count`` clients with their TLS connection already up, so timings exclude handshakes. At most
+    ``HANDSHAKES`` at a time: the registry sheds a source's unauthenticated connections beyond 64."""
     clients = [endpoint.client() for _ in range(count)]
+    limiter = trio.CapacityLimiter(HANDSHAKES)
+
+    async def ping(client: RegistryClient) -> None:
+        async with limiter:
+            await client.ping()
+
     async with trio.open_nursery() as nursery:
         for client in clients:
-            nursery.start_soon(client.ping)
+            nursery.start_soon(ping, client)
     return clients
 
 
