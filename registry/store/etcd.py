@@ -25,6 +25,15 @@ Every rule of a write (expiry visibility, CAS, created_revision, secret redactio
 planner (``_plan``), exactly as for the other backends; this module only reads a consistent snapshot (one
 read-only txn), plans, and commits the plan as one etcd txn.
 
+Grouping (as SQLite's group commit): the writes of this process that queue while one commits go together
+into the next snapshot read and txn, each planned in arrival order against the state the earlier ones leave,
+so N concurrent writers cost about one round trip set, not N. Each keeps its own outcome and revisions: a
+write whose plan fails (NotFound, AlreadyExists, CompareFailed) fails alone and consumes no revision; a group
+etcd refuses as too large is split in halves and committed in turn; any other failure of the txn is the
+outcome of every write of the group, and then none of them landed (or, Ambiguous and read back, all did).
+Once a txn is sent it finishes (shielded, bounded by the client's timeouts) before a cancelled caller sees
+its cancel, so no write is left half-known.
+
 Watch. A background feed watches ``hist/`` in etcd and publishes each new store revision to the local
 watch hub, in order, whoever wrote it (this process or another registry). A write returns only once the
 feed has published it here, so a caller's own write is in ``revision()`` and in every local watch when it
