@@ -209,3 +209,26 @@ def test_documents_past_the_bound_still_get_the_exact_scan_and_its_refusal() -> 
     assert "nested more than" in refusal(deep)
     shallow_but_long = "a:\n" + "- x\n" * 200  # over the bound, well within the limit: accepted
     assert load_yaml(shallow_but_long, source="in.yaml")[0]["a"] == ["x"] * 200
+
+
+def test_a_plain_shallow_document_is_parsed_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_event_pass(_text: str) -> None:
+        raise AssertionError("the event pass ran for a document without & or * within the depth bound")
+
+    monkeypatch.setattr(validation, "_precheck_events", no_event_pass)
+    assert load_yaml("a:\n  b: [1, 2]\n", source="in.yaml") == [{"a": {"b": [1, 2]}}]
+
+
+@pytest.mark.parametrize(
+    ("text", "refused"),
+    [
+        ("a: &x 1\nb: *x\n", "anchors"),  # anchors and aliases still meet the event pass
+        ("a: *x\n", "aliases"),
+        ("a: 'five * six & seven'\n", None),  # the characters in a scalar: checked, and accepted
+    ],
+)
+def test_documents_with_anchor_or_alias_characters_still_get_the_event_pass(text: str, refused: str | None) -> None:
+    if refused is None:
+        assert load_yaml(text, source="in.yaml") == [{"a": "five * six & seven"}]
+    else:
+        assert refused in refusal(text)
