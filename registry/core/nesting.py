@@ -33,8 +33,24 @@ _CLOSERS = "]}"
 
 def nesting_error(text: str, limit: int) -> str | None:
     """``"line L, column C: nested more than LIMIT levels deep"`` or ``None`` when the text stays within."""
+    if depth_bound(text) <= limit:
+        return None  # cannot nest that deep: skip the character scan (most documents; see depth_bound)
     scanner = _Scanner(text, limit)
     return scanner.run()
+
+
+def depth_bound(text: str) -> int:
+    """An upper bound on how deeply ``text`` can nest, from character counts alone (C speed, no parsing).
+
+    Why it holds: a flow collection opens at a ``[`` or ``{``. A block collection opens where a node starts:
+    at a line's indentation (at most one per line), or on the same line after a ``- `` or ``? `` indicator,
+    or after the ``: `` of an explicit (``?``) key. So the depth is at most the number of lines plus the
+    number of those characters, each ``?`` counted twice (once for itself, once for its ``:``). Every such
+    character counts, in scalars too, and every YAML line break (LF, CR, NEL, LS, PS) starts a line: the
+    bound only ever errs high, and a document it cannot clear goes through the exact scan."""
+    lines = 1 + sum(text.count(brk) for brk in ("\n", "\r", "\x85", "\u2028", "\u2029"))
+    indicators = text.count("-") + 2 * text.count("?") + text.count("[") + text.count("{")
+    return lines + indicators
 
 
 class _Scanner:

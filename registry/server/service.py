@@ -661,7 +661,27 @@ class Registry:
             record = None
         if record is not None and name in record.value.get("static_clusters", []):
             return
-        raise NotFound(
+        raise self._not_served(server)
+
+    async def _may_serve_many(self, host_id: str, names: builtins.list[str]) -> set[str]:
+        """The names among ``names`` that host ``host_id`` may heartbeat (the batch form of
+        :meth:`_check_may_serve`, same rule): stored kube_clusters, read at once, then the host's static
+        clusters for the rest (its kube_agent record, read only when some name is not a stored cluster)."""
+        found = await self.store.existing("kube_cluster", names) if names else set()
+        rest = [name for name in names if name not in found]
+        if rest:
+            try:
+                record = await self.store.get(AGENT_KIND, host_id)
+            except NotFound:
+                record = None
+            static = record.value.get("static_clusters", []) if record is not None else []
+            found.update(name for name in rest if name in static)
+        return found
+
+    @staticmethod
+    def _not_served(server: KubeServer) -> NotFound:
+        name = server.metadata.name
+        return NotFound(
             f'kube_server "{server.store_name()}": there is no kube_cluster "{name}" and host '
             f'"{server.host_id}" declares no static cluster of that name (heartbeats name clusters that exist)'
         )
@@ -695,7 +715,7 @@ class Registry:
         if not isinstance(bodies, builtins.list) or len(bodies) > MAX_HEARTBEAT_BATCH:
             raise BadParameter(f"a batch heartbeat takes a list of at most {MAX_HEARTBEAT_BATCH} kube_servers")
         results: builtins.list[HeartbeatResult] = []
-        writes: builtins.list[Write] = []
+        decoded: dict[int, KubeServer] = {}  # index -> a well-formed heartbeat of this host
         seen: set[str] = set()
         for index, body in enumerate(bodies):
             name = ""
@@ -708,14 +728,23 @@ class Registry:
                     raise BadParameter(f'heartbeat {index}: host_id "{server.host_id}" does not match the URL')
                 if name in seen:
                     raise BadParameter(f'heartbeat {index}: kube_server "{name}" is given twice')
-                await self._check_may_serve(server)
-                writes.append(self._heartbeat_write(server))
                 seen.add(name)
+                decoded[index] = server
                 results.append({"name": name})
             except KubeportError as err:
                 if not name:
                     name = _claimed_name(body)
                 results.append({"name": name, "error": err.to_status()})
+        # Which clusters exist: one store read for the whole batch (one per heartbeat was most of its cost).
+        may_serve = await self._may_serve_many(host_id, [server.metadata.name for server in decoded.values()])
+        writes: builtins.list[Write] = []
+        for index, server in decoded.items():
+            try:
+                if server.metadata.name not in may_serve:
+                    raise self._not_served(server)
+                writes.append(self._heartbeat_write(server))
+            except KubeportError as err:
+                results[index] = {"name": server.metadata.name, "error": err.to_status()}
         if writes:
             await self.store.write_many(writes)  # puts: nothing in the batch can fail to plan
         HEARTBEATS.labels("written").inc(len(writes))

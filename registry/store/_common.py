@@ -22,11 +22,11 @@ from typing import Any, TypedDict
 
 import trio
 
-from registry.core.errors import BadParameter, ConnectionProblem, KubeportError
+from registry.core.errors import BadParameter, ConnectionProblem, KubeportError, LimitExceeded
 from registry.store import _plan
 from registry.store._plan import Change, Item, WriteKind, WriteOp
 from registry.store._watch import Hub, open_watch
-from registry.store.base import Event, Record, Write
+from registry.store.base import MAX_EXISTING, Event, Record, Write
 
 Clock = Callable[[], float]
 
@@ -163,6 +163,26 @@ class BaseStore(abc.ABC):
         if item is None or item.expired(self._now()):
             raise _plan.not_found(kind, name)
         return item.to_record()
+
+    async def existing(self, kind: str, names: Sequence[str]) -> set[str]:
+        kind = _plan.check_kind(kind)
+        if isinstance(names, str) or not isinstance(names, Sequence):
+            raise BadParameter("existing takes a sequence of names")
+        if len(names) > MAX_EXISTING:
+            raise LimitExceeded(f"existing takes at most {MAX_EXISTING} names at once, got {len(names)}")
+        wanted = list(dict.fromkeys(_plan.check_name(kind, name) for name in names))
+        self._check_open()
+        if not wanted:
+            await trio.lowlevel.checkpoint()
+            return set()
+        now = self._now()
+        return {item.name for item in await self._read_many(kind, wanted) if not item.expired(now)}
+
+    async def _read_many(self, kind: str, names: Sequence[str]) -> Sequence[Item]:
+        """The stored items of ``kind`` among ``names`` (expired ones too), in any order. Backends with a
+        cheaper way than one read per name override this."""
+        found = [await self._read(kind, name) for name in names]
+        return [item for item in found if item is not None]
 
     async def list(
         self,

@@ -77,11 +77,19 @@ class Write:
     expected_revision: int | None = None  # update and delete only
 
 
+MAX_EXISTING = 4096  # names per Store.existing call (a heartbeat batch is at most 512)
+
+
 class Store(Protocol):
     """What the registry needs from storage. Errors come from :mod:`registry.core.errors`."""
 
     async def get(self, kind: str, name: str) -> Record:
         """The live record, or NotFound (``kube_cluster "x" not found``)."""
+        ...
+
+    async def existing(self, kind: str, names: Sequence[str]) -> set[str]:
+        """Which of ``names`` have a live record of ``kind``: one read of the store however many names (at
+        most ``MAX_EXISTING``), nothing decoded. For checks over a batch (a heartbeat batch's clusters)."""
         ...
 
     async def list(

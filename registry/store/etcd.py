@@ -25,6 +25,15 @@ Every rule of a write (expiry visibility, CAS, created_revision, secret redactio
 planner (``_plan``), exactly as for the other backends; this module only reads a consistent snapshot (one
 read-only txn), plans, and commits the plan as one etcd txn.
 
+Grouping (as SQLite's group commit): the writes of this process that queue while one commits go together
+into the next snapshot read and txn, each planned in arrival order against the state the earlier ones leave,
+so N concurrent writers cost about one round trip set, not N. Each keeps its own outcome and revisions: a
+write whose plan fails (NotFound, AlreadyExists, CompareFailed) fails alone and consumes no revision; a group
+etcd refuses as too large is split in halves and committed in turn; any other failure of the txn is the
+outcome of every write of the group, and then none of them landed (or, Ambiguous and read back, all did).
+Once a txn is sent it finishes (shielded, bounded by the client's timeouts) before a cancelled caller sees
+its cancel, so no write is left half-known.
+
 Watch. A background feed watches ``hist/`` in etcd and publishes each new store revision to the local
 watch hub, in order, whoever wrote it (this process or another registry). A write returns only once the
 feed has published it here, so a caller's own write is in ``revision()`` and in every local watch when it
@@ -108,6 +117,9 @@ _PAGE = 500  # keys per range read
 # A write puts a value twice (the record and its history entry) in one request, and etcd refuses requests
 # over --max-request-bytes (1.5 MiB by default): 640 KiB values keep the largest single write under it.
 MAX_VALUE_BYTES = 640 * 1024
+# A group commit stops adding writes at this many bytes of values (each is sent twice, base64: about 2.7x on
+# the wire), well under etcd's --max-request-bytes; a group etcd still refuses is split (_commit_units).
+_GROUP_BYTES = 384 * 1024
 _EXPIRE_BATCH = 256  # expired records per txn to start with; halved while etcd finds the request too large
 _CANARY = b"kubeport etcd key check"
 
@@ -181,6 +193,7 @@ class EtcdStore(BaseStore):
         self._leases: dict[float, int] = {}  # bucket end (store clock) -> lease id
         self._deadlines: list[tuple[float, int, str, str]] = []  # as MemoryStore: (expires, revision, kind, name)
         self._lock = trio.Lock()  # one write of this process at a time (other processes: the txn compare)
+        self._pending: list[_Pending] = []  # writes waiting for the next group commit (see _queue_write)
         self._progress = trio.Event()  # set (and replaced) whenever the feed publishes
         self._feed_scope = trio.CancelScope()
         self._kick_scope: trio.CancelScope | None = None
@@ -297,6 +310,17 @@ class EtcdStore(BaseStore):
         self._check_open()
         return self._decode_item(kvs[0]) if kvs else None
 
+    async def _read_many(self, kind: str, names: Sequence[str]) -> Sequence[Item]:
+        """One read-only txn per ``(max_txn_ops / 2)^2 - 1`` names (nested, see nest_ops)."""
+        per_txn = (self._max_txn_ops // 2) ** 2 - 1
+        out: list[Item] = []
+        for lo in range(0, len(names), per_txn):
+            ops = [range_op(self._item_key(kind, name)) for name in names[lo : lo + per_txn]]
+            result = await self._client.txn([], nest_ops(ops, self._max_txn_ops, what="this read"), idempotent=True)
+            self._check_open()
+            out += [self._decode_item(kvs[0]) for kvs in result.ranges() if kvs]
+        return out
+
     async def _list(
         self, kind: str, bounds: _plan.ListRange, labels: Mapping[str, str | list[str]] | None, now: float
     ) -> list[Record]:
@@ -358,18 +382,125 @@ class EtcdStore(BaseStore):
     # --- writes ----------------------------------------------------------------------------------------
 
     async def _write(self, op: WriteOp) -> list[Change]:
-        def plan(items: Snapshot, now: float, revision: int) -> list[Change]:
-            return _plan.plan_write(op, items[(op.kind, op.name)], now=now, revision=revision)
-
-        return await self._commit([(op.kind, op.name)], plan)
+        return await self._queue_write((op,), atomic=False)
 
     async def _write_batch(self, ops: Sequence[WriteOp]) -> list[Change]:
-        keys = list(dict.fromkeys((op.kind, op.name) for op in ops))
+        return await self._queue_write(tuple(ops), atomic=True)
+
+    async def _queue_write(self, ops: tuple[WriteOp, ...], *, atomic: bool) -> list[Change]:
+        """Group commit, as SQLite's: writes that queue up while another commits go to etcd together, in
+        ONE snapshot read and ONE txn, each planned in arrival order against the state the earlier ones left.
+
+        A batch joins a group as one unit, all or nothing. Each caller keeps its own outcome: an op whose plan
+        fails (NotFound, AlreadyExists, CompareFailed) fails alone and consumes no revision. A group etcd
+        finds too large (TooLarge, LimitExceeded) is split in halves and committed in turn, so only a unit
+        that is too large on its own fails with that. Any other failure of the txn fails every unit of the
+        group, and then none is written (or, Ambiguous and checked, all are). A caller cancelled before its
+        unit was taken into a group withdraws it; once taken, the group's txn finishes (shielded) before any
+        caller sees the cancel, so a write is never left half-known.
+        """
+        slot = _Pending(ops, atomic)
+        self._pending.append(slot)
+        try:
+            async with self._lock:
+                if not slot.taken:
+                    await self._commit_group()
+        except trio.Cancelled:
+            if not slot.taken:
+                self._pending.remove(slot)
+                raise
+            with trio.CancelScope(shield=True):
+                await slot.done.wait()
+            raise
+        outcome = slot.outcome
+        if isinstance(outcome, KubeportError) and slot.shared:
+            # A group failure is one exception shared by every op of the group: each caller gets its own.
+            raise type(outcome)(outcome.message) from outcome
+        if isinstance(outcome, BaseException):
+            raise outcome
+        assert outcome is not None
+        if outcome:
+            await self._wait_published(outcome[-1].revision)
+        return outcome
+
+    def _take_group(self) -> list[_Pending]:
+        """The queued units that fit one etcd txn (estimated), in arrival order; the first always."""
+        budget_ops = (self._max_txn_ops // 2) ** 2 // 2  # nested txn capacity, half to leave room for redactions
+        group: list[_Pending] = []
+        ops = size = 0
+        while self._pending:
+            slot = self._pending[0]
+            slot_ops = 3 * len(slot.ops) + 1
+            slot_size = sum(len(op.data or "") for op in slot.ops)
+            if group and (ops + slot_ops > budget_ops or size + slot_size > _GROUP_BYTES):
+                break
+            group.append(self._pending.pop(0))
+            ops += slot_ops
+            size += slot_size
+            slot.taken = True
+        return group
+
+    async def _commit_group(self) -> None:
+        """Under the lock: take queued writes and commit them together (see :meth:`_queue_write`); writes
+        that did not fit are left queued for the next lock holder."""
+        group = self._take_group()
+        try:
+            self._check_open()
+            # Shielded: a txn cancelled in flight may or may not land, and its callers (other tasks) would
+            # never know. The etcd client bounds it (request timeout, retry_for); the cancel is seen after.
+            with trio.CancelScope(shield=True):
+                await self._commit_units(group)
+        except BaseException as exc:
+            for slot in group:
+                if not slot.done.is_set():
+                    slot.outcome = exc
+                    slot.shared = len(group) > 1
+                    slot.done.set()
+            raise
+
+    async def _commit_units(self, units: Sequence[_Pending]) -> None:
+        """Plan and commit ``units`` in one txn, setting each unit's outcome; split when etcd finds the
+        group too large."""
+        keys = list(dict.fromkeys((op.kind, op.name) for slot in units for op in slot.ops))
+        outcomes: list[list[Change] | KubeportError] = []
 
         def plan(items: Snapshot, now: float, revision: int) -> list[Change]:
-            return _plan.plan_batch(ops, lambda kind, name: items[(kind, name)], now=now, revision=revision)
+            outcomes.clear()
+            overlay: Snapshot = dict(items)
+            applied: list[Change] = []
+            for slot in units:
+                try:
+                    if slot.atomic:
+                        changes = _plan.plan_batch(
+                            slot.ops, lambda kind, name: overlay[(kind, name)], now=now, revision=revision
+                        )
+                    else:
+                        (op,) = slot.ops
+                        changes = _plan.plan_write(op, overlay[(op.kind, op.name)], now=now, revision=revision)
+                except KubeportError as exc:
+                    outcomes.append(exc)
+                    continue
+                for change in changes:
+                    key = (change.item.kind, change.item.name)
+                    overlay[key] = None if change.type == "DELETE" else change.item
+                if changes:
+                    revision = changes[-1].revision
+                applied += changes
+                outcomes.append(changes)
+            return applied
 
-        return await self._commit(keys, plan)
+        try:
+            await self._commit(keys, plan)
+        except (TooLarge, LimitExceeded):
+            if len(units) == 1:
+                raise
+            half = len(units) // 2
+            await self._commit_units(units[:half])
+            await self._commit_units(units[half:])
+            return
+        for slot, outcome in zip(units, outcomes, strict=True):
+            slot.outcome = outcome
+            slot.done.set()
 
     async def _expire(self) -> list[Change]:
         """Remove every expired record, as many etcd txns as it takes (each holds at most ``max_batch``)."""
@@ -388,7 +519,11 @@ class EtcdStore(BaseStore):
             if not due:
                 break
             try:
-                removed += await self._commit(list(due), plan)
+                async with self._lock:
+                    changes = await self._commit(list(due), plan)
+                if changes:
+                    await self._wait_published(changes[-1].revision)
+                removed += changes
             except BaseException as exc:
                 for entry in due.values():  # not removed: the next sweep must still find them
                     heapq.heappush(self._deadlines, entry)
@@ -401,31 +536,34 @@ class EtcdStore(BaseStore):
         return removed
 
     async def _commit(
-        self, keys: Sequence[tuple[str, str]], plan: Callable[[Snapshot, float, int], list[Change]]
+        self,
+        keys: Sequence[tuple[str, str]],
+        plan: Callable[[Snapshot, float, int], list[Change]],
     ) -> list[Change]:
-        """Read, plan and commit as one etcd txn guarded by the revision counter; retry when another
-        registry wrote in between. Returns once the feed has published the changes here."""
-        async with self._lock:
-            for _ in range(1000):
-                counter, mod, floor, items = await self._snapshot(keys)
-                self._check_open()
-                changes = plan(items, self._now(), counter)
-                if not changes:
-                    return []
-                write_id = os.urandom(8).hex()
-                try:
-                    ops = await self._ops_for(changes, floor, write_id)
-                    result = await self._client.txn([compare_mod(self._rev_key, mod)], ops)
-                except LeaseNotFound:
-                    self._leases.clear()  # a cached lease ran out under us: take fresh ones
-                    continue
-                except Ambiguous:
-                    result = TxnResult(await self._landed(changes[0].revision, write_id), 0)
-                if result.succeeded:
-                    break
-            else:
-                raise ConnectionProblem("etcd: too much write contention on the store revision, try again")
-        await self._wait_published(changes[-1].revision)
+        """Read, plan and commit as one etcd txn guarded by the revision counter; retry (planning again)
+        when another registry wrote in between. The caller holds the write lock (one write of this process at
+        a time) and then waits for the feed to publish the changes here (:meth:`_wait_published`), after
+        releasing the lock so that the next group's round trips overlap the feed's."""
+        assert self._lock.locked()
+        for _ in range(1000):
+            counter, mod, floor, items = await self._snapshot(keys)
+            self._check_open()
+            changes = plan(items, self._now(), counter)
+            if not changes:
+                return []
+            write_id = os.urandom(8).hex()
+            try:
+                ops = await self._ops_for(changes, floor, write_id)
+                result = await self._client.txn([compare_mod(self._rev_key, mod)], ops)
+            except LeaseNotFound:
+                self._leases.clear()  # a cached lease ran out under us: take fresh ones
+                continue
+            except Ambiguous:
+                result = TxnResult(await self._landed(changes[0].revision, write_id), 0)
+            if result.succeeded:
+                break
+        else:
+            raise ConnectionProblem("etcd: too much write contention on the store revision, try again")
         return changes
 
     async def _landed(self, revision: int, write_id: str) -> bool:
@@ -664,6 +802,20 @@ class EtcdStore(BaseStore):
         with trio.CancelScope(shield=True):
             await self._feed_done.wait()
             await self._client.aclose()
+
+
+class _Pending:
+    """One queued unit of a group commit (a single op, or an atomic batch) and, once committed, its outcome."""
+
+    __slots__ = ("atomic", "done", "ops", "outcome", "shared", "taken")
+
+    def __init__(self, ops: tuple[WriteOp, ...], atomic: bool) -> None:
+        self.ops = ops
+        self.atomic = atomic
+        self.taken = False  # a group holds it: it will be committed (or fail) with that group
+        self.shared = False  # the outcome is an exception raised for the whole group
+        self.outcome: list[Change] | BaseException | None = None
+        self.done = trio.Event()
 
 
 class _Kicked(KubeportError):

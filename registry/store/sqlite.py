@@ -116,6 +116,11 @@ _UPSERT_ITEM = (
     "INSERT OR REPLACE INTO items (kind, name, value, revision, created_revision, expires, labels)"
     " VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
+# Several names at once: they arrive as one JSON array parameter (json_each), so the statement never varies.
+_SELECT_ITEMS = (
+    "SELECT kind, name, value, revision, created_revision, expires, labels FROM items"
+    " WHERE kind = ? AND name IN (SELECT value FROM json_each(?))"
+)
 _DELETE_ITEM = "DELETE FROM items WHERE kind = ? AND name = ?"
 _REDACT_EVENT = "UPDATE events SET name = ?, value = ? WHERE revision = ?"
 _INSERT_EVENT = (
@@ -195,6 +200,11 @@ class SQLiteStore(BaseStore):
         async with self._lock:
             self._check_open()
             return await self._run("read", self._select_item, kind, name)
+
+    async def _read_many(self, kind: str, names: Sequence[str]) -> Sequence[Item]:
+        async with self._lock:
+            self._check_open()
+            return await self._run("read", self._select_items, kind, json.dumps(list(names)))
 
     async def _list(
         self, kind: str, bounds: _plan.ListRange, labels: Mapping[str, str | list[str]] | None, now: float
@@ -313,6 +323,9 @@ class SQLiteStore(BaseStore):
     def _select_item(self, kind: str, name: str) -> Item | None:
         row = self._conn.execute(_SELECT_ITEM, (kind, name)).fetchone()
         return None if row is None else Item(*row)
+
+    def _select_items(self, kind: str, names: str) -> list[Item]:
+        return [Item(*row) for row in self._conn.execute(_SELECT_ITEMS, (kind, names))]
 
     def _list_sync(
         self, kind: str, bounds: _plan.ListRange, labels: Mapping[str, str | list[str]] | None, now: float

@@ -9,44 +9,62 @@ from pathlib import Path
 
 import pytest
 
+from tests.fakes.etcd_server import SKIP_REASON, find_etcd
 from tests.scripts.scripts_helpers import SCRIPTS, load_script, table_rows, usage_error
 
 SCRIPT = SCRIPTS / "bench_registry.py"
 bench = load_script("bench_registry")
 
 
-def test_quick_run_prints_every_row_and_cleans_up(tmp_path: Path) -> None:
-    argv = ["--quick", "--clusters", "20", "--watchers", "1,2", "--creates", "16", "--watch-events", "5"]
-    result = subprocess.run(
-        [sys.executable, str(SCRIPT), *argv, "--json", "--work-dir", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=25,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    out = result.stdout
-    assert "| operation | store (baseline) | API over mTLS | ratio (API cost ÷ store cost) |" in out
-    assert "machine: Python 3." in out
-    assert "registry: subprocess" in out
-    expected_rows = [
+TINY = ["--quick", "--clusters", "20", "--watchers", "1,2", "--creates", "16", "--watch-events", "5"]
+TINY += ["--agents", "2", "--servers-per-agent", "30", "--keepalive-seconds", "1"]
+
+
+def _rows_for(backend: str) -> list[str]:
+    return [
         "create, sequential (1 client)",
         "create, 8 concurrent clients",
+        "announce 60 kube_servers (2 agents, batch route)",
+        "keep 60 kube_servers alive (0/s): registry CPU",
         "list 20 kube_clusters (median)",
         "watch put → event p50, 1 watcher",
         "watch put → event p99, 1 watcher",
         "watch put → event p50, 2 watchers",
         "watch put → event p99, 2 watchers",
     ]
+
+
+@pytest.mark.parametrize("store", ["sqlite", "both"])
+def test_quick_run_prints_every_row_and_cleans_up(store: str, tmp_path: Path) -> None:
+    if store == "both" and find_etcd() is None:
+        pytest.skip(SKIP_REASON)
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), *TINY, "--store", store, "--json", "--work-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert bench.TABLE_HEADER in out
+    assert "machine: Python 3." in out
+    assert "registry: subprocess" in out
+    backends = ["SQLite"] if store == "sqlite" else ["SQLite", "etcd"]
     rows = table_rows(out)
-    assert [row[0] for row in rows] == expected_rows
-    for row in rows:  # every cell measured: a number and a ratio, never n/a
-        assert "n/a" not in row
-        assert row[-1].endswith("x")
+    assert [(row[0], row[1]) for row in rows] == [(b, op) for b in backends for op in _rows_for(b)]
+    for row in rows:  # every cell measured: a number and a ratio (the CPU row has no store side)
+        if "registry CPU" in row[1]:
+            assert row[3].endswith("% of a core") and row[4] == "n/a" and row[5] == "< 50% of a core"
+        else:
+            assert "n/a" not in row
+            assert row[4].endswith("x")
 
     document = json.loads(out.strip().splitlines()[-1])
-    assert [r["operation"] for r in document["results"]] == expected_rows
-    assert all(r["store"] > 0 and r["api"] > 0 and r["ratio"] > 0 for r in document["results"])
+    results = document["results"]
+    assert [r["backend"] for r in results] == [b for b in backends for _ in _rows_for(b)]
+    assert all(r["api"] > 0 for r in results if r["unit"] != "% core")
+    assert all(r["store"] > 0 and r["ratio"] > 0 for r in results if r["unit"] != "% core")
     assert document["config"]["clusters"] == [20]
     assert list(tmp_path.iterdir()) == []  # temporary data dirs (with a CA key) are gone
 
@@ -62,6 +80,11 @@ def test_quick_run_prints_every_row_and_cleans_up(tmp_path: Path) -> None:
         (["--concurrency", "0"], "out of range"),
         (["--work-dir", "/nonexistent/kubeport-bench"], "not a directory"),
         (["--bogus"], "unrecognized arguments"),
+        (["--store", "mysql"], "invalid choice"),
+        (["--etcd-binary", "/nonexistent/etcd"], "not a file"),
+        (["--agents", "0"], "out of range"),
+        (["--servers-per-agent", "1e3"], "positive integers"),
+        (["--keepalive-seconds", "99999"], "out of range"),
     ],
 )
 def test_bad_flags_exit_2_with_a_reason(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -72,8 +95,8 @@ def test_bad_flags_exit_2_with_a_reason(argv: list[str], message: str, capsys: p
     ("argv", "clusters", "watchers", "creates"),
     [
         ([], (1_000, 10_000), (1, 10, 100), 500),
-        (["--quick"], (100, 1_000), (1, 10), 100),
-        (["--quick", "--clusters", "10,1,10", "--creates", "3"], (1, 10), (1, 10), 3),
+        (["--quick"], (1_000,), (100,), 200),
+        (["--quick", "--clusters", "10,1,10", "--creates", "3"], (1, 10), (100,), 3),
         (["--watchers", "1_000"], (1_000, 10_000), (1_000,), 500),
     ],
 )
@@ -96,9 +119,9 @@ def test_presets_and_explicit_flags(
 def test_ratio_is_api_cost_over_store_cost(
     unit: str, store: float, api: float, ratio: float | None, cells: list[str]
 ) -> None:
-    row = bench.Row("op", unit, store, api)
+    row = bench.Row("SQLite", "op", unit, store, api)
     if ratio is None:
         assert row.ratio is None
     else:
         assert row.ratio == pytest.approx(ratio)
-    assert row.cells() == ["op", *cells]
+    assert row.cells() == ["SQLite", "op", *cells, ""]

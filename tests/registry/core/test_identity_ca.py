@@ -416,3 +416,46 @@ def test_long_host_ids_fit(ca: CertAuthority, pub: bytes) -> None:
 
 def test_identity_without_times_always_needs_renewal() -> None:
     assert needs_renewal(Identity("vm", "agent"), NOW)
+
+
+# ------------------------------------------------------------------------------ verification cache
+
+
+def test_a_certificate_seen_before_is_not_checked_again_but_its_validity_is(
+    pub: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ca = CertAuthority.generate("prod", now=NOW)
+    cert = ca.issue(pub, Identity("vm", "agent"), ttl=AGENT_TTL, now=NOW)
+    assert ca.verify(cert, now=NOW).name == "vm"
+    from registry.core import identity as identity_module
+
+    def no_parse(*_args: object) -> None:
+        raise AssertionError("parsed and signature-checked again")
+
+    monkeypatch.setattr(identity_module, "load_certificate", no_parse)
+    assert ca.verify(cert, now=NOW + timedelta(hours=1)).name == "vm"  # remembered
+    with pytest.raises(Unauthenticated, match="certificate expired at"):  # the clock still counts on a hit
+        ca.verify(cert, now=NOW + AGENT_TTL + timedelta(seconds=1))
+    with pytest.raises(Unauthenticated, match="not valid until"):
+        ca.verify(cert, now=NOW - CLOCK_SKEW - timedelta(seconds=1))
+
+
+def test_refused_certificates_are_not_remembered_and_the_cache_is_bounded(pub: bytes) -> None:
+    from registry.core import identity as identity_module
+
+    ca = CertAuthority.generate("prod", now=NOW)
+    other = CertAuthority.generate("prod", now=NOW)
+    forged = other.issue(pub, Identity("mallory", "admin", roles=("admin",)), ttl=AGENT_TTL, now=NOW)
+    for _ in range(2):  # refused every time, never served from memory
+        with pytest.raises(Unauthenticated, match="not issued by the CA"):
+            ca.verify(forged, now=NOW)
+    assert ca._verified == {}
+    certs = [ca.issue(pub, Identity(f"vm{i}", "agent"), ttl=AGENT_TTL, now=NOW) for i in range(3)]
+    with pytest.MonkeyPatch.context() as monkey:
+        monkey.setattr(identity_module, "_VERIFIED_CACHE", 2)
+        for cert in certs:
+            ca.verify(cert, now=NOW)
+        assert len(ca._verified) == 2 and certs[0] not in ca._verified  # oldest out first
+    # A CA that did not issue a remembered certificate does not accept it through another CA's memory.
+    with pytest.raises(Unauthenticated):
+        other.verify(certs[2], now=NOW)

@@ -12,7 +12,7 @@ import yaml
 
 from registry.core import validation
 from registry.core.errors import BadParameter
-from registry.core.nesting import nesting_error
+from registry.core.nesting import depth_bound, nesting_error
 from registry.core.validation import MAX_NESTING, load_yaml
 
 LIMIT = MAX_NESTING
@@ -150,3 +150,85 @@ def test_scan_is_linear_on_a_megabyte() -> None:
 def test_unknown_tags_are_refused_in_kubeports_words() -> None:
     assert 'python/object:os.system" is not allowed' in refusal("!!python/object:os.system {}\n")
     assert 'the YAML tag "!custom" is not allowed' in refusal("a: !custom 1\n")
+
+
+# --- the character-count bound that lets most documents skip the scan ---------------------------------------
+
+
+def _event_depth(text: str) -> int:
+    """The exact nesting depth, from the parser's events (what the event pass counts)."""
+    depth = deepest = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+    return deepest
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a: 1",
+        "- - - - - x",  # compact sequences: many levels on one line
+        "- a:\n  - b: c",
+        "? - - a\n: - - b: c",  # explicit key and value, each compact
+        "? a\n: b: c",  # a compact mapping after an explicit key's ':'
+        "a: [[[{b: [c]}]]]",
+        "a:\r b:\r  c:\r   d: e",  # CR line breaks
+        "a:\x85 b:\x85  c: d",  # NEL
+        "a:\u2028 b:\u2028  c: d",  # LS
+        "".join(" " * i + "k:\n" for i in range(20)) + " " * 20 + "v",
+        "- " * 15 + "x",
+        "--- \n- a\n--- \n- - b",  # several documents
+    ],
+)
+def test_the_depth_bound_never_underestimates(text: str) -> None:
+    assert depth_bound(text) >= _event_depth(text)
+
+
+def test_a_kubeconfig_sized_document_skips_the_character_scan(monkeypatch: pytest.MonkeyPatch) -> None:
+    from registry.core import nesting
+
+    def no_scan(*_args: object) -> None:
+        raise AssertionError("the character scan ran for a document the bound clears")
+
+    monkeypatch.setattr(nesting, "_Scanner", no_scan)
+    kubeconfig = (
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://k:6443\n"
+        "    certificate-authority-data: " + "QUJD" * 400 + "\nusers:\n- name: u\n  user:\n    token: t\n"
+        "contexts:\n- name: c\n  context:\n    cluster: c\n    user: u\ncurrent-context: c\n"
+    )
+    assert nesting_error(kubeconfig, LIMIT) is None
+    assert load_yaml(kubeconfig, source="k")[0]["kind"] == "Config"
+
+
+def test_documents_past_the_bound_still_get_the_exact_scan_and_its_refusal() -> None:
+    deep = "".join(" " * i + "a:\n" for i in range(LIMIT + 5))
+    assert "nested more than" in refusal(deep)
+    shallow_but_long = "a:\n" + "- x\n" * 200  # over the bound, well within the limit: accepted
+    assert load_yaml(shallow_but_long, source="in.yaml")[0]["a"] == ["x"] * 200
+
+
+def test_a_plain_shallow_document_is_parsed_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_event_pass(_text: str) -> None:
+        raise AssertionError("the event pass ran for a document without & or * within the depth bound")
+
+    monkeypatch.setattr(validation, "_precheck_events", no_event_pass)
+    assert load_yaml("a:\n  b: [1, 2]\n", source="in.yaml") == [{"a": {"b": [1, 2]}}]
+
+
+@pytest.mark.parametrize(
+    ("text", "refused"),
+    [
+        ("a: &x 1\nb: *x\n", "anchors"),  # anchors and aliases still meet the event pass
+        ("a: *x\n", "aliases"),
+        ("a: 'five * six & seven'\n", None),  # the characters in a scalar: checked, and accepted
+    ],
+)
+def test_documents_with_anchor_or_alias_characters_still_get_the_event_pass(text: str, refused: str | None) -> None:
+    if refused is None:
+        assert load_yaml(text, source="in.yaml") == [{"a": "five * six & seven"}]
+    else:
+        assert refused in refusal(text)

@@ -85,3 +85,34 @@ async def test_a_user_may_not_heartbeat(reg: InProcessRegistry) -> None:
         with pytest.raises(AccessDenied):
             await client.heartbeat_many("host-1", [server("c1")])
     assert await reg.store.list("kube_server") == []
+
+
+async def test_a_batch_checks_its_clusters_in_one_store_read(
+    reg: InProcessRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads: list[str] = []
+    real_get, real_existing = reg.store.get, reg.store.existing
+
+    async def counting_get(kind: str, name: str) -> Any:
+        reads.append(f"get {kind}")
+        return await real_get(kind, name)
+
+    async def counting_existing(kind: str, names: Any) -> set[str]:
+        reads.append(f"existing {kind} x{len(names)}")
+        return await real_existing(kind, names)
+
+    monkeypatch.setattr(reg.store, "get", counting_get)
+    monkeypatch.setattr(reg.store, "existing", counting_existing)
+    async with reg.client(agent_identity("host-1")) as client:
+        results = await client.heartbeat_many("host-1", [server("c1"), server("c2"), server("c3")])
+    assert all("error" not in r for r in results)
+    assert reads == ["existing kube_cluster x3"]  # not one get per heartbeat
+
+
+async def test_a_static_cluster_of_the_host_may_be_heartbeaten_in_a_batch(reg: InProcessRegistry) -> None:
+    await reg.store.put("kube_agent", "host-1", {"host_id": "host-1", "static_clusters": ["local"]})
+    async with reg.client(agent_identity("host-1")) as client:
+        results = await client.heartbeat_many("host-1", [server("local"), server("c1"), server("ghost")])
+    assert [(r["name"], "error" in r) for r in results] == [("local", False), ("c1", False), ("ghost", True)]
+    assert results[2]["error"]["code"] == 404
+    assert sorted(r.name for r in await reg.store.list("kube_server")) == ["host-1/c1", "host-1/local"]
