@@ -19,6 +19,7 @@ sleeps are the retry backoff and the heartbeat period, which are the behaviour u
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -74,6 +75,7 @@ class Churn:
     expected: dict[str, int | None] = field(default_factory=dict)
     acked: int = 0
     retries: int = 0
+    ack_times: list[float] = field(default_factory=list)  # trio clock of each acknowledgement
     _stop: trio.Event = field(default_factory=trio.Event)
     _done: int = 0
 
@@ -93,6 +95,13 @@ class Churn:
                 raise
             break
         self.acked += 1
+        self.ack_times.append(trio.current_time())
+
+    def longest_pause(self, since: float) -> float:
+        """The longest time without an acknowledged write after ``since`` (trio clock): the outage a fault
+        caused, as writers saw it."""
+        times = [since, *(t for t in self.ack_times if t >= since)]
+        return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
 
     async def _worker(self, wid: int) -> None:
         i = 0
