@@ -34,13 +34,15 @@ import trio
 from registry.client import RegistryClient, join
 from registry.core.identity import generate_private_key, make_csr
 from registry.core.identity_file import IdentityFile
-from tests.e2e.e2e_helpers import Harness, RegistryProc, new_token
+from tests.e2e.e2e_helpers import AgentProc, Harness, RegistryProc, cluster_doc, new_token, served, write_agent_config
 from tests.fakes.etcd_server import EtcdCluster, EtcdServer, etcd_cluster, unique_prefix
+from tests.fakes.kube_api import FakeKube
 from tests.ha.churn import Churn, Heartbeater, Recorder, cluster, heartbeat
 
 pytestmark = pytest.mark.slow
 
 LIVE = [f"live-{i}" for i in range(4)]
+AGENT_CLUSTERS = ["agent-0", "agent-1"]  # served by a real agent process
 STALE = [f"stale-{i}" for i in range(2)]
 STALE_TTL = 3.0
 SWEEP_SLACK = 3.0  # the registry sweeps expired records every second; a loaded machine adds the rest
@@ -105,7 +107,29 @@ async def restart_registry(h: Harness, proc: RegistryProc, store: Sequence[str])
 
 
 def live_deletes(recorder: Recorder) -> list[str]:
-    return [e.name for e in recorder.events if e.type == "Delete" and any(e.name.endswith(n) for n in LIVE)]
+    """kube_server DELETEs of clusters an agent (the real one, or the heartbeater) still serves."""
+    live = [f"/{n}" for n in LIVE + AGENT_CLUSTERS]
+    return [e.name for e in recorder.events if e.type == "Delete" and any(e.name.endswith(n) for n in live)]
+
+
+async def start_real_agent(h: Harness, registry: RegistryProc, fake_kube: FakeKube) -> AgentProc:
+    """``kubeport agent start`` serving AGENT_CLUSTERS (on the fake Kubernetes API) through ``registry``."""
+    kubeconfig = fake_kube.kubeconfig_yaml(token="admin-token")
+    for name in AGENT_CLUSTERS:
+        await registry.client.create(cluster_doc(name, kubeconfig, {"served": "yes"}))
+    config, data_dir = await write_agent_config(h, registry, "agent", resources=[{"labels": {"served": "yes"}}])
+    agent = await h.start_agent(config, registry, data_dir=data_dir)
+
+    async def serving() -> bool:
+        return await served(registry, agent.host_id) == set(AGENT_CLUSTERS)
+
+    await h.wait_for(serving, timeout=15, what="the agent to serve its clusters")
+    return agent
+
+
+async def assert_agent_still_serving(h: Harness, registry: RegistryProc, agent: AgentProc) -> None:
+    assert agent.child.returncode is None, "the agent died"
+    assert await served(registry, agent.host_id) == set(AGENT_CLUSTERS)
 
 
 async def stale_heartbeats(setup: Setup) -> float:
@@ -160,15 +184,16 @@ async def start_load(nursery: trio.Nursery, setup: Setup, watch_on: Sequence[Seq
 
 
 async def test_kill_9_one_registry_loses_nothing_and_its_watcher_resumes_on_the_other(
-    tmp_path: Path, etcd3: EtcdCluster
+    tmp_path: Path, etcd3: EtcdCluster, fake_kube: FakeKube
 ) -> None:
     async with Harness(tmp_path) as harness:
-        await _kill_one_registry(tmp_path, harness, etcd3)
+        await _kill_one_registry(tmp_path, harness, etcd3, fake_kube)
 
 
-async def _kill_one_registry(tmp_path: Path, harness: Harness, etcd3: EtcdCluster) -> None:
+async def _kill_one_registry(tmp_path: Path, harness: Harness, etcd3: EtcdCluster, fake_kube: FakeKube) -> None:
     setup = await start_registries(harness, tmp_path, f"etcd://{etcd3.endpoints}", 2)
     first, second = setup.registries
+    agent = await start_real_agent(harness, second, fake_kube)  # an agent takes one registry address
     async with trio.open_nursery() as nursery:
         # churn and one watcher go to the first registry (the second only after it dies)
         load = await start_load(nursery, setup, [[first, second], [second]])
@@ -189,11 +214,12 @@ async def _kill_one_registry(tmp_path: Path, harness: Harness, etcd3: EtcdCluste
         await assert_history_exact(setup, survivor, load.recorders)
         assert load.recorders[0].resumes >= 1, "the watcher on the killed registry never had to resume"
         assert not live_deletes(load.recorders[1])
+        await assert_agent_still_serving(harness, second, agent)
         nursery.cancel_scope.cancel()
 
 
 async def _kill_member_under_churn(
-    tmp_path: Path, etcd3: EtcdCluster, harness: Harness, victim: EtcdServer
+    tmp_path: Path, etcd3: EtcdCluster, harness: Harness, victim: EtcdServer, fake_kube: FakeKube
 ) -> tuple[Load, float]:
     """One registry talking first to ``victim``: churn, kill it, churn on; returns the load and the outage
     (the longest pause between acknowledged writes after the kill). Heartbeats that stopped before the kill
@@ -201,6 +227,7 @@ async def _kill_member_under_churn(
     others = [m for m in etcd3.members if m is not victim]
     store = f"etcd://{','.join(m.endpoint for m in [victim, *others])}"
     setup = await start_registries(harness, tmp_path, store, 1)
+    agent = await start_real_agent(harness, setup.registries[0], fake_kube)
     try:
         async with trio.open_nursery() as nursery:
             load = await start_load(nursery, setup, [setup.registries])
@@ -216,23 +243,29 @@ async def _kill_member_under_churn(
             await load.churn.check(admin)
             await assert_history_exact(setup, admin, load.recorders)
             assert not live_deletes(load.recorders[0])
+            await assert_agent_still_serving(harness, setup.registries[0], agent)
             nursery.cancel_scope.cancel()
     finally:
         await trio.to_thread.run_sync(victim.start)  # the next test gets three members again
     return load, outage
 
 
-async def test_kill_an_etcd_follower_writes_go_on(tmp_path: Path, etcd3: EtcdCluster) -> None:
+async def test_kill_an_etcd_follower_writes_go_on(tmp_path: Path, etcd3: EtcdCluster, fake_kube: FakeKube) -> None:
     async with Harness(tmp_path) as harness:
-        load, outage = await _kill_member_under_churn(tmp_path, etcd3, harness, etcd3.follower())
+        load, outage = await _kill_member_under_churn(tmp_path, etcd3, harness, etcd3.follower(), fake_kube)
     print(f"follower killed: writes paused at most {outage:.2f}s; {load.churn.retries} client retries")
 
 
-async def test_kill_the_etcd_leader_writes_resume_after_the_election(tmp_path: Path, etcd3: EtcdCluster) -> None:
+async def test_kill_the_etcd_leader_writes_resume_after_the_election(
+    tmp_path: Path, etcd3: EtcdCluster, fake_kube: FakeKube
+) -> None:
     leader = etcd3.leader()
     async with Harness(tmp_path) as harness:
-        load, outage = await _kill_member_under_churn(tmp_path, etcd3, harness, leader)
+        load, outage = await _kill_member_under_churn(tmp_path, etcd3, harness, leader, fake_kube)
     assert etcd3.leader() is not leader
+    # about one election; a write stuck on a member for its whole timeout (tests/ha/test_abandoned_member.py)
+    # paused every write for over 5 s
+    assert outage < CLIENT_TIMEOUT
     print(f"leader killed: writes paused at most {outage:.2f}s; {load.churn.retries} client retries")
 
 
