@@ -24,9 +24,11 @@ from typing import Any
 import pyotp
 import pytest
 
+from registry.cli import kubeport_main
 from registry.client import RegistryClient, join
 from registry.core.identity import generate_private_key, make_csr
 from registry.core.identity_file import IdentityFile
+from registry.host.cmdline import parse_command_line
 from tests.e2e.e2e_helpers import Harness, free_port, new_token
 from tests.e2e.test_e2e_etcd import one_error_line, raw_values
 from tests.fakes.etcd_server import shared_etcd, unique_prefix
@@ -159,3 +161,36 @@ async def test_migrate_refuses_a_bad_source(tmp_path: Path, source: str, message
         )
     assert refused.code == 1
     assert message in one_error_line(refused.err)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--to", "sqlite"], "ERROR: --to must name an etcd cluster"),
+        (["--to", "mysql://h:1"], "ERROR: --store 'mysql://h:1': use sqlite"),
+        (["--to", "etcd://h:1", "--etcd-prefix", "/a b/"], "ERROR: etcd prefix"),
+        (["--to", "etcd://h:1", "--etcd-cert", "c.pem"], "ERROR: --etcd-cert and --etcd-key go together"),
+        (["--to", "etcd://h:1", "--from", "garbage.db"], "ERROR: --from"),
+        (["--to", "etcd://h:1", "--from", "empty.db"], "ERROR: --from"),
+    ],
+)
+def test_bad_migrate_flags_and_files_are_one_error_line(
+    flags: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "garbage.db").write_bytes(b"\x00not sqlite at all" * 1000)
+    (tmp_path / "empty.db").write_bytes(b"")  # sqlite opens it as a database without our tables
+    assert kubeport_main.main(["registry", "migrate", "--data-dir", str(tmp_path / "d"), *flags]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1, err
+    assert not (tmp_path / "d" / "etcd.key").exists()
+
+
+@pytest.mark.parametrize("value", ["", " ", "etcd://h:1\x00", "x" * 100_000])
+def test_empty_huge_or_control_migrate_values_are_usage_errors(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    for flag in ("--to", "--from"):
+        argv = ["registry", "migrate", flag, value] + ([] if flag == "--to" else ["--to", "etcd://h:1"])
+        with pytest.raises(SystemExit) as exc:
+            parse_command_line(kubeport_main.build_parser(), argv)
+        assert exc.value.code == 2
+        assert flag in capsys.readouterr().err
