@@ -4,6 +4,8 @@
                    [--kube-listen HOST:PORT] [--kube-public-addr HOST:PORT] [--kube-tunnel-addr HOST:PORT]
     kubeport registry start [--data-dir DIR] [--listen ...]   the registry alone
                    [--store etcd://HOST:PORT,... --etcd-prefix P --etcd-ca/--etcd-cert/--etcd-key FILE]
+    kubeport registry migrate --to etcd://HOST:PORT,... [--from sqlite:///path] [--etcd-prefix P]
+                                                              a stopped registry's SQLite store into etcd
     kubeport configure --registry=HOST:PORT --token=T -o FILE write an agent configuration
     kubeport agent start -c FILE                              run an agent
     kubeport install systemd [-o FILE] [--bot -c bot.yaml]    a systemd unit for the agent (or the bot)
@@ -52,6 +54,7 @@ from registry.host.cmdline import (
     set_command,
 )
 from registry.host.paths import default_data_dir
+from registry.server import migrate
 from registry.server.local_auth import SECOND_FACTOR_OFF_WARNING, SECOND_FACTORS
 from registry.server.serve import DEFAULT_LISTEN, DEFAULT_PORT, Companion, RegistryInfo, serve_registry
 from registry.server.store_config import DEFAULT_PREFIX, StoreConfig
@@ -99,14 +102,17 @@ def _warn_second_factor(args: argparse.Namespace) -> None:
         print(f"WARNING: {SECOND_FACTOR_OFF_WARNING}", file=sys.stderr, flush=True)
 
 
-def _store_flags(p: argparse.ArgumentParser) -> None:
-    """``--store`` and the etcd flags of ``registry start`` (README: etcd backend)."""
+def _store_flags(p: argparse.ArgumentParser, *, flag: str = "--store") -> None:
+    """``--store`` and the etcd flags of ``registry start`` (README: etcd backend); ``registry migrate`` names
+    its target with the same flags, ``--to`` for ``--store``."""
     g = p.add_argument_group("store")
     g.add_argument(
-        "--store",
+        flag,
+        dest="store",
         metavar="STORE",
-        type=flag_value("--store"),
+        type=flag_value(flag),
         default="sqlite",
+        required=flag != "--store",
         help="sqlite (default: registry.db in the data dir) or etcd://HOST:PORT[,HOST:PORT...] (an etcd cluster "
         "several registries share; everything is sealed with DATA_DIR/etcd.key, which every replica needs)",
     )
@@ -155,6 +161,16 @@ async def cmd_registry_start(args: argparse.Namespace) -> int:
         _print_registry_banner(info, all_in_one=False)
         _warn_second_factor(args)
     return stop.exit_code()
+
+
+async def cmd_registry_migrate(args: argparse.Namespace) -> int:
+    """``kubeport registry migrate``: the SQLite store into an empty etcd prefix (registry/server/migrate.py)."""
+    report = await migrate.migrate_sqlite_to_etcd(args.source, _store_config(args), _data_dir(args))
+    for kind, count in sorted(report.counts.items()):
+        print(f"  {kind:<24} {count}")
+    print(f"migrated {report.total} records to {report.target}")
+    print("start the registry on it with the same --data-dir (it holds etcd.key): kubeport registry start --store ...")
+    return 0
 
 
 async def local_agent_config(info: RegistryInfo, allowed_label_commands: Sequence[str] = ()) -> AgentConfig:
@@ -320,6 +336,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _store_flags(p)
     set_command(p, cmd_registry_start)
+    p = rsub.add_parser(
+        "migrate",
+        help="copy a stopped registry's SQLite store into an empty etcd prefix",
+        description="Copy every record (the CA, users, tokens, heartbeats, audit events, ...) with its expiry from "
+        "the SQLite store into an empty etcd prefix, sealed with DATA_DIR/etcd.key (created when missing). Stop the "
+        "registry first.",
+        epilog=FLAGS_EPILOG,
+    )
+    add_data_dir_flag(p, "the registry's data dir: the SQLite store and etcd.key (default as for registry start)")
+    p.add_argument(
+        "--from",
+        dest="source",
+        metavar="STORE",
+        type=flag_value("--from"),
+        help="sqlite:///path/registry.db or a path (default: registry.db in the data dir)",
+    )
+    _store_flags(p, flag="--to")
+    add_debug_flag(p)
+    set_command(p, cmd_registry_migrate)
 
     agent_cli.add_commands(sub, group=_group, epilog=FLAGS_EPILOG, systemd_bot=bot_cli.cmd_install_systemd_bot)
     bot_cli.add_commands(sub, group=_group, epilog=FLAGS_EPILOG)  # kubeport bot start (machine identity)

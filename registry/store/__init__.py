@@ -17,7 +17,7 @@ import re
 
 from registry.core.errors import BadParameter
 from registry.store._secrets import without_secret_fields
-from registry.store.base import Event, Record, Store, Write, serve_expiry
+from registry.store.base import Event, Record, Store, StoreClosed, Write, serve_expiry
 from registry.store.memory import MemoryStore
 from registry.store.sqlite import SQLiteStore
 
@@ -27,6 +27,7 @@ __all__ = [
     "Record",
     "SQLiteStore",
     "Store",
+    "StoreClosed",
     "Write",
     "open_store",
     "serve_expiry",

@@ -22,11 +22,11 @@ from typing import Any, TypedDict
 
 import trio
 
-from registry.core.errors import BadParameter, ConnectionProblem, KubeportError, LimitExceeded
+from registry.core.errors import BadParameter, KubeportError, LimitExceeded
 from registry.store import _plan
 from registry.store._plan import Change, Item, WriteKind, WriteOp
 from registry.store._watch import Hub, open_watch
-from registry.store.base import MAX_EXISTING, Event, Record, Write
+from registry.store.base import MAX_EXISTING, Event, Record, StoreClosed, Write
 
 Clock = Callable[[], float]
 
@@ -151,7 +151,7 @@ class BaseStore(abc.ABC):
 
     def _check_open(self) -> None:
         if self._closed:
-            raise ConnectionProblem(f"the {self.backend} store is closed")
+            raise StoreClosed(f"the {self.backend} store is closed")
 
     # --- the Store protocol ------------------------------------------------------------------------------
 

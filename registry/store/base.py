@@ -36,9 +36,14 @@ import trio
 
 from registry.core.errors import BadParameter, ConnectionProblem, KubeportError
 
-__all__ = ["Event", "Record", "Store", "serve_expiry"]
+__all__ = ["Event", "Record", "Store", "StoreClosed", "serve_expiry"]
 
 log = logging.getLogger(__name__)
+
+
+class StoreClosed(ConnectionProblem):
+    """The store was closed (``aclose``): no call on it will work again. Other ConnectionProblems (etcd
+    unreachable for a while) may pass; callers that loop tell the two apart by this class."""
 
 
 @dataclass(frozen=True)
@@ -203,7 +208,9 @@ async def serve_expiry(
     """Call ``store.expire()`` now and then every ``interval`` seconds, until cancelled or the store closes.
 
     A failing sweep is logged and retried at the next tick: a transient storage error must not take the
-    registry down, and the next sweep removes whatever this one missed.
+    registry down, and the next sweep removes whatever this one missed. That includes an unreachable etcd
+    (ConnectionProblem): only a closed store (StoreClosed) ends the loop, else one etcd outage longer than the
+    client's retry window would stop expiry in this registry for good.
     """
     if isinstance(interval, bool) or not isinstance(interval, int | float) or not math.isfinite(interval):
         raise BadParameter(f"expiry interval must be a positive number of seconds, got {interval!r}")
@@ -213,8 +220,8 @@ async def serve_expiry(
     while True:
         try:
             await store.expire()
-        except ConnectionProblem:
-            # The store is closed: nothing left to expire, end quietly.
+        except StoreClosed:
+            # Nothing left to expire, end quietly.
             return
         except KubeportError as exc:
             log.warning("expiry sweep failed (retrying in %ss): %s", interval, exc)

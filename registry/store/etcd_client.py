@@ -21,6 +21,12 @@ Invariant (exactly-once writes): a request that may have reached etcd (sent, the
 etcd said "request timed out") is retried only when it is ``idempotent``; otherwise :class:`Ambiguous` is
 raised and the caller decides (the store checks whether its write landed). A request that provably never
 left (connection refused) is always retried on the next endpoint.
+
+Once a request gives up on a member and moves on, every other request still waiting on that member is given up
+on too (cancelled, then retried on the next member or, for a write that may have landed, :class:`Ambiguous`).
+Why: a proposal a follower forwarded to a leader that then died is lost, and that follower answers nothing
+for it until its own request timeout; the store holds its write lock meanwhile, so without this one lost
+proposal stalls every write of the registry for ``request_timeout`` after the election is over.
 """
 
 from __future__ import annotations
@@ -294,6 +300,8 @@ class EtcdClient:
             transport=transport,
         )
         self.failovers = 0
+        self.abandoned = 0  # requests given up on because another one moved off their member
+        self._in_flight: dict[int, set[trio.CancelScope]] = {}
 
     async def aclose(self) -> None:
         with trio.CancelScope(shield=True):
@@ -308,6 +316,20 @@ class EtcdClient:
             self._current = (failed + 1) % len(self.endpoints)
             self.failovers += 1
             log.warning("etcd: %s failed, moving to %s", self.endpoints[failed], self.endpoint)
+            for scope in self._in_flight.pop(failed, set()):  # see the module docstring
+                self.abandoned += 1
+                scope.cancel()
+
+    async def _post(self, index: int, url: str, body: dict[str, Any]) -> httpx.Response | None:
+        """POST to member ``index``; None when another request gave up on that member meanwhile."""
+        with trio.CancelScope() as scope:
+            waiting = self._in_flight.setdefault(index, set())
+            waiting.add(scope)
+            try:
+                return await self._http.post(url, json=body)
+            finally:
+                waiting.discard(scope)
+        return None
 
     async def call(self, path: str, body: dict[str, Any], *, idempotent: bool = True) -> dict[str, Any]:
         """POST ``body`` to ``/v3/<path>``: the decoded answer, retried and failed over as the module says."""
@@ -318,7 +340,14 @@ class EtcdClient:
             index = self._current
             url = f"{self.endpoints[index]}/v3/{path}"
             try:
-                response = await self._http.post(url, json=body)
+                response = await self._post(index, url, body)
+                if response is None:
+                    last = f"{self.endpoints[index]} was given up on while this request waited"
+                    if not idempotent:
+                        raise Ambiguous(f"etcd at {self.endpoints[index]}: no answer (the write may have been applied)")
+                    if trio.current_time() > deadline:
+                        raise ConnectionProblem(f"etcd is unreachable ({', '.join(self.endpoints)}): {last}")
+                    continue  # the member was already left: straight to the current one
                 answer = _decode_answer(response)
                 if response.status_code == 200:
                     return answer

@@ -6,6 +6,11 @@ process we kill), then ``etcd`` on PATH. Tests skip with :data:`SKIP_REASON` onl
 
 :class:`EtcdServer` runs one single-member cluster with a fresh data dir on random free ports and waits for
 ``/health`` (polling with a deadline). ``kill()`` is SIGKILL, ``stop()`` is SIGTERM then SIGKILL.
+
+:class:`EtcdCluster` runs several members (three by default) as one etcd cluster for fault tests: all are
+launched before any is waited for (a member is healthy only once the cluster has a quorum), each keeps its
+ports and data dir across ``kill()`` and ``start()``, so a killed member rejoins as itself, and
+:meth:`EtcdCluster.leader` asks the members which of them leads.
 """
 
 from __future__ import annotations
@@ -71,6 +76,8 @@ class EtcdServer:
     def __init__(
         self, binary: str, data_dir: Path, *, name: str = "t", tls: TLSFiles | None = None, no_fsync: bool = True
     ) -> None:
+        self.initial_cluster: str | None = None  # set by EtcdCluster: every member's name=peer URL
+        self.cluster_token = "kubeport-test"
         self.no_fsync = no_fsync
         self.tls = tls
         self.binary = binary
@@ -88,9 +95,23 @@ class EtcdServer:
     def url(self) -> str:
         return f"{'https' if self.tls else 'http'}://{self.endpoint}"
 
+    @property
+    def peer_url(self) -> str:
+        return f"http://127.0.0.1:{self.peer_port}"
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
     def start(self, *, timeout: float = 20.0) -> EtcdServer:
+        self.launch()
+        self.wait_healthy(timeout=timeout)
+        return self
+
+    def launch(self) -> None:
+        """Start the process without waiting for it (a cluster member waits for its peers)."""
         client = self.url
-        peer = f"http://127.0.0.1:{self.peer_port}"
+        peer = self.peer_url
         log = (self.data_dir.parent / f"{self.data_dir.name}.log").open("ab")
         self.process = subprocess.Popen(
             [
@@ -101,7 +122,8 @@ class EtcdServer:
                 "--advertise-client-urls", client,
                 "--listen-peer-urls", peer,
                 "--initial-advertise-peer-urls", peer,
-                "--initial-cluster", f"{self.name}={peer}",
+                "--initial-cluster", self.initial_cluster or f"{self.name}={peer}",
+                "--initial-cluster-token", self.cluster_token,
                 # a test machine's disk is slow and shared: no fsync per write keeps the suite fast
                 *(["--unsafe-no-fsync"] if self.no_fsync else []),
                 "--log-level", "error",
@@ -111,19 +133,31 @@ class EtcdServer:
             stderr=log,
         )  # fmt: skip
         log.close()
+        self._log = log.name
+
+    def wait_healthy(self, *, timeout: float = 20.0) -> None:
+        """Poll ``/health`` (200 once the member has a leader) under a deadline."""
+        assert self.process is not None, "launch() first"
         deadline = time.monotonic() + timeout
         while True:
             if self.process.poll() is not None:
-                raise RuntimeError(f"etcd exited with {self.process.returncode}; see {log.name}")
+                raise RuntimeError(f"etcd exited with {self.process.returncode}; see {self._log}")
             try:
-                if httpx.get(f"{client}/health", timeout=1.0, **self._tls_client()).status_code == 200:
-                    return self
+                if httpx.get(f"{self.url}/health", timeout=1.0, **self._tls_client()).status_code == 200:
+                    return
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
                 self.kill()
-                raise RuntimeError(f"etcd did not become healthy within {timeout}s; see {log.name}")
+                raise RuntimeError(f"etcd did not become healthy within {timeout}s; see {self._log}")
             time.sleep(0.05)  # polling a child process's readiness with a deadline
+
+    def status(self) -> dict[str, Any]:
+        """``/v3/maintenance/status`` of this member: its id (``header.member_id``) and the ``leader``'s."""
+        answer = httpx.post(f"{self.url}/v3/maintenance/status", json={}, timeout=2.0, **self._tls_client())
+        answer.raise_for_status()
+        result: dict[str, Any] = answer.json()
+        return result
 
     def _tls_flags(self) -> list[str]:
         if self.tls is None:
@@ -152,6 +186,70 @@ class EtcdServer:
                 self.process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+class EtcdCluster:
+    """``size`` members on 127.0.0.1 forming one etcd cluster (see the module docstring)."""
+
+    def __init__(self, binary: str, root: Path, *, size: int = 3) -> None:
+        self.members = [EtcdServer(binary, root / f"m{i}", name=f"m{i}") for i in range(size)]
+        initial = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
+        token = f"kubeport-test-{uuid.uuid4().hex[:8]}"
+        for member in self.members:
+            member.initial_cluster = initial
+            member.cluster_token = token
+
+    @property
+    def endpoints(self) -> str:
+        """``HOST:PORT,HOST:PORT,...`` for ``--store etcd://``."""
+        return ",".join(m.endpoint for m in self.members)
+
+    def start(self, *, timeout: float = 30.0) -> EtcdCluster:
+        for member in self.members:
+            if not member.alive:
+                member.launch()
+        for member in self.members:
+            member.wait_healthy(timeout=timeout)
+        return self
+
+    def leader(self, *, timeout: float = 10.0) -> EtcdServer:
+        """The member the live members agree leads (polled under a deadline: an election may be running)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            by_id: dict[str, EtcdServer] = {}
+            leaders: set[str] = set()
+            for member in self.members:
+                if not member.alive:
+                    continue
+                try:
+                    status = member.status()
+                except httpx.HTTPError:
+                    continue
+                by_id[str(status.get("header", {}).get("member_id"))] = member
+                leaders.add(str(status.get("leader", "0")))
+            if len(leaders) == 1 and (leader := by_id.get(leaders.pop())) is not None:
+                return leader
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the etcd members do not agree on a leader within {timeout}s")
+            time.sleep(0.05)  # polling the members' view with a deadline
+
+    def follower(self) -> EtcdServer:
+        leader = self.leader()
+        return next(m for m in self.members if m is not leader and m.alive)
+
+    def kill(self) -> None:
+        for member in self.members:
+            member.kill()
+
+
+def etcd_cluster(root: Path, *, size: int = 3) -> EtcdCluster:
+    """A started cluster of ``size`` members under ``root``; skips the test without an etcd binary."""
+    binary = find_etcd()
+    if binary is None:
+        import pytest  # only tests reach this
+
+        pytest.skip(SKIP_REASON)
+    return EtcdCluster(binary, root, size=size).start()
 
 
 _shared: EtcdServer | None = None
