@@ -198,11 +198,11 @@ async def _kill_one_registry(tmp_path: Path, harness: Harness, etcd3: EtcdCluste
         # churn and one watcher go to the first registry (the second only after it dies)
         load = await start_load(nursery, setup, [[first, second], [second]])
         expires = await stale_heartbeats(setup)
-        await load.churn.wait_acked(20, timeout=10)
+        await load.churn.wait_acked(20, timeout=30)
         killed = trio.current_time()
         first.child.process.kill()
         assert await first.child.wait_exit(5) != 0
-        await load.churn.wait_acked(20, timeout=10)
+        await load.churn.wait_acked(20, timeout=30)
         await assert_stale_expired(load.recorders[1], setup, expires)
         await load.churn.stop()
         print(
@@ -232,10 +232,10 @@ async def _kill_member_under_churn(
         async with trio.open_nursery() as nursery:
             load = await start_load(nursery, setup, [setup.registries])
             expires = await stale_heartbeats(setup)
-            await load.churn.wait_acked(20, timeout=10)
+            await load.churn.wait_acked(20, timeout=30)
             killed = trio.current_time()
             victim.kill()
-            await load.churn.wait_acked(20, timeout=15)
+            await load.churn.wait_acked(20, timeout=40)
             outage = load.churn.longest_pause(killed)
             await assert_stale_expired(load.recorders[0], setup, expires)
             await load.churn.stop()
@@ -282,7 +282,7 @@ async def _restart_everything(tmp_path: Path, harness: Harness, etcd3: EtcdClust
     try:
         async with trio.open_nursery() as nursery:
             load = await start_load(nursery, setup, [setup.registries])
-            await load.churn.wait_acked(20, timeout=10)
+            await load.churn.wait_acked(20, timeout=30)
             for proc in setup.registries:
                 proc.child.process.kill()
             etcd3.kill()
@@ -292,7 +292,7 @@ async def _restart_everything(tmp_path: Path, harness: Harness, etcd3: EtcdClust
             await trio.to_thread.run_sync(etcd3.start)
             for proc in setup.registries:
                 await restart_registry(harness, proc, extra)
-            await load.churn.wait_acked(20, timeout=15)
+            await load.churn.wait_acked(20, timeout=40)
             assert load.churn.acked > acked
             await load.churn.stop()
             print(f"everything restarted: {acked} writes acknowledged before, {load.churn.acked - acked} after")
