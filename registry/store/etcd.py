@@ -90,6 +90,7 @@ import trio
 from registry.core.errors import BadParameter, Compacted, ConnectionProblem, KubeportError, LimitExceeded, TooLarge
 from registry.store import _plan
 from registry.store._common import BaseStore, Clock
+from registry.store._group import Pending, WriteQueue, fail_group
 from registry.store._plan import Change, Item, WriteOp
 from registry.store.base import Record
 from registry.store.etcd_client import (
@@ -193,7 +194,7 @@ class EtcdStore(BaseStore):
         self._leases: dict[float, int] = {}  # bucket end (store clock) -> lease id
         self._deadlines: list[tuple[float, int, str, str]] = []  # as MemoryStore: (expires, revision, kind, name)
         self._lock = trio.Lock()  # one write of this process at a time (other processes: the txn compare)
-        self._pending: list[_Pending] = []  # writes waiting for the next group commit (see _queue_write)
+        self._queue = WriteQueue()  # writes waiting for the next group commit (see _queue_write)
         self._progress = trio.Event()  # set (and replaced) whenever the feed publishes
         self._feed_scope = trio.CancelScope()
         self._kick_scope: trio.CancelScope | None = None
@@ -399,42 +400,24 @@ class EtcdStore(BaseStore):
         unit was taken into a group withdraws it; once taken, the group's txn finishes (shielded) before any
         caller sees the cancel, so a write is never left half-known.
         """
-        slot = _Pending(ops, atomic)
-        self._pending.append(slot)
-        try:
-            async with self._lock:
-                if not slot.taken:
-                    await self._commit_group()
-        except trio.Cancelled:
-            if not slot.taken:
-                self._pending.remove(slot)
-                raise
-            with trio.CancelScope(shield=True):
-                await slot.done.wait()
-            raise
-        outcome = slot.outcome
-        if isinstance(outcome, KubeportError) and slot.shared:
-            # A group failure is one exception shared by every op of the group: each caller gets its own.
-            raise type(outcome)(outcome.message) from outcome
-        if isinstance(outcome, BaseException):
-            raise outcome
-        assert outcome is not None
+        outcome = await self._queue.submit(ops, atomic=atomic, lock=self._lock, commit=self._commit_group)
         if outcome:
             await self._wait_published(outcome[-1].revision)
         return outcome
 
-    def _take_group(self) -> list[_Pending]:
+    def _take_group(self) -> list[Pending]:
         """The queued units that fit one etcd txn (estimated), in arrival order; the first always."""
         budget_ops = (self._max_txn_ops // 2) ** 2 // 2  # nested txn capacity, half to leave room for redactions
-        group: list[_Pending] = []
+        group: list[Pending] = []
         ops = size = 0
-        while self._pending:
-            slot = self._pending[0]
+        queue = self._queue.pending
+        while queue:
+            slot = queue[0]
             slot_ops = 3 * len(slot.ops) + 1
             slot_size = sum(len(op.data or "") for op in slot.ops)
             if group and (ops + slot_ops > budget_ops or size + slot_size > _GROUP_BYTES):
                 break
-            group.append(self._pending.pop(0))
+            group.append(queue.pop(0))
             ops += slot_ops
             size += slot_size
             slot.taken = True
@@ -451,14 +434,10 @@ class EtcdStore(BaseStore):
             with trio.CancelScope(shield=True):
                 await self._commit_units(group)
         except BaseException as exc:
-            for slot in group:
-                if not slot.done.is_set():
-                    slot.outcome = exc
-                    slot.shared = len(group) > 1
-                    slot.done.set()
+            fail_group(group, exc)
             raise
 
-    async def _commit_units(self, units: Sequence[_Pending]) -> None:
+    async def _commit_units(self, units: Sequence[Pending]) -> None:
         """Plan and commit ``units`` in one txn, setting each unit's outcome; split when etcd finds the
         group too large."""
         keys = list(dict.fromkeys((op.kind, op.name) for slot in units for op in slot.ops))
@@ -499,8 +478,7 @@ class EtcdStore(BaseStore):
             await self._commit_units(units[half:])
             return
         for slot, outcome in zip(units, outcomes, strict=True):
-            slot.outcome = outcome
-            slot.done.set()
+            slot.settle(outcome)
 
     async def _expire(self) -> list[Change]:
         """Remove every expired record, as many etcd txns as it takes (each holds at most ``max_batch``)."""
@@ -802,20 +780,6 @@ class EtcdStore(BaseStore):
         with trio.CancelScope(shield=True):
             await self._feed_done.wait()
             await self._client.aclose()
-
-
-class _Pending:
-    """One queued unit of a group commit (a single op, or an atomic batch) and, once committed, its outcome."""
-
-    __slots__ = ("atomic", "done", "ops", "outcome", "shared", "taken")
-
-    def __init__(self, ops: tuple[WriteOp, ...], atomic: bool) -> None:
-        self.ops = ops
-        self.atomic = atomic
-        self.taken = False  # a group holds it: it will be committed (or fail) with that group
-        self.shared = False  # the outcome is an exception raised for the whole group
-        self.outcome: list[Change] | BaseException | None = None
-        self.done = trio.Event()
 
 
 class _Kicked(KubeportError):

@@ -45,6 +45,7 @@ import trio
 from registry.core.errors import BadParameter, KubeportError
 from registry.store import _plan, _secrets
 from registry.store._common import BaseStore, Clock
+from registry.store._group import WriteQueue, fail_group
 from registry.store._plan import Change, Item, WriteOp
 from registry.store.base import Record
 
@@ -155,7 +156,7 @@ class SQLiteStore(BaseStore):
         self._conn = conn
         self._revision, self._floor, self._records = state
         self._lock = trio.Lock()
-        self._pending: list[_Pending] = []  # writes waiting for the next group commit (see _write)
+        self._queue = WriteQueue()  # writes waiting for the next group commit (see _queue_write)
 
     @classmethod
     async def open(
@@ -240,32 +241,11 @@ class SQLiteStore(BaseStore):
         for the commit to finish, so a cancelled write is never left half-known: as before, a transaction
         always finishes before its caller sees the cancel.
         """
-        slot = _Pending(ops, atomic)
-        self._pending.append(slot)
-        try:
-            async with self._lock:
-                if not slot.taken:
-                    await self._commit_group()
-        except trio.Cancelled:
-            if not slot.taken:
-                self._pending.remove(slot)
-                raise
-            with trio.CancelScope(shield=True):
-                await slot.done.wait()
-            raise
-        if isinstance(slot.outcome, KubeportError) and slot.outcome.__traceback__ is not None:
-            # A group failure is one exception shared by every op of the group: each caller gets its own.
-            raise type(slot.outcome)(slot.outcome.message) from slot.outcome
-        if isinstance(slot.outcome, BaseException):
-            raise slot.outcome
-        assert slot.outcome is not None
-        return slot.outcome
+        return await self._queue.submit(ops, atomic=atomic, lock=self._lock, commit=self._commit_group)
 
     async def _commit_group(self) -> None:
         """Under the lock: take every queued write and commit them together (see :meth:`_write`)."""
-        group, self._pending = self._pending, []
-        for slot in group:
-            slot.taken = True
+        group = self._queue.take_all()
         try:
             self._check_open()
             units = [(slot.ops, slot.atomic) for slot in group]
@@ -273,15 +253,12 @@ class SQLiteStore(BaseStore):
             what = group[0].ops[0].op if single else f"group of {len(group)} writes"
             outcomes = await self._run(what, self._group_sync, units, self._now(), self._revision)
         except BaseException as exc:
-            for slot in group:
-                slot.outcome = exc
-                slot.done.set()
+            fail_group(group, exc)
             raise
         # No checkpoint since the thread returned: publish before anyone else can write.
         self._published([change for outcome in outcomes if isinstance(outcome, list) for change in outcome])
         for slot, outcome in zip(group, outcomes, strict=True):
-            slot.outcome = outcome
-            slot.done.set()
+            slot.settle(outcome)
 
     async def _expire(self) -> list[Change]:
         async with self._lock:
@@ -438,19 +415,6 @@ def _purge_wal_if_redacted(conn: sqlite3.Connection, changes: Sequence[Change]) 
     old page images (which still hold the secret) leave the disk. Writes without secrets skip this."""
     if any(c.history is not None or c.supersedes is not None for c in changes):
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-
-
-class _Pending:
-    """One queued write of a group commit and, once committed, its outcome."""
-
-    __slots__ = ("atomic", "done", "ops", "outcome", "taken")
-
-    def __init__(self, ops: tuple[WriteOp, ...], atomic: bool) -> None:
-        self.ops = ops
-        self.atomic = atomic
-        self.taken = False  # a group holds it: it will be committed (or fail) with that group
-        self.outcome: list[Change] | BaseException | None = None
-        self.done = trio.Event()
 
 
 class _transaction:

@@ -52,7 +52,7 @@ def count_writes(store: EtcdStore) -> list[int]:
 
 async def wait_queued(store: EtcdStore, count: int) -> None:
     with trio.fail_after(5):
-        while len(store._pending) < count:
+        while len(store._queue.pending) < count:
             await trio.lowlevel.checkpoint()
 
 
@@ -130,7 +130,7 @@ async def test_a_write_cancelled_while_queued_is_never_written(store: EtcdStore)
         await wait_queued(store, 2)
         cancel.cancel()
         with trio.fail_after(5):
-            while len(store._pending) > 1:
+            while len(store._queue.pending) > 1:
                 await trio.lowlevel.checkpoint()
     assert [r.name for r in await store.list(K)] == ["kept"]
     assert await store.revision() == 1

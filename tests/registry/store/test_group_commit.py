@@ -68,7 +68,7 @@ async def test_a_failing_op_fails_alone_and_consumes_no_revision(tmp_path: Path)
         nursery.start_soon(attempt, "a-again", lambda: store.create(K, "a", {}))  # sees "a" from this group
         nursery.start_soon(attempt, "b", lambda: store.create(K, "b", {}))
         with trio.fail_after(5):
-            while len(store._pending) < 6:
+            while len(store._queue.pending) < 6:
                 await trio.lowlevel.checkpoint()
     # Within the group, ops are planned in queue order (trio may start the tasks in any order).
     assert (outcomes["dup"], outcomes["missing"], outcomes["stale"]) == (AlreadyExists, NotFound, CompareFailed)
@@ -91,11 +91,11 @@ async def test_a_write_cancelled_while_queued_is_never_written(tmp_path: Path) -
         nursery.start_soon(doomed)
         nursery.start_soon(store.create, K, "kept", {})
         with trio.fail_after(5):
-            while len(store._pending) < 2:
+            while len(store._queue.pending) < 2:
                 await trio.lowlevel.checkpoint()
         cancel.cancel()
         with trio.fail_after(5):
-            while len(store._pending) > 1:
+            while len(store._queue.pending) > 1:
                 await trio.lowlevel.checkpoint()
     assert [r.name for r in await store.list(K)] == ["kept"]
     assert await store.revision() == 1
@@ -129,7 +129,7 @@ async def test_a_group_failure_fails_every_op_and_writes_none(tmp_path: Path, mo
         for name in ("x", "y", "z"):
             nursery.start_soon(attempt, name)
         with trio.fail_after(5):
-            while len(store._pending) < 3:
+            while len(store._queue.pending) < 3:
                 await trio.lowlevel.checkpoint()
     assert len(errors) == 3 and all("disk I/O error" in e for e in errors)
     monkeypatch.setattr(store, "_apply_sync", real)

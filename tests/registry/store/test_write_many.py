@@ -119,7 +119,7 @@ async def test_sqlite_batches_and_single_writes_share_one_group(tmp_path: Path) 
         nursery.start_soon(batch, "bad", [Write("create", "role", "b2", {}), Write("create", "role", "dev", {})])
         nursery.start_soon(single, "single", "s1")
         with trio.fail_after(5):
-            while len(store._pending) < 3:
+            while len(store._queue.pending) < 3:
                 await trio.lowlevel.checkpoint()
     assert outcomes["bad"] is AlreadyExists
     assert sorted([*outcomes["good"], outcomes["single"]]) == [2, 3, 4]  # type: ignore[misc]
