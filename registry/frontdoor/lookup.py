@@ -1,29 +1,33 @@
 """The front door's reads of the store: a cluster's resource, its heartbeats, and a user's resource.
 
 Heartbeats (``kube_server``) are stored under ``<host_id>/<cluster>``, so the heartbeats of one cluster are
-not one range read. Listing every heartbeat for every kubectl connection would cost O(heartbeats) per
-connection; instead :class:`ClusterLookup` lists them at most once per ``max_age`` seconds (one listing at a
-time, concurrent connections wait for it) and groups the raw values by cluster name. Only the few values of
-the cluster a connection asks for are decoded.
+not one range read. :meth:`ClusterLookup.feed` (run by the front door) keeps them indexed by cluster name: it
+lists them once, then applies the store's watch events, so finding a cluster's heartbeats costs a dict
+lookup however many there are (100,000 kube_servers would cost seconds to list per connection). Only the
+few values of the cluster a connection asks for are decoded, and expired ones are dropped on read.
 
-Why a short cache is safe here: heartbeats only say which agents serve a cluster, their health and their
-dynamic label results. Users, roles and the ``kube_cluster`` resource (static labels, existence) are read
-fresh on every connection, the tunnel's liveness comes from the hub, and the agent re-authorizes every
-request with its own current labels. A heartbeat at most ``max_age`` seconds old changes nothing a user
-could exploit.
+Without a live feed (before it has listed, after the watch failed and while it relists, or in code that
+never starts it) heartbeats are listed instead, at most once per ``max_age`` seconds (one listing at a time;
+concurrent connections wait for it). :meth:`ClusterLookup.invalidate` makes the next read list, so a caller
+that just wrote sees its write.
+
+Why slightly stale heartbeats are safe here: heartbeats only say which agents serve a cluster, their health
+and their dynamic label results. Users, roles and the ``kube_cluster`` resource (static labels, existence)
+are read fresh on every connection, the tunnel's liveness comes from the hub, and the agent re-authorizes
+every request with its own current labels.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
 import trio
 
 from registry.core import codec
-from registry.core.errors import BadParameter, NotFound, TooLarge
+from registry.core.errors import BadParameter, KubeportError, NotFound, TooLarge
 from registry.core.resources import KubeCluster, KubeServer, User
 from registry.store import Store
 
@@ -43,6 +47,11 @@ class ClusterLookup:
         self._by_cluster: Mapping[str, list[dict[str, Any]]] = {}
         self._loaded_at: float | None = None
         self.listings = 0
+        # The watch-fed index (feed): cluster name -> {store name: value}; used only while ``_live``.
+        self._index: dict[str, dict[str, dict[str, Any]]] = {}
+        self._live = False
+        self._force_list = False
+        self.relists = 0
 
     async def cluster(self, name: str) -> KubeCluster | None:
         """The ``kube_cluster`` resource (without checking its kubeconfig), or None when there is none."""
@@ -62,11 +71,19 @@ class ClusterLookup:
         return resource if isinstance(resource, User) else None
 
     async def heartbeats(self, name: str) -> list[KubeServer]:
-        """The live heartbeats of cluster ``name`` (at most ``max_age`` seconds stale; expired ones dropped)."""
-        await self._refresh()
+        """The live heartbeats of cluster ``name`` (expired ones dropped): from the watch-fed index while the
+        feed is live, else from a listing at most ``max_age`` seconds old."""
+        values: Iterable[dict[str, Any]]
+        if self._live and not self._force_list:
+            await trio.lowlevel.checkpoint()
+            values = list(self._index.get(name, {}).values())
+        else:
+            self._force_list = False
+            await self._refresh()
+            values = self._by_cluster.get(name, ())
         now = self.now()
         servers = []
-        for value in self._by_cluster.get(name, ()):
+        for value in values:
             try:
                 server = codec.resource_from_dict(value, verify_kubeconfig=False)
             except (BadParameter, TooLarge) as err:  # a stored value a newer or broken writer left: skip it
@@ -101,5 +118,59 @@ class ClusterLookup:
         return self._loaded_at is not None and trio.current_time() - self._loaded_at < self.max_age
 
     def invalidate(self) -> None:
-        """Forget the cached heartbeats (the next lookup lists them again)."""
+        """Forget the cached heartbeats: the next lookup lists them again (the index catches up by itself)."""
         self._loaded_at = None
+        self._force_list = True
+
+    async def feed(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Keep the heartbeat index: list once, then apply watch events; relist when the watch fails (it fell
+        behind, or history was compacted). Reads list instead while the index is not live. Runs until
+        cancelled; ``task_status`` is started once the first listing is indexed (or failed)."""
+        started = False
+        while True:
+            try:
+                revision = await self.store.revision()  # before the list: a write between them is replayed
+                records = await self.store.list("kube_server")
+                index: dict[str, dict[str, dict[str, Any]]] = {}
+                for record in records:
+                    _index_put(index, record.name, record.value)
+                self._index = index
+                self._live = True
+                self.relists += 1
+                if not started:
+                    started = True
+                    task_status.started()
+                async with self.store.watch(["kube_server"], since=revision) as events:
+                    async for event in events:
+                        if event.type == "DELETE":
+                            _index_delete(self._index, event.record.name, event.record.value)
+                        else:
+                            _index_put(self._index, event.record.name, event.record.value)
+                return  # the store closed
+            except KubeportError as err:
+                self._live = False
+                log.warning("front door: the heartbeat index is relisting (%s)", err.message)
+                if not started:
+                    started = True
+                    task_status.started()
+                await trio.sleep(self.max_age)
+
+
+def _cluster_of(value: Mapping[str, Any]) -> str | None:
+    metadata = value.get("metadata")
+    cluster = metadata.get("name") if isinstance(metadata, dict) else None
+    return cluster if isinstance(cluster, str) else None
+
+
+def _index_put(index: dict[str, dict[str, dict[str, Any]]], store_name: str, value: dict[str, Any]) -> None:
+    cluster = _cluster_of(value)
+    if cluster is not None:
+        index.setdefault(cluster, {})[store_name] = value
+
+
+def _index_delete(index: dict[str, dict[str, dict[str, Any]]], store_name: str, value: Mapping[str, Any]) -> None:
+    cluster = _cluster_of(value)
+    entries = index.get(cluster, {}) if cluster is not None else {}
+    entries.pop(store_name, None)
+    if not entries and cluster is not None:
+        index.pop(cluster, None)

@@ -316,6 +316,7 @@ class FrontDoor:
             "audit_failed": self.audit.failed,
             "audit_batches": self.audit.batches,
             "heartbeat_listings": self.lookup.listings,
+            "heartbeat_index_relists": self.lookup.relists,
             "admission": self.admission.statistics(),
         }
 
@@ -684,6 +685,7 @@ async def serve_frontdoor(
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(frontdoor.audit.run)
+            await nursery.start(frontdoor.lookup.feed)
             for listener in listeners:
                 nursery.start_soon(accept_loop, listener, nursery)
             log.info("front door listening on %s", info.address)
