@@ -127,6 +127,17 @@ async def read_until(stream: trio.abc.ReceiveStream | None, needle: bytes, *, ti
     return seen
 
 
+def require_kubectl() -> str:
+    """A kubectl whose typed commands send JSON (what the fake API reads), or skip the test with the reason and
+    where the README says to get one."""
+    binary = find_kubectl(json_only=True)
+    if binary is None:
+        import pytest  # only tests call this; the helpers above are used by scripts too
+
+        pytest.skip(SKIP_REASON)
+    return binary
+
+
 def kubectl_version(version: str) -> str:
     """The versioned kubectl binary, or skip the test with the README's reason."""
     import pytest

@@ -11,7 +11,7 @@ import pytest
 
 from tests.fakes.fixtures import ADMIN_TOKEN, fake_kube  # noqa: F401  (fixture)
 from tests.fakes.kube_api import FakeKube, RecordedRequest
-from tests.fakes.kubectl import SKIP_REASON, find_kubectl, run_kubectl
+from tests.fakes.kubectl import SKIP_REASON, find_kubectl, require_kubectl, run_kubectl
 
 _homes = itertools.count()
 
@@ -27,10 +27,7 @@ def kubectl() -> str:
 @pytest.fixture
 def json_kubectl() -> str:
     """A kubectl whose typed commands (auth can-i, auth whoami) send JSON, not protobuf."""
-    binary = find_kubectl(json_only=True)
-    if binary is None:
-        pytest.skip(SKIP_REASON)
-    return binary
+    return require_kubectl()
 
 
 async def kubectl_as(

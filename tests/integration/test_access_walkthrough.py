@@ -15,13 +15,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import pytest
 import trio
 import yaml
 
 from agent.service import Agent
 from tests.fakes.kube_api import FakeKube
-from tests.fakes.kubectl import SKIP_REASON, find_kubectl
+from tests.fakes.kubectl import require_kubectl
 from tests.helpers import KUBE_ACCESS, cluster_doc, kpctl
 from tests.integration.access_setup import AccessRegistry, access_registry, kubectl_until_routed, served  # noqa: F401
 from tests.integration.test_agent_inprocess import admin, agent_config, new_token, wait_for
@@ -51,9 +50,7 @@ async def test_seed_walkthrough_kubectl_get_pods_through_kubeport(
     nursery: trio.Nursery,
     tmp_path: Path,
 ) -> None:
-    kubectl = find_kubectl(json_only=True)
-    if kubectl is None:
-        pytest.skip(SKIP_REASON)
+    kubectl = require_kubectl()
     registry = access_registry.info
     assert registry.kube_address, "the registry advertises its front door"
     fake_kube.grant("viewers", kind="Group", verbs=["get", "list", "watch"], resources=["pods"])
@@ -124,9 +121,7 @@ async def test_a_cluster_the_roles_do_not_select_answers_like_one_that_does_not_
     nursery: trio.Nursery,
     tmp_path: Path,
 ) -> None:
-    kubectl = find_kubectl(json_only=True)
-    if kubectl is None:
-        pytest.skip(SKIP_REASON)
+    kubectl = require_kubectl()
     registry = access_registry.info
     config = agent_config(registry, await new_token(registry), tmp_path / "agent", [{"labels": {"*": "*"}}])
     await nursery.start(Agent(config).serve)

@@ -22,7 +22,7 @@ import yaml
 
 from agent.service import Agent
 from tests.fakes.kube_api import FakeKube
-from tests.fakes.kubectl import SKIP_REASON, find_kubectl
+from tests.fakes.kubectl import require_kubectl
 from tests.helpers import CliResult, cluster_doc, kpctl
 from tests.integration.access_setup import AccessRegistry, access_registry, kubectl_until_routed, served  # noqa: F401
 from tests.integration.test_agent_inprocess import admin, agent_config, new_token, wait_for
@@ -50,9 +50,7 @@ async def test_seed_004_a_bot_kubeconfig_works_with_kubectl_until_the_bot_is_rem
     nursery: trio.Nursery,
     tmp_path: Path,
 ) -> None:
-    kubectl = find_kubectl(json_only=True)
-    if kubectl is None:
-        pytest.skip(SKIP_REASON)
+    kubectl = require_kubectl()
     registry = access_registry.info
     fake_kube.grant("editor", kind="Group", verbs=["get", "list", "watch"], resources=["pods"])
     fake_kube.add_pod("web-1")

@@ -29,7 +29,7 @@ from registry.core.identity import REGISTRY_SERVER_NAME
 from registry.server.local_auth import SECOND_FACTOR_OFF_WARNING
 from registry.server.serve import RegistryInfo, serve_registry
 from tests.fakes.kube_api import FakeKube
-from tests.fakes.kubectl import SKIP_REASON, find_kubectl
+from tests.fakes.kubectl import require_kubectl
 from tests.helpers import KUBE_ACCESS, kpctl
 from tests.integration.access_setup import (  # noqa: F401
     AccessRegistry,
@@ -120,9 +120,7 @@ async def test_signup_login_and_kubectl_get_pods_with_the_login(
     assert 11.9 * 3600 < remaining <= 12 * 3600  # the default, under the role's cap (30h)
 
     # Real kubectl through the front door with that certificate.
-    kubectl = find_kubectl(json_only=True)
-    if kubectl is None:
-        pytest.skip(SKIP_REASON)
+    kubectl = require_kubectl()
     fake_kube.grant("viewers", kind="Group", verbs=["get", "list", "watch"], resources=["pods"])
     fake_kube.add_pod("web-1")
     await start_agent(registry, nursery, tmp_path / "agent")

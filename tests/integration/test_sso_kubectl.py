@@ -13,7 +13,7 @@ import trio
 import yaml
 
 from tests.fakes.kube_api import FakeKube
-from tests.fakes.kubectl import SKIP_REASON, find_kubectl
+from tests.fakes.kubectl import require_kubectl
 from tests.helpers import KUBE_ACCESS, kpctl
 from tests.integration.access_setup import (  # noqa: F401  (fixture)
     AccessRegistry,
@@ -33,9 +33,7 @@ async def test_an_sso_user_runs_kubectl_get_pods_through_kubeport(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    kubectl = find_kubectl(json_only=True)
-    if kubectl is None:
-        pytest.skip(SKIP_REASON)
+    kubectl = require_kubectl()
     registry = access_registry.info
     provider = await started_provider(nursery)
     fake_kube.grant("viewers", kind="Group", verbs=["get", "list", "watch"], resources=["pods"])

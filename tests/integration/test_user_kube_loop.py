@@ -22,7 +22,7 @@ from registry.cli.login_common import first_contact, save_login
 from registry.cli.profile import KubeportHome
 from registry.core.identity import Identity, generate_private_key, public_key_pem
 from tests.fakes.kube_api import FakeKube
-from tests.fakes.kubectl import SKIP_REASON, find_kubectl, run_kubectl
+from tests.fakes.kubectl import require_kubectl, run_kubectl
 from tests.helpers import KUBE_ACCESS, kpctl
 from tests.integration.access_setup import (  # noqa: F401 - access_registry is a fixture
     AccessRegistry,
@@ -39,10 +39,7 @@ HINT = "run kubeport login"
 
 @pytest.fixture
 def kubectl() -> str:
-    binary = find_kubectl(json_only=True)
-    if binary is None:
-        pytest.skip(SKIP_REASON)
-    return binary
+    return require_kubectl()
 
 
 async def _setup(

@@ -19,7 +19,7 @@ import trio
 import yaml
 
 from tests.fakes.kube_api import FakeKube
-from tests.fakes.kubectl import SKIP_REASON, find_kubectl, run_kubectl
+from tests.fakes.kubectl import require_kubectl, run_kubectl
 from tests.helpers import KUBE_ACCESS, kpctl
 from tests.integration.access_setup import (  # noqa: F401 - access_registry is a fixture
     AccessRegistry,
@@ -42,9 +42,7 @@ async def test_signup_login_kube_ls_kube_login_kubectl_logout(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    kubectl = find_kubectl(json_only=True)
-    if kubectl is None:
-        pytest.skip(SKIP_REASON)
+    kubectl = require_kubectl()
     monkeypatch.setenv("KUBEPORT_HOME", str(tmp_path / "alice"))
     kubeconfig = tmp_path / "kube" / "config"
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
