@@ -45,7 +45,7 @@ from agent.label_commands import is_bare_name, is_normal_absolute
 from labels import parse_go_duration, validate_label_key, validate_labels, validate_selector_items
 from labels.schedule import validate_cron
 from registry.core import validation
-from registry.core.errors import BadParameter, TooLarge
+from registry.core.errors import BadParameter
 from registry.core.netaddr import format_hostport, parse_hostport
 
 MAX_CONFIG_BYTES = 1 << 20
@@ -249,15 +249,7 @@ def load_yaml_document(data: str | bytes, source: str) -> object:
     :data:`MAX_CONFIG_BYTES`), UTF-8 only, no anchors/aliases/merge/duplicate keys, bounded nesting, and
     syntax errors reported by position without echoing the source line (which could hold the token).
     Every failure is a BadParameter naming ``source``."""
-    try:
-        raw = validation.check_size(data, source=source, limit=MAX_CONFIG_BYTES)
-    except TooLarge as err:
-        raise BadParameter(err.message) from None
-    text = data if isinstance(data, str) else validation.decode_utf8(raw, source=source)
-    documents = validation.load_yaml(text, source=source)
-    if len(documents) > 1:
-        raise BadParameter(f"{source}: expected one YAML document, found {len(documents)} (remove the ---)")
-    return documents[0] if documents else None
+    return validation.load_yaml_document(data, source=source, limit=MAX_CONFIG_BYTES)
 
 
 # ------------------------------------------------------------------------------------------ addresses

@@ -4,6 +4,7 @@
                    [--kube-listen HOST:PORT] [--kube-public-addr HOST:PORT] [--kube-tunnel-addr HOST:PORT]
     kubeport registry start [--data-dir DIR] [--listen ...]   the registry alone
                    [--store etcd://HOST:PORT,... --etcd-prefix P --etcd-ca/--etcd-cert/--etcd-key FILE]
+                   [--config FILE]                            the same settings in a YAML file (flags win)
     kubeport registry migrate --to etcd://HOST:PORT,... [--from sqlite:///path] [--etcd-prefix P]
                                                               a stopped registry's SQLite store into etcd
     kubeport configure --registry=HOST:PORT --token=T -o FILE write an agent configuration
@@ -56,6 +57,7 @@ from registry.host.cmdline import (
 from registry.host.paths import default_data_dir
 from registry.server import migrate
 from registry.server.local_auth import SECOND_FACTOR_OFF_WARNING, SECOND_FACTORS
+from registry.server.registry_config import load_registry_config
 from registry.server.serve import DEFAULT_LISTEN, DEFAULT_PORT, Companion, RegistryInfo, serve_registry
 from registry.server.store_config import DEFAULT_PREFIX, StoreConfig
 
@@ -102,6 +104,38 @@ def _warn_second_factor(args: argparse.Namespace) -> None:
         print(f"WARNING: {SECOND_FACTOR_OFF_WARNING}", file=sys.stderr, flush=True)
 
 
+class _Default(str):
+    """A flag's default value, told apart from the same text given on the command line: ``--config`` fills
+    a setting the user did not give as a flag (flags override the file, the file overrides defaults).
+    argparse keeps the object as is (``flag_value`` and the identity type return their argument)."""
+
+
+CONFIG_HELP = (
+    "a YAML file with the settings below, in Teleport's shape (teleport.data_dir, teleport.diag_addr, "
+    "teleport.storage: {type: sqlite|etcd, peers, prefix, tls_ca_file, tls_cert_file, tls_key_file}, "
+    "auth_service.listen_addr/public_addr/authentication.second_factor, proxy_service.kube_listen_addr/"
+    "kube_public_addr/tunnel_public_addr; README: etcd backend); flags given on the command line override it"
+)
+
+
+def _apply_config(args: argparse.Namespace, *, all_in_one: bool) -> None:
+    """Fill the settings the command line left unset (still their :class:`_Default`) from ``--config FILE``."""
+    if getattr(args, "config", None):
+        config = load_registry_config(args.config)
+        values = config.values()
+        if all_in_one:
+            for dest, what in (("store", "teleport.storage"), ("public_addr", "auth_service.public_addr")):
+                if dest in values and values[dest] != "sqlite":
+                    raise BadParameter(
+                        f"{config.source}: {what}: kubeport start runs on this host's SQLite store only; "
+                        "use kubeport registry start --config for it"
+                    )
+        for dest, value in values.items():
+            current = getattr(args, dest, None)
+            if current is None or isinstance(current, _Default):
+                setattr(args, dest, value)
+
+
 def _store_flags(p: argparse.ArgumentParser, *, flag: str = "--store") -> None:
     """``--store`` and the etcd flags of ``registry start`` (README: etcd backend); ``registry migrate`` names
     its target with the same flags, ``--to`` for ``--store``."""
@@ -111,7 +145,7 @@ def _store_flags(p: argparse.ArgumentParser, *, flag: str = "--store") -> None:
         dest="store",
         metavar="STORE",
         type=flag_value(flag),
-        default="sqlite",
+        default=_Default("sqlite"),
         required=flag != "--store",
         help="sqlite (default: registry.db in the data dir) or etcd://HOST:PORT[,HOST:PORT...] (an etcd cluster "
         "several registries share; everything is sealed with DATA_DIR/etcd.key, which every replica needs)",
@@ -120,7 +154,7 @@ def _store_flags(p: argparse.ArgumentParser, *, flag: str = "--store") -> None:
         "--etcd-prefix",
         metavar="PREFIX",
         type=flag_value("--etcd-prefix"),
-        default=DEFAULT_PREFIX,
+        default=_Default(DEFAULT_PREFIX),
         help=f"etcd key prefix of this kubeport cluster, so several can share one etcd (default {DEFAULT_PREFIX})",
     )
     g.add_argument("--etcd-ca", metavar="FILE", type=flag_value("--etcd-ca"), help="CA (PEM) to verify etcd with")
@@ -142,6 +176,7 @@ def _store_config(args: argparse.Namespace) -> StoreConfig:
 
 
 async def cmd_registry_start(args: argparse.Namespace) -> int:
+    _apply_config(args, all_in_one=False)
     stop = StopSignals()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(stop.watch, nursery.cancel_scope)
@@ -195,6 +230,7 @@ async def local_agent_config(info: RegistryInfo, allowed_label_commands: Sequenc
 
 async def cmd_start(args: argparse.Namespace) -> int:
     # A signal stops the agent first, while the registry still answers its heartbeat deletions; then the registry.
+    _apply_config(args, all_in_one=True)
     agent_scope = trio.CancelScope()
     stop = StopSignals()
     async with trio.open_nursery() as nursery:
@@ -273,11 +309,12 @@ def build_parser() -> argparse.ArgumentParser:
         add_data_dir_flag(
             p, "where state lives (default: $KUBEPORT_DATA_DIR, /var/lib/kubeport as root, ~/.kubeport otherwise)"
         )
-        p.add_argument("--listen", metavar="HOST:PORT", default=DEFAULT_LISTEN, help=LISTEN_HELP)
+        p.add_argument("--config", metavar="FILE", type=flag_value("--config"), help=CONFIG_HELP)
+        p.add_argument("--listen", metavar="HOST:PORT", default=_Default(DEFAULT_LISTEN), help=LISTEN_HELP)
         p.add_argument(
             "--kube-listen",
             metavar="HOST:PORT",
-            default=DEFAULT_KUBE_LISTEN,
+            default=_Default(DEFAULT_KUBE_LISTEN),
             help=f"the Kubernetes front door kubectl and agents' tunnels connect to (default {DEFAULT_KUBE_LISTEN})",
         )
         p.add_argument(
@@ -298,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--second-factor",
             choices=SECOND_FACTORS,
-            default="otp",
+            default=_Default("otp"),
             help="local users' second factor at login: otp (password + one-time code, the default) or off "
             "(password only, for labs; warned about at start)",
         )

@@ -292,6 +292,23 @@ def load_yaml(text: str, *, source: str) -> list[Any]:
         raise BadParameter(f"{source} is not valid YAML: a value cannot be converted (an impossible date?)") from None
 
 
+def load_yaml_document(data: str | bytes, *, source: str, limit: int) -> object:
+    """One YAML document of a configuration file (the agent's, the registry's ``--config``, a kubeconfig):
+    size checked before parsing (at most ``limit`` bytes), UTF-8 only, then :func:`load_yaml` (no tags,
+    anchors, aliases, merge keys or duplicate keys; bounded nesting; syntax errors by position without the
+    source line, which could hold a secret). Every failure is a BadParameter naming ``source``; an empty
+    file is ``None``."""
+    try:
+        raw = check_size(data, source=source, limit=limit)
+    except TooLarge as err:
+        raise BadParameter(err.message) from None
+    text = data if isinstance(data, str) else decode_utf8(raw, source=source)
+    documents = load_yaml(text, source=source)
+    if len(documents) > 1:
+        raise BadParameter(f"{source}: expected one YAML document, found {len(documents)} (remove the ---)")
+    return documents[0] if documents else None
+
+
 # -- JSON ----------------------------------------------------------------------------------------------------
 
 
