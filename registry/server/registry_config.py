@@ -163,6 +163,8 @@ class _Parser:
             if key not in allowed:
                 close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
                 hint = f" (did you mean {close[0]}?)" if close else f" (known keys: {', '.join(allowed)})"
+                if len(key) > 64 or not key.isprintable():  # not a misspelt key: maybe pasted secret text
+                    self.fail(f"{where or 'the file'}: an unknown key of {len(key)} characters")
                 path = validation.quote(f"{where}.{key}" if where else key)
                 self.fail(f"unknown key {path}{hint}")
 
