@@ -118,6 +118,9 @@ CONFIG_HELP = (
 )
 
 
+_STORAGE_DESTS = frozenset({"store", "etcd_prefix", "etcd_ca", "etcd_cert", "etcd_key"})
+
+
 def _apply_config(args: argparse.Namespace, *, all_in_one: bool) -> None:
     """Fill the settings the command line left unset (still their :class:`_Default`) from ``--config FILE``."""
     if getattr(args, "config", None):
@@ -130,6 +133,9 @@ def _apply_config(args: argparse.Namespace, *, all_in_one: bool) -> None:
                         f"{config.source}: {what}: kubeport start runs on this host's SQLite store only; "
                         "use kubeport registry start --config for it"
                     )
+        if not isinstance(getattr(args, "store", None), _Default | None):
+            # --store on the command line replaces the file's whole storage section, not just its type.
+            values = {k: v for k, v in values.items() if k not in _STORAGE_DESTS}
         for dest, value in values.items():
             current = getattr(args, dest, None)
             if current is None or isinstance(current, _Default):

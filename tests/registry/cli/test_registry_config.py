@@ -143,6 +143,16 @@ def test_a_flag_equal_to_its_default_still_overrides_the_file(tmp_path: Path) ->
     assert args.etcd_prefix == DEFAULT_PREFIX
 
 
+def test_store_on_the_command_line_replaces_the_files_whole_storage_section(tmp_path: Path) -> None:
+    args = args_for(tmp_path, FULL, "--store", "sqlite")
+    assert kubeport_main._store_config(args).store == "sqlite"  # no --etcd-* left over from the file
+    assert (args.etcd_prefix, args.etcd_ca, args.etcd_key) == (DEFAULT_PREFIX, None, None)
+    args = args_for(tmp_path, FULL, "--store", "etcd://127.0.0.1:2379")
+    assert kubeport_main._store_config(args).endpoints() == ["http://127.0.0.1:2379"]
+    args = args_for(tmp_path, FULL, "--etcd-prefix", "/mine/")  # one etcd flag: the file's others stay
+    assert (args.store, args.etcd_prefix, args.etcd_ca) == ("etcds://10.0.0.1:2379,10.0.0.2:2379", "/mine/", "ca.pem")
+
+
 def test_without_the_key_the_defaults_stay(tmp_path: Path) -> None:
     args = args_for(tmp_path, "auth_service: {listen_addr: '127.0.0.1:4000'}\n")
     defaults = parse_command_line(kubeport_main.build_parser(), ["registry", "start"])
