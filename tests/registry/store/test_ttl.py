@@ -151,3 +151,29 @@ async def test_serve_expiry_rejects_bad_intervals(interval: object) -> None:
     with pytest.raises(BadParameter, match="expiry interval"):
         await serve_expiry(store, interval=interval)  # type: ignore[arg-type]
     await store.aclose()
+
+
+async def test_a_watch_resumed_across_an_expiry_sees_its_delete_exactly_once(
+    store: BaseStore, clock: FakeClock
+) -> None:
+    """A heartbeat's expiry is a DELETE in the history like any other: a watcher that resumes from before it
+    gets it once, with its own revision, and one resuming from that revision does not get it again."""
+    await store.put(K, "hb", {"v": 1}, expires=START + 10)
+    await store.put("frontdoor", "fd1", {"addr": "a:1"}, expires=START + 30)
+    before = await store.revision()
+    clock.advance(40)
+    assert await store.expire() == 2
+    assert await store.expire() == 0  # a second sweep finds nothing: no second event
+    await store.create(K, "after", {"v": 2})
+    async with store.watch([K, "frontdoor"], since=before) as events:
+        got = await take(events, 3)
+    assert [(e.type, e.record.kind, e.record.name) for e in got] == [
+        ("DELETE", K, "hb"),
+        ("DELETE", "frontdoor", "fd1"),
+        ("PUT", K, "after"),
+    ]
+    assert revisions(got) == [before + 1, before + 2, before + 3]
+    assert got[0].record.value == {"v": 1}  # the last version, as a DELETE event carries
+    async with store.watch([K, "frontdoor"], since=before + 2) as events:
+        (only,) = await take(events, 1)
+    assert (only.type, only.record.name, only.record.revision) == ("PUT", "after", before + 3)

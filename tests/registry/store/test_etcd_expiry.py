@@ -1,0 +1,83 @@
+"""Expiry with several registries on one etcd prefix: every registry sweeps, each expired record is ONE
+DELETE in the store's history (one revision), and every registry's watchers see it exactly once.
+
+The sweeps race: each plans against a snapshot and commits a txn guarded by the revision counter, so the
+loser re-reads, finds the record gone and writes nothing (``EtcdStore._commit``). Registries here are two
+``EtcdStore`` instances on one prefix with one key file, as two ``registry start`` processes would be.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+
+import pytest
+import trio
+
+from registry.store._common import BaseStore
+from registry.store.base import Event
+from registry.store.etcd import EtcdStore
+from registry.store.etcd_seal import generate_key
+from tests.fakes.etcd_server import shared_etcd, unique_prefix
+from tests.registry.store.store_helpers import START, FakeClock, cluster, take
+
+K = "kube_server"
+COUNT = 40
+
+
+async def drain(events: AsyncIterator[Event], *, quiet: float = 0.3) -> list[Event]:
+    """Events that arrive until none has for ``quiet`` seconds (to prove there is no extra one)."""
+    out: list[Event] = []
+    while True:
+        with trio.move_on_after(quiet) as idle:
+            out.append(await anext(events))
+        if idle.cancelled_caught:
+            return out
+
+
+@pytest.mark.parametrize("registries", [2, 3])
+async def test_registries_racing_to_expire_record_each_delete_once(registries: int) -> None:
+    server = shared_etcd()
+    key, prefix, clock = generate_key(), unique_prefix(), FakeClock()
+    async with AsyncExitStack() as stack:
+        stores = [
+            await stack.enter_async_context(await EtcdStore.open(server.url, key=key, prefix=prefix, clock=clock))
+            for _ in range(registries)
+        ]
+        watches = [await stack.enter_async_context(s.watch([K, "frontdoor"])) for s in stores]
+        writer = stores[0]
+        for n in range(COUNT):
+            await (writer if n % 2 else stores[-1]).put(K, f"c{n:02d}", cluster(), expires=START + 10 + n / 100)
+        await writer.put("frontdoor", "fd", {"addr": "a:1"}, expires=START + 10)
+        before = await writer.revision()
+        for events in watches:  # every registry has seen every heartbeat (its expiry index is fed by the watch)
+            assert {e.type for e in await take(events, COUNT + 1, timeout=15)} == {"PUT"}
+
+        clock.advance(60)
+        removed: list[int] = []
+
+        async def sweep(store: BaseStore) -> None:
+            removed.append(await store.expire())
+
+        async with trio.open_nursery() as nursery:
+            for store in stores:
+                nursery.start_soon(sweep, store)
+        assert sum(removed) == COUNT + 1  # each record removed by exactly one registry
+
+        seen = []
+        for events in watches:
+            got = await take(events, COUNT + 1, timeout=15)
+            got += await drain(events)
+            seen.append([(e.type, e.record.kind, e.record.name, e.record.revision) for e in got])
+        assert all(s == seen[0] for s in seen)  # every registry agrees on the events and their revisions
+        assert len(seen[0]) == COUNT + 1 and {t for t, *_ in seen[0]} == {"DELETE"}
+        assert sorted(name for _, _, name, _ in seen[0]) == sorted([f"c{n:02d}" for n in range(COUNT)] + ["fd"])
+        assert [rev for *_, rev in seen[0]] == list(range(before + 1, before + COUNT + 2))
+        for store in stores:
+            assert await store.expire() == 0
+            assert await store.list(K) == []
+        # A watcher resuming from before the expiry, on any registry, replays the same DELETEs once.
+        async with stores[-1].watch([K, "frontdoor"], since=before) as events:
+            replay = await take(events, COUNT + 1)
+            assert await drain(events) == []
+        assert [(e.type, e.record.kind, e.record.name, e.record.revision) for e in replay] == seen[0]
