@@ -54,10 +54,13 @@ other backends do; the registry's expiry sweep (``serve_expiry`` → :meth:`expi
 with DELETE events. Each record with an expiry is also attached to an etcd lease that ends ``lease_grace``
 seconds after it (an hour by default), rounded up to a ``lease_bucket`` (10 s): one lease per bucket (cached,
 as Teleport does), never one per key. Leases are the backstop that frees the keys of a cluster whose
-registries are all gone; a key deleted by a lease produces no store event (nobody was there to write one),
-which is why the grace is long: a registry that comes back within it sweeps the expired records itself,
-with DELETE events, so watchers resuming from a revision miss nothing. A lease that expired under the
-cache (``requested lease not found``) is dropped from the cache and the write retried with a new one.
+registries are all gone. The grace is long so that a registry coming back within it sweeps the expired
+records itself, with DELETE events. A key a lease did delete produced no store event (nobody was there to
+write one): the first registry to open the prefix again finds the ``items/`` keys that existed at kubeport's
+last write (etcd's MVCC history at that revision) and are gone now, and records a DELETE of each one's last
+version, once (:meth:`_reap_lease_removals`), so watchers resuming from a revision miss nothing. A lease
+that expired under the cache (``requested lease not found``) is dropped from the cache and the write
+retried with a new one.
 
 Secrets at rest: every value under ``items/`` and ``hist/`` is sealed with AES-GCM (``etcd_seal``) using the
 key file from the registry's data dir; ``open`` refuses a key that does not open ``meta/keycheck``. History
@@ -75,6 +78,7 @@ large values can meet that first (TooLarge). ``expire`` splits its work into as 
 
 from __future__ import annotations
 
+import functools
 import heapq
 import json
 import logging
@@ -82,7 +86,7 @@ import math
 import os
 import ssl
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 import trio
@@ -252,6 +256,67 @@ class EtcdStore(BaseStore):
         self._records = records
         await self._load_deadlines(snapshot.revision)
         trio.lowlevel.spawn_system_task(self._feed_main, snapshot.revision, name=f"etcd feed {self.prefix}")
+        counter_kvs = snapshot.ranges()[0]
+        if counter_kvs:
+            await self._reap_lease_removals(counter_kvs[0].mod_revision, counter, records)
+
+    async def _reap_lease_removals(self, written_at: int, counter: int, records: int) -> None:
+        """Give the records a lease removed while no registry was sweeping their DELETE events.
+
+        ``written_at`` is the etcd revision of kubeport's last write to this prefix (the one that set the
+        store revision to ``counter``), ``records`` the number of ``items/`` keys now. No kubeport write came
+        after ``written_at``, so an ``items/`` key that existed then and is gone now was removed by its lease,
+        without a store event: each becomes a DELETE of its last version (read from etcd's MVCC history at
+        ``written_at``), with a store revision like any expiry. The common case costs one count read: nothing
+        vanished. The DELETEs commit only if the store revision is still ``counter`` (a registry reaping at
+        the same time, or any write in between, makes this one start over from the newer state), so each
+        removal is recorded once. Best effort: when etcd compacted that history or is unreachable, a warning
+        is logged and the store opens anyway."""
+        lower, upper = self._items, prefix_end(self._items)
+        try:
+            for _ in range(10):
+                _, then, _, _ = await self._client.range(lower, upper, count_only=True, revision=written_at)
+                if then <= records:
+                    return
+                vanished = await self._vanished_since(written_at)
+                async with self._lock:
+                    changes = await self._commit(list(vanished), functools.partial(_reap_plan, vanished, counter))
+                if changes:
+                    await self._wait_published(changes[-1].revision)
+                    log.warning(
+                        "etcd prefix %s: %d expired records had been removed by their leases while no registry "
+                        "was sweeping; their DELETE events are recorded now",
+                        self.prefix,
+                        len(changes),
+                    )
+                    return
+                if not vanished:
+                    return
+                counter_kvs, *_ = await self._client.range(self._rev_key)  # someone wrote: start over
+                if not counter_kvs:
+                    return
+                written_at, counter = counter_kvs[0].mod_revision, _decimal(counter_kvs)
+                _, records, _, _ = await self._client.range(lower, upper, count_only=True)
+        except KubeportError as exc:
+            log.warning("etcd prefix %s: cannot check for records removed by leases: %s", self.prefix, exc)
+
+    async def _vanished_since(self, written_at: int) -> dict[tuple[str, str], Item]:
+        """The ``items/`` present at etcd revision ``written_at`` and absent now, by (kind, name)."""
+        then = {kv.key: kv async for kv in self._all_items(revision=written_at)}
+        for kv in [kv async for kv in self._all_items()]:
+            then.pop(kv.key, None)
+        gone = [self._decode_item(kv) for kv in then.values()]
+        return {(item.kind, item.name): item for item in gone}
+
+    async def _all_items(self, *, revision: int = 0) -> AsyncIterator[KeyValue]:
+        lower, upper = self._items, prefix_end(self._items)
+        while True:
+            kvs, _, more, _ = await self._client.range(lower, upper, limit=_PAGE, revision=revision)
+            for kv in kvs:
+                yield kv
+            if not more or not kvs:
+                return
+            lower = kvs[-1].key + b"\x00"
 
     # --- keys and encoding -----------------------------------------------------------------------------
 
@@ -784,6 +849,16 @@ class EtcdStore(BaseStore):
 
 class _Kicked(KubeportError):
     """A writer found the feed stuck and asked it to re-read history."""
+
+
+def _reap_plan(
+    vanished: Mapping[tuple[str, str], Item], counter: int, items: Snapshot, now: float, revision: int
+) -> list[Change]:
+    """DELETEs of the ``vanished`` records still absent, if the store revision is still ``counter``."""
+    if revision != counter:
+        return []  # a write came in between: the caller starts over from the newer state
+    gone = [vanished[key] for key in sorted(vanished) if items.get(key) is None]
+    return [_plan._removal(item, revision + n) for n, item in enumerate(gone, 1)]
 
 
 def nest_ops(ops: list[dict[str, Any]], max_ops: int, *, what: str) -> list[dict[str, Any]]:
