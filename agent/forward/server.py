@@ -438,7 +438,22 @@ class _Session:
             raise _Abort(err.message) from None
 
     async def _watching(self, work: Callable[[], Awaitable[T]]) -> T:
-        """Run ``work`` while watching the client: if it goes away, ``work`` is cancelled -> _ClientGone."""
+        """Run ``work`` while watching the client: if it goes away, ``work`` is cancelled -> _ClientGone.
+
+        A tunnel stream says itself when its peer ends or resets it (``watch_peer_end``): no watcher task is
+        started, woken and cancelled per request, and what the client sends meanwhile waits in the stream
+        (within its window) for the next request. Any other stream gets a watcher task that reads it."""
+        watch = getattr(self.stream, "watch_peer_end", None)
+        if watch is not None:
+            with trio.CancelScope() as scope:
+                watch(scope)
+                try:
+                    return await work()
+                finally:
+                    watch(None)
+            assert scope.cancelled_caught
+            self.client_gone = True
+            raise _ClientGone
         result: list[T] = []
         error: list[Exception] = []
         async with trio.open_nursery() as nursery:
