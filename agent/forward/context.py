@@ -158,7 +158,13 @@ class RegistryAccessSource:
         key = (kind, name)
         now = trio.current_time()
         entry = self._cache.get(key)
-        if entry is not None and (not entry.ready.is_set() or entry.expires > now):
+        if entry is not None and entry.ready.is_set() and entry.expires > now:
+            # A fresh answer: returned without Event.wait(), which would still yield to the scheduler (a
+            # task switch per lookup, two or more per request).
+            if entry.error is not None:
+                raise entry.error
+            return entry.value
+        if entry is not None and not entry.ready.is_set():
             await entry.ready.wait()
             if entry.error is not None:
                 raise entry.error

@@ -54,6 +54,27 @@ async def test_registry_access_source_reads_current_users_and_roles(mock_clock: 
                 await source("bob")
 
 
+async def test_a_fresh_cached_lookup_does_not_yield_and_an_expired_one_reads_again(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """A request's user and role lookups within the TTL cost no task switch; past it they are read again."""
+    async with InProcessRegistry.open() as reg:
+        await reg.registry.create(reg.caller(), KUBE_ACCESS)
+        await reg.registry.create(reg.caller(), user("alice", ["kube-access"]))
+        async with reg.client(agent_identity()) as client:
+            source = RegistryAccessSource(client)
+            await source("alice")
+            fetches = source.fetches
+            with trio.testing.assert_no_checkpoints():
+                found, roles = await source("alice")
+            assert (found.name, [r.name for r in roles]) == ("alice", ["kube-access"])
+            assert source.fetches == fetches
+            await reg.registry.delete(reg.caller(), "role", "kube-access")
+            mock_clock.jump(1.01)
+            _, roles = await source("alice")
+            assert roles == () and source.fetches == 2 * fetches
+
+
 async def test_registry_access_source_refuses_a_ttl_above_one_second() -> None:
     with pytest.raises(ValueError, match="ttl"):
         RegistryAccessSource(object(), ttl=5)  # type: ignore[arg-type]
