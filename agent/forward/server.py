@@ -171,6 +171,16 @@ class _Session:
                 return event
             await self._receive()
 
+    async def _next_event_within(self, seconds: float) -> Any:
+        """The next client event, waiting at most ``seconds`` for more bytes (``trio.TooSlowError``). No
+        timer when it is already buffered, the usual case (a whole head, a GET's end): a cancel scope per
+        event is measurable per request."""
+        event = self.conn.next_event()
+        if event is not h11.NEED_DATA:
+            return event
+        with trio.fail_after(seconds):
+            return await self._next_event()
+
     async def _read_head(self) -> h11.Request | None:
         try:
             buffered, closed = self.conn.trailing_data
@@ -179,8 +189,7 @@ class _Session:
                     await self._receive()
                 if idle.cancelled_caught:
                     return None
-            with trio.fail_after(self.limits.head_timeout):
-                event = await self._next_event()
+            event = await self._next_event_within(self.limits.head_timeout)
         except trio.TooSlowError:
             await self._refuse_head(Timeout("the request head did not arrive in time"), 408, "Timeout")
             return None
@@ -368,8 +377,7 @@ class _Session:
             await conn.send(h11.Data(data=chunk))
         while not body.done:
             try:
-                with trio.fail_after(self.limits.head_timeout):
-                    event = await self._next_event()
+                event = await self._next_event_within(self.limits.head_timeout)
             except (trio.TooSlowError, h11.RemoteProtocolError) as exc:
                 raise _ClientGone from exc
             if isinstance(event, h11.Data):
