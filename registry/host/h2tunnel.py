@@ -5,7 +5,9 @@ One :class:`H2Tunnel` drives one connection, on either side: the agent dials out
 stream (``:method CONNECT``, ``:protocol kubeport-http1``, RFC 8441) per kubectl connection. Each stream is
 a :class:`TunnelStream`, a ``trio.abc.HalfCloseableStream``: END_STREAM is ``send_eof``, RST_STREAM is an
 abort (the peer's next ``receive_some``/``send_all`` raises :class:`StreamReset`, a
-``trio.BrokenResourceError``).
+``trio.BrokenResourceError``). ``TunnelStream.watch_peer_end(scope)`` cancels a scope when the peer ends or
+resets the stream or the tunnel ends, for a consumer that is busy elsewhere (the forwarder while it relays
+an answer) and would otherwise need a task parked in ``receive_some`` to notice.
 
 Shape (after hypercorn's h2 driver): ``h2`` is the sans-IO state machine; this module only moves bytes and
 wakes tasks. Invariants:
