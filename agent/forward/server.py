@@ -41,7 +41,7 @@ import logging
 import math
 import ssl
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
@@ -415,7 +415,7 @@ class _Session:
         except an answer whose declared length fits one chunk: it is held until complete, so an API server
         that writes its head and body separately still costs one tunnel frame, not two (a client has no use
         for such a head without its body; a watch or any chunked answer is flushed as it comes)."""
-        headers = _response_headers(response.headers.raw_items())
+        headers = _response_headers(response.headers)
         hold = _declared_length(headers) <= self.limits.splice_chunk
         pending = bytearray(
             self.conn.send(h11.Response(status_code=response.status_code, headers=headers, reason=response.reason))
@@ -653,7 +653,7 @@ def _joined(response: h11.Response | h11.InformationalResponse, name: bytes) -> 
     return b", ".join(v for n, v in response.headers.raw_items() if n.lower() == name).decode("latin-1")
 
 
-def _declared_length(headers: list[tuple[bytes, bytes]]) -> float:
+def _declared_length(headers: Iterable[tuple[bytes, bytes]]) -> float:
     """The body length a response head declares (Content-Length), infinite when none or unusable (chunked,
     read-until-close). h11 already refused a head with conflicting or malformed lengths."""
     length = math.inf
@@ -666,8 +666,13 @@ def _declared_length(headers: list[tuple[bytes, bytes]]) -> float:
     return length
 
 
-def _response_headers(raw: Any) -> list[tuple[bytes, bytes]]:
-    items = list(raw)
+def _response_headers(headers: Any) -> Any:
+    """The answer's headers for the client, without hop-by-hop ones and those its ``Connection`` lists.
+    When there is nothing to drop (the usual answer) it is the head's own h11 ``Headers``: h11 validated
+    them when it parsed the answer, and a response built from them is not validated again (~20 us)."""
+    if not any(name in _RESPONSE_HOP_BY_HOP for name, _ in headers):  # h11 yields lower-cased names
+        return headers
+    items = list(headers.raw_items())
     listed = {
         token.strip().lower()
         for name, value in items
