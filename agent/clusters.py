@@ -24,6 +24,7 @@ import logging
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any, Protocol
 
 import trio
@@ -171,6 +172,8 @@ class Supervisor:
         self._health_monitors = health_monitors
         self.served: dict[str, ServedCluster] = {}
         self._runners: dict[str, _LabelRunner] = {}
+        # name -> (cluster, service, label inputs, labels): see announced_labels
+        self._labels: dict[str, tuple[KubeCluster, ServiceInfo, tuple[Any, ...], Mapping[str, str]]] = {}
         self.changed = trio.Event()  # set after every reconcile pass (tests, benchmarks, kube explain)
         self._pending: set[str] | None = set()
         self._health_slots = trio.CapacityLimiter(HEALTH_CONCURRENCY)
@@ -319,6 +322,7 @@ class Supervisor:
 
     def _disconnect(self, name: str, reason: str) -> None:
         served = self.served.pop(name, None)
+        self._labels.pop(name, None)
         if served is not None:
             served.scope.cancel()
         self.announcer.remove(name)
@@ -347,6 +351,20 @@ class Supervisor:
             return codec.resource_to_dict(self.kube_server(self.served[name], expires), with_secrets=False)
 
         return build
+
+    def announced_labels(self, served: ServedCluster) -> Mapping[str, str]:
+        """``kube_server(served, ...).all_labels()``: the labels this agent's heartbeat announces for ``served``
+        (what the forwarder authorizes with), read-only. Built once and reused while ``served.cluster`` is the
+        same object (an update replaces it, even when ``served`` stays) and its dynamic label results, the
+        service and the service's own label results are unchanged, so a request does not build a heartbeat."""
+        name = served.cluster.name
+        key = (tuple(self.results_of(name).items()), tuple(self._service_results().items()))
+        cached = self._labels.get(name)
+        if cached is not None and cached[0] is served.cluster and cached[1] is self.service and cached[2] == key:
+            return cached[3]
+        labels: Mapping[str, str] = MappingProxyType(self.kube_server(served, 0.0).all_labels())
+        self._labels[name] = (served.cluster, self.service, key, labels)
+        return labels
 
     def kube_server(self, served: ServedCluster, expires: float) -> KubeServer:
         """The heartbeat of ``served`` (see :func:`agent.heartbeat.kube_server`)."""

@@ -28,7 +28,7 @@ from agent.forward.upstream import Endpoints, UpstreamPool
 from agent.kube.exec_plugin import ExecCredential
 from registry.core import codec
 from registry.core.errors import AccessDenied, ConnectionProblem, KubeportError, NotFound
-from registry.core.resources import KubeCluster, KubeServer, Role, User
+from registry.core.resources import KubeCluster, Role, User
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class ServedTable(Protocol):
     @property
     def served(self) -> Mapping[str, Any]: ...
 
-    def kube_server(self, served: Any, expires: float) -> KubeServer: ...
+    def announced_labels(self, served: Any) -> Mapping[str, str]: ...
 
 
 def served_clusters(table: ServedTable) -> tuple[ClusterLookup, ExecCredentials]:
@@ -101,7 +101,7 @@ def served_clusters(table: ServedTable) -> tuple[ClusterLookup, ExecCredentials]
         served = table.served.get(name)
         if served is None:
             return None
-        return served.cluster, table.kube_server(served, 0.0).all_labels()
+        return served.cluster, table.announced_labels(served)
 
     async def exec_credential(name: str) -> ExecCredential:
         served = table.served.get(name)
@@ -158,7 +158,13 @@ class RegistryAccessSource:
         key = (kind, name)
         now = trio.current_time()
         entry = self._cache.get(key)
-        if entry is not None and (not entry.ready.is_set() or entry.expires > now):
+        if entry is not None and entry.ready.is_set() and entry.expires > now:
+            # A fresh answer: returned without Event.wait(), which would still yield to the scheduler (a
+            # task switch per lookup, two or more per request).
+            if entry.error is not None:
+                raise entry.error
+            return entry.value
+        if entry is not None and not entry.ready.is_set():
             await entry.ready.wait()
             if entry.error is not None:
                 raise entry.error

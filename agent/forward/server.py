@@ -41,7 +41,7 @@ import logging
 import math
 import ssl
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
@@ -171,6 +171,16 @@ class _Session:
                 return event
             await self._receive()
 
+    async def _next_event_within(self, seconds: float) -> Any:
+        """The next client event, waiting at most ``seconds`` for more bytes (``trio.TooSlowError``). No
+        timer when it is already buffered, the usual case (a whole head, a GET's end): a cancel scope per
+        event is measurable per request."""
+        event = self.conn.next_event()
+        if event is not h11.NEED_DATA:
+            return event
+        with trio.fail_after(seconds):
+            return await self._next_event()
+
     async def _read_head(self) -> h11.Request | None:
         try:
             buffered, closed = self.conn.trailing_data
@@ -179,8 +189,7 @@ class _Session:
                     await self._receive()
                 if idle.cancelled_caught:
                     return None
-            with trio.fail_after(self.limits.head_timeout):
-                event = await self._next_event()
+            event = await self._next_event_within(self.limits.head_timeout)
         except trio.TooSlowError:
             await self._refuse_head(Timeout("the request head did not arrive in time"), 408, "Timeout")
             return None
@@ -368,8 +377,7 @@ class _Session:
             await conn.send(h11.Data(data=chunk))
         while not body.done:
             try:
-                with trio.fail_after(self.limits.head_timeout):
-                    event = await self._next_event()
+                event = await self._next_event_within(self.limits.head_timeout)
             except (trio.TooSlowError, h11.RemoteProtocolError) as exc:
                 raise _ClientGone from exc
             if isinstance(event, h11.Data):
@@ -407,7 +415,7 @@ class _Session:
         except an answer whose declared length fits one chunk: it is held until complete, so an API server
         that writes its head and body separately still costs one tunnel frame, not two (a client has no use
         for such a head without its body; a watch or any chunked answer is flushed as it comes)."""
-        headers = _response_headers(response.headers.raw_items())
+        headers = _response_headers(response.headers)
         hold = _declared_length(headers) <= self.limits.splice_chunk
         pending = bytearray(
             self.conn.send(h11.Response(status_code=response.status_code, headers=headers, reason=response.reason))
@@ -438,7 +446,22 @@ class _Session:
             raise _Abort(err.message) from None
 
     async def _watching(self, work: Callable[[], Awaitable[T]]) -> T:
-        """Run ``work`` while watching the client: if it goes away, ``work`` is cancelled -> _ClientGone."""
+        """Run ``work`` while watching the client: if it goes away, ``work`` is cancelled -> _ClientGone.
+
+        A tunnel stream says itself when its peer ends or resets it (``watch_peer_end``): no watcher task is
+        started, woken and cancelled per request, and what the client sends meanwhile waits in the stream
+        (within its window) for the next request. Any other stream gets a watcher task that reads it."""
+        watch = getattr(self.stream, "watch_peer_end", None)
+        if watch is not None:
+            with trio.CancelScope() as scope:
+                watch(scope)
+                try:
+                    return await work()
+                finally:
+                    watch(None)
+            assert scope.cancelled_caught
+            self.client_gone = True
+            raise _ClientGone
         result: list[T] = []
         error: list[Exception] = []
         async with trio.open_nursery() as nursery:
@@ -630,7 +653,7 @@ def _joined(response: h11.Response | h11.InformationalResponse, name: bytes) -> 
     return b", ".join(v for n, v in response.headers.raw_items() if n.lower() == name).decode("latin-1")
 
 
-def _declared_length(headers: list[tuple[bytes, bytes]]) -> float:
+def _declared_length(headers: Iterable[tuple[bytes, bytes]]) -> float:
     """The body length a response head declares (Content-Length), infinite when none or unusable (chunked,
     read-until-close). h11 already refused a head with conflicting or malformed lengths."""
     length = math.inf
@@ -643,8 +666,13 @@ def _declared_length(headers: list[tuple[bytes, bytes]]) -> float:
     return length
 
 
-def _response_headers(raw: Any) -> list[tuple[bytes, bytes]]:
-    items = list(raw)
+def _response_headers(headers: Any) -> Any:
+    """The answer's headers for the client, without hop-by-hop ones and those its ``Connection`` lists.
+    When there is nothing to drop (the usual answer) it is the head's own h11 ``Headers``: h11 validated
+    them when it parsed the answer, and a response built from them is not validated again (~20 us)."""
+    if not any(name in _RESPONSE_HOP_BY_HOP for name, _ in headers):  # h11 yields lower-cased names
+        return headers
+    items = list(headers.raw_items())
     listed = {
         token.strip().lower()
         for name, value in items

@@ -86,9 +86,23 @@ class Endpoints:
         self._targets: OrderedDict[tuple[str, bytes, bool], KubeTarget] = OrderedDict()
         # The endpoint of a kubeconfig without an exec credential depends on its target only: built once.
         self._endpoints: dict[int, tuple[KubeTarget, Endpoint]] = {}
+        self._last: dict[int, tuple[KubeCluster, KubeTarget]] = {}  # id(cluster object) -> its target
         self._max = max_entries
 
     def target(self, cluster: KubeCluster) -> KubeTarget:
+        # The served cluster object stays the same until the cluster changes (a new object then): its
+        # target is found by identity without hashing the kubeconfig on every request. The entry holds
+        # the object, so its id is never reused while it is a key.
+        last = self._last.get(id(cluster))
+        if last is not None and last[0] is cluster:
+            return last[1]
+        target = self._target(cluster)
+        self._last[id(cluster)] = (cluster, target)
+        while len(self._last) > self._max:
+            self._last.pop(next(iter(self._last)))
+        return target
+
+    def _target(self, cluster: KubeCluster) -> KubeTarget:
         allow_exec = cluster.allow_exec_plugins or cluster.origin in _STATIC_ORIGINS
         key = (cluster.name, hashlib.sha256(cluster.kubeconfig).digest(), allow_exec)
         found = self._targets.get(key)

@@ -39,7 +39,8 @@ def as_utc(value: datetime) -> datetime:
 def format_rfc3339(value: datetime, *, fraction: Fraction = "trim") -> str:
     """``YYYY-MM-DDTHH:MM:SS[.ffffff]Z`` for ``value`` in UTC; ``fraction`` picks the style (see above)."""
     value = as_utc(value)
-    text = f"{value.year:04d}-{value:%m-%dT%H:%M:%S}"
+    # Integer fields, not strftime: the same text at a fraction of the cost (every audit event has one).
+    text = f"{value.year:04d}-{value.month:02d}-{value.day:02d}T{value.hour:02d}:{value.minute:02d}:{value.second:02d}"
     if value.microsecond and fraction == "trim":
         text += f".{value.microsecond:06d}".rstrip("0")
     elif value.microsecond and fraction == "micro":

@@ -5,7 +5,9 @@ One :class:`H2Tunnel` drives one connection, on either side: the agent dials out
 stream (``:method CONNECT``, ``:protocol kubeport-http1``, RFC 8441) per kubectl connection. Each stream is
 a :class:`TunnelStream`, a ``trio.abc.HalfCloseableStream``: END_STREAM is ``send_eof``, RST_STREAM is an
 abort (the peer's next ``receive_some``/``send_all`` raises :class:`StreamReset`, a
-``trio.BrokenResourceError``).
+``trio.BrokenResourceError``). ``TunnelStream.watch_peer_end(scope)`` cancels a scope when the peer ends or
+resets the stream or the tunnel ends, for a consumer that is busy elsewhere (the forwarder while it relays
+an answer) and would otherwise need a task parked in ``receive_some`` to notice.
 
 Shape (after hypercorn's h2 driver): ``h2`` is the sans-IO state machine; this module only moves bytes and
 wakes tasks. Invariants:
@@ -177,6 +179,7 @@ class TunnelStream(trio.abc.HalfCloseableStream):
         self._sending = False
         self._recv_lot = trio.lowlevel.ParkingLot()
         self._send_lot = trio.lowlevel.ParkingLot()
+        self._end_scope: trio.CancelScope | None = None  # see watch_peer_end
 
     def __repr__(self) -> str:
         return f"<TunnelStream {self.stream_id} on {self._tunnel.side} tunnel>"
@@ -223,6 +226,19 @@ class TunnelStream(trio.abc.HalfCloseableStream):
                 await self._recv_lot.park()
         finally:
             self._receiving = False
+
+    def watch_peer_end(self, scope: trio.CancelScope | None) -> None:
+        """Cancel ``scope`` as soon as the peer ends this stream (END_STREAM), resets it, or the tunnel ends
+        (at once when that already happened); ``None`` stops watching. A consumer that is busy elsewhere
+        (the forwarder while an answer streams) notices a vanished peer without a task parked in
+        :meth:`receive_some`; what the peer sends meanwhile stays buffered (within the stream window)."""
+        self._end_scope = scope
+        if scope is not None and (self._recv_eof or self._error is not None or self._closed):
+            scope.cancel()
+
+    def _peer_ended(self) -> None:
+        if self._end_scope is not None:
+            self._end_scope.cancel()
 
     # -- sending --------------------------------------------------------------------------------------------
 
@@ -294,6 +310,7 @@ class TunnelStream(trio.abc.HalfCloseableStream):
             self._error = error
         self._recv_lot.unpark_all()
         self._send_lot.unpark_all()
+        self._peer_ended()
 
     @property
     def buffered(self) -> int:
@@ -747,6 +764,7 @@ class H2Tunnel:
             if stream is not None:
                 stream._recv_eof = True
                 stream._recv_lot.unpark_all()
+                stream._peer_ended()
                 self._maybe_forget(stream)
         elif isinstance(event, h2.events.StreamReset):
             stream = self._stream(event.stream_id)

@@ -23,6 +23,7 @@ import trio
 import trio.testing
 
 from agent.clusters import Supervisor
+from agent.forward.context import served_clusters
 from agent.heartbeat import ServiceInfo
 from agent.label_commands import LabelCommandPolicy
 from registry.core import codec
@@ -306,6 +307,37 @@ async def test_a_registered_cluster_stays_until_its_new_commands_report(board: L
         board.publish([*ENV, "v2"], "dev")
         await agent.settle_pending()
         assert agent.served == set()
+
+
+async def test_the_forwarders_labels_follow_label_results_edits_and_deletes(board: LabelBoard) -> None:
+    """The forwarder authorizes with the labels the heartbeat announces; they are built once and reused,
+    but a new label result, an edit of the cluster or its removal shows on the very next lookup."""
+    async with running([{"labels": {"*": "*"}}], board) as agent:
+        board.publish([*ENV, "t"], "prod")
+        agent.put(cluster("x", {"team": "a"}, dynamic={"env": [*ENV, "t"]}, revision=1))
+        await agent.settle()
+        lookup, _ = served_clusters(agent.supervisor)
+        first = lookup("x")
+        assert first is not None
+        assert dict(first[1]) == {"team": "a", "agent": "a1", "env": "prod"}
+        assert dict(first[1]) == agent.heartbeat("x").all_labels()
+        again = lookup("x")
+        assert again is not None and again[1] is first[1], "nothing changed: the same labels, not rebuilt"
+
+        board.publish([*ENV, "t"], "dev")
+        await agent.settle_pending()
+        after_result = lookup("x")
+        assert after_result is not None and after_result[1]["env"] == "dev"
+
+        agent.put(cluster("x", {"team": "b"}, dynamic={"env": [*ENV, "t"]}, revision=2))
+        await agent.settle()
+        after_edit = lookup("x")
+        assert after_edit is not None and after_edit[1]["team"] == "b"
+        assert dict(after_edit[1]) == agent.heartbeat("x").all_labels()
+
+        agent.delete("x")
+        await agent.settle()
+        assert lookup("x") is None
 
 
 async def test_label_commands_run_only_for_clusters_that_could_match(board: LabelBoard) -> None:

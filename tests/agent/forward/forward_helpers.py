@@ -23,6 +23,7 @@ from registry.core.errors import NotFound
 from registry.core.kube_route import cluster_prefix
 from registry.core.resources import KubeCluster, Metadata, Role, User
 from registry.core.tunnel_info import StreamInfo
+from registry.host.h2tunnel import H2Tunnel, TunnelStream
 from tests.fakes.kube_api import FakeKube
 
 AGENT_TOKEN = "kubeport-agent-token"
@@ -244,8 +245,24 @@ class Client:
         return self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE
 
 
-async def open_client(nursery: trio.Nursery, world: World, ctx: ForwardContext | None = None, **info: Any) -> Client:
-    """A client whose stream the forwarder serves (memory stream pair, as a tunnel stream would be)."""
-    client_stream, server_stream = trio.testing.memory_stream_pair()
-    nursery.start_soon(lambda: handle_stream(server_stream, stream_info(**info), ctx=ctx or world.context()))
-    return Client(client_stream)
+async def open_client(
+    nursery: trio.Nursery, world: World, ctx: ForwardContext | None = None, *, tunnel: bool = False, **info: Any
+) -> Client:
+    """A client whose stream the forwarder serves: a memory stream pair, or with ``tunnel`` a real tunnel
+    stream (an :class:`H2Tunnel` pair over memory streams, as the front door and the agent hold)."""
+    details = stream_info(**info)
+    context = ctx or world.context()
+    if not tunnel:
+        client_stream, server_stream = trio.testing.memory_stream_pair()
+        nursery.start_soon(lambda: handle_stream(server_stream, details, ctx=context))
+        return Client(client_stream)
+
+    async def serve(stream: TunnelStream) -> None:
+        await stream.accept()
+        await handle_stream(stream, details, ctx=context)
+
+    left, right = trio.testing.memory_stream_pair()
+    front, agent = H2Tunnel(left, side="client"), H2Tunnel(right, side="server")
+    await nursery.start(front.run)
+    await nursery.start(agent.run, serve)
+    return Client(await front.open_stream(details.to_headers(), authority="agent"))

@@ -5,12 +5,14 @@ from __future__ import annotations
 import pytest
 import trio
 import trio.testing
+import yaml
 
 from agent.forward import AuditBatcher, RegistryAccessSource
 from agent.forward.audit import AUDIT_DROPPED
+from agent.forward.upstream import Endpoints
 from registry.core.errors import AccessDenied, ConnectionProblem
 from registry.testing import InProcessRegistry, agent_identity
-from tests.agent.forward.forward_helpers import KUBE_ACCESS, PODS_ONLY, user
+from tests.agent.forward.forward_helpers import KUBE_ACCESS, PODS_ONLY, kube_cluster, user
 
 
 async def test_registry_access_source_reads_current_users_and_roles(mock_clock: trio.testing.MockClock) -> None:
@@ -50,6 +52,27 @@ async def test_registry_access_source_reads_current_users_and_roles(mock_clock: 
                 await source("bob")
             with pytest.raises(AccessDenied):
                 await source("bob")
+
+
+async def test_a_fresh_cached_lookup_does_not_yield_and_an_expired_one_reads_again(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """A request's user and role lookups within the TTL cost no task switch; past it they are read again."""
+    async with InProcessRegistry.open() as reg:
+        await reg.registry.create(reg.caller(), KUBE_ACCESS)
+        await reg.registry.create(reg.caller(), user("alice", ["kube-access"]))
+        async with reg.client(agent_identity()) as client:
+            source = RegistryAccessSource(client)
+            await source("alice")
+            fetches = source.fetches
+            with trio.testing.assert_no_checkpoints():
+                found, roles = await source("alice")
+            assert (found.name, [r.name for r in roles]) == ("alice", ["kube-access"])
+            assert source.fetches == fetches
+            await reg.registry.delete(reg.caller(), "role", "kube-access")
+            mock_clock.jump(1.01)
+            _, roles = await source("alice")
+            assert roles == () and source.fetches == 2 * fetches
 
 
 async def test_registry_access_source_refuses_a_ttl_above_one_second() -> None:
@@ -143,7 +166,10 @@ async def test_served_clusters_reads_the_agent_table_with_heartbeat_labels() -> 
                 expires=expires,
             )
 
-    lookup, exec_credential = served_clusters(Table())  # type: ignore[arg-type]
+        def announced_labels(self, served: SimpleNamespace) -> dict[str, str]:
+            return self.kube_server(served, 0.0).all_labels()  # type: ignore[attr-defined, no-any-return]
+
+    lookup, exec_credential = served_clusters(Table())
     found = lookup("prod")
     assert found is not None
     assert found[0] is cluster
@@ -152,3 +178,44 @@ async def test_served_clusters_reads_the_agent_table_with_heartbeat_labels() -> 
     assert await exec_credential("prod") is credential
     with pytest.raises(NotFound):
         await exec_credential("gone")
+
+
+def _kubeconfig(server: str, token: str) -> bytes:
+    doc = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "c", "cluster": {"server": server}}],
+        "users": [{"name": "u", "user": {"token": token}}],
+        "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+        "current-context": "x",
+    }
+    return yaml.safe_dump(doc).encode()
+
+
+async def test_endpoints_follow_a_changed_cluster_and_reuse_an_unchanged_one() -> None:
+    """The target of a served cluster object is found again without re-hashing its kubeconfig; an edited
+    cluster (a new object) gets its own server and credential at once, and one with the same content
+    shares the checked kubeconfig."""
+    endpoints = Endpoints()
+    first = kube_cluster("prod", _kubeconfig("http://127.0.0.1:1", "token-one"))
+    one = await endpoints.endpoint(first, None)
+    assert (one.port, one.authorization) == (1, b"Bearer token-one")
+    assert endpoints.target(first) is endpoints.target(first)
+    assert await endpoints.endpoint(first, None) is one
+
+    edited = kube_cluster("prod", _kubeconfig("http://127.0.0.1:2", "token-two"))
+    two = await endpoints.endpoint(edited, None)
+    assert (two.port, two.authorization) == (2, b"Bearer token-two")
+
+    same_content = kube_cluster("prod", _kubeconfig("http://127.0.0.1:1", "token-one"))
+    assert endpoints.target(same_content) is endpoints.target(first)
+    assert (await endpoints.endpoint(first, None)).authorization == b"Bearer token-one"
+
+
+async def test_endpoints_stay_bounded() -> None:
+    endpoints = Endpoints(max_entries=4)
+    clusters = [kube_cluster(f"c{i}", _kubeconfig(f"http://127.0.0.1:{i + 1}", "t")) for i in range(10)]
+    for item in clusters:
+        endpoints.target(item)
+    assert len(endpoints._last) <= 4 and len(endpoints._targets) <= 4
+    assert endpoints.target(clusters[0]).server == "http://127.0.0.1:1"

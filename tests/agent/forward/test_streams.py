@@ -29,10 +29,14 @@ from tests.fakes.kube_api import FakeKube
 POD = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web", "namespace": "default"}, "spec": {}}
 
 
-async def test_a_watch_streams_each_event_as_it_comes(nursery: trio.Nursery, fake_kube: FakeKube) -> None:
+TRANSPORTS = pytest.mark.parametrize("tunnel", [False, True], ids=["memory", "tunnel"])
+
+
+@TRANSPORTS
+async def test_a_watch_streams_each_event_as_it_comes(nursery: trio.Nursery, fake_kube: FakeKube, tunnel: bool) -> None:
     world = world_for(fake_kube)
     ctx = world.context()
-    client = await open_client(nursery, world, ctx)
+    client = await open_client(nursery, world, ctx, tunnel=tunnel)
     listed = await client.request("GET", f"{PREFIX}/api/v1/namespaces/default/pods")
     version = listed.json()["metadata"]["resourceVersion"]
     client.conn.start_next_cycle()
@@ -147,11 +151,12 @@ WEBSOCKET = [
 
 
 @pytest.mark.parametrize(("method", "headers"), [("POST", SPDY), ("GET", WEBSOCKET)], ids=["spdy", "websocket"])
+@TRANSPORTS
 async def test_an_upgrade_answered_101_is_spliced_both_ways(
-    nursery: trio.Nursery, scripted: Scripted, method: str, headers: list[tuple[bytes, bytes]]
+    nursery: trio.Nursery, scripted: Scripted, method: str, headers: list[tuple[bytes, bytes]], tunnel: bool
 ) -> None:
     world = scripted_world(scripted)
-    client = await open_client(nursery, world)
+    client = await open_client(nursery, world, tunnel=tunnel)
     target = f"{PREFIX}/api/v1/namespaces/default/pods/web/exec?command=sh&stdin=true&tty=true"
     await client.send_request(method, target, headers=[*headers, (b"Impersonate-User", b"alice")])
     head = await client.response_head()
@@ -195,6 +200,57 @@ async def test_an_upgrade_answered_101_is_spliced_both_ways(
     with trio.fail_after(5):
         while scripted.sessions_closed < 1:
             await scripted.closed.wait()
+
+
+@TRANSPORTS
+async def test_bytes_sent_before_the_101_arrives_reach_upstream_in_order(
+    nursery: trio.Nursery, scripted: Scripted, tunnel: bool
+) -> None:
+    """What the client sends right behind its upgrade request (before the 101 came back) is kept while the
+    answer is awaited and goes upstream first once spliced: the byte stream stays whole."""
+    world = scripted_world(scripted)
+    client = await open_client(nursery, world, tunnel=tunnel)
+    target = f"{PREFIX}/api/v1/namespaces/default/pods/web/exec?command=sh&stdin=true"
+    await client.send_request("POST", target, headers=SPDY)
+    await client.stream.send_all(b"early-")
+    head = await client.response_head()
+    assert head.status_code == 101
+    await client.stream.send_all(b"late")
+    expected = GREETING + b"EARLY-LATE"
+    received = bytearray(client.conn.trailing_data[0])
+    with trio.fail_after(5):
+        while len(received) < len(expected):
+            received += await client.stream.receive_some(100)
+    assert bytes(received) == expected
+    await client.stream.aclose()
+    [end] = await world.wait_events(1, "session.end")
+    assert end["bytes_from_client"] == len(b"early-late")
+
+
+@TRANSPORTS
+async def test_pipelined_requests_are_answered_in_order(
+    nursery: trio.Nursery, fake_kube: FakeKube, tunnel: bool
+) -> None:
+    world = world_for(fake_kube)
+    client = await open_client(nursery, world, tunnel=tunnel)
+    targets = [f"{PREFIX}/api/v1/namespaces/{ns}/pods" for ns in ("default", "kube-system")]
+    await client.stream.send_all(b"".join(f"GET {t} HTTP/1.1\r\nHost: x\r\n\r\n".encode() for t in targets))
+
+    def sent(target: str) -> None:  # tell the client's h11 what the raw bytes above said
+        client.conn.send(h11.Request(method="GET", target=target, headers=[("Host", "x")]))
+        client.conn.send(h11.EndOfMessage())
+
+    sent(targets[0])
+    first = await client.response_head()
+    assert first.status_code == 200
+    assert json.loads(await client.read_body())["kind"] == "PodList"
+    client.conn.start_next_cycle()
+    sent(targets[1])
+    second = await client.response_head()
+    assert second.status_code == 200
+    await client.read_body()
+    events = await world.wait_events(2)
+    assert [e["namespace"] for e in events] == ["default", "kube-system"]
 
 
 async def test_an_upgrade_answered_otherwise_is_a_normal_response_and_the_loop_goes_on(

@@ -1,0 +1,80 @@
+"""The forwarder's time limits on kubectl's side: a head that stalls half-way is a 408 (audited, then the
+stream closes); a request body that stalls ends the stream; a whole head or a GET's end already buffered
+needs no timer (the fast path must not change what a slow client gets)."""
+
+from __future__ import annotations
+
+import trio
+import trio.testing
+
+from agent.forward import ForwardLimits
+from tests.agent.forward.forward_helpers import KUBE_ACCESS, PREFIX, World, open_client, user, world_for
+from tests.fakes.kube_api import FakeKube
+
+
+def _world() -> World:
+    world = World()
+    world.roles[KUBE_ACCESS.name] = KUBE_ACCESS
+    world.users["alice"] = user("alice", [KUBE_ACCESS.name])
+    return world  # no cluster served: a request that got through would be a 404, never a timeout
+
+
+async def _read_until_closed(stream: trio.abc.Stream) -> bytes:
+    got = bytearray()
+    while data := await stream.receive_some():
+        got += data
+    return bytes(got)
+
+
+async def test_a_head_that_stalls_half_way_is_a_408_and_the_stream_closes(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    world = _world()
+    client = await open_client(nursery, world, world.context(limits=ForwardLimits(head_timeout=5)))
+    await client.stream.send_all(f"GET {PREFIX}/api/v1/pods HTTP/1.1\r\nHost: x\r\n".encode())  # no blank line
+    started = trio.current_time()
+    answer = await _read_until_closed(client.stream)
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert 5 <= trio.current_time() - started < 6
+    [event] = await world.wait_events(1)
+    assert event["status"] == 408
+
+
+async def test_a_body_that_stalls_ends_the_stream(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    world = _world()
+    client = await open_client(nursery, world, world.context(limits=ForwardLimits(head_timeout=5)))
+    head = f"POST {PREFIX}/api/v1/namespaces/default/pods HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"
+    await client.stream.send_all(head.encode() + b"only part of it")
+    started = trio.current_time()
+    answer = await _read_until_closed(client.stream)
+    # The cluster is not served here: refused (404) after at most head_timeout of draining, then closed.
+    assert answer.startswith(b"HTTP/1.1 404 ")
+    assert trio.current_time() - started <= 6
+    [event] = await world.wait_events(1)
+    assert event["status"] == 404
+
+
+async def test_a_whole_head_in_one_write_is_answered_without_waiting(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    world = _world()
+    client = await open_client(nursery, world, world.context(limits=ForwardLimits(head_timeout=5)))
+    started = trio.current_time()
+    reply = await client.request("GET", f"{PREFIX}/api/v1/pods")
+    assert reply.status == 404
+    assert trio.current_time() == started  # no timer ran out on the way
+
+
+async def test_a_forwarded_body_that_stalls_ends_the_stream(
+    nursery: trio.Nursery, fake_kube: FakeKube, mock_clock: trio.testing.MockClock
+) -> None:
+    mock_clock.autojump_threshold = 0.2  # loopback I/O with the fake API finishes well before a jump
+    world = world_for(fake_kube)
+    client = await open_client(nursery, world, world.context(limits=ForwardLimits(head_timeout=5)))
+    head = f"POST {PREFIX}/api/v1/namespaces/default/pods HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"
+    await client.stream.send_all(head.encode() + b'{"kind":')
+    started = trio.current_time()
+    assert await _read_until_closed(client.stream) == b""  # the head went upstream: no answer can follow
+    assert 5 <= trio.current_time() - started < 6
