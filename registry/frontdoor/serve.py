@@ -11,7 +11,8 @@ Per kubectl connection (:meth:`FrontDoor.handle`):
    ``limits.first_head_timeout`` of accept (slowloris costs a slot for seconds, not forever); the head is
    bounded (``limits.max_head_bytes``).
 2. Identity: the certificate must be a ``user`` one (agent, admin and registry certificates are refused with
-   a 403 Status); the user's current standing comes from ``registry.caller_for`` (a deleted user: 401).
+   a 403 Status); the user's current standing is decided as ``registry.caller_for`` does (a deleted user:
+   401), from the lookup's watch-fed users and roles (:mod:`registry.frontdoor.lookup`: no store read).
 3. ``split_prefix`` on the raw target (400 for anything but ``/v1/clusters/<b64>/...``), then
    ``kube_headers.inspect`` on the head (smuggling through ``Connection`` is refused here already, cheaply).
 4. The cluster must exist and the user's roles must select it (:func:`registry.frontdoor.pick.route`), else
@@ -53,7 +54,7 @@ import logging
 import random
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -75,7 +76,7 @@ from registry.frontdoor.lookup import ClusterLookup
 from registry.frontdoor.pick import order_agents, route
 from registry.host.tls import peer_certificate_der, send_handshake_alert, server_context
 from registry.server.admission import Admission, AdmissionLimits, source_of
-from registry.server.authz import Caller
+from registry.server.authz import Caller, effective_roles, user_gone
 from registry.server.http import Slot, accept_retrying
 from registry.server.serve import issue_server_certificate
 from registry.server.service import Registry
@@ -441,13 +442,13 @@ class FrontDoor:
                 ),
                 "not a user certificate",
             )
-        try:
-            caller = await self.registry.caller_for(identity)
-            user = await self.lookup.user(identity.name)
-        except (Unauthenticated, AccessDenied) as err:
-            raise Denial(err, "unknown user") from None
-        if user is None:  # deleted between the two reads
-            raise Denial(Unauthenticated(f'user "{identity.name}" no longer exists'), "unknown user")
+        # The user's standing now, decided as ``Registry.caller_for`` does (the certificate's roles the user
+        # still holds; a deleted role grants nothing), from the lookup's watch-fed copies (lookup.py).
+        user = await self.lookup.user(identity.name)
+        if user is None:
+            raise Denial(user_gone(identity.name), "unknown user")
+        names = effective_roles(identity, user)
+        caller = Caller(identity=replace(identity, roles=names), roles=await self.lookup.roles(names))
         try:
             cluster_name, _rest = split_prefix(head.target)
         except BadParameter as err:
