@@ -4,7 +4,8 @@ Heartbeats (``kube_server``) are stored under ``<host_id>/<cluster>``, so the he
 not one range read. :meth:`ClusterLookup.feed` (run by the front door) keeps them indexed by cluster name: it
 lists them once, then applies the store's watch events, so finding a cluster's heartbeats costs a dict
 lookup however many there are (100,000 kube_servers would cost seconds to list per connection). Only the
-few values of the cluster a connection asks for are decoded, and expired ones are dropped on read.
+values of the clusters connections ask for are decoded, each once per stored version (the decoded resource
+is kept with the value), and expired ones are dropped on read.
 
 Without a live feed (before it has listed, after the watch failed and while it relists, or in code that
 never starts it) heartbeats are listed instead, at most once per ``max_age`` seconds (one listing at a time;
@@ -68,11 +69,11 @@ class ClusterLookup:
         self.now = now
         self.max_age = max_age
         self._lock = trio.Lock()
-        self._by_cluster: Mapping[str, list[dict[str, Any]]] = {}
+        self._by_cluster: Mapping[str, list[_Entry]] = {}
         self._loaded_at: float | None = None
         self.listings = 0
         # The watch-fed index (feed): cluster name -> {store name: value}; used only while ``_live``.
-        self._index: dict[str, dict[str, dict[str, Any]]] = {}
+        self._index: dict[str, dict[str, _Entry]] = {}
         self._live = False
         self._force_list = False
         self.relists = 0
@@ -126,22 +127,24 @@ class ClusterLookup:
     async def heartbeats(self, name: str) -> list[KubeServer]:
         """The live heartbeats of cluster ``name`` (expired ones dropped): from the watch-fed index while the
         feed is live, else from a listing at most ``max_age`` seconds old."""
-        values: Iterable[dict[str, Any]]
+        entries: Iterable[_Entry]
         if self._live and not self._force_list:
             await trio.lowlevel.checkpoint()
-            values = list(self._index.get(name, {}).values())
+            entries = list(self._index.get(name, {}).values())
         else:
             self._force_list = False
             await self._refresh()
-            values = self._by_cluster.get(name, ())
+            entries = self._by_cluster.get(name, ())
         now = self.now()
         servers = []
-        for value in values:
-            try:
-                server = codec.resource_from_dict(value, verify_kubeconfig=False)
-            except (BadParameter, TooLarge) as err:  # a stored value a newer or broken writer left: skip it
-                log.warning("ignoring an unreadable kube_server heartbeat for %r: %s", name, err)
-                continue
+        for entry in entries:
+            if entry.decoded is None:  # decoded once per stored version, not once per connection
+                try:
+                    entry.decoded = codec.resource_from_dict(entry.value, verify_kubeconfig=False)
+                except (BadParameter, TooLarge) as err:  # a stored value a newer or broken writer left: skip it
+                    log.warning("ignoring an unreadable kube_server heartbeat for %r: %s", name, err)
+                    continue
+            server = entry.decoded
             if not isinstance(server, KubeServer):
                 continue
             expires = server.metadata.expires
@@ -157,12 +160,11 @@ class ClusterLookup:
             if self._fresh():  # another connection listed while this one waited
                 return
             records = await self.store.list("kube_server")
-            grouped: dict[str, list[dict[str, Any]]] = {}
+            grouped: dict[str, list[_Entry]] = {}
             for record in records:
-                metadata = record.value.get("metadata")
-                cluster = metadata.get("name") if isinstance(metadata, dict) else None
-                if isinstance(cluster, str):
-                    grouped.setdefault(cluster, []).append(record.value)
+                cluster = _cluster_of(record.value)
+                if cluster is not None:
+                    grouped.setdefault(cluster, []).append(_Entry(record.value, record.expires))
             self._by_cluster = grouped
             self._loaded_at = trio.current_time()
             self.listings += 1
@@ -192,9 +194,9 @@ class ClusterLookup:
             try:
                 revision = await self.store.revision()  # before the list: a write between them is replayed
                 records = await self.store.list("kube_server")
-                index: dict[str, dict[str, dict[str, Any]]] = {}
+                index: dict[str, dict[str, _Entry]] = {}
                 for record in records:
-                    _index_put(index, record.name, record.value)
+                    _index_put(index, record)
                 objects: dict[str, dict[str, _Entry]] = {}
                 for kind in OBJECT_KINDS:
                     objects[kind] = {r.name: _Entry(r.value, r.expires) for r in await self.store.list(kind)}
@@ -222,7 +224,7 @@ class ClusterLookup:
             if kind == "DELETE":
                 _index_delete(self._index, record.name, record.value)
             else:
-                _index_put(self._index, record.name, record.value)
+                _index_put(self._index, record)
             return
         entries = self._objects.get(record.kind)
         if entries is None:  # a kind this feed did not ask for: nothing to keep
@@ -244,13 +246,13 @@ def _cluster_of(value: Mapping[str, Any]) -> str | None:
     return cluster if isinstance(cluster, str) else None
 
 
-def _index_put(index: dict[str, dict[str, dict[str, Any]]], store_name: str, value: dict[str, Any]) -> None:
-    cluster = _cluster_of(value)
+def _index_put(index: dict[str, dict[str, _Entry]], record: Record) -> None:
+    cluster = _cluster_of(record.value)
     if cluster is not None:
-        index.setdefault(cluster, {})[store_name] = value
+        index.setdefault(cluster, {})[record.name] = _Entry(record.value, record.expires)
 
 
-def _index_delete(index: dict[str, dict[str, dict[str, Any]]], store_name: str, value: Mapping[str, Any]) -> None:
+def _index_delete(index: dict[str, dict[str, _Entry]], store_name: str, value: Mapping[str, Any]) -> None:
     cluster = _cluster_of(value)
     entries = index.get(cluster, {}) if cluster is not None else {}
     entries.pop(store_name, None)
