@@ -473,7 +473,8 @@ class FrontDoor:
         if user is None:
             raise Denial(user_gone(identity.name), "unknown user")
         names = effective_roles(identity, user)
-        caller = Caller(identity=replace(identity, roles=names), roles=await self.lookup.roles(names))
+        effective = identity if names == identity.roles else replace(identity, roles=names)  # no re-validation
+        caller = Caller(identity=effective, roles=await self.lookup.roles(names))
         try:
             cluster_name, _rest = split_prefix(head.target)
         except BadParameter as err:
