@@ -121,3 +121,18 @@ async def test_a_user_created_again_with_the_role_is_served_again() -> None:
         assert await refused(env) == 401
         await env.put(user_doc("alice", ["kube-access"]))
         await routed(env)
+
+
+async def test_the_stream_carries_only_the_certificate_roles_the_user_still_holds() -> None:
+    async with frontdoor_env() as env:
+        await env.put(role_doc("other", {"env": "prod"}))
+        await env.add_cluster("dev", {"env": "dev"}, agents={"host-a": "healthy"})
+        with trio.fail_after(DEADLINE):
+            stream = await env.connect(credentials(user(roles=("other", "kube-access"))))
+            await stream.send_all(request("dev"))
+            opened = await env.hub.opened.receive()
+            assert opened.info.roles == ("kube-access",)  # "other" is not the user's (any more)
+            await opened.stream.aclose()
+            assert await read_until_eof(stream) == b""
+        start = (await env.wait_audit("kube.connection.start"))[0]
+        assert start["roles"] == ["kube-access"]
