@@ -20,11 +20,15 @@ Users, roles and ``kube_cluster`` resources come from the same feed (one watch o
 keeps every one of them by name, decoded once on first use, so a kubectl connection costs no store read
 (a store read is a worker-thread round trip with SQLite, a network one with etcd; at four per connection
 they were a large part of the front door's CPU per new connection). What invalidates an entry is the
-store's watch: a write is applied as soon as the feed task runs, before any connection accepted after the
-write got through its TLS handshake, so a deleted user, a removed role or a deleted cluster is refused on
-the next connection (tests/registry/frontdoor/test_lookup_feed.py). An entry's store TTL is checked on
-every read, as ``Store.get`` does. While the feed is not live these kinds are read from the store, as
-before. Memory: one entry per user, role and kube_cluster, as the store holds them.
+store's watch. A write made through this registry is published to the watch before the write returns and
+applied as soon as the feed task runs, before any connection accepted after the write got through its TLS
+handshake, so a deleted user, a removed role or a deleted cluster is refused on the next connection
+(tests/registry/frontdoor/test_access_feed.py). A write made through another registry sharing an etcd
+store arrives with that store's watch delay (milliseconds), as it already did for heartbeats. An entry's
+store TTL is checked on every read, as ``Store.get`` does. While the feed is not live (before its first
+listing, while it relists after a failed watch, once it stopped) these kinds are read from the store, as
+before; so is a value that does not decode (a broken or newer writer's: the store read raises as it did).
+Memory: one entry per user, role and kube_cluster, as the store holds them.
 """
 
 from __future__ import annotations
