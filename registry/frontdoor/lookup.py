@@ -1,10 +1,11 @@
-"""The front door's reads of the store: a cluster's resource, its heartbeats, and a user's resource.
+"""The front door's reads of the store: a cluster's resource, its heartbeats, a user and the user's roles.
 
 Heartbeats (``kube_server``) are stored under ``<host_id>/<cluster>``, so the heartbeats of one cluster are
 not one range read. :meth:`ClusterLookup.feed` (run by the front door) keeps them indexed by cluster name: it
 lists them once, then applies the store's watch events, so finding a cluster's heartbeats costs a dict
 lookup however many there are (100,000 kube_servers would cost seconds to list per connection). Only the
-few values of the cluster a connection asks for are decoded, and expired ones are dropped on read.
+values of the clusters connections ask for are decoded, each once per stored version (the decoded resource
+is kept with the value), and expired ones are dropped on read.
 
 Without a live feed (before it has listed, after the watch failed and while it relists, or in code that
 never starts it) heartbeats are listed instead, at most once per ``max_age`` seconds (one listing at a time;
@@ -12,9 +13,22 @@ concurrent connections wait for it). :meth:`ClusterLookup.invalidate` makes the 
 that just wrote sees its write.
 
 Why slightly stale heartbeats are safe here: heartbeats only say which agents serve a cluster, their health
-and their dynamic label results. Users, roles and the ``kube_cluster`` resource (static labels, existence)
-are read fresh on every connection, the tunnel's liveness comes from the hub, and the agent re-authorizes
+and their dynamic label results. The tunnel's liveness comes from the hub, and the agent re-authorizes
 every request with its own current labels.
+
+Users, roles and ``kube_cluster`` resources come from the same feed (one watch over the four kinds): it
+keeps every one of them by name, decoded once on first use, so a kubectl connection costs no store read
+(a store read is a worker-thread round trip with SQLite, a network one with etcd; at four per connection
+they were a large part of the front door's CPU per new connection). What invalidates an entry is the
+store's watch. A write made through this registry is published to the watch before the write returns and
+applied as soon as the feed task runs, before any connection accepted after the write got through its TLS
+handshake, so a deleted user, a removed role or a deleted cluster is refused on the next connection
+(tests/registry/frontdoor/test_access_feed.py). A write made through another registry sharing an etcd
+store arrives with that store's watch delay (milliseconds), as it already did for heartbeats. An entry's
+store TTL is checked on every read, as ``Store.get`` does. While the feed is not live (before its first
+listing, while it relists after a failed watch, once it stopped) these kinds are read from the store, as
+before; so is a value that does not decode (a broken or newer writer's: the store read raises as it did).
+Memory: one entry per user, role and kube_cluster, as the store holds them.
 """
 
 from __future__ import annotations
@@ -22,18 +36,33 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import trio
 
 from registry.core import codec
 from registry.core.errors import BadParameter, KubeportError, NotFound, TooLarge
-from registry.core.resources import KubeCluster, KubeServer, User
-from registry.store import Store
+from registry.core.resources import KubeCluster, KubeServer, Resource, Role, User
+from registry.store import Record, Store
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_AGE = 1.0
+# Kept by name from the feed (module docstring); with kube_server, what the feed watches.
+OBJECT_KINDS = ("user", "role", "kube_cluster")
+FEED_KINDS = ("kube_server", *OBJECT_KINDS)
+
+
+class _Entry:
+    """One stored object as the feed last saw it; ``decoded`` is filled on first use (never for a value
+    that fails to decode: such an entry is read from the store, which raises as it always did)."""
+
+    __slots__ = ("decoded", "expires", "value")
+
+    def __init__(self, value: dict[str, Any], expires: float | None) -> None:
+        self.value = value
+        self.expires = expires
+        self.decoded: Resource | None = None
 
 
 class ClusterLookup:
@@ -44,51 +73,82 @@ class ClusterLookup:
         self.now = now
         self.max_age = max_age
         self._lock = trio.Lock()
-        self._by_cluster: Mapping[str, list[dict[str, Any]]] = {}
+        self._by_cluster: Mapping[str, list[_Entry]] = {}
         self._loaded_at: float | None = None
         self.listings = 0
         # The watch-fed index (feed): cluster name -> {store name: value}; used only while ``_live``.
-        self._index: dict[str, dict[str, dict[str, Any]]] = {}
+        self._index: dict[str, dict[str, _Entry]] = {}
         self._live = False
         self._force_list = False
         self.relists = 0
+        # The feed's objects (OBJECT_KINDS): kind -> store name -> entry; used only while ``_live``.
+        self._objects: dict[str, dict[str, _Entry]] = {kind: {} for kind in OBJECT_KINDS}
+        self._force_read: set[str] = set()  # kinds whose next read goes to the store (invalidate)
+        self.object_reads = 0  # reads that went to the store (the feed was not live, or invalidated)
 
     async def cluster(self, name: str) -> KubeCluster | None:
         """The ``kube_cluster`` resource (without checking its kubeconfig), or None when there is none."""
-        try:
-            record = await self.store.get("kube_cluster", name)
-        except NotFound:
-            return None
-        resource = codec.resource_from_dict(record.value, verify_kubeconfig=False)
+        resource = await self._object("kube_cluster", name)
         return resource if isinstance(resource, KubeCluster) else None
 
     async def user(self, name: str) -> User | None:
+        """The ``user`` resource, or None when there is none (or it expired)."""
+        resource = await self._object("user", name)
+        return resource if isinstance(resource, User) else None
+
+    async def roles(self, names: Iterable[str]) -> tuple[Role, ...]:
+        """The stored roles of ``names``, in that order; a missing one is skipped (it grants nothing)."""
+        roles: list[Role] = []
+        for name in names:
+            resource = await self._object("role", name)
+            if isinstance(resource, Role):
+                roles.append(resource)
+        return tuple(roles)
+
+    async def _object(self, kind: str, name: str) -> Resource | None:
+        """``kind``/``name`` decoded, from the feed while it is live, else (or when the feed's value does not
+        decode) from the store. None when there is none or its TTL has passed."""
+        if self._live and kind not in self._force_read:
+            await trio.lowlevel.checkpoint()
+            entry = self._objects[kind].get(name)
+            if entry is None or (entry.expires is not None and entry.expires <= self.now().timestamp()):
+                return None
+            if entry.decoded is None:
+                try:
+                    entry.decoded = _decode(kind, entry.value)
+                except (BadParameter, TooLarge):
+                    entry = None  # the store read below raises as it always did
+            if entry is not None:
+                return entry.decoded
+        self._force_read.discard(kind)
+        self.object_reads += 1
         try:
-            record = await self.store.get("user", name)
+            record = await self.store.get(kind, name)
         except NotFound:
             return None
-        resource = codec.resource_from_dict(record.value)
-        return resource if isinstance(resource, User) else None
+        return _decode(kind, record.value)
 
     async def heartbeats(self, name: str) -> list[KubeServer]:
         """The live heartbeats of cluster ``name`` (expired ones dropped): from the watch-fed index while the
         feed is live, else from a listing at most ``max_age`` seconds old."""
-        values: Iterable[dict[str, Any]]
+        entries: Iterable[_Entry]
         if self._live and not self._force_list:
             await trio.lowlevel.checkpoint()
-            values = list(self._index.get(name, {}).values())
+            entries = list(self._index.get(name, {}).values())
         else:
             self._force_list = False
             await self._refresh()
-            values = self._by_cluster.get(name, ())
+            entries = self._by_cluster.get(name, ())
         now = self.now()
         servers = []
-        for value in values:
-            try:
-                server = codec.resource_from_dict(value, verify_kubeconfig=False)
-            except (BadParameter, TooLarge) as err:  # a stored value a newer or broken writer left: skip it
-                log.warning("ignoring an unreadable kube_server heartbeat for %r: %s", name, err)
-                continue
+        for entry in entries:
+            if entry.decoded is None:  # decoded once per stored version, not once per connection
+                try:
+                    entry.decoded = codec.resource_from_dict(entry.value, verify_kubeconfig=False)
+                except (BadParameter, TooLarge) as err:  # a stored value a newer or broken writer left: skip it
+                    log.warning("ignoring an unreadable kube_server heartbeat for %r: %s", name, err)
+                    continue
+            server = entry.decoded
             if not isinstance(server, KubeServer):
                 continue
             expires = server.metadata.expires
@@ -104,12 +164,11 @@ class ClusterLookup:
             if self._fresh():  # another connection listed while this one waited
                 return
             records = await self.store.list("kube_server")
-            grouped: dict[str, list[dict[str, Any]]] = {}
+            grouped: dict[str, list[_Entry]] = {}
             for record in records:
-                metadata = record.value.get("metadata")
-                cluster = metadata.get("name") if isinstance(metadata, dict) else None
-                if isinstance(cluster, str):
-                    grouped.setdefault(cluster, []).append(record.value)
+                cluster = _cluster_of(record.value)
+                if cluster is not None:
+                    grouped.setdefault(cluster, []).append(_Entry(record.value, record.expires))
             self._by_cluster = grouped
             self._loaded_at = trio.current_time()
             self.listings += 1
@@ -118,34 +177,43 @@ class ClusterLookup:
         return self._loaded_at is not None and trio.current_time() - self._loaded_at < self.max_age
 
     def invalidate(self) -> None:
-        """Forget the cached heartbeats: the next lookup lists them again (the index catches up by itself)."""
+        """Forget the cached heartbeats and objects: the next heartbeat lookup lists them again, and the next
+        read of each object kind reads the store (the index catches up by itself)."""
         self._loaded_at = None
         self._force_list = True
+        self._force_read.update(OBJECT_KINDS)
 
     async def feed(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Keep the heartbeat index: list once, then apply watch events; relist when the watch fails (it fell
-        behind, or history was compacted). Reads list instead while the index is not live. Runs until
-        cancelled; ``task_status`` is started once the first listing is indexed (or failed)."""
+        """Keep the heartbeat index and the objects: list once, then apply watch events; relist when the watch
+        fails (it fell behind, or history was compacted). Reads go to the store instead while the feed is not
+        live. Runs until cancelled; ``task_status`` is started once the first listing is indexed (or failed)."""
+        try:
+            await self._follow(task_status)
+        finally:
+            self._live = False  # cancelled or the store closed: reads go to the store again
+
+    async def _follow(self, task_status: trio.TaskStatus[None]) -> None:
         started = False
         while True:
             try:
                 revision = await self.store.revision()  # before the list: a write between them is replayed
                 records = await self.store.list("kube_server")
-                index: dict[str, dict[str, dict[str, Any]]] = {}
+                index: dict[str, dict[str, _Entry]] = {}
                 for record in records:
-                    _index_put(index, record.name, record.value)
+                    _index_put(index, record)
+                objects: dict[str, dict[str, _Entry]] = {}
+                for kind in OBJECT_KINDS:
+                    objects[kind] = {r.name: _Entry(r.value, r.expires) for r in await self.store.list(kind)}
                 self._index = index
+                self._objects = objects
                 self._live = True
                 self.relists += 1
                 if not started:
                     started = True
                     task_status.started()
-                async with self.store.watch(["kube_server"], since=revision) as events:
+                async with self.store.watch(FEED_KINDS, since=revision) as events:
                     async for event in events:
-                        if event.type == "DELETE":
-                            _index_delete(self._index, event.record.name, event.record.value)
-                        else:
-                            _index_put(self._index, event.record.name, event.record.value)
+                        self._apply(event.type, event.record)
                 return  # the store closed
             except KubeportError as err:
                 self._live = False
@@ -155,6 +223,26 @@ class ClusterLookup:
                     task_status.started()
                 await trio.sleep(self.max_age)
 
+    def _apply(self, kind: Literal["PUT", "DELETE"], record: Record) -> None:
+        if record.kind == "kube_server":
+            if kind == "DELETE":
+                _index_delete(self._index, record.name, record.value)
+            else:
+                _index_put(self._index, record)
+            return
+        entries = self._objects.get(record.kind)
+        if entries is None:  # a kind this feed did not ask for: nothing to keep
+            return
+        if kind == "DELETE":
+            entries.pop(record.name, None)
+        else:
+            entries[record.name] = _Entry(record.value, record.expires)
+
+
+def _decode(kind: str, value: Mapping[str, Any]) -> Resource:
+    # Clusters were validated when written; their kubeconfig is not needed here (nor checked per connection).
+    return codec.resource_from_dict(value, verify_kubeconfig=kind != "kube_cluster")
+
 
 def _cluster_of(value: Mapping[str, Any]) -> str | None:
     metadata = value.get("metadata")
@@ -162,13 +250,13 @@ def _cluster_of(value: Mapping[str, Any]) -> str | None:
     return cluster if isinstance(cluster, str) else None
 
 
-def _index_put(index: dict[str, dict[str, dict[str, Any]]], store_name: str, value: dict[str, Any]) -> None:
-    cluster = _cluster_of(value)
+def _index_put(index: dict[str, dict[str, _Entry]], record: Record) -> None:
+    cluster = _cluster_of(record.value)
     if cluster is not None:
-        index.setdefault(cluster, {})[store_name] = value
+        index.setdefault(cluster, {})[record.name] = _Entry(record.value, record.expires)
 
 
-def _index_delete(index: dict[str, dict[str, dict[str, Any]]], store_name: str, value: Mapping[str, Any]) -> None:
+def _index_delete(index: dict[str, dict[str, _Entry]], store_name: str, value: Mapping[str, Any]) -> None:
     cluster = _cluster_of(value)
     entries = index.get(cluster, {}) if cluster is not None else {}
     entries.pop(store_name, None)

@@ -11,7 +11,8 @@ Per kubectl connection (:meth:`FrontDoor.handle`):
    ``limits.first_head_timeout`` of accept (slowloris costs a slot for seconds, not forever); the head is
    bounded (``limits.max_head_bytes``).
 2. Identity: the certificate must be a ``user`` one (agent, admin and registry certificates are refused with
-   a 403 Status); the user's current standing comes from ``registry.caller_for`` (a deleted user: 401).
+   a 403 Status); the user's current standing is decided as ``registry.caller_for`` does (a deleted user:
+   401), from the lookup's watch-fed users and roles (:mod:`registry.frontdoor.lookup`: no store read).
 3. ``split_prefix`` on the raw target (400 for anything but ``/v1/clusters/<b64>/...``), then
    ``kube_headers.inspect`` on the head (smuggling through ``Connection`` is refused here already, cheaply).
 4. The cluster must exist and the user's roles must select it (:func:`registry.frontdoor.pick.route`), else
@@ -38,8 +39,9 @@ first); a verified certificate makes it authenticated and never shed.
 Audit (``Registry.audit``): ``kube.connection.start`` / ``kube.connection.end`` per routed connection (user,
 cluster, agent host, client address; the end adds duration and bytes), written by one background task
 from a bounded queue so a slow store never delays kubectl (a full queue drops events, counted in
-:meth:`FrontDoor.statistics` and logged). What is queued when the task gets to it is written as one batch
-(``Registry.audit_many``: one store commit for up to :data:`AUDIT_BATCH` events). Denials go through
+:meth:`FrontDoor.statistics` and logged). What is queued when the task gets to it, after waiting
+``limits.audit_linger`` (50 ms) for more, is written as one batch (``Registry.audit_many``: one store
+commit for up to :data:`AUDIT_BATCH` events; a commit's CPU is mostly per commit, not per event). Denials go through
 ``Registry.audit_failure`` (aggregated per source and reason, like failed joins), as
 ``kube.connection.denied`` or ``kube.tunnel.denied``. Requests themselves are audited by the agent, which
 parses them.
@@ -53,7 +55,7 @@ import logging
 import random
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -75,7 +77,7 @@ from registry.frontdoor.lookup import ClusterLookup
 from registry.frontdoor.pick import order_agents, route
 from registry.host.tls import peer_certificate_der, send_handshake_alert, server_context
 from registry.server.admission import Admission, AdmissionLimits, source_of
-from registry.server.authz import Caller
+from registry.server.authz import Caller, effective_roles, user_gone
 from registry.server.http import Slot, accept_retrying
 from registry.server.serve import issue_server_certificate
 from registry.server.service import Registry
@@ -116,12 +118,18 @@ class FrontDoorLimits:
     max_unauthenticated_per_source: int | None = 64
     heartbeat_max_age: float = 1.0
     audit_queue: int = 10_000
+    # Seconds the audit task waits after an event before it writes, so the events of the connections that
+    # arrive meanwhile share one store commit (a commit's CPU hardly depends on its size); 0 writes at once.
+    audit_linger: float = 0.05
 
     def __post_init__(self) -> None:
         for name in ("first_head_timeout", "open_stream_timeout", "drain_timeout", "heartbeat_max_age"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < float("inf"):
                 raise BadParameter(f"FrontDoorLimits.{name} must be a positive number of seconds (got {value!r})")
+        linger = self.audit_linger
+        if isinstance(linger, bool) or not isinstance(linger, int | float) or not 0 <= linger <= 10:
+            raise BadParameter(f"FrontDoorLimits.audit_linger must be between 0 and 10 seconds (got {linger!r})")
         for name in ("max_head_bytes", "max_drain_bytes", "audit_queue"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -162,6 +170,7 @@ def frontdoor_server_context(
 
     The certificate is of kind ``registry`` (the front door runs in the registry process and only the
     registry kind may carry :data:`REGISTRY_SERVER_NAME`), so agents verify it as they verify the registry.
+    It issues no session tickets (nothing resumes a session with it).
     """
     hosts = [listen_host] + [
         parse_hostport(a, default_port=DEFAULT_KUBE_PORT, what="--kube-public-addr")[0] for a in public_addrs
@@ -169,6 +178,9 @@ def frontdoor_server_context(
     cert, key = issue_server_certificate(ca, hosts, now=now, ttl=ttl)
     context = server_context(cert, key, [ca.cert_pem], client_certs="required")
     context.set_alpn_protocols(list(FRONTDOOR_ALPN))
+    # No TLS 1.3 session tickets: neither kubectl (Go keeps no session cache by default) nor agents resume,
+    # and issuing OpenSSL's default two tickets was about a third of the server's CPU per handshake.
+    context.num_tickets = 0
     return context
 
 
@@ -219,9 +231,12 @@ class _AuditQueue:
         self,
         capacity: int,
         write_many: Callable[[list[tuple[str, Caller | None, dict[str, Any]]]], Awaitable[None]],
+        *,
+        linger: float = 0.0,
     ) -> None:
         self._send, self._receive = trio.open_memory_channel[_AuditJob](capacity)
         self._write_many = write_many
+        self.linger = linger
         self.written = 0
         self.dropped = 0
         self.failed = 0
@@ -237,14 +252,24 @@ class _AuditQueue:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
+        held: list[_AuditJob] = []  # taken from the queue, not written yet (written on shutdown too)
         try:
             async for job in self._receive:
-                await self._write([job, *self._ready(AUDIT_BATCH - 1)])
+                held.append(job)
+                if self.linger > 0 and self._receive.statistics().current_buffer_used < AUDIT_BATCH - 1:
+                    # A store commit costs about the same CPU for one event as for fifty: at a steady rate
+                    # of new connections, waiting a moment turns many one-event commits into one.
+                    await trio.sleep(self.linger)
+                held.extend(self._ready(AUDIT_BATCH - len(held)))
+                jobs, held = held, []
+                await self._write(jobs)
         finally:
-            # On shutdown, write what is queued (bounded), so a graceful stop loses nothing.
+            # On shutdown, write what is held and queued (bounded), so a graceful stop loses nothing.
             with trio.CancelScope(shield=True), trio.move_on_after(5):
-                while jobs := self._ready(AUDIT_BATCH):
+                jobs = held + self._ready(AUDIT_BATCH - len(held))
+                while jobs:
                     await self._write(jobs)
+                    jobs = self._ready(AUDIT_BATCH)
 
     def _ready(self, limit: int) -> list[_AuditJob]:
         jobs: list[_AuditJob] = []
@@ -294,7 +319,7 @@ class FrontDoor:
         self.rng = rng or random.SystemRandom()
         self.lookup = ClusterLookup(registry.store, now=registry.now, max_age=self.limits.heartbeat_max_age)
         self.admission = Admission(self.limits.admission_limits())
-        self.audit = _AuditQueue(self.limits.audit_queue, registry.audit_many)
+        self.audit = _AuditQueue(self.limits.audit_queue, registry.audit_many, linger=self.limits.audit_linger)
         self._stats = _Stats()
 
     def statistics(self) -> dict[str, Any]:
@@ -317,6 +342,7 @@ class FrontDoor:
             "audit_batches": self.audit.batches,
             "heartbeat_listings": self.lookup.listings,
             "heartbeat_index_relists": self.lookup.relists,
+            "lookup_store_reads": self.lookup.object_reads,
             "admission": self.admission.statistics(),
         }
 
@@ -441,13 +467,14 @@ class FrontDoor:
                 ),
                 "not a user certificate",
             )
-        try:
-            caller = await self.registry.caller_for(identity)
-            user = await self.lookup.user(identity.name)
-        except (Unauthenticated, AccessDenied) as err:
-            raise Denial(err, "unknown user") from None
-        if user is None:  # deleted between the two reads
-            raise Denial(Unauthenticated(f'user "{identity.name}" no longer exists'), "unknown user")
+        # The user's standing now, decided as ``Registry.caller_for`` does (the certificate's roles the user
+        # still holds; a deleted role grants nothing), from the lookup's watch-fed copies (lookup.py).
+        user = await self.lookup.user(identity.name)
+        if user is None:
+            raise Denial(user_gone(identity.name), "unknown user")
+        names = effective_roles(identity, user)
+        effective = identity if names == identity.roles else replace(identity, roles=names)  # no re-validation
+        caller = Caller(identity=effective, roles=await self.lookup.roles(names))
         try:
             cluster_name, _rest = split_prefix(head.target)
         except BadParameter as err:

@@ -26,9 +26,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from registry.core.errors import AccessDenied
+from registry.core.errors import AccessDenied, Unauthenticated
 from registry.core.identity import Identity
-from registry.core.resources import ADMIN_ONLY_KINDS, Role, Rule
+from registry.core.resources import ADMIN_ONLY_KINDS, Role, Rule, User
 
 VERBS = ("list", "read", "create", "update", "delete")
 DYNAMIC_LABELS = "kube_cluster_dynamic_labels"
@@ -49,6 +49,21 @@ class Caller:
 
     def describe(self) -> str:
         return f'{self.identity.kind} "{self.identity.name}"'
+
+
+def effective_roles(identity: Identity, user: User) -> tuple[str, ...]:
+    """The roles a user certificate grants now: the certificate's roles that the stored user still holds, in
+    the certificate's order (``Registry.caller_for`` and the front door decide with exactly these)."""
+    held = set(user.roles)
+    return tuple(name for name in identity.roles if name in held)
+
+
+def user_gone(name: str) -> Unauthenticated:
+    """The error for a user certificate whose user no longer exists."""
+    return Unauthenticated(
+        f'user "{name}" no longer exists: its certificate is not accepted any more '
+        "(ask an admin to create the user again and sign a new certificate)"
+    )
 
 
 def _rule_matches(rule: Rule, kind: str, verb: str) -> bool:

@@ -50,7 +50,7 @@ from typing import Any, cast
 from labels import validate_labels, validate_selector_items
 from registry import __version__
 from registry.core import codec, validation
-from registry.core.errors import AccessDenied, AlreadyExists, BadParameter, KubeportError, NotFound, Unauthenticated
+from registry.core.errors import AccessDenied, AlreadyExists, BadParameter, KubeportError, NotFound
 from registry.core.identity import (
     AGENT_TTL,
     USER_TTL,
@@ -89,7 +89,7 @@ from registry.host.metrics import HEARTBEATS
 from registry.server import authz
 from registry.server.admission import source_of_client
 from registry.server.aggregate import FailureAggregator, FailureRow
-from registry.server.authz import Caller
+from registry.server.authz import Caller, effective_roles, user_gone
 from registry.server.bots import BotService
 from registry.server.frontdoors import FrontDoorDirectory
 from registry.store import Event, Record, Store, Write, without_secret_fields
@@ -319,14 +319,10 @@ class Registry:
         try:
             record = await self.store.get("user", identity.name)
         except NotFound:
-            raise Unauthenticated(
-                f'user "{identity.name}" no longer exists: its certificate is not accepted any more '
-                "(ask an admin to create the user again and sign a new certificate)"
-            ) from None
+            raise user_gone(identity.name) from None
         user = codec.resource_from_dict(record.value)
         assert isinstance(user, User)
-        held = set(user.roles)
-        names = tuple(name for name in identity.roles if name in held)
+        names = effective_roles(identity, user)
         roles = await self._roles(names)
         return Caller(identity=replace(identity, roles=names), roles=roles)
 

@@ -10,8 +10,8 @@ import pytest
 import trio
 import trio.testing
 
-from registry.core.errors import KubeportError
-from registry.frontdoor.serve import AUDIT_BATCH, _Audit, _AuditQueue
+from registry.core.errors import BadParameter, KubeportError
+from registry.frontdoor.serve import AUDIT_BATCH, FrontDoorLimits, _Audit, _AuditQueue
 from registry.server.authz import Caller
 
 
@@ -76,3 +76,45 @@ async def test_shutdown_writes_what_is_queued(count: int) -> None:
             queue.submit(_Audit(f"e{n}", None, {}))
         await queue.run()
     assert sink.calls == [[f"e{n}" for n in range(count)]]
+
+
+async def test_with_a_linger_the_events_of_the_next_connections_share_one_commit(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """One store commit costs about the same CPU whatever its size: the first event waits ``linger`` for the
+    events that arrive meanwhile, and all go out together; nothing is written before the linger is over."""
+    sink = Sink()
+    queue = _AuditQueue(100, sink.many, linger=0.05)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(queue.run)
+        queue.submit(_Audit("start-1", None, {}))
+        await trio.testing.wait_all_tasks_blocked()
+        queue.submit(_Audit("start-2", None, {}))
+        queue.submit(_Audit("end-1", None, {}))
+        await trio.testing.wait_all_tasks_blocked()
+        assert sink.calls == []
+        mock_clock.jump(0.05)
+        await trio.testing.wait_all_tasks_blocked()
+        assert sink.calls == [["start-1", "start-2", "end-1"]]
+        assert (queue.written, queue.batches) == (3, 1)
+        nursery.cancel_scope.cancel()
+
+
+async def test_shutdown_during_the_linger_writes_the_held_event() -> None:
+    sink = Sink()
+    queue = _AuditQueue(100, sink.many, linger=5)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(queue.run)
+        queue.submit(_Audit("held", None, {}))
+        queue.submit(_Audit("queued", None, {}))
+        await trio.testing.wait_all_tasks_blocked()  # the task holds "held" and sleeps
+        assert sink.calls == []
+        nursery.cancel_scope.cancel()
+    assert sink.calls == [["held", "queued"]]
+    assert queue.written == 2
+
+
+@pytest.mark.parametrize("linger", [-1, float("nan"), float("inf"), 11, True, "0.1"])
+def test_a_bad_audit_linger_is_refused(linger: Any) -> None:
+    with pytest.raises(BadParameter, match="audit_linger"):
+        FrontDoorLimits(audit_linger=linger)

@@ -8,10 +8,11 @@ from collections.abc import AsyncIterator, Collection
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
 
+import pytest
 import trio
 import trio.lowlevel
 
-from registry.core.errors import Compacted
+from registry.core.errors import Compacted, KubeportError
 from registry.frontdoor.lookup import ClusterLookup
 from registry.store import Event, MemoryStore
 from tests.helpers import kube_server_doc
@@ -115,3 +116,97 @@ async def test_a_failed_watch_relists_and_the_index_is_right_again(nursery: trio
             await trio.sleep(0.01)
     await _put(store, "d", "c")
     await _until(lookup, "c", ["a", "b", "d"])
+
+
+# --- users, roles and kube_clusters from the same feed -----------------------------------------------------
+
+
+def _user(name: str, roles: list[str]) -> dict[str, object]:
+    return {"kind": "user", "version": "v2", "metadata": {"name": name}, "spec": {"roles": roles}}
+
+
+def _role(name: str) -> dict[str, object]:
+    spec = {"allow": {"kubernetes_labels": {"env": "dev"}, "kubernetes_groups": ["viewers"]}}
+    return {"kind": "role", "version": "v7", "metadata": {"name": name}, "spec": spec}
+
+
+async def _user_roles(lookup: ClusterLookup, name: str) -> list[str] | None:
+    found = await lookup.user(name)
+    return None if found is None else list(found.roles)
+
+
+async def test_users_and_roles_come_from_the_feed_and_follow_the_watch(nursery: trio.Nursery) -> None:
+    store = MemoryStore(clock=NOW.timestamp)
+    await store.put("user", "alice", _user("alice", ["a", "b"]))
+    await store.put("role", "a", _role("a"))
+    lookup = _lookup(store)
+    await nursery.start(lookup.feed)
+    assert await _user_roles(lookup, "alice") == ["a", "b"]
+    assert [r.name for r in await lookup.roles(["b", "a", "nope"])] == ["a"]  # a missing role grants nothing
+    assert await lookup.user("bob") is None
+    assert lookup.object_reads == 0
+    await store.put("role", "b", _role("b"))
+    await store.put("user", "alice", _user("alice", ["b"]))
+    with trio.fail_after(5):
+        while await _user_roles(lookup, "alice") != ["b"]:
+            await trio.lowlevel.checkpoint()
+    assert [r.name for r in await lookup.roles(["a", "b"])] == ["a", "b"]
+    await store.delete("role", "a")
+    await store.delete("user", "alice")
+    with trio.fail_after(5):
+        while await lookup.user("alice") is not None or len(await lookup.roles(["a", "b"])) != 1:
+            await trio.lowlevel.checkpoint()
+    assert lookup.object_reads == 0
+
+
+async def test_a_user_past_its_store_ttl_is_gone_before_the_store_expires_it(nursery: trio.Nursery) -> None:
+    store = MemoryStore(clock=lambda: NOW.timestamp() - 100)  # the store has not expired it yet
+    await store.put("user", "temp", _user("temp", []), expires=NOW.timestamp() - 10)
+    await store.put("user", "kept", _user("kept", []), expires=NOW.timestamp() + 10)
+    lookup = _lookup(store)
+    await nursery.start(lookup.feed)
+    assert await lookup.user("temp") is None
+    assert await lookup.user("kept") is not None
+
+
+async def test_without_a_live_feed_and_after_invalidate_the_store_is_read() -> None:
+    store = MemoryStore(clock=NOW.timestamp)
+    await store.put("user", "alice", _user("alice", []))
+    lookup = _lookup(store)  # feed never started
+    assert await _user_roles(lookup, "alice") == []
+    assert lookup.object_reads == 1
+    async with trio.open_nursery() as nursery:
+        await nursery.start(lookup.feed)
+        await lookup.user("alice")
+        assert lookup.object_reads == 1
+        lookup.invalidate()  # a caller that just wrote: the next read of each kind goes to the store
+        await store.put("user", "alice", _user("alice", ["x"]))
+        assert await _user_roles(lookup, "alice") == ["x"]
+        assert lookup.object_reads == 2
+        nursery.cancel_scope.cancel()
+    await store.delete("user", "alice")  # the feed is gone: nothing would tell a cache
+    assert await lookup.user("alice") is None
+    assert lookup.object_reads == 3
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"kind": "user", "version": "v2", "metadata": {"name": "alice"}, "spec": {"roles": "not-a-list"}},
+        {"kind": "user", "version": "v99", "metadata": {"name": "alice"}, "spec": {}},
+        {"kind": "user", "metadata": {"name": "alice" * 10_000}},
+        {},
+    ],
+)
+async def test_an_unreadable_stored_user_is_read_from_the_store_which_refuses_it(
+    nursery: trio.Nursery, value: dict[str, object]
+) -> None:
+    """A value a broken or newer writer left is not cached as anything: the read goes to the store and fails
+    as a store read did before the feed (never a user with default roles)."""
+    store = MemoryStore(clock=NOW.timestamp)
+    await store.put("user", "alice", value)
+    lookup = _lookup(store)
+    await nursery.start(lookup.feed)
+    with pytest.raises(KubeportError):
+        await lookup.user("alice")
+    assert lookup.object_reads == 1
