@@ -224,6 +224,19 @@ class UpstreamConnection:
                 raise self.endpoint.unreachable(f"the connection broke: {_describe(exc)}") from None
             self.h11.receive_data(bytes(data))
 
+    def more_arrived(self) -> bool:
+        """True when the transport holds received bytes it has not decrypted and handed out yet.
+
+        A bulk answer arrives as TLS records of 16 KiB, several per socket read; the forwarder takes the
+        ones already here into the same write to the tunnel instead of writing once per record (each
+        write is a tunnel frame, a TLS write towards the front door and one towards kubectl). Reading
+        them never waits long: the rest of a partly received record is already on its way. trio keeps
+        those bytes in ``SSLStream._incoming`` (a ``ssl.MemoryBIO``); on a transport without it (plain
+        TCP, or a trio that renamed it) this says False and every record is written as it comes, as
+        before (tests/agent/forward/test_upstream.py checks it on a real TLS stream)."""
+        incoming = getattr(self.stream, "_incoming", None)
+        return isinstance(incoming, ssl.MemoryBIO) and incoming.pending > 0
+
     def reusable(self) -> bool:
         return not self.closed and self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE
 

@@ -209,10 +209,7 @@ class TunnelStream(trio.abc.HalfCloseableStream):
                 if self._error is not None and not self._recv_eof:
                     raise self._error.fresh()  # an abort: unread bytes are gone, like after a TCP RST
                 if self._buffer:
-                    chunk = self._buffer.popleft()
-                    if max_bytes is not None and len(chunk) > max_bytes:
-                        self._buffer.appendleft(chunk[max_bytes:])
-                        chunk = chunk[:max_bytes]
+                    chunk = self._take(max_bytes)
                     self._buffered -= len(chunk)
                     self._tunnel._consumed(self, len(chunk))
                     await trio.lowlevel.cancel_shielded_checkpoint()
@@ -223,6 +220,25 @@ class TunnelStream(trio.abc.HalfCloseableStream):
                 await self._recv_lot.park()
         finally:
             self._receiving = False
+
+    def _take(self, max_bytes: int | None) -> bytes:
+        """Up to ``max_bytes`` (None: all) of the buffered bytes, as one piece: frames that arrived
+        together leave together (one write onwards instead of one per frame; a big frame is not copied)."""
+        buffer = self._buffer
+        chunk = buffer.popleft()
+        limit = len(chunk) + self._buffered if max_bytes is None else max_bytes
+        if len(chunk) > limit:
+            buffer.appendleft(chunk[limit:])
+            return chunk[:limit]
+        if not buffer or len(chunk) + len(buffer[0]) > limit:
+            return chunk
+        parts = [chunk]
+        size = len(chunk)
+        while buffer and size + len(buffer[0]) <= limit:
+            part = buffer.popleft()
+            parts.append(part)
+            size += len(part)
+        return b"".join(parts)
 
     # -- sending --------------------------------------------------------------------------------------------
 

@@ -214,6 +214,33 @@ async def test_receive_some_respects_max_bytes(nursery: trio.Nursery) -> None:
         await stream.receive_some(0)
 
 
+async def test_frames_waiting_together_are_received_as_one_piece(nursery: trio.Nursery) -> None:
+    # A consumer that falls behind gets the waiting frames in one receive (one write onwards, not one per
+    # frame), never more than max_bytes.
+    config = TunnelConfig(stream_window=65_535, connection_window=65_535 * 2, max_concurrent_streams=2)
+    pieces: list[bytes] = []
+    release = trio.Event()
+    done = trio.Event()
+
+    async def handler(stream: TunnelStream) -> None:
+        await stream.accept()
+        await release.wait()
+        pieces.append(await stream.receive_some(3_500))
+        pieces.append(await stream.receive_some())
+        done.set()
+        await stream.receive_some()
+
+    pair = await memory_pair(nursery, handler, config=config)
+    stream = await pair.client.open_stream([], authority="c")
+    for letter in b"abcde":
+        await stream.send_all(bytes([letter]) * 1_000)  # five DATA frames
+    await wait_until(lambda: pair.server.statistics()["buffered"] == 5_000)
+    release.set()
+    await done.wait()
+    assert pieces == [b"a" * 1_000 + b"b" * 1_000 + b"c" * 1_000, b"d" * 1_000 + b"e" * 1_000]
+    assert pair.server.statistics()["buffered"] == 0
+
+
 async def test_a_client_reset_reaches_the_server(nursery: trio.Nursery, make_pair: MakePair) -> None:
     outcome: list[BaseException] = []
     reading = trio.Event()
