@@ -10,10 +10,12 @@ mapped, the header rules are applied, the user's *current* user resource and rol
 404), the role engine decides, and the request goes upstream with our impersonation headers, the
 cluster's own credential and the API server's ``Host``.
 
-Streaming: request and response bodies are moved event by event (h11 on both sides), never buffered
-whole, so watches, ``logs -f`` and large lists flow as they come. While a response streams, the client side
-is watched: a client that goes away stops the upstream read at once and that upstream connection is closed
-(never pooled). An upstream that breaks after the response head went out ends the client connection
+Streaming: request and response bodies are moved event by event (h11 on both sides), never buffered whole, so
+watches, ``logs -f`` and large lists flow as they come. What is written is what already arrived: a watch event
+goes out at once; a bulk answer's TLS records already received are joined into one write and one HTTP chunk
+(up to ``ForwardLimits.relay_write``), never waiting for bytes still to come. While a response streams, the
+client side is watched: a client that goes away stops the upstream read at once and that upstream connection
+is closed (never pooled). An upstream that breaks after the response head went out ends the client connection
 without a clean terminator, so a truncated answer never looks complete. Before the head went out, every
 failure is a ``Status`` (502 naming the cluster for an unreachable API server).
 
@@ -409,7 +411,7 @@ class _Session:
         for such a head without its body; a watch or any chunked answer is flushed as it comes)."""
         headers = _response_headers(response.headers.raw_items())
         hold = _declared_length(headers) <= self.limits.splice_chunk
-        chunk = self.limits.splice_chunk
+        chunk = self.limits.relay_write
         head = self.conn.send(h11.Response(status_code=response.status_code, headers=headers, reason=response.reason))
         out = _Outgoing(self.conn, head or b"")
         try:
@@ -420,7 +422,7 @@ class _Session:
                     # TLS records): that goes into the same write.
                     if out.size and not hold and not (out.size < chunk and conn.more_arrived()):
                         await self._write(out.take())
-                    event = await conn.next_event(chunk)
+                    event = await conn.next_event(self.limits.splice_chunk)
                 if isinstance(event, h11.Data):
                     out.add(event.data)
                     if out.size >= chunk:

@@ -18,8 +18,9 @@ wakes tasks. Invariants:
   ``TunnelStream.send_all`` returns once its bytes were handed to the transport (real back-pressure, and
   coalesced writes when many streams send). The outbox is bounded: a peer that makes
   us answer frames (PING floods ...) while it does not read is disconnected.
-* **Flow control**: a stream's received data is acknowledged to the peer only as its consumer reads it, so a
-  stream's receive buffer never holds more than its window (``stream_window``). The connection window is at
+* **Flow control**: a stream's received data is acknowledged to the peer only as its consumer reads it (frames
+  waiting together are handed out as one piece, up to ``max_bytes``), so a stream's receive buffer never
+  holds more than its window (``stream_window``). The connection window is at
   least ``max_concurrent_streams * stream_window`` (checked by :class:`TunnelConfig`), so streams whose
   consumers stall can never exhaust it: one slow consumer never stalls another stream. Senders wait on
   events set by WINDOW_UPDATE / SETTINGS, never poll.
