@@ -204,6 +204,7 @@ class TunnelStream(trio.abc.HalfCloseableStream):
         self._receiving = True
         try:
             await trio.lowlevel.checkpoint_if_cancelled()
+            parked = False  # parking was this call's schedule point: no second task switch before returning
             while True:
                 if self._closed:
                     raise trio.ClosedResourceError("this tunnel stream was closed")
@@ -213,12 +214,15 @@ class TunnelStream(trio.abc.HalfCloseableStream):
                     chunk = self._take(max_bytes)
                     self._buffered -= len(chunk)
                     self._tunnel._consumed(self, len(chunk))
-                    await trio.lowlevel.cancel_shielded_checkpoint()
+                    if not parked:
+                        await trio.lowlevel.cancel_shielded_checkpoint()
                     return chunk
                 if self._recv_eof:
-                    await trio.lowlevel.cancel_shielded_checkpoint()
+                    if not parked:
+                        await trio.lowlevel.cancel_shielded_checkpoint()
                     return b""
                 await self._recv_lot.park()
+                parked = True
         finally:
             self._receiving = False
 
@@ -341,7 +345,10 @@ class H2Tunnel:
         self._queued_seq = 0
         self._sent_seq = 0
         self._writer_lot = trio.lowlevel.ParkingLot()
-        self._flushed_lot = trio.lowlevel.ParkingLot()
+        self._flushed_lot = trio.lowlevel.ParkingLot()  # woken after every transport write
+        # Tasks waiting for their bytes to be written, by the outbox sequence number they wait for (ascending):
+        # a write wakes exactly the tasks it served, not every waiter once per write.
+        self._flush_waiters: deque[tuple[int, trio.lowlevel.ParkingLot]] = deque()
         self._idle_lot = trio.lowlevel.ParkingLot()
         self._ready = trio.Event()  # the peer's first SETTINGS arrived
         self._finished = trio.Event()
@@ -541,7 +548,13 @@ class H2Tunnel:
         while self._sent_seq < target:
             if self._dead:
                 raise StreamReset("tunnel connection ended before the data was sent")
-            await self._flushed_lot.park()
+            waiters = self._flush_waiters
+            if waiters and waiters[-1][0] >= target:
+                lot = waiters[-1][1]  # woken no earlier than needed: its target is at least ours
+            else:
+                lot = trio.lowlevel.ParkingLot()
+                waiters.append((target, lot))
+            await lot.park()
 
     def _send_window(self, stream: TunnelStream) -> int:
         if self._dead or stream._on_wire_done:
@@ -641,6 +654,9 @@ class H2Tunnel:
             return False
         self._sent_seq = seq
         self._flushed_lot.unpark_all()
+        waiters = self._flush_waiters
+        while waiters and waiters[0][0] <= seq:
+            waiters.popleft()[1].unpark_all()
         return True
 
     async def _flush(self) -> None:
@@ -882,6 +898,8 @@ class H2Tunnel:
         self._ready.set()
         self._writer_lot.unpark_all()
         self._flushed_lot.unpark_all()
+        while self._flush_waiters:
+            self._flush_waiters.popleft()[1].unpark_all()
         self._idle_lot.unpark_all()
 
 
