@@ -422,7 +422,8 @@ class _Session:
                     # TLS records): that goes into the same write.
                     if out.size and not hold and not (out.size < chunk and conn.more_arrived()):
                         await self._write(out.take())
-                    event = await conn.next_event(self.limits.splice_chunk)
+                    await conn.receive(self.limits.splice_chunk)
+                    continue
                 if isinstance(event, h11.Data):
                     out.add(event.data)
                     if out.size >= chunk:
@@ -621,6 +622,8 @@ class _Session:
 class _Outgoing:
     """The bytes of a relayed answer not yet written to the client: body pieces are joined into one
     HTTP/1.1 chunk per write (one chunk header, one parse for kubectl, whatever the upstream's pieces)."""
+
+    __slots__ = ("_body", "_conn", "_head", "size")  # one per streaming answer, alive as long as a watch
 
     def __init__(self, conn: h11.Connection, head: bytes) -> None:
         self._conn = conn

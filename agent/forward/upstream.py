@@ -212,17 +212,18 @@ class UpstreamConnection:
 
     async def next_event(self, max_bytes: int = 64 * 1024) -> Any:
         while True:
-            try:
-                event = self.h11.next_event()
-            except h11.RemoteProtocolError as exc:
-                raise self.endpoint.unreachable(f"malformed HTTP answer: {_describe(exc)}") from None
+            event = self.poll_event()
             if event is not h11.NEED_DATA:
                 return event
-            try:
-                data = await self.stream.receive_some(max_bytes)
-            except _STREAM_ERRORS as exc:
-                raise self.endpoint.unreachable(f"the connection broke: {_describe(exc)}") from None
-            self.h11.receive_data(bytes(data))
+            await self.receive(max_bytes)
+
+    async def receive(self, max_bytes: int = 64 * 1024) -> None:
+        """Read once from the connection into h11 (for a caller that already saw ``h11.NEED_DATA``)."""
+        try:
+            data = await self.stream.receive_some(max_bytes)
+        except _STREAM_ERRORS as exc:
+            raise self.endpoint.unreachable(f"the connection broke: {_describe(exc)}") from None
+        self.h11.receive_data(bytes(data))
 
     def more_arrived(self) -> bool:
         """True when the transport holds received bytes it has not decrypted and handed out yet.
