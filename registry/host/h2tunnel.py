@@ -16,8 +16,9 @@ wakes tasks. Invariants:
   an outbox; the writer task sends it, except that ``TunnelStream.send_all`` finding the transport free
   sends the outbox itself, shielded from cancellation (saves two task switches per call).
   ``TunnelStream.send_all`` returns once its bytes were handed to the transport (real back-pressure, and
-  coalesced writes when many streams send). The outbox is bounded: a peer that makes
-  us answer frames (PING floods ...) while it does not read is disconnected.
+  coalesced writes when many streams send); a write wakes exactly the senders whose bytes it carried. The
+  outbox is bounded: a peer that makes us answer frames (PING floods ...) while it does not read is
+  disconnected.
 * **Flow control**: a stream's received data is acknowledged to the peer only as its consumer reads it (frames
   waiting together are handed out as one piece, up to ``max_bytes``), so a stream's receive buffer never
   holds more than its window (``stream_window``). The connection window is at
