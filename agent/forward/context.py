@@ -50,6 +50,9 @@ class ForwardLimits:
     response_head_timeout: float = 120.0  # the API server's answer head (bodies may stream for hours)
     replay_body_bytes: int = 64 * 1024  # a request body this small is replayed on a fresh connection once
     splice_chunk: int = 64 * 1024
+    # A streamed answer's bytes already received are written to the client together up to this size (fewer
+    # tunnel frames and TLS writes per MiB); reads stay at splice_chunk.
+    relay_write: int = 256 * 1024
 
     def __post_init__(self) -> None:
         for name in ("head_timeout", "idle_timeout", "response_head_timeout"):

@@ -10,10 +10,12 @@ mapped, the header rules are applied, the user's *current* user resource and rol
 404), the role engine decides, and the request goes upstream with our impersonation headers, the
 cluster's own credential and the API server's ``Host``.
 
-Streaming: request and response bodies are moved event by event (h11 on both sides), never buffered
-whole, so watches, ``logs -f`` and large lists flow as they come. While a response streams, the client side
-is watched: a client that goes away stops the upstream read at once and that upstream connection is closed
-(never pooled). An upstream that breaks after the response head went out ends the client connection
+Streaming: request and response bodies are moved event by event (h11 on both sides), never buffered whole, so
+watches, ``logs -f`` and large lists flow as they come. What is written is what already arrived: a watch event
+goes out at once; a bulk answer's TLS records already received are joined into one write and one HTTP chunk
+(up to ``ForwardLimits.relay_write``), never waiting for bytes still to come. While a response streams, the
+client side is watched: a client that goes away stops the upstream read at once and that upstream connection
+is closed (never pooled). An upstream that breaks after the response head went out ends the client connection
 without a clean terminator, so a truncated answer never looks complete. Before the head went out, every
 failure is a ``Status`` (502 naming the cluster for an unreachable API server).
 
@@ -417,32 +419,31 @@ class _Session:
         for such a head without its body; a watch or any chunked answer is flushed as it comes)."""
         headers = _response_headers(response.headers)
         hold = _declared_length(headers) <= self.limits.splice_chunk
-        pending = bytearray(
-            self.conn.send(h11.Response(status_code=response.status_code, headers=headers, reason=response.reason))
-            or b""
-        )
+        chunk = self.limits.relay_write
+        head = self.conn.send(h11.Response(status_code=response.status_code, headers=headers, reason=response.reason))
+        out = _Outgoing(self.conn, head or b"")
         try:
             while True:
                 event = conn.poll_event()
                 if event is h11.NEED_DATA:
-                    if pending and not hold:
-                        await self._write(pending)
-                        pending = bytearray()
-                    event = await conn.next_event(self.limits.splice_chunk)
+                    # Write what is pending unless more of the answer already arrived (a bulk body's next
+                    # TLS records): that goes into the same write.
+                    if out.size and not hold and not (out.size < chunk and conn.more_arrived()):
+                        await self._write(out.take())
+                    await conn.receive(self.limits.splice_chunk)
+                    continue
                 if isinstance(event, h11.Data):
-                    pending += self.conn.send(h11.Data(data=event.data)) or b""
-                    if len(pending) >= self.limits.splice_chunk:
-                        await self._write(pending)
-                        pending = bytearray()
+                    out.add(event.data)
+                    if out.size >= chunk:
+                        await self._write(out.take())
                 elif isinstance(event, h11.EndOfMessage):
-                    pending += self.conn.send(h11.EndOfMessage()) or b""
-                    await self._write(pending)
+                    await self._write(out.take(h11.EndOfMessage()))
                     return
                 else:
-                    await self._write(pending)
+                    await self._write(out.take())
                     raise _Abort("the API server closed the connection mid-response")
         except UpstreamError as err:
-            await self._write(pending)  # what arrived before the break still goes out
+            await self._write(out.take())  # what arrived before the break still goes out
             raise _Abort(err.message) from None
 
     async def _watching(self, work: Callable[[], Awaitable[T]]) -> T:
@@ -639,6 +640,34 @@ class _Session:
         except Exception:
             # Auditing must never break forwarding; the production callback only queues (AuditBatcher).
             log.exception("the audit callback failed for a %s event", event.get("event"))
+
+
+class _Outgoing:
+    """The bytes of a relayed answer not yet written to the client: body pieces are joined into one
+    HTTP/1.1 chunk per write (one chunk header, one parse for kubectl, whatever the upstream's pieces)."""
+
+    __slots__ = ("_body", "_conn", "_head", "size")  # one per streaming answer, alive as long as a watch
+
+    def __init__(self, conn: h11.Connection, head: bytes) -> None:
+        self._conn = conn
+        self._head = head
+        self._body: list[bytes] = []
+        self.size = len(head)
+
+    def add(self, data: bytes) -> None:
+        self._body.append(data)
+        self.size += len(data)
+
+    def take(self, end: h11.EndOfMessage | None = None) -> bytes:
+        """Everything pending as wire bytes (with the end of the message if ``end``); empties the buffer."""
+        parts = [self._head] if self._head else []
+        if self._body:
+            body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+            parts.append(self._conn.send(h11.Data(data=body)) or b"")
+        if end is not None:
+            parts.append(self._conn.send(end) or b"")
+        self._head, self._body, self.size = b"", [], 0
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def _upstream_headers(decision: Decision, endpoint: Endpoint) -> list[tuple[bytes, bytes]]:

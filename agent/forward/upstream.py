@@ -226,17 +226,31 @@ class UpstreamConnection:
 
     async def next_event(self, max_bytes: int = 64 * 1024) -> Any:
         while True:
-            try:
-                event = self.h11.next_event()
-            except h11.RemoteProtocolError as exc:
-                raise self.endpoint.unreachable(f"malformed HTTP answer: {_describe(exc)}") from None
+            event = self.poll_event()
             if event is not h11.NEED_DATA:
                 return event
-            try:
-                data = await self.stream.receive_some(max_bytes)
-            except _STREAM_ERRORS as exc:
-                raise self.endpoint.unreachable(f"the connection broke: {_describe(exc)}") from None
-            self.h11.receive_data(bytes(data))
+            await self.receive(max_bytes)
+
+    async def receive(self, max_bytes: int = 64 * 1024) -> None:
+        """Read once from the connection into h11 (for a caller that already saw ``h11.NEED_DATA``)."""
+        try:
+            data = await self.stream.receive_some(max_bytes)
+        except _STREAM_ERRORS as exc:
+            raise self.endpoint.unreachable(f"the connection broke: {_describe(exc)}") from None
+        self.h11.receive_data(bytes(data))
+
+    def more_arrived(self) -> bool:
+        """True when the transport holds received bytes it has not decrypted and handed out yet.
+
+        A bulk answer arrives as TLS records of 16 KiB, several per socket read; the forwarder takes the
+        ones already here into the same write to the tunnel instead of writing once per record (each
+        write is a tunnel frame, a TLS write towards the front door and one towards kubectl). Reading
+        them never waits long: the rest of a partly received record is already on its way. trio keeps
+        those bytes in ``SSLStream._incoming`` (a ``ssl.MemoryBIO``); on a transport without it (plain
+        TCP, or a trio that renamed it) this says False and every record is written as it comes, as
+        before (tests/agent/forward/test_upstream.py checks it on a real TLS stream)."""
+        incoming = getattr(self.stream, "_incoming", None)
+        return isinstance(incoming, ssl.MemoryBIO) and incoming.pending > 0
 
     def reusable(self) -> bool:
         return not self.closed and self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE

@@ -89,6 +89,7 @@ FRONTDOOR_ALPN = (TUNNEL_ALPN, HTTP11_ALPN)  # server preference: h2 is never li
 DEFAULT_KUBE_PORT = 3026
 DEFAULT_KUBE_LISTEN = f"127.0.0.1:{DEFAULT_KUBE_PORT}"
 CHUNK = 64 * 1024
+TO_CLIENT_CHUNK = 256 * 1024  # what the agent sent that waits in the tunnel goes to kubectl in one write, up to this
 
 # What a trio stream raises when the peer vanishes or TLS breaks mid-connection.
 _STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError)
@@ -627,7 +628,7 @@ async def splice(
         async def agent_to_client() -> None:
             try:
                 while True:
-                    data = await agent.receive_some(CHUNK)
+                    data = await agent.receive_some(TO_CLIENT_CHUNK)
                     if not data:
                         break
                     await client.send_all(data)

@@ -18,10 +18,12 @@ wakes tasks. Invariants:
   an outbox; the writer task sends it, except that ``TunnelStream.send_all`` finding the transport free
   sends the outbox itself, shielded from cancellation (saves two task switches per call).
   ``TunnelStream.send_all`` returns once its bytes were handed to the transport (real back-pressure, and
-  coalesced writes when many streams send). The outbox is bounded: a peer that makes
-  us answer frames (PING floods ...) while it does not read is disconnected.
-* **Flow control**: a stream's received data is acknowledged to the peer only as its consumer reads it, so a
-  stream's receive buffer never holds more than its window (``stream_window``). The connection window is at
+  coalesced writes when many streams send); a write wakes exactly the senders whose bytes it carried. The
+  outbox is bounded: a peer that makes us answer frames (PING floods ...) while it does not read is
+  disconnected.
+* **Flow control**: a stream's received data is acknowledged to the peer only as its consumer reads it (frames
+  waiting together are handed out as one piece, up to ``max_bytes``), so a stream's receive buffer never
+  holds more than its window (``stream_window``). The connection window is at
   least ``max_concurrent_streams * stream_window`` (checked by :class:`TunnelConfig`), so streams whose
   consumers stall can never exhaust it: one slow consumer never stalls another stream. Senders wait on
   events set by WINDOW_UPDATE / SETTINGS, never poll.
@@ -206,24 +208,25 @@ class TunnelStream(trio.abc.HalfCloseableStream):
         self._receiving = True
         try:
             await trio.lowlevel.checkpoint_if_cancelled()
+            parked = False  # parking was this call's schedule point: no second task switch before returning
             while True:
                 if self._closed:
                     raise trio.ClosedResourceError("this tunnel stream was closed")
                 if self._error is not None and not self._recv_eof:
                     raise self._error.fresh()  # an abort: unread bytes are gone, like after a TCP RST
                 if self._buffer:
-                    chunk = self._buffer.popleft()
-                    if max_bytes is not None and len(chunk) > max_bytes:
-                        self._buffer.appendleft(chunk[max_bytes:])
-                        chunk = chunk[:max_bytes]
+                    chunk = self._take(max_bytes)
                     self._buffered -= len(chunk)
                     self._tunnel._consumed(self, len(chunk))
-                    await trio.lowlevel.cancel_shielded_checkpoint()
+                    if not parked:
+                        await trio.lowlevel.cancel_shielded_checkpoint()
                     return chunk
                 if self._recv_eof:
-                    await trio.lowlevel.cancel_shielded_checkpoint()
+                    if not parked:
+                        await trio.lowlevel.cancel_shielded_checkpoint()
                     return b""
                 await self._recv_lot.park()
+                parked = True
         finally:
             self._receiving = False
 
@@ -239,6 +242,25 @@ class TunnelStream(trio.abc.HalfCloseableStream):
     def _peer_ended(self) -> None:
         if self._end_scope is not None:
             self._end_scope.cancel()
+
+    def _take(self, max_bytes: int | None) -> bytes:
+        """Up to ``max_bytes`` (None: all) of the buffered bytes, as one piece: frames that arrived
+        together leave together (one write onwards instead of one per frame; a big frame is not copied)."""
+        buffer = self._buffer
+        chunk = buffer.popleft()
+        limit = len(chunk) + self._buffered if max_bytes is None else max_bytes
+        if len(chunk) > limit:
+            buffer.appendleft(chunk[limit:])
+            return chunk[:limit]
+        if not buffer or len(chunk) + len(buffer[0]) > limit:
+            return chunk
+        parts = [chunk]
+        size = len(chunk)
+        while buffer and size + len(buffer[0]) <= limit:
+            part = buffer.popleft()
+            parts.append(part)
+            size += len(part)
+        return b"".join(parts)
 
     # -- sending --------------------------------------------------------------------------------------------
 
@@ -341,7 +363,10 @@ class H2Tunnel:
         self._queued_seq = 0
         self._sent_seq = 0
         self._writer_lot = trio.lowlevel.ParkingLot()
-        self._flushed_lot = trio.lowlevel.ParkingLot()
+        self._flushed_lot = trio.lowlevel.ParkingLot()  # woken after every transport write
+        # Tasks waiting for their bytes to be written, by the outbox sequence number they wait for (ascending):
+        # a write wakes exactly the tasks it served, not every waiter once per write.
+        self._flush_waiters: deque[tuple[int, trio.lowlevel.ParkingLot]] = deque()
         self._idle_lot = trio.lowlevel.ParkingLot()
         self._ready = trio.Event()  # the peer's first SETTINGS arrived
         self._finished = trio.Event()
@@ -541,7 +566,13 @@ class H2Tunnel:
         while self._sent_seq < target:
             if self._dead:
                 raise StreamReset("tunnel connection ended before the data was sent")
-            await self._flushed_lot.park()
+            waiters = self._flush_waiters
+            if waiters and waiters[-1][0] >= target:
+                lot = waiters[-1][1]  # woken no earlier than needed: its target is at least ours
+            else:
+                lot = trio.lowlevel.ParkingLot()
+                waiters.append((target, lot))
+            await lot.park()
 
     def _send_window(self, stream: TunnelStream) -> int:
         if self._dead or stream._on_wire_done:
@@ -641,6 +672,9 @@ class H2Tunnel:
             return False
         self._sent_seq = seq
         self._flushed_lot.unpark_all()
+        waiters = self._flush_waiters
+        while waiters and waiters[0][0] <= seq:
+            waiters.popleft()[1].unpark_all()
         return True
 
     async def _flush(self) -> None:
@@ -883,6 +917,8 @@ class H2Tunnel:
         self._ready.set()
         self._writer_lot.unpark_all()
         self._flushed_lot.unpark_all()
+        while self._flush_waiters:
+            self._flush_waiters.popleft()[1].unpark_all()
         self._idle_lot.unpark_all()
 
 

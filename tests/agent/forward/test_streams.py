@@ -10,6 +10,7 @@ import trio
 import trio.testing
 
 from agent.forward import handle_stream
+from agent.forward.upstream import Endpoints, UpstreamConnection, UpstreamPool, build_endpoint
 from tests.agent.forward.forward_helpers import (
     CLUSTER,
     LABELS,
@@ -112,6 +113,58 @@ async def test_a_small_answer_written_in_two_parts_upstream_reaches_the_client_i
     reply = await client.request("GET", f"{PREFIX}/split")
     assert (reply.status, reply.body) == (200, b'{"kind":"ConfigMap"}')
     assert len(writes) == 1
+
+
+async def test_a_bulk_answer_already_received_goes_to_the_client_in_one_write_and_one_chunk(
+    nursery: trio.Nursery, scripted: Scripted
+) -> None:
+    # The API server's six chunks arrive together as several TLS records (more than one 64 KiB read); the
+    # forwarder takes every record already received into one write (not one per record or per read) and one
+    # HTTP chunk.
+    world = scripted_world(scripted)
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    writes: list[int] = []
+    pump = server_stream.send_stream.send_all_hook  # type: ignore[attr-defined]
+
+    async def counted() -> None:
+        writes.append(1)
+        await pump()
+
+    server_stream.send_stream.send_all_hook = counted  # type: ignore[attr-defined]
+    nursery.start_soon(lambda: handle_stream(server_stream, stream_info(), ctx=world.context()))
+    client = Client(client_stream)
+    await client.send_request("GET", f"{PREFIX}/bulk")
+    raw = b""
+    while not raw.endswith(b"\r\n0\r\n\r\n"):
+        raw += await client_stream.receive_some(1 << 20)
+    head, _, chunked = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    body = b"".join(bytes([65 + i]) * 16_000 for i in range(6))
+    assert chunked == b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n"  # one chunk
+    assert len(writes) == 1
+
+
+async def test_an_upstream_connection_says_when_more_has_arrived(scripted: Scripted) -> None:
+    # The forwarder's coalescing relies on trio's TLS stream keeping received records in a MemoryBIO; this
+    # fails (rather than silently writing once per record) if trio changes that.
+    endpoint = build_endpoint(CLUSTER, Endpoints().target(kube_cluster(CLUSTER, scripted.kubeconfig())))
+    conn = await UpstreamPool().connect(endpoint)
+    try:
+        await conn.send(h11.Request(method="GET", target="/bulk", headers=[(b"Host", endpoint.host_header)]))
+        await conn.send(h11.EndOfMessage())
+        assert isinstance(await conn.next_event(), h11.Response)
+        body = 0
+        saw_more = False
+        while not isinstance(event := await conn.next_event(), h11.EndOfMessage):
+            body += len(event.data)
+            saw_more = saw_more or conn.more_arrived()
+        assert body == 96_000
+        assert saw_more
+        assert not conn.more_arrived()
+    finally:
+        await conn.aclose()
+    left, _ = trio.testing.memory_stream_pair()
+    assert not UpstreamConnection(endpoint, left).more_arrived()  # plain streams: never
 
 
 async def test_a_stale_pooled_connection_is_retried_on_a_fresh_one(nursery: trio.Nursery, scripted: Scripted) -> None:

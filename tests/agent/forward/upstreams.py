@@ -7,6 +7,8 @@ Paths (anything else: 404 Status):
   every byte received is sent back upper-cased until the client closes;
 * ``.../refuse/exec``: a 400 Status (a server that will not upgrade: kubectl's fallback path);
 * ``/die``: 200 chunked, one chunk, then the TCP connection is dropped;
+* ``/bulk``: a 200 chunked answer of six 16,000-byte chunks (more TLS records than one 64 KiB read), head,
+  body and end in one write sent once every task waits (so they arrive together at a waiting forwarder);
 * ``/hang-up``: closes the connection without answering;
 * ``/answer-then-close``: a 410 Status that looks keep-alive, then the connection closes (a stale pooled
   connection for the next request);
@@ -131,6 +133,11 @@ async def _serve(stream: trio.abc.Stream, state: Scripted) -> None:
             await stream.send_all(conn.send(head))
             await trio.testing.wait_all_tasks_blocked()
             await stream.send_all(conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage()))
+        elif path == "/bulk":
+            head = h11.Response(status_code=200, headers=[(b"Transfer-Encoding", b"chunked")])
+            out = conn.send(head) + b"".join(conn.send(h11.Data(data=bytes([65 + i]) * 16_000)) for i in range(6))
+            await trio.testing.wait_all_tasks_blocked()
+            await stream.send_all(out + conn.send(h11.EndOfMessage()))
         elif path == "/hang-up":
             return
         elif path == "/answer-then-close":

@@ -139,6 +139,30 @@ async def test_splice_is_half_close_aware() -> None:
     assert counts == [9, 6]
 
 
+async def test_splice_writes_what_the_agent_sent_meanwhile_to_kubectl_at_once() -> None:
+    """A bulk answer waiting in the tunnel goes to kubectl in one write (one TLS write and wake-up), not one
+    per 64 KiB."""
+    client_side, kubectl = trio.testing.memory_stream_pair()
+    agent_side, agent_end = trio.testing.memory_stream_pair()
+    writes: list[int] = []
+    pump = client_side.send_stream.send_all_hook
+
+    async def counted() -> None:
+        writes.append(1)
+        if pump is not None:
+            await pump()
+
+    client_side.send_stream.send_all_hook = counted
+    answer = bytes(range(256)) * 1024  # 256 KiB, already sent when the front door reads
+    await agent_end.send_all(answer)
+    with trio.fail_after(DEADLINE):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(splice, client_side, agent_side, b"HEAD")
+            assert await read_exactly(kubectl, len(answer)) == answer
+            await agent_end.aclose()
+    assert len(writes) == 1
+
+
 async def test_hidden_and_unknown_clusters_answer_byte_identical_404s() -> None:
     async with frontdoor_env() as env:
         await env.add_cluster("prod", {"env": "prod"}, agents={"host-a": "healthy"})

@@ -214,6 +214,101 @@ async def test_receive_some_respects_max_bytes(nursery: trio.Nursery) -> None:
         await stream.receive_some(0)
 
 
+async def test_frames_waiting_together_are_received_as_one_piece(nursery: trio.Nursery) -> None:
+    # A consumer that falls behind gets the waiting frames in one receive (one write onwards, not one per
+    # frame), never more than max_bytes.
+    config = TunnelConfig(stream_window=65_535, connection_window=65_535 * 2, max_concurrent_streams=2)
+    pieces: list[bytes] = []
+    release = trio.Event()
+    done = trio.Event()
+
+    async def handler(stream: TunnelStream) -> None:
+        await stream.accept()
+        await release.wait()
+        pieces.append(await stream.receive_some(3_500))
+        pieces.append(await stream.receive_some())
+        done.set()
+        await stream.receive_some()
+
+    pair = await memory_pair(nursery, handler, config=config)
+    stream = await pair.client.open_stream([], authority="c")
+    for letter in b"abcde":
+        await stream.send_all(bytes([letter]) * 1_000)  # five DATA frames
+    await wait_until(lambda: pair.server.statistics()["buffered"] == 5_000)
+    release.set()
+    await done.wait()
+    assert pieces == [b"a" * 1_000 + b"b" * 1_000 + b"c" * 1_000, b"d" * 1_000 + b"e" * 1_000]
+    assert pair.server.statistics()["buffered"] == 0
+
+
+async def test_a_transport_write_wakes_only_the_senders_whose_bytes_it_carried(nursery: trio.Nursery) -> None:
+    # In a watch-event burst, hundreds of streams queue behind one transport write; a write that woke every
+    # waiting sender made each re-check and re-park once per write, a cost of streams x writes.
+    left, right = trio.testing.memory_stream_pair()
+    pump = left.send_stream.send_all_hook
+    allow = trio.Semaphore(0)
+
+    async def gated() -> None:  # each transport write completes only when the test allows it
+        await allow.acquire()
+        if pump is not None:
+            await pump()
+
+    pair_client = H2Tunnel(left, side="client")
+    server = H2Tunnel(right, side="server")
+    await nursery.start(server.run, accept_and_echo)
+    await nursery.start(pair_client.run)
+    await pair_client.wait_ready()
+    streams = [await pair_client.open_stream([], authority="c") for _ in range(6)]
+    await trio.testing.wait_all_tasks_blocked()
+    left.send_stream.send_all_hook = gated
+    waiters: dict[trio.lowlevel.Task, int] = {}
+    done: list[int] = []
+
+    class CountWakeUps(trio.abc.Instrument):
+        def task_scheduled(self, task: trio.lowlevel.Task) -> None:
+            if task in waiters:
+                waiters[task] += 1
+
+    async def send(index: int, waiting: bool) -> None:
+        if waiting:
+            waiters[trio.lowlevel.current_task()] = 0
+        await streams[index].send_all(b"event %d" % index)
+        done.append(index)
+
+    nursery.start_soon(send, 0, False)  # its write is in the transport, not complete
+    await trio.testing.wait_all_tasks_blocked()
+    for index in range(1, 6):
+        nursery.start_soon(send, index, True)  # queued behind it
+    await trio.testing.wait_all_tasks_blocked()
+    instrument = CountWakeUps()
+    trio.lowlevel.add_instrument(instrument)
+    try:
+        allow.release()  # the first write completes; the second (the five queued frames) starts
+        await trio.testing.wait_all_tasks_blocked()
+        assert done == [] and set(waiters.values()) == {0}  # nobody woken for a write without its bytes
+        allow.release()
+        await trio.testing.wait_all_tasks_blocked()
+        assert sorted(done) == [0, 1, 2, 3, 4, 5]
+        assert set(waiters.values()) == {1}  # each woken once, by the write that carried its bytes
+    finally:
+        trio.lowlevel.remove_instrument(instrument)
+        left.send_stream.send_all_hook = pump
+        for _ in range(100):
+            allow.release()
+
+
+async def test_receive_some_is_a_checkpoint_whether_data_waits_or_not(nursery: trio.Nursery) -> None:
+    pair = await memory_pair(nursery)
+    stream = await pair.client.open_stream([], authority="c")
+    await stream.send_all(b"ping")
+    await wait_until(lambda: stream.buffered == 4)
+    with trio.testing.assert_checkpoints():  # ready at once: still a schedule and cancel point
+        assert await stream.receive_some() == b"ping"
+    nursery.start_soon(stream.send_all, b"pong")  # runs once this task parks in receive_some
+    with trio.testing.assert_checkpoints():  # parked until the echo arrives: that was its checkpoint
+        assert await stream.receive_some() == b"pong"
+
+
 async def test_a_client_reset_reaches_the_server(nursery: trio.Nursery, make_pair: MakePair) -> None:
     outcome: list[BaseException] = []
     reading = trio.Event()
