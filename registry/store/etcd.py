@@ -121,8 +121,14 @@ MAX_VALUE_BYTES = 640 * 1024
 # A group commit stops adding writes at this many bytes of values (each is sent twice, base64: about 2.7x on
 # the wire), well under etcd's --max-request-bytes; a group etcd still refuses is split (_commit_units).
 _GROUP_BYTES = 384 * 1024
+# History entries deleted per compaction txn: small txns, so etcd's commit of one never stalls the writes
+# queued behind it for long (a compaction after 100,000 announced heartbeats deletes 1,000s of entries).
+_COMPACT_BATCH = 256
 _EXPIRE_BATCH = 256  # expired records per txn to start with; halved while etcd finds the request too large
 _CANARY = b"kubeport etcd key check"
+# Single-key reads per batched read txn (_ReadBatch): well under etcd's --max-txn-ops (128 by default), and
+# few enough large values (640 KiB at most each) to keep one answer's size sane.
+_READ_BATCH = 32
 
 Snapshot = dict[tuple[str, str], Item | None]
 
@@ -194,6 +200,10 @@ class EtcdStore(BaseStore):
         self._leases: dict[float, int] = {}  # bucket end (store clock) -> lease id
         self._deadlines: list[tuple[float, int, str, str]] = []  # as MemoryStore: (expires, revision, kind, name)
         self._lock = trio.Lock()  # one write of this process at a time (other processes: the txn compare)
+        self._read_lock = trio.Lock()  # one batched read in flight at a time (see _ReadBatch)
+        self._compact_lock = trio.Lock()  # one compaction of this process at a time
+        self._compact_wanted = trio.Event()  # set by a write that found history over its bound
+        self._reads: _ReadBatch | None = None  # the batch that reads starting now join
         self._queue = WriteQueue()  # writes waiting for the next group commit (see _queue_write)
         self._progress = trio.Event()  # set (and replaced) whenever the feed publishes
         self._feed_scope = trio.CancelScope()
@@ -307,9 +317,30 @@ class EtcdStore(BaseStore):
     # --- reads -----------------------------------------------------------------------------------------
 
     async def _read(self, kind: str, name: str) -> Item | None:
-        kvs, *_ = await self._client.range(self._item_key(kind, name))
+        kvs = await self._get(self._item_key(kind, name))
         self._check_open()
         return self._decode_item(kvs[0]) if kvs else None
+
+    async def _get(self, key: bytes) -> list[KeyValue]:
+        """One key's current value, read together with the other single-key reads of this process that
+        queue while a read is in flight (see :class:`_ReadBatch`): one read-only txn for all of them."""
+        batch = self._reads
+        if batch is None or len(batch.keys) >= min(_READ_BATCH, self._max_txn_ops):
+            batch = self._reads = _ReadBatch()
+        position = batch.keys.setdefault(key, len(batch.keys))
+        async with self._read_lock:
+            if batch.answer is None and batch.error is None:  # not sent yet (or its sender was cancelled)
+                if self._reads is batch:
+                    self._reads = None  # closed: a read starting from now on goes in the next batch
+                try:
+                    result = await self._client.txn([], [range_op(k) for k in batch.keys], idempotent=True)
+                    batch.answer = result.ranges()
+                except KubeportError as exc:
+                    batch.error = exc
+        if batch.error is not None:
+            raise type(batch.error)(batch.error.message) from batch.error  # one exception per caller
+        assert batch.answer is not None
+        return batch.answer[position]
 
     async def _read_many(self, kind: str, names: Sequence[str]) -> Sequence[Item]:
         """One read-only txn per ``(max_txn_ops / 2)^2 - 1`` names (nested, see nest_ops)."""
@@ -366,8 +397,8 @@ class EtcdStore(BaseStore):
                 total -= 1
         return total
 
-    async def _snapshot(self, keys: Sequence[tuple[str, str]]) -> tuple[int, int, int, Snapshot]:
-        """(counter, its mod_revision, floor, items) read in one consistent txn."""
+    async def _snapshot(self, keys: Sequence[tuple[str, str]]) -> tuple[int, int, int, int, Snapshot]:
+        """(counter, its mod_revision, floor, its mod_revision, items) read in one consistent txn."""
         ops = [range_op(self._rev_key), range_op(self._floor_key)]
         ops += [range_op(self._item_key(kind, name)) for kind, name in keys]
         result = await self._client.txn([], nest_ops(ops, self._max_txn_ops, what="this read"), idempotent=True)
@@ -378,7 +409,8 @@ class EtcdStore(BaseStore):
         items: Snapshot = {}
         for key, kvs in zip(keys, ranges[2:], strict=True):
             items[key] = self._decode_item(kvs[0]) if kvs else None
-        return counter, mod, _decimal(ranges[1]), items
+        floor_mod = ranges[1][0].mod_revision if ranges[1] else 0
+        return counter, mod, _decimal(ranges[1]), floor_mod, items
 
     # --- writes ----------------------------------------------------------------------------------------
 
@@ -524,15 +556,18 @@ class EtcdStore(BaseStore):
         releasing the lock so that the next group's round trips overlap the feed's."""
         assert self._lock.locked()
         for _ in range(1000):
-            counter, mod, floor, items = await self._snapshot(keys)
+            counter, mod, floor, floor_mod, items = await self._snapshot(keys)
             self._check_open()
             changes = plan(items, self._now(), counter)
             if not changes:
                 return []
             write_id = os.urandom(8).hex()
+            # The floor is compared too: a compaction that moved it since the snapshot may have deleted a
+            # history entry this write rewrites (redaction), which must not come back below the floor.
+            guard = [compare_mod(self._rev_key, mod), compare_mod(self._floor_key, floor_mod)]
             try:
                 ops = await self._ops_for(changes, floor, write_id)
-                result = await self._client.txn([compare_mod(self._rev_key, mod)], ops)
+                result = await self._client.txn(guard, ops)
             except LeaseNotFound:
                 self._leases.clear()  # a cached lease ran out under us: take fresh ones
                 continue
@@ -584,31 +619,63 @@ class EtcdStore(BaseStore):
             self._leases[end] = lease
         return lease
 
-    async def _compact(self, keep: int) -> int:
-        async with self._lock:
-            counter, mod, floor, _ = await self._snapshot([])
-            new_floor = counter - keep
-            if new_floor <= floor:
-                self._compacted(floor)
-                return self._floor
-            result = await self._client.txn(
-                [compare_mod(self._rev_key, mod)],
-                [
-                    delete_op(self._hist_key(floor + 1), self._hist_key(new_floor + 1)),
-                    put_op(self._floor_key, str(new_floor).encode()),
-                    put_op(self._rev_key, str(counter).encode()),  # same value: orders it against writes
-                ],
-                idempotent=True,  # compacting to the same floor twice is harmless
-            )
-            if not result.succeeded:
-                return self._floor  # a write came in between; the next compaction catches up
-            self._compacted(new_floor)
-            previous, self._last_etcd_compaction = self._last_etcd_compaction, result.revision
-        if previous:
+    async def _maybe_compact(self) -> None:
+        """Auto-compaction is never on a writer's path: wake the background compactor (:meth:`_compactor`)."""
+        if self._history_over() and not self._closed:
+            self._compact_wanted.set()
+
+    async def _compactor(self) -> None:
+        """Compact history whenever a write found it over ``max_history + slack`` (part of the feed's nursery)."""
+        while True:
+            await self._compact_wanted.wait()
+            self._compact_wanted = trio.Event()
             try:
-                await self._client.compact(previous)
+                await self._compact(self._max_history)
             except KubeportError as exc:
-                log.warning("etcd compaction to revision %d failed: %s", previous, exc)
+                log.warning("etcd store: automatic compaction failed (retried after later writes): %s", exc)
+
+    async def _compact(self, keep: int) -> int:
+        """Delete ``hist/`` up to ``counter - keep`` in txns of at most ``_COMPACT_BATCH`` entries, each moving
+        the floor with it, then ask etcd to compact its MVCC history. The write lock is never held: a compaction
+        txn compares the floor's mod_revision (two compactions, of this registry or another, never interleave
+        wrongly), and writes compare it too (a write planned against the old floor is planned again)."""
+        async with self._compact_lock:
+            last = 0
+            for _ in range(100_000):
+                snapshot = await self._client.txn(
+                    [], [range_op(self._rev_key), range_op(self._floor_key)], idempotent=True
+                )
+                self._check_open()
+                counter_kvs, floor_kvs = snapshot.ranges()
+                counter, floor = _decimal(counter_kvs), _decimal(floor_kvs)
+                floor_mod = floor_kvs[0].mod_revision if floor_kvs else 0
+                target = counter - keep
+                if target <= floor:
+                    self._compacted(floor)
+                    break
+                new_floor = min(target, floor + _COMPACT_BATCH)
+                result = await self._client.txn(
+                    [compare_mod(self._floor_key, floor_mod)],
+                    [
+                        # From the start of hist/, not floor + 1: also clears an entry a registry of an older
+                        # version rewrote below the floor while a compaction ran.
+                        delete_op(self._hist, self._hist_key(new_floor + 1)),
+                        put_op(self._floor_key, str(new_floor).encode()),
+                    ],
+                    idempotent=True,  # compacting to the same floor twice is harmless
+                )
+                self._check_open()
+                if result.succeeded:
+                    self._compacted(new_floor)
+                    last = result.revision
+                # else another registry moved the floor in between: read it again
+            if last:
+                previous, self._last_etcd_compaction = self._last_etcd_compaction, last
+                if previous:
+                    try:
+                        await self._client.compact(previous)
+                    except KubeportError as exc:
+                        log.warning("etcd compaction to revision %d failed: %s", previous, exc)
         return self._floor
 
     # --- history and the feed --------------------------------------------------------------------------
@@ -650,6 +717,7 @@ class EtcdStore(BaseStore):
             with self._feed_scope:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._watchdog)
+                    nursery.start_soon(self._compactor)
                     while True:
                         try:
                             etcd_revision = await self._feed_watch(etcd_revision)
@@ -780,6 +848,24 @@ class EtcdStore(BaseStore):
         with trio.CancelScope(shield=True):
             await self._feed_done.wait()
             await self._client.aclose()
+
+
+class _ReadBatch:
+    """Single-key reads sent as one read-only etcd txn (``EtcdStore._get``).
+
+    Linearizable as each read on its own: a batch is sent only after every read in it started (a read never
+    joins a batch already in flight, whose answer could predate it), and etcd answers a txn from one
+    revision. Only one batch is in flight per store; the reads arriving meanwhile fill the next one, so N
+    concurrent API requests (each reading the caller's user and roles) cost about one round trip, not N.
+    Whichever reader of a batch gets the lock first sends it; a sender cancelled in flight leaves it unsent
+    for the next one. A failure is every member's (each raises its own copy)."""
+
+    __slots__ = ("answer", "error", "keys")
+
+    def __init__(self) -> None:
+        self.keys: dict[bytes, int] = {}  # key -> its position in the txn
+        self.answer: list[list[KeyValue]] | None = None
+        self.error: KubeportError | None = None
 
 
 class _Kicked(KubeportError):
