@@ -1,0 +1,227 @@
+"""The etcd store's speed mechanisms keep every store rule (issue 11 §3):
+
+- single-key reads that queue while one is in flight share one read-only txn (``_ReadBatch``), yet each is
+  still linearizable (never answered by a txn sent before it started), fails with its own error, and is not
+  stranded when the reader that sent its batch is cancelled;
+- auto-compaction runs in the background, in small txns, without the write lock: no writer waits for it,
+  and a write planned against the old history floor is planned again instead of bringing a compacted
+  history entry back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from registry.core.errors import ConnectionProblem
+from registry.store.etcd import EtcdStore
+from registry.store.etcd_client import TxnResult, b64, prefix_end
+from registry.store.etcd_seal import generate_key
+from tests.fakes.etcd_server import EtcdServer, shared_etcd, unique_prefix
+from tests.registry.store.store_helpers import cluster, wait_until
+
+Txn = Callable[..., Awaitable[TxnResult]]
+
+
+@pytest.fixture
+def etcd() -> EtcdServer:
+    return shared_etcd()
+
+
+async def _open(etcd: EtcdServer, **options: Any) -> EtcdStore:
+    return await EtcdStore.open(etcd.url, key=generate_key(), prefix=unique_prefix(), **options)
+
+
+def _is_read(compare: list[Any], ops: list[dict[str, Any]]) -> bool:
+    return not compare and all("request_range" in op for op in ops)
+
+
+# --- batched reads -----------------------------------------------------------------------------------------
+
+
+async def test_concurrent_gets_share_read_txns_and_each_gets_its_own_record(etcd: EtcdServer) -> None:
+    store = await _open(etcd)
+    async with store:
+        for n in range(20):
+            await store.put("kube_cluster", f"c{n}", cluster(n=n))
+        real: Txn = store._client.txn
+        reads = 0
+
+        async def counting(compare: list[Any], ops: list[dict[str, Any]], *args: Any, **kwargs: Any) -> TxnResult:
+            nonlocal reads
+            reads += _is_read(compare, ops)
+            return await real(compare, ops, *args, **kwargs)
+
+        store._client.txn = counting  # type: ignore[method-assign,assignment]
+        got: dict[int, Any] = {}
+
+        async def get(n: int) -> None:
+            got[n] = (await store.get("kube_cluster", f"c{n}")).value["spec"]["n"]
+
+        async with trio.open_nursery() as nursery:
+            for n in range(20):
+                nursery.start_soon(get, n)
+        assert got == {n: n for n in range(20)}
+        assert reads <= 3  # one batch in flight, the other 19 reads in the next one (20 without batching)
+
+
+async def test_a_read_never_takes_the_answer_of_a_txn_sent_before_it_started(etcd: EtcdServer) -> None:
+    a = await _open(etcd)
+    async with a:
+        b = await EtcdStore.open(etcd.url, key=a._sealer._key, prefix=a.prefix)  # another registry
+        async with b:
+            await a.put("kube_cluster", "x", cluster(v=1))
+            real: Txn = a._client.txn
+            answered, release = trio.Event(), trio.Event()
+
+            async def slow_answer(compare: list[Any], ops: list[dict[str, Any]], *args: Any, **kw: Any) -> TxnResult:
+                result = await real(compare, ops, *args, **kw)
+                if _is_read(compare, ops) and not answered.is_set():
+                    answered.set()  # etcd answered v=1; hold the answer back
+                    await release.wait()
+                return result
+
+            a._client.txn = slow_answer  # type: ignore[method-assign,assignment]
+            seen: dict[str, int] = {}
+
+            async def get(tag: str) -> None:
+                seen[tag] = (await a.get("kube_cluster", "x")).value["spec"]["v"]
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(get, "before")
+                await answered.wait()
+                await b.put("kube_cluster", "x", cluster(v=2))  # acknowledged before the second read starts
+                nursery.start_soon(get, "after")
+                await trio.testing.wait_all_tasks_blocked()
+                release.set()
+            assert seen == {"before": 1, "after": 2}
+
+
+async def test_a_failed_batched_read_fails_every_reader_with_its_own_error(etcd: EtcdServer) -> None:
+    store = await _open(etcd)
+    async with store:
+        await store.put("kube_cluster", "x", cluster())
+
+        async def down(*args: Any, **kwargs: Any) -> TxnResult:
+            await trio.lowlevel.checkpoint()
+            raise ConnectionProblem("etcd: connection refused (test)")
+
+        store._client.txn = down  # type: ignore[method-assign]
+        errors: list[ConnectionProblem] = []
+
+        async def get() -> None:
+            try:
+                await store.get("kube_cluster", "x")
+            except ConnectionProblem as exc:
+                errors.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            await store._read_lock.acquire()  # hold the batch open so that all five join it
+            for _ in range(5):
+                nursery.start_soon(get)
+            await trio.testing.wait_all_tasks_blocked()
+            store._read_lock.release()
+        assert len(errors) == 5
+        assert len({id(e) for e in errors}) == 5
+        assert all("connection refused" in e.message for e in errors)
+
+
+async def test_a_reader_cancelled_while_sending_its_batch_does_not_strand_the_others(etcd: EtcdServer) -> None:
+    store = await _open(etcd)
+    async with store:
+        await store.put("kube_cluster", "x", cluster(v=7))
+        real: Txn = store._client.txn
+        calls = 0
+
+        async def first_hangs(compare: list[Any], ops: list[dict[str, Any]], *args: Any, **kw: Any) -> TxnResult:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                await trio.sleep_forever()
+            return await real(compare, ops, *args, **kw)
+
+        store._client.txn = first_hangs  # type: ignore[method-assign,assignment]
+        seen: list[int] = []
+        sender = trio.CancelScope()
+
+        async def get() -> None:
+            seen.append((await store.get("kube_cluster", "x")).value["spec"]["v"])
+
+        async def cancelled_get() -> None:
+            with sender:
+                await get()
+
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                await store._read_lock.acquire()  # both readers join one batch while the lock is held
+                nursery.start_soon(cancelled_get)
+                await trio.testing.wait_all_tasks_blocked()
+                nursery.start_soon(get)
+                await trio.testing.wait_all_tasks_blocked()
+                store._read_lock.release()  # the first in line sends the batch, and hangs
+                await trio.testing.wait_all_tasks_blocked()
+                assert calls == 1
+                sender.cancel()
+        assert seen == [7]  # the second reader sent the batch again
+        assert calls == 2
+
+
+# --- compaction off the writers' path ------------------------------------------------------------------------
+
+
+async def test_auto_compaction_never_holds_up_a_writer(etcd: EtcdServer) -> None:
+    store = await _open(etcd, max_history=5)
+    async with store:
+        real: Txn = store._client.txn
+        gate = trio.Event()
+        compacting = trio.Event()
+        floor_key = b64(store._floor_key)
+
+        async def slow_compaction(compare: list[Any], ops: list[dict[str, Any]], *args: Any, **kw: Any) -> TxnResult:
+            if [c.get("key") for c in compare] == [floor_key]:  # only a compaction compares the floor alone
+                compacting.set()
+                await gate.wait()
+            return await real(compare, ops, *args, **kw)
+
+        store._client.txn = slow_compaction  # type: ignore[method-assign,assignment]
+        with trio.fail_after(10):
+            for n in range(30):  # over max_history + slack many times while the compaction hangs
+                await store.put("kube_cluster", f"c{n % 3}", cluster(n=n))
+            await compacting.wait()
+            assert store.statistics()["history"] > 6  # not compacted yet: writes went on regardless
+        gate.set()
+        await wait_until(lambda: store.statistics()["history"] <= 6)
+        assert [r.value["spec"]["n"] for r in await store.list("kube_cluster")] == [27, 28, 29]
+
+
+async def test_a_write_planned_before_a_compaction_moved_the_floor_is_planned_again(etcd: EtcdServer) -> None:
+    a = await _open(etcd)
+    async with a:
+        b = await EtcdStore.open(etcd.url, key=a._sealer._key, prefix=a.prefix)  # another registry
+        async with b:
+            await a.put("kube_cluster", "x", cluster(kubeconfig="secret-1"))  # revision 1
+            for n in range(4):
+                await a.put("kube_cluster", f"other{n}", cluster())  # revisions 2-5
+            real_snapshot = a._snapshot
+            compacted = False
+
+            async def compaction_in_between(keys: Any) -> Any:
+                nonlocal compacted
+                snapshot = await real_snapshot(keys)
+                if not compacted:
+                    compacted = True
+                    await b.compact(keep=0)  # the floor moves to 5: hist/1 (x's first version) is deleted
+                return snapshot
+
+            a._snapshot = compaction_in_between  # type: ignore[method-assign]
+            # Planned against floor 0, this write would rewrite hist/1 without its secret (redaction).
+            await a.put("kube_cluster", "x", cluster(kubeconfig="secret-2"))
+            assert compacted
+            kvs, *_ = await a._client.range(a._hist, prefix_end(a._hist))
+            kept = sorted(int(kv.key[len(a._hist) :]) for kv in kvs)
+            assert kept == [6]  # nothing at or below the floor came back
+            assert (await a.get("kube_cluster", "x")).revision == 6
