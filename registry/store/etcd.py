@@ -45,7 +45,18 @@ the cluster) is caught by a watchdog comparing the counter in etcd with what was
 
 History compaction is kubeport's: ``compact(keep)`` deletes ``hist/`` entries up to the new floor, and asks
 etcd to compact its own MVCC history up to the etcd revision of the *previous* kubeport compaction, so old
-versions of values do not pile up in etcd, while lagging watchers still have a window. etcd compaction is
+versions of values do not pile up in etcd, while lagging watchers still have a window. It is never on a
+writer's path: a write that finds history over its bound only wakes a background compactor (in the feed's
+nursery), which deletes at most ``_COMPACT_BATCH`` entries per txn, each txn moving ``meta/floor`` with them,
+without the write lock. A compaction txn compares the floor's mod_revision (compactions of several
+registries never interleave wrongly); every write compares it too, so a write planned against the old floor
+(which might rewrite a superseded history entry the compaction just deleted) is planned again. Before, one
+compaction deleted ~1,000 entries (after a 100,000-heartbeat announce, ~10,000) in one txn under the write
+lock, and the writer that triggered it also waited for etcd's compaction.
+
+Reads. A single-key read (``get``, and so every API request's user and role reads) joins the reads of this
+process that queue while one is in flight: one read-only txn answers them all (:class:`_ReadBatch`), still
+each linearizable. etcd compaction is
 cluster-wide: on an etcd shared with other applications it compacts their history too, as etcd's own
 ``--auto-compaction-*`` would (kubeport's feed does not depend on etcd history, so it copes with either).
 
