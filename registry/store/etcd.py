@@ -395,7 +395,7 @@ class EtcdStore(BaseStore):
         """etcd's count of the kind's keys, less those already expired by the store clock (the expiry index
         names the candidates; with more than one txn holds, every record of the kind is read instead)."""
         base = self._items + kind.encode() + b"/"
-        due = sorted({name for expires, _, k, name in self._deadlines if k == kind and expires <= now})
+        due = _due(self._deadlines, kind, now)
         if len(due) >= self._max_txn_ops:
             return len(await self._list(kind, _plan.ListRange(), None, now))
         ops = [range_op(base, prefix_end(base), count_only=True)]
@@ -900,6 +900,21 @@ def nest_ops(ops: list[dict[str, Any]], max_ops: int, *, what: str) -> list[dict
         f"{what} needs {len(ops)} etcd operations in one txn, more than etcd's --max-txn-ops ({max_ops}) allows "
         "even nested: split it (or raise --max-txn-ops on etcd and max_txn_ops here together)"
     )
+
+
+def _due(heap: Sequence[tuple[float, int, str, str]], kind: str, now: float) -> list[str]:
+    """The names of ``kind`` in the expiry heap that are due at ``now``, sorted. Only the due part of the heap
+    is visited (a node's children expire no earlier than it): an audit trim's count at 100,000 heartbeats
+    does not walk all of them, which blocked the registry's event loop for tens of ms."""
+    names: set[str] = set()
+    stack = [0]
+    while stack:
+        index = stack.pop()
+        if index < len(heap) and heap[index][0] <= now:
+            if heap[index][2] == kind:
+                names.add(heap[index][3])
+            stack += (2 * index + 1, 2 * index + 2)
+    return sorted(names)
 
 
 def _decimal(kvs: Sequence[KeyValue]) -> int:

@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import heapq
+import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -18,7 +20,7 @@ import trio
 import trio.testing
 
 from registry.core.errors import ConnectionProblem
-from registry.store.etcd import EtcdStore
+from registry.store.etcd import EtcdStore, _due
 from registry.store.etcd_client import TxnResult, b64, prefix_end
 from registry.store.etcd_seal import generate_key
 from tests.fakes.etcd_server import EtcdServer, shared_etcd, unique_prefix
@@ -225,3 +227,17 @@ async def test_a_write_planned_before_a_compaction_moved_the_floor_is_planned_ag
             kept = sorted(int(kv.key[len(a._hist) :]) for kv in kvs)
             assert kept == [6]  # nothing at or below the floor came back
             assert (await a.get("kube_cluster", "x")).revision == 6
+
+
+# --- the expiry index -------------------------------------------------------------------------------------------
+
+
+def test_the_due_names_of_a_kind_are_found_without_walking_the_whole_expiry_heap() -> None:
+    rng = random.Random(11)
+    heap: list[tuple[float, int, str, str]] = []
+    for n in range(5000):
+        heapq.heappush(heap, (rng.uniform(0, 1000), n, rng.choice(["kube_server", "event"]), f"n{n % 4000}"))
+    for now in (-1.0, 0.5, 10.0, 500.0, 2000.0):
+        expected = sorted({name for expires, _, kind, name in heap if kind == "event" and expires <= now})
+        assert _due(heap, "event", now) == expected
+    assert _due([], "event", 5.0) == []
