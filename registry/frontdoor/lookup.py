@@ -127,32 +127,49 @@ class ClusterLookup:
         self._force_list = True
 
     async def feed(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Keep the heartbeat index: list once, then apply watch events; relist when the watch fails (it fell
-        behind, or history was compacted). Reads list instead while the index is not live. Runs until
-        cancelled; ``task_status`` is started once the first listing is indexed (or failed)."""
+        """Keep the heartbeat index: list once, then apply watch events. When the watch fails after the
+        index took events (it fell behind: a batch of 512 heartbeats, or several grouped, is a burst of
+        events), resume it from the last revision applied, which the store's history normally still has;
+        relist only when that does not work (history compacted past it, or the store failing). A relist
+        of 100,000 heartbeats costs seconds of CPU and a million short-lived objects, and every announce
+        burst used to cause one. Reads list instead while the index is not live. Runs until cancelled;
+        ``task_status`` is started once the first listing is indexed (or failed)."""
         started = False
+        revision: int | None = None  # the index is complete up to this revision; None: list first
+        failed_at: int | None = None  # where the last watch failed: failing again there means relist
         while True:
             try:
-                revision = await self.store.revision()  # before the list: a write between them is replayed
-                records = await self.store.list("kube_server")
-                index: dict[str, dict[str, str]] = {}
-                for record in records:
-                    _index_put(index, record.name, record.value)
-                self._index = index
-                self._live = True
-                self.relists += 1
-                if not started:
-                    started = True
-                    task_status.started()
+                if revision is None:
+                    start = await self.store.revision()  # before the list: a write between them is replayed
+                    records = await self.store.list("kube_server")
+                    index: dict[str, dict[str, str]] = {}
+                    for record in records:
+                        _index_put(index, record.name, record.value)
+                    del records
+                    self._index = index
+                    revision = start
+                    self._live = True
+                    self.relists += 1
+                    if not started:
+                        started = True
+                        task_status.started()
                 async with self.store.watch(["kube_server"], since=revision) as events:
                     async for event in events:
                         if event.type == "DELETE":
                             _index_delete(self._index, event.record.name, event.record.value)
                         else:
                             _index_put(self._index, event.record.name, event.record.value)
+                        revision = event.record.revision
                 return  # the store closed
             except KubeportError as err:
+                if revision is not None and revision != failed_at:
+                    failed_at = revision  # the index stays live: slightly stale heartbeats are safe (above)
+                    log.info(
+                        "front door: the heartbeat index resumes its watch at revision %d (%s)", revision, err.message
+                    )
+                    continue
                 self._live = False
+                revision = failed_at = None
                 log.warning("front door: the heartbeat index is relisting (%s)", err.message)
                 if not started:
                     started = True

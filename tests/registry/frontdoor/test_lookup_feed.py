@@ -103,15 +103,48 @@ class BrokenOnce(MemoryStore):
         return failing()
 
 
-async def test_a_failed_watch_relists_and_the_index_is_right_again(nursery: trio.Nursery) -> None:
+async def test_a_watch_that_fell_behind_resumes_without_relisting(nursery: trio.Nursery) -> None:
     store = BrokenOnce(clock=NOW.timestamp)
     lookup = _lookup(store)
     await nursery.start(lookup.feed)
     await _put(store, "a", "c")  # delivered, then the watch fails
-    await _put(store, "b", "c")
+    await _put(store, "b", "c")  # replayed from history by the resumed watch
     await _until(lookup, "c", ["a", "b"])
+    await _put(store, "d", "c")
+    await _until(lookup, "c", ["a", "b", "d"])
+    assert (lookup.relists, lookup.listings) == (1, 0)  # no listing of every heartbeat for a burst
+
+
+class HistoryGone(BrokenOnce):
+    """After the first watch fails, resuming is refused once (history compacted past it), as a store does
+    when the index fell further behind than its history reaches."""
+
+    refused = False
+
+    def watch(
+        self, kinds: Collection[str], *, since: int | None = None
+    ) -> AbstractAsyncContextManager[AsyncIterator[Event]]:
+        if self.broke and not self.refused:
+            self.refused = True
+
+            @asynccontextmanager
+            async def too_old() -> AsyncIterator[AsyncIterator[Event]]:
+                raise Compacted(f"revision {since} is older than the history kept")
+                yield  # pragma: no cover
+
+            return too_old()
+        return super().watch(kinds, since=since)
+
+
+async def test_a_watch_that_cannot_resume_relists_and_the_index_is_right_again(nursery: trio.Nursery) -> None:
+    store = HistoryGone(clock=NOW.timestamp)
+    lookup = _lookup(store)
+    await nursery.start(lookup.feed)
+    await _put(store, "a", "c")  # delivered, then the watch fails; resuming is refused
+    await _put(store, "b", "c")
     with trio.fail_after(5):
         while lookup.relists < 2:  # noqa: ASYNC110 - polling a counter with a deadline
             await trio.sleep(0.01)
+    await _until(lookup, "c", ["a", "b"])
     await _put(store, "d", "c")
     await _until(lookup, "c", ["a", "b", "d"])
