@@ -52,13 +52,13 @@ without the write lock. A compaction txn compares the floor's mod_revision (comp
 registries never interleave wrongly); every write compares it too, so a write planned against the old floor
 (which might rewrite a superseded history entry the compaction just deleted) is planned again. Before, one
 compaction deleted ~1,000 entries (after a 100,000-heartbeat announce, ~10,000) in one txn under the write
-lock, and the writer that triggered it also waited for etcd's compaction.
+lock, and the writer that triggered it also waited for etcd's compaction. etcd compaction is cluster-wide:
+on an etcd shared with other applications it compacts their history too, as etcd's own
+``--auto-compaction-*`` would (kubeport's feed does not depend on etcd history, so it copes with either).
 
 Reads. A single-key read (``get``, and so every API request's user and role reads) joins the reads of this
 process that queue while one is in flight: one read-only txn answers them all (:class:`_ReadBatch`), still
-each linearizable. etcd compaction is
-cluster-wide: on an etcd shared with other applications it compacts their history too, as etcd's own
-``--auto-compaction-*`` would (kubeport's feed does not depend on etcd history, so it copes with either).
+each linearizable.
 
 TTL. Records carry ``expires`` (store clock) and every read filters on the store's ``clock()``, as the
 other backends do; the registry's expiry sweep (``serve_expiry`` → :meth:`expire`) removes expired records
