@@ -56,10 +56,6 @@ lock, and the writer that triggered it also waited for etcd's compaction. etcd c
 on an etcd shared with other applications it compacts their history too, as etcd's own
 ``--auto-compaction-*`` would (kubeport's feed does not depend on etcd history, so it copes with either).
 
-Reads. A single-key read (``get``, and so every API request's user and role reads) joins the reads of this
-process that queue while one is in flight: one read-only txn answers them all (:class:`_ReadBatch`), still
-each linearizable.
-
 TTL. Records carry ``expires`` (store clock) and every read filters on the store's ``clock()``, as the
 other backends do; the registry's expiry sweep (``serve_expiry`` → :meth:`expire`) removes expired records
 with DELETE events. Each record with an expiry is also attached to an etcd lease that ends ``lease_grace``
@@ -137,9 +133,6 @@ _GROUP_BYTES = 384 * 1024
 _COMPACT_BATCH = 256
 _EXPIRE_BATCH = 256  # expired records per txn to start with; halved while etcd finds the request too large
 _CANARY = b"kubeport etcd key check"
-# Single-key reads per batched read txn (_ReadBatch): well under etcd's --max-txn-ops (128 by default), and
-# few enough large values (640 KiB at most each) to keep one answer's size sane.
-_READ_BATCH = 32
 
 Snapshot = dict[tuple[str, str], Item | None]
 
@@ -211,10 +204,8 @@ class EtcdStore(BaseStore):
         self._leases: dict[float, int] = {}  # bucket end (store clock) -> lease id
         self._deadlines: list[tuple[float, int, str, str]] = []  # as MemoryStore: (expires, revision, kind, name)
         self._lock = trio.Lock()  # one write of this process at a time (other processes: the txn compare)
-        self._read_lock = trio.Lock()  # one batched read in flight at a time (see _ReadBatch)
         self._compact_lock = trio.Lock()  # one compaction of this process at a time
         self._compact_wanted = trio.Event()  # set by a write that found history over its bound
-        self._reads: _ReadBatch | None = None  # the batch that reads starting now join
         self._queue = WriteQueue()  # writes waiting for the next group commit (see _queue_write)
         self._progress = trio.Event()  # set (and replaced) whenever the feed publishes
         self._feed_scope = trio.CancelScope()
@@ -328,30 +319,9 @@ class EtcdStore(BaseStore):
     # --- reads -----------------------------------------------------------------------------------------
 
     async def _read(self, kind: str, name: str) -> Item | None:
-        kvs = await self._get(self._item_key(kind, name))
+        kvs, *_ = await self._client.range(self._item_key(kind, name))
         self._check_open()
         return self._decode_item(kvs[0]) if kvs else None
-
-    async def _get(self, key: bytes) -> list[KeyValue]:
-        """One key's current value, read together with the other single-key reads of this process that
-        queue while a read is in flight (see :class:`_ReadBatch`): one read-only txn for all of them."""
-        batch = self._reads
-        if batch is None or len(batch.keys) >= min(_READ_BATCH, self._max_txn_ops):
-            batch = self._reads = _ReadBatch()
-        position = batch.keys.setdefault(key, len(batch.keys))
-        async with self._read_lock:
-            if batch.answer is None and batch.error is None:  # not sent yet (or its sender was cancelled)
-                if self._reads is batch:
-                    self._reads = None  # closed: a read starting from now on goes in the next batch
-                try:
-                    result = await self._client.txn([], [range_op(k) for k in batch.keys], idempotent=True)
-                    batch.answer = result.ranges()
-                except KubeportError as exc:
-                    batch.error = exc
-        if batch.error is not None:
-            raise type(batch.error)(batch.error.message) from batch.error  # one exception per caller
-        assert batch.answer is not None
-        return batch.answer[position]
 
     async def _read_many(self, kind: str, names: Sequence[str]) -> Sequence[Item]:
         """One read-only txn per ``(max_txn_ops / 2)^2 - 1`` names (nested, see nest_ops)."""
@@ -859,24 +829,6 @@ class EtcdStore(BaseStore):
         with trio.CancelScope(shield=True):
             await self._feed_done.wait()
             await self._client.aclose()
-
-
-class _ReadBatch:
-    """Single-key reads sent as one read-only etcd txn (``EtcdStore._get``).
-
-    Linearizable as each read on its own: a batch is sent only after every read in it started (a read never
-    joins a batch already in flight, whose answer could predate it), and etcd answers a txn from one
-    revision. Only one batch is in flight per store; the reads arriving meanwhile fill the next one, so N
-    concurrent API requests (each reading the caller's user and roles) cost about one round trip, not N.
-    Whichever reader of a batch gets the lock first sends it; a sender cancelled in flight leaves it unsent
-    for the next one. A failure is every member's (each raises its own copy)."""
-
-    __slots__ = ("answer", "error", "keys")
-
-    def __init__(self) -> None:
-        self.keys: dict[bytes, int] = {}  # key -> its position in the txn
-        self.answer: list[list[KeyValue]] | None = None
-        self.error: KubeportError | None = None
 
 
 class _Kicked(KubeportError):

@@ -1,8 +1,5 @@
 """The etcd store's speed mechanisms keep every store rule (issue 11 §3):
 
-- single-key reads that queue while one is in flight share one read-only txn (``_ReadBatch``), yet each is
-  still linearizable (never answered by a txn sent before it started), fails with its own error, and is not
-  stranded when the reader that sent its batch is cancelled;
 - auto-compaction runs in the background, in small txns, without the write lock: no writer waits for it,
   and a write planned against the old history floor is planned again instead of bringing a compacted
   history entry back.
@@ -19,7 +16,6 @@ import pytest
 import trio
 import trio.testing
 
-from registry.core.errors import ConnectionProblem
 from registry.store.etcd import EtcdStore, _due
 from registry.store.etcd_client import TxnResult, b64, prefix_end
 from registry.store.etcd_seal import generate_key
@@ -40,136 +36,6 @@ async def _open(etcd: EtcdServer, **options: Any) -> EtcdStore:
 
 def _is_read(compare: list[Any], ops: list[dict[str, Any]]) -> bool:
     return not compare and all("request_range" in op for op in ops)
-
-
-# --- batched reads -----------------------------------------------------------------------------------------
-
-
-async def test_concurrent_gets_share_read_txns_and_each_gets_its_own_record(etcd: EtcdServer) -> None:
-    store = await _open(etcd)
-    async with store:
-        for n in range(20):
-            await store.put("kube_cluster", f"c{n}", cluster(n=n))
-        real: Txn = store._client.txn
-        reads = 0
-
-        async def counting(compare: list[Any], ops: list[dict[str, Any]], *args: Any, **kwargs: Any) -> TxnResult:
-            nonlocal reads
-            reads += _is_read(compare, ops)
-            return await real(compare, ops, *args, **kwargs)
-
-        store._client.txn = counting  # type: ignore[method-assign,assignment]
-        got: dict[int, Any] = {}
-
-        async def get(n: int) -> None:
-            got[n] = (await store.get("kube_cluster", f"c{n}")).value["spec"]["n"]
-
-        async with trio.open_nursery() as nursery:
-            for n in range(20):
-                nursery.start_soon(get, n)
-        assert got == {n: n for n in range(20)}
-        assert reads <= 3  # one batch in flight, the other 19 reads in the next one (20 without batching)
-
-
-async def test_a_read_never_takes_the_answer_of_a_txn_sent_before_it_started(etcd: EtcdServer) -> None:
-    a = await _open(etcd)
-    async with a:
-        b = await EtcdStore.open(etcd.url, key=a._sealer._key, prefix=a.prefix)  # another registry
-        async with b:
-            await a.put("kube_cluster", "x", cluster(v=1))
-            real: Txn = a._client.txn
-            answered, release = trio.Event(), trio.Event()
-
-            async def slow_answer(compare: list[Any], ops: list[dict[str, Any]], *args: Any, **kw: Any) -> TxnResult:
-                result = await real(compare, ops, *args, **kw)
-                if _is_read(compare, ops) and not answered.is_set():
-                    answered.set()  # etcd answered v=1; hold the answer back
-                    await release.wait()
-                return result
-
-            a._client.txn = slow_answer  # type: ignore[method-assign,assignment]
-            seen: dict[str, int] = {}
-
-            async def get(tag: str) -> None:
-                seen[tag] = (await a.get("kube_cluster", "x")).value["spec"]["v"]
-
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(get, "before")
-                await answered.wait()
-                await b.put("kube_cluster", "x", cluster(v=2))  # acknowledged before the second read starts
-                nursery.start_soon(get, "after")
-                await trio.testing.wait_all_tasks_blocked()
-                release.set()
-            assert seen == {"before": 1, "after": 2}
-
-
-async def test_a_failed_batched_read_fails_every_reader_with_its_own_error(etcd: EtcdServer) -> None:
-    store = await _open(etcd)
-    async with store:
-        await store.put("kube_cluster", "x", cluster())
-
-        async def down(*args: Any, **kwargs: Any) -> TxnResult:
-            await trio.lowlevel.checkpoint()
-            raise ConnectionProblem("etcd: connection refused (test)")
-
-        store._client.txn = down  # type: ignore[method-assign]
-        errors: list[ConnectionProblem] = []
-
-        async def get() -> None:
-            try:
-                await store.get("kube_cluster", "x")
-            except ConnectionProblem as exc:
-                errors.append(exc)
-
-        async with trio.open_nursery() as nursery:
-            await store._read_lock.acquire()  # hold the batch open so that all five join it
-            for _ in range(5):
-                nursery.start_soon(get)
-            await trio.testing.wait_all_tasks_blocked()
-            store._read_lock.release()
-        assert len(errors) == 5
-        assert len({id(e) for e in errors}) == 5
-        assert all("connection refused" in e.message for e in errors)
-
-
-async def test_a_reader_cancelled_while_sending_its_batch_does_not_strand_the_others(etcd: EtcdServer) -> None:
-    store = await _open(etcd)
-    async with store:
-        await store.put("kube_cluster", "x", cluster(v=7))
-        real: Txn = store._client.txn
-        calls = 0
-
-        async def first_hangs(compare: list[Any], ops: list[dict[str, Any]], *args: Any, **kw: Any) -> TxnResult:
-            nonlocal calls
-            calls += 1
-            if calls == 1:
-                await trio.sleep_forever()
-            return await real(compare, ops, *args, **kw)
-
-        store._client.txn = first_hangs  # type: ignore[method-assign,assignment]
-        seen: list[int] = []
-        sender = trio.CancelScope()
-
-        async def get() -> None:
-            seen.append((await store.get("kube_cluster", "x")).value["spec"]["v"])
-
-        async def cancelled_get() -> None:
-            with sender:
-                await get()
-
-        with trio.fail_after(10):
-            async with trio.open_nursery() as nursery:
-                await store._read_lock.acquire()  # both readers join one batch while the lock is held
-                nursery.start_soon(cancelled_get)
-                await trio.testing.wait_all_tasks_blocked()
-                nursery.start_soon(get)
-                await trio.testing.wait_all_tasks_blocked()
-                store._read_lock.release()  # the first in line sends the batch, and hangs
-                await trio.testing.wait_all_tasks_blocked()
-                assert calls == 1
-                sender.cancel()
-        assert seen == [7]  # the second reader sent the batch again
-        assert calls == 2
 
 
 # --- compaction off the writers' path ------------------------------------------------------------------------
