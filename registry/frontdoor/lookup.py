@@ -5,7 +5,10 @@ not one range read. :meth:`ClusterLookup.feed` (run by the front door) keeps the
 lists them once, then applies the store's watch events, so finding a cluster's heartbeats costs a dict
 lookup however many there are (100,000 kube_servers would cost seconds to list per connection). Only the
 values of the clusters connections ask for are decoded, each once per stored version (the decoded resource
-is kept with the value), and expired ones are dropped on read.
+is kept with the value), and expired ones are dropped on read. Every value is held as its JSON text, not as
+nested dicts: 100,000 heartbeats as dicts are ~1,000,000 objects that Python's cyclic garbage collector walks
+on every full collection (0.4-1.3 s pauses of the whole registry, every few seconds while they were
+announced), while strings are not tracked at all.
 
 Without a live feed (before it has listed, after the watch failed and while it relists, or in code that
 never starts it) heartbeats are listed instead, at most once per ``max_age`` seconds (one listing at a time;
@@ -29,10 +32,20 @@ store TTL is checked on every read, as ``Store.get`` does. While the feed is not
 listing, while it relists after a failed watch, once it stopped) these kinds are read from the store, as
 before; so is a value that does not decode (a broken or newer writer's: the store read raises as it did).
 Memory: one entry per user, role and kube_cluster, as the store holds them.
+
+Heartbeats and the objects have a watch each. The heartbeat watch is the one that falls behind (a batch of
+512 heartbeats, or several grouped, is a burst of events); when it fails after taking events it resumes from
+the last revision applied, which the store's history normally still has, and relists only when that does not
+work (history compacted past it, or the store failing): a relist of 100,000 heartbeats costs seconds of CPU.
+Meanwhile heartbeats stay served from the index: a slightly stale heartbeat is safe (the agent re-authorizes,
+the hub knows the tunnels). The objects' watch sees only admin-paced writes; when it fails, users, roles and
+kube_clusters are read from the store until they are listed again, so a change is still refused on the next
+connection.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
@@ -54,15 +67,21 @@ FEED_KINDS = ("kube_server", *OBJECT_KINDS)
 
 
 class _Entry:
-    """One stored object as the feed last saw it; ``decoded`` is filled on first use (never for a value
-    that fails to decode: such an entry is read from the store, which raises as it always did)."""
+    """One stored object as the feed last saw it, its value as JSON text (module docstring); ``decoded`` is
+    filled on first use (never for a value that fails to decode: such an entry is read from the store,
+    which raises as it always did)."""
 
-    __slots__ = ("decoded", "expires", "value")
+    __slots__ = ("decoded", "expires", "text")
 
-    def __init__(self, value: dict[str, Any], expires: float | None) -> None:
-        self.value = value
+    def __init__(self, value: Mapping[str, Any], expires: float | None) -> None:
+        self.text = json.dumps(value, separators=(",", ":"))
         self.expires = expires
         self.decoded: Resource | None = None
+
+    @property
+    def value(self) -> dict[str, Any]:
+        value: dict[str, Any] = json.loads(self.text)
+        return value
 
 
 class ClusterLookup:
@@ -79,8 +98,11 @@ class ClusterLookup:
         # The watch-fed index (feed): cluster name -> {store name: value}; used only while ``_live``.
         self._index: dict[str, dict[str, _Entry]] = {}
         self._live = False
+        # False while a resumed watch catches up: objects are read from the store meanwhile (module docstring).
+        self._objects_live = False
         self._force_list = False
-        self.relists = 0
+        self.relists = 0  # listings of every heartbeat by the feed
+        self.object_relists = 0  # listings of users, roles and kube_clusters by the feed
         # The feed's objects (OBJECT_KINDS): kind -> store name -> entry; used only while ``_live``.
         self._objects: dict[str, dict[str, _Entry]] = {kind: {} for kind in OBJECT_KINDS}
         self._force_read: set[str] = set()  # kinds whose next read goes to the store (invalidate)
@@ -108,7 +130,7 @@ class ClusterLookup:
     async def _object(self, kind: str, name: str) -> Resource | None:
         """``kind``/``name`` decoded, from the feed while it is live, else (or when the feed's value does not
         decode) from the store. None when there is none or its TTL has passed."""
-        if self._live and kind not in self._force_read:
+        if self._objects_live and kind not in self._force_read:
             await trio.lowlevel.checkpoint()
             entry = self._objects[kind].get(name)
             if entry is None or (entry.expires is not None and entry.expires <= self.now().timestamp()):
@@ -184,52 +206,89 @@ class ClusterLookup:
         self._force_read.update(OBJECT_KINDS)
 
     async def feed(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Keep the heartbeat index and the objects: list once, then apply watch events; relist when the watch
-        fails (it fell behind, or history was compacted). Reads go to the store instead while the feed is not
-        live. Runs until cancelled; ``task_status`` is started once the first listing is indexed (or failed)."""
+        """Keep the heartbeat index and the objects, each with its own watch (module docstring): list once,
+        then apply watch events. Reads go to the store instead while a part is not live. Runs until
+        cancelled; ``task_status`` is started once both first listings are indexed (or failed)."""
         try:
-            await self._follow(task_status)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self._follow_heartbeats)
+                await nursery.start(self._follow_objects)
+                task_status.started()
         finally:
-            self._live = False  # cancelled or the store closed: reads go to the store again
+            self._live = self._objects_live = False  # cancelled or the store closed: reads go to the store
 
-    async def _follow(self, task_status: trio.TaskStatus[None]) -> None:
+    async def _follow_heartbeats(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         started = False
+        revision: int | None = None  # the index is complete up to this revision; None: list first
+        failed_at: int | None = None  # where the last watch failed: failing there again means relist
         while True:
             try:
-                revision = await self.store.revision()  # before the list: a write between them is replayed
-                records = await self.store.list("kube_server")
-                index: dict[str, dict[str, _Entry]] = {}
-                for record in records:
-                    _index_put(index, record)
-                objects: dict[str, dict[str, _Entry]] = {}
-                for kind in OBJECT_KINDS:
-                    objects[kind] = {r.name: _Entry(r.value, r.expires) for r in await self.store.list(kind)}
-                self._index = index
-                self._objects = objects
-                self._live = True
-                self.relists += 1
-                if not started:
-                    started = True
-                    task_status.started()
-                async with self.store.watch(FEED_KINDS, since=revision) as events:
+                if revision is None:
+                    start = await self.store.revision()  # before the list: a write between them is replayed
+                    records = await self.store.list("kube_server")
+                    index: dict[str, dict[str, _Entry]] = {}
+                    for record in records:
+                        _index_put(index, record)
+                    del records
+                    self._index = index
+                    revision = start
+                    self._live = True
+                    self.relists += 1
+                    if not started:
+                        started = True
+                        task_status.started()
+                async with self.store.watch(["kube_server"], since=revision) as events:
                     async for event in events:
-                        self._apply(event.type, event.record)
+                        if event.type == "DELETE":
+                            _index_delete(self._index, event.record.name, event.record.value)
+                        else:
+                            _index_put(self._index, event.record)
+                        revision = event.record.revision
+                self._live = False
                 return  # the store closed
             except KubeportError as err:
+                if revision is not None and revision != failed_at:
+                    failed_at = revision  # the index stays live while the watch resumes (module docstring)
+                    log.info(
+                        "front door: the heartbeat index resumes its watch at revision %d (%s)", revision, err.message
+                    )
+                    continue
                 self._live = False
+                revision = failed_at = None
                 log.warning("front door: the heartbeat index is relisting (%s)", err.message)
                 if not started:
                     started = True
                     task_status.started()
                 await trio.sleep(self.max_age)
 
-    def _apply(self, kind: Literal["PUT", "DELETE"], record: Record) -> None:
-        if record.kind == "kube_server":
-            if kind == "DELETE":
-                _index_delete(self._index, record.name, record.value)
-            else:
-                _index_put(self._index, record)
-            return
+    async def _follow_objects(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        started = False
+        while True:
+            try:
+                revision = await self.store.revision()  # before the lists: a write between them is replayed
+                objects: dict[str, dict[str, _Entry]] = {}
+                for kind in OBJECT_KINDS:
+                    objects[kind] = {r.name: _Entry(r.value, r.expires) for r in await self.store.list(kind)}
+                self._objects = objects
+                self._objects_live = True
+                self.object_relists += 1
+                if not started:
+                    started = True
+                    task_status.started()
+                async with self.store.watch(OBJECT_KINDS, since=revision) as events:
+                    async for event in events:
+                        self._apply_object(event.type, event.record)
+                self._objects_live = False
+                return  # the store closed
+            except KubeportError as err:
+                self._objects_live = False  # reads go to the store until the relist (never a stale user)
+                log.warning("front door: users, roles and kube_clusters are relisted (%s)", err.message)
+                if not started:
+                    started = True
+                    task_status.started()
+                await trio.sleep(self.max_age)
+
+    def _apply_object(self, kind: Literal["PUT", "DELETE"], record: Record) -> None:
         entries = self._objects.get(record.kind)
         if entries is None:  # a kind this feed did not ask for: nothing to keep
             return

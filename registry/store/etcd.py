@@ -45,8 +45,15 @@ the cluster) is caught by a watchdog comparing the counter in etcd with what was
 
 History compaction is kubeport's: ``compact(keep)`` deletes ``hist/`` entries up to the new floor, and asks
 etcd to compact its own MVCC history up to the etcd revision of the *previous* kubeport compaction, so old
-versions of values do not pile up in etcd, while lagging watchers still have a window. etcd compaction is
-cluster-wide: on an etcd shared with other applications it compacts their history too, as etcd's own
+versions of values do not pile up in etcd, while lagging watchers still have a window. It is never on a
+writer's path: a write that finds history over its bound only wakes a background compactor (in the feed's
+nursery), which deletes at most ``_COMPACT_BATCH`` entries per txn, each txn moving ``meta/floor`` with them,
+without the write lock. A compaction txn compares the floor's mod_revision (compactions of several
+registries never interleave wrongly); every write compares it too, so a write planned against the old floor
+(which might rewrite a superseded history entry the compaction just deleted) is planned again. Before, one
+compaction deleted ~1,000 entries (after a 100,000-heartbeat announce, ~10,000) in one txn under the write
+lock, and the writer that triggered it also waited for etcd's compaction. etcd compaction is cluster-wide:
+on an etcd shared with other applications it compacts their history too, as etcd's own
 ``--auto-compaction-*`` would (kubeport's feed does not depend on etcd history, so it copes with either).
 
 TTL. Records carry ``expires`` (store clock) and every read filters on the store's ``clock()``, as the
@@ -125,6 +132,9 @@ MAX_VALUE_BYTES = 640 * 1024
 # A group commit stops adding writes at this many bytes of values (each is sent twice, base64: about 2.7x on
 # the wire), well under etcd's --max-request-bytes; a group etcd still refuses is split (_commit_units).
 _GROUP_BYTES = 384 * 1024
+# History entries deleted per compaction txn: small txns, so etcd's commit of one never stalls the writes
+# queued behind it for long (a compaction after 100,000 announced heartbeats deletes 1,000s of entries).
+_COMPACT_BATCH = 256
 _EXPIRE_BATCH = 256  # expired records per txn to start with; halved while etcd finds the request too large
 _CANARY = b"kubeport etcd key check"
 
@@ -198,6 +208,8 @@ class EtcdStore(BaseStore):
         self._leases: dict[float, int] = {}  # bucket end (store clock) -> lease id
         self._deadlines: list[tuple[float, int, str, str]] = []  # as MemoryStore: (expires, revision, kind, name)
         self._lock = trio.Lock()  # one write of this process at a time (other processes: the txn compare)
+        self._compact_lock = trio.Lock()  # one compaction of this process at a time
+        self._compact_wanted = trio.Event()  # set by a write that found history over its bound
         self._queue = WriteQueue()  # writes waiting for the next group commit (see _queue_write)
         self._progress = trio.Event()  # set (and replaced) whenever the feed publishes
         self._feed_scope = trio.CancelScope()
@@ -418,7 +430,7 @@ class EtcdStore(BaseStore):
         """etcd's count of the kind's keys, less those already expired by the store clock (the expiry index
         names the candidates; with more than one txn holds, every record of the kind is read instead)."""
         base = self._items + kind.encode() + b"/"
-        due = sorted({name for expires, _, k, name in self._deadlines if k == kind and expires <= now})
+        due = _due(self._deadlines, kind, now)
         if len(due) >= self._max_txn_ops:
             return len(await self._list(kind, _plan.ListRange(), None, now))
         ops = [range_op(base, prefix_end(base), count_only=True)]
@@ -431,8 +443,8 @@ class EtcdStore(BaseStore):
                 total -= 1
         return total
 
-    async def _snapshot(self, keys: Sequence[tuple[str, str]]) -> tuple[int, int, int, Snapshot]:
-        """(counter, its mod_revision, floor, items) read in one consistent txn."""
+    async def _snapshot(self, keys: Sequence[tuple[str, str]]) -> tuple[int, int, int, int, Snapshot]:
+        """(counter, its mod_revision, floor, its mod_revision, items) read in one consistent txn."""
         ops = [range_op(self._rev_key), range_op(self._floor_key)]
         ops += [range_op(self._item_key(kind, name)) for kind, name in keys]
         result = await self._client.txn([], nest_ops(ops, self._max_txn_ops, what="this read"), idempotent=True)
@@ -443,7 +455,8 @@ class EtcdStore(BaseStore):
         items: Snapshot = {}
         for key, kvs in zip(keys, ranges[2:], strict=True):
             items[key] = self._decode_item(kvs[0]) if kvs else None
-        return counter, mod, _decimal(ranges[1]), items
+        floor_mod = ranges[1][0].mod_revision if ranges[1] else 0
+        return counter, mod, _decimal(ranges[1]), floor_mod, items
 
     # --- writes ----------------------------------------------------------------------------------------
 
@@ -589,15 +602,18 @@ class EtcdStore(BaseStore):
         releasing the lock so that the next group's round trips overlap the feed's."""
         assert self._lock.locked()
         for _ in range(1000):
-            counter, mod, floor, items = await self._snapshot(keys)
+            counter, mod, floor, floor_mod, items = await self._snapshot(keys)
             self._check_open()
             changes = plan(items, self._now(), counter)
             if not changes:
                 return []
             write_id = os.urandom(8).hex()
+            # The floor is compared too: a compaction that moved it since the snapshot may have deleted a
+            # history entry this write rewrites (redaction), which must not come back below the floor.
+            guard = [compare_mod(self._rev_key, mod), compare_mod(self._floor_key, floor_mod)]
             try:
                 ops = await self._ops_for(changes, floor, write_id)
-                result = await self._client.txn([compare_mod(self._rev_key, mod)], ops)
+                result = await self._client.txn(guard, ops)
             except LeaseNotFound:
                 self._leases.clear()  # a cached lease ran out under us: take fresh ones
                 continue
@@ -649,31 +665,63 @@ class EtcdStore(BaseStore):
             self._leases[end] = lease
         return lease
 
-    async def _compact(self, keep: int) -> int:
-        async with self._lock:
-            counter, mod, floor, _ = await self._snapshot([])
-            new_floor = counter - keep
-            if new_floor <= floor:
-                self._compacted(floor)
-                return self._floor
-            result = await self._client.txn(
-                [compare_mod(self._rev_key, mod)],
-                [
-                    delete_op(self._hist_key(floor + 1), self._hist_key(new_floor + 1)),
-                    put_op(self._floor_key, str(new_floor).encode()),
-                    put_op(self._rev_key, str(counter).encode()),  # same value: orders it against writes
-                ],
-                idempotent=True,  # compacting to the same floor twice is harmless
-            )
-            if not result.succeeded:
-                return self._floor  # a write came in between; the next compaction catches up
-            self._compacted(new_floor)
-            previous, self._last_etcd_compaction = self._last_etcd_compaction, result.revision
-        if previous:
+    async def _maybe_compact(self) -> None:
+        """Auto-compaction is never on a writer's path: wake the background compactor (:meth:`_compactor`)."""
+        if self._history_over() and not self._closed:
+            self._compact_wanted.set()
+
+    async def _compactor(self) -> None:
+        """Compact history whenever a write found it over ``max_history + slack`` (part of the feed's nursery)."""
+        while True:
+            await self._compact_wanted.wait()
+            self._compact_wanted = trio.Event()
             try:
-                await self._client.compact(previous)
+                await self._compact(self._max_history)
             except KubeportError as exc:
-                log.warning("etcd compaction to revision %d failed: %s", previous, exc)
+                log.warning("etcd store: automatic compaction failed (retried after later writes): %s", exc)
+
+    async def _compact(self, keep: int) -> int:
+        """Delete ``hist/`` up to ``counter - keep`` in txns of at most ``_COMPACT_BATCH`` entries, each moving
+        the floor with it, then ask etcd to compact its MVCC history. The write lock is never held: a compaction
+        txn compares the floor's mod_revision (two compactions, of this registry or another, never interleave
+        wrongly), and writes compare it too (a write planned against the old floor is planned again)."""
+        async with self._compact_lock:
+            last = 0
+            for _ in range(100_000):
+                snapshot = await self._client.txn(
+                    [], [range_op(self._rev_key), range_op(self._floor_key)], idempotent=True
+                )
+                self._check_open()
+                counter_kvs, floor_kvs = snapshot.ranges()
+                counter, floor = _decimal(counter_kvs), _decimal(floor_kvs)
+                floor_mod = floor_kvs[0].mod_revision if floor_kvs else 0
+                target = counter - keep
+                if target <= floor:
+                    self._compacted(floor)
+                    break
+                new_floor = min(target, floor + _COMPACT_BATCH)
+                result = await self._client.txn(
+                    [compare_mod(self._floor_key, floor_mod)],
+                    [
+                        # From the start of hist/, not floor + 1: also clears an entry a registry of an older
+                        # version rewrote below the floor while a compaction ran.
+                        delete_op(self._hist, self._hist_key(new_floor + 1)),
+                        put_op(self._floor_key, str(new_floor).encode()),
+                    ],
+                    idempotent=True,  # compacting to the same floor twice is harmless
+                )
+                self._check_open()
+                if result.succeeded:
+                    self._compacted(new_floor)
+                    last = result.revision
+                # else another registry moved the floor in between: read it again
+            if last:
+                previous, self._last_etcd_compaction = self._last_etcd_compaction, last
+                if previous:
+                    try:
+                        await self._client.compact(previous)
+                    except KubeportError as exc:
+                        log.warning("etcd compaction to revision %d failed: %s", previous, exc)
         return self._floor
 
     # --- history and the feed --------------------------------------------------------------------------
@@ -715,6 +763,7 @@ class EtcdStore(BaseStore):
             with self._feed_scope:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._watchdog)
+                    nursery.start_soon(self._compactor)
                     while True:
                         try:
                             etcd_revision = await self._feed_watch(etcd_revision)
@@ -878,6 +927,21 @@ def nest_ops(ops: list[dict[str, Any]], max_ops: int, *, what: str) -> list[dict
         f"{what} needs {len(ops)} etcd operations in one txn, more than etcd's --max-txn-ops ({max_ops}) allows "
         "even nested: split it (or raise --max-txn-ops on etcd and max_txn_ops here together)"
     )
+
+
+def _due(heap: Sequence[tuple[float, int, str, str]], kind: str, now: float) -> list[str]:
+    """The names of ``kind`` in the expiry heap that are due at ``now``, sorted. Only the due part of the heap
+    is visited (a node's children expire no earlier than it): an audit trim's count at 100,000 heartbeats
+    does not walk all of them, which blocked the registry's event loop for tens of ms."""
+    names: set[str] = set()
+    stack = [0]
+    while stack:
+        index = stack.pop()
+        if index < len(heap) and heap[index][0] <= now:
+            if heap[index][2] == kind:
+                names.add(heap[index][3])
+            stack += (2 * index + 1, 2 * index + 2)
+    return sorted(names)
 
 
 def _decimal(kvs: Sequence[KeyValue]) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Collection
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 import trio
@@ -79,7 +80,7 @@ async def test_invalidate_reads_a_fresh_listing_once(nursery: trio.Nursery) -> N
 
 
 class BrokenOnce(MemoryStore):
-    """A store whose first watch fails after one event, as a watcher that fell behind does."""
+    """A store whose first heartbeat watch fails after one event, as a watcher that fell behind does."""
 
     broke = False
 
@@ -87,7 +88,7 @@ class BrokenOnce(MemoryStore):
         self, kinds: Collection[str], *, since: int | None = None
     ) -> AbstractAsyncContextManager[AsyncIterator[Event]]:
         inner = super().watch(kinds, since=since)
-        if self.broke:
+        if self.broke or "kube_server" not in kinds:  # the heartbeat index's watch only
             return inner
         self.broke = True
 
@@ -104,16 +105,49 @@ class BrokenOnce(MemoryStore):
         return failing()
 
 
-async def test_a_failed_watch_relists_and_the_index_is_right_again(nursery: trio.Nursery) -> None:
+async def test_a_watch_that_fell_behind_resumes_without_relisting(nursery: trio.Nursery) -> None:
     store = BrokenOnce(clock=NOW.timestamp)
     lookup = _lookup(store)
     await nursery.start(lookup.feed)
     await _put(store, "a", "c")  # delivered, then the watch fails
-    await _put(store, "b", "c")
+    await _put(store, "b", "c")  # replayed from history by the resumed watch
     await _until(lookup, "c", ["a", "b"])
+    await _put(store, "d", "c")
+    await _until(lookup, "c", ["a", "b", "d"])
+    assert (lookup.relists, lookup.listings) == (1, 0)  # no listing of every heartbeat for a burst
+
+
+class HistoryGone(BrokenOnce):
+    """After the first watch fails, resuming is refused once (history compacted past it), as a store does
+    when the index fell further behind than its history reaches."""
+
+    refused = False
+
+    def watch(
+        self, kinds: Collection[str], *, since: int | None = None
+    ) -> AbstractAsyncContextManager[AsyncIterator[Event]]:
+        if self.broke and not self.refused and "kube_server" in kinds:
+            self.refused = True
+
+            @asynccontextmanager
+            async def too_old() -> AsyncIterator[AsyncIterator[Event]]:
+                raise Compacted(f"revision {since} is older than the history kept")
+                yield  # pragma: no cover
+
+            return too_old()
+        return super().watch(kinds, since=since)
+
+
+async def test_a_watch_that_cannot_resume_relists_and_the_index_is_right_again(nursery: trio.Nursery) -> None:
+    store = HistoryGone(clock=NOW.timestamp)
+    lookup = _lookup(store)
+    await nursery.start(lookup.feed)
+    await _put(store, "a", "c")  # delivered, then the watch fails; resuming is refused
+    await _put(store, "b", "c")
     with trio.fail_after(5):
         while lookup.relists < 2:  # noqa: ASYNC110 - polling a counter with a deadline
             await trio.sleep(0.01)
+    await _until(lookup, "c", ["a", "b"])
     await _put(store, "d", "c")
     await _until(lookup, "c", ["a", "b", "d"])
 
@@ -210,3 +244,66 @@ async def test_an_unreadable_stored_user_is_read_from_the_store_which_refuses_it
     with pytest.raises(KubeportError):
         await lookup.user("alice")
     assert lookup.object_reads == 1
+
+
+class ObjectsWatchBreaks(MemoryStore):
+    """The first watch of users, roles and kube_clusters fails after one event; the relist that follows
+    waits at ``gate`` (so a test can act while the objects are not live)."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.broke = False
+        self.gate = trio.Event()
+        self.user_lists = 0
+
+    async def list(self, kind: str, *args: Any, **kwargs: Any) -> Any:
+        if kind == "user":
+            self.user_lists += 1
+            if self.user_lists > 1:
+                await self.gate.wait()
+        return await super().list(kind, *args, **kwargs)
+
+    def watch(
+        self, kinds: Collection[str], *, since: int | None = None
+    ) -> AbstractAsyncContextManager[AsyncIterator[Event]]:
+        inner = super().watch(kinds, since=since)
+        if self.broke or "user" not in kinds:
+            return inner
+        self.broke = True
+
+        @asynccontextmanager
+        async def failing() -> AsyncIterator[AsyncIterator[Event]]:
+            async with inner as events:
+
+                async def once() -> AsyncIterator[Event]:
+                    yield await anext(events)
+                    raise Compacted("watcher fell behind")
+
+                yield once()
+
+        return failing()
+
+
+async def test_while_the_objects_watch_is_down_users_come_from_the_store(nursery: trio.Nursery) -> None:
+    store = ObjectsWatchBreaks(clock=NOW.timestamp)
+    await store.put("user", "alice", _user("alice", ["a"]))
+    await store.put("user", "bob", _user("bob", []))
+    lookup = _lookup(store)
+    await nursery.start(lookup.feed)
+    assert await _user_roles(lookup, "alice") == ["a"] and lookup.object_reads == 0
+    await store.put("role", "a", _role("a"))  # delivered, then the objects' watch fails
+    with trio.fail_after(5):
+        while store.user_lists < 2:  # noqa: ASYNC110 - polling a counter with a deadline
+            await trio.sleep(0.01)
+    # The relist is held: a user deleted now must not be served from what the feed last saw.
+    await store.delete("user", "alice")
+    assert await lookup.user("alice") is None
+    assert await _user_roles(lookup, "bob") == []
+    assert lookup.object_reads == 2
+    store.gate.set()
+    with trio.fail_after(5):
+        while lookup.object_relists < 2:  # noqa: ASYNC110 - polling a counter with a deadline
+            await trio.sleep(0.01)
+    assert await lookup.user("alice") is None and await _user_roles(lookup, "bob") == []
+    assert lookup.object_reads == 2, "once relisted, users come from the feed again"
+    assert lookup.relists == 1, "the heartbeat index was not relisted for it"

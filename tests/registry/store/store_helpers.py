@@ -6,7 +6,7 @@ memory store is verified against the same expectations as the durable one.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,14 @@ async def take(events: AsyncIterator[Event], count: int, *, timeout: float = 5.0
         while len(out) < count:
             out.append(await anext(events))
     return out
+
+
+async def wait_until(condition: Callable[[], bool], *, timeout: float = 10.0) -> None:
+    """Poll ``condition`` until it holds; fail after ``timeout`` seconds (a deadline, not a sleep). For what
+    a backend does in the background (etcd's auto-compaction), where no event tells when it is done."""
+    with trio.fail_after(timeout):
+        while not condition():  # noqa: ASYNC110
+            await trio.sleep(0.001)
 
 
 def revisions(events: list[Event]) -> list[int]:
