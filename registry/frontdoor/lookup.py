@@ -74,7 +74,7 @@ class _Entry:
     __slots__ = ("decoded", "expires", "text")
 
     def __init__(self, value: Mapping[str, Any], expires: float | None) -> None:
-        self.text = json.dumps(value, separators=(",", ":"))
+        self.text = _text(value)
         self.expires = expires
         self.decoded: Resource | None = None
 
@@ -92,11 +92,14 @@ class ClusterLookup:
         self.now = now
         self.max_age = max_age
         self._lock = trio.Lock()
-        self._by_cluster: Mapping[str, list[_Entry]] = {}
+        self._by_cluster: Mapping[str, list[tuple[str, str]]] = {}  # the listing: (store name, JSON text)
         self._loaded_at: float | None = None
         self.listings = 0
         # The watch-fed index (feed): cluster name -> {store name: value}; used only while ``_live``.
-        self._index: dict[str, dict[str, _Entry]] = {}
+        # Heartbeats as JSON text only (no per-heartbeat object the GC tracks: module docstring); decoded ones
+        # are kept by store name with the text they came from, so a new version is decoded again.
+        self._index: dict[str, dict[str, str]] = {}
+        self._decoded: dict[str, tuple[str, KubeServer]] = {}
         self._live = False
         # False while a resumed watch catches up: objects are read from the store meanwhile (module docstring).
         self._objects_live = False
@@ -153,31 +156,41 @@ class ClusterLookup:
     async def heartbeats(self, name: str) -> list[KubeServer]:
         """The live heartbeats of cluster ``name`` (expired ones dropped): from the watch-fed index while the
         feed is live, else from a listing at most ``max_age`` seconds old."""
-        entries: Iterable[_Entry]
+        entries: Iterable[tuple[str, str]]
         if self._live and not self._force_list:
             await trio.lowlevel.checkpoint()
-            entries = list(self._index.get(name, {}).values())
+            entries = list(self._index.get(name, {}).items())
         else:
             self._force_list = False
             await self._refresh()
             entries = self._by_cluster.get(name, ())
         now = self.now()
         servers = []
-        for entry in entries:
-            if entry.decoded is None:  # decoded once per stored version, not once per connection
-                try:
-                    entry.decoded = codec.resource_from_dict(entry.value, verify_kubeconfig=False)
-                except (BadParameter, TooLarge) as err:  # a stored value a newer or broken writer left: skip it
-                    log.warning("ignoring an unreadable kube_server heartbeat for %r: %s", name, err)
-                    continue
-            server = entry.decoded
-            if not isinstance(server, KubeServer):
+        for store_name, text in entries:
+            server = self._heartbeat(store_name, text, name)
+            if server is None:
                 continue
             expires = server.metadata.expires
             if expires is not None and expires <= now:
                 continue
             servers.append(server)
         return servers
+
+    def _heartbeat(self, store_name: str, text: str, cluster: str) -> KubeServer | None:
+        """``text`` decoded, once per stored version (not once per connection); None for a value a newer or
+        broken writer left (skipped with a warning)."""
+        cached = self._decoded.get(store_name)
+        if cached is not None and cached[0] == text:
+            return cached[1]
+        try:
+            server = codec.resource_from_dict(json.loads(text), verify_kubeconfig=False)
+        except (BadParameter, TooLarge) as err:
+            log.warning("ignoring an unreadable kube_server heartbeat for %r: %s", cluster, err)
+            return None
+        if not isinstance(server, KubeServer):
+            return None
+        self._decoded[store_name] = (text, server)
+        return server
 
     async def _refresh(self) -> None:
         if self._fresh():
@@ -186,11 +199,11 @@ class ClusterLookup:
             if self._fresh():  # another connection listed while this one waited
                 return
             records = await self.store.list("kube_server")
-            grouped: dict[str, list[_Entry]] = {}
+            grouped: dict[str, list[tuple[str, str]]] = {}
             for record in records:
                 cluster = _cluster_of(record.value)
                 if cluster is not None:
-                    grouped.setdefault(cluster, []).append(_Entry(record.value, record.expires))
+                    grouped.setdefault(cluster, []).append((record.name, _text(record.value)))
             self._by_cluster = grouped
             self._loaded_at = trio.current_time()
             self.listings += 1
@@ -226,11 +239,12 @@ class ClusterLookup:
                 if revision is None:
                     start = await self.store.revision()  # before the list: a write between them is replayed
                     records = await self.store.list("kube_server")
-                    index: dict[str, dict[str, _Entry]] = {}
+                    index: dict[str, dict[str, str]] = {}
                     for record in records:
                         _index_put(index, record)
                     del records
                     self._index = index
+                    self._decoded = {}
                     revision = start
                     self._live = True
                     self.relists += 1
@@ -241,6 +255,7 @@ class ClusterLookup:
                     async for event in events:
                         if event.type == "DELETE":
                             _index_delete(self._index, event.record.name, event.record.value)
+                            self._decoded.pop(event.record.name, None)
                         else:
                             _index_put(self._index, event.record)
                         revision = event.record.revision
@@ -309,15 +324,17 @@ def _cluster_of(value: Mapping[str, Any]) -> str | None:
     return cluster if isinstance(cluster, str) else None
 
 
-def _index_put(index: dict[str, dict[str, _Entry]], record: Record) -> None:
+def _text(value: Mapping[str, Any]) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _index_put(index: dict[str, dict[str, str]], record: Record) -> None:
     cluster = _cluster_of(record.value)
     if cluster is not None:
-        index.setdefault(cluster, {})[record.name] = _Entry(record.value, record.expires)
+        index.setdefault(cluster, {})[record.name] = _text(record.value)
 
 
-def _index_delete(index: dict[str, dict[str, _Entry]], store_name: str, value: Mapping[str, Any]) -> None:
+def _index_delete(index: dict[str, dict[str, str]], store_name: str, value: Mapping[str, Any]) -> None:
     cluster = _cluster_of(value)
     entries = index.get(cluster, {}) if cluster is not None else {}
     entries.pop(store_name, None)
-    if not entries and cluster is not None:
-        index.pop(cluster, None)
