@@ -562,7 +562,7 @@ async def watches(
         async with trio.open_nursery() as nursery:
             for watch_id, conn in opened:
                 nursery.start_soon(arrivals.follow, watch_id, conn)
-            with trio.fail_after(IO_TIMEOUT * 3):
+            with trio.fail_after(IO_TIMEOUT * 3), benchlib.no_gc_pauses():
                 # One event at a time to one proxied and one direct watch; every other watch stays idle.
                 for k in range(singles):
                     p, d = f"p{k % count}", f"d{k % direct_count}"

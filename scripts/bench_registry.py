@@ -531,11 +531,12 @@ async def watch_latency(
             nursery.start_soon(watcher, index, probe)
         with trio.fail_after(STARTUP_TIMEOUT):
             await probe.all_ready.wait()
-        for k in range(events):
-            name = f"watch-{tag}-{watchers}-{k:06d}"
-            probe.begin(name)
-            await write(name)
-            await probe.delivered()
+        with benchlib.no_gc_pauses():
+            for k in range(events):
+                name = f"watch-{tag}-{watchers}-{k:06d}"
+                probe.begin(name)
+                await write(name)
+                await probe.delivered()
         nursery.cancel_scope.cancel()
     return probe.samples
 

@@ -17,6 +17,7 @@ developer's own registry is never touched.
 from __future__ import annotations
 
 import argparse
+import gc
 import math
 import os
 import platform
@@ -24,8 +25,8 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -272,3 +273,19 @@ def run_main(prog: str, run: Callable[[_C], Awaitable[str]], config: _C) -> int:
             print(f"{prog}: failed: {leaf}", file=sys.stderr)
         return 1
     return 0
+
+
+@contextmanager
+def no_gc_pauses() -> Iterator[None]:
+    """The benchmark process's cyclic garbage collector off while latencies are timed (as ``timeit`` does):
+    its watchers stand in for other processes, and a collection here (60-150 ms with a benchmark's objects
+    on a loaded machine) would be charged to what is measured. Collected after. What runs in this process
+    (bench_registry's store alone) runs without collections too, a stricter baseline; the registry, agent
+    and upstream are subprocesses and keep their collectors on."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.collect()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import math
 from pathlib import Path
 
@@ -89,3 +90,13 @@ def test_bad_values_are_usage_errors(argv: list[str], message: str, capsys: pyte
     err = usage_error(lambda a: benchlib.parse_args(_parser(), a, full=FULL, quick=QUICK), argv, capsys)
     assert message in err
     assert len(err) < 1_000  # a hostile value is cut, not echoed whole
+
+
+def test_no_gc_pauses_turns_the_collector_off_while_timing_and_back_on_even_after_an_error() -> None:
+    assert gc.isenabled()
+    with benchlib.no_gc_pauses():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), benchlib.no_gc_pauses():
+        raise RuntimeError("a failed measurement")
+    assert gc.isenabled()
