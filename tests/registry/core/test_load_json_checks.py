@@ -5,6 +5,7 @@ depth walk over containers only)."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -45,7 +46,7 @@ def test_nesting_up_to_the_limit_is_read_and_one_more_is_refused(opener: str) ->
 
 
 def test_depth_counts_the_deepest_branch_not_the_first_or_the_widest() -> None:
-    deep = {"k": 1}
+    deep: Any = {"k": 1}
     for _ in range(MAX_NESTING):
         deep = {"k": [deep]} if len(json.dumps(deep)) % 2 else {"k": deep}
     wide = {"items": [{"x": n} for n in range(2000)], "deep": deep}
