@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from registry.core.errors import AlreadyExists, BadParameter, TooLarge
-from registry.store import EncodedValue, encode_value
+from registry.store import EncodedValue, SQLiteStore, encode_value
 from registry.store._common import BaseStore
-from tests.registry.store.store_helpers import BACKENDS, open_backend, revisions, take
+from tests.registry.store.store_helpers import BACKENDS, FakeClock, open_backend, revisions, take
 
 K = "audit"
 
@@ -96,3 +96,40 @@ def test_encode_value_rejects_what_a_store_would() -> None:
         encode_value(K, "n", {"obj": object()})
     with pytest.raises(BadParameter):
         encode_value(K, "n", ["not", "a", "mapping"])
+
+
+async def test_an_expired_record_in_the_way_is_removed_first_within_the_batch(tmp_path: Path) -> None:
+    for backend in ("memory", "sqlite"):
+        clock = FakeClock()
+        (tmp_path / backend).mkdir()
+        store = await open_backend(backend, tmp_path / backend, clock=clock)
+        try:
+            await store.create(K, "e0001", {"old": True}, expires=clock() + 1)
+            clock.advance(2)
+            async with store.watch([K], since=1) as events:
+                assert await store.append_many(K, batch(3)) == 3
+                seen = await take(events, 4)
+            assert [(e.type, e.record.name) for e in seen] == [
+                ("PUT", "e0000"),
+                ("DELETE", "e0001"),
+                ("PUT", "e0001"),
+                ("PUT", "e0002"),
+            ]
+            assert (await store.get(K, "e0001")).value == {"event": "x", "n": 1}
+        finally:
+            await store.aclose()
+
+
+async def test_appended_records_and_their_history_survive_a_reopen(tmp_path: Path) -> None:
+    store = await SQLiteStore.open(tmp_path / "s.db")
+    await store.append_many(K, batch(300))
+    await store.aclose()
+    again = await SQLiteStore.open(tmp_path / "s.db")
+    try:
+        assert await again.revision() == 300
+        assert [r.value["n"] for r in await again.list(K)] == list(range(300))
+        async with again.watch([K], since=299) as replay:
+            (last,) = await take(replay, 1)
+        assert (last.type, last.record.name, last.record.revision) == ("PUT", "e0299", 300)
+    finally:
+        await again.aclose()
