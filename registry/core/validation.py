@@ -313,11 +313,13 @@ def load_yaml_document(data: str | bytes, *, source: str, limit: int) -> object:
 
 
 def _pairs_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError(f"duplicate key {quote(key)}")
-        result[key] = value
+    result = dict(pairs)  # built in C; a key given twice makes it shorter (then find which, for the message)
+    if len(result) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"duplicate key {quote(key)}")
+            seen.add(key)
     return result
 
 
@@ -327,16 +329,20 @@ def _reject_constant(name: str) -> NoReturn:
 
 def _depth(value: Any) -> int:
     """Nesting depth of a JSON value, iteratively (no recursion to exhaust)."""
+    if not isinstance(value, dict | list):
+        return 0
     deepest = 0
-    stack: list[tuple[Any, int]] = [(value, 1)]
+    stack: list[tuple[dict[str, Any] | list[Any], int]] = [(value, 1)]  # containers only: scalars add no depth
     while stack:
         item, level = stack.pop()
-        if isinstance(item, dict | list):
-            deepest = max(deepest, level)
+        if level > deepest:
+            deepest = level
             if deepest > MAX_NESTING:
                 return deepest
-            children = item.values() if isinstance(item, dict) else item
-            stack.extend((child, level + 1) for child in children)
+        below = level + 1
+        for child in item.values() if isinstance(item, dict) else item:
+            if isinstance(child, dict | list):
+                stack.append((child, below))
     return deepest
 
 

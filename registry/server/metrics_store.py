@@ -23,6 +23,7 @@ _TIMED = frozenset(
         "count",
         "create",
         "create_many",
+        "append_many",
         "write_many",
         "delete_many",
         "update",

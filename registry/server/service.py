@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import json
 import re
 import secrets
 import shlex
@@ -50,7 +49,7 @@ from typing import Any, cast
 from labels import validate_labels, validate_selector_items
 from registry import __version__
 from registry.core import codec, validation
-from registry.core.errors import AccessDenied, AlreadyExists, BadParameter, KubeportError, NotFound
+from registry.core.errors import AccessDenied, AlreadyExists, BadParameter, KubeportError, NotFound, TooLarge
 from registry.core.identity import (
     AGENT_TTL,
     USER_TTL,
@@ -92,7 +91,7 @@ from registry.server.aggregate import FailureAggregator, FailureRow
 from registry.server.authz import Caller, effective_roles, user_gone
 from registry.server.bots import BotService
 from registry.server.frontdoors import FrontDoorDirectory
-from registry.store import Event, Record, Store, Write, without_secret_fields
+from registry.store import EncodedValue, Event, Record, Store, Write, encode_value, without_secret_fields
 
 AUDIT_KIND = "audit"
 AGENT_KIND = "kube_agent"
@@ -368,18 +367,30 @@ class Registry:
         return record
 
     async def audit_many(self, events: builtins.list[tuple[str, Caller | None, dict[str, Any]]]) -> None:
-        """Several audit events (``(event, caller, fields)``) in ONE store write (``Store.create_many``: one
+        """Several audit events (``(event, caller, fields)``) in ONE store write (``Store.append_many``: one
         commit, one fsync with SQLite), in order; all are written or none."""
         if not events:
             return
-        values = [self._audit_entry(event, caller, dict(fields)) for event, caller, fields in events]
-        await self.store.create_many(AUDIT_KIND, values, expires=self._audit_expiry())
-        await self._audit_written(len(values))
+        when = format_epoch(self.clock())  # one receipt time per batch: the events arrived together
+        names = self._audit_names(len(events))
+        await self._append_audit(
+            [
+                (name, encode_value(AUDIT_KIND, name, self._audit_value(event, caller, dict(fields), when)))
+                for name, (event, caller, fields) in zip(names, events, strict=True)
+            ]
+        )
 
-    def _audit_value(self, event: str, caller: Caller | None, fields: dict[str, Any]) -> dict[str, Any]:
+    async def _append_audit(self, items: builtins.list[tuple[str, EncodedValue]]) -> None:
+        """Write encoded audit rows in one store commit, records not read back, then count them for the trim."""
+        await self.store.append_many(AUDIT_KIND, items, expires=self._audit_expiry())
+        await self._audit_written(len(items))
+
+    def _audit_value(
+        self, event: str, caller: Caller | None, fields: dict[str, Any], when: str | None = None
+    ) -> dict[str, Any]:
         value: dict[str, Any] = {
             "event": event,
-            "time": format_epoch(self.clock()),
+            "time": when if when is not None else format_epoch(self.clock()),
             "success": fields.pop("success", True),
         }
         if caller is not None:
@@ -404,22 +415,40 @@ class Registry:
             raise AccessDenied(f"access denied: {caller.describe()} may not report access events")
         if len(events) > MAX_AGENT_EVENTS:
             raise BadParameter(f"at most {MAX_AGENT_EVENTS} events per request (got {len(events)})")
-        checked: builtins.list[dict[str, Any]] = []
-        for index, event in enumerate(events):
+        host = caller.identity.host_id
+        when = format_epoch(self.clock())  # the registry's receipt time (the agent's own is not trusted)
+        names = self._audit_names(len(events))
+        items: builtins.list[tuple[str, EncodedValue]] = []
+        for index, (name, event) in enumerate(zip(names, events, strict=True)):
             if not isinstance(event, dict) or event.get("event") not in AGENT_EVENT_TYPES:
                 raise BadParameter(
                     f"event {index}: expected a mapping whose event is one of {', '.join(sorted(AGENT_EVENT_TYPES))}"
                 )
-            if len(json.dumps(event)) > MAX_AGENT_EVENT_BYTES:
-                raise BadParameter(f"event {index}: more than {MAX_AGENT_EVENT_BYTES} bytes")
-            fields = {k: v for k, v in event.items() if isinstance(k, str) and k not in ("event", "time")}
-            fields["reported_by"] = caller.identity.host_id
-            fields.setdefault("success", True)
-            checked.append({"event": event["event"], **fields})
+            # The stored row in one pass (what _audit_value makes of it): string keys, None values left out,
+            # the registry's time, reported_by from the caller whatever the body says.
+            value = {k: v for k, v in event.items() if isinstance(k, str) and v is not None}
+            value["time"] = when
+            value["success"] = event.get("success", True)
+            value["reported_by"] = host
+            try:  # encoded once: the size bound applies to exactly the text the store writes
+                encoded = encode_value(AUDIT_KIND, name, value, MAX_AGENT_EVENT_BYTES)
+            except TooLarge:
+                raise BadParameter(f"event {index}: more than {MAX_AGENT_EVENT_BYTES} bytes") from None
+            except BadParameter:
+                raise BadParameter(f"event {index}: not a JSON object of JSON values") from None
+            items.append((name, encoded))
         # Validated as a whole first, then written as one store write: a bad batch writes nothing, and a
         # batch of 500 costs one commit (one fsync), not 500.
-        await self.audit_many([(value.pop("event"), None, value) for value in checked])
-        return len(checked)
+        await self._append_audit(items)
+        return len(items)
+
+    def _audit_names(self, count: int) -> builtins.list[str]:
+        """``count`` names as :meth:`_audit_name` makes them, sharing one random suffix (a batch's names
+        still differ, by their strictly increasing times)."""
+        start = max(time.time_ns(), self._last_audit_ns + 1)
+        self._last_audit_ns = start + count - 1
+        suffix = secrets.token_hex(4)
+        return [f"{start + offset:020d}-{suffix}" for offset in range(count)]
 
     def _audit_name(self) -> str:
         """A name that sorts by time and, within this process, strictly by write order (pages never

@@ -16,12 +16,14 @@ from __future__ import annotations
 import re
 
 from registry.core.errors import BadParameter
+from registry.store._plan import encoded as encode_value
 from registry.store._secrets import without_secret_fields
-from registry.store.base import Event, Record, Store, StoreClosed, Write, serve_expiry
+from registry.store.base import EncodedValue, Event, Record, Store, StoreClosed, Write, serve_expiry
 from registry.store.memory import MemoryStore
 from registry.store.sqlite import SQLiteStore
 
 __all__ = [
+    "EncodedValue",
     "Event",
     "MemoryStore",
     "Record",
@@ -29,6 +31,7 @@ __all__ = [
     "Store",
     "StoreClosed",
     "Write",
+    "encode_value",
     "open_store",
     "serve_expiry",
     "without_secret_fields",

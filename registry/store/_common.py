@@ -22,11 +22,11 @@ from typing import Any, TypedDict
 
 import trio
 
-from registry.core.errors import BadParameter, KubeportError, LimitExceeded
+from registry.core.errors import BadParameter, KubeportError, LimitExceeded, TooLarge
 from registry.store import _plan
 from registry.store._plan import Change, Item, WriteKind, WriteOp
 from registry.store._watch import Hub, open_watch
-from registry.store.base import MAX_EXISTING, Event, Record, StoreClosed, Write
+from registry.store.base import MAX_EXISTING, EncodedValue, Event, Record, StoreClosed, Write
 
 Clock = Callable[[], float]
 
@@ -220,6 +220,30 @@ class BaseStore(abc.ABC):
             if not isinstance(entry, tuple) or len(entry) != 2:
                 raise BadParameter(f"create_many takes (name, value) pairs, got {entry!r:.100}")
         return await self.write_many([Write("create", kind, name, value, expires=expires) for name, value in items])
+
+    async def append_many(
+        self, kind: str, items: Sequence[tuple[str, EncodedValue]], *, expires: float | None = None
+    ) -> int:
+        kind = _plan.check_kind(kind)
+        when = _plan.check_expires(kind, "", expires)
+        ops: list[WriteOp] = []
+        for entry in items:  # every item is checked before anything is written
+            if not isinstance(entry, tuple) or len(entry) != 2 or not isinstance(entry[1], EncodedValue):
+                raise BadParameter(f"append_many takes (name, EncodedValue) pairs, got {entry!r:.100}")
+            name, value = entry
+            name = _plan.check_name(kind, name)
+            if len(value.data) > self._max_value_bytes:  # encoded against another bound than this store's
+                raise TooLarge(
+                    f"{kind} {name!r}: value is {len(value.data)} bytes as JSON, the limit is {self._max_value_bytes}"
+                )
+            ops.append(WriteOp("create", kind, name, value.data, value.labels, when))
+        self._check_open()
+        if not ops:
+            await trio.lowlevel.checkpoint()
+            return 0
+        await self._write_batch(ops)
+        await self._maybe_compact()
+        return len(ops)
 
     async def delete_many(self, kind: str, names: Sequence[str]) -> builtins.list[Record]:
         if isinstance(names, str):

@@ -31,7 +31,7 @@ from labels import match_labels
 from registry.core.errors import AlreadyExists, BadParameter, Compacted, CompareFailed, NotFound, TooLarge
 from registry.core.validation import label_errors
 from registry.store import _secrets
-from registry.store.base import Event, Record
+from registry.store.base import EncodedValue, Event, Record
 
 WriteKind = Literal["create", "update", "put", "delete"]
 
@@ -279,17 +279,29 @@ def check_positive(what: str, value: object) -> int:
 
 def encode_value(kind: str, name: str, value: object, max_bytes: int) -> str:
     """Canonical JSON text of ``value`` (a dict), or BadParameter / TooLarge naming the record."""
-    where = f"{kind} {json.dumps(name)}"
     if not isinstance(value, dict):
-        raise BadParameter(f"{where}: value must be a JSON object, got {type(value).__name__}")
+        raise BadParameter(f"{_where(kind, name)}: value must be a JSON object, got {type(value).__name__}")
     try:
         # allow_nan=False: NaN/Infinity are not JSON and other readers (etcd clients, kubectl) reject them.
         data = json.dumps(value, separators=(",", ":"), sort_keys=True, allow_nan=False)
     except (TypeError, ValueError, RecursionError) as exc:
-        raise BadParameter(f"{where}: value is not JSON-serialisable: {exc}") from None
+        raise BadParameter(f"{_where(kind, name)}: value is not JSON-serialisable: {exc}") from None
     if len(data) > max_bytes:  # length in characters; ensure_ascii makes that the byte count
-        raise TooLarge(f"{where}: value is {len(data)} bytes as JSON, the limit is {max_bytes}")
+        raise TooLarge(f"{_where(kind, name)}: value is {len(data)} bytes as JSON, the limit is {max_bytes}")
     return data
+
+
+def _where(kind: str, name: str) -> str:
+    """The record named in an error message (built only on the error path: one json.dumps per write saved)."""
+    return f"{kind} {json.dumps(name)}"
+
+
+def encoded(kind: str, name: str, value: object, max_bytes: int = DEFAULT_MAX_VALUE_BYTES) -> EncodedValue:
+    """``value`` checked and encoded as a store writes it (:func:`encode_value`, :func:`encode_labels`), for
+    :meth:`Store.append_many`; BadParameter / TooLarge (over ``max_bytes``) name the record."""
+    data = encode_value(kind, name, value, max_bytes)
+    assert isinstance(value, dict)  # encode_value raised otherwise
+    return EncodedValue(data, encode_labels(value))
 
 
 def _show(value: object) -> str:
@@ -377,7 +389,10 @@ def labels_match(labels: Mapping[str, str | list[str]], item: Item) -> bool:
 
 def encode_labels(value: Mapping[str, Any]) -> str:
     """The labels of ``value`` as canonical JSON text (see :func:`labels_of`)."""
-    return json.dumps(labels_of(value), separators=(",", ":"), sort_keys=True)
+    labels = labels_of(value)
+    if not labels:  # most records (every audit event): skip the encoder
+        return "{}"
+    return json.dumps(labels, separators=(",", ":"), sort_keys=True)
 
 
 def labels_of(value: Mapping[str, Any]) -> dict[str, str]:

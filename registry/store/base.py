@@ -82,6 +82,16 @@ class Write:
     expected_revision: int | None = None  # update and delete only
 
 
+@dataclass(frozen=True, slots=True)
+class EncodedValue:
+    """A record value already checked and encoded by ``registry.store.encode_value`` (never built by hand):
+    its canonical JSON text and its labels' JSON text. :meth:`Store.append_many` takes these, so a caller
+    that must bound a value's encoded size (the agents' audit events) encodes it once, not twice."""
+
+    data: str
+    labels: str
+
+
 MAX_EXISTING = 4096  # names per Store.existing call (a heartbeat batch is at most 512)
 
 
@@ -133,6 +143,14 @@ class Store(Protocol):
         """Create several ``(name, value)`` records of ``kind`` in ONE write: all or nothing (AlreadyExists for
         any live name, or a name given twice, writes none), one durable commit, consecutive revisions in the
         order given, and watchers see one PUT event per record. Returns the records in that order."""
+        ...
+
+    async def append_many(
+        self, kind: str, items: Sequence[tuple[str, EncodedValue]], *, expires: float | None = None
+    ) -> int:
+        """:meth:`create_many` for values already encoded (``registry.store.encode_value``): the same single
+        all-or-nothing commit, revisions and watch events, but it answers only how many records it wrote
+        (nothing is decoded back). For bulk appends whose records the caller does not read (audit)."""
         ...
 
     async def write_many(self, writes: Sequence[Write]) -> builtins.list[Record]:

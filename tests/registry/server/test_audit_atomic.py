@@ -29,7 +29,7 @@ class AuditFails(SQLiteStore):
 
     failing = False
 
-    def _apply_sync(self, changes: Sequence[Change]) -> None:  # type: ignore[override]
+    def _apply_sync(self, changes: Sequence[Change]) -> None:
         if self.failing and any(c.item.kind == AUDIT_KIND for c in changes):
             raise sqlite3.OperationalError("disk I/O error")
         super()._apply_sync(changes)
