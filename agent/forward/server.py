@@ -55,7 +55,7 @@ from prometheus_client import Counter
 from agent.forward import audit as audit_events
 from agent.forward import exit_taps
 from agent.forward.context import ForwardContext
-from agent.forward.decide import Decision, Target, WrongCluster, decide, inspect_headers, map_request, strip_prefix
+from agent.forward.decide import Decision, HeadMemo, Target, WrongCluster, decide, map_request, strip_prefix
 from agent.forward.exit_status import ExitStatus
 from agent.forward.upstream import Endpoint, UpstreamConnection, UpstreamError
 from registry.core.errors import AccessDenied, BadParameter, KubeportError, NotFound, Timeout, Unauthenticated
@@ -130,6 +130,12 @@ class _Session:
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_head_bytes)
         self.client_gone = False
         self.proxied: dict[int, Counter] = {}  # HTTP code -> this cluster's kubeport_proxied_requests_total child
+        # Per-stream memos of pure steps (kubectl repeats its head on every kept-alive request): the header
+        # rules' last result, the last decision (its upstream headers), and the h11 Headers of the last
+        # upstream request with the endpoint they were built for (h11 validated them when it built them).
+        self.heads = HeadMemo()
+        self.last_decision: Decision | None = None
+        self.upstream_headers: tuple[tuple[tuple[bytes, bytes], ...], Endpoint, Any] | None = None
 
     # -- the loop --------------------------------------------------------------------------------------
 
@@ -219,7 +225,7 @@ class _Session:
             record.path = target.raw
             record.request = map_request(method, target)
             try:
-                inbound = inspect_headers(head.headers.raw_items())
+                inbound = self.heads.inspect(head.headers.raw_items())
             except BadParameter as err:
                 # Smuggling or a malformed head: the client's framing cannot be trusted any more.
                 raise _Malformed(err.message) from None
@@ -241,7 +247,9 @@ class _Session:
                 request=record.request,
                 inbound=inbound,
                 cache=self.ctx.decisions,
+                last=self.last_decision,
             )
+            self.last_decision = decision
             record.roles = decision.access.roles
             record.identity = decision.identity
             endpoint = await self.ctx.endpoints.endpoint(kube_cluster, self.ctx.exec_credential)
@@ -313,11 +321,15 @@ class _Session:
     # -- forwarding ------------------------------------------------------------------------------------
 
     async def _forward(self, head: h11.Request, decision: Decision, endpoint: Endpoint, record: _Record) -> bool:
+        memo = self.upstream_headers
+        if memo is not None and memo[0] is decision.headers and memo[1] is endpoint:
+            headers = memo[2]  # the h11 Headers of the previous upstream request: the same lines, validated
+        else:
+            headers = _upstream_headers(decision, endpoint)
         upstream_head = h11.Request(
-            method=head.method,
-            target=(endpoint.base_path + decision.target.raw).encode("ascii"),
-            headers=_upstream_headers(decision, endpoint),
+            method=head.method, target=(endpoint.base_path + decision.target.raw).encode("ascii"), headers=headers
         )
+        self.upstream_headers = (decision.headers, endpoint, upstream_head.headers)
         body = _Body(limit=self.limits.replay_body_bytes)
         fresh = False
         relaying = [False]  # True once the answer's head arrived and it is being relayed (not a 101)
