@@ -134,6 +134,10 @@ class _Session:
         # rules' last result, the last decision (its upstream headers), and the h11 Headers of the last
         # upstream request with the endpoint they were built for (h11 validated them when it built them).
         self.heads = HeadMemo()
+        # The stream's one cancel scope: its deadline is the certificate's expiry, moved to the idle limit
+        # while a kept-alive stream waits for its next request (no new scope per request).
+        self.scope = trio.CancelScope()
+        self.expires_at = math.inf
         self.last_decision: Decision | None = None
         self.upstream_headers: tuple[tuple[tuple[bytes, bytes], ...], Endpoint, Any] | None = None
 
@@ -142,9 +146,10 @@ class _Session:
     async def run(self) -> None:
         remaining = (self.info.cert_expires - self.ctx.now()).total_seconds()
         # The stream lives at most as long as the certificate that opened it (Teleport disconnects at expiry).
-        deadline = trio.current_time() + remaining if remaining > 0 else math.inf
+        self.expires_at = trio.current_time() + remaining if remaining > 0 else math.inf
         try:
-            with trio.CancelScope(deadline=deadline):
+            with self.scope:
+                self.scope.deadline = self.expires_at
                 await self._loop()
         except (_ClientGone, _Abort):
             pass
@@ -193,10 +198,15 @@ class _Session:
         try:
             buffered, closed = self.conn.trailing_data
             if not buffered and not closed:
-                with trio.move_on_after(self.limits.idle_timeout) as idle:
+                # Idle: the stream's scope ends it at the idle limit (or the certificate's expiry, if sooner).
+                scope = self.scope
+                scope.deadline = min(self.expires_at, trio.current_time() + self.limits.idle_timeout)
+                try:
                     await self._receive()
-                if idle.cancelled_caught:
-                    return None
+                finally:
+                    scope.deadline = self.expires_at
+                if scope.cancel_called:
+                    return None  # the limit passed as the bytes came: the stream ends all the same
             event = await self._next_event_within(self.limits.head_timeout)
         except trio.TooSlowError:
             await self._refuse_head(Timeout("the request head did not arrive in time"), 408, "Timeout")
