@@ -134,6 +134,7 @@ class _Session:
         # rules' last result, the last decision (its upstream headers), and the h11 Headers of the last
         # upstream request with the endpoint they were built for (h11 validated them when it built them).
         self.heads = HeadMemo()
+        self.head_scope: trio.CancelScope | None = None  # see _watching
         # The stream's one cancel scope: its deadline is the certificate's expiry, moved to the idle limit
         # while a kept-alive stream waits for its next request (no new scope per request).
         self.scope = trio.CancelScope()
@@ -353,7 +354,8 @@ class _Session:
                 await self._send_body(body, conn)
                 # One watcher task for the answer's head and its body (a watcher per phase cost a task more).
                 response = await self._watching(
-                    lambda conn=conn: self._answer(conn, record, relaying)  # type: ignore[misc]
+                    lambda conn=conn: self._answer(conn, record, relaying),  # type: ignore[misc]
+                    head_of=conn,
                 )
             except BaseException as exc:
                 await self.ctx.pool.discard(conn)
@@ -385,6 +387,12 @@ class _Session:
     ) -> h11.Response | h11.InformationalResponse:
         """The answer's head; unless it is a 101, its whole relay to the client too."""
         response = await self._response_head(conn)
+        scope = self.head_scope
+        if scope is not None:
+            scope.deadline = math.inf  # the head arrived: a body may stream for hours
+            self.head_scope = None
+            if scope.cancel_called and not self._peer_gone():  # it came just as the time limit ran out
+                raise conn.endpoint.unreachable(f"no answer within {self.limits.response_head_timeout:g}s")
         record.status = response.status_code
         if response.status_code != 101:
             relaying[0] = True
@@ -420,7 +428,10 @@ class _Session:
         await conn.send(h11.EndOfMessage())
 
     async def _response_head(self, conn: UpstreamConnection) -> h11.Response | h11.InformationalResponse:
-        with trio.move_on_after(self.limits.response_head_timeout) as waited:
+        # Under _watching on a tunnel stream the head's time limit is the deadline of its scope (head_scope):
+        # no second cancel scope per request. Elsewhere it has its own.
+        limit = math.inf if self.head_scope is not None else self.limits.response_head_timeout
+        with trio.move_on_after(limit) as waited:
             while True:
                 event = await conn.next_event()
                 if isinstance(event, h11.Response):
@@ -468,21 +479,30 @@ class _Session:
             await self._write(out.take())  # what arrived before the break still goes out
             raise _Abort(err.message) from None
 
-    async def _watching(self, work: Callable[[], Awaitable[T]]) -> T:
+    async def _watching(self, work: Callable[[], Awaitable[T]], *, head_of: UpstreamConnection | None = None) -> T:
         """Run ``work`` while watching the client: if it goes away, ``work`` is cancelled -> _ClientGone.
 
         A tunnel stream says itself when its peer ends or resets it (``watch_peer_end``): no watcher task is
         started, woken and cancelled per request, and what the client sends meanwhile waits in the stream
-        (within its window) for the next request. Any other stream gets a watcher task that reads it."""
+        (within its window) for the next request. Any other stream gets a watcher task that reads it.
+
+        ``head_of``: ``work`` waits for this connection's answer head first. On a tunnel stream the watching
+        scope's deadline is then the response head time limit until :meth:`_answer` lifts it; running out
+        is the same 502 as :meth:`_response_head` gives on its own."""
         watch = getattr(self.stream, "watch_peer_end", None)
         if watch is not None:
-            with trio.CancelScope() as scope:
+            limit = math.inf if head_of is None else trio.current_time() + self.limits.response_head_timeout
+            with trio.CancelScope(deadline=limit) as scope:
+                self.head_scope = scope if head_of is not None else None
                 watch(scope)
                 try:
                     return await work()
                 finally:
                     watch(None)
+                    waiting_for_head, self.head_scope = self.head_scope is not None, None
             assert scope.cancelled_caught
+            if head_of is not None and waiting_for_head and trio.current_time() >= limit and not self._peer_gone():
+                raise head_of.endpoint.unreachable(f"no answer within {self.limits.response_head_timeout:g}s")
             self.client_gone = True
             raise _ClientGone
         result: list[T] = []
@@ -499,6 +519,13 @@ class _Session:
         if not result:
             raise _ClientGone
         return result[0]
+
+    def _peer_gone(self) -> bool:
+        """Whether the tunnel stream's peer ended or reset it (what ``watch_peer_end`` reacts to)."""
+        probe = trio.CancelScope()
+        self.stream.watch_peer_end(probe)  # type: ignore[attr-defined]  # cancels at once when it happened
+        self.stream.watch_peer_end(None)  # type: ignore[attr-defined]
+        return probe.cancel_called
 
     async def _watch_client(self, scope: trio.CancelScope) -> None:
         try:
