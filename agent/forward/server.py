@@ -430,19 +430,22 @@ class _Session:
     async def _response_head(self, conn: UpstreamConnection) -> h11.Response | h11.InformationalResponse:
         # Under _watching on a tunnel stream the head's time limit is the deadline of its scope (head_scope):
         # no second cancel scope per request. Elsewhere it has its own.
-        limit = math.inf if self.head_scope is not None else self.limits.response_head_timeout
-        with trio.move_on_after(limit) as waited:
-            while True:
-                event = await conn.next_event()
-                if isinstance(event, h11.Response):
-                    return event
-                if isinstance(event, h11.InformationalResponse):
-                    if event.status_code == 101:
-                        return event
-                    continue  # 100 Continue, 102, 103: not for kubectl
-                raise conn.endpoint.unreachable("the connection closed before an answer")
-        assert waited.cancelled_caught
+        if self.head_scope is not None:
+            return await self._head_of(conn)
+        with trio.move_on_after(self.limits.response_head_timeout):
+            return await self._head_of(conn)
         raise conn.endpoint.unreachable(f"no answer within {self.limits.response_head_timeout:g}s")
+
+    async def _head_of(self, conn: UpstreamConnection) -> h11.Response | h11.InformationalResponse:
+        while True:
+            event = await conn.next_event()
+            if isinstance(event, h11.Response):
+                return event
+            if isinstance(event, h11.InformationalResponse):
+                if event.status_code == 101:
+                    return event
+                continue  # 100 Continue, 102, 103: not for kubectl
+            raise conn.endpoint.unreachable("the connection closed before an answer")
 
     async def _relay(self, conn: UpstreamConnection, response: h11.Response | h11.InformationalResponse) -> None:
         """Move the answer to the client. What is already read from upstream goes out as one write (a small
