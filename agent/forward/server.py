@@ -19,6 +19,10 @@ is closed (never pooled). An upstream that breaks after the response head went o
 without a clean terminator, so a truncated answer never looks complete. Before the head went out, every
 failure is a ``Status`` (502 naming the cluster for an unreachable API server).
 
+Time limits per kept-alive request open no cancel scope of their own on a tunnel stream: the idle limit
+moves the deadline of the stream's one scope (which also holds the certificate's expiry), and the limit on
+the answer's head is the deadline of the scope that watches the client, lifted when the head arrives.
+
 Upgrades (exec, attach, port-forward; WebSocket and SPDY/3.1): the upgrade request is checked and
 forwarded like any other; if the API server answers 101, its head goes to the client verbatim and both
 directions are spliced as raw bytes until either side ends, then both close. No request is parsed on the
@@ -391,7 +395,7 @@ class _Session:
         if scope is not None:
             scope.deadline = math.inf  # the head arrived: a body may stream for hours
             self.head_scope = None
-            if scope.cancel_called and not self._peer_gone():  # it came just as the time limit ran out
+            if scope.cancel_called and not self._peer_gone(scope):  # it came just as the limit ran out
                 raise conn.endpoint.unreachable(f"no answer within {self.limits.response_head_timeout:g}s")
         record.status = response.status_code
         if response.status_code != 101:
@@ -523,11 +527,12 @@ class _Session:
             raise _ClientGone
         return result[0]
 
-    def _peer_gone(self) -> bool:
-        """Whether the tunnel stream's peer ended or reset it (what ``watch_peer_end`` reacts to)."""
+    def _peer_gone(self, watching: trio.CancelScope | None = None) -> bool:
+        """Whether the tunnel stream's peer ended or reset it (what ``watch_peer_end`` reacts to); the
+        stream is left watching for ``watching`` (the scope it watched for before) afterwards."""
         probe = trio.CancelScope()
         self.stream.watch_peer_end(probe)  # type: ignore[attr-defined]  # cancels at once when it happened
-        self.stream.watch_peer_end(None)  # type: ignore[attr-defined]
+        self.stream.watch_peer_end(watching)  # type: ignore[attr-defined]
         return probe.cancel_called
 
     async def _watch_client(self, scope: trio.CancelScope) -> None:
