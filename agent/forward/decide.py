@@ -23,14 +23,16 @@ Memoized, never skipped (both pure functions of their inputs; a bounded LRU each
 target) for targets up to ``_MEMO_TARGET`` characters, and the allow decision of step 4 in a
 :class:`DecisionCache` keyed by the very user and role *objects* the caller passed (checked with ``is``,
 so a refreshed user or role, a new object, never meets an old decision), the cluster, its labels and the
-mapped request. Refusals are not memoized: they are computed again each time.
+mapped request. Refusals are not memoized: they are computed again each time. Per stream, the last
+result of step 3 (:class:`HeadMemo`: the same header lines, byte for byte) and of step 5 (``decide(last=)``:
+the same inspected head and an equal identity) are reused; steps 1-4 still run for every request.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 from registry.core import kube_headers
@@ -68,6 +70,7 @@ class Decision:
     identity: Identity
     headers: tuple[tuple[bytes, bytes], ...]
     upgrade: bool
+    inbound: kube_headers.Inbound | None = field(default=None, compare=False, repr=False)
 
 
 def strip_prefix(cluster: str, raw_target: bytes) -> Target:
@@ -135,24 +138,57 @@ def decide(
     request: KubeRequest,
     inbound: kube_headers.Inbound,
     cache: DecisionCache | None = None,
+    last: Decision | None = None,
 ) -> Decision:
-    """Steps 4 and 5 for an already mapped request and inspected head (raises a ``KubeportError``)."""
+    """Steps 4 and 5 for an already mapped request and inspected head (raises a ``KubeportError``).
+
+    ``last``: the previous decision on the same stream. When ``inbound`` is that decision's very object
+    (the stream's head inspection was reused: :class:`HeadMemo`) and the identity decided now is equal,
+    step 5's headers are its headers (the same pure function of the same inputs); authorization and the
+    identity are still decided for this request."""
     if cache is not None:
         access = cache.authorize(user, roles, cluster, labels, request)
     else:
         access = authorize(user, roles, cluster, labels, request)
     identity = choose_identity(access, inbound.requested_user, inbound.requested_groups)
-    headers = [(name, value) for name, value in kube_headers.outbound(inbound, identity) if name.lower() != b"host"]
+    if last is not None and last.inbound is inbound and last.identity == identity:
+        headers = last.headers
+    else:
+        kept = [(name, value) for name, value in kube_headers.outbound(inbound, identity) if name.lower() != b"host"]
+        headers = tuple(kept)
     return Decision(
         target=target,
         request=request,
         access=access,
         identity=identity,
-        headers=tuple(headers),
+        headers=headers,
         upgrade=bool(inbound.upgrade),
+        inbound=inbound,
     )
 
 
 def inspect_headers(headers: Iterable[tuple[bytes, bytes]]) -> kube_headers.Inbound:
     """Step 3 (raises :class:`BadParameter` or ``AccessDenied``)."""
     return kube_headers.inspect(headers)
+
+
+class HeadMemo:
+    """Step 3 for one stream, remembering its last result: kubectl repeats the very same header lines on
+    every request of a kept-alive connection, and :func:`kube_headers.inspect` is a pure function of
+    them, so the same lines (compared byte for byte) get the same :class:`~kube_headers.Inbound` object
+    back. A refusal is never remembered; one entry per stream (memory bounded by the head size limit)."""
+
+    __slots__ = ("_inbound", "_items", "hits")
+
+    def __init__(self) -> None:
+        self._items: list[tuple[bytes, bytes]] | None = None
+        self._inbound: kube_headers.Inbound | None = None
+        self.hits = 0
+
+    def inspect(self, items: list[tuple[bytes, bytes]]) -> kube_headers.Inbound:
+        if self._inbound is not None and items == self._items:
+            self.hits += 1
+            return self._inbound
+        inbound = kube_headers.inspect(items)  # raises: nothing remembered
+        self._items, self._inbound = items, inbound
+        return inbound

@@ -19,6 +19,10 @@ is closed (never pooled). An upstream that breaks after the response head went o
 without a clean terminator, so a truncated answer never looks complete. Before the head went out, every
 failure is a ``Status`` (502 naming the cluster for an unreachable API server).
 
+Time limits per kept-alive request open no cancel scope of their own on a tunnel stream: the idle limit
+moves the deadline of the stream's one scope (which also holds the certificate's expiry), and the limit on
+the answer's head is the deadline of the scope that watches the client, lifted when the head arrives.
+
 Upgrades (exec, attach, port-forward; WebSocket and SPDY/3.1): the upgrade request is checked and
 forwarded like any other; if the API server answers 101, its head goes to the client verbatim and both
 directions are spliced as raw bytes until either side ends, then both close. No request is parsed on the
@@ -55,7 +59,7 @@ from prometheus_client import Counter
 from agent.forward import audit as audit_events
 from agent.forward import exit_taps
 from agent.forward.context import ForwardContext
-from agent.forward.decide import Decision, Target, WrongCluster, decide, inspect_headers, map_request, strip_prefix
+from agent.forward.decide import Decision, HeadMemo, Target, WrongCluster, decide, map_request, strip_prefix
 from agent.forward.exit_status import ExitStatus
 from agent.forward.upstream import Endpoint, UpstreamConnection, UpstreamError
 from registry.core.errors import AccessDenied, BadParameter, KubeportError, NotFound, Timeout, Unauthenticated
@@ -130,15 +134,27 @@ class _Session:
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_head_bytes)
         self.client_gone = False
         self.proxied: dict[int, Counter] = {}  # HTTP code -> this cluster's kubeport_proxied_requests_total child
+        # Per-stream memos of pure steps (kubectl repeats its head on every kept-alive request): the header
+        # rules' last result, the last decision (its upstream headers), and the h11 Headers of the last
+        # upstream request with the endpoint they were built for (h11 validated them when it built them).
+        self.heads = HeadMemo()
+        self.head_scope: trio.CancelScope | None = None  # see _watching
+        # The stream's one cancel scope: its deadline is the certificate's expiry, moved to the idle limit
+        # while a kept-alive stream waits for its next request (no new scope per request).
+        self.scope = trio.CancelScope()
+        self.expires_at = math.inf
+        self.last_decision: Decision | None = None
+        self.upstream_headers: tuple[tuple[tuple[bytes, bytes], ...], Endpoint, Any] | None = None
 
     # -- the loop --------------------------------------------------------------------------------------
 
     async def run(self) -> None:
         remaining = (self.info.cert_expires - self.ctx.now()).total_seconds()
         # The stream lives at most as long as the certificate that opened it (Teleport disconnects at expiry).
-        deadline = trio.current_time() + remaining if remaining > 0 else math.inf
+        self.expires_at = trio.current_time() + remaining if remaining > 0 else math.inf
         try:
-            with trio.CancelScope(deadline=deadline):
+            with self.scope:
+                self.scope.deadline = self.expires_at
                 await self._loop()
         except (_ClientGone, _Abort):
             pass
@@ -187,10 +203,15 @@ class _Session:
         try:
             buffered, closed = self.conn.trailing_data
             if not buffered and not closed:
-                with trio.move_on_after(self.limits.idle_timeout) as idle:
+                # Idle: the stream's scope ends it at the idle limit (or the certificate's expiry, if sooner).
+                scope = self.scope
+                scope.deadline = min(self.expires_at, trio.current_time() + self.limits.idle_timeout)
+                try:
                     await self._receive()
-                if idle.cancelled_caught:
-                    return None
+                finally:
+                    scope.deadline = self.expires_at
+                if scope.cancel_called:
+                    return None  # the limit passed as the bytes came: the stream ends all the same
             event = await self._next_event_within(self.limits.head_timeout)
         except trio.TooSlowError:
             await self._refuse_head(Timeout("the request head did not arrive in time"), 408, "Timeout")
@@ -219,7 +240,7 @@ class _Session:
             record.path = target.raw
             record.request = map_request(method, target)
             try:
-                inbound = inspect_headers(head.headers.raw_items())
+                inbound = self.heads.inspect(head.headers.raw_items())
             except BadParameter as err:
                 # Smuggling or a malformed head: the client's framing cannot be trusted any more.
                 raise _Malformed(err.message) from None
@@ -241,7 +262,9 @@ class _Session:
                 request=record.request,
                 inbound=inbound,
                 cache=self.ctx.decisions,
+                last=self.last_decision,
             )
+            self.last_decision = decision
             record.roles = decision.access.roles
             record.identity = decision.identity
             endpoint = await self.ctx.endpoints.endpoint(kube_cluster, self.ctx.exec_credential)
@@ -313,11 +336,15 @@ class _Session:
     # -- forwarding ------------------------------------------------------------------------------------
 
     async def _forward(self, head: h11.Request, decision: Decision, endpoint: Endpoint, record: _Record) -> bool:
+        memo = self.upstream_headers
+        if memo is not None and memo[0] is decision.headers and memo[1] is endpoint:
+            headers = memo[2]  # the h11 Headers of the previous upstream request: the same lines, validated
+        else:
+            headers = _upstream_headers(decision, endpoint)
         upstream_head = h11.Request(
-            method=head.method,
-            target=(endpoint.base_path + decision.target.raw).encode("ascii"),
-            headers=_upstream_headers(decision, endpoint),
+            method=head.method, target=(endpoint.base_path + decision.target.raw).encode("ascii"), headers=headers
         )
+        self.upstream_headers = (decision.headers, endpoint, upstream_head.headers)
         body = _Body(limit=self.limits.replay_body_bytes)
         fresh = False
         relaying = [False]  # True once the answer's head arrived and it is being relayed (not a 101)
@@ -331,7 +358,8 @@ class _Session:
                 await self._send_body(body, conn)
                 # One watcher task for the answer's head and its body (a watcher per phase cost a task more).
                 response = await self._watching(
-                    lambda conn=conn: self._answer(conn, record, relaying)  # type: ignore[misc]
+                    lambda conn=conn: self._answer(conn, record, relaying),  # type: ignore[misc]
+                    head_of=conn,
                 )
             except BaseException as exc:
                 await self.ctx.pool.discard(conn)
@@ -363,6 +391,12 @@ class _Session:
     ) -> h11.Response | h11.InformationalResponse:
         """The answer's head; unless it is a 101, its whole relay to the client too."""
         response = await self._response_head(conn)
+        scope = self.head_scope
+        if scope is not None:
+            scope.deadline = math.inf  # the head arrived: a body may stream for hours
+            self.head_scope = None
+            if scope.cancel_called and not self._peer_gone(scope):  # it came just as the limit ran out
+                raise conn.endpoint.unreachable(f"no answer within {self.limits.response_head_timeout:g}s")
         record.status = response.status_code
         if response.status_code != 101:
             relaying[0] = True
@@ -398,18 +432,24 @@ class _Session:
         await conn.send(h11.EndOfMessage())
 
     async def _response_head(self, conn: UpstreamConnection) -> h11.Response | h11.InformationalResponse:
-        with trio.move_on_after(self.limits.response_head_timeout) as waited:
-            while True:
-                event = await conn.next_event()
-                if isinstance(event, h11.Response):
-                    return event
-                if isinstance(event, h11.InformationalResponse):
-                    if event.status_code == 101:
-                        return event
-                    continue  # 100 Continue, 102, 103: not for kubectl
-                raise conn.endpoint.unreachable("the connection closed before an answer")
-        assert waited.cancelled_caught
+        # Under _watching on a tunnel stream the head's time limit is the deadline of its scope (head_scope):
+        # no second cancel scope per request. Elsewhere it has its own.
+        if self.head_scope is not None:
+            return await self._head_of(conn)
+        with trio.move_on_after(self.limits.response_head_timeout):
+            return await self._head_of(conn)
         raise conn.endpoint.unreachable(f"no answer within {self.limits.response_head_timeout:g}s")
+
+    async def _head_of(self, conn: UpstreamConnection) -> h11.Response | h11.InformationalResponse:
+        while True:
+            event = await conn.next_event()
+            if isinstance(event, h11.Response):
+                return event
+            if isinstance(event, h11.InformationalResponse):
+                if event.status_code == 101:
+                    return event
+                continue  # 100 Continue, 102, 103: not for kubectl
+            raise conn.endpoint.unreachable("the connection closed before an answer")
 
     async def _relay(self, conn: UpstreamConnection, response: h11.Response | h11.InformationalResponse) -> None:
         """Move the answer to the client. What is already read from upstream goes out as one write (a small
@@ -446,21 +486,30 @@ class _Session:
             await self._write(out.take())  # what arrived before the break still goes out
             raise _Abort(err.message) from None
 
-    async def _watching(self, work: Callable[[], Awaitable[T]]) -> T:
+    async def _watching(self, work: Callable[[], Awaitable[T]], *, head_of: UpstreamConnection | None = None) -> T:
         """Run ``work`` while watching the client: if it goes away, ``work`` is cancelled -> _ClientGone.
 
         A tunnel stream says itself when its peer ends or resets it (``watch_peer_end``): no watcher task is
         started, woken and cancelled per request, and what the client sends meanwhile waits in the stream
-        (within its window) for the next request. Any other stream gets a watcher task that reads it."""
+        (within its window) for the next request. Any other stream gets a watcher task that reads it.
+
+        ``head_of``: ``work`` waits for this connection's answer head first. On a tunnel stream the watching
+        scope's deadline is then the response head time limit until :meth:`_answer` lifts it; running out
+        is the same 502 as :meth:`_response_head` gives on its own."""
         watch = getattr(self.stream, "watch_peer_end", None)
         if watch is not None:
-            with trio.CancelScope() as scope:
+            limit = math.inf if head_of is None else trio.current_time() + self.limits.response_head_timeout
+            with trio.CancelScope(deadline=limit) as scope:
+                self.head_scope = scope if head_of is not None else None
                 watch(scope)
                 try:
                     return await work()
                 finally:
                     watch(None)
+                    waiting_for_head, self.head_scope = self.head_scope is not None, None
             assert scope.cancelled_caught
+            if head_of is not None and waiting_for_head and trio.current_time() >= limit and not self._peer_gone():
+                raise head_of.endpoint.unreachable(f"no answer within {self.limits.response_head_timeout:g}s")
             self.client_gone = True
             raise _ClientGone
         result: list[T] = []
@@ -477,6 +526,14 @@ class _Session:
         if not result:
             raise _ClientGone
         return result[0]
+
+    def _peer_gone(self, watching: trio.CancelScope | None = None) -> bool:
+        """Whether the tunnel stream's peer ended or reset it (what ``watch_peer_end`` reacts to); the
+        stream is left watching for ``watching`` (the scope it watched for before) afterwards."""
+        probe = trio.CancelScope()
+        self.stream.watch_peer_end(probe)  # type: ignore[attr-defined]  # cancels at once when it happened
+        self.stream.watch_peer_end(watching)  # type: ignore[attr-defined]
+        return probe.cancel_called
 
     async def _watch_client(self, scope: trio.CancelScope) -> None:
         try:

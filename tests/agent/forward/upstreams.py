@@ -10,6 +10,7 @@ Paths (anything else: 404 Status):
 * ``/bulk``: a 200 chunked answer of six 16,000-byte chunks (more TLS records than one 64 KiB read), head,
   body and end in one write sent once every task waits (so they arrive together at a waiting forwarder);
 * ``/hang-up``: closes the connection without answering;
+* ``/silent``: never answers (holds the connection until the client closes it);
 * ``/answer-then-close``: a 410 Status that looks keep-alive, then the connection closes (a stale pooled
   connection for the next request);
 * ``/split``: a 200 with a Content-Length whose head and body are two writes, the body only once every
@@ -139,6 +140,10 @@ async def _serve(stream: trio.abc.Stream, state: Scripted) -> None:
             await trio.testing.wait_all_tasks_blocked()
             await stream.send_all(out + conn.send(h11.EndOfMessage()))
         elif path == "/hang-up":
+            return
+        elif path == "/silent":
+            while await stream.receive_some(65536):
+                pass
             return
         elif path == "/answer-then-close":
             await _status(conn, stream, 410, "answered; now this connection goes away without saying so")
