@@ -376,6 +376,64 @@ async def test_unread_data_of_reset_streams_returns_the_connection_window(nurser
     assert echo_pair.client.live
 
 
+async def test_small_reads_are_acknowledged_together_and_never_stall_the_sender(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A watch reads one small event at a time; acknowledging each read to h2 cost a call per event. Reads are
+    # now told to h2 in batches of stream_window / 16, and a sender pushing several windows of small pieces
+    # through the smallest window allowed must still never stall.
+    config = TunnelConfig(stream_window=65_535, connection_window=65_535 * 2, max_concurrent_streams=2)
+    piece, pieces = b"e" * 100, 2_000  # three windows in all
+
+    async def handler(stream: TunnelStream) -> None:
+        await stream.accept()
+        for _ in range(pieces):
+            await stream.send_all(piece)
+        await stream.send_eof()
+
+    pair = await memory_pair(nursery, handler, config)
+    acknowledged: list[int] = []
+    acknowledge = pair.client._conn.acknowledge_received_data
+
+    def counted(size: int, stream_id: int) -> None:
+        acknowledged.append(size)
+        acknowledge(size, stream_id)
+
+    monkeypatch.setattr(pair.client._conn, "acknowledge_received_data", counted)
+    stream = await pair.client.open_stream([], authority="c")
+    total = reads = 0
+    with trio.fail_after(10):
+        while data := await stream.receive_some(len(piece)):
+            total += len(data)
+            reads += 1
+    assert total == len(piece) * pieces and reads == pieces
+    assert sum(acknowledged) == total  # every byte given back, none twice
+    assert len(acknowledged) <= total // (config.stream_window // 16) + 2  # not one call per read
+
+
+async def test_bytes_held_back_from_acknowledgement_return_the_connection_window(nursery: trio.Nursery) -> None:
+    # Each stream's few bytes are read in full (below the acknowledgement batch) and the stream just ends,
+    # never closed by its reader: forty of them exceed the connection window, so bytes held back and never
+    # told to h2 would stall the tunnel.
+    config = TunnelConfig(stream_window=65_535, connection_window=65_535 * 2, max_concurrent_streams=2)
+
+    async def handler(stream: TunnelStream) -> None:
+        await stream.accept()
+        await stream.send_all(b"x" * 4000)
+        await read_all(stream)  # the end goes out after the client's end
+        await stream.send_eof()
+
+    pair = await memory_pair(nursery, handler, config)
+    with trio.fail_after(10):
+        for index in range(80):
+            stream = await pair.client.open_stream([], authority="c")
+            if index % 2:  # the bytes are read before the stream's end arrives, or with it
+                assert len(await stream.receive_some(4000)) == 4000
+            await stream.send_eof()
+            assert len(await read_all(stream)) == (0 if index % 2 else 4000)
+            await wait_until(lambda: pair.client.statistics()["open_streams"] == 0)
+
+
 async def test_stream_limit(nursery: trio.Nursery) -> None:
     config = TunnelConfig(stream_window=65_535, connection_window=65_535 * 2, max_concurrent_streams=2)
     pair = await memory_pair(nursery, config=config)
