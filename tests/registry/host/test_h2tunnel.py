@@ -352,6 +352,63 @@ async def test_a_small_send_queued_behind_a_write_in_progress_returns_without_wa
             assert got == bytes([65 + index]) * size
 
 
+@pytest.mark.parametrize("ends_first", [True, False])
+async def test_an_answer_ended_before_the_reset_survives_arriving_with_it(
+    nursery: trio.Nursery, ends_first: bool
+) -> None:
+    # The forwarder closes a stream whose client did not end its side (a `Connection: close` answer): that
+    # is a reset. In a burst the answer, its END_STREAM and the reset can leave in one write and arrive in
+    # one read; a reset alone discards unread bytes (an abort), so the forwarder ends its side first.
+    left, right = trio.testing.memory_stream_pair()
+    pump = right.send_stream.send_all_hook
+    allow = trio.Semaphore(0)
+
+    async def gated() -> None:  # each agent-side transport write completes only when the test allows it
+        await allow.acquire()
+        if pump is not None:
+            await pump()
+
+    answer = b"HTTP/1.1 403 Forbidden\r\nConnection: close\r\nContent-Length: 2\r\n\r\nno"
+    go = trio.Event()
+
+    async def handler(stream: TunnelStream) -> None:
+        await stream.accept()
+        if stream.headers and dict(stream.headers).get(b"role") == b"answer":
+            await go.wait()
+            await stream.send_all(answer)  # queued behind the write in progress
+            if ends_first:
+                await stream.send_eof()
+        else:
+            await stream.send_all(b"busy")  # the write in progress
+            await trio.sleep_forever()
+
+    client = H2Tunnel(left, side="client")
+    server = H2Tunnel(right, side="server")
+    await nursery.start(server.run, handler)
+    await nursery.start(client.run)
+    await client.wait_ready()
+    answered = await client.open_stream([(b"role", b"answer")], authority="c")
+    busy = await client.open_stream([(b"role", b"busy")], authority="c")
+    right.send_stream.send_all_hook = gated
+    try:
+        await trio.testing.wait_all_tasks_blocked()  # the busy stream's write waits in the transport
+        go.set()
+        await trio.testing.wait_all_tasks_blocked()  # answer (and END_STREAM), then the reset: all queued
+        for _ in range(4):
+            allow.release()
+        with trio.fail_after(10):
+            assert await busy.receive_some() == b"busy"
+            if ends_first:
+                assert await read_all(answered) == answer
+            else:
+                with pytest.raises(StreamReset):
+                    await read_all(answered)
+    finally:
+        right.send_stream.send_all_hook = pump
+        for _ in range(100):
+            allow.release()
+
+
 async def test_receive_some_is_a_checkpoint_whether_data_waits_or_not(nursery: trio.Nursery) -> None:
     pair = await memory_pair(nursery)
     stream = await pair.client.open_stream([], authority="c")
