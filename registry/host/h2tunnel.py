@@ -18,8 +18,7 @@ wakes tasks. Invariants:
   an outbox; the writer task sends it, except that ``TunnelStream.send_all`` finding the transport free
   sends the outbox itself, shielded from cancellation (saves two task switches per call).
   ``TunnelStream.send_all`` returns once its bytes were handed to the transport (real back-pressure, and
-  coalesced writes when many streams send), or, while a write is in progress, once queued behind it if
-  the outbox holds at most ``_QUEUE_BEHIND`` bytes; a write wakes exactly the senders whose bytes it carried. The
+  coalesced writes when many streams send); a write wakes exactly the senders whose bytes it carried. The
   outbox is bounded: a peer that makes us answer frames (PING floods ...) while it does not read is
   disconnected.
 * **Flow control**: a stream's received data is acknowledged to the peer only as its consumer reads it (frames
@@ -72,7 +71,6 @@ MAX_WINDOW = 2**31 - 1
 _DEFAULT_WINDOW = 65_535
 _MAX_FRAME_LIMIT = 2**24 - 1
 _SEND_CHUNK = 256 * 1024  # bytes queued per stream before waiting for the writer
-_QUEUE_BEHIND = 64 * 1024  # outbox bytes up to which a send behind a write in progress does not wait for it
 
 Headers = list[tuple[bytes, bytes]]
 Side = Literal["client", "server"]
@@ -363,7 +361,6 @@ class H2Tunnel:
         self._handlers = 0
         self._nursery: trio.Nursery | None = None
         self._ack_batch = self.config.stream_window // 16  # see _consumed
-        self._behind_limit = _QUEUE_BEHIND  # see _flush
         self._outbox = bytearray()
         self._writing = False  # a task is in transport.send_all (the writer, or a stream flushing itself)
         self._queued_seq = 0
@@ -708,16 +705,7 @@ class H2Tunnel:
     async def _flush(self) -> None:
         """Return once everything queued so far went to the transport. When nobody is writing, the caller
         writes itself instead of waking the writer task and waiting to be woken (two task switches per
-        ``send_all``); it also sends what other streams queued meanwhile.
-
-        While a write is in progress, a send that leaves at most ``_QUEUE_BEHIND`` bytes in the outbox
-        returns at once: that write's writer (a stream in this method, or the writer task) sends the outbox
-        next, as both loop until it is empty. In a watch-event burst most events find a write in progress;
-        each used to park and be woken by the write that carried it (a task switch per event). Bigger
-        outboxes wait as before, so back-pressure still holds a sender to what the transport takes. Bytes
-        queued when the connection breaks are lost with it, and the stream is broken (like TCP)."""
-        if self._writing and not self._dead and len(self._outbox) <= self._behind_limit:
-            return
+        ``send_all``); it also sends what other streams queued meanwhile."""
         if self._writing or self._dead:
             await self._wait_flushed()
             return
