@@ -161,8 +161,17 @@ class _Session:
         except Exception:
             log.exception("forwarding for %s to cluster %s failed", self.info.user, self.info.cluster)
         finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(1), contextlib.suppress(*_STREAM_ERRORS):
-                await self.stream.aclose()
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                # Unless an answer was cut off mid-way (the client must see an abort), end our side first: a
+                # tunnel stream closed before the client ended its side is reset, and a reset that arrives
+                # in the same read as the answer's last bytes would discard them (a `Connection: close`
+                # error answer lost in a burst). After END_STREAM the reset no longer drops what was sent.
+                send_eof = getattr(self.stream, "send_eof", None)  # a TLS stream (tests, direct use) has none
+                if send_eof is not None and self.conn.our_state not in (h11.SEND_RESPONSE, h11.SEND_BODY):
+                    with contextlib.suppress(*_STREAM_ERRORS):
+                        await send_eof()
+                with contextlib.suppress(*_STREAM_ERRORS):
+                    await self.stream.aclose()
 
     async def _loop(self) -> None:
         while True:

@@ -22,7 +22,8 @@ wakes tasks. Invariants:
   outbox is bounded: a peer that makes us answer frames (PING floods ...) while it does not read is
   disconnected.
 * **Flow control**: a stream's received data is acknowledged to the peer only as its consumer reads it (frames
-  waiting together are handed out as one piece, up to ``max_bytes``), so a stream's receive buffer never
+  waiting together are handed out as one piece, up to ``max_bytes``; small reads are acknowledged together,
+  holding back less than ``stream_window / 16``, see ``H2Tunnel._consumed``), so a stream's receive buffer never
   holds more than its window (``stream_window``). The connection window is at
   least ``max_concurrent_streams * stream_window`` (checked by :class:`TunnelConfig`), so streams whose
   consumers stall can never exhaust it: one slow consumer never stalls another stream. Senders wait on
@@ -171,6 +172,7 @@ class TunnelStream(trio.abc.HalfCloseableStream):
         self.status: int | None = None  # client side: the response status once it arrived
         self._buffer: deque[bytes] = deque()
         self._buffered = 0
+        self._unacked = 0  # bytes read but not yet acknowledged to h2 (see H2Tunnel._consumed)
         self._recv_eof = False
         self._sent_eof = False
         self._error: StreamReset | None = None
@@ -358,6 +360,7 @@ class H2Tunnel:
         self._handler: StreamHandler | None = None
         self._handlers = 0
         self._nursery: trio.Nursery | None = None
+        self._ack_batch = self.config.stream_window // 16  # see _consumed
         self._outbox = bytearray()
         self._writing = False  # a task is in transport.send_all (the writer, or a stream flushing itself)
         self._queued_seq = 0
@@ -615,16 +618,38 @@ class H2Tunnel:
         self._forget(stream)
 
     def _consumed(self, stream: TunnelStream, size: int) -> None:
-        # Hand the window back only now that the consumer took the bytes: that is the flow control.
-        if size and not self._dead:
+        """Hand the window back only now that the consumer took the bytes: that is the flow control.
+
+        Small reads (a watch event each) are told to ``h2`` together, once ``_ack_batch`` bytes were read
+        (an acknowledgement costs an ``h2`` call and an outbox check per read; ``h2`` itself sends a
+        WINDOW_UPDATE only once half the window was acknowledged). Holding back less than
+        ``stream_window / 16`` never stalls the peer: when its window is used up, everything it sent is
+        buffered here, so once read, all but that remainder (over half the window) was acknowledged."""
+        if not size or self._dead:
+            return
+        size += stream._unacked
+        if size < self._ack_batch and not stream._recv_eof:
+            stream._unacked = size
+            return
+        stream._unacked = 0
+        self._h2_call(self._conn.acknowledge_received_data, size, stream.stream_id)
+
+    def _ack_held(self, stream: TunnelStream) -> None:
+        """The peer ended the stream: what reads held back goes to h2 now (the connection window needs it
+        back; later reads acknowledge at once)."""
+        if stream._unacked and not self._dead:
+            size, stream._unacked = stream._unacked, 0
             self._h2_call(self._conn.acknowledge_received_data, size, stream.stream_id)
 
     def _discard_unread(self, stream: TunnelStream) -> None:
-        # Nobody will read these bytes: hand their window back so the connection window never leaks.
-        if stream._buffered:
-            self._consumed(stream, stream._buffered)
+        # Nobody will read these bytes: hand their window back (and what reads held back) so the
+        # connection window never leaks.
+        size = stream._buffered + stream._unacked
         stream._buffer.clear()
         stream._buffered = 0
+        stream._unacked = 0
+        if size and not self._dead:
+            self._h2_call(self._conn.acknowledge_received_data, size, stream.stream_id)
 
     def _close_stream(self, stream: TunnelStream) -> None:
         self._discard_unread(stream)
@@ -797,6 +822,7 @@ class H2Tunnel:
             stream = self._stream(event.stream_id)
             if stream is not None:
                 stream._recv_eof = True
+                self._ack_held(stream)
                 stream._recv_lot.unpark_all()
                 stream._peer_ended()
                 self._maybe_forget(stream)

@@ -297,6 +297,63 @@ async def test_a_transport_write_wakes_only_the_senders_whose_bytes_it_carried(n
             allow.release()
 
 
+@pytest.mark.parametrize("ends_first", [True, False])
+async def test_an_answer_ended_before_the_reset_survives_arriving_with_it(
+    nursery: trio.Nursery, ends_first: bool
+) -> None:
+    # The forwarder closes a stream whose client did not end its side (a `Connection: close` answer): that
+    # is a reset. In a burst the answer, its END_STREAM and the reset can leave in one write and arrive in
+    # one read; a reset alone discards unread bytes (an abort), so the forwarder ends its side first.
+    left, right = trio.testing.memory_stream_pair()
+    pump = right.send_stream.send_all_hook
+    allow = trio.Semaphore(0)
+
+    async def gated() -> None:  # each agent-side transport write completes only when the test allows it
+        await allow.acquire()
+        if pump is not None:
+            await pump()
+
+    answer = b"HTTP/1.1 403 Forbidden\r\nConnection: close\r\nContent-Length: 2\r\n\r\nno"
+    go = trio.Event()
+
+    async def handler(stream: TunnelStream) -> None:
+        await stream.accept()
+        if stream.headers and dict(stream.headers).get(b"role") == b"answer":
+            await go.wait()
+            await stream.send_all(answer)  # waits in line behind the write in progress
+            if ends_first:
+                await stream.send_eof()
+        else:
+            await stream.send_all(b"busy")  # the write in progress
+            await trio.sleep_forever()
+
+    client = H2Tunnel(left, side="client")
+    server = H2Tunnel(right, side="server")
+    await nursery.start(server.run, handler)
+    await nursery.start(client.run)
+    await client.wait_ready()
+    answered = await client.open_stream([(b"role", b"answer")], authority="c")
+    busy = await client.open_stream([(b"role", b"busy")], authority="c")
+    right.send_stream.send_all_hook = gated
+    try:
+        await trio.testing.wait_all_tasks_blocked()  # the busy stream's write waits in the transport
+        go.set()
+        await trio.testing.wait_all_tasks_blocked()  # the answer waits behind it
+        for _ in range(4):
+            allow.release()
+        with trio.fail_after(10):
+            assert await busy.receive_some() == b"busy"
+            if ends_first:
+                assert await read_all(answered) == answer
+            else:
+                with pytest.raises(StreamReset):
+                    await read_all(answered)
+    finally:
+        right.send_stream.send_all_hook = pump
+        for _ in range(100):
+            allow.release()
+
+
 async def test_receive_some_is_a_checkpoint_whether_data_waits_or_not(nursery: trio.Nursery) -> None:
     pair = await memory_pair(nursery)
     stream = await pair.client.open_stream([], authority="c")
@@ -374,6 +431,64 @@ async def test_unread_data_of_reset_streams_returns_the_connection_window(nurser
     assert pair.client.statistics()["buffered"] == 0
     echo_pair = await memory_pair(nursery, accept_and_echo, config)
     assert echo_pair.client.live
+
+
+async def test_small_reads_are_acknowledged_together_and_never_stall_the_sender(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A watch reads one small event at a time; acknowledging each read to h2 cost a call per event. Reads are
+    # now told to h2 in batches of stream_window / 16, and a sender pushing several windows of small pieces
+    # through the smallest window allowed must still never stall.
+    config = TunnelConfig(stream_window=65_535, connection_window=65_535 * 2, max_concurrent_streams=2)
+    piece, pieces = b"e" * 100, 2_000  # three windows in all
+
+    async def handler(stream: TunnelStream) -> None:
+        await stream.accept()
+        for _ in range(pieces):
+            await stream.send_all(piece)
+        await stream.send_eof()
+
+    pair = await memory_pair(nursery, handler, config)
+    acknowledged: list[int] = []
+    acknowledge = pair.client._conn.acknowledge_received_data
+
+    def counted(size: int, stream_id: int) -> None:
+        acknowledged.append(size)
+        acknowledge(size, stream_id)
+
+    monkeypatch.setattr(pair.client._conn, "acknowledge_received_data", counted)
+    stream = await pair.client.open_stream([], authority="c")
+    total = reads = 0
+    with trio.fail_after(10):
+        while data := await stream.receive_some(len(piece)):
+            total += len(data)
+            reads += 1
+    assert total == len(piece) * pieces and reads == pieces
+    assert sum(acknowledged) == total  # every byte given back, none twice
+    assert len(acknowledged) <= total // (config.stream_window // 16) + 2  # not one call per read
+
+
+async def test_bytes_held_back_from_acknowledgement_return_the_connection_window(nursery: trio.Nursery) -> None:
+    # Each stream's few bytes are read in full (below the acknowledgement batch) and the stream just ends,
+    # never closed by its reader: forty of them exceed the connection window, so bytes held back and never
+    # told to h2 would stall the tunnel.
+    config = TunnelConfig(stream_window=65_535, connection_window=65_535 * 2, max_concurrent_streams=2)
+
+    async def handler(stream: TunnelStream) -> None:
+        await stream.accept()
+        await stream.send_all(b"x" * 4000)
+        await read_all(stream)  # the end goes out after the client's end
+        await stream.send_eof()
+
+    pair = await memory_pair(nursery, handler, config)
+    with trio.fail_after(10):
+        for index in range(80):
+            stream = await pair.client.open_stream([], authority="c")
+            if index % 2:  # the bytes are read before the stream's end arrives, or with it
+                assert len(await stream.receive_some(4000)) == 4000
+            await stream.send_eof()
+            assert len(await read_all(stream)) == (0 if index % 2 else 4000)
+            await wait_until(lambda: pair.client.statistics()["open_streams"] == 0)
 
 
 async def test_stream_limit(nursery: trio.Nursery) -> None:
