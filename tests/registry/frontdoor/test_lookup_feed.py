@@ -79,6 +79,20 @@ async def test_invalidate_reads_a_fresh_listing_once(nursery: trio.Nursery) -> N
     assert lookup.listings == 1  # later reads use the index again
 
 
+@asynccontextmanager
+async def _fails_after_one_event(
+    inner: AbstractAsyncContextManager[AsyncIterator[Event]],
+) -> AsyncIterator[AsyncIterator[Event]]:
+    """``inner``'s watch, failing after its first event as a watcher that fell behind does."""
+    async with inner as events:
+
+        async def once() -> AsyncIterator[Event]:
+            yield await anext(events)
+            raise Compacted("watcher fell behind")
+
+        yield once()
+
+
 class BrokenOnce(MemoryStore):
     """A store whose first heartbeat watch fails after one event, as a watcher that fell behind does."""
 
@@ -91,18 +105,7 @@ class BrokenOnce(MemoryStore):
         if self.broke or "kube_server" not in kinds:  # the heartbeat index's watch only
             return inner
         self.broke = True
-
-        @asynccontextmanager
-        async def failing() -> AsyncIterator[AsyncIterator[Event]]:
-            async with inner as events:
-
-                async def once() -> AsyncIterator[Event]:
-                    yield await anext(events)
-                    raise Compacted("watcher fell behind")
-
-                yield once()
-
-        return failing()
+        return _fails_after_one_event(inner)
 
 
 async def test_a_watch_that_fell_behind_resumes_without_relisting(nursery: trio.Nursery) -> None:
@@ -270,18 +273,7 @@ class ObjectsWatchBreaks(MemoryStore):
         if self.broke or "user" not in kinds:
             return inner
         self.broke = True
-
-        @asynccontextmanager
-        async def failing() -> AsyncIterator[AsyncIterator[Event]]:
-            async with inner as events:
-
-                async def once() -> AsyncIterator[Event]:
-                    yield await anext(events)
-                    raise Compacted("watcher fell behind")
-
-                yield once()
-
-        return failing()
+        return _fails_after_one_event(inner)
 
 
 async def test_while_the_objects_watch_is_down_users_come_from_the_store(nursery: trio.Nursery) -> None:
