@@ -6,7 +6,7 @@
                    [--store etcd://HOST:PORT,... --etcd-prefix P --etcd-ca/--etcd-cert/--etcd-key FILE]
                    [--config FILE]                            the same settings in a YAML file (flags win)
     kubeport registry migrate --to etcd://HOST:PORT,... [--from sqlite:///path] [--etcd-prefix P]
-                                                              a stopped registry's SQLite store into etcd
+                   [--config FILE]                            a stopped registry's SQLite store into etcd
     kubeport configure --registry=HOST:PORT --token=T -o FILE write an agent configuration
     kubeport agent start -c FILE                              run an agent
     kubeport install systemd [-o FILE] [--bot -c bot.yaml]    a systemd unit for the agent (or the bot)
@@ -152,7 +152,6 @@ def _store_flags(p: argparse.ArgumentParser, *, flag: str = "--store") -> None:
         metavar="STORE",
         type=flag_value(flag),
         default=_Default("sqlite"),
-        required=flag != "--store",
         help="sqlite (default: registry.db in the data dir) or etcd://HOST:PORT[,HOST:PORT...] (an etcd cluster "
         "several registries share; everything is sealed with DATA_DIR/etcd.key, which every replica needs)",
     )
@@ -204,13 +203,40 @@ async def cmd_registry_start(args: argparse.Namespace) -> int:
     return stop.exit_code()
 
 
+MIGRATE_CONFIG_HELP = (
+    "the registry's config file (the one registry start --config reads): its teleport.data_dir is the data dir "
+    "and its teleport.storage (type: etcd, peers, prefix, tls_*_file) the target; its other keys are checked "
+    "and not used; flags given on the command line override it"
+)
+
+
+def _migrate_target(args: argparse.Namespace) -> StoreConfig:
+    """``registry migrate``'s target: ``--to`` and the etcd flags, else ``--config FILE``'s storage section."""
+    from_flag = not isinstance(args.store, _Default)
+    _apply_config(args, all_in_one=False)
+    if isinstance(args.store, _Default):
+        raise BadParameter(
+            "registry migrate needs a target: --to etcd://HOST:PORT[,HOST:PORT...] or --config FILE with "
+            "teleport.storage type etcd"
+        )
+    if not from_flag and args.store == "sqlite":
+        raise BadParameter(
+            f"{args.config}: teleport.storage is the SQLite store; a migration needs an etcd target there "
+            "(type: etcd, peers: [...]) or --to etcd://HOST:PORT"
+        )
+    return _store_config(args)
+
+
 async def cmd_registry_migrate(args: argparse.Namespace) -> int:
     """``kubeport registry migrate``: the SQLite store into an empty etcd prefix (registry/server/migrate.py)."""
-    report = await migrate.migrate_sqlite_to_etcd(args.source, _store_config(args), _data_dir(args))
+    report = await migrate.migrate_sqlite_to_etcd(args.source, _migrate_target(args), _data_dir(args))
     for kind, count in sorted(report.counts.items()):
         print(f"  {kind:<24} {count}")
     print(f"migrated {report.total} records to {report.target}")
-    print("start the registry on it with the same --data-dir (it holds etcd.key): kubeport registry start --store ...")
+    if args.config:
+        print(f"start the registry on it with the same file: kubeport registry start --config {args.config}")
+    else:
+        print("start the registry on it with the same --data-dir (it holds etcd.key) and --store/--etcd-* flags")
     return 0
 
 
@@ -395,6 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=flag_value("--from"),
         help="sqlite:///path/registry.db or a path (default: registry.db in the data dir)",
     )
+    p.add_argument("--config", metavar="FILE", type=flag_value("--config"), help=MIGRATE_CONFIG_HELP)
     _store_flags(p, flag="--to")
     add_debug_flag(p)
     set_command(p, cmd_registry_migrate)

@@ -3,7 +3,8 @@
 The file (Teleport's shape) names everything: the data dir, the etcd peers and prefix, the API and front
 door addresses. No other flag is given; the registry answers, keeps its state under the file's prefix in
 etcd (not in a SQLite file), and a second registry started from a copy of the file (other addresses, the
-key copied) serves the same cluster.
+key copied) serves the same cluster. ``kubeport registry migrate --config FILE`` moves a stopped SQLite
+registry into the etcd the same file names, and the registry then starts from that file alone.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from registry.client import RegistryClient
 from registry.core.wire import Ping
 from registry.host.paths import ADMIN_IDENTITY, STORE_FILE
 from tests.e2e.e2e_helpers import READY_TIMEOUT, Harness, free_port
-from tests.e2e.test_e2e_etcd import raw_values
+from tests.e2e.test_e2e_etcd import one_error_line, raw_values
 from tests.fakes.etcd_server import shared_etcd, unique_prefix
+from tests.helpers import cluster_doc, kubeconfig_bytes
 
 pytestmark = pytest.mark.slow
 
@@ -108,3 +110,35 @@ async def test_a_flag_overrides_the_config_file(tmp_path: Path) -> None:
 
         await h.wait_for(ready, timeout=READY_TIMEOUT, what="the registry to answer ping")
         assert (data_dir / STORE_FILE).exists() and not (data_dir / "etcd.key").exists()
+
+
+async def test_migrate_from_sqlite_into_the_etcd_the_config_file_names(tmp_path: Path) -> None:
+    etcd = shared_etcd()
+    prefix = unique_prefix()
+    data_dir, port = tmp_path / "r", free_port()
+    config = tmp_path / "r.yaml"
+    config.write_text(config_text(data_dir, etcd.endpoint, prefix, port))
+    async with Harness(tmp_path) as h:
+        old = await h.start_registry(data_dir=data_dir, port=port)  # the SQLite registry it used to be
+        await old.client.create(cluster_doc("prod", kubeconfig_bytes(token="migrate-config-token"), {"env": "prod"}))
+        await old.child.stop()
+
+        migrated = await h.kubeport("registry", "migrate", "--config", str(config))  # no other flag
+        assert migrated.code == 0, migrated.err
+        assert "kube_cluster" in migrated.out and prefix in migrated.out
+        assert f"--config {config}" in migrated.out  # the next step names the same file
+        assert stat.S_IMODE((data_dir / "etcd.key").stat().st_mode) == 0o600  # in the file's data dir
+        assert raw_values(f"http://{etcd.endpoint}", prefix)
+
+        again = await h.kubeport("registry", "migrate", "--config", str(config))
+        assert again.code == 1 and "not empty" in one_error_line(again.err)
+        # a flag still overrides the file: another prefix is empty, and the flag's, not the file's, is used
+        other = unique_prefix()
+        moved = await h.kubeport("registry", "migrate", "--config", str(config), "--etcd-prefix", other)
+        assert moved.code == 0, moved.err
+        assert other in moved.out and raw_values(f"http://{etcd.endpoint}", other)
+
+        new = await start_from_config(h, config, data_dir, "registry-etcd")
+        assert new["ca_pin"] == old.ca_pin  # the same cluster, now on etcd
+        listed = await h.kpctl("get", "kube_clusters", "--format", "text", "--data-dir", str(data_dir))
+        assert listed.code == 0 and "prod" in listed.out, listed.err

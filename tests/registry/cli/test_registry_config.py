@@ -327,3 +327,92 @@ def test_apply_config_leaves_a_namespace_without_config_alone() -> None:
     args = argparse.Namespace(config=None, listen="x")
     kubeport_main._apply_config(args, all_in_one=False)
     assert vars(args) == {"config": None, "listen": "x"}
+
+
+# -- registry migrate --config: the same file names the target etcd and the data dir -----------------------------
+
+
+def migrate_args(tmp_path: Path, text: str, *argv: str) -> argparse.Namespace:
+    path = tmp_path / "reg.yaml"
+    path.write_text(text)
+    return parse_command_line(kubeport_main.build_parser(), ["registry", "migrate", "--config", str(path), *argv])
+
+
+def test_migrate_takes_its_target_and_data_dir_from_the_file(tmp_path: Path) -> None:
+    args = migrate_args(tmp_path, FULL)
+    target = kubeport_main._migrate_target(args)
+    assert target.endpoints() == ["https://10.0.0.1:2379", "https://10.0.0.2:2379"]
+    assert target.etcd_prefix == "/kubeport/prod/"
+    assert (target.etcd_ca, target.etcd_cert, target.etcd_key) == (
+        Path("ca.pem"), Path("client.pem"), Path("client-key.pem"),
+    )  # fmt: skip
+    assert kubeport_main._data_dir(args) == Path("/var/lib/kp")  # the SQLite store and etcd.key are read there
+
+
+def test_migrate_flags_override_the_file(tmp_path: Path) -> None:
+    args = migrate_args(tmp_path, FULL, "--etcd-prefix", "/other/", "--data-dir", "/d")
+    target = kubeport_main._migrate_target(args)
+    assert (target.etcd_prefix, target.etcd_ca) == ("/other/", Path("ca.pem"))  # the file's other keys stay
+    assert kubeport_main._data_dir(args) == Path("/d")
+    args = migrate_args(tmp_path, FULL, "--to", "etcd://127.0.0.1:2379")  # --to replaces the storage section
+    target = kubeport_main._migrate_target(args)
+    assert target.endpoints() == ["http://127.0.0.1:2379"]
+    assert (target.etcd_prefix, target.etcd_ca, target.etcd_key) == (DEFAULT_PREFIX, None, None)
+    args = parse_command_line(kubeport_main.build_parser(), ["--data-dir", "/g", "registry", "migrate",
+                                                             "--config", str(tmp_path / "reg.yaml")])  # fmt: skip
+    kubeport_main._migrate_target(args)
+    assert kubeport_main._data_dir(args) == Path("/g")  # the global spelling of --data-dir is a flag too
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("auth_service: {listen_addr: ':4000'}\n", "needs a target"),  # no storage section
+        ("", "needs a target"),
+        ("teleport: {storage: {type: sqlite}}\n", "reg.yaml: teleport.storage is the SQLite store"),
+        ("teleport: {storage: {type: dir}}\n", "needs an etcd target"),
+    ],
+)
+def test_migrate_without_an_etcd_target_in_the_file_is_refused(tmp_path: Path, text: str, words: str) -> None:
+    with pytest.raises(BadParameter, match=words):
+        kubeport_main._migrate_target(migrate_args(tmp_path, text))
+
+
+def test_migrate_without_to_or_config_is_refused_naming_both() -> None:
+    args = parse_command_line(kubeport_main.build_parser(), ["registry", "migrate"])
+    with pytest.raises(BadParameter) as err:
+        kubeport_main._migrate_target(args)
+    assert "--to" in err.value.message and "--config" in err.value.message
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [
+        (f"teleport:\n  storage:\n    type: etcd\n    peers: [a:1]\n    tls_key_file: {Q}\n", "printable"),
+        ("teleport: {storage: {type: etcd, peers: [a:1], colour: x}}\n", "teleport.storage.colour"),
+        ("teleport: {storage: {type: etcd, peers: [a:1]}}\n" + "#" * (MAX_CONFIG_BYTES + 10), "--config"),
+        (b"\xff\xfe\x00binary", "reg.yaml"),
+        ("a: &x [1]\nb: *x\n", "reg.yaml"),
+    ],
+)
+def test_a_bad_migrate_config_is_one_error_line_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str | bytes, words: str
+) -> None:
+    path = tmp_path / "reg.yaml"
+    data = tmp_path / "d"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    assert kubeport_main.main(["registry", "migrate", "--config", str(path), "--data-dir", str(data)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("ERROR: ") and words in err, err
+    assert "MIIEvQ" not in err and "secretsecret" not in err
+    assert not data.exists()  # refused before anything (etcd.key) was created
+
+
+def test_migrate_help_documents_the_file(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        kubeport_main.build_parser().parse_args(["registry", "migrate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--config FILE" in text and "teleport.storage" in text and "override" in text
