@@ -217,6 +217,12 @@ class EtcdStore(BaseStore):
         self._feed_done = trio.Event()
         self._last_etcd_compaction = 0
         self.resyncs = 0
+        # the lease-removal check (_reap_lease_removals): due after etcd was out of reach (_note_contact)
+        self._last_contact = 0.0  # store clock, of the last reading of etcd known to have succeeded
+        self._lease_check_wanted = False
+        self._lease_check_wake = trio.Event()
+        self._reaping = False
+        self.lease_checks = 0
 
     @classmethod
     async def open(
@@ -267,50 +273,117 @@ class EtcdStore(BaseStore):
         self._floor = floor
         self._records = records
         await self._load_deadlines(snapshot.revision)
+        self._last_contact = self._now()
         trio.lowlevel.spawn_system_task(self._feed_main, snapshot.revision, name=f"etcd feed {self.prefix}")
         counter_kvs = snapshot.ranges()[0]
         if counter_kvs:
-            await self._reap_lease_removals(counter_kvs[0].mod_revision, counter, records)
+            async with self._lock:
+                state = (counter_kvs[0].mod_revision, counter, records)
+                changes = await self._reap_lease_removals(state, strict=False)
+            if changes:
+                await self._wait_published(changes[-1].revision)
 
-    async def _reap_lease_removals(self, written_at: int, counter: int, records: int) -> None:
-        """Give the records a lease removed while no registry was sweeping their DELETE events.
+    async def _reap_lease_removals(self, state: tuple[int, int, int] | None, *, strict: bool) -> list[Change]:
+        """Give the records a lease removed while no registry was sweeping their DELETE events; the caller
+        holds the write lock. Run when a registry opens the prefix, and again before this registry's next
+        write (and by :meth:`_lease_checker` when idle) once etcd was out of reach (:meth:`_lease_check_due`).
 
-        ``written_at`` is the etcd revision of kubeport's last write to this prefix (the one that set the
-        store revision to ``counter``), ``records`` the number of ``items/`` keys now. No kubeport write came
-        after ``written_at``, so an ``items/`` key that existed then and is gone now was removed by its lease,
+        ``state`` is (``written_at``, ``counter``, ``records``) read in one txn (None: read it now):
+        ``written_at`` the etcd revision of kubeport's last write to this prefix (the one that set the store
+        revision to ``counter``), ``records`` the number of ``items/`` keys now. No kubeport write came after
+        ``written_at``, so an ``items/`` key that existed then and is gone now was removed by its lease,
         without a store event: each becomes a DELETE of its last version (read from etcd's MVCC history at
         ``written_at``), with a store revision like any expiry. The common case costs one count read: nothing
-        vanished. The DELETEs commit only if the store revision is still ``counter`` (a registry reaping at
-        the same time, or any write in between, makes this one start over from the newer state), so each
-        removal is recorded once. Best effort: when etcd compacted that history or is unreachable, a warning
-        is logged and the store opens anyway."""
-        lower, upper = self._items, prefix_end(self._items)
+        vanished. The DELETEs go in txns of at most ``max_batch`` records, each committing only if the store
+        revision is still the one the check read; before each, the store history written since ``counter``
+        is read, and a record any write touched in between (another registry recording the same removal, a
+        re-create) is left out, so each removal is recorded once however many registries check at once.
+
+        Best effort when opening (``strict`` False): when etcd compacted that history or is unreachable, a
+        warning is logged and the store opens anyway (unreachable: the check stays due for the next write).
+        Before a write (``strict``), an unreachable etcd fails the write: a write must not move
+        ``written_at`` past removals nobody recorded."""
+        assert self._lock.locked()
+        self._reaping = True
+        self.lease_checks += 1
+        recorded: list[Change] = []
         try:
-            for _ in range(10):
+            if state is None:
+                state = await self._lease_state()
+            written_at, counter, records = state
+            if written_at:
+                lower, upper = self._items, prefix_end(self._items)
                 _, then, _, _ = await self._client.range(lower, upper, count_only=True, revision=written_at)
-                if then <= records:
-                    return
-                vanished = await self._vanished_since(written_at)
-                async with self._lock:
-                    changes = await self._commit(list(vanished), functools.partial(_reap_plan, vanished, counter))
-                if changes:
-                    await self._wait_published(changes[-1].revision)
-                    log.warning(
-                        "etcd prefix %s: %d expired records had been removed by their leases while no registry "
-                        "was sweeping; their DELETE events are recorded now",
-                        self.prefix,
-                        len(changes),
-                    )
-                    return
-                if not vanished:
-                    return
-                counter_kvs, *_ = await self._client.range(self._rev_key)  # someone wrote: start over
-                if not counter_kvs:
-                    return
-                written_at, counter = counter_kvs[0].mod_revision, _decimal(counter_kvs)
-                _, records, _, _ = await self._client.range(lower, upper, count_only=True)
-        except KubeportError as exc:
+                if then > records:
+                    recorded = await self._record_vanished(await self._vanished_since(written_at), counter)
+        except ConnectionProblem as exc:
+            self._lease_check_wanted = True  # try again before the next write
+            if strict:
+                raise
             log.warning("etcd prefix %s: cannot check for records removed by leases: %s", self.prefix, exc)
+            return recorded
+        except KubeportError as exc:  # e.g. etcd compacted that history: nothing can be done about it
+            log.warning("etcd prefix %s: cannot check for records removed by leases: %s", self.prefix, exc)
+        finally:
+            self._reaping = False
+        self._lease_check_wanted = False
+        self._last_contact = self._now()
+        if recorded:
+            log.warning(
+                "etcd prefix %s: %d expired records had been removed by their leases while no registry was "
+                "sweeping; their DELETE events are recorded now",
+                self.prefix,
+                len(recorded),
+            )
+        return recorded
+
+    async def _lease_state(self) -> tuple[int, int, int]:
+        """(etcd revision of kubeport's last write, the store revision, ``items/`` keys now), in one read."""
+        every_item = range_op(self._items, prefix_end(self._items), count_only=True)
+        result = await self._client.txn([], [range_op(self._rev_key), every_item], idempotent=True)
+        counter_kvs = result.ranges()[0]
+        if not counter_kvs:
+            return 0, 0, 0
+        return counter_kvs[0].mod_revision, _decimal(counter_kvs), _count_of(result.responses[1])
+
+    async def _record_vanished(self, vanished: dict[tuple[str, str], Item], counter: int) -> list[Change]:
+        """DELETEs of ``vanished`` (gone since store revision ``counter``) that no write since recorded."""
+        seen = counter
+        recorded: list[Change] = []
+        for _ in range(1000 + len(vanished)):
+            seen, touched = await self._touched_since(seen)
+            for key in touched:  # recorded by another registry (or by us), or written again: not ours to record
+                vanished.pop(key, None)
+            if not vanished:
+                return recorded
+            chunk = dict(sorted(vanished.items())[: self._max_batch])
+            changes = await self._commit(list(chunk), functools.partial(_reap_plan, chunk, seen))
+            recorded += changes  # none: a write came in between, whose history the next round reads
+        raise ConnectionProblem("etcd: too much write contention while recording records removed by leases")
+
+    async def _touched_since(self, after: int) -> tuple[int, set[tuple[str, str]]]:
+        """(the store revision, the records its history after ``after`` wrote), read at one etcd revision."""
+        ops = [
+            range_op(self._rev_key),
+            range_op(self._floor_key),
+            range_op(self._hist_key(after + 1), prefix_end(self._hist), limit=_PAGE),
+        ]
+        result = await self._client.txn([], ops, idempotent=True)
+        counter_kvs, floor_kvs, kvs = result.ranges()
+        if _decimal(floor_kvs) > after:
+            # what was recorded since is gone: give up rather than risk recording a DELETE twice
+            raise Compacted(f"the store history after revision {after} was compacted")
+        touched: set[tuple[str, str]] = set()
+        while kvs:
+            for kv in kvs:
+                item = self._decode_change(kv)[0].item
+                touched.add((item.kind, item.name))
+            if len(kvs) < _PAGE:
+                break
+            kvs, *_ = await self._client.range(
+                kvs[-1].key + b"\x00", prefix_end(self._hist), limit=_PAGE, revision=result.revision
+            )
+        return _decimal(counter_kvs), touched
 
     async def _vanished_since(self, written_at: int) -> dict[tuple[str, str], Item]:
         """The ``items/`` present at etcd revision ``written_at`` and absent now, by (kind, name)."""
@@ -319,6 +392,40 @@ class EtcdStore(BaseStore):
             then.pop(kv.key, None)
         gone = [self._decode_item(kv) for kv in then.values()]
         return {(item.kind, item.name): item for item in gone}
+
+    def _lease_check_due(self) -> bool:
+        """Whether a write must first look for records leases removed (see :meth:`_note_contact`)."""
+        if self._reaping:
+            return False
+        return self._lease_check_wanted or self._now() - self._last_contact >= self._grace / 2
+
+    def _note_contact(self, ok: bool) -> None:
+        """The watchdog's periodic reading of etcd, ``ok`` or failed. Leases remove records only when no
+        registry swept them for ``lease_grace``, i.e. while every registry was out of reach of etcd (or
+        stopped, or suspended): after a failed reading, or a gap of half the grace between two (a suspended
+        process, a clock jump), the check is due before this registry's next write, and :meth:`_lease_checker`
+        runs it at once when the next reading succeeds."""
+        now = self._now()
+        if not ok:
+            self._lease_check_wanted = True
+            return
+        if self._lease_check_wanted or now - self._last_contact >= self._grace / 2:
+            self._lease_check_wanted = True
+            self._lease_check_wake.set()
+        self._last_contact = now
+
+    async def _lease_checker(self) -> None:
+        """Run a due lease-removal check after etcd came back, writes or not (part of the feed's nursery), so
+        watchers of an idle registry get the DELETEs too."""
+        while True:
+            await self._lease_check_wake.wait()
+            self._lease_check_wake = trio.Event()
+            changes: list[Change] = []
+            async with self._lock:
+                if self._lease_check_wanted:  # else a write ran it meanwhile
+                    changes = await self._reap_lease_removals(None, strict=False)
+            if changes:
+                await self._wait_published(changes[-1].revision)
 
     async def _all_items(self, *, revision: int = 0) -> AsyncIterator[KeyValue]:
         lower, upper = self._items, prefix_end(self._items)
@@ -601,6 +708,8 @@ class EtcdStore(BaseStore):
         a time) and then waits for the feed to publish the changes here (:meth:`_wait_published`), after
         releasing the lock so that the next group's round trips overlap the feed's."""
         assert self._lock.locked()
+        if self._lease_check_due():  # etcd was out of reach: first record what leases removed meanwhile
+            await self._reap_lease_removals(None, strict=True)
         for _ in range(1000):
             counter, mod, floor, floor_mod, items = await self._snapshot(keys)
             self._check_open()
@@ -764,6 +873,7 @@ class EtcdStore(BaseStore):
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._watchdog)
                     nursery.start_soon(self._compactor)
+                    nursery.start_soon(self._lease_checker)
                     while True:
                         try:
                             etcd_revision = await self._feed_watch(etcd_revision)
@@ -791,8 +901,10 @@ class EtcdStore(BaseStore):
             try:
                 kvs, *_ = await self._client.range(self._rev_key)
                 behind = _decimal(kvs)
+                self._note_contact(True)
             except KubeportError:
                 behind = 0  # etcd unreachable: the watch itself reports that
+                self._note_contact(False)
 
     async def _feed_watch(self, etcd_revision: int) -> int:
         with trio.CancelScope() as kick:
@@ -903,7 +1015,8 @@ class _Kicked(KubeportError):
 def _reap_plan(
     vanished: Mapping[tuple[str, str], Item], counter: int, items: Snapshot, now: float, revision: int
 ) -> list[Change]:
-    """DELETEs of the ``vanished`` records still absent, if the store revision is still ``counter``."""
+    """DELETEs of the ``vanished`` records still absent, if the store revision is still ``counter`` (else
+    none: a write came in between, and the caller reads what it touched before trying again)."""
     if revision != counter:
         return []  # a write came in between: the caller starts over from the newer state
     gone = [vanished[key] for key in sorted(vanished) if items.get(key) is None]

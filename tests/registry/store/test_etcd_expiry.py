@@ -1,7 +1,9 @@
 """Expiry with several registries on one etcd prefix: every registry sweeps, each expired record is ONE
 DELETE in the store's history (one revision), and every registry's watchers see it exactly once. And
 records an etcd lease removed while no registry was running get their DELETE when a registry opens the
-prefix again, once, however many open it at the same time.
+prefix again, once, however many open it at the same time; and the same for registries that kept running
+while they could not reach etcd for longer than the lease grace: the check runs again once etcd is back,
+before any write of theirs, and watchers resumed across the outage see each DELETE once.
 
 The sweeps race: each plans against a snapshot and commits a txn guarded by the revision counter, so the
 loser re-reads, finds the record gone and writes nothing (``EtcdStore._commit``). Registries here are two
@@ -10,6 +12,7 @@ loser re-reads, finds the record gone and writes nothing (``EtcdStore._commit``)
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -18,6 +21,7 @@ from typing import Any
 import pytest
 import trio
 
+from registry.core.errors import ConnectionProblem
 from registry.store._common import BaseStore
 from registry.store.base import Event
 from registry.store.etcd import EtcdStore
@@ -145,3 +149,136 @@ async def test_records_a_lease_removed_get_their_delete_when_registries_come_bac
             assert await again.revision() == before + 4
     finally:
         await client.aclose()
+
+
+def cut_off(store: EtcdStore) -> trio.Event:
+    """This registry can no longer reach etcd (etcd itself runs on, and its leases keep running out). The
+    event is set once the registry's watchdog has noticed."""
+    noticed = trio.Event()
+    note = store._note_contact
+
+    def noting(ok: bool) -> None:
+        note(ok)
+        if not ok:
+            noticed.set()
+
+    async def unreachable(*args: Any, **kwargs: Any) -> Any:
+        raise ConnectionProblem("etcd is unreachable (test partition)")
+
+    def no_watch(*args: Any, **kwargs: Any) -> Any:
+        raise ConnectionProblem("etcd watch: unreachable (test partition)")
+
+    store._note_contact = noting  # type: ignore[method-assign]
+    store._client.call = unreachable  # type: ignore[method-assign]
+    store._client.watch = no_watch  # type: ignore[method-assign]
+    if store._kick_scope is not None:
+        store._kick_scope.cancel()  # the feed's open watch breaks as a cut connection would
+    return noticed
+
+
+def reconnect(store: EtcdStore) -> None:
+    for name in ("call", "watch"):
+        vars(store._client).pop(name)  # the class's methods again
+
+
+def summary(events: list[Event]) -> list[tuple[str, str, str, int]]:
+    return [(e.type, e.record.kind, e.record.name, e.record.revision) for e in events]
+
+
+@pytest.mark.parametrize(
+    ("registries", "writes", "gap"),
+    [
+        (1, False, False),  # idle: the DELETEs come without any write, once the watchdog reaches etcd again
+        (3, False, True),
+        (3, True, False),  # every registry writes the moment etcd is back: the DELETEs still come first, once
+        (3, True, True),
+    ],
+)
+async def test_registries_cut_off_past_the_lease_grace_record_the_lease_removals_once(
+    registries: int, writes: bool, gap: bool
+) -> None:
+    server = shared_etcd()
+    key, prefix, clock = generate_key(), unique_prefix(), FakeClock()
+    options: dict[str, Any] = {"lease_bucket": 1.0, "lease_grace": 1.0, "watchdog_interval": 0.05, "clock": clock}
+    client = EtcdClient([server.url], retry_for=2.0)
+    async with AsyncExitStack() as stack:
+        stack.push_async_callback(client.aclose)
+        stores: list[EtcdStore] = []
+        for _ in range(registries):
+            stores.append(await EtcdStore.open(server.url, key=key, prefix=prefix, **options))
+            stack.push_async_callback(stores[-1].aclose)
+        live = [await stack.enter_async_context(s.watch([K, "frontdoor"])) for s in stores]
+        before = await stores[0].revision()
+        await stores[0].put(K, "kept", cluster())  # no expiry: no lease
+        await stores[0].put(K, "hb", cluster(env="prod"), expires=START + 0.2)
+        await stores[-1].put("frontdoor", "fd", {"addr": "a:1"}, expires=START + 0.2)
+        for events in live:
+            assert [e.type for e in await take(events, 3, timeout=15)] == ["PUT"] * 3
+        (counter,), *_ = await client.range(prefix.encode() + b"meta/revision")
+        checks = [s.lease_checks for s in stores]
+
+        noticed = [cut_off(store) for store in stores]
+        # Past the records' expiry; with ``gap`` also past half the grace on the store clock (a registry that
+        # was suspended looks the same), without it only the watchdog's failed readings make the check due.
+        clock.advance(30.0 if gap else 0.3)
+        await lease_removed(client, prefix, {b"kube_server/hb", b"frontdoor/fd"}, counter.mod_revision)
+        with trio.fail_after(10):
+            for event in noticed:
+                await event.wait()
+        with pytest.raises(ConnectionProblem):
+            await stores[0].put(K, "during", cluster())  # nothing is written while etcd is out of reach
+        for store in stores:
+            reconnect(store)
+
+        if writes:
+            async with trio.open_nursery() as nursery:
+                for n, store in enumerate(stores):
+                    nursery.start_soon(functools.partial(store.put, K, f"after{n}", cluster()))
+        expected = [
+            ("PUT", K, "kept", before + 1),
+            ("PUT", K, "hb", before + 2),
+            ("PUT", "frontdoor", "fd", before + 3),
+            ("DELETE", "frontdoor", "fd", before + 4),
+            ("DELETE", K, "hb", before + 5),
+        ]
+        more = len(stores) if writes else 0
+        for events in live:  # watchers that stayed open across the outage
+            got = await take(events, 2 + more, timeout=15)
+            got += await drain(events)
+            assert summary(got)[:2] == expected[3:]
+            assert sorted(e.record.name for e in got[2:]) == [f"after{n}" for n in range(more)]
+            assert [e.record.revision for e in got[2:]] == list(range(before + 6, before + 6 + more))
+            assert got[1].record.value == cluster(env="prod")  # the last version
+        for store in stores:  # watchers resuming from before the outage, on any registry
+            assert await store.revision() == before + 5 + more
+            async with store.watch([K, "frontdoor"], since=before) as events:
+                got = await take(events, 5 + more)
+                assert await drain(events) == []
+            assert summary(got)[:5] == expected
+            assert sorted(r.name for r in await store.list(K)) == sorted(["kept"] + [f"after{n}" for n in range(more)])
+        assert all(s.lease_checks > c for s, c in zip(stores, checks, strict=True))  # each one looked
+
+
+async def test_writes_look_for_lease_removals_only_after_an_outage() -> None:
+    """The normal case costs nothing per write: the check runs at open, then only when etcd was out of reach
+    (a failed watchdog reading) or nothing was heard from it for half the grace (a suspended process)."""
+    server = shared_etcd()
+    clock = FakeClock()
+    options: dict[str, Any] = {"lease_grace": 100.0, "watchdog_interval": 0.05, "clock": clock}
+    key, prefix = generate_key(), unique_prefix()
+    async with await EtcdStore.open(server.url, key=key, prefix=prefix, **options) as first:
+        await first.put(K, "seed", cluster())
+    store = await EtcdStore.open(server.url, key=key, prefix=prefix, **options)
+    async with store:
+        assert store.lease_checks == 1  # at open: one count read, nothing had vanished
+        for n in range(5):
+            await store.put(K, f"c{n}", cluster(), expires=START + 1000)
+            clock.advance(5.0)  # less than half the grace in all: no gap
+        assert store.lease_checks == 1
+        revision = await store.revision()
+        clock.advance(60.0)  # more than half the grace without a reading (the watchdog may notice it first)
+        await store.put(K, "late", cluster())
+        assert store.lease_checks == 2  # once, before the write
+        assert await store.revision() == revision + 1  # nothing had vanished: only the write
+        await store.put(K, "next", cluster())
+        assert store.lease_checks == 2
