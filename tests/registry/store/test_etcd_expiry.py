@@ -282,3 +282,43 @@ async def test_writes_look_for_lease_removals_only_after_an_outage() -> None:
         assert await store.revision() == revision + 1  # nothing had vanished: only the write
         await store.put(K, "next", cluster())
         assert store.lease_checks == 2
+
+
+async def test_more_lease_removals_than_one_txn_holds_are_recorded_once() -> None:
+    """Many records gone at once (every heartbeat of an agent fleet after a long outage): the DELETEs go in
+    several txns, and registries opening together still record each one once, in one gap-free sequence."""
+    server = shared_etcd()
+    key, prefix = generate_key(), unique_prefix()
+    options: dict[str, Any] = {"lease_bucket": 1.0, "lease_grace": 1.0, "max_txn_ops": 8}  # 5 records per txn
+    names = [f"hb{n:02d}" for n in range(17)]
+    client = EtcdClient([server.url], retry_for=2.0)
+    try:
+        async with await EtcdStore.open(server.url, key=key, prefix=prefix, **options) as gone_registry:
+            expired = time.time() + 0.2
+            for name in names:
+                await gone_registry.put(K, name, cluster(), expires=expired)
+            before = await gone_registry.revision()
+            (counter,), *_ = await client.range(prefix.encode() + b"meta/revision")
+        await lease_removed(client, prefix, {f"{K}/{name}".encode() for name in names}, counter.mod_revision)
+
+        async with AsyncExitStack() as stack:
+            stores: list[EtcdStore] = []
+
+            async def come_back() -> None:
+                stores.append(await EtcdStore.open(server.url, key=key, prefix=prefix, **options))
+                stack.push_async_callback(stores[-1].aclose)
+
+            async with trio.open_nursery() as nursery:
+                for _ in range(3):
+                    nursery.start_soon(come_back)
+            for store in stores:
+                assert await store.revision() == before + len(names)
+                async with store.watch([K], since=before) as events:
+                    got = await take(events, len(names))
+                    assert await drain(events) == []
+                assert {e.type for e in got} == {"DELETE"}
+                assert sorted(e.record.name for e in got) == names  # each once
+                assert [e.record.revision for e in got] == list(range(before + 1, before + len(names) + 1))
+                assert await store.list(K) == []
+    finally:
+        await client.aclose()
