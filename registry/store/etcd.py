@@ -65,7 +65,10 @@ registries are all gone. The grace is long so that a registry coming back within
 records itself, with DELETE events. A key a lease did delete produced no store event (nobody was there to
 write one): the first registry to open the prefix again finds the ``items/`` keys that existed at kubeport's
 last write (etcd's MVCC history at that revision) and are gone now, and records a DELETE of each one's last
-version, once (:meth:`_reap_lease_removals`), so watchers resuming from a revision miss nothing. A lease
+version, once (:meth:`_reap_lease_removals`), so watchers resuming from a revision miss nothing. A registry
+that kept running while it could not reach etcd does the same when etcd answers again (a failed watchdog
+reading, or none for half the grace, makes the check due): before its next write, since a write would move
+"kubeport's last write" past the removals, and from :meth:`_lease_checker` when idle. A lease
 that expired under the cache (``requested lease not found``) is dropped from the cache and the write
 retried with a new one.
 
