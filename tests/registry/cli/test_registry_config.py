@@ -416,3 +416,19 @@ def test_migrate_help_documents_the_file(capsys: pytest.CaptureFixture[str]) -> 
         kubeport_main.build_parser().parse_args(["registry", "migrate", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "--config FILE" in text and "teleport.storage" in text and "override" in text
+
+
+@pytest.mark.parametrize("value", ["", " ", "reg.yaml\x00", "x" * 100_000])
+def test_empty_huge_or_control_migrate_config_values_are_usage_errors(
+    value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        parse_command_line(kubeport_main.build_parser(), ["registry", "migrate", "--config", value])
+    assert exc.value.code == 2
+    assert "--config" in capsys.readouterr().err
+
+
+def test_a_missing_migrate_config_file_is_one_error_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert kubeport_main.main(["registry", "migrate", "--config", str(tmp_path / "nope.yaml")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("ERROR: ") and "nope.yaml" in err, err
