@@ -216,6 +216,9 @@ class EtcdStore(BaseStore):
         self._kick_scope: trio.CancelScope | None = None
         self._feed_done = trio.Event()
         self._last_etcd_compaction = 0
+        # (counter, its mod_revision, floor, its mod_revision) as this process's last commit left them: what a
+        # create plans against without reading first (see _commit); None when unknown
+        self._known: tuple[int, int, int, int] | None = None
         self.resyncs = 0
 
     @classmethod
@@ -443,12 +446,23 @@ class EtcdStore(BaseStore):
                 total -= 1
         return total
 
-    async def _snapshot(self, keys: Sequence[tuple[str, str]]) -> tuple[int, int, int, int, Snapshot]:
-        """(counter, its mod_revision, floor, its mod_revision, items) read in one consistent txn."""
+    def _snapshot_ops(self, keys: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
         ops = [range_op(self._rev_key), range_op(self._floor_key)]
         ops += [range_op(self._item_key(kind, name)) for kind, name in keys]
-        result = await self._client.txn([], nest_ops(ops, self._max_txn_ops, what="this read"), idempotent=True)
+        return nest_ops(ops, self._max_txn_ops, what="this read")
+
+    async def _snapshot(self, keys: Sequence[tuple[str, str]]) -> tuple[int, int, int, int, Snapshot]:
+        """(counter, its mod_revision, floor, its mod_revision, items) read in one consistent txn."""
+        result = await self._client.txn([], self._snapshot_ops(keys), idempotent=True)
+        return self._parse_snapshot(keys, result)
+
+    def _parse_snapshot(
+        self, keys: Sequence[tuple[str, str]], result: TxnResult
+    ) -> tuple[int, int, int, int, Snapshot]:
+        """The answer of :meth:`_snapshot_ops` (a read txn's, or a refused write's failure branch)."""
         ranges = result.ranges()
+        if len(ranges) != 2 + len(keys):
+            raise ConnectionProblem("etcd answered a malformed txn")
         counter_kvs = ranges[0]
         counter = _decimal(counter_kvs)
         mod = counter_kvs[0].mod_revision if counter_kvs else 0
@@ -546,8 +560,10 @@ class EtcdStore(BaseStore):
                 outcomes.append(changes)
             return applied
 
+        # Only creates: each key is expected absent, so the txn can go out without reading first.
+        absent = all(op.op == "create" for slot in units for op in slot.ops)
         try:
-            await self._commit(keys, plan)
+            await self._commit(keys, plan, expect_absent=absent)
         except (TooLarge, LimitExceeded):
             if len(units) == 1:
                 raise
@@ -595,32 +611,69 @@ class EtcdStore(BaseStore):
         self,
         keys: Sequence[tuple[str, str]],
         plan: Callable[[Snapshot, float, int], list[Change]],
+        *,
+        expect_absent: bool = False,
     ) -> list[Change]:
         """Read, plan and commit as one etcd txn guarded by the revision counter; retry (planning again)
         when another registry wrote in between. The caller holds the write lock (one write of this process at
         a time) and then waits for the feed to publish the changes here (:meth:`_wait_published`), after
-        releasing the lock so that the next group's round trips overlap the feed's."""
+        releasing the lock so that the next group's round trips overlap the feed's.
+
+        ``expect_absent`` (every key is created): the first attempt skips the read. It plans against what
+        this process's last commit left (``_known``: the counter, the floor and their mod_revisions) with
+        every key absent, and the txn also compares each key's create_revision with 0; its failure branch
+        reads the snapshot, so a wrong guess (another registry wrote, a compaction moved the floor, a key
+        exists) costs no extra round trip: the next attempt plans against that snapshot as usual. When the
+        compares hold, etcd's state is exactly the one planned against, so the outcome is the read path's.
+        """
         assert self._lock.locked()
+        speculate = (
+            expect_absent and self._known is not None and len(keys) + 2 <= self._max_txn_ops  # compares do not nest
+        )
+        fresh: tuple[int, int, int, int, Snapshot] | None = None  # a snapshot a refused txn answered
         for _ in range(1000):
-            counter, mod, floor, floor_mod, items = await self._snapshot(keys)
+            if speculate and self._known is not None:
+                counter, mod, floor, floor_mod = self._known
+                items: Snapshot = dict.fromkeys(keys)
+            else:
+                speculate = False
+                if fresh is None:
+                    fresh = await self._snapshot(keys)
+                counter, mod, floor, floor_mod, items = fresh
+                fresh = None
             self._check_open()
             changes = plan(items, self._now(), counter)
             if not changes:
+                if speculate:
+                    speculate = False  # nothing to do against a guess: decide on the real state
+                    continue
                 return []
             write_id = os.urandom(8).hex()
             # The floor is compared too: a compaction that moved it since the snapshot may have deleted a
             # history entry this write rewrites (redaction), which must not come back below the floor.
             guard = [compare_mod(self._rev_key, mod), compare_mod(self._floor_key, floor_mod)]
+            failure: list[dict[str, Any]] = []
+            if speculate:
+                guard += [compare_mod(self._item_key(kind, name), 0) for kind, name in keys]
+                failure = self._snapshot_ops(keys)
+            self._known = None  # until this txn's outcome is known
             try:
                 ops = await self._ops_for(changes, floor, write_id)
-                result = await self._client.txn(guard, ops)
+                result = await self._client.txn(guard, ops, failure)
             except LeaseNotFound:
                 self._leases.clear()  # a cached lease ran out under us: take fresh ones
+                speculate = False
                 continue
             except Ambiguous:
                 result = TxnResult(await self._landed(changes[0].revision, write_id), 0)
+                speculate = False
             if result.succeeded:
+                if result.revision:  # the txn's own etcd revision: the counter's mod_revision now
+                    self._known = (changes[-1].revision, result.revision, floor, floor_mod)
                 break
+            if speculate:
+                fresh = self._parse_snapshot(keys, result)
+                speculate = False
         else:
             raise ConnectionProblem("etcd: too much write contention on the store revision, try again")
         return changes
