@@ -625,11 +625,11 @@ class EtcdStore(BaseStore):
         reads the snapshot, so a wrong guess (another registry wrote, a compaction moved the floor, a key
         exists) costs no extra round trip: the next attempt plans against that snapshot as usual. When the
         compares hold, etcd's state is exactly the one planned against, so the outcome is the read path's.
+        A write that needs nested txns (over ``--max-txn-ops``) always reads first: etcd counts the compares
+        against the nested txns' allowance.
         """
         assert self._lock.locked()
-        speculate = (
-            expect_absent and self._known is not None and len(keys) + 2 <= self._max_txn_ops  # compares do not nest
-        )
+        speculate = expect_absent and self._known is not None and len(keys) + 2 <= self._max_txn_ops
         fresh: tuple[int, int, int, int, Snapshot] | None = None  # a snapshot a refused txn answered
         for _ in range(1000):
             if speculate and self._known is not None:
@@ -659,6 +659,11 @@ class EtcdStore(BaseStore):
             self._known = None  # until this txn's outcome is known
             try:
                 ops = await self._ops_for(changes, floor, write_id)
+                if speculate and any("request_txn" in op for op in ops):
+                    # etcd gives nested txns what the outer level leaves (--max-txn-ops less its compares):
+                    # a write that needs nesting takes the read path, with its two compares only.
+                    speculate = False
+                    continue
                 result = await self._client.txn(guard, ops, failure)
             except LeaseNotFound:
                 self._leases.clear()  # a cached lease ran out under us: take fresh ones
