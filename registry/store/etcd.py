@@ -56,18 +56,19 @@ lock, and the writer that triggered it also waited for etcd's compaction. etcd c
 on an etcd shared with other applications it compacts their history too, as etcd's own
 ``--auto-compaction-*`` would (kubeport's feed does not depend on etcd history, so it copes with either).
 
-TTL. Records carry ``expires`` (store clock) and every read filters on the store's ``clock()``, as the
-other backends do; the registry's expiry sweep (``serve_expiry`` → :meth:`expire`) removes expired records
-with DELETE events. Each record with an expiry is also attached to an etcd lease that ends ``lease_grace``
-seconds after it (an hour by default), rounded up to a ``lease_bucket`` (10 s): one lease per bucket (cached,
-as Teleport does), never one per key. Leases are the backstop that frees the keys of a cluster whose
-registries are all gone. The grace is long so that a registry coming back within it sweeps the expired
-records itself, with DELETE events. A key a lease did delete produced no store event (nobody was there to
-write one): the first registry to open the prefix again finds the ``items/`` keys that existed at kubeport's
-last write (etcd's MVCC history at that revision) and are gone now, and records a DELETE of each one's last
-version, once (:meth:`_reap_lease_removals`), so watchers resuming from a revision miss nothing. A lease
-that expired under the cache (``requested lease not found``) is dropped from the cache and the write
-retried with a new one.
+TTL. Records carry ``expires`` (store clock) and every read filters on the store's ``clock()``, as the other
+backends do; the registry's expiry sweep (``serve_expiry`` → :meth:`expire`) removes expired records with
+DELETE events. Each record with an expiry is also attached to an etcd lease that ends ``lease_grace`` seconds
+after it (an hour by default), rounded up to a ``lease_bucket`` (10 s): one lease per bucket (cached, as
+Teleport does), never one per key; the next bucket's lease is granted in the background as soon as a write
+uses one, so a write crossing into a new bucket does not wait for a grant. Leases are the backstop that frees
+the keys of a cluster whose registries are all gone. The grace is long so that a registry coming back within
+it sweeps the expired records itself, with DELETE events. A key a lease did delete produced no store event
+(nobody was there to write one): the first registry to open the prefix again finds the ``items/`` keys that
+existed at kubeport's last write (etcd's MVCC history at that revision) and are gone now, and records a DELETE
+of each one's last version, once (:meth:`_reap_lease_removals`), so watchers resuming from a revision miss
+nothing. A lease that expired under the cache (``requested lease not found``) is dropped from the cache and
+the write retried with a new one.
 
 Secrets at rest: every value under ``items/`` and ``hist/`` is sealed with AES-GCM (``etcd_seal``) using the
 key file from the registry's data dir; ``open`` refuses a key that does not open ``meta/keycheck``. History
@@ -135,6 +136,8 @@ _GROUP_BYTES = 384 * 1024
 # History entries deleted per compaction txn: small txns, so etcd's commit of one never stalls the writes
 # queued behind it for long (a compaction after 100,000 announced heartbeats deletes 1,000s of entries).
 _COMPACT_BATCH = 256
+# Bucket ends waiting to be granted ahead at most (one per expiry pattern in use: heartbeats, audit events...).
+_LEASES_AHEAD = 16
 _EXPIRE_BATCH = 256  # expired records per txn to start with; halved while etcd finds the request too large
 _CANARY = b"kubeport etcd key check"
 
@@ -206,6 +209,8 @@ class EtcdStore(BaseStore):
         self._publish_timeout = float(publish_timeout)
         self._watchdog_interval = float(watchdog_interval)
         self._leases: dict[float, int] = {}  # bucket end (store clock) -> lease id
+        self._leases_wanted: set[float] = set()  # bucket ends to grant ahead (see _lease_granter)
+        self._lease_kick = trio.Event()
         self._deadlines: list[tuple[float, int, str, str]] = []  # as MemoryStore: (expires, revision, kind, name)
         self._lock = trio.Lock()  # one write of this process at a time (other processes: the txn compare)
         self._compact_lock = trio.Lock()  # one compaction of this process at a time
@@ -721,7 +726,33 @@ class EtcdStore(BaseStore):
                 del self._leases[old]
             lease, _ = await self._client.lease_grant(ttl)
             self._leases[end] = lease
+        following = end + self._bucket
+        if following not in self._leases and len(self._leases_wanted) < _LEASES_AHEAD:
+            self._leases_wanted.add(following)
+            self._lease_kick.set()
         return lease
+
+    async def _lease_granter(self) -> None:
+        """Grant the lease of the bucket after each one a write used, before a write needs it (part of the
+        feed's nursery). Expiries that follow the clock (heartbeats, audit events) start a new bucket every
+        ``lease_bucket`` seconds, and that bucket's grant (an etcd raft write, fsync'd) would otherwise be one
+        more round trip in that write's txn preparation, under the write lock, holding up every queued write.
+        A grant that fails here is simply made by the write that needs it; two grants of one bucket (the
+        write came first) leave one unused lease, which ends on its own."""
+        while True:
+            await self._lease_kick.wait()
+            self._lease_kick = trio.Event()
+            for end in sorted(self._leases_wanted):
+                self._leases_wanted.discard(end)
+                if end in self._leases:
+                    continue
+                ttl = max(math.ceil(end - self._now()), math.ceil(self._grace))
+                try:
+                    lease, _ = await self._client.lease_grant(ttl)
+                except KubeportError as exc:
+                    log.debug("etcd store: granting a lease ahead failed (a write grants it): %s", exc)
+                    continue
+                self._leases.setdefault(end, lease)
 
     async def _maybe_compact(self) -> None:
         """Auto-compaction is never on a writer's path: wake the background compactor (:meth:`_compactor`)."""
@@ -822,6 +853,7 @@ class EtcdStore(BaseStore):
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._watchdog)
                     nursery.start_soon(self._compactor)
+                    nursery.start_soon(self._lease_granter)
                     while True:
                         try:
                             etcd_revision = await self._feed_watch(etcd_revision)

@@ -197,3 +197,32 @@ async def test_a_create_after_a_compaction_moved_the_floor_keeps_history_whole(e
         async with store.watch(["kube_cluster"], since=4) as events:
             got = await take(events, 3)
         assert revisions(got) == [5, 6, 7]
+
+
+# --- the next lease bucket is granted ahead ------------------------------------------------------------------
+
+
+async def test_a_write_entering_a_new_lease_bucket_finds_its_lease_granted(etcd: EtcdServer) -> None:
+    now = [1_000_000.0]
+    store = await _open(etcd, clock=lambda: now[0], lease_bucket=10.0, lease_grace=3600.0)
+    async with store:
+        real = store._client.lease_grant
+        on_path: list[int] = []  # grants made by the writing task itself (a put commits in its caller's task)
+        writer = trio.lowlevel.current_task()
+
+        async def counting(ttl: int) -> tuple[int, int]:
+            if trio.lowlevel.current_task() is writer:
+                on_path.append(ttl)
+            return await real(ttl)
+
+        store._client.lease_grant = counting  # type: ignore[method-assign]
+        await store.put("kube_server", "a", cluster(), expires=now[0] + 600)  # the first bucket: granted here
+        assert len(on_path) == 1
+        first = min(store._leases)
+        await wait_until(lambda: first + 10 in store._leases)  # the following bucket, in the background
+        now[0] += 10  # every expiry moved into that bucket
+        await store.put("kube_server", "b", cluster(), expires=now[0] + 600)
+        assert len(on_path) == 1  # no grant on this write's path
+        assert {r.name for r in await store.list("kube_server")} == {"a", "b"}
+        leases = await store._client.call("lease/leases", {})
+        assert str(store._leases[first + 10]) in {entry["ID"] for entry in leases.get("leases", [])}
