@@ -18,6 +18,9 @@ events above the last one delivered" has no gap.
 * When the hub closes (the store is closed) iteration simply ends.
 * A live event carries the trio time its change was published (``Event.published``), so the API can
   measure watch lag without an extra await; events from history carry None.
+* A live change is turned into its :class:`Event` once, at publish, and that one object goes to every
+  subscription: 100 watchers cost one JSON decode of the value, not 100. Consumers treat an event's
+  record (its ``value`` dict included) as read-only, as the Store contract says of every record.
 """
 
 from __future__ import annotations
@@ -42,8 +45,8 @@ class Subscription:
     def __init__(self, kinds: frozenset[str], buffer: int) -> None:
         self.kinds = kinds
         self.overflowed = False
-        # each change with the trio time it was published at (the watch-lag metric's start)
-        self.send, self.receive = trio.open_memory_channel[tuple[Change, float]](buffer)
+        # each change as its event, shared by every subscription (it carries its publish time)
+        self.send, self.receive = trio.open_memory_channel[Event](buffer)
 
 
 class Hub:
@@ -73,13 +76,20 @@ class Hub:
 
     def publish(self, changes: Sequence[Change]) -> None:
         """Deliver ``changes`` (in revision order) to every interested subscription, never waiting."""
+        if not self._subs:
+            return
         now = trio.current_time()  # one clock read per commit, carried to the watch line (watch lag)
+        # Decoded once per change, lazily (a change of a kind nobody watches is never decoded).
+        events: list[Event | None] = [None] * len(changes)
         for sub in list(self._subs):
-            for change in changes:
+            for index, change in enumerate(changes):
                 if change.item.kind not in sub.kinds:
                     continue
+                event = events[index]
+                if event is None:
+                    event = events[index] = change.to_event(now)
                 try:
-                    sub.send.send_nowait((change, now))
+                    sub.send.send_nowait(event)
                 except trio.WouldBlock:
                     sub.overflowed = True
                     self.overflows += 1
@@ -155,15 +165,16 @@ class WatchIterator:
                 await self.fetch_page()
                 continue
             try:
-                change, published = await self._sub.receive.receive()
+                event = await self._sub.receive.receive()
             except (trio.EndOfChannel, trio.ClosedResourceError):
                 if self._sub.overflowed:
                     raise fell_behind(self.last, self._hub.buffer) from None
                 raise StopAsyncIteration from None
-            if change.revision <= self.last:
+            revision = event.record.revision  # a change's revision (a DELETE's record carries it too)
+            if revision <= self.last:
                 continue  # already delivered from history
-            self.last = change.revision
-            return change.to_event(published)
+            self.last = revision
+            return event
 
 
 @asynccontextmanager

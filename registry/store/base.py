@@ -66,7 +66,8 @@ class Event:
     # PUT: the new version; DELETE: the last version, with .revision = the delete's revision
     record: Record
     # trio.current_time() when the store published this change live (for the watch-lag metric); None for
-    # an event read from history. Not part of the event's identity.
+    # an event read from history. Not part of the event's identity. A live event is one object shared by
+    # every watcher of the store: its record (value included) is read-only, as every record is.
     published: float | None = field(default=None, compare=False)
 
 

@@ -56,21 +56,22 @@ lock, and the writer that triggered it also waited for etcd's compaction. etcd c
 on an etcd shared with other applications it compacts their history too, as etcd's own
 ``--auto-compaction-*`` would (kubeport's feed does not depend on etcd history, so it copes with either).
 
-TTL. Records carry ``expires`` (store clock) and every read filters on the store's ``clock()``, as the
-other backends do; the registry's expiry sweep (``serve_expiry`` → :meth:`expire`) removes expired records
-with DELETE events. Each record with an expiry is also attached to an etcd lease that ends ``lease_grace``
-seconds after it (an hour by default), rounded up to a ``lease_bucket`` (10 s): one lease per bucket (cached,
-as Teleport does), never one per key. Leases are the backstop that frees the keys of a cluster whose
-registries are all gone. The grace is long so that a registry coming back within it sweeps the expired
-records itself, with DELETE events. A key a lease did delete produced no store event (nobody was there to
-write one): the first registry to open the prefix again finds the ``items/`` keys that existed at kubeport's
-last write (etcd's MVCC history at that revision) and are gone now, and records a DELETE of each one's last
-version, once (:meth:`_reap_lease_removals`), so watchers resuming from a revision miss nothing. A registry
-that kept running while it could not reach etcd does the same when etcd answers again (a failed watchdog
-reading, or none for half the grace, makes the check due): before its next write, since a write would move
-"kubeport's last write" past the removals, and from :meth:`_lease_checker` when idle. A lease
-that expired under the cache (``requested lease not found``) is dropped from the cache and the write
-retried with a new one.
+TTL. Records carry ``expires`` (store clock) and every read filters on the store's ``clock()``, as the other
+backends do; the registry's expiry sweep (``serve_expiry`` → :meth:`expire`) removes expired records with
+DELETE events. Each record with an expiry is also attached to an etcd lease that ends ``lease_grace`` seconds
+after it (an hour by default), rounded up to a ``lease_bucket`` (10 s): one lease per bucket (cached, as
+Teleport does), never one per key; the next bucket's lease is granted in the background as soon as a write
+uses one, so a write crossing into a new bucket does not wait for a grant. Leases are the backstop that frees
+the keys of a cluster whose registries are all gone. The grace is long so that a registry coming back within
+it sweeps the expired records itself, with DELETE events. A key a lease did delete produced no store event
+(nobody was there to write one): the first registry to open the prefix again finds the ``items/`` keys that
+existed at kubeport's last write (etcd's MVCC history at that revision) and are gone now, and records a DELETE
+of each one's last version, once (:meth:`_reap_lease_removals`), so watchers resuming from a revision miss
+nothing. A registry that kept running while it could not reach etcd does the same when etcd answers
+again (a failed watchdog reading, or none for half the grace, makes the check due): before its next write,
+since a write would move "kubeport's last write" past the removals, and from :meth:`_lease_checker` when
+idle. A lease that expired under the cache (``requested lease not found``) is dropped from the cache and
+the write retried with a new one.
 
 Secrets at rest: every value under ``items/`` and ``hist/`` is sealed with AES-GCM (``etcd_seal``) using the
 key file from the registry's data dir; ``open`` refuses a key that does not open ``meta/keycheck``. History
@@ -138,6 +139,8 @@ _GROUP_BYTES = 384 * 1024
 # History entries deleted per compaction txn: small txns, so etcd's commit of one never stalls the writes
 # queued behind it for long (a compaction after 100,000 announced heartbeats deletes 1,000s of entries).
 _COMPACT_BATCH = 256
+# Bucket ends waiting to be granted ahead at most (one per expiry pattern in use: heartbeats, audit events...).
+_LEASES_AHEAD = 16
 _EXPIRE_BATCH = 256  # expired records per txn to start with; halved while etcd finds the request too large
 _CANARY = b"kubeport etcd key check"
 
@@ -209,6 +212,8 @@ class EtcdStore(BaseStore):
         self._publish_timeout = float(publish_timeout)
         self._watchdog_interval = float(watchdog_interval)
         self._leases: dict[float, int] = {}  # bucket end (store clock) -> lease id
+        self._leases_wanted: set[float] = set()  # bucket ends to grant ahead (see _lease_granter)
+        self._lease_kick = trio.Event()
         self._deadlines: list[tuple[float, int, str, str]] = []  # as MemoryStore: (expires, revision, kind, name)
         self._lock = trio.Lock()  # one write of this process at a time (other processes: the txn compare)
         self._compact_lock = trio.Lock()  # one compaction of this process at a time
@@ -219,6 +224,9 @@ class EtcdStore(BaseStore):
         self._kick_scope: trio.CancelScope | None = None
         self._feed_done = trio.Event()
         self._last_etcd_compaction = 0
+        # (counter, its mod_revision, floor, its mod_revision) as this process's last commit left them: what a
+        # create plans against without reading first (see _commit); None when unknown
+        self._known: tuple[int, int, int, int] | None = None
         self.resyncs = 0
         # the lease-removal check (_reap_lease_removals): due after etcd was out of reach (_note_contact)
         self._last_contact = 0.0  # store clock, of the last reading of etcd known to have succeeded
@@ -553,12 +561,23 @@ class EtcdStore(BaseStore):
                 total -= 1
         return total
 
-    async def _snapshot(self, keys: Sequence[tuple[str, str]]) -> tuple[int, int, int, int, Snapshot]:
-        """(counter, its mod_revision, floor, its mod_revision, items) read in one consistent txn."""
+    def _snapshot_ops(self, keys: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
         ops = [range_op(self._rev_key), range_op(self._floor_key)]
         ops += [range_op(self._item_key(kind, name)) for kind, name in keys]
-        result = await self._client.txn([], nest_ops(ops, self._max_txn_ops, what="this read"), idempotent=True)
+        return nest_ops(ops, self._max_txn_ops, what="this read")
+
+    async def _snapshot(self, keys: Sequence[tuple[str, str]]) -> tuple[int, int, int, int, Snapshot]:
+        """(counter, its mod_revision, floor, its mod_revision, items) read in one consistent txn."""
+        result = await self._client.txn([], self._snapshot_ops(keys), idempotent=True)
+        return self._parse_snapshot(keys, result)
+
+    def _parse_snapshot(
+        self, keys: Sequence[tuple[str, str]], result: TxnResult
+    ) -> tuple[int, int, int, int, Snapshot]:
+        """The answer of :meth:`_snapshot_ops` (a read txn's, or a refused write's failure branch)."""
         ranges = result.ranges()
+        if len(ranges) != 2 + len(keys):
+            raise ConnectionProblem("etcd answered a malformed txn")
         counter_kvs = ranges[0]
         counter = _decimal(counter_kvs)
         mod = counter_kvs[0].mod_revision if counter_kvs else 0
@@ -656,8 +675,10 @@ class EtcdStore(BaseStore):
                 outcomes.append(changes)
             return applied
 
+        # Only creates: each key is expected absent, so the txn can go out without reading first.
+        absent = all(op.op == "create" for slot in units for op in slot.ops)
         try:
-            await self._commit(keys, plan)
+            await self._commit(keys, plan, expect_absent=absent)
         except (TooLarge, LimitExceeded):
             if len(units) == 1:
                 raise
@@ -705,34 +726,76 @@ class EtcdStore(BaseStore):
         self,
         keys: Sequence[tuple[str, str]],
         plan: Callable[[Snapshot, float, int], list[Change]],
+        *,
+        expect_absent: bool = False,
     ) -> list[Change]:
         """Read, plan and commit as one etcd txn guarded by the revision counter; retry (planning again)
         when another registry wrote in between. The caller holds the write lock (one write of this process at
         a time) and then waits for the feed to publish the changes here (:meth:`_wait_published`), after
-        releasing the lock so that the next group's round trips overlap the feed's."""
+        releasing the lock so that the next group's round trips overlap the feed's.
+
+        ``expect_absent`` (every key is created): the first attempt skips the read. It plans against what
+        this process's last commit left (``_known``: the counter, the floor and their mod_revisions) with
+        every key absent, and the txn also compares each key's create_revision with 0; its failure branch
+        reads the snapshot, so a wrong guess (another registry wrote, a compaction moved the floor, a key
+        exists) costs no extra round trip: the next attempt plans against that snapshot as usual. When the
+        compares hold, etcd's state is exactly the one planned against, so the outcome is the read path's.
+        A write that needs nested txns (over ``--max-txn-ops``) always reads first: etcd counts the compares
+        against the nested txns' allowance.
+        """
         assert self._lock.locked()
         if self._lease_check_due():  # etcd was out of reach: first record what leases removed meanwhile
             await self._reap_lease_removals(None, strict=True)
+        speculate = expect_absent and self._known is not None and len(keys) + 2 <= self._max_txn_ops
+        fresh: tuple[int, int, int, int, Snapshot] | None = None  # a snapshot a refused txn answered
         for _ in range(1000):
-            counter, mod, floor, floor_mod, items = await self._snapshot(keys)
+            if speculate and self._known is not None:
+                counter, mod, floor, floor_mod = self._known
+                items: Snapshot = dict.fromkeys(keys)
+            else:
+                speculate = False
+                if fresh is None:
+                    fresh = await self._snapshot(keys)
+                counter, mod, floor, floor_mod, items = fresh
+                fresh = None
             self._check_open()
             changes = plan(items, self._now(), counter)
             if not changes:
+                if speculate:
+                    speculate = False  # nothing to do against a guess: decide on the real state
+                    continue
                 return []
             write_id = os.urandom(8).hex()
             # The floor is compared too: a compaction that moved it since the snapshot may have deleted a
             # history entry this write rewrites (redaction), which must not come back below the floor.
             guard = [compare_mod(self._rev_key, mod), compare_mod(self._floor_key, floor_mod)]
+            failure: list[dict[str, Any]] = []
+            if speculate:
+                guard += [compare_mod(self._item_key(kind, name), 0) for kind, name in keys]
+                failure = self._snapshot_ops(keys)
+            self._known = None  # until this txn's outcome is known
             try:
                 ops = await self._ops_for(changes, floor, write_id)
-                result = await self._client.txn(guard, ops)
+                if speculate and any("request_txn" in op for op in ops):
+                    # etcd gives nested txns what the outer level leaves (--max-txn-ops less its compares):
+                    # a write that needs nesting takes the read path, with its two compares only.
+                    speculate = False
+                    continue
+                result = await self._client.txn(guard, ops, failure)
             except LeaseNotFound:
                 self._leases.clear()  # a cached lease ran out under us: take fresh ones
+                speculate = False
                 continue
             except Ambiguous:
                 result = TxnResult(await self._landed(changes[0].revision, write_id), 0)
+                speculate = False
             if result.succeeded:
+                if result.revision:  # the txn's own etcd revision: the counter's mod_revision now
+                    self._known = (changes[-1].revision, result.revision, floor, floor_mod)
                 break
+            if speculate:
+                fresh = self._parse_snapshot(keys, result)
+                speculate = False
         else:
             raise ConnectionProblem("etcd: too much write contention on the store revision, try again")
         return changes
@@ -775,7 +838,33 @@ class EtcdStore(BaseStore):
                 del self._leases[old]
             lease, _ = await self._client.lease_grant(ttl)
             self._leases[end] = lease
+        following = end + self._bucket
+        if following not in self._leases and len(self._leases_wanted) < _LEASES_AHEAD:
+            self._leases_wanted.add(following)
+            self._lease_kick.set()
         return lease
+
+    async def _lease_granter(self) -> None:
+        """Grant the lease of the bucket after each one a write used, before a write needs it (part of the
+        feed's nursery). Expiries that follow the clock (heartbeats, audit events) start a new bucket every
+        ``lease_bucket`` seconds, and that bucket's grant (an etcd raft write, fsync'd) would otherwise be one
+        more round trip in that write's txn preparation, under the write lock, holding up every queued write.
+        A grant that fails here is simply made by the write that needs it; two grants of one bucket (the
+        write came first) leave one unused lease, which ends on its own."""
+        while True:
+            await self._lease_kick.wait()
+            self._lease_kick = trio.Event()
+            for end in sorted(self._leases_wanted):
+                self._leases_wanted.discard(end)
+                if end in self._leases:
+                    continue
+                ttl = max(math.ceil(end - self._now()), math.ceil(self._grace))
+                try:
+                    lease, _ = await self._client.lease_grant(ttl)
+                except KubeportError as exc:
+                    log.debug("etcd store: granting a lease ahead failed (a write grants it): %s", exc)
+                    continue
+                self._leases.setdefault(end, lease)
 
     async def _maybe_compact(self) -> None:
         """Auto-compaction is never on a writer's path: wake the background compactor (:meth:`_compactor`)."""
@@ -877,6 +966,7 @@ class EtcdStore(BaseStore):
                     nursery.start_soon(self._watchdog)
                     nursery.start_soon(self._compactor)
                     nursery.start_soon(self._lease_checker)
+                    nursery.start_soon(self._lease_granter)
                     while True:
                         try:
                             etcd_revision = await self._feed_watch(etcd_revision)

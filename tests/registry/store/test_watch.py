@@ -315,3 +315,28 @@ async def test_bad_watch_arguments(store: BaseStore, kinds: Any, since: Any, mes
     with pytest.raises(BadParameter, match=message):
         async with store.watch(kinds, since=since):
             pass
+
+
+async def test_a_live_change_is_decoded_once_for_every_watcher(store: BaseStore, monkeypatch: Any) -> None:
+    decoded: list[int] = []
+    to_event = Change.to_event
+
+    def counting(change: Change, published: float | None = None) -> Any:
+        decoded.append(change.revision)
+        return to_event(change, published)
+
+    monkeypatch.setattr(Change, "to_event", counting)
+    async with (
+        store.watch([K]) as a,
+        store.watch([K]) as b,
+        store.watch([K, "audit"]) as c,
+        store.watch(["audit"]) as unrelated,
+    ):
+        await store.put(K, "x", {"i": 1})
+        got = [await take(stream, 1) for stream in (a, b, c)]
+        assert decoded == [1]  # one decode, shared; a watcher of other kinds costs nothing
+        assert [events[0].record.value for events in got] == [{"i": 1}] * 3
+        await store.put("audit", "e", {"i": 2})
+        assert [e.record.name for e in await take(unrelated, 1)] == ["e"]
+        assert [e.record.name for e in await take(c, 1)] == ["e"]
+        assert decoded == [1, 2]
