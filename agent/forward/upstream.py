@@ -40,6 +40,7 @@ from registry.core.errors import KubeportError
 from registry.core.kubeconfig import KubeTarget, check_kubeconfig
 from registry.core.netaddr import format_hostport
 from registry.core.resources import KubeCluster
+from registry.host.tls import wait_for_input
 
 MAX_RESPONSE_HEAD: Final = 256 * 1024  # an API server's response head; a bigger one is hostile
 _STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError)
@@ -234,6 +235,7 @@ class UpstreamConnection:
     async def receive(self, max_bytes: int = 64 * 1024) -> None:
         """Read once from the connection into h11 (for a caller that already saw ``h11.NEED_DATA``)."""
         try:
+            await wait_for_input(self.stream)  # an idle watch waits here for hours: the cheap way (tls.py)
             data = await self.stream.receive_some(max_bytes)
         except _STREAM_ERRORS as exc:
             raise self.endpoint.unreachable(f"the connection broke: {_describe(exc)}") from None

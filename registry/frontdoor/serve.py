@@ -75,7 +75,7 @@ from registry.core.tunnel_info import TUNNEL_ALPN, StreamInfo
 from registry.frontdoor.head import FirstHead, Head, RequestTimeout, error_response
 from registry.frontdoor.lookup import ClusterLookup
 from registry.frontdoor.pick import order_agents, route
-from registry.host.tls import peer_certificate_der, send_handshake_alert, server_context
+from registry.host.tls import peer_certificate_der, send_handshake_alert, server_context, wait_for_input
 from registry.server.admission import Admission, AdmissionLimits, source_of
 from registry.server.authz import Caller, effective_roles, user_gone
 from registry.server.http import Slot, accept_retrying
@@ -427,7 +427,11 @@ class FrontDoor:
         except Denial as denial:
             await self._refuse(stream, denial, client, identity)
             return
-        await self._forward(stream, tunnel, head, caller=caller, info=info, agent_host=agent_host)
+        # The parsed head and its parser (an h11 connection) would otherwise live as long as the connection
+        # (hours for a watch); only the bytes still to send are needed.
+        first = head.raw
+        del head, reader
+        await self._forward(stream, tunnel, first, caller=caller, info=info, agent_host=agent_host)
 
     async def _read_first_head(self, stream: trio.SSLStream[Any], reader: FirstHead, deadline: float) -> Head | None:
         try:
@@ -527,7 +531,7 @@ class FrontDoor:
         self,
         stream: trio.SSLStream[Any],
         tunnel: trio.abc.HalfCloseableStream,
-        head: Head,
+        first: bytes,
         *,
         caller: Caller,
         info: StreamInfo,
@@ -544,7 +548,7 @@ class FrontDoor:
         remaining = (info.cert_expires - self.registry.now()).total_seconds()
         try:
             with trio.move_on_after(max(remaining, 0.0)):
-                await splice(stream, tunnel, head.raw, counts)
+                await splice(stream, tunnel, first, counts)
         finally:
             stats.active -= 1
             stats.bytes_to_agent += counts[0]
@@ -616,6 +620,7 @@ async def splice(
         async def client_to_agent() -> None:
             try:
                 while True:
+                    await wait_for_input(client)  # an idle watch's kubectl sends nothing for hours: cheap wait
                     data = await client.receive_some(CHUNK)
                     if not data:
                         await agent.send_eof()
@@ -625,20 +630,19 @@ async def splice(
             except _STREAM_ERRORS:
                 nursery.cancel_scope.cancel()
 
-        async def agent_to_client() -> None:
-            try:
-                while True:
-                    data = await agent.receive_some(TO_CLIENT_CHUNK)
-                    if not data:
-                        break
-                    await client.send_all(data)
-                    counts[1] += len(data)
-            except _STREAM_ERRORS:
-                pass
-            nursery.cancel_scope.cancel()  # the agent is done (or gone): the whole connection is
-
         nursery.start_soon(client_to_agent)
-        nursery.start_soon(agent_to_client)
+        # The agent's side is copied by this task itself: one task fewer per connection (an idle watch's
+        # memory is mostly its tasks and their frames).
+        try:
+            while True:
+                data = await agent.receive_some(TO_CLIENT_CHUNK)
+                if not data:
+                    break
+                await client.send_all(data)
+                counts[1] += len(data)
+        except _STREAM_ERRORS:
+            pass
+        nursery.cancel_scope.cancel()  # the agent is done (or gone): the whole connection is
 
 
 async def serve_frontdoor(

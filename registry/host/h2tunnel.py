@@ -170,7 +170,9 @@ class TunnelStream(trio.abc.HalfCloseableStream):
         self.stream_id = stream_id
         self.headers = headers
         self.status: int | None = None  # client side: the response status once it arrived
-        self._buffer: deque[bytes] = deque()
+        # Received, unread frames; None while empty: an empty deque still holds a ~600-byte block, and an
+        # idle stream (a watch) is empty nearly all its life.
+        self._buffer: deque[bytes] | None = None
         self._buffered = 0
         self._unacked = 0  # bytes read but not yet acknowledged to h2 (see H2Tunnel._consumed)
         self._recv_eof = False
@@ -218,6 +220,8 @@ class TunnelStream(trio.abc.HalfCloseableStream):
                     raise self._error.fresh()  # an abort: unread bytes are gone, like after a TCP RST
                 if self._buffer:
                     chunk = self._take(max_bytes)
+                    if not self._buffer:
+                        self._buffer = None  # emptied: see __init__
                     self._buffered -= len(chunk)
                     self._tunnel._consumed(self, len(chunk))
                     if not parked:
@@ -249,6 +253,7 @@ class TunnelStream(trio.abc.HalfCloseableStream):
         """Up to ``max_bytes`` (None: all) of the buffered bytes, as one piece: frames that arrived
         together leave together (one write onwards instead of one per frame; a big frame is not copied)."""
         buffer = self._buffer
+        assert buffer is not None  # called only when something is buffered
         chunk = buffer.popleft()
         limit = len(chunk) + self._buffered if max_bytes is None else max_bytes
         if len(chunk) > limit:
@@ -645,7 +650,7 @@ class H2Tunnel:
         # Nobody will read these bytes: hand their window back (and what reads held back) so the
         # connection window never leaks.
         size = stream._buffered + stream._unacked
-        stream._buffer.clear()
+        stream._buffer = None
         stream._buffered = 0
         stream._unacked = 0
         if size and not self._dead:
@@ -880,6 +885,8 @@ class H2Tunnel:
         if flow > len(data):  # padding is never read by anyone
             self._h2_call(self._conn.acknowledge_received_data, flow - len(data), stream_id)
         if data:
+            if stream._buffer is None:
+                stream._buffer = deque()
             stream._buffer.append(data)
             stream._buffered += len(data)
             self._stats["peak_stream_buffered"] = max(self._stats["peak_stream_buffered"], stream._buffered)
@@ -937,7 +944,7 @@ class H2Tunnel:
             stream._break(error)
             stream._on_wire_done = True
             if not stream._recv_eof:
-                stream._buffer.clear()
+                stream._buffer = None
                 stream._buffered = 0
         self._streams.clear()
         self._ready.set()

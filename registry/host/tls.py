@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import ssl
 import tempfile
 from collections.abc import Sequence
@@ -121,6 +122,37 @@ async def send_handshake_alert(stream: trio.SSLStream[Any], *, timeout: float = 
         return
     with trio.move_on_after(timeout), contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
         await stream.transport_stream.send_all(pending)
+
+
+async def wait_for_input(stream: trio.abc.ReceiveStream) -> None:
+    """Return once ``stream.receive_some`` has something to hand out (bytes, an EOF, an error), without
+    entering the TLS layer while nothing arrived; a no-op for anything but a ``trio.SSLStream`` over a socket.
+
+    A TLS reader parked in ``receive_some`` sits at the bottom of trio's SSLStream retry loop, the socket
+    stream and the socket's non-blocking helper: ~3 KiB of coroutine frames per idle connection (an idle
+    ``kubectl get -w`` holds two: kubectl's at the front door and the agent's to the API server). Waiting for
+    the socket first, when neither OpenSSL nor trio holds undelivered bytes, keeps only this frame. Bytes
+    already in the kernel are seen by a non-blocking ``MSG_PEEK`` (no wait, no extra task switch on a busy
+    stream). Uses trio internals (``_incoming``, the socket's ``_sock``) read-only; without them it returns
+    at once and the caller's ``receive_some`` waits as before."""
+    if not isinstance(stream, trio.SSLStream):
+        return
+    incoming = getattr(stream, "_incoming", None)
+    sock = getattr(stream.transport_stream, "socket", None)
+    raw = getattr(sock, "_sock", None)
+    if sock is None or not isinstance(incoming, ssl.MemoryBIO) or not isinstance(raw, socket.socket):
+        return
+    try:
+        if incoming.pending or stream.pending():
+            return
+        raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        return  # a byte, or b"" (the peer's EOF): receive_some answers at once
+    except BlockingIOError:
+        pass
+    except (OSError, ssl.SSLError, trio.NeedHandshakeError):
+        return  # receive_some reports it (or does the handshake) as usual
+    with contextlib.suppress(trio.BusyResourceError):  # another task reads the socket: receive_some sorts it out
+        await trio.lowlevel.wait_readable(sock)
 
 
 def _harden(context: ssl.SSLContext) -> None:
