@@ -48,10 +48,11 @@ import secrets
 import shlex
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from types import NoneType
 from typing import Any, cast
 
 from labels import validate_labels, validate_selector_items
@@ -123,6 +124,10 @@ MAX_HEARTBEAT_BATCH = 512  # kube_servers per batch heartbeat request (the agent
 AGENT_EVENT_TYPES = frozenset({"kube.request", "session.start", "session.end", "audit.dropped"})
 MAX_AGENT_EVENTS = 500
 MAX_AGENT_EVENT_BYTES = 8192
+# The types an agent event's fields may have (JSON's scalars, and lists of them) and its keys.
+_AGENT_ITEM_TYPES = frozenset({str, int, float, bool, NoneType})
+_AGENT_FIELD_TYPES = _AGENT_ITEM_TYPES | {list}
+_STR_TYPE = frozenset({str})
 HOST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 # Audit event names per (kind, action), Teleport's where it has one.
@@ -130,6 +135,10 @@ _AUDIT_NAMES = {"kube_cluster": "kube"}
 
 
 _FAILURE_ROW_KEYS = frozenset({"event", "time", "success", "client", "error", "count", "first_time", "last_time"})
+
+
+def _lists(event: dict[str, Any]) -> Iterator[builtins.list[Any]]:
+    return (v for v in event.values() if type(v) is list)
 
 
 def validate_agent_record(host_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
@@ -434,8 +443,9 @@ class Registry:
 
     async def record_agent_events(self, caller: Caller, events: builtins.list[Any]) -> int:
         """Audit events an agent reports for the requests it forwarded (``kube.request``, ``session.*``,
-        ``audit.dropped``): only agents may report, each event is a bounded flat-ish mapping of one of those
-        types, and ``reported_by`` is the caller's host id whatever the body says. Returns how many were kept."""
+        ``audit.dropped``): only agents may report, each event is a mapping of one of those types, at most
+        MAX_AGENT_EVENT_BYTES as stored, of flat fields (strings, numbers, booleans, nulls, lists of those),
+        and ``reported_by`` is the caller's host id whatever the body says. Returns how many were kept."""
         if caller.kind != "agent" or not caller.identity.host_id:
             raise AccessDenied(f"access denied: {caller.describe()} may not report access events")
         if len(events) > MAX_AGENT_EVENTS:
@@ -445,13 +455,26 @@ class Registry:
         names = self._audit_names(len(events))
         items: builtins.list[tuple[str, EncodedValue]] = []
         for index, (name, event) in enumerate(zip(names, events, strict=True)):
-            if not isinstance(event, dict) or event.get("event") not in AGENT_EVENT_TYPES:
+            kind = event.get("event") if type(event) is dict else None
+            if type(kind) is not str or kind not in AGENT_EVENT_TYPES:
                 raise BadParameter(
                     f"event {index}: expected a mapping whose event is one of {', '.join(sorted(AGENT_EVENT_TYPES))}"
                 )
-            # The stored row in one pass (what _audit_value makes of it): string keys, None values left out,
-            # the registry's time, reported_by from the caller whatever the body says.
-            value = {k: v for k, v in event.items() if isinstance(k, str) and v is not None}
+            # Flat fields only (the types of keys and values gathered in C, not per field in Python): this
+            # also bounds the nesting the API's decode did not walk (api._post_events).
+            types = set(map(type, event.values()))
+            if (
+                not types <= _AGENT_FIELD_TYPES
+                or (list in types and not all(set(map(type, v)) <= _AGENT_ITEM_TYPES for v in _lists(event)))
+                or not set(map(type, event)) <= _STR_TYPE
+            ):
+                raise BadParameter(
+                    f"event {index}: fields must be named by strings and hold strings, numbers, booleans, "
+                    "nulls or lists of those"
+                )
+            # The stored row in one pass (what _audit_value makes of it): None values left out, the
+            # registry's time, reported_by from the caller whatever the body says.
+            value = {k: v for k, v in event.items() if v is not None} if NoneType in types else dict(event)
             value["time"] = when
             value["success"] = event.get("success", True)
             value["reported_by"] = host
