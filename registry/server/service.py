@@ -48,7 +48,7 @@ import secrets
 import shlex
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -137,8 +137,13 @@ _AUDIT_NAMES = {"kube_cluster": "kube"}
 _FAILURE_ROW_KEYS = frozenset({"event", "time", "success", "client", "error", "count", "first_time", "last_time"})
 
 
-def _lists(event: dict[str, Any]) -> Iterator[builtins.list[Any]]:
-    return (v for v in event.values() if type(v) is list)
+def _flat_lists(event: dict[str, Any], types: set[type]) -> bool:
+    """Whether every list among ``event``'s values (whose types are ``types``) holds only scalars."""
+    if list in types:
+        for value in event.values():
+            if type(value) is list and not set(map(type, value)) <= _AGENT_ITEM_TYPES:
+                return False
+    return True
 
 
 def validate_agent_record(host_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
@@ -465,8 +470,8 @@ class Registry:
             types = set(map(type, event.values()))
             if (
                 not types <= _AGENT_FIELD_TYPES
-                or (list in types and not all(set(map(type, v)) <= _AGENT_ITEM_TYPES for v in _lists(event)))
                 or not set(map(type, event)) <= _STR_TYPE
+                or not _flat_lists(event, types)
             ):
                 raise BadParameter(
                     f"event {index}: fields must be named by strings and hold strings, numbers, booleans, "

@@ -366,6 +366,14 @@ def plan_batch(
     for op in ops:
         key = (op.kind, op.name)
         current = overlay[key] if key in overlay else read(op.kind, op.name)
+        if current is None and op.data is not None and op.op in ("create", "put"):
+            # A new record (an audit append, a first heartbeat): plan_write's outcome without its checks,
+            # none of which applies when nothing is stored under the name.
+            revision += 1
+            item = Item(op.kind, op.name, op.data, revision, revision, op.expires, op.labels)
+            changes.append(Change("PUT", item))
+            overlay[key] = item
+            continue
         planned = plan_write(op, current, now=now, revision=revision)
         changes += planned
         revision = planned[-1].revision
