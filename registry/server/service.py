@@ -17,7 +17,8 @@ Invariants:
   every ``AUDIT_RECOUNT_INTERVAL`` seconds while it writes (other replicas' writes, expiry). Deletions are
   decided on a fresh count only (an estimate never deletes a row the cap allows), and a trim goes down to
   the cap less the headroom, so the next count is a headroom of writes away. One registry: the table
-  exceeds the cap by at most one write (a batch) before it is trimmed. R registries on one store: each
+  exceeds the cap by at most one write (a batch) until that write's own trim (writes landing while a trim
+  runs are trimmed by the next write's). R registries on one store: each
   writes at most max(headroom, room/4) + one batch between its counts, so the table exceeds the cap by at
   most (R - 1) x that (less if AUDIT_RECOUNT_INTERVAL comes first), until their next counts trim it.
   Event names sort by time, so listing is a reverse range read of one page, never a read of every row.
