@@ -1,6 +1,8 @@
 """Audit events of the forwarder, and the batching adapter that keeps auditing off the request path.
 
-Events (plain dicts, the registry's audit shape: ``event`` names the type, ``time`` is RFC 3339 UTC):
+Events (plain dicts, the registry's audit shape: ``event`` names the type; ``time`` is the agent's clock in
+Unix seconds, a float, not formatted per event: the registry stores its own receipt time, RFC 3339, in its
+place; fields that would be null are left out, as the registry leaves them out of the stored row):
 
 * ``kube.request`` — one per forwarded or refused request: user, roles, cluster, host (this agent),
   client address, method, path (without the cluster prefix, query included), verb, resource, namespace,
@@ -32,7 +34,6 @@ import trio
 from registry.core.errors import KubeportError
 from registry.core.kube_access import Identity
 from registry.core.kube_request import KubeRequest
-from registry.core.timefmt import format_rfc3339
 from registry.core.tunnel_info import StreamInfo
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ def request_event(
     """One ``kube.request`` event (``request`` None when the path could not be mapped)."""
     event: AuditEvent = {
         "event": KUBE_REQUEST,
-        "time": format_rfc3339(now, fraction="micro"),
+        "time": now.timestamp(),
         "success": 100 <= status < 400,
         "user": info.user,
         "roles": list(roles),
@@ -76,11 +77,12 @@ def request_event(
         "resource": _resource(request),
         "namespace": request.namespace if request else "",
         "name": request.name if request else "",
-        "impersonated_user": identity.user if identity else None,
         "impersonated_groups": list(identity.groups) if identity else [],
         "status": status,
         "duration_ms": round(duration_ms, 3),
     }
+    if identity is not None:
+        event["impersonated_user"] = identity.user
     if error is not None:
         event["error"] = error[:2048]
     return event
@@ -108,7 +110,7 @@ def session_event(
     """A ``session.start`` or ``session.end`` event for an upgraded stream."""
     event: AuditEvent = {
         "event": kind,
-        "time": format_rfc3339(now, fraction="micro"),
+        "time": now.timestamp(),
         "success": True,
         "session_id": session_id,
         "session_kind": request.subresource or "upgrade",

@@ -354,9 +354,14 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def load_json(text: str | bytes, *, source: str) -> Any:
+def load_json(text: str | bytes, *, source: str, walk_depth: bool = True) -> Any:
     """One JSON value, rejecting duplicate keys, NaN/Infinity (spelled out or overflowing), invalid UTF-8
-    and deep nesting, or BadParameter naming ``source``. The one JSON reader for untrusted input."""
+    and deep nesting, or BadParameter naming ``source``. The one JSON reader for untrusted input.
+
+    ``walk_depth=False`` skips the walk that bounds nesting to MAX_NESTING, for a caller that bounds it
+    itself while it goes through the value anyway (the agents' audit batches: events of flat fields) and
+    calls :func:`check_nesting` on whatever else it keeps. The decoder's own recursion limit still ends a
+    pathological nesting with this BadParameter."""
     if isinstance(text, bytes):
         text = decode_utf8(text, source=source)
     try:
@@ -372,9 +377,15 @@ def load_json(text: str | bytes, *, source: str) -> Any:
         raise BadParameter(f"{source} is not valid JSON: {err}") from None
     except RecursionError:
         raise BadParameter(f"{source} is not valid JSON: nested more than {MAX_NESTING} levels deep") from None
+    if walk_depth:
+        check_nesting(value, source=source)
+    return value
+
+
+def check_nesting(value: Any, *, source: str) -> None:
+    """BadParameter naming ``source`` when ``value`` (decoded JSON) nests more than MAX_NESTING levels."""
     if _depth(value) > MAX_NESTING:
         raise BadParameter(f"{source} is not valid JSON: nested more than {MAX_NESTING} levels deep")
-    return value
 
 
 # -- strict field reading -----------------------------------------------------------------------------------

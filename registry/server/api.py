@@ -64,7 +64,7 @@ from urllib.parse import unquote
 
 import trio
 
-from registry.core import codec, watch
+from registry.core import codec, validation, watch
 from registry.core.errors import (
     AccessDenied,
     BadParameter,
@@ -478,9 +478,17 @@ class RegistryAPI:
         return Response.json(200, body)
 
     async def _post_events(self, caller: Caller, request: Request, rest: list[str]) -> Response:
-        events = _body_object(request).get("events")
+        # One decode without the nesting walk: record_agent_events takes only flat events (strings, numbers,
+        # booleans, nulls, lists of those), which bounds their nesting as it goes through them anyway; any
+        # other field of the body is walked here.
+        body = validation.load_json(request.body, source="request body", walk_depth=False)
+        if not isinstance(body, dict):
+            raise BadParameter("request body must be a JSON object")
+        events = body.get("events")
         if not isinstance(events, list):
             raise BadParameter("request body field 'events' must be a list")
+        if len(body) > 1:
+            validation.check_nesting({k: v for k, v in body.items() if k != "events"}, source="request body")
         kept = await self.registry.record_agent_events(caller, events)
         return Response.json(200, {"kind": "Status", "status": "Success", "details": {"count": kept}})
 

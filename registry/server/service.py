@@ -11,7 +11,16 @@ Invariants:
 - Every mutation is followed by one audit event (kind ``audit`` in the same store). The mutation and its
   event are two writes: a crash between them loses the event, never the mutation.
 - The audit log is bounded: events expire after 30 days, and beyond ``max_audit_events`` rows the oldest are
-  deleted (checked every few writes, so the table may briefly exceed the cap by one check interval).
+  deleted. Rows are not counted per write (a COUNT is O(rows)): each registry keeps an estimate (its last
+  count + its own writes - its own trims) and counts again only when the estimate passes the cap, after
+  writing a quarter of the room its last count left (at least the headroom, 2% of the cap), and at least
+  every ``AUDIT_RECOUNT_INTERVAL`` seconds while it writes (other replicas' writes, expiry). Deletions are
+  decided on a fresh count only (an estimate never deletes a row the cap allows), and a trim goes down to
+  the cap less the headroom, so the next count is a headroom of writes away. One registry: the table
+  exceeds the cap by at most one write (a batch) until that write's own trim (writes landing while a trim
+  runs are trimmed by the next write's). R registries on one store: each
+  writes at most max(headroom, room/4) + one batch between its counts, so the table exceeds the cap by at
+  most (R - 1) x that (less if AUDIT_RECOUNT_INTERVAL comes first), until their next counts trim it.
   Event names sort by time, so listing is a reverse range read of one page, never a read of every row.
 - Failures anyone can cause (a join with a bad token) are aggregated (``registry.server.aggregate``): at
   most one row per (event, source, reason) per ``audit_window`` seconds, with a ``count``. The first
@@ -44,6 +53,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from types import NoneType
 from typing import Any, cast
 
 from labels import validate_labels, validate_selector_items
@@ -104,7 +114,8 @@ EVENT_LINE_CACHE = 4096
 AUDIT_RETENTION = 30 * 24 * 3600.0  # seconds an audit event is kept (it expires like any TTL record)
 MAX_AUDIT_EVENTS = 100_000  # rows kept at most; the oldest go first
 AUDIT_WINDOW = 60.0  # seconds over which repeated failures of one source share one audit row
-MAX_AUDIT_TRIM = 1000  # rows deleted per trim at most (the next check deletes the rest)
+MAX_AUDIT_TRIM = 1000  # rows deleted per store commit of a trim (a trim may take several)
+AUDIT_RECOUNT_INTERVAL = 60.0  # seconds after which a writing registry counts the audit rows again
 MAX_EVENTS_PAGE = 1000  # events per page of GET /v1/events
 EVENTS_SCAN = 10_000  # rows one page may look at to find matches of an ``event`` filter
 MAX_USER_CERT_TTL = timedelta(days=7)
@@ -114,6 +125,10 @@ MAX_HEARTBEAT_BATCH = 512  # kube_servers per batch heartbeat request (the agent
 AGENT_EVENT_TYPES = frozenset({"kube.request", "session.start", "session.end", "audit.dropped"})
 MAX_AGENT_EVENTS = 500
 MAX_AGENT_EVENT_BYTES = 8192
+# The types an agent event's fields may have (JSON's scalars, and lists of them) and its keys.
+_AGENT_ITEM_TYPES = frozenset({str, int, float, bool, NoneType})
+_AGENT_FIELD_TYPES = _AGENT_ITEM_TYPES | {list}
+_STR_TYPE = frozenset({str})
 HOST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 # Audit event names per (kind, action), Teleport's where it has one.
@@ -121,6 +136,15 @@ _AUDIT_NAMES = {"kube_cluster": "kube"}
 
 
 _FAILURE_ROW_KEYS = frozenset({"event", "time", "success", "client", "error", "count", "first_time", "last_time"})
+
+
+def _flat_lists(event: dict[str, Any], types: set[type]) -> bool:
+    """Whether every list among ``event``'s values (whose types are ``types``) holds only scalars."""
+    if list in types:
+        for value in event.values():
+            if type(value) is list and not set(map(type, value)) <= _AGENT_ITEM_TYPES:
+                return False
+    return True
 
 
 def validate_agent_record(host_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
@@ -273,9 +297,13 @@ class Registry:
             raise BadParameter(f"max_audit_events must be a positive integer (got {max_audit_events!r})")
         self.max_audit_events = max_audit_events
         self.failures = FailureAggregator(clock=clock, window=audit_window)
-        # Check the row count every this many audit writes (about 1% of the cap, at most 256).
-        self._audit_trim_every = max(1, min(256, max_audit_events // 100))
-        self._audit_writes = 0
+        # The audit row estimate (module docstring): None until first counted; the own writes since that
+        # count; when it was taken (registry clock). A trim leaves the cap less the headroom.
+        self._audit_headroom = max(1, max_audit_events // 50)
+        self._audit_rows: int | None = None
+        self._audit_counted_rows = 0
+        self._audit_since_count = 0
+        self._audit_counted_at = 0.0
         self._audit_trimming = False
         self._last_audit_ns = 0
         self.bots = BotService(self)  # machine identity: bot-NAME users, their join tokens and renewal
@@ -400,17 +428,30 @@ class Registry:
         return value
 
     async def _audit_written(self, count: int) -> None:
-        """Count ``count`` new audit rows; trim whenever the count passes a multiple of the trim interval
-        (a batch that passes one or more of them trims once: one trim deletes up to MAX_AUDIT_TRIM rows)."""
-        before = self._audit_writes
-        self._audit_writes += count
-        if before // self._audit_trim_every != self._audit_writes // self._audit_trim_every:
-            await self._trim_audit()
+        """Count ``count`` new audit rows into the estimate; count the table (and trim) when it is due."""
+        self._audit_since_count += count
+        if self._audit_rows is not None:
+            self._audit_rows += count
+        if self._audit_trimming or not self._audit_recount_due():
+            return
+        await self._trim_audit()
+
+    def _audit_recount_due(self) -> bool:
+        """Whether the estimate is too stale to trust (module docstring): never counted, over the cap, a quarter
+        of the last count's room written by this registry, or the recount interval passed (or the clock
+        went back)."""
+        if self._audit_rows is None or self._audit_rows > self.max_audit_events:
+            return True
+        room = (self.max_audit_events - self._audit_counted_rows) // 4
+        if self._audit_since_count > max(self._audit_headroom, room):
+            return True
+        return not 0.0 <= float(self.clock()) - self._audit_counted_at < AUDIT_RECOUNT_INTERVAL
 
     async def record_agent_events(self, caller: Caller, events: builtins.list[Any]) -> int:
         """Audit events an agent reports for the requests it forwarded (``kube.request``, ``session.*``,
-        ``audit.dropped``): only agents may report, each event is a bounded flat-ish mapping of one of those
-        types, and ``reported_by`` is the caller's host id whatever the body says. Returns how many were kept."""
+        ``audit.dropped``): only agents may report, each event is a mapping of one of those types, at most
+        MAX_AGENT_EVENT_BYTES as stored, of flat fields (strings, numbers, booleans, nulls, lists of those),
+        and ``reported_by`` is the caller's host id whatever the body says. Returns how many were kept."""
         if caller.kind != "agent" or not caller.identity.host_id:
             raise AccessDenied(f"access denied: {caller.describe()} may not report access events")
         if len(events) > MAX_AGENT_EVENTS:
@@ -420,13 +461,26 @@ class Registry:
         names = self._audit_names(len(events))
         items: builtins.list[tuple[str, EncodedValue]] = []
         for index, (name, event) in enumerate(zip(names, events, strict=True)):
-            if not isinstance(event, dict) or event.get("event") not in AGENT_EVENT_TYPES:
+            kind = event.get("event") if type(event) is dict else None
+            if type(kind) is not str or kind not in AGENT_EVENT_TYPES:
                 raise BadParameter(
                     f"event {index}: expected a mapping whose event is one of {', '.join(sorted(AGENT_EVENT_TYPES))}"
                 )
-            # The stored row in one pass (what _audit_value makes of it): string keys, None values left out,
-            # the registry's time, reported_by from the caller whatever the body says.
-            value = {k: v for k, v in event.items() if isinstance(k, str) and v is not None}
+            # Flat fields only (the types of keys and values gathered in C, not per field in Python): this
+            # also bounds the nesting the API's decode did not walk (api._post_events).
+            types = set(map(type, event.values()))
+            if (
+                not types <= _AGENT_FIELD_TYPES
+                or not set(map(type, event)) <= _STR_TYPE
+                or not _flat_lists(event, types)
+            ):
+                raise BadParameter(
+                    f"event {index}: fields must be named by strings and hold strings, numbers, booleans, "
+                    "nulls or lists of those"
+                )
+            # The stored row in one pass (what _audit_value makes of it): None values left out, the
+            # registry's time, reported_by from the caller whatever the body says.
+            value = {k: v for k, v in event.items() if v is not None} if NoneType in types else dict(event)
             value["time"] = when
             value["success"] = event.get("success", True)
             value["reported_by"] = host
@@ -458,23 +512,47 @@ class Registry:
         return f"{now:020d}-{secrets.token_hex(4)}"
 
     async def _trim_audit(self) -> None:
-        """Delete the oldest rows beyond ``max_audit_events`` (one trim at a time; others skip)."""
+        """Count the audit rows and, over the cap, delete the oldest down to the cap less the headroom, at most
+        MAX_AUDIT_TRIM per commit (one trim at a time; writes meanwhile only add to the estimate)."""
         if self._audit_trimming:
             return
         self._audit_trimming = True
         try:
-            excess = await self.store.count(AUDIT_KIND) - self.max_audit_events
+            self._audit_counted_at = float(self.clock())
+            self._audit_since_count = 0
+            rows = await self.store.count(AUDIT_KIND)
+            # Own writes that landed during the count may be in it or not: count them again (an estimate
+            # over the truth only brings the next count closer; one under it would let the table grow).
+            self._audit_counted_rows = rows
+            self._audit_rows = rows + self._audit_since_count
+            excess = rows - self.max_audit_events
             if excess <= 0:
                 return
-            oldest = await self.store.list(AUDIT_KIND, limit=min(excess, MAX_AUDIT_TRIM))
-            try:
-                await self.store.delete_many(AUDIT_KIND, [record.name for record in oldest])  # one commit
-            except NotFound:  # one expired or was trimmed by another replica meanwhile: one at a time
-                for record in oldest:
-                    with contextlib.suppress(NotFound):
-                        await self.store.delete(AUDIT_KIND, record.name)
+            excess += min(self._audit_headroom, self.max_audit_events - 1)  # leave room for the next writes
+            while excess > 0:
+                oldest = await self.store.list(AUDIT_KIND, limit=min(excess, MAX_AUDIT_TRIM))
+                if not oldest:
+                    break
+                deleted = await self._delete_audit([record.name for record in oldest])
+                excess -= len(oldest)
+                self._audit_rows -= deleted
+                self._audit_counted_rows -= deleted
         finally:
             self._audit_trimming = False
+
+    async def _delete_audit(self, names: builtins.list[str]) -> int:
+        """Delete audit rows in one commit; how many this call deleted (rows that expired or another
+        replica trimmed meanwhile are skipped, one at a time)."""
+        try:
+            await self.store.delete_many(AUDIT_KIND, names)
+            return len(names)
+        except NotFound:
+            deleted = 0
+            for name in names:
+                with contextlib.suppress(NotFound):
+                    await self.store.delete(AUDIT_KIND, name)
+                    deleted += 1
+            return deleted
 
     async def audit_failure(self, event: str, *, client: str, reason: str, **fields: Any) -> None:
         """Audit a failure anyone can cause, aggregated per (event, source, reason) (module docstring)."""

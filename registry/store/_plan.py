@@ -277,13 +277,19 @@ def check_positive(what: str, value: object) -> int:
     return value
 
 
+# json.dumps with these options builds a JSONEncoder per call: one, built once, does the same (compact,
+# sorted keys, ASCII, NaN/Infinity refused). No circular check: a cycle ends in RecursionError, as deep
+# nesting does, and both are a BadParameter.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), sort_keys=True, allow_nan=False, check_circular=False)
+
+
 def encode_value(kind: str, name: str, value: object, max_bytes: int) -> str:
     """Canonical JSON text of ``value`` (a dict), or BadParameter / TooLarge naming the record."""
     if not isinstance(value, dict):
         raise BadParameter(f"{_where(kind, name)}: value must be a JSON object, got {type(value).__name__}")
     try:
         # allow_nan=False: NaN/Infinity are not JSON and other readers (etcd clients, kubectl) reject them.
-        data = json.dumps(value, separators=(",", ":"), sort_keys=True, allow_nan=False)
+        data = _ENCODER.encode(value)
     except (TypeError, ValueError, RecursionError) as exc:
         raise BadParameter(f"{_where(kind, name)}: value is not JSON-serialisable: {exc}") from None
     if len(data) > max_bytes:  # length in characters; ensure_ascii makes that the byte count
@@ -360,6 +366,14 @@ def plan_batch(
     for op in ops:
         key = (op.kind, op.name)
         current = overlay[key] if key in overlay else read(op.kind, op.name)
+        if current is None and op.data is not None and op.op in ("create", "put"):
+            # A new record (an audit append, a first heartbeat): plan_write's outcome without its checks,
+            # none of which applies when nothing is stored under the name.
+            revision += 1
+            item = Item(op.kind, op.name, op.data, revision, revision, op.expires, op.labels)
+            changes.append(Change("PUT", item))
+            overlay[key] = item
+            continue
         planned = plan_write(op, current, now=now, revision=revision)
         changes += planned
         revision = planned[-1].revision

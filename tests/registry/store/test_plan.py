@@ -8,7 +8,7 @@ import json
 import pytest
 
 from registry.core.errors import AlreadyExists, BadParameter, CompareFailed, NotFound
-from registry.store._plan import Item, WriteOp, encode_value, plan_expiry, plan_write, prefix_upper_bound
+from registry.store._plan import Item, WriteOp, encode_value, plan_batch, plan_expiry, plan_write, prefix_upper_bound
 
 NOW = 1000.0
 
@@ -108,3 +108,29 @@ def test_encoding_rejects_hostile_values() -> None:
         encode_value("k", "n", circular, 1000)
     with pytest.raises(BadParameter):
         encode_value("k", "n", {"x": b"bytes"}, 1000)
+
+
+def test_plan_batch_of_new_records_is_what_plan_write_plans_one_by_one() -> None:
+    expired = Item("k", "old", '{"v":0}', 3, 2, 5.0)
+    live = Item("k", "live", '{"v":0}', 4, 4, None)
+    stored = {("k", "old"): expired, ("k", "live"): live}
+    ops = [
+        WriteOp("create", "k", "a", '{"v":1}', expires=99.0),
+        WriteOp("put", "k", "b", '{"v":2}', '{"x":"y"}'),
+        WriteOp("put", "k", "a", '{"v":3}'),  # meets its own first write
+        WriteOp("create", "k", "old", '{"v":4}'),  # over an expired record: removed first
+        WriteOp("put", "k", "live", '{"v":5}'),
+    ]
+    batch = plan_batch(ops, lambda kind, name: stored.get((kind, name)), now=10.0, revision=7)
+    one_by_one = []
+    seen: dict[tuple[str, str], Item | None] = dict(stored)
+    revision = 7
+    for op in ops:
+        planned = plan_write(op, seen.get((op.kind, op.name)), now=10.0, revision=revision)
+        one_by_one += planned
+        revision = planned[-1].revision
+        seen[(op.kind, op.name)] = planned[-1].item
+    assert batch == one_by_one
+    assert [c.revision for c in batch] == list(range(8, 8 + len(batch)))
+    with pytest.raises(AlreadyExists):  # a name created twice in one batch
+        plan_batch([ops[0], ops[0]], lambda kind, name: None, now=10.0, revision=7)
