@@ -12,12 +12,15 @@ cluster's own credential and the API server's ``Host``.
 
 Streaming: request and response bodies are moved event by event (h11 on both sides), never buffered whole, so
 watches, ``logs -f`` and large lists flow as they come. What is written is what already arrived: a watch event
-goes out at once; a bulk answer's TLS records already received are joined into one write and one HTTP chunk
-(up to ``ForwardLimits.relay_write``), never waiting for bytes still to come. While a response streams, the
-client side is watched: a client that goes away stops the upstream read at once and that upstream connection
-is closed (never pooled). An upstream that breaks after the response head went out ends the client connection
-without a clean terminator, so a truncated answer never looks complete. Before the head went out, every
-failure is a ``Status`` (502 naming the cluster for an unreachable API server).
+goes out at once; a bulk answer's TLS records already received are joined into one write (up to
+``ForwardLimits.relay_write``), never waiting for bytes still to come. A chunked answer to a client that gets
+it chunked keeps the API server's chunks: their framing is checked on the way (:mod:`agent.forward.chunked`),
+the bytes are not decoded and encoded again; any other answer is re-framed by h11, one chunk per write.
+While a response streams, the client side is watched: a client that goes away stops the upstream read at
+once and that upstream connection is closed (never pooled). An upstream that breaks after the response head
+went out ends the client connection without a clean terminator, so a truncated answer never looks complete.
+Before the head went out, every failure is a ``Status`` (502 naming the cluster for an unreachable API
+server).
 
 Time limits per kept-alive request open no cancel scope of their own on a tunnel stream: the idle limit
 moves the deadline of the stream's one scope (which also holds the certificate's expiry), and the limit on

@@ -15,7 +15,8 @@ an upgrade (an upgraded connection belongs to its one session). Connections are 
 Invariants: every failure here is an :class:`UpstreamError` (a 502 ``Status`` naming the cluster and the
 server, never a secret, never a traceback); a connection handed out by :meth:`UpstreamPool.acquire` is idle
 and in h11 state IDLE on both sides; :meth:`UpstreamPool.release` pools only connections whose last
-exchange finished completely.
+exchange finished completely (a body the forwarder read without h11 counts only once
+:meth:`UpstreamConnection.end_raw_body` said it ended cleanly; the connection then gets a fresh h11 state).
 """
 
 from __future__ import annotations
