@@ -5,21 +5,23 @@ connections). Decoding every event out of its chunk (h11) and encoding it into a
 costs per event and per watch what a burst to many watches multiplies; the framing is the same on both
 sides, so the bytes can go through as they came once their framing is known good. :class:`ChunkedRelay`
 is the sans-IO check: fed the body's wire bytes as they arrive, it returns the part that may go to the
-client now and raises :class:`ChunkError` on anything h11 would refuse.
+client now and raises :class:`ChunkError` on anything h11 would refuse (and on a chunk size kubectl's
+reader would refuse).
 
 Invariants:
 
 * What :meth:`ChunkedRelay.feed` returns, concatenated, is always a prefix of a well-formed chunked body
-  without its last chunk: chunk-size lines (``HEX [; ext] [OWS] CRLF``; a line with an extension or
-  whitespace goes out as the bare size), chunk data, and the CRLF after each chunk's data, each checked
-  before it is handed out. A partly received chunk's data goes out as it arrives (a watch event is never
-  held back waiting for bytes still to come).
+  without its last chunk: chunk-size lines (``HEX [; ext] [OWS] CRLF``; a line with an extension,
+  whitespace or more than 16 digits goes out as the bare size), chunk data, and the CRLF after each
+  chunk's data, each checked before it is handed out. A partly received chunk's data goes out as it
+  arrives (a watch event is never held back waiting for bytes still to come).
 * The last chunk (size 0) and its trailer section are read and dropped (the forwarder ends the client's
   answer itself, as with h11, which drops trailers too); :attr:`done` then says so, and bytes after it are
   kept in :attr:`extra` (a server sending more on a connection than its answer: the caller does not pool it).
 * Bounded: a chunk-size line longer than ``max_line`` or a trailer section longer than ``max_trailers``
-  is refused before it is buffered whole; the size field has at most 20 hex digits (as h11). Nothing else
-  is buffered: chunk data is handed out, not kept.
+  is refused before it is buffered whole; the size field has at most 20 hex digits (as h11) and a chunk at
+  most ``MAX_CHUNK`` bytes (what kubectl's Go reader takes). Nothing else is buffered: chunk data is handed
+  out, not kept.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ from typing import Final
 
 MAX_LINE: Final = 8 * 1024  # a chunk-size line (with extensions); kube-apiserver writes a few hex digits
 MAX_TRAILERS: Final = 64 * 1024
+# Go's chunked reader (kubectl's) takes at most 16 hex digits and a signed 64-bit size; such a chunk could
+# never end anyway. h11 takes 20 digits: up to 20 are read, and a longer size line goes out as the bare size.
+MAX_CHUNK: Final = 2**63 - 1
 
 # h11's chunk_header (h11._abnf): size, optional extensions, optional whitespace, then CRLF.
 _SIZE_LINE = re.compile(rb"([0-9A-Fa-f]{1,20})(;[^\r\n]*)?[ \t]*\r\n")
@@ -116,13 +121,16 @@ class ChunkedRelay:
                 if match is None:
                     raise ChunkError(f"illegal chunk header: {data[pos : min(line_end, pos + 40)]!r}", start, pos)
                 size = int(match.group(1), 16)
+                if size > MAX_CHUNK:
+                    raise ChunkError(f"a chunk of {size} bytes (more than any client reads)", start, pos)
                 if size == 0:
                     if pos > start:
                         out.append(data[start:pos])
                     start = pos = line_end
                     self._trailers(data, line_end)
                     return b"".join(out) if len(out) != 1 else out[0]
-                if match.end(1) != line_end - 2:  # extensions or whitespace: the bare size goes out
+                if match.end(1) != line_end - 2 or match.end(1) - pos > 16:
+                    # extensions, whitespace or leading zeros beyond 16 digits: the bare size goes out
                     if pos > start:
                         out.append(data[start:pos])
                     out.append(b"%x\r\n" % size)
