@@ -473,6 +473,12 @@ class WatchResult:
     burst_direct_ms: list[float] = field(default_factory=list)  # every watch at once: latencies
     burst_proxied_ms: list[float] = field(default_factory=list)
     burst_delays_ms: list[float] = field(default_factory=list)  # proxied latency - the round's direct median
+    burst_cpu: dict[str, float] = field(default_factory=dict)  # process -> CPU seconds over the bursts
+    burst_events: int = 0  # events delivered to proxied watches in the bursts
+
+    def burst_cpu_us(self, name: str) -> float:
+        """CPU microseconds of process ``name`` per event per proxied watch over the bursts."""
+        return self.burst_cpu.get(name, 0.0) * 1e6 / max(1, self.burst_events)
 
     def per_watch_kib(self, name: str | None = None) -> float:
         names = [name] if name else list(self.rss_kib_after)
@@ -570,6 +576,7 @@ async def watches(
                     got = await arrivals.wait(f"s{k}", 2)
                     result.single_ms.append(got[p] - got[d])
                 # An event to every watch at once (a burst: the client wakes them one after another).
+                cpu_before = {name: cpu_seconds(pid) for name, pid in rss_pids.items()}
                 for k in range(bursts):
                     await control.request("POST", f"/bench/event?seq=b{k}")
                     got = await arrivals.wait(f"b{k}", count + direct_count)
@@ -579,7 +586,9 @@ async def watches(
                     result.burst_direct_ms += direct_ms
                     result.burst_proxied_ms += proxied_ms
                     result.burst_delays_ms += [v - reference for v in proxied_ms]
+                    result.burst_events += len(proxied_ms)
                     await trio.sleep(0.1)
+                result.burst_cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in rss_pids.items()}
             nursery.cancel_scope.cancel()
     finally:
         if control is not None:
@@ -778,6 +787,16 @@ def result_rows(config: Config, res: Results) -> list[list[str]]:
                 f"p99 +{burst:.1f} ms",
                 f"p99 <= {TARGETS['watch_delay_ms']:g} ms after direct",
                 verdict(burst <= TARGETS["watch_delay_ms"]),
+            ]
+        )
+        rows.append(
+            [
+                f"{w.watches} watches, bursts: CPU us per event per watch",
+                "",
+                f"front door {w.burst_cpu_us('front door'):.0f} + agent {w.burst_cpu_us('agent'):.0f}",
+                "",
+                "",
+                "",
             ]
         )
     return rows

@@ -12,12 +12,15 @@ cluster's own credential and the API server's ``Host``.
 
 Streaming: request and response bodies are moved event by event (h11 on both sides), never buffered whole, so
 watches, ``logs -f`` and large lists flow as they come. What is written is what already arrived: a watch event
-goes out at once; a bulk answer's TLS records already received are joined into one write and one HTTP chunk
-(up to ``ForwardLimits.relay_write``), never waiting for bytes still to come. While a response streams, the
-client side is watched: a client that goes away stops the upstream read at once and that upstream connection
-is closed (never pooled). An upstream that breaks after the response head went out ends the client connection
-without a clean terminator, so a truncated answer never looks complete. Before the head went out, every
-failure is a ``Status`` (502 naming the cluster for an unreachable API server).
+goes out at once; a bulk answer's TLS records already received are joined into one write (up to
+``ForwardLimits.relay_write``), never waiting for bytes still to come. A chunked answer to a client that gets
+it chunked keeps the API server's chunks: their framing is checked on the way (:mod:`agent.forward.chunked`),
+the bytes are not decoded and encoded again; any other answer is re-framed by h11, one chunk per write.
+While a response streams, the client side is watched: a client that goes away stops the upstream read at
+once and that upstream connection is closed (never pooled). An upstream that breaks after the response head
+went out ends the client connection without a clean terminator, so a truncated answer never looks complete.
+Before the head went out, every failure is a ``Status`` (502 naming the cluster for an unreachable API
+server).
 
 Time limits per kept-alive request open no cancel scope of their own on a tunnel stream: the idle limit
 moves the deadline of the stream's one scope (which also holds the certificate's expiry), and the limit on
@@ -58,6 +61,7 @@ from prometheus_client import Counter
 
 from agent.forward import audit as audit_events
 from agent.forward import exit_taps
+from agent.forward.chunked import ChunkedRelay, ChunkError
 from agent.forward.context import ForwardContext
 from agent.forward.decide import Decision, HeadMemo, Target, WrongCluster, decide, map_request, strip_prefix
 from agent.forward.exit_status import ExitStatus
@@ -71,6 +75,12 @@ from registry.core.tunnel_info import StreamInfo
 from registry.host.metrics import PROXIED
 
 log = logging.getLogger(__name__)
+
+try:  # h11's body framing classes, to tell a chunked answer relayed chunked (see _chunked_both)
+    from h11._readers import ChunkedReader as _CHUNKED_READER
+    from h11._writers import ChunkedWriter as _CHUNKED_WRITER
+except ImportError:  # pragma: no cover - an h11 that moved them: answers are relayed event by event
+    _CHUNKED_READER = _CHUNKED_WRITER = None  # type: ignore[assignment,misc]
 
 _STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError)
 # Response headers that belong to one hop (RFC 9110 §7.6.1); framing headers stay: h11 re-frames with them.
@@ -470,6 +480,9 @@ class _Session:
         hold = _declared_length(headers) <= self.limits.splice_chunk
         chunk = self.limits.relay_write
         head = self.conn.send(h11.Response(status_code=response.status_code, headers=headers, reason=response.reason))
+        if _chunked_both(conn.h11, self.conn):
+            await self._relay_chunked(conn, head or b"")
+            return
         out = _Outgoing(self.conn, head or b"")
         try:
             while True:
@@ -494,6 +507,43 @@ class _Session:
         except UpstreamError as err:
             await self._write(out.take())  # what arrived before the break still goes out
             raise _Abort(err.message) from None
+
+    async def _relay_chunked(self, conn: UpstreamConnection, head: bytes) -> None:
+        """:meth:`_relay` of a chunked answer to a client that gets it chunked too: the body's bytes go out
+        as the API server framed them, checked by :class:`ChunkedRelay` on the way (no decoding into
+        events and encoding into new chunks; a watch event costs a slice, not two h11 calls). Same writes
+        as :meth:`_relay`: what arrived goes out at once unless more of the answer is already here; a
+        malformed or oversized chunk, or an upstream that breaks or closes, ends the answer without its
+        last chunk (after what was checked good went out), so it never looks complete."""
+        relay = ChunkedRelay()
+        limit = self.limits.relay_write
+        pending = [head] if head else []
+        size = len(head)
+        data = conn.take_body_start()
+        try:
+            while True:
+                if data:
+                    piece = relay.feed(data)
+                    if piece:
+                        pending.append(piece)
+                        size += len(piece)
+                    if relay.done:
+                        pending.append(self.conn.send(h11.EndOfMessage()) or b"")
+                        await self._write(b"".join(pending))
+                        conn.end_raw_body(relay.extra)
+                        return
+                if size and not (size < limit and conn.more_arrived()):
+                    await self._write(pending[0] if len(pending) == 1 else b"".join(pending))
+                    pending, size = [], 0
+                data = await conn.receive_raw(self.limits.splice_chunk)
+                if not data:
+                    raise conn.endpoint.unreachable("the API server closed the connection mid-response")
+        except (ChunkError, UpstreamError) as err:
+            if isinstance(err, ChunkError):
+                pending.append(err.checked)
+            if any(pending):
+                await self._write(b"".join(pending))  # what arrived and was checked before the break
+            raise _Abort(str(err)) from None
 
     async def _watching(self, work: Callable[[], Awaitable[T]], *, head_of: UpstreamConnection | None = None) -> T:
         """Run ``work`` while watching the client: if it goes away, ``work`` is cancelled -> _ClientGone.
@@ -734,6 +784,19 @@ class _Outgoing:
             parts.append(self._conn.send(end) or b"")
         self._head, self._body, self.size = b"", [], 0
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _chunked_both(upstream: h11.Connection, client: h11.Connection) -> bool:
+    """Whether h11 reads the answer's body as chunked and writes it to the client chunked (then the chunks
+    can go through verbatim). Asked of h11's reader and writer objects; an h11 that renamed them says
+    False here and every answer is relayed event by event, as before (tests/agent/forward/test_streams.py
+    checks that the installed h11 takes the verbatim path)."""
+    return (
+        _CHUNKED_READER is not None
+        and _CHUNKED_WRITER is not None
+        and isinstance(getattr(upstream, "_reader", None), _CHUNKED_READER)
+        and isinstance(getattr(client, "_writer", None), _CHUNKED_WRITER)
+    )
 
 
 def _upstream_headers(decision: Decision, endpoint: Endpoint) -> list[tuple[bytes, bytes]]:

@@ -15,7 +15,8 @@ an upgrade (an upgraded connection belongs to its one session). Connections are 
 Invariants: every failure here is an :class:`UpstreamError` (a 502 ``Status`` naming the cluster and the
 server, never a secret, never a traceback); a connection handed out by :meth:`UpstreamPool.acquire` is idle
 and in h11 state IDLE on both sides; :meth:`UpstreamPool.release` pools only connections whose last
-exchange finished completely.
+exchange finished completely (a body the forwarder read without h11 counts only once
+:meth:`UpstreamConnection.end_raw_body` said it ended cleanly; the connection then gets a fresh h11 state).
 """
 
 from __future__ import annotations
@@ -203,6 +204,9 @@ class UpstreamConnection:
         self.idle_since = 0.0
         self.exchanges = 0
         self.closed = False
+        # A body the caller read itself (take_body_start .. end_raw_body): None while h11 reads it; then
+        # False, and True once the body ended cleanly and ``h11`` was replaced by a fresh, idle connection.
+        self.raw_body: bool | None = None
 
     async def send(self, event: Any) -> None:
         try:
@@ -241,6 +245,38 @@ class UpstreamConnection:
             raise self.endpoint.unreachable(f"the connection broke: {_describe(exc)}") from None
         self.h11.receive_data(bytes(data))
 
+    def take_body_start(self) -> bytes:
+        """Read the answer's body without h11 from here on: the bytes h11 holds beyond the answer's head.
+
+        The caller then reads with :meth:`receive_raw` and checks the body's framing itself (the
+        forwarder's verbatim chunked relay, :mod:`agent.forward.chunked`); this h11 connection sees none of
+        it, so :meth:`end_raw_body` must say how the body ended before the connection can be pooled."""
+        self.raw_body = False
+        return self.h11.trailing_data[0]
+
+    async def receive_raw(self, max_bytes: int) -> bytes:
+        """Read once from the connection (b"" at its end), for a body read without h11."""
+        try:
+            return bytes(await self.stream.receive_some(max_bytes))
+        except _STREAM_ERRORS as exc:
+            raise self.endpoint.unreachable(f"the connection broke: {_describe(exc)}") from None
+
+    def end_raw_body(self, extra: bytes) -> None:
+        """The body read without h11 ended cleanly; ``extra``: bytes that came after it (none from a sane
+        server). With none, and the request sent whole, the connection gets a fresh h11 state machine
+        (idle: what ``start_next_cycle`` would leave) and may be pooled; otherwise it is not reusable."""
+        if extra or self.h11.our_state is not h11.DONE:
+            return  # raw_body stays False: not reusable
+        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_RESPONSE_HEAD)
+        self.raw_body = True
+
+    def next_cycle(self) -> None:
+        """Ready for the next request on this connection (``reusable()`` said so)."""
+        if self.raw_body:
+            self.raw_body = None  # already a fresh h11 connection
+            return
+        self.h11.start_next_cycle()
+
     def more_arrived(self) -> bool:
         """True when the transport holds received bytes it has not decrypted and handed out yet.
 
@@ -255,7 +291,11 @@ class UpstreamConnection:
         return isinstance(incoming, ssl.MemoryBIO) and incoming.pending > 0
 
     def reusable(self) -> bool:
-        return not self.closed and self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE
+        if self.closed or self.raw_body is False:  # a body read without h11 that did not end cleanly
+            return False
+        if self.raw_body:
+            return True
+        return self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE
 
     async def aclose(self) -> None:
         if self.closed:
@@ -335,7 +375,7 @@ class UpstreamPool:
             await self.discard(conn)
             return
         try:
-            conn.h11.start_next_cycle()
+            conn.next_cycle()
         except h11.LocalProtocolError:
             await self.discard(conn)
             return

@@ -28,6 +28,12 @@ wakes tasks. Invariants:
   least ``max_concurrent_streams * stream_window`` (checked by :class:`TunnelConfig`), so streams whose
   consumers stall can never exhaust it: one slow consumer never stalls another stream. Senders wait on
   events set by WINDOW_UPDATE / SETTINGS, never poll.
+* **DATA frames** are written by this module, not built by ``h2`` (``_send_data``): a frame header and the
+  bytes go to the outbox and both send windows ``h2`` keeps are charged exactly as its ``send_data`` would,
+  only while the connection and the stream are in states where that ``send_data`` would accept DATA
+  without a state change (else ``h2`` builds the frame, with its checks and errors). It saves building and
+  serializing a frame object per watch event; at import it is checked to give ``h2``'s bytes and windows
+  (``_FAST_DATA``), and an ``h2`` that differs gets every frame built by ``h2`` as before.
 * **Liveness**: a PING every ``ping_interval`` seconds; after ``ping_misses`` unanswered intervals the
   connection is closed (MockClock-friendly: only ``trio.sleep``).
 * **Drain**: ``drain()`` stops new streams (the server also advertises ``SETTINGS_MAX_CONCURRENT_STREAMS=0``
@@ -55,6 +61,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+import h2.stream
 import hyperframe.frame
 import trio
 
@@ -142,6 +149,72 @@ def _data_frame_body_repr(self: hyperframe.frame.DataFrame) -> str:
 # hyperframe internals, so it falls back to the original; tests/registry/host/test_h2tunnel.py compares both.
 _ORIGINAL_BODY_REPR = hyperframe.frame.DataFrame._body_repr
 hyperframe.frame.DataFrame._body_repr = _data_frame_body_repr  # type: ignore[method-assign,assignment]
+
+
+_SENDING_CONNECTION = frozenset({h2.connection.ConnectionState.CLIENT_OPEN, h2.connection.ConnectionState.SERVER_OPEN})
+_SENDING_STREAM = frozenset({h2.stream.StreamState.OPEN, h2.stream.StreamState.HALF_CLOSED_REMOTE})
+
+
+def _sendable_stream(conn: h2.connection.H2Connection, stream_id: int) -> h2.stream.H2Stream | None:
+    """h2's stream object when a DATA frame may go out on it without h2 building it (H2Tunnel._send_data):
+    the connection and the stream are in states where h2's send_data would accept DATA and change no
+    state. None (h2's send_data is used, with its checks and errors) otherwise, or when this h2 does not
+    look like the one the fast path was checked against at import (``_FAST_DATA``)."""
+    if not _FAST_DATA:
+        return None
+    try:
+        if conn.state_machine.state not in _SENDING_CONNECTION:
+            return None
+        h2stream = conn.streams.get(stream_id)
+        if h2stream is None or h2stream.state_machine.state not in _SENDING_STREAM:
+            return None
+        return h2stream
+    except AttributeError:  # pragma: no cover - an h2 whose internals moved
+        return None
+
+
+def _fast_data_matches_h2() -> bool:
+    """Whether writing a DATA frame by hand gives the bytes and windows h2's own send_data gives, on
+    this h2: checked once at import on a throwaway connection pair; the fast path is off otherwise."""
+    try:
+        results = []
+        for fast in (False, True):
+            client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+            server = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+            client.initiate_connection()
+            server.initiate_connection()
+            server.receive_data(client.data_to_send())
+            client.receive_data(server.data_to_send())
+            client.send_headers(1, [(":method", "GET"), (":path", "/"), (":scheme", "https"), (":authority", "x")])
+            server.receive_data(client.data_to_send())
+            server.send_headers(1, [(":status", "200")])
+            client.receive_data(server.data_to_send())
+            data = b"kubeport" * 100
+            if fast:
+                h2stream = _sendable_stream_unchecked(server, 1)
+                out = (len(data) << 8).to_bytes(4, "big") + (1).to_bytes(5, "big") + data
+                server.outbound_flow_control_window -= len(data)
+                h2stream.outbound_flow_control_window -= len(data)
+            else:
+                server.send_data(1, data)
+                out = server.data_to_send()
+            events = client.receive_data(out)
+            received = [(type(e).__name__, getattr(e, "data", None)) for e in events]
+            results.append((out, server.local_flow_control_window(1), server.outbound_flow_control_window, received))
+        return results[0] == results[1]
+    except Exception:  # pragma: no cover - an h2 that differs: h2 builds every frame
+        return False
+
+
+def _sendable_stream_unchecked(conn: h2.connection.H2Connection, stream_id: int) -> h2.stream.H2Stream:
+    h2stream = conn.streams[stream_id]
+    if h2stream.state_machine.state not in _SENDING_STREAM:
+        raise RuntimeError("not sendable")
+    return h2stream
+
+
+_FAST_DATA = True
+_FAST_DATA = _fast_data_matches_h2()
 
 
 class StreamReset(trio.BrokenResourceError):
@@ -591,10 +664,30 @@ class H2Tunnel:
             return 0
 
     def _send_data(self, stream: TunnelStream, data: memoryview) -> None:
-        frame = self._conn.max_outbound_frame_size
+        """Queue ``data`` (within the stream's send window, checked by the caller) as DATA frames."""
+        conn = self._conn
+        frame = conn.max_outbound_frame_size
+        h2stream = _sendable_stream(conn, stream.stream_id) if not self._dead else None
+        if h2stream is not None:
+            # What h2's send_data does, without building and serializing a frame object per frame (a watch
+            # event per watch in a burst): the same bytes and the same window accounting (module docstring).
+            self._pull(wake=False)  # whatever h2 queued goes out first, in order
+            tail = stream.stream_id.to_bytes(5, "big")  # flags 0, then the stream id
+            outbox = self._outbox
+            for start in range(0, len(data), frame):
+                chunk = data[start : start + frame]
+                size = len(chunk)
+                outbox += (size << 8).to_bytes(4, "big")  # 24-bit length, type DATA (0)
+                outbox += tail
+                outbox += chunk
+                conn.outbound_flow_control_window -= size
+                h2stream.outbound_flow_control_window -= size
+            self._queued_seq += 1
+            self._stats["bytes_out_total"] += len(data)
+            return
         for start in range(0, len(data), frame):
             chunk = data[start : start + frame]
-            if not self._h2_call(self._conn.send_data, stream.stream_id, chunk, wake=False):
+            if not self._h2_call(conn.send_data, stream.stream_id, chunk, wake=False):
                 self._writer_lot.unpark_all()  # earlier chunks are queued: the writer sends them
                 raise stream._error.fresh() if stream._error else StreamReset("tunnel stream was reset")
             self._stats["bytes_out_total"] += len(chunk)

@@ -14,7 +14,11 @@ Paths (anything else: 404 Status):
 * ``/answer-then-close``: a 410 Status that looks keep-alive, then the connection closes (a stale pooled
   connection for the next request);
 * ``/split``: a 200 with a Content-Length whose head and body are two writes, the body only once every
-  task waits (so the forwarder has surely read the head alone first).
+  task waits (so the forwarder has surely read the head alone first);
+* ``/raw/NAME``: a 200 chunked head, then ``RAW_BODIES[NAME]`` as written bytes (framing as given, good or
+  hostile). A body that ends with its last chunk and nothing after it leaves the connection serving the
+  next request; any other holds the connection open (reading until the client closes), so a forwarder
+  must see the bad framing itself, not wait for the connection to end.
 """
 
 from __future__ import annotations
@@ -34,6 +38,17 @@ from registry.core.identity import CertAuthority, Identity, generate_private_key
 from registry.host.tls import server_context
 
 GREETING = b"greeting-from-upstream"
+GOOD_CHUNKED = b'17;name=value\r\n{"type":"ADDED","n":1}\n\r\n5   \r\nhello\r\n0\r\nX-Trailer: t\r\n\r\n'
+RAW_BODIES = {
+    "good": GOOD_CHUNKED,  # an extension, whitespace after a size, a trailer: all valid
+    "extra": b"5\r\nhello\r\n0\r\n\r\nJUNK",  # complete, then bytes no request asked for
+    "bad-size": b"5\r\nhello\r\nzz\r\nworld\r\n",
+    "bad-footer": b"5\r\nhello\r\n5\r\nworldXX3\r\nabc\r\n",
+    "huge-size-line": b"5\r\nhello\r\n" + b"1" * (64 * 1024),
+    "too-many-digits": b"5\r\nhello\r\n" + b"0" * 20 + b"1\r\nx\r\n",
+    "bad-trailer": b"5\r\nhello\r\n0\r\nno colon here\r\n\r\n",
+    "huge-trailers": b"5\r\nhello\r\n0\r\n" + b"X-A: " + b"a" * (128 * 1024),
+}
 
 
 @dataclass
@@ -139,6 +154,16 @@ async def _serve(stream: trio.abc.Stream, state: Scripted) -> None:
             out = conn.send(head) + b"".join(conn.send(h11.Data(data=bytes([65 + i]) * 16_000)) for i in range(6))
             await trio.testing.wait_all_tasks_blocked()
             await stream.send_all(out + conn.send(h11.EndOfMessage()))
+        elif path.startswith("/raw/"):
+            body = RAW_BODIES[path.removeprefix("/raw/")]
+            head = h11.Response(status_code=200, headers=[(b"Transfer-Encoding", b"chunked")])
+            await stream.send_all(conn.send(head) + body)
+            if body.endswith(b"\r\n\r\n") and path.endswith("/good"):
+                await _serve(stream, state)  # a fresh h11 state for the next request (h11 did not see the body)
+                return
+            while await stream.receive_some(65536):
+                pass
+            return
         elif path == "/hang-up":
             return
         elif path == "/silent":
