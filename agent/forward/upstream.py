@@ -40,6 +40,7 @@ from registry.core.errors import KubeportError
 from registry.core.kubeconfig import KubeTarget, check_kubeconfig
 from registry.core.netaddr import format_hostport
 from registry.core.resources import KubeCluster
+from registry.host.tls_stream import tls_stream
 
 MAX_RESPONSE_HEAD: Final = 256 * 1024  # an API server's response head; a bigger one is hostile
 _STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError)
@@ -312,7 +313,7 @@ class UpstreamPool:
             with trio.fail_after(self.connect_timeout):
                 stream = await trio.open_tcp_stream(endpoint.host, endpoint.port)
                 if endpoint.ssl_context is not None:
-                    stream = trio.SSLStream(
+                    stream = tls_stream(
                         stream, endpoint.ssl_context, server_hostname=endpoint.server_hostname, https_compatible=True
                     )
                     await stream.do_handshake()
