@@ -38,12 +38,14 @@ class QuickLock:
     def __init__(self, lock: trio.Lock | trio.StrictFIFOLock) -> None:
         self.lock = lock
 
+    @trio.lowlevel.enable_ki_protection  # as trio's own lock: Ctrl-C never leaves it taken half-way
     async def __aenter__(self) -> None:
         try:
             self.lock.acquire_nowait()  # refuses while another task holds it or waits for it (FIFO kept)
         except trio.WouldBlock:
             await self.lock.acquire()
 
+    @trio.lowlevel.enable_ki_protection
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
