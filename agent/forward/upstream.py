@@ -42,6 +42,7 @@ from registry.core.kubeconfig import KubeTarget, check_kubeconfig
 from registry.core.netaddr import format_hostport
 from registry.core.resources import KubeCluster
 from registry.host.tls import wait_for_input
+from registry.host.tls_stream import tls_stream
 
 MAX_RESPONSE_HEAD: Final = 256 * 1024  # an API server's response head; a bigger one is hostile
 _STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError)
@@ -257,6 +258,7 @@ class UpstreamConnection:
     async def receive_raw(self, max_bytes: int) -> bytes:
         """Read once from the connection (b"" at its end), for a body read without h11."""
         try:
+            await wait_for_input(self.stream)  # an idle watch's body waits here for hours (tls.py)
             return bytes(await self.stream.receive_some(max_bytes))
         except _STREAM_ERRORS as exc:
             raise self.endpoint.unreachable(f"the connection broke: {_describe(exc)}") from None
@@ -354,7 +356,7 @@ class UpstreamPool:
             with trio.fail_after(self.connect_timeout):
                 stream = await trio.open_tcp_stream(endpoint.host, endpoint.port)
                 if endpoint.ssl_context is not None:
-                    stream = trio.SSLStream(
+                    stream = tls_stream(
                         stream, endpoint.ssl_context, server_hostname=endpoint.server_hostname, https_compatible=True
                     )
                     await stream.do_handshake()

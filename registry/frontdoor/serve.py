@@ -76,6 +76,7 @@ from registry.frontdoor.head import FirstHead, Head, RequestTimeout, error_respo
 from registry.frontdoor.lookup import ClusterLookup
 from registry.frontdoor.pick import order_agents, route
 from registry.host.tls import peer_certificate_der, send_handshake_alert, server_context, wait_for_input
+from registry.host.tls_stream import tls_stream
 from registry.server.admission import Admission, AdmissionLimits, source_of
 from registry.server.authz import Caller, effective_roles, user_gone
 from registry.server.http import Slot, accept_retrying
@@ -701,7 +702,8 @@ async def serve_frontdoor(
                     await sock.aclose()
                 continue
             frontdoor._stats.accepted += 1
-            stream = trio.SSLStream(sock, ssl_context, server_side=True, https_compatible=True)
+            # trio's SSLStream minus a schedule point per TLS send and read (registry/host/tls_stream.py)
+            stream = tls_stream(sock, ssl_context, server_side=True, https_compatible=True)
             scope = trio.CancelScope()
             scopes[decision.conn_id] = scope
             nursery.start_soon(serve_one, stream, client, decision.conn_id, scope)

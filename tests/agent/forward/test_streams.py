@@ -11,6 +11,7 @@ import trio.testing
 
 from agent.forward import handle_stream
 from agent.forward.upstream import Endpoints, UpstreamConnection, UpstreamPool, build_endpoint
+from registry.host.tls_stream import QuickLock
 from tests.agent.forward.forward_helpers import (
     CLUSTER,
     LABELS,
@@ -164,6 +165,7 @@ async def test_an_upstream_connection_says_when_more_has_arrived(scripted: Scrip
         assert body == 96_000
         assert saw_more
         assert not conn.more_arrived()
+        assert isinstance(conn.stream._inner_send_lock, QuickLock)  # type: ignore[attr-defined]
     finally:
         await conn.aclose()
     left, _ = trio.testing.memory_stream_pair()

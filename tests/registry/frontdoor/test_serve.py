@@ -250,6 +250,7 @@ async def test_an_agent_certificate_opens_a_tunnel_on_the_tunnel_alpn() -> None:
             assert stream.selected_alpn_protocol() == "kubeport-tunnel/1"
             assert await read_exactly(stream, 9) == b"tunnel up"
         assert env.hub.tunnels == ["host-z"]
+        assert env.hub.quick_tls == [True]  # accepted through registry.host.tls_stream
 
 
 async def test_a_user_certificate_on_the_tunnel_alpn_is_refused() -> None:
