@@ -27,6 +27,7 @@ from tests.agent.forward.forward_helpers import (
 )
 from tests.agent.forward.upstreams import GREETING, Scripted, serve_scripted
 from tests.fakes.kube_api import FakeKube
+from tests.internals import verified
 
 POD = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web", "namespace": "default"}, "spec": {}}
 
@@ -142,9 +143,13 @@ async def test_a_bulk_answer_already_received_goes_to_the_client_in_one_write_ch
     head, _, chunked = raw.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200 ")
     body = b"".join(bytes([65 + i]) * 16_000 for i in range(6))
-    assert chunked == b"".join(b"3e80\r\n" + body[i : i + 16_000] + b"\r\n" for i in range(0, len(body), 16_000)) + (
+    as_upstream_framed = b"".join(b"3e80\r\n" + body[i : i + 16_000] + b"\r\n" for i in range(0, len(body), 16_000)) + (
         b"0\r\n\r\n"
     )
+    if verified("h11"):
+        assert chunked == as_upstream_framed
+    else:  # an h11 whose body classes moved: relayed event by event, re-chunked (tests/internals.py)
+        assert _dechunk(chunked) == body
     assert len(writes) == 1
 
 
@@ -165,7 +170,8 @@ async def test_an_upstream_connection_says_when_more_has_arrived(scripted: Scrip
         assert body == 96_000
         assert saw_more
         assert not conn.more_arrived()
-        assert isinstance(conn.stream._inner_send_lock, QuickLock)  # type: ignore[attr-defined]
+        quick = isinstance(getattr(conn.stream, "_inner_send_lock", None), QuickLock)
+        assert quick or not verified("trio")  # tests/internals.py
     finally:
         await conn.aclose()
     left, _ = trio.testing.memory_stream_pair()
@@ -347,3 +353,14 @@ async def test_an_upgrade_that_the_roles_refuse_never_reaches_upstream(
     )
     assert reply.status == 403
     assert not scripted.requests
+
+
+def _dechunk(wire: bytes) -> bytes:
+    """The body of a chunked transfer coding (no extensions, no trailers: what h11 writes)."""
+    body, rest = b"", wire
+    while True:
+        size_line, _, rest = rest.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            return body
+        body, rest = body + rest[:size], rest[size + 2 :]

@@ -17,6 +17,7 @@ import trio.testing
 
 from registry.core.identity import REGISTRY_SERVER_NAME
 from registry.host.tls_stream import QuickLock, quicken, tls_stream
+from tests.internals import verified
 from tests.registry.host.tunnel_helpers import tls_contexts
 
 Pair = tuple[trio.SSLStream[trio.SocketStream], trio.SSLStream[trio.SocketStream]]
@@ -78,15 +79,22 @@ async def _round_trips_steps(quick: bool, rounds: int = 50) -> int:
 async def test_the_locks_are_swapped_on_this_trio() -> None:
     async with tls_pair(quick=True) as (client, server):
         for stream in (client, server):
-            assert isinstance(stream._inner_send_lock, QuickLock)
-            assert isinstance(stream._inner_recv_lock, QuickLock)
+            swapped = isinstance(getattr(stream, "_inner_send_lock", None), QuickLock) and isinstance(
+                getattr(stream, "_inner_recv_lock", None), QuickLock
+            )
+            assert swapped or not verified("trio")  # another trio: left as trio built it (tests/internals.py)
+        await client.send_all(b"ping")
+        assert await server.receive_some(16) == b"ping"
 
 
 async def test_a_round_trip_costs_fewer_task_steps() -> None:
     plain = await _round_trips_steps(quick=False)
     quick = await _round_trips_steps(quick=True)
     # each side sends once and reads once per round: trio's free-lock yields are 4 steps per round
-    assert quick <= plain - 3 * 50, (plain, quick)
+    if verified("trio"):
+        assert quick <= plain - 3 * 50, (plain, quick)
+    else:  # a trio whose locks moved: tls_stream leaves its streams as they are
+        assert quick <= plain + 10, (plain, quick)
 
 
 async def test_both_directions_at_once_move_every_byte() -> None:
