@@ -14,17 +14,11 @@ import trio.testing
 
 from registry.core.errors import ConnectionProblem
 from registry.host import h2tunnel
-from registry.host.h2tunnel import PROTOCOL, H2Tunnel, TunnelStream
+from registry.host.h2tunnel import H2Tunnel, TunnelStream
 from tests.internals import verified
+from tests.registry.host.test_h2tunnel import CONNECT
 from tests.registry.host.tunnel_helpers import RawPeer
 
-CONNECT = [
-    (b":method", b"CONNECT"),
-    (b":protocol", PROTOCOL),
-    (b":scheme", b"https"),
-    (b":path", b"/"),
-    (b":authority", b"c"),
-]
 PAYLOAD = os.urandom(100_000)  # more than the raw peer's 65,535-byte windows and its 16 KiB frames
 
 
