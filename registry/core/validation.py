@@ -19,6 +19,9 @@ Invariants:
 * The event pre-pass stops at the first violation, so deeply nested input fails in microseconds. That
   matters because libyaml's composer recurses in C and crashes the process on very deep input; the
   pre-pass is what makes handing the text to the fast C loader safe.
+* Plain documents (untagged mappings, sequences and str/null/bool/int/float scalars, no anchors) are built
+  straight from libyaml's events by :mod:`registry.core.yaml_events`, which only ever declines: every
+  refusal, and every document using anything else, goes through the strict loader as before.
 * Parser messages carry only the problem and the line/column, never a snippet of the input: the input
   may be a kubeconfig full of credentials.
 
@@ -46,6 +49,7 @@ import yaml
 from labels import LabelError, _text
 from registry.core.errors import BadParameter, TooLarge
 from registry.core.nesting import depth_bound, nesting_error
+from registry.core.yaml_events import load_plain
 
 MAX_DOCUMENT_BYTES = 1 << 20
 # Real resources nest about six levels deep (role -> spec -> allow -> kubernetes_resources -> item -> verbs).
@@ -278,6 +282,11 @@ def load_yaml(text: str, *, source: str) -> list[Any]:
     too_deep = nesting_error(text, MAX_NESTING)
     if too_deep is not None:
         raise BadParameter(f"{source} is not valid YAML: {too_deep}")
+    # Plain documents (every kubeconfig kubectl writes) are built from libyaml's events; anything else,
+    # refusals included, is left to the strict loader below (see registry.core.yaml_events).
+    plain = load_plain(text, loader=_StrictLoader, max_depth=MAX_NESTING)
+    if plain is not None:
+        return plain
     try:
         if not _plainly_safe(text):
             _precheck_events(text)
