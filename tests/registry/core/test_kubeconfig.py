@@ -74,6 +74,23 @@ def test_base64_errors(text: str | bytes, message: str) -> None:
     assert message in info.value.message
 
 
+def test_base64_every_byte_value() -> None:
+    """Each of the 256 byte values, placed inside valid base64: the alphabet and '=' are data, the six ASCII
+    whitespace bytes are dropped, every other byte is refused naming its offset (the C fast check and the
+    regex that names the offset must agree on every byte)."""
+    alphabet = set(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
+    for value in range(256):
+        data = b"YWJj" + bytes([value]) + b"ZGVm"
+        if value in b" \t\n\r\f\v":
+            assert decode_base64_kubeconfig(data) == b"abcdef"
+        elif value in alphabet:
+            with pytest.raises(BadParameter, match="invalid base64"):
+                decode_base64_kubeconfig(data)  # 9 characters, or '=' inside the data
+        else:
+            with pytest.raises(BadParameter, match="at offset 4"):
+                decode_base64_kubeconfig(data)
+
+
 # -- accepted kubeconfigs ---------------------------------------------------------------------------------
 
 
