@@ -189,6 +189,35 @@ async def test_etcd_errors_map_to_kubeport_errors(answer: tuple[int, dict[str, A
     await client.aclose()
 
 
+@asynccontextmanager
+async def silent_member() -> AsyncIterator[str]:
+    """A member that takes connections and requests but never answers; its URL."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    held: list[trio.SocketStream] = []
+
+    async def hold(stream: trio.SocketStream) -> None:
+        held.append(stream)
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.serve_listeners, hold, listeners)
+        yield f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_request_timeout_bounds_a_call_to_a_silent_member() -> None:
+    """KV calls go to the transport directly: they still carry the request timeout. A write to a member that
+    never answers is Ambiguous once it runs out; a read is retried until retry_for, then a ConnectionProblem."""
+    async with silent_member() as silent:
+        client = EtcdClient([silent], request_timeout=0.3, retry_for=0.8)
+        with trio.fail_after(4):
+            with pytest.raises(Ambiguous):
+                await client.txn([], [put_op(b"k", b"v")])
+            with pytest.raises(ConnectionProblem, match="unreachable"):
+                await client.range(b"k")
+        await client.aclose()
+
+
 async def test_a_non_json_answer_is_a_connection_problem() -> None:
     client = EtcdClient(
         ["http://one:2379"], transport=httpx.MockTransport(lambda r: httpx.Response(200, text="<html>")), retry_for=0.2
