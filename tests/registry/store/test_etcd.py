@@ -45,6 +45,7 @@ from registry.store.etcd_client import (
     parse_endpoints,
     prefix_end,
     put_op,
+    range_op,
 )
 from registry.store.etcd_seal import Sealer, Unsealable, decode_key_file, encode_key_file, generate_key
 from tests.fakes.etcd_server import SKIP_REASON, EtcdServer, TLSFiles, find_etcd, free_port, shared_etcd, unique_prefix
@@ -290,6 +291,61 @@ async def test_two_registries_see_each_others_writes_in_one_revision_order(etcd:
         assert revisions(seen_a) == revisions(seen_b) == list(range(1, 21))
         assert [e.record.name for e in seen_a] == [e.record.name for e in seen_b]
         assert await a.revision() == await b.revision() == 20
+
+
+async def test_creates_take_one_round_trip_and_stay_exact_when_another_registry_wrote(etcd: EtcdServer) -> None:
+    """A group of creates is planned against the state this registry's last txn left and committed in ONE
+    etcd request; when another registry wrote meanwhile (or the name exists), that txn writes nothing, its
+    failure branch reads the snapshot, and the retry is planned on it: revisions stay gap-free and
+    AlreadyExists is still AlreadyExists."""
+    a, b = await open_pair(etcd)
+    requests: list[str] = []  # a's etcd requests on the write path: "read" (a snapshot) or "write"
+    real_txn = a._client.txn
+
+    async def recording_txn(compare: Any, success: Any, failure: Any = (), **kw: Any) -> TxnResult:
+        if compare:
+            requests.append("write")
+        elif success[:2] == [range_op(a._rev_key), range_op(a._floor_key)]:
+            requests.append("read")
+        return await real_txn(compare, success, failure, **kw)
+
+    async with a, b:
+        a._client.txn = recording_txn  # type: ignore[method-assign]
+        await a.create("c", "a1", cluster())
+        assert requests == ["read", "write"]  # nothing known yet: read, then write
+        requests.clear()
+        assert (await a.create("c", "a2", cluster())).revision == 2
+        assert requests == ["write"]
+        await b.create("c", "b1", cluster())  # the counter moves under a
+        requests.clear()
+        assert (await a.create("c", "a3", cluster())).revision == 4
+        assert requests == ["write", "write"]  # refused, read by its failure branch, then written
+        await b.create("c", "taken", cluster(v=1))
+        with pytest.raises(AlreadyExists):
+            await a.create("c", "taken", cluster(v=2))
+        assert (await a.get("c", "taken")).value == cluster(v=1)
+        requests.clear()
+        assert (await a.create("c", "a4", cluster())).revision == 6
+        assert requests in (["write"], ["read", "write"])  # after a refusal: at most the read of old
+        assert [r.name for r in await b.list("c")] == ["a1", "a2", "a3", "a4", "b1", "taken"]
+        assert await a.revision() == await b.revision() == 6
+
+
+@pytest.mark.parametrize(("max_txn_ops", "sizes"), [(8, [1, 3, 4, 7]), (128, [1, 62, 63, 64, 300, 2000])])
+async def test_create_batches_of_every_size_around_the_one_round_trip_bound(
+    etcd: EtcdServer, max_txn_ops: int, sizes: list[int]
+) -> None:
+    """Batches just within, at and beyond what one flat txn holds (compares, writes and failure reads),
+    and ones that need nested txns: each commits whole, after a write that made the store's state known."""
+    store = await EtcdStore.open(etcd.url, key=generate_key(), prefix=unique_prefix(), max_txn_ops=max_txn_ops)
+    async with store:
+        total = 0
+        for batch_no, size in enumerate(sizes):
+            records = await store.create_many("c", [(f"b{batch_no}-{i:05d}", cluster(i=i)) for i in range(size)])
+            assert [r.revision for r in records] == list(range(total + 1, total + size + 1))
+            total += size
+        assert len(await store.list("c")) == total
+        assert await store.revision() == total
 
 
 async def test_compare_and_swap_holds_across_registries(etcd: EtcdServer) -> None:
