@@ -699,12 +699,17 @@ async def _api_watch(
     endpoint: Endpoint, writer: RegistryClient, watchers: int, config: Config, factory: ClusterFactory
 ) -> list[float]:
     clients = await warm_clients(endpoint, watchers)
+    # A watch has its own TLS connection (RegistryClient.watch), so opening them is HANDSHAKES at a time
+    # too: the registry sheds a source's unauthenticated (still handshaking) connections beyond 64.
+    opening = trio.Semaphore(HANDSHAKES)
     try:
 
         async def watcher(index: int, probe: LatencyProbe) -> None:
+            await opening.acquire()
             async with clients[index].watch([KIND]) as stream:
                 async for event in stream:
                     if isinstance(event, Init):
+                        opening.release()
                         probe.ready()  # the server registered its store watch before sending INIT
                     elif isinstance(event, Put):
                         probe.received(event.name)
