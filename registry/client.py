@@ -572,6 +572,8 @@ class RegistryClient:
                 sent = True
                 await stream.send_all((conn.send(request) or b"") + (conn.send(h11.EndOfMessage()) or b""))
                 head = await _next_h11_event(conn, stream)
+                while isinstance(head, h11.InformationalResponse):  # a 1xx before the answer: skip it
+                    head = await _next_h11_event(conn, stream)
                 if not isinstance(head, h11.Response):
                     raise ConnectionProblem(f"the registry at {address} closed the connection before answering")
                 if head.status_code != 200:

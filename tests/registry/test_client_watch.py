@@ -107,6 +107,14 @@ async def test_events_split_byte_by_byte_arrive_whole(nursery: trio.Nursery) -> 
     assert b"\r\nhost: " + state.address.encode() + b"\r\n" in request.lower()
 
 
+async def test_an_informational_answer_before_the_head_is_skipped(nursery: trio.Nursery) -> None:
+    state = await start_scripted(nursery, sends(b"HTTP/1.1 100 Continue\r\n\r\n" + HEAD + chunk(encode_line(Init(3)))))
+    async with client_for(state) as client:
+        got, error = await collect(client)
+    assert got == [Init(3)]
+    assert isinstance(error, ConnectionProblem) and "closed the watch" in error.message
+
+
 async def test_an_error_line_is_raised_as_its_class(nursery: trio.Nursery) -> None:
     status = Compacted("revision 3 is compacted").to_status()
     framed = HEAD + chunk(encode_line(Init(5))) + chunk(encode_line(Error(status)))
