@@ -24,11 +24,14 @@ from contextlib import aclosing, asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar, cast
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
+import h11
 import httpx
+import trio
 
 from registry.core import codec
+from registry.core.chunked import ChunkedDecoder, ChunkedError
 from registry.core.errors import (
     BadParameter,
     ConnectionProblem,
@@ -40,7 +43,7 @@ from registry.core.errors import (
 from registry.core.identity import REGISTRY_SERVER_NAME, check_pin
 from registry.core.identity_file import IdentityFile
 from registry.core.resources import KubeCluster
-from registry.core.watch import Bookmark, Delete, Error, Init, Put, WatchDecoder, WatchProtocolError
+from registry.core.watch import Bookmark, Delete, Error, Init, Put, WatchDecoder, WatchEvent, WatchProtocolError
 from registry.core.wire import (
     AgentRecord,
     AuditEvent,
@@ -478,6 +481,11 @@ class RegistryClient:
             params["revision"] = str(revision)
         if with_secrets:
             params["with_secrets"] = "1"
+        if self._transport is None:
+            # The direct path (module docstring of this section): same requests, answers and errors.
+            async with self._watch_direct(f"/v1/watch?{urlencode(params)}") as events:
+                yield events
+            return
         timeout = httpx.Timeout(DEFAULT_TIMEOUT, read=None)
         count = len(self.addresses)
         for step in range(count):  # connect to the first registry that takes the connection (failover)
@@ -506,6 +514,185 @@ class RegistryClient:
             except httpx.HTTPError as exc:
                 raise _map_transport_error(address, exc) from None
 
+    # A watch over a real connection skips httpx for its body. Per event the stream is one chunk, and
+    # httpx -> httpcore -> h11 spent more per chunk (each layer's generator, context managers and timeouts)
+    # than the event's own TLS read and JSON decode: with 100 watch clients in one process (an agent's
+    # cluster watch is one of them) that was most of the client's CPU. Here: one TLS connection per watch
+    # (as httpx made for a stream), h11 for the request and the response head, then each TLS read goes
+    # through ChunkedDecoder and WatchDecoder (sans-IO, both bounded) and nothing else. A test transport
+    # (``transport=``) keeps the httpx path, which yields the same events and raises the same errors.
+
+    @asynccontextmanager
+    async def _watch_direct(self, target: str) -> AsyncIterator[AsyncIterator[StreamEvent]]:
+        count = len(self.addresses)
+        errors: list[KubeportError] = []
+        for step in range(count):  # connect to the first registry that takes the connection (failover)
+            index = (self._current + step) % count
+            address = self.addresses[index]
+            try:
+                stream, leftover = await self._open_watch(address, target)
+            except _NotSent as failed:
+                errors.append(failed.error)
+                if step + 1 == count:
+                    if len(errors) > 1:
+                        raise type(failed.error)("; ".join(e.message for e in errors)) from None
+                    raise failed.error from None
+                continue
+            self._current = index
+            events = _direct_watch_events(stream, leftover, address)
+            try:
+                yield events
+            finally:
+                # Callers may stop reading at any point; close the generator and the connection promptly.
+                try:
+                    await events.aclose()
+                finally:
+                    await trio.aclose_forcefully(stream)
+            return
+
+    async def _open_watch(self, address: str, target: str) -> tuple[trio.SSLStream[trio.SocketStream], bytes]:
+        """A TLS connection to ``address`` that has sent the watch request and read a 200 head; the body
+        bytes read past the head. Raises _NotSent when nothing reached the registry (try the next one)."""
+        url = httpx.URL(_base_url(address))
+        host, port = url.host, url.port or 443
+        tcp: trio.SocketStream | None = None
+        stream: trio.SSLStream[trio.SocketStream] | None = None
+        sent = False
+        try:
+            with trio.fail_after(self._timeout):
+                tcp = await trio.open_tcp_stream(host, port)
+                stream = trio.SSLStream(tcp, self._ssl, server_hostname=REGISTRY_SERVER_NAME, https_compatible=True)
+                await stream.do_handshake()
+                conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_WATCH_HEAD)
+                request = h11.Request(
+                    method="GET",
+                    target=target,
+                    headers=[("host", url.netloc.decode("ascii")), ("accept", "application/x-ndjson")],
+                )
+                sent = True
+                await stream.send_all((conn.send(request) or b"") + (conn.send(h11.EndOfMessage()) or b""))
+                head = await _next_h11_event(conn, stream)
+                while isinstance(head, h11.InformationalResponse):  # a 1xx before the answer: skip it
+                    head = await _next_h11_event(conn, stream)
+                if not isinstance(head, h11.Response):
+                    raise ConnectionProblem(f"the registry at {address} closed the connection before answering")
+                if head.status_code != 200:
+                    raise from_status(_json_or_none(await _h11_body(conn, stream)), head.status_code)
+                encoding = b",".join(v for k, v in head.headers if k == b"transfer-encoding").lower()
+                if encoding != b"chunked":
+                    raise ConnectionProblem(f"the registry at {address} answered the watch without chunked framing")
+                leftover, _ = conn.trailing_data
+            return stream, bytes(leftover)
+        except BaseException as exc:
+            opened = stream if stream is not None else tcp
+            if opened is not None:
+                await trio.aclose_forcefully(opened)
+            if isinstance(exc, KubeportError):
+                raise
+            mapped = _map_stream_error(address, exc, connecting=not sent)
+            if mapped is None:
+                raise
+            if not sent:
+                raise _NotSent(mapped) from None
+            raise mapped from None
+
+
+_MAX_WATCH_HEAD = 64 * 1024  # the registry's answer head (and an error answer's body, at most 1 MiB)
+_MAX_ERROR_BODY = 1 << 20
+_READ = 64 * 1024
+
+
+class _NotSent(Exception):
+    """Connecting to one registry failed before anything was sent: the next one may be tried."""
+
+    def __init__(self, error: KubeportError) -> None:
+        self.error = error
+
+
+def _map_stream_error(address: str, exc: BaseException, *, connecting: bool) -> KubeportError | None:
+    """A trio/TLS/socket failure as the kubeport error httpx's would have become (_map_transport_error);
+    None for anything else (cancellation, bugs), which is raised as it is."""
+    if isinstance(exc, trio.TooSlowError):
+        return Timeout(f"registry at {address} did not answer in time")
+    if isinstance(exc, h11.ProtocolError):
+        return ConnectionProblem(f"the registry at {address} sent a malformed answer ({exc})")
+    if not isinstance(exc, trio.BrokenResourceError | trio.ClosedResourceError | ssl.SSLError | OSError):
+        return None
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLError):
+            return ConnectionProblem(
+                f"TLS with the registry at {address} failed: {cause.reason or cause} (is the identity issued by "
+                "this registry's CA and still valid?)"
+            )
+        cause = cause.__cause__ or cause.__context__
+    if connecting:
+        return ConnectionProblem(f"cannot reach the registry at {address}: {exc or type(exc).__name__}")
+    return ConnectionProblem(
+        f"the registry at {address} closed the connection ({exc or type(exc).__name__}): it may be restarting"
+    )
+
+
+async def _next_h11_event(conn: h11.Connection, stream: trio.abc.ReceiveStream) -> Any:
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            conn.receive_data(bytes(await stream.receive_some(_READ)))
+            continue
+        return event
+
+
+async def _h11_body(conn: h11.Connection, stream: trio.abc.ReceiveStream) -> bytes:
+    """An error answer's body (bounded; the caller's deadline applies)."""
+    body = bytearray()
+    while True:
+        event = await _next_h11_event(conn, stream)
+        if isinstance(event, h11.Data):
+            body += event.data
+            if len(body) > _MAX_ERROR_BODY:
+                return b""
+        elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+            return bytes(body)
+
+
+def _json_or_none(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+
+
+async def _direct_watch_events(
+    stream: trio.SSLStream[trio.SocketStream], leftover: bytes, address: str
+) -> AsyncGenerator[StreamEvent, None]:
+    chunks = ChunkedDecoder()
+    decoder = WatchDecoder()
+    data = leftover
+    try:
+        while True:
+            if data:
+                try:
+                    body = chunks.feed(data)
+                except ChunkedError as err:
+                    raise ConnectionProblem(
+                        f"registry at {address} sent a malformed watch stream ({err.message})"
+                    ) from None
+                if body:
+                    for event in _decode(decoder, body, address):
+                        yield _raise_error(event)
+                if chunks.ended:
+                    break
+            data = bytes(await stream.receive_some(_READ))
+            if not data:
+                break
+    except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError) as exc:
+        mapped = _map_stream_error(address, exc, connecting=False)
+        assert mapped is not None
+        raise mapped from None
+    for event in _decode(decoder, b"", address):
+        yield _raise_error(event)
+    raise ConnectionProblem(f"registry at {address} closed the watch")
+
 
 async def _watch_events(response: httpx.Response, address: str) -> AsyncGenerator[StreamEvent, None]:
     decoder = WatchDecoder()
@@ -514,26 +701,28 @@ async def _watch_events(response: httpx.Response, address: str) -> AsyncGenerato
         async with aclosing(cast(AsyncGenerator[bytes, None], response.aiter_bytes())) as chunks:
             async for chunk in chunks:
                 for event in _decode(decoder, chunk, address):
-                    yield event
+                    yield _raise_error(event)
         for event in _decode(decoder, b"", address):
-            yield event
+            yield _raise_error(event)
     except httpx.HTTPError as exc:
         raise _map_transport_error(address, exc) from None
     raise ConnectionProblem(f"registry at {address} closed the watch")
 
 
-def _decode(decoder: WatchDecoder, chunk: bytes, address: str) -> list[StreamEvent]:
-    """The events a chunk completes; an ERROR event is raised as its error class."""
+def _decode(decoder: WatchDecoder, chunk: bytes, address: str) -> list[WatchEvent]:
+    """The events a chunk completes (the caller yields them through :func:`_raise_error`)."""
     try:
-        events = decoder.feed(chunk) if chunk else decoder.feed(b"")
+        return decoder.feed(chunk) if chunk else decoder.feed(b"")
     except WatchProtocolError as err:
         raise ConnectionProblem(f"registry at {address} sent a malformed watch event ({err.message})") from None
-    out: list[StreamEvent] = []
-    for event in events:
-        if isinstance(event, Error):
-            raise from_status(event.status, 500)
-        out.append(event)
-    return out
+
+
+def _raise_error(event: WatchEvent) -> StreamEvent:
+    """``event``, or its error class raised for an ERROR event: events before it in the same read were
+    already handed out (a watcher that fell behind resumes after the last one it got)."""
+    if isinstance(event, Error):
+        raise from_status(event.status, 500)
+    return event
 
 
 def _kube_cluster(item: ResourceBody, with_secrets: bool) -> KubeCluster:

@@ -270,16 +270,32 @@ class _Connection:
         if "transfer-encoding" not in names:
             headers.append(("transfer-encoding", "chunked"))
         await self.send(h11.Response(status_code=response.status, headers=_encode(headers)))
+        # h11 frames a chunked body's data statelessly (size line, data, CRLF; its state only moves at
+        # EndOfMessage), so the streaming loop may write that framing itself: a watch line to 100 watchers
+        # then skips 100 trips through h11's state machine. Only when h11 itself chose chunked framing: an
+        # HTTP/1.0 client gets a close-delimited body, and a handler's own content-length wins.
+        chunked = (
+            self.conn.their_http_version == b"1.1"
+            and "content-length" not in names
+            and dict(headers).get("transfer-encoding", "").lower() == "chunked"
+            and response.status >= 200
+            and response.status not in (204, 304)
+        )
         if response.producer is not None:
-            await self._send_stream(None, response.producer)
+            await self._send_stream(None, response.producer, chunked=chunked)
         else:
-            await self._send_stream(response.stream, None)
+            await self._send_stream(response.stream, None, chunked=chunked)
         await self.send(h11.EndOfMessage())
 
     async def _send_stream(
-        self, chunks: AsyncIterator[bytes] | None, producer: Callable[[Send], Awaitable[None]] | None
+        self,
+        chunks: AsyncIterator[bytes] | None,
+        producer: Callable[[Send], Awaitable[None]] | None,
+        *,
+        chunked: bool,
     ) -> None:
-        """Send each chunk as it comes; stop as soon as the client hangs up (checked concurrently)."""
+        """Send each chunk as it comes; stop as soon as the client hangs up (checked concurrently).
+        ``chunked``: write the chunk framing here (the bytes h11 would write) instead of through h11."""
         gone = False
 
         async def watch_for_eof(cancel: trio.CancelScope) -> None:
@@ -299,7 +315,10 @@ class _Connection:
 
         async def send_chunk(chunk: bytes) -> None:
             if chunk:
-                await self.send(h11.Data(data=chunk))
+                if chunked:
+                    await self._write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+                else:
+                    await self.send(h11.Data(data=chunk))
 
         try:
             try:

@@ -21,6 +21,8 @@ events above the last one delivered" has no gap.
 * A live change is turned into its :class:`Event` once, at publish, and that one object goes to every
   subscription: 100 watchers cost one JSON decode of the value, not 100. Consumers treat an event's
   record (its ``value`` dict included) as read-only, as the Store contract says of every record.
+* ``WatchIterator.take_ready`` hands out the events already buffered without waiting (the registry's
+  watch route writes them in one go); it keeps the same order, dedup and ``last`` as iteration.
 """
 
 from __future__ import annotations
@@ -175,6 +177,31 @@ class WatchIterator:
                 continue  # already delivered from history
             self.last = revision
             return event
+
+    def take_ready(self, limit: int) -> list[Event]:
+        """Up to ``limit`` more events that are already here (history read, live buffer), without waiting:
+        a watcher that fell behind a burst catches up in one write instead of one per event. Stops short of
+        anything that needs a wait or ends the stream (a history page to read, overflow, close): the next
+        ``__anext__`` handles those exactly as before."""
+        ready: list[Event] = []
+        while len(ready) < limit:
+            if self._pending:
+                change = self._pending.popleft()
+                self.last = change.revision
+                ready.append(change.to_event())
+                continue
+            if self._catching_up:
+                break
+            try:
+                event = self._sub.receive.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break  # an empty buffer; or an end __anext__ raises when it finds it again
+            revision = event.record.revision
+            if revision <= self.last:
+                continue  # already delivered from history
+            self.last = revision
+            ready.append(event)
+        return ready
 
 
 @asynccontextmanager

@@ -241,3 +241,103 @@ async def test_a_101_with_upgrade_hands_over_the_raw_stream(nursery: trio.Nurser
     assert received.startswith(b"HTTP/1.1 101 ")
     assert received.endswith(b"\r\n\r\necho:early bytes\n")  # then the server closed the connection
     await stream.aclose()
+
+
+def _parse_with_h11(reply: bytes, method: bytes = b"GET") -> tuple[int, list[bytes], bool]:
+    """(status, body data pieces, whether the message ended cleanly) as an independent client parser sees it."""
+    import h11
+
+    client = h11.Connection(h11.CLIENT)
+    client.send(h11.Request(method=method, target="/", headers=[("host", "x")]))
+    client.send(h11.EndOfMessage())
+    client.receive_data(reply)
+    client.receive_data(b"")
+    status, pieces, ended = 0, [], False
+    while True:
+        event = client.next_event()
+        if isinstance(event, h11.Response):
+            status = event.status_code
+        elif isinstance(event, h11.Data):
+            pieces.append(bytes(event.data))
+        elif isinstance(event, h11.EndOfMessage):
+            ended = True
+        elif event is h11.NEED_DATA or isinstance(event, h11.ConnectionClosed):
+            return status, pieces, ended
+
+
+STREAM_CHUNKS = [b"a\n", b"x" * 70_000 + b"\n", b"\xff\r\n\r\n0\r\n\r\n", b"z" * 4096]
+
+
+async def stream_chunks_handler(request: Request) -> Response:
+    async def producer(send) -> None:  # type: ignore[no-untyped-def]
+        for chunk in [STREAM_CHUNKS[0], b"", *STREAM_CHUNKS[1:]]:  # an empty one is skipped, not an end
+            await send(chunk)
+
+    return Response(200, [("content-type", "application/x-ndjson")], producer=producer)
+
+
+async def test_streamed_chunks_are_framed_as_h11_frames_them(nursery: trio.Nursery) -> None:
+    # The stream loop writes the chunk framing itself: an independent parser must read exactly the chunks,
+    # including ones that look like framing, then a clean end; the connection stays usable (keep-alive).
+    info = await start(nursery, stream_chunks_handler)
+    stream = await trio.open_tcp_stream(info.host, info.port)
+    await stream.send_all(b"GET /s HTTP/1.1\r\nhost: x\r\n\r\n")
+    reply = b""
+    with trio.fail_after(5):
+        while not reply.endswith(b"\r\n0\r\n\r\n"):
+            reply += await stream.receive_some()
+    status, pieces, ended = _parse_with_h11(reply)
+    assert (status, ended) == (200, True)
+    assert pieces == STREAM_CHUNKS
+    assert b"%x\r\n" % 70_001 in reply  # each chunk is its own chunk: sent as it came
+    await stream.send_all(b"GET /again HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+    again = b""
+    with trio.fail_after(5):
+        while chunk := await stream.receive_some():
+            again += chunk
+    assert _parse_with_h11(again)[1:] == (STREAM_CHUNKS, True)
+    await stream.aclose()
+
+
+async def test_an_http10_client_gets_the_stream_unframed(nursery: trio.Nursery) -> None:
+    # HTTP/1.0 has no chunked encoding: the body is the bytes themselves, ended by the close.
+    info = await start(nursery, stream_chunks_handler)
+    reply = await raw_exchange(info, b"GET /s HTTP/1.0\r\n\r\n")
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert b"transfer-encoding" not in head.lower()
+    assert body == b"".join(STREAM_CHUNKS)
+
+
+async def test_a_stream_client_that_stops_reading_does_not_stall_the_others(nursery: trio.Nursery) -> None:
+    # Every streamed response is written by its own connection's task: one reader whose socket buffers are
+    # full blocks only its own writes, while another connection gets the whole stream.
+    chunk = b"y" * 65_536
+    total = 200  # 12.5 MiB: far more than a socket's buffers hold
+    stuck = trio.Event()
+
+    async def handler(request: Request) -> Response:
+        async def producer(send) -> None:  # type: ignore[no-untyped-def]
+            for i in range(total):
+                if request.path == "/slow" and i == total - 1:
+                    stuck.set()  # never reached while the slow client does not read
+                await send(chunk)
+
+        return Response(200, producer=producer)
+
+    info = await start(nursery, handler)
+    slow = await trio.open_tcp_stream(info.host, info.port)
+    await slow.send_all(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n")  # and never reads
+    fast = await trio.open_tcp_stream(info.host, info.port)
+    await fast.send_all(b"GET /fast HTTP/1.1\r\nhost: x\r\n\r\n")
+    received = 0
+    with trio.fail_after(30):
+        tail = b""
+        while not tail.endswith(b"\r\n0\r\n\r\n"):
+            data = await fast.receive_some()
+            received += len(data)
+            tail = (tail + data)[-16:]
+    assert received > total * len(chunk)
+    assert not stuck.is_set()
+    await slow.aclose()
+    await fast.aclose()

@@ -340,3 +340,41 @@ async def test_a_live_change_is_decoded_once_for_every_watcher(store: BaseStore,
         assert [e.record.name for e in await take(unrelated, 1)] == ["e"]
         assert [e.record.name for e in await take(c, 1)] == ["e"]
         assert decoded == [1, 2]
+
+
+async def test_take_ready_hands_out_buffered_events_without_waiting(store: BaseStore) -> None:
+    async with store.watch([K]) as events:
+        take_ready = events.take_ready  # type: ignore[attr-defined]
+        assert take_ready(10) == []  # nothing buffered: no wait, nothing
+        await write_n(store, 5)
+        first = await anext(events)
+        ready = take_ready(2)  # at most the limit
+        ready += take_ready(10)
+        assert revisions([first, *ready]) == [1, 2, 3, 4, 5]
+        assert take_ready(10) == []
+        await write_n(store, 1, start=5)  # iteration goes on after it, with nothing twice
+        assert revisions(await take(events, 1)) == [6]
+
+
+async def test_take_ready_replays_history_then_live_without_duplicates(store: BaseStore) -> None:
+    await write_n(store, 3)
+    async with store.watch([K], since=1) as events:
+        await write_n(store, 2, start=3)  # live (also in history once read): delivered once
+        got = [await anext(events)]
+        while len(got) < 4:
+            more = events.take_ready(10)  # type: ignore[attr-defined]
+            got += more or [await anext(events)]  # a history page needs a read: __anext__ does it
+        assert revisions(got) == [2, 3, 4, 5]
+        assert events.take_ready(10) == []  # type: ignore[attr-defined]
+
+
+async def test_take_ready_leaves_an_overflow_to_iteration(backend: str, tmp_path: Path) -> None:
+    store = await open_backend(backend, tmp_path, watch_buffer=3)
+    async with store.watch([K]) as events:
+        await write_n(store, 6)  # overflows the buffer of 3
+        ready = events.take_ready(10)  # type: ignore[attr-defined]
+        assert revisions(ready) == [1, 2, 3]
+        assert events.take_ready(10) == []  # type: ignore[attr-defined]
+        with pytest.raises(Compacted, match="watch again from revision 3"):
+            await anext(events)
+    await store.aclose()
