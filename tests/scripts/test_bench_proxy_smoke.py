@@ -59,7 +59,9 @@ def test_tiny_run_prints_every_row_measured_and_judged_and_cleans_up(tmp_path: P
     assert rows[1][3].endswith("x") and rows[2][3].endswith("x")
     assert rows[3][2].endswith("MiB/s")
     assert "front door" in rows[4][2] and "agent" in rows[4][2]
-    assert [(r[0], r[1]) for r in cpu] == CPU_ROWS
+    assert [(r[0], r[1]) for r in cpu] == [*CPU_ROWS, ("6 watches, bursts", "kubeport")]
+    *cpu, burst = cpu  # CPU per event per proxied watch over the bursts: the front door's and the agent's
+    assert burst[3].endswith("/event") and burst[4].endswith("/event"), burst
     for row in cpu:  # the hops a path has are measured; direct has no front door or agent
         assert len(row) == 7, row
         assert (row[3], row[4]) == ("-", "-") if row[1] == "direct" else "-" not in row[2:6], row
