@@ -79,10 +79,8 @@ def _base_url(address: str) -> str:
     return f"https://{address.rstrip('/')}"
 
 
-def _map_transport_error(address: str, exc: Exception) -> KubeportError:
-    text = str(exc) or exc.__class__.__name__
-    if isinstance(exc, httpx.TimeoutException):
-        return Timeout(f"registry at {address} did not answer in time ({text})")
+def _tls_failure(address: str, exc: BaseException) -> KubeportError | None:
+    """The TLS failure behind ``exc`` (itself or a cause), as the error users see; None when TLS is not it."""
     cause: BaseException | None = exc
     while cause is not None:
         if isinstance(cause, ssl.SSLError):
@@ -91,6 +89,16 @@ def _map_transport_error(address: str, exc: Exception) -> KubeportError:
                 "this registry's CA and still valid?)"
             )
         cause = cause.__cause__ or cause.__context__
+    return None
+
+
+def _map_transport_error(address: str, exc: Exception) -> KubeportError:
+    text = str(exc) or exc.__class__.__name__
+    if isinstance(exc, httpx.TimeoutException):
+        return Timeout(f"registry at {address} did not answer in time ({text})")
+    tls = _tls_failure(address, exc)
+    if tls is not None:
+        return tls
     if isinstance(exc, httpx.RemoteProtocolError):
         # TLS 1.3 refuses a client certificate after the handshake: the client only sees the close.
         return ConnectionProblem(
@@ -618,14 +626,9 @@ def _map_stream_error(address: str, exc: BaseException, *, connecting: bool) -> 
         return ConnectionProblem(f"the registry at {address} sent a malformed answer ({exc})")
     if not isinstance(exc, trio.BrokenResourceError | trio.ClosedResourceError | ssl.SSLError | OSError):
         return None
-    cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, ssl.SSLError):
-            return ConnectionProblem(
-                f"TLS with the registry at {address} failed: {cause.reason or cause} (is the identity issued by "
-                "this registry's CA and still valid?)"
-            )
-        cause = cause.__cause__ or cause.__context__
+    tls = _tls_failure(address, exc)
+    if tls is not None:
+        return tls
     if connecting:
         return ConnectionProblem(f"cannot reach the registry at {address}: {exc or type(exc).__name__}")
     return ConnectionProblem(
