@@ -18,6 +18,8 @@ Invariants:
 * The last chunk (size 0) and its trailer section are read and dropped (the forwarder ends the client's
   answer itself, as with h11, which drops trailers too); :attr:`done` then says so, and bytes after it are
   kept in :attr:`extra` (a server sending more on a connection than its answer: the caller does not pool it).
+  The trailer section is CRLF lines only, each an h11 header field: a bare CR or LF is refused, so the body
+  ends where h11 and Go's reader would end it (a section ended by LF LF would hide a next answer there).
 * Bounded: a chunk-size line longer than ``max_line`` or a trailer section longer than ``max_trailers``
   is refused before it is buffered whole; the size field has at most 20 hex digits (as h11) and a chunk at
   most ``MAX_CHUNK`` bytes (what kubectl's Go reader takes). Nothing else is buffered: chunk data is handed
@@ -37,6 +39,11 @@ MAX_CHUNK: Final = 2**63 - 1
 
 # h11's chunk_header (h11._abnf): size, optional extensions, optional whitespace, then CRLF.
 _SIZE_LINE = re.compile(rb"([0-9A-Fa-f]{1,20})(;[^\r\n]*)?[ \t]*\r\n")
+# One trailer line as h11's header_field (token ":" OWS value OWS; no CR, LF, NUL or other whitespace in the
+# value) minus obs-fold, which is refused. With no bare CR or LF in the section, the first CRLF CRLF is
+# where h11's (and Go's) reader ends the trailers too: the connection is pooled at the same boundary.
+_TRAILER_LINE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[ \t]*(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?[ \t]*")
+_BARE_LF = re.compile(rb"(?<!\r)\n")
 
 _SIZE, _DATA, _CRLF, _TRAILER, _DONE = range(5)
 
@@ -163,13 +170,15 @@ class ChunkedRelay:
             return
         if len(section) >= self._max_trailers:
             raise ChunkError(f"a trailer section longer than {self._max_trailers} bytes")
+        if _BARE_LF.search(section):
+            # h11 and Go end a section at LF LF too: what follows would be the next answer to them
+            raise ChunkError(f"a bare LF in the trailer section: {section[:40]!r}")
         self._line = section  # incomplete: kept until its empty line arrives
         self._state = _TRAILER
 
     def _check_trailers(self, lines: bytes) -> None:
         for line in lines.split(b"\r\n"):
-            name, colon, _ = line.partition(b":")
-            if not colon or not name or not re.fullmatch(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", name):
+            if _TRAILER_LINE.fullmatch(line) is None:
                 raise ChunkError(f"malformed trailer line: {line[:40]!r}")
 
     def _finish(self, rest: bytes) -> None:
