@@ -63,7 +63,10 @@ def load_plain(text: str, *, loader: type[Any], max_depth: int) -> list[Any] | N
     input needs the loader itself (module docstring). ``loader`` gives the resolver and constructor tables."""
     if _CParser is None:
         return None
-    parser = _CParser(text)
+    try:
+        parser = _CParser(text)  # a str that is not UTF-8 encodable (a lone surrogate) raises here
+    except Exception:
+        return None
     try:
         return _build(parser, loader, max_depth)
     except Exception:  # a parser error, a value the constructors refuse, ...: the loader says what it is
