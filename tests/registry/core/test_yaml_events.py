@@ -379,3 +379,14 @@ def test_random_token_soup_agrees() -> None:
             text = text[:at] + piece + text[at + rng.choice([0, 1]) :]
         taken += check(text)
     assert taken > 50
+
+
+def test_an_overlong_int_is_refused_on_both_paths_before_it_is_converted() -> None:
+    # A YAML 1.1 sexagesimal int costs a bigint multiply per ":" part (quadratic: a 1 MiB one was over a
+    # minute of CPU); a hex one of any length became an int that str() refuses. Both are refused by length.
+    for text in ["a: 1" + ":1" * 40_000 + "\n", "a: 0x" + "f" * 5000, "- 0" + "7" * 5000, "a: " + "1_" * 2200 + "1"]:
+        assert fast(text) is None
+        with pytest.raises(BadParameter, match="an integer of more than 4300 characters"):
+            load_yaml(text, source="in.yaml")
+    # ints up to the bound are still built (by the fast path too)
+    assert check("a: " + "9" * 4300 + "\nb: 1:30\nc: 0x" + "f" * 4298 + "\n")
