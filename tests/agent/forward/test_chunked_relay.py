@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import re
+import time
 
 import h11
 import pytest
@@ -309,3 +310,23 @@ async def test_differential_against_h11_random_bodies_split_anywhere() -> None:
             assert (relayed, relay.extra) == (data, after), body
             agreed += 1
     assert agreed > 100  # the generator reaches clean bodies too
+
+
+async def test_a_trailer_section_trickled_byte_by_byte_costs_linear_time() -> None:
+    # A hostile API server can send its trailers one byte per TLS record: each feed scans only what it adds
+    # (before, every byte rescanned and copied the whole section: 64 KiB took over 30 s of the agent's CPU).
+    relay = ChunkedRelay()
+    assert relay.feed(b"1\r\nx\r\n0\r\n") == b"1\r\nx\r\n"
+    line = b"X-Padding: " + b"p" * 50 + b"\r\n"
+    section = line * (30_000 // len(line)) + b"\r\n"
+    started = time.process_time()
+    for at in range(len(section)):
+        assert relay.feed(section[at : at + 1]) == b""
+    assert relay.done and relay.extra == b""
+    assert time.process_time() - started < 1.0  # ~0.05 s; quadratic took several seconds here
+    # and the bound still holds, byte by byte
+    relay = ChunkedRelay()
+    relay.feed(b"0\r\n")
+    with pytest.raises(ChunkError, match="trailer section"):
+        for _ in range(MAX_TRAILERS + 1):
+            relay.feed(b"a")
