@@ -18,6 +18,8 @@ Invariants:
 * The last chunk (size 0) and its trailer section are read and dropped (the forwarder ends the client's
   answer itself, as with h11, which drops trailers too); :attr:`done` then says so, and bytes after it are
   kept in :attr:`extra` (a server sending more on a connection than its answer: the caller does not pool it).
+  The trailer section is CRLF lines only, each an h11 header field: a bare CR or LF is refused, so the body
+  ends where h11 and Go's reader would end it (a section ended by LF LF would hide a next answer there).
 * Bounded: a chunk-size line longer than ``max_line`` or a trailer section longer than ``max_trailers``
   is refused before it is buffered whole; the size field has at most 20 hex digits (as h11) and a chunk at
   most ``MAX_CHUNK`` bytes (what kubectl's Go reader takes). Nothing else is buffered: chunk data is handed
@@ -37,6 +39,10 @@ MAX_CHUNK: Final = 2**63 - 1
 
 # h11's chunk_header (h11._abnf): size, optional extensions, optional whitespace, then CRLF.
 _SIZE_LINE = re.compile(rb"([0-9A-Fa-f]{1,20})(;[^\r\n]*)?[ \t]*\r\n")
+# One trailer line as h11's header_field (token ":" OWS value OWS; no CR, LF, NUL or other whitespace in the
+# value) minus obs-fold, which is refused. With no bare CR or LF in the section, the first CRLF CRLF is
+# where h11's (and Go's) reader ends the trailers too: the connection is pooled at the same boundary.
+_TRAILER_LINE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[ \t]*(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?[ \t]*")
 
 _SIZE, _DATA, _CRLF, _TRAILER, _DONE = range(5)
 
@@ -55,12 +61,13 @@ class ChunkError(Exception):
 class ChunkedRelay:
     """Check a chunked body's framing as it arrives and hand out what may be relayed (module docstring)."""
 
-    __slots__ = ("_line", "_max_line", "_max_trailers", "_remaining", "_state", "extra")
+    __slots__ = ("_line", "_max_line", "_max_trailers", "_remaining", "_section", "_state", "extra")
 
     def __init__(self, *, max_line: int = MAX_LINE, max_trailers: int = MAX_TRAILERS) -> None:
         self._state = _SIZE
         self._remaining = 0  # _DATA: data bytes of this chunk still to come; _CRLF: bytes of CRLF still to come
-        self._line = b""  # a partly received size line, or the trailer section so far
+        self._line = b""  # a partly received size line
+        self._section = bytearray()  # the trailer section so far
         self._max_line = max_line
         self._max_trailers = max_trailers
         self.extra = b""
@@ -75,11 +82,11 @@ class ChunkedRelay:
         if self._state == _DONE:
             self.extra += data
             return b""
-        if self._line:
-            data, self._line = self._line + data, b""
         if self._state == _TRAILER:
             self._trailers(data, 0)
             return b""
+        if self._line:
+            data, self._line = self._line + data, b""
         out: list[bytes] = []
         start = 0  # where the run of bytes passed on verbatim began (out gets it as one slice)
         pos = 0
@@ -148,31 +155,40 @@ class ChunkedRelay:
         return out[0] if len(out) == 1 else b"".join(out)
 
     def _trailers(self, data: bytes, pos: int) -> None:
-        """After the last chunk: the trailer section, up to and including its empty line (dropped)."""
-        section = data[pos:]
+        """After the last chunk: the trailer section, up to and including its empty line (dropped).
+
+        The section grows in a bytearray and each call scans only what it adds (a hostile server trickling
+        its trailers a byte per read costs linear time, not a rescan of the section per byte)."""
+        section = self._section
+        old = len(section)
+        section += memoryview(data)[pos:]
         # The section ends with an empty line: CRLF at once (no trailers), or CRLF CRLF after the last one.
-        if section.startswith(b"\r\n"):
-            self._finish(section[2:])
+        if section[:2] == b"\r\n":
+            self._finish(bytes(section[2:]))
             return
-        marker = section.find(b"\r\n\r\n")
-        if marker >= 0:
-            if marker + 4 > self._max_trailers:
-                raise ChunkError(f"a trailer section longer than {self._max_trailers} bytes")
-            self._check_trailers(section[:marker])
-            self._finish(section[marker + 4 :])
-            return
-        if len(section) >= self._max_trailers:
+        marker = section.find(b"\r\n\r\n", max(0, old - 3))
+        if (marker + 4 if marker >= 0 else len(section) + 1) > self._max_trailers:
             raise ChunkError(f"a trailer section longer than {self._max_trailers} bytes")
-        self._line = section  # incomplete: kept until its empty line arrives
-        self._state = _TRAILER
+        # h11 and Go end a section at LF LF too: with a bare LF, what follows could be the next answer to them
+        end = marker + 2 if marker >= 0 else len(section)
+        newline = section.find(b"\n", old, end)
+        while newline >= 0:
+            if newline == 0 or section[newline - 1] != 0x0D:
+                raise ChunkError(f"a bare LF in the trailer section: {bytes(section[:40])!r}")
+            newline = section.find(b"\n", newline + 1, end)
+        if marker < 0:
+            self._state = _TRAILER  # incomplete: kept until its empty line arrives
+            return
+        self._check_trailers(bytes(section[:marker]))
+        self._finish(bytes(section[marker + 4 :]))
 
     def _check_trailers(self, lines: bytes) -> None:
         for line in lines.split(b"\r\n"):
-            name, colon, _ = line.partition(b":")
-            if not colon or not name or not re.fullmatch(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", name):
+            if _TRAILER_LINE.fullmatch(line) is None:
                 raise ChunkError(f"malformed trailer line: {line[:40]!r}")
 
     def _finish(self, rest: bytes) -> None:
         self._state = _DONE
         self._line = b""
+        self._section = bytearray()
         self.extra = rest

@@ -49,7 +49,7 @@ import yaml
 from labels import LabelError, _text
 from registry.core.errors import BadParameter, TooLarge
 from registry.core.nesting import depth_bound, nesting_error
-from registry.core.yaml_events import load_plain
+from registry.core.yaml_events import construct_int, load_plain
 
 MAX_DOCUMENT_BYTES = 1 << 20
 # Real resources nest about six levels deep (role -> spec -> allow -> kubernetes_resources -> item -> verbs).
@@ -238,6 +238,7 @@ def _refuse_unknown_tag(loader: Any, node: yaml.Node) -> NoReturn:
 
 
 _StrictLoader.add_constructor(None, _refuse_unknown_tag)
+_StrictLoader.add_constructor("tag:yaml.org,2002:int", construct_int)  # bounded length (yaml_events)
 
 
 def _precheck_events(text: str) -> None:

@@ -51,6 +51,23 @@ _NO_KEY: Any = object()
 _DEFER: Any = object()
 
 
+# SafeConstructor builds a YAML 1.1 sexagesimal int ("1:2:3:...") with a bigint multiply per part, in time
+# quadratic in its length (a 1 MiB one: over a minute of CPU), and a hex or octal one of any size (which
+# str() then refuses). :func:`construct_int` (the strict loader's int constructor) bounds an int scalar's
+# length first, at Python's own bound on decimal digits; the fast path builds ints with it too.
+MAX_INT_CHARS = 4300
+
+
+def construct_int(constructor: Any, node: yaml.ScalarNode) -> int:
+    """SafeConstructor's int, refusing a scalar longer than :data:`MAX_INT_CHARS` before converting it."""
+    if len(node.value) > MAX_INT_CHARS:
+        raise yaml.constructor.ConstructorError(
+            None, None, f"an integer of more than {MAX_INT_CHARS} characters", node.start_mark
+        )
+    value: int = yaml.constructor.SafeConstructor.construct_yaml_int(constructor, node)
+    return value
+
+
 class _ScalarConstructor(yaml.constructor.SafeConstructor):
     """Only its bool/int/float constructors are used, each of which reads nothing but ``node.value``."""
 
@@ -63,7 +80,10 @@ def load_plain(text: str, *, loader: type[Any], max_depth: int) -> list[Any] | N
     input needs the loader itself (module docstring). ``loader`` gives the resolver and constructor tables."""
     if _CParser is None:
         return None
-    parser = _CParser(text)
+    try:
+        parser = _CParser(text)  # a str that is not UTF-8 encodable (a lone surrogate) raises here
+    except Exception:
+        return None
     try:
         return _build(parser, loader, max_depth)
     except Exception:  # a parser error, a value the constructors refuse, ...: the loader says what it is
@@ -90,7 +110,8 @@ def _resolve_plain(value: str, loader: type[Any]) -> Any:
     if tag in _TYPED_TAGS:
         construct: Any = loader.yaml_constructors.get(tag)
         base: Any = yaml.constructor.SafeConstructor.yaml_constructors.get(tag)
-        if construct is None or construct is not base:  # a loader with its own constructor: let it run
+        if construct is None or (construct is not base and construct is not construct_int):
+            # a loader with its own constructor: let it run
             return _DEFER
         return construct(_SCALARS, yaml.ScalarNode(tag, value))
     return _DEFER  # timestamps, merge keys ("<<"), "=" and anything added later

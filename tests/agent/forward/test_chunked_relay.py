@@ -5,6 +5,8 @@ The pure checks are async tests only because this folder's conftest has an async
 from __future__ import annotations
 
 import random
+import re
+import time
 
 import h11
 import pytest
@@ -93,6 +95,13 @@ HOSTILE = [
     ("a trailer without a colon", b"0\r\nnot a header\r\n\r\n"),
     ("a trailer with a bad name", b"0\r\nBad Name: x\r\n\r\n"),
     ("a trailer with an empty name", b"0\r\n: x\r\n\r\n"),
+    # h11 and Go end the trailers at LF LF: what follows would be a second answer on the pooled connection
+    ("trailers ended by a bare LF LF", b"0\r\nA: b\n\nHTTP/1.1 200 OK\r\n\r\n"),
+    ("an empty trailer section as a bare LF", b"0\r\n\nHTTP/1.1 200 OK\r\n\r\n"),
+    ("a bare LF inside a trailer", b"0\r\nA: b\nC: d\r\n\r\n"),
+    ("a bare CR inside a trailer", b"0\r\nA: b\rC: d\r\n\r\n"),
+    ("a NUL in a trailer value", b"0\r\nA: \x00\r\n\r\n"),
+    ("an obs-folded trailer", b"0\r\nA: b\r\n c\r\n\r\n"),
 ]
 
 
@@ -216,3 +225,108 @@ async def test_a_malformed_or_oversized_chunk_ends_the_answer_without_its_end_wh
     assert record["status"] == 200
     assert record["error"]
     assert ctx.pool.statistics().idle == 0
+
+
+def _h11_reads(body: bytes) -> tuple[str, bytes, bytes]:
+    """What h11's client makes of a chunked answer with this body: ("ok" | "more" | "bad", data, after)."""
+    conn = h11.Connection(h11.CLIENT)
+    conn.send(h11.Request(method="GET", target="/", headers=[("Host", "x")]))
+    conn.send(h11.EndOfMessage())
+    conn.receive_data(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + body)
+    data = b""
+    try:
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                return "more", data, b""
+            if isinstance(event, h11.Data):
+                data += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                return "ok", data, conn.trailing_data[0]
+    except h11.RemoteProtocolError:
+        return "bad", data, b""
+
+
+def _strict_decode(wire: bytes) -> bytes:
+    """The data of a relayed (never complete) chunked body, asserting the strictest framing: HEX CRLF (at
+    most 16 digits, no extension or whitespace), data, CRLF -- what Go's reader reads the same way."""
+    out, pos = b"", 0
+    while (newline := wire.find(b"\r\n", pos)) >= 0:
+        size = wire[pos:newline]
+        assert re.fullmatch(rb"[0-9A-Fa-f]{1,16}", size), size
+        length = int(size, 16)
+        assert length, "the relay never hands out the last chunk"
+        pos = newline + 2
+        out += wire[pos : pos + length]
+        footer = wire[pos + length : pos + length + 2]
+        assert footer == b"\r\n"[: len(footer)]
+        pos += length + 2
+    assert len(wire) - pos <= 16 and re.fullmatch(rb"[0-9A-Fa-f]*\r?", wire[pos:]) is not None
+    return out
+
+
+_PIECES = [b"\r\n", b"\n", b"\r", b"0", b"1", b"a", b"F", b";", b";x=y", b" ", b"\t", b"X: y", b":", b"\x00"]
+
+
+def _hostile_body(rng: random.Random) -> bytes:
+    parts = []
+    for _ in range(rng.randint(0, 4)):
+        data = bytes(rng.choice(b"ab\r\n0") for _ in range(rng.randint(1, 12)))
+        size = b"0" * rng.choice([0, 0, 0, 3, 15, 19]) + (b"%x" if rng.random() < 0.7 else b"%X") % len(data)
+        ext = rng.choice([b"", b"", b";a=b", b" ", b" \t", b";", b";\r"])
+        parts.append(size + ext + rng.choice([b"\r\n"] * 8 + [b"\n"]) + data + rng.choice([b"\r\n"] * 8 + [b"\n", b""]))
+    trailers = rng.choice([b"", b"X: y\r\n", b"X: y\n", b"A: b\n\nZ: q\r\n", b"X:y\r\nZ:\r\n", b"X y\r\n"])
+    end = rng.choice([b"\r\n"] * 5 + [b"\n", b""])
+    body = b"".join(parts) + rng.choice([b"0", b"000", b"0;e"]) + b"\r\n" + trailers + end
+    body += rng.choice([b""] * 4 + [b"HTTP/1.1 200 OK\r\n\r\n"])
+    for _ in range(rng.choice([0, 0, 1, 2])):
+        at, piece = rng.randint(0, len(body)), rng.choice(_PIECES)
+        body = body[:at] + piece + body[at + rng.choice([0, 1, len(piece)]) :]
+    return body
+
+
+async def test_differential_against_h11_random_bodies_split_anywhere() -> None:
+    """The relay never accepts what h11 refuses, and where both accept: the same data and the same bytes
+    after the body (the pooling boundary). What it hands out is always strict framing without an end."""
+    rng = random.Random(20261203)
+    agreed = 0
+    for _ in range(1500):
+        body = _hostile_body(rng)
+        verdict, data, after = _h11_reads(body)
+        relay, out, pos = ChunkedRelay(), b"", 0
+        try:
+            while pos < len(body):
+                step = rng.choice([1, 2, 3, 7, 1000])
+                out += relay.feed(body[pos : pos + step])
+                pos += step
+            mine = "ok" if relay.done else "more"
+        except ChunkError as err:
+            out += err.checked
+            mine = "bad"
+        relayed = _strict_decode(out)
+        assert data.startswith(relayed) or verdict == "bad", body
+        if mine == "ok":
+            assert verdict == "ok", body
+            assert (relayed, relay.extra) == (data, after), body
+            agreed += 1
+    assert agreed > 100  # the generator reaches clean bodies too
+
+
+async def test_a_trailer_section_trickled_byte_by_byte_costs_linear_time() -> None:
+    # A hostile API server can send its trailers one byte per TLS record: each feed scans only what it adds
+    # (before, every byte rescanned and copied the whole section: 64 KiB took over 30 s of the agent's CPU).
+    relay = ChunkedRelay()
+    assert relay.feed(b"1\r\nx\r\n0\r\n") == b"1\r\nx\r\n"
+    line = b"X-Padding: " + b"p" * 50 + b"\r\n"
+    section = line * (30_000 // len(line)) + b"\r\n"
+    started = time.process_time()
+    for at in range(len(section)):
+        assert relay.feed(section[at : at + 1]) == b""
+    assert relay.done and relay.extra == b""
+    assert time.process_time() - started < 1.0  # ~0.05 s; quadratic took several seconds here
+    # and the bound still holds, byte by byte
+    relay = ChunkedRelay()
+    relay.feed(b"0\r\n")
+    with pytest.raises(ChunkError, match="trailer section"):
+        for _ in range(MAX_TRAILERS + 1):
+            relay.feed(b"a")

@@ -249,3 +249,144 @@ def test_a_kubeconfig_checks_the_same_through_the_fast_path(monkeypatch: pytest.
     with pytest.raises(BadParameter) as slow_error:
         check_kubeconfig(data, cluster_name="c")
     assert fast_error.value.message == slow_error.value.message
+
+
+def test_text_that_is_not_utf8_encodable_is_declined_and_refused_as_before() -> None:
+    # A str from a JSON body can hold a lone surrogate ("\ud800" escaped): libyaml's parser cannot take it.
+    # The fast path declines and load_yaml gives the strict loader's BadParameter, never an exception of its own.
+    for text in ["a: \ud800\n", "\udfff", "k: [x, '\ud83d']\n"]:
+        assert fast(text) is None
+        assert isinstance(strict(text), ValueError)
+        with pytest.raises(BadParameter, match=r"in\.yaml"):
+            load_yaml(text, source="in.yaml")
+
+
+_SOUP = [
+    *[
+        "1",
+        "0x1",
+        "0o7",
+        "017",
+        "0b1",
+        "1_0",
+        "+1",
+        "-0",
+        "1:30",
+        "190:20:30",
+        "1.5",
+        "1e3",
+        ".5",
+        ".nan",
+        ".NaN",
+        ".inf",
+        "-.inf",
+        "true",
+        "True",
+        "TRUE",
+        "yes",
+        "Yes",
+        "no",
+    ],
+    *[
+        "on",
+        "off",
+        "y",
+        "n",
+        "~",
+        "null",
+        "Null",
+        "NULL",
+        "2001-12-14",
+        "<<",
+        "=",
+        "'a'",
+        '"a"',
+        "'1'",
+        '"1"',
+        "!!str",
+        "!!int",
+        "!x",
+        "&a",
+        "*a",
+        "-",
+        "?",
+        "0x_",
+        "0b",
+        "1__",
+    ],
+    *[
+        "._",
+        "1.",
+        "-.",
+        "0.",
+        "+",
+        "1e",
+        "0o",
+        "0xG",
+        "12:60",
+        "1:1:1:1",
+        "@",
+        "`",
+        "%",
+        "[]",
+        "{}",
+        "[1,2]",
+        "{a:1}",
+        "#c",
+        "---",
+        "...",
+    ],
+    *["{1: a, 0x1: b}", "{true: 1, True: 2}", "{~: 1, null: 2}", "{1: a, 1.0: b}", "{0: a, false: b}"],
+    *["{.nan: 1, .nan: 2}", "{'a': 1, a: 2}", "{? a: 1}", "{? [a]: 1}", "|\n  x\n", ">-\n  y\n", "a b", "a:b"],
+    *["", "\ufeff", "\x00", "\x85", "\u2028", "\t", '"\\x41"', "%YAML 1.1", "9" * 30, "0x" + "f" * 30],
+]
+
+
+def _soup_node(rng: random.Random, depth: int) -> str:
+    roll = rng.random()
+    if depth > 3 or roll < 0.6:
+        return rng.choice(_SOUP)
+    if roll < 0.8:
+        return "[" + ", ".join(_soup_node(rng, depth + 1) for _ in range(rng.randint(0, 3))) + "]"
+    pairs = (f"{rng.choice(_SOUP)}: {_soup_node(rng, depth + 1)}" for _ in range(rng.randint(0, 3)))
+    return "{" + ", ".join(pairs) + "}"
+
+
+def _soup_block(rng: random.Random, indent: int, depth: int) -> str:
+    mapping = rng.random() < 0.5
+    lines = []
+    for _ in range(rng.randint(1, 4)):
+        lead = " " * indent + (f"{rng.choice(_SOUP)}:" if mapping else "-")
+        if depth < 3 and rng.random() < 0.3:
+            lines.append(lead + "\n" + _soup_block(rng, indent + 2, depth + 1))
+        else:
+            lines.append(f"{lead} {_soup_node(rng, depth) or 'x'}\n")
+    return "".join(lines)
+
+
+def test_random_token_soup_agrees() -> None:
+    """Documents built from YAML's corner-case scalars (every resolver's edge, keys equal only once resolved,
+    tags, anchors, merge keys, control characters), in block and flow style, then mutated: whatever the fast
+    path takes, the strict loader builds the same; it takes a fair share."""
+    rng = random.Random(1203)
+    taken = 0
+    for _ in range(600):
+        text = _soup_block(rng, 0, 0)
+        if rng.random() < 0.2:
+            text += rng.choice(["---\n", "...\n---\n"]) + _soup_block(rng, 0, 0)
+        for _ in range(rng.choice([0, 0, 1, 2])):
+            at, piece = rng.randint(0, len(text)), rng.choice([*_SOUP, " ", "\n", ":", "- ", "  "])
+            text = text[:at] + piece + text[at + rng.choice([0, 1]) :]
+        taken += check(text)
+    assert taken > 50
+
+
+def test_an_overlong_int_is_refused_on_both_paths_before_it_is_converted() -> None:
+    # A YAML 1.1 sexagesimal int costs a bigint multiply per ":" part (quadratic: a 1 MiB one was over a
+    # minute of CPU); a hex one of any length became an int that str() refuses. Both are refused by length.
+    for text in ["a: 1" + ":1" * 40_000 + "\n", "a: 0x" + "f" * 5000, "- 0" + "7" * 5000, "a: " + "1_" * 2200 + "1"]:
+        assert fast(text) is None
+        with pytest.raises(BadParameter, match="an integer of more than 4300 characters"):
+            load_yaml(text, source="in.yaml")
+    # ints up to the bound are still built (by the fast path too)
+    assert check("a: " + "9" * 4300 + "\nb: 1:30\nc: 0x" + "f" * 4298 + "\n")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 from collections.abc import Awaitable, Callable
 
 import hyperframe.frame
@@ -128,3 +129,91 @@ async def test_a_reset_stream_is_never_written_to(nursery: trio.Nursery) -> None
         if isinstance(frame, hyperframe.frame.PingFrame):
             break
     server.abort("test over")
+
+
+Frames = tuple[tuple[object, ...], ...]
+Trace = list[tuple[dict[int, Frames], int, tuple[int | None, ...]]]
+
+
+async def scripted_session(nursery: trio.Nursery, seed: int, stream_ids: tuple[int, ...]) -> Trace:
+    """Streams send to a raw peer that, step by step, changes SETTINGS_MAX_FRAME_SIZE and
+    SETTINGS_INITIAL_WINDOW_SIZE (windows may go negative), opens send windows, and resets streams while
+    their data waits: per step, the frames that arrived on each stream and h2's send windows then. With
+    several streams the connection window is opened wide first (which stream takes a contended
+    connection window depends on trio's scheduling, not on how frames are built); with one, it varies too."""
+    rng = random.Random(seed)
+    left, right = trio.testing.memory_stream_pair()
+    server = H2Tunnel(right, side="server")
+    payloads = {sid: rng.randbytes(rng.randint(1, 150_000)) for sid in stream_ids}
+    window_targets = [*stream_ids] if len(stream_ids) > 1 else [0, *stream_ids]
+
+    async def handler(stream: TunnelStream) -> None:
+        await stream.accept()
+        with contextlib.suppress(trio.BrokenResourceError):
+            await stream.send_all(payloads[stream.stream_id])
+            await stream.send_eof()
+
+    nursery.start_soon(run_until_aborted, server, handler)
+    peer = RawPeer(left)
+    trace: Trace = []
+    arrived: dict[int, list[tuple[object, ...]]] = {sid: [] for sid in stream_ids}
+
+    async def reader() -> None:
+        while (frame := await peer.next_frame()) is not None:
+            if isinstance(frame, hyperframe.frame.DataFrame):
+                arrived[frame.stream_id].append((frame.body_len, sorted(frame.flags), frame.data))
+            elif isinstance(frame, hyperframe.frame.RstStreamFrame | hyperframe.frame.GoAwayFrame):
+                arrived.setdefault(frame.stream_id, []).append((type(frame).__name__,))
+
+    nursery.start_soon(reader)
+    await peer.client_preface()
+    if len(stream_ids) > 1:
+        await peer.send(hyperframe.frame.WindowUpdateFrame(0, window_increment=2**30))
+    for sid in stream_ids:
+        await peer.send(peer.headers(sid, CONNECT, end_stream=rng.random() < 0.3))
+    await trio.testing.wait_all_tasks_blocked()  # each step starts from a settled state
+    for _ in range(40):
+        roll = rng.random()
+        if roll < 0.3:
+            settings = hyperframe.frame.SettingsFrame(0)
+            if rng.random() < 0.5:
+                settings.settings = {hyperframe.frame.SettingsFrame.MAX_FRAME_SIZE: rng.randint(16_384, 70_000)}
+            else:
+                settings.settings = {hyperframe.frame.SettingsFrame.INITIAL_WINDOW_SIZE: rng.randint(0, 100_000)}
+            await peer.send(settings)
+        elif roll < 0.8:
+            await peer.send(hyperframe.frame.WindowUpdateFrame(rng.choice(window_targets), rng.randint(1, 60_000)))
+        elif roll < 0.85:
+            await peer.send(hyperframe.frame.RstStreamFrame(rng.choice(stream_ids), error_code=8))
+        else:  # a window update and a SETTINGS change in one read
+            settings = hyperframe.frame.SettingsFrame(0)
+            settings.settings = {hyperframe.frame.SettingsFrame.INITIAL_WINDOW_SIZE: rng.randint(0, 100_000)}
+            update = hyperframe.frame.WindowUpdateFrame(rng.choice(window_targets), 40_000)
+            await peer.send(*([update, settings] if rng.random() < 0.5 else [settings, update]))
+        await trio.testing.wait_all_tasks_blocked()
+        windows: list[int | None] = []
+        for sid in stream_ids:
+            h2stream = server._conn.streams.get(sid)
+            windows.append(None if h2stream is None else h2stream.outbound_flow_control_window)
+        step = {sid: tuple(frames) for sid, frames in arrived.items()}
+        trace.append((step, server._conn.outbound_flow_control_window, tuple(windows)))
+        for frames in arrived.values():
+            frames.clear()
+    server.abort("test over")
+    return trace
+
+
+@pytest.mark.parametrize("stream_ids", [(1,), (1, 3, 5)], ids=["one-stream", "three-streams"])
+async def test_frames_and_windows_equal_h2s_under_settings_changes_window_updates_and_resets(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch, stream_ids: tuple[int, ...]
+) -> None:
+    sizes: set[int] = set()
+    for seed in range(8):
+        monkeypatch.setattr(h2tunnel, "_FAST_DATA", True)
+        fast = await scripted_session(nursery, seed, stream_ids)
+        monkeypatch.setattr(h2tunnel, "_FAST_DATA", False)
+        slow = await scripted_session(nursery, seed, stream_ids)
+        assert fast == slow, seed
+        sizes |= {e[0] for step, _, _ in fast for frames in step.values() for e in frames if isinstance(e[0], int)}
+    # the sessions did send, in frames of many sizes (above 16 KiB too, once the peer allowed it)
+    assert len(sizes) > 10 and max(sizes) > 16_384
