@@ -304,8 +304,9 @@ def load_yaml(text: str, *, source: str) -> list[Any]:
 
 def load_yaml_document(data: str | bytes, *, source: str, limit: int) -> object:
     """One YAML document of a configuration file (the agent's, the registry's ``--config``, a kubeconfig):
-    size checked before parsing (at most ``limit`` bytes), UTF-8 only, then :func:`load_yaml` (no tags,
-    anchors, aliases, merge keys or duplicate keys; bounded nesting; syntax errors by position without the
+    size checked before parsing (at most ``limit`` bytes), UTF-8 only, then :func:`load_yaml` (no tags but
+    YAML's own types, whose values the callers' field checks refuse where they do not belong; no anchors,
+    aliases, merge keys or duplicate keys; bounded nesting; syntax errors by position without the
     source line, which could hold a secret). Every failure is a BadParameter naming ``source``; an empty
     file is ``None``."""
     try:
