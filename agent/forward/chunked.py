@@ -63,6 +63,7 @@ class ChunkedRelay:
             buf = parser.feed(data)
         except ChunkedError as err:
             err.checked = _verbatim(err.buf, err.pos, parser.heads)
+            err.buf = b""  # the error outlives the feed: keep only what it checked, not the whole read
             raise
         end = parser.end
         if parser.heads:

@@ -29,7 +29,8 @@ Invariants:
 - Linear time on trickled input: a partial size line or trailer section grows in a bytearray and each feed
   scans only what it adds (a hostile peer sending a byte per read costs no rescan of what it sent before).
 - Any fault raises :class:`ChunkedError` (a ``ConnectionProblem``: the stream is broken); after one, every
-  feed raises it again.
+  feed raises it again. Its message never quotes the bytes: they may be a secret's (a watch with secrets,
+  a Secret through the forwarder), and the message reaches logs, audit records and ``ERROR:`` lines.
 """
 
 from __future__ import annotations
@@ -168,7 +169,7 @@ class ChunkedParser:
                 expected = b"\r\n"[2 - self._remaining :]
                 got = data[pos : pos + self._remaining]
                 if got != expected[: len(got)]:
-                    self.fail(f"malformed chunk footer: {got[:8]!r} where CRLF belongs", data, pos)
+                    self.fail("chunk data not followed by CRLF (longer or shorter than its size)", data, pos)
                 pos += len(got)
                 self._remaining -= len(got)
                 if not self._remaining:
@@ -184,7 +185,7 @@ class ChunkedParser:
                 line_end = newline + 1
                 match = _SIZE_LINE.fullmatch(data, pos, line_end)
                 if match is None:
-                    self.fail(f"illegal chunk header: {data[pos : min(line_end, pos + 40)]!r}", data, pos)
+                    self.fail("a malformed chunk-size line (not HEX [;extensions] CRLF)", data, pos)
                 size = int(match.group(1), 16)
                 if size > MAX_CHUNK:
                     self.fail(f"a chunk of {size} bytes (more than any client reads)", data, pos)
@@ -234,14 +235,14 @@ class ChunkedParser:
         newline = section.find(b"\n", old, stop)
         while newline >= 0:
             if newline == 0 or section[newline - 1] != 0x0D:
-                self.fail(f"a bare LF in the trailer section: {bytes(section[:40])!r}", data, fault)
+                self.fail("a bare LF in the trailer section", data, fault)
             newline = section.find(b"\n", newline + 1, stop)
         if marker < 0:
             self._state = _TRAILER  # incomplete: kept until its empty line arrives
             return
         for line in bytes(section[:marker]).split(b"\r\n"):
             if _TRAILER_LINE.fullmatch(line) is None:
-                self.fail(f"malformed trailer line: {line[:40]!r}", data, fault)
+                self.fail("a malformed trailer line (not an HTTP header field)", data, fault)
         self._finish(bytes(section[marker + 4 :]))
 
     def _finish(self, rest: bytes) -> None:
@@ -266,7 +267,11 @@ class ChunkedDecoder:
 
     def feed(self, data: bytes) -> bytes:
         parser = self._parser
-        buf = parser.feed(data)
+        try:
+            buf = parser.feed(data)
+        except ChunkedError as err:
+            err.buf = b""  # the error outlives the feed (as a raised error's context): not the read with it
+            raise
         if parser.extra:
             parser.fail("data after the end of a chunked body")
         spans = parser.spans

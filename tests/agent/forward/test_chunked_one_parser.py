@@ -140,3 +140,13 @@ async def test_a_size_line_trickled_byte_by_byte_costs_linear_time() -> None:
         assert relay.feed(line[at : at + 1]) == b""
     assert relay.feed(b"\r\nx\r\n") == b"1\r\nx\r\n"
     assert time.process_time() - started < 1.5  # ~0.4 s; the quadratic rescan took ~2.6 s here
+
+
+@pytest.mark.parametrize("wire", [b"Zq\r\n", b"2\r\nabZq", b"0\r\nZq Zq\r\n\r\n", b"0\r\nA: Zq\nB: c\r\n\r\n"])
+async def test_a_refusal_never_quotes_the_bytes(wire: bytes) -> None:
+    # they may be a secret's (a watch with secrets, a Secret relayed by the forwarder); the message reaches
+    # the audit record, logs and ERROR lines
+    for reader in (ChunkedRelay(), ChunkedDecoder()):
+        with pytest.raises(ChunkedError) as refused:
+            reader.feed(wire)
+        assert "Zq" not in str(refused.value)
