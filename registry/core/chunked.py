@@ -85,7 +85,8 @@ class ChunkedParser:
       up to the last chunk or a partial size line held back for the next feed; the last chunk's line and
       the trailer section are checked and not reported;
     - ``done`` and ``extra``: the body ended (its trailer section is complete); the bytes after it, this
-      feed's and every later feed's, accumulate in ``extra`` (they are not framing).
+      feed's and every later feed's, accumulate in ``extra`` (they are not framing: a reader stops feeding
+      at the end, as the relay does, or refuses them, as the decoder does).
     """
 
     __slots__ = (
