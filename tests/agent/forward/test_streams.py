@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import h11
 import pytest
@@ -95,11 +96,10 @@ async def test_an_upstream_dying_mid_response_ends_the_client_response(
     assert "closed" in record["error"] or "broke" in record["error"]
 
 
-async def test_a_small_answer_written_in_two_parts_upstream_reaches_the_client_in_one_write(
+def _forwarder_counting_writes(
     nursery: trio.Nursery, scripted: Scripted
-) -> None:
-    # Each write on a tunnel stream is a frame, a send and a wake-up at the front door and at kubectl: an
-    # answer of declared small length goes out whole, however the API server split it.
+) -> tuple[trio.StapledStream[Any, Any], list[int]]:
+    """A forwarder serving one in-memory client stream; the list gets an item per write it makes to it."""
     world = scripted_world(scripted)
     client_stream, server_stream = trio.testing.memory_stream_pair()
     writes: list[int] = []
@@ -111,6 +111,15 @@ async def test_a_small_answer_written_in_two_parts_upstream_reaches_the_client_i
 
     server_stream.send_stream.send_all_hook = counted  # type: ignore[attr-defined]
     nursery.start_soon(lambda: handle_stream(server_stream, stream_info(), ctx=world.context()))
+    return client_stream, writes
+
+
+async def test_a_small_answer_written_in_two_parts_upstream_reaches_the_client_in_one_write(
+    nursery: trio.Nursery, scripted: Scripted
+) -> None:
+    # Each write on a tunnel stream is a frame, a send and a wake-up at the front door and at kubectl: an
+    # answer of declared small length goes out whole, however the API server split it.
+    client_stream, writes = _forwarder_counting_writes(nursery, scripted)
     client = Client(client_stream)
     reply = await client.request("GET", f"{PREFIX}/split")
     assert (reply.status, reply.body) == (200, b'{"kind":"ConfigMap"}')
@@ -124,17 +133,7 @@ async def test_a_bulk_answer_already_received_goes_to_the_client_in_one_write_ch
     # forwarder takes every record already received into one write (not one per record or per read). The
     # chunks go through as the API server framed them (checked, not decoded and re-encoded): this also
     # shows that the installed h11 takes the verbatim path (server._chunked_both).
-    world = scripted_world(scripted)
-    client_stream, server_stream = trio.testing.memory_stream_pair()
-    writes: list[int] = []
-    pump = server_stream.send_stream.send_all_hook  # type: ignore[attr-defined]
-
-    async def counted() -> None:
-        writes.append(1)
-        await pump()
-
-    server_stream.send_stream.send_all_hook = counted  # type: ignore[attr-defined]
-    nursery.start_soon(lambda: handle_stream(server_stream, stream_info(), ctx=world.context()))
+    client_stream, writes = _forwarder_counting_writes(nursery, scripted)
     client = Client(client_stream)
     await client.send_request("GET", f"{PREFIX}/bulk")
     raw = b""
