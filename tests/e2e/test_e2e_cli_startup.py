@@ -117,8 +117,13 @@ async def interrupt_when(h: Harness, child: Child, ready: trio.Event | None, mar
 
 
 def assert_interrupted_quietly(child: Child, code: int) -> None:
+    """Exit status 130 as a shell reports it: exit(130), or death by SIGINT (-2 here). CPython can end by
+    SIGINT even after ``registry.cli.entry`` handled the KeyboardInterrupt: one raised in code run through
+    its ``PyRun_*`` API (as C extensions may do while importing) stays marked unhandled for the process
+    (``ctypes.pythonapi.PyRun_SimpleString(b"raise KeyboardInterrupt")`` shows it). Seen about 1 run in 15
+    under load, on session 4's code too. A shell shows 130 either way, and neither prints a traceback."""
     err = child.stderr()
-    assert code == 130, (code, err)
+    assert code in (130, -signal.SIGINT), (code, err)
     assert "Traceback" not in err, err
     assert "KeyboardInterrupt" not in err, err
 
