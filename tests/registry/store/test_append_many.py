@@ -4,7 +4,6 @@ every backend: one commit, all or nothing, consecutive revisions, one PUT per re
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -13,16 +12,9 @@ import pytest
 from registry.core.errors import AlreadyExists, BadParameter, TooLarge
 from registry.store import EncodedValue, SQLiteStore, encode_value
 from registry.store._common import BaseStore
-from tests.registry.store.store_helpers import BACKENDS, FakeClock, open_backend, revisions, take
+from tests.registry.store.store_helpers import FakeClock, open_backend, revisions, take
 
 K = "audit"
-
-
-@pytest.fixture(params=BACKENDS)
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[BaseStore]:
-    s = await open_backend(request.param, tmp_path)
-    yield s
-    await s.aclose()
 
 
 def batch(count: int, start: int = 0) -> list[tuple[str, EncodedValue]]:

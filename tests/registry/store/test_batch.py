@@ -4,7 +4,6 @@ transaction, so one durable sync per batch."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +15,6 @@ from registry.store._common import BaseStore
 from tests.registry.store.store_helpers import BACKENDS, FakeClock, open_backend, revisions, take
 
 K = "audit"
-
-
-@pytest.fixture(params=BACKENDS)
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[BaseStore]:
-    s = await open_backend(request.param, tmp_path)
-    yield s
-    await s.aclose()
 
 
 def batch(count: int, start: int = 0) -> list[tuple[str, dict[str, Any]]]:

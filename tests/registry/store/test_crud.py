@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -12,16 +11,9 @@ import trio
 from registry.core.errors import AlreadyExists, BadParameter, CompareFailed, NotFound, TooLarge
 from registry.store import MemoryStore, SQLiteStore, open_store
 from registry.store._common import BaseStore
-from tests.registry.store.store_helpers import BACKENDS, cluster, open_backend
+from tests.registry.store.store_helpers import cluster
 
 K = "kube_cluster"
-
-
-@pytest.fixture(params=BACKENDS)
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[BaseStore]:
-    s = await open_backend(request.param, tmp_path)
-    yield s
-    await s.aclose()
 
 
 async def test_new_store_is_empty_at_revision_zero(store: BaseStore) -> None:

@@ -3,7 +3,6 @@ each change together with its audit event this way). On SQLite a batch also join
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -14,13 +13,6 @@ from registry.core.errors import AlreadyExists, BadParameter, CompareFailed, Not
 from registry.store import SQLiteStore, Write
 from registry.store._common import BaseStore
 from tests.registry.store.store_helpers import BACKENDS, FakeClock, open_backend, take
-
-
-@pytest.fixture(params=BACKENDS)
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[BaseStore]:
-    s = await open_backend(request.param, tmp_path)
-    yield s
-    await s.aclose()
 
 
 async def test_a_change_and_its_audit_event_commit_together(store: BaseStore) -> None:
