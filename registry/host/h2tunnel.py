@@ -33,7 +33,10 @@ wakes tasks. Invariants:
   only while the connection and the stream are in states where that ``send_data`` would accept DATA
   without a state change (else ``h2`` builds the frame, with its checks and errors). It saves building and
   serializing a frame object per watch event; at import it is checked to give ``h2``'s bytes and windows
-  (``_FAST_DATA``), and an ``h2`` that differs gets every frame built by ``h2`` as before.
+  (``_FAST_DATA``), and an ``h2`` that differs gets every frame built by ``h2`` as before. The receive
+  side mirrors it (``_receive``): a plain DATA frame (no flags) of a stream ``h2`` holds open, within the
+  frame size and both windows, becomes ``h2``'s ``DataReceived`` here, charging the same windows; every
+  other frame, and all that follows it in the same read, goes to ``h2`` (``_FAST_RECV``, checked the same way).
 * **Liveness**: a PING every ``ping_interval`` seconds; after ``ping_misses`` unanswered intervals the
   connection is closed (MockClock-friendly: only ``trio.sleep``).
 * **Drain**: ``drain()`` stops new streams (the server also advertises ``SETTINGS_MAX_CONCURRENT_STREAMS=0``
