@@ -73,9 +73,15 @@ class Decision:
     inbound: kube_headers.Inbound | None = field(default=None, compare=False, repr=False)
 
 
+@lru_cache(maxsize=1024)
+def _prefix(cluster: str) -> bytes:
+    # Pure; computed per request otherwise (a stream's cluster never changes; the names are served ones).
+    return cluster_prefix(cluster).encode("ascii")
+
+
 def strip_prefix(cluster: str, raw_target: bytes) -> Target:
     """The target after ``cluster_prefix(cluster)``; :class:`WrongCluster` when it is not there."""
-    prefix = cluster_prefix(cluster).encode("ascii")
+    prefix = _prefix(cluster)
     rest = raw_target[len(prefix) :]
     if not raw_target.startswith(prefix) or (rest and rest[:1] not in (b"/", b"?")):
         shown = raw_target[:120].decode("ascii", "replace")
