@@ -65,9 +65,7 @@ async def test_watches_share_one_h2_connection_and_see_events(
         ]
         for process in watchers:
             await read_until(process.stdout, b"web ")
-        with trio.fail_after(20):
-            while len(_watch_requests(fake)) < WATCHES:
-                await trio.sleep(0.05)  # poll the fake's record, bounded by the deadline
+        await fake.wait_request(lambda _: len(_watch_requests(fake)) >= WATCHES, timeout=20)
         fake.add_pod("late")
         for process in watchers:
             await read_until(process.stdout, b"late ")
