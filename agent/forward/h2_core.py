@@ -26,7 +26,6 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -56,7 +55,7 @@ class H2Stream:
     stream_id: int
     status: int | None = None
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
-    data: deque[bytes] = field(default_factory=deque)
+    data: list[bytes] = field(default_factory=list)  # a list, not a deque: ~600 bytes less per idle watch
     ended: bool = False
     error: str | None = None
     unacked: int = 0  # DATA bytes received and not yet acknowledged (given back on cancel)
@@ -131,8 +130,7 @@ class H2ClientCore:
 
     def take(self, stream: H2Stream) -> list[bytes]:
         """The DATA received on ``stream`` and not taken yet (acknowledge it with :meth:`consumed`)."""
-        pieces = list(stream.data)
-        stream.data.clear()
+        pieces, stream.data = stream.data, []
         return pieces
 
     def consumed(self, stream: H2Stream, size: int) -> None:
