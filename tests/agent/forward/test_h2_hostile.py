@@ -17,7 +17,9 @@ import h11
 import hpack
 import pytest
 import trio
+import trio.testing
 
+from agent.forward import ForwardLimits
 from registry.core.identity import CertAuthority, Identity, generate_private_key, public_key_pem
 from registry.host.tls import server_context
 from tests.agent.forward.forward_helpers import (
@@ -234,3 +236,28 @@ async def test_a_data_flood_beyond_the_window_aborts_the_watches_of_that_connect
     assert upstream.core.broken is not None and "FlowControlError" in upstream.core.broken
     [event] = await w.wait_events(1)
     assert event["status"] == 200 and event["error"]
+
+
+@pytest.mark.parametrize("tunnel", [True, False])
+async def test_a_watch_the_server_never_answers_is_a_502_at_the_head_limit(
+    nursery: trio.Nursery, mock_clock: trio.testing.MockClock, tunnel: bool
+) -> None:
+    mock_clock.autojump_threshold = 0.2  # loopback TLS with the scripted server finishes well before a jump
+
+    async def silent(script: H2Script, stream_id: int) -> None:
+        await trio.sleep_forever()
+
+    _, w = await start(nursery, silent)
+    ctx = w.context(limits=ForwardLimits(response_head_timeout=7))
+    client = await open_client(nursery, w, ctx, tunnel=tunnel)
+    started = trio.current_time()
+    reply = await client.request("GET", PREFIX + WATCH)
+    assert reply.status == 502
+    assert "no answer within 7s" in reply.json()["message"]
+    assert 7 <= trio.current_time() - started < 8
+    [event] = await w.wait_events(1)
+    assert event["status"] == 502
+    assert ctx.h2 is not None
+    with trio.fail_after(5):
+        while ctx.h2.statistics().streams:  # noqa: ASYNC110  (the stream was reset: polls the pool, bounded)
+            await trio.sleep(0.01)
