@@ -116,6 +116,12 @@ class H2ClientCore:
     def data_to_send(self) -> bytes:
         return self.h2.data_to_send()
 
+    def has_output(self) -> bool:
+        """Whether frames wait to be sent (so a writer need not take its lock for nothing: most DATA
+        acknowledgements queue no WINDOW_UPDATE). Asks h2's output buffer; an h2 that renamed it says True."""
+        pending = getattr(self.h2, "_data_to_send", None)
+        return True if pending is None else bool(pending)
+
     # -- requests ---------------------------------------------------------------------------------------
 
     def open(self, headers: list[tuple[bytes, bytes]]) -> H2Stream:

@@ -57,6 +57,8 @@ class H2Upstream:
         self.settled = trio.Event()  # the server's SETTINGS arrived (or the connection ended)
 
     async def flush(self) -> None:
+        if not self.core.has_output():
+            return  # no lock, no checkpoint: a watch event's acknowledgement mostly sends nothing
         async with self.send_lock:
             data = self.core.data_to_send()
             if data:

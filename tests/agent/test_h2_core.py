@@ -260,3 +260,18 @@ def test_connection_lost_ends_every_open_stream() -> None:
 
 def _frame(kind: int, flags: int, stream_id: int, payload: bytes) -> bytes:
     return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream_id.to_bytes(4, "big") + payload
+
+
+def test_has_output_follows_what_h2_queued() -> None:
+    core = H2ClientCore()
+    assert core.has_output()  # the preface and our SETTINGS
+    server = Server(core)
+    assert not core.has_output()
+    stream = opened(core, server)
+    server.answer(stream.stream_id)
+    server.h2.send_data(stream.stream_id, b"x" * 100)
+    server.pump()
+    core.consumed(stream, len(b"".join(core.take(stream))))
+    assert not core.has_output()  # a small acknowledgement queues no WINDOW_UPDATE yet
+    core.cancel(stream)
+    assert core.has_output()  # the RST_STREAM
