@@ -29,7 +29,7 @@ from typing import Any, Final
 
 import trio
 
-from agent.forward.h2_core import H2ClientCore, H2Stream
+from agent.forward.h2_core import H2ClientCore, H2Stream, H2StreamError
 from agent.forward.upstream import Endpoint, UpstreamConnection, UpstreamError, _describe
 from registry.host.tls import wait_for_input
 from registry.host.tls_stream import tls_stream
@@ -250,7 +250,10 @@ class H2Pool:
                 if not isinstance(made, H2Upstream):
                     return made
                 upstream = made
-        stream = upstream.core.open(headers)
+            try:
+                stream = upstream.core.open(headers)  # under the lock: the room _with_room saw is still there
+            except H2StreamError as err:
+                raise endpoint.unreachable(str(err)) from None
         exchange = H2Exchange(upstream, stream)
         try:
             await upstream.flush()
