@@ -249,6 +249,8 @@ async def serve_access(
     finally:
         with trio.CancelScope(shield=True):  # pooled upstream connections end with the agent
             await context.pool.aclose()
+            if context.h2 is not None:
+                await context.h2.aclose()
 
 
 def _fixed(address: str) -> Callable[[], Awaitable[str]]:

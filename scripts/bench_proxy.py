@@ -6,7 +6,9 @@
 Everything is a real process on loopback, TLS on every hop:
 
 * the upstream: this script started again as a minimal API server (``--serve-upstream``: the project's h11
-  server, ``registry.server.http``, with its own CA). ``GET .../configmaps/small`` answers ~200 bytes at
+  server, ``registry.server.http``, with its own CA; like a real API server it also offers ``h2`` by ALPN,
+  served by ``tests/fakes/h2_server.py``, so the agent multiplexes the watches on shared HTTP/2
+  connections; ``--upstream-http1`` offers HTTP/1.1 only, as before). ``GET .../configmaps/small`` answers ~200 bytes at
   once, ``.../configmaps/big?mib=N`` streams N MiB (chunked), ``...?watch=true`` is a chunked watch that
   stays idle until ``POST /bench/event`` sends one event line to the watches it names (``watch=ID``, the
   ID a watch gave as ``labelSelector=bench-watch=ID``) or to every open watch, each line stamped with the
@@ -69,6 +71,7 @@ from benchlib import PYTHON_M, Registry, banner, percentile, positive, registry,
 from registry.core.identity import CertAuthority, Identity, generate_private_key, public_key_pem
 from registry.host.tls import client_context, server_context
 from registry.server.http import HTTPLimits, Request, Response, serve_http
+from tests.fakes.h2_server import ConnectionCounts, serve_http_alpn
 
 SCRIPT = Path(__file__).resolve()
 MiB = 1024 * 1024
@@ -124,6 +127,7 @@ class Config:
     as_json: bool
     work_dir: Path | None
     keep: bool
+    upstream_http1: bool = False
 
 
 def progress(message: str) -> None:
@@ -197,7 +201,7 @@ async def _big(mib: int) -> AsyncIterator[bytes]:
         yield block
 
 
-async def serve_upstream(directory: Path) -> None:
+async def serve_upstream(directory: Path, http2: bool = True) -> None:
     now = datetime.now(UTC)
     ca = CertAuthority.generate("bench-upstream", now=now)
     key = generate_private_key()
@@ -214,9 +218,12 @@ async def serve_upstream(directory: Path) -> None:
     limits = HTTPLimits(max_connections=16_384, idle_timeout=3600.0)
     upstream = Upstream()
     upstream.tls = context
+    # A real API server offers h2 by ALPN (the agent then multiplexes watches on one connection);
+    # --upstream-http1 serves HTTP/1.1 only, as this upstream did before.
+    serve = functools.partial(serve_http_alpn, counts=ConnectionCounts()) if http2 else serve_http
     async with trio.open_nursery() as nursery:
         info = await nursery.start(
-            functools.partial(serve_http, upstream.handle, host="127.0.0.1", port=0, ssl_context=context, limits=limits)
+            functools.partial(serve, upstream.handle, host="127.0.0.1", port=0, ssl_context=context, limits=limits)
         )
         server = f"https://127.0.0.1:{info.port}"
         kubeconfig = {
@@ -605,8 +612,8 @@ _AGENT_HOST = re.compile(rb"\(host (\S+)\) joined the registry[^\n]*\n")
 
 
 @asynccontextmanager
-async def upstream_process(work: Path) -> AsyncIterator[tuple[int, Path]]:
-    argv = [sys.executable, str(SCRIPT), "--serve-upstream", str(work)]
+async def upstream_process(work: Path, http1: bool = False) -> AsyncIterator[tuple[int, Path]]:
+    argv = [sys.executable, str(SCRIPT), "--serve-upstream", str(work), *(["--upstream-http1"] if http1 else [])]
     log = work / "upstream.log"
     process = await spawn(argv, log)
     try:
@@ -855,7 +862,7 @@ def _raise_fd_limit() -> None:
 async def measure(config: Config, work: Path) -> Results:
     res = Results()
     async with (
-        upstream_process(work) as (upstream_pid, upstream_kubeconfig),
+        upstream_process(work, config.upstream_http1) as (upstream_pid, upstream_kubeconfig),
         registry(work / "registry") as reg,
         agent_process(reg, work) as agent_pid,
     ):
@@ -944,6 +951,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--work-dir", type=Path, help="parent of the temporary directory")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs)")
     parser.add_argument("--serve-upstream", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--upstream-http1", action="store_true", help="the upstream offers HTTP/1.1 only (default: h2 and http/1.1)"
+    )
     return parser
 
 
@@ -961,13 +971,14 @@ def parse_config(argv: Sequence[str] | None) -> Config:
         as_json=args.as_json,
         work_dir=args.work_dir,
         keep=args.keep,
+        upstream_http1=args.upstream_http1,
     )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     raw = build_parser().parse_args(argv)
     if raw.serve_upstream is not None:
-        trio.run(serve_upstream, raw.serve_upstream)
+        trio.run(serve_upstream, raw.serve_upstream, not raw.upstream_http1)
         return 0
     return benchlib.run_main("bench_proxy", run, parse_config(argv))
 

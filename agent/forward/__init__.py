@@ -5,6 +5,8 @@
 * :mod:`agent.forward.server` — :func:`handle_stream`: the h11 server loop on one stream, streaming and
   upgrade splicing;
 * :mod:`agent.forward.upstream` — endpoints from kubeconfigs, pooled keep-alive connections to API servers;
+* :mod:`agent.forward.h2_core` (sans-IO) and :mod:`agent.forward.upstream_h2` (trio) — watches multiplexed
+  on shared HTTP/2 connections to an API server that offers ``h2``;
 * :mod:`agent.forward.context` — :class:`ForwardContext` (the seam), :class:`RegistryAccessSource` (users
   and roles from the registry, cached <= 1 s);
 * :mod:`agent.forward.audit` — audit events and :class:`AuditBatcher` (non-blocking, batched, counted drops).

@@ -25,6 +25,7 @@ import trio
 from agent.forward.audit import AuditEvent
 from agent.forward.decide import DecisionCache
 from agent.forward.upstream import Endpoints, UpstreamPool
+from agent.forward.upstream_h2 import H2Pool
 from agent.kube.exec_plugin import ExecCredential
 from registry.core import codec
 from registry.core.errors import AccessDenied, ConnectionProblem, KubeportError, NotFound
@@ -77,6 +78,8 @@ class ForwardContext:
     host: str = ""  # this agent's host id, for audit events
     pool: UpstreamPool = field(default_factory=UpstreamPool)
     endpoints: Endpoints = field(default_factory=Endpoints)
+    # Watches to an API server that speaks h2 share HTTP/2 connections (None: every request on ``pool``).
+    h2: H2Pool | None = field(default_factory=H2Pool)
     exec_credential: ExecCredentials | None = None
     limits: ForwardLimits = field(default_factory=ForwardLimits)
     now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))

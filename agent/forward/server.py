@@ -66,6 +66,7 @@ from agent.forward.context import ForwardContext
 from agent.forward.decide import Decision, HeadMemo, Target, WrongCluster, decide, map_request, strip_prefix
 from agent.forward.exit_status import ExitStatus
 from agent.forward.upstream import Endpoint, UpstreamConnection, UpstreamError
+from agent.forward.upstream_h2 import H2Exchange, h2_request_headers
 from registry.core.errors import AccessDenied, BadParameter, KubeportError, NotFound, Timeout, Unauthenticated
 from registry.core.kube_access import Identity, cluster_not_found
 from registry.core.kube_request import KubeRequest
@@ -364,12 +365,26 @@ class _Session:
             method=head.method, target=(endpoint.base_path + decision.target.raw).encode("ascii"), headers=headers
         )
         self.upstream_headers = (decision.headers, endpoint, upstream_head.headers)
+        first: UpstreamConnection | None = None
+        if self.ctx.h2 is not None and _h2_candidate(head, decision, record) and self.ctx.h2.usable(endpoint):
+            # A watch goes on a shared HTTP/2 connection when the API server speaks h2 (upstream_h2); the
+            # checks above were the same. An API server that chose http/1.1 gave us a connection for it.
+            try:
+                got = await self.ctx.h2.open(endpoint, h2_request_headers(endpoint, upstream_head))
+            except UpstreamError as err:
+                return await self._upstream_failed(err, record)
+            if isinstance(got, H2Exchange):
+                return await self._forward_h2(got, record)
+            first = got
         body = _Body(limit=self.limits.replay_body_bytes)
         fresh = False
         relaying = [False]  # True once the answer's head arrived and it is being relayed (not a 101)
         while True:
             try:
-                conn, reused = await self.ctx.pool.acquire(endpoint, fresh=fresh)
+                if first is not None:
+                    conn, reused, first = first, False, None
+                else:
+                    conn, reused = await self.ctx.pool.acquire(endpoint, fresh=fresh)
             except UpstreamError as err:
                 return await self._upstream_failed(err, record)
             try:
@@ -410,17 +425,98 @@ class _Session:
     ) -> h11.Response | h11.InformationalResponse:
         """The answer's head; unless it is a 101, its whole relay to the client too."""
         response = await self._response_head(conn)
-        scope = self.head_scope
-        if scope is not None:
-            scope.deadline = math.inf  # the head arrived: a body may stream for hours
-            self.head_scope = None
-            if scope.cancel_called and not self._peer_gone(scope):  # it came just as the limit ran out
-                raise conn.endpoint.unreachable(f"no answer within {self.limits.response_head_timeout:g}s")
+        self._head_arrived(conn.endpoint)
         record.status = response.status_code
         if response.status_code != 101:
             relaying[0] = True
             await self._relay(conn, response)
         return response
+
+    def _head_arrived(self, endpoint: Endpoint) -> None:
+        scope = self.head_scope
+        if scope is not None:
+            scope.deadline = math.inf  # the head arrived: a body may stream for hours
+            self.head_scope = None
+            if scope.cancel_called and not self._peer_gone(scope):  # it came just as the limit ran out
+                raise endpoint.unreachable(f"no answer within {self.limits.response_head_timeout:g}s")
+
+    # -- forwarding over HTTP/2 (a watch on a shared connection) --------------------------------------
+
+    async def _forward_h2(self, exchange: H2Exchange, record: _Record) -> bool:
+        """:meth:`_forward` of a body-less request sent on an HTTP/2 stream: the answer goes to the client
+        as HTTP/1.1 (h11 frames it: chunked, or the length the API server declared, checked), with the same
+        time limits, client watching, audit and abort rules as an answer read over HTTP/1.1."""
+        relaying = [False]
+        try:
+            event = await self._next_event_within(self.limits.head_timeout)  # the GET's end, already here
+            if not isinstance(event, h11.EndOfMessage):
+                raise _ClientGone
+            await self._watching(lambda: self._answer_h2(exchange, record, relaying), head_of=exchange)
+        except BaseException as exc:
+            await exchange.aclose()  # resets the stream unless its answer ended
+            if relaying[0]:
+                record.error = "the client went away" if isinstance(exc, _ClientGone) else "the exchange broke"
+                if isinstance(exc, UpstreamError):
+                    record.error = exc.message
+                    exc = _Abort()
+                await self._emit(record)
+                if isinstance(exc, Exception):
+                    raise exc from None
+                raise
+            if isinstance(exc, UpstreamError):
+                return await self._upstream_failed(exc, record)
+            if isinstance(exc, trio.TooSlowError | h11.RemoteProtocolError):
+                raise _ClientGone from None
+            raise
+        await exchange.aclose()
+        await self._emit(record)
+        return True
+
+    async def _answer_h2(self, exchange: H2Exchange, record: _Record, relaying: list[bool]) -> None:
+        if self.head_scope is not None:
+            status, headers = await exchange.head()
+        else:
+            with trio.move_on_after(self.limits.response_head_timeout) as timer:
+                status, headers = await exchange.head()
+            if timer.cancelled_caught:
+                raise exchange.endpoint.unreachable(f"no answer within {self.limits.response_head_timeout:g}s")
+        self._head_arrived(exchange.endpoint)
+        try:
+            # Built (and so validated by h11) before anything goes out: a hostile head is a 502, not a break.
+            response = h11.Response(status_code=status, headers=_response_headers_h2(headers))
+        except h11.LocalProtocolError:
+            raise exchange.endpoint.unreachable("an unusable HTTP/2 answer head") from None
+        record.status = status
+        relaying[0] = True
+        await self._relay_h2(exchange, response)
+
+    async def _relay_h2(self, exchange: H2Exchange, response: h11.Response) -> None:
+        """The body: what arrived goes out in one write, then its DATA is acknowledged (flow control
+        follows the client: a kubectl that does not read stalls only its own stream)."""
+        limit = self.limits.relay_write
+        taken = 0
+        try:
+            out = _Outgoing(self.conn, self.conn.send(response) or b"")
+            while True:
+                if out.size and not (out.size < limit and exchange.more_arrived()):
+                    await self._write(out.take())
+                    await exchange.consumed(taken)
+                    taken = 0
+                pieces = await exchange.next_data()
+                if pieces is None:
+                    await self._write(out.take(h11.EndOfMessage()))
+                    await exchange.consumed(taken)
+                    return
+                for piece in pieces:
+                    out.add(piece)
+                    taken += len(piece)
+        except UpstreamError as err:
+            with contextlib.suppress(h11.LocalProtocolError):
+                await self._write(out.take())  # what arrived before the break still goes out
+            raise _Abort(err.message) from None
+        except h11.LocalProtocolError:
+            # More or less body than the API server's Content-Length: never relayed as complete.
+            raise _Abort("the API server's answer did not match its declared length") from None
 
     async def _upstream_failed(self, err: UpstreamError, record: _Record) -> bool:
         keep = await self._drain()
@@ -545,7 +641,9 @@ class _Session:
                 await self._write(b"".join(pending))  # what arrived and was checked before the break
             raise _Abort(str(err)) from None
 
-    async def _watching(self, work: Callable[[], Awaitable[T]], *, head_of: UpstreamConnection | None = None) -> T:
+    async def _watching(
+        self, work: Callable[[], Awaitable[T]], *, head_of: UpstreamConnection | H2Exchange | None = None
+    ) -> T:
         """Run ``work`` while watching the client: if it goes away, ``work`` is cancelled -> _ClientGone.
 
         A tunnel stream says itself when its peer ends or resets it (``watch_peer_end``): no watcher task is
@@ -797,6 +895,23 @@ def _chunked_both(upstream: h11.Connection, client: h11.Connection) -> bool:
         and isinstance(getattr(upstream, "_reader", None), _CHUNKED_READER)
         and isinstance(getattr(client, "_writer", None), _CHUNKED_WRITER)
     )
+
+
+def _h2_candidate(head: h11.Request, decision: Decision, record: _Record) -> bool:
+    """Whether a request goes over HTTP/2 when it can: a watch (a GET that streams for long: the
+    connection it would hold is what sharing saves), without a body, not an upgrade."""
+    if head.method != b"GET" or decision.upgrade or record.request is None or record.request.verb != "watch":
+        return False
+    for name, value in head.headers:
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
+            return False
+    return True
+
+
+def _response_headers_h2(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """An HTTP/2 answer's headers for an HTTP/1.1 client: no pseudo-headers (the core dropped them), no
+    hop-by-hop ones (h2 refuses connection-specific headers already; this holds whatever h2 lets by)."""
+    return [(n, v) for n, v in headers if n.lower() not in _RESPONSE_HOP_BY_HOP and n.lower() != b"transfer-encoding"]
 
 
 def _upstream_headers(decision: Decision, endpoint: Endpoint) -> list[tuple[bytes, bytes]]:

@@ -36,7 +36,7 @@ import trio
 
 from agent.kube._text import clean
 from agent.kube.exec_plugin import ExecCredential
-from agent.kube.tls import client_context
+from agent.kube.tls import H2_ALPN_PROTOCOLS, client_context
 from registry.core.errors import KubeportError
 from registry.core.kubeconfig import KubeTarget, check_kubeconfig
 from registry.core.netaddr import format_hostport
@@ -70,6 +70,8 @@ class Endpoint:
     ssl_context: ssl.SSLContext | None = field(repr=False)
     authorization: bytes | None = field(repr=False)
     key: tuple[Any, ...] = field(repr=False)
+    # The same TLS material offering h2 first by ALPN, for watches over shared HTTP/2 (agent.forward.upstream_h2).
+    h2_context: ssl.SSLContext | None = field(default=None, repr=False)
 
     def unreachable(self, why: str) -> UpstreamError:
         return UpstreamError(
@@ -164,9 +166,11 @@ def build_endpoint(name: str, target: KubeTarget, credential: ExecCredential | N
     if credential is not None and credential.client_cert is not None:
         cert, key = credential.client_cert, credential.client_key
     context: ssl.SSLContext | None = None
+    h2_context: ssl.SSLContext | None = None
     if scheme == "https":
         try:
             context = client_context(target.ca_data, target.insecure, cert, key)
+            h2_context = client_context(target.ca_data, target.insecure, cert, key, alpn=H2_ALPN_PROTOCOLS)
         except KubeportError as err:
             raise UpstreamError(f'Kubernetes cluster "{name}": {err.message}') from None
     authorization: bytes | None = None
@@ -192,6 +196,7 @@ def build_endpoint(name: str, target: KubeTarget, credential: ExecCredential | N
         ssl_context=context,
         authorization=authorization,
         key=(name, server, target.tls_server_name, id(context)),
+        h2_context=h2_context,
     )
 
 

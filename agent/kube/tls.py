@@ -4,7 +4,8 @@ Invariants:
 
 * TLS trusts exactly what the kubeconfig says: its CA data when present, the system roots when absent, or
   nothing at all when ``insecure-skip-tls-verify`` is set. Names are checked against SANs only (as Go's
-  crypto/tls does). ALPN offers ``http/1.1`` only. TLS 1.2 at least, no renegotiation.
+  crypto/tls does). ALPN offers ``http/1.1`` only, except on the contexts of the forwarder's HTTP/2 watch
+  connections (``h2`` first). TLS 1.2 at least, no renegotiation.
 * Identical TLS material yields the same ``SSLContext`` object: contexts are cached by a digest of their
   inputs (bounded, least recently used first out), so a thousand clusters behind one CA load it once. The
   cache holds the digest, never the key material itself.
@@ -23,6 +24,7 @@ from registry.core.kubeconfig import KubeTarget
 from registry.host.tls import load_cert_chain_from_memory
 
 ALPN_PROTOCOLS: Final = ("http/1.1",)
+H2_ALPN_PROTOCOLS: Final = ("h2", "http/1.1")
 _CONTEXT_CACHE_SIZE: Final = 256
 
 _CONTEXT_CACHE: OrderedDict[bytes, ssl.SSLContext] = OrderedDict()
@@ -39,16 +41,22 @@ def context_cache_size() -> int:
 
 
 def client_context(
-    ca_data: bytes | None, insecure: bool, client_cert: bytes | None, client_key: bytes | None
+    ca_data: bytes | None,
+    insecure: bool,
+    client_cert: bytes | None,
+    client_key: bytes | None,
+    *,
+    alpn: tuple[str, ...] = ALPN_PROTOCOLS,
 ) -> ssl.SSLContext:
     """The client TLS context for this material (cached; an exec plugin's certificate replaces the
-    kubeconfig's own ``client_cert``/``client_key``)."""
-    key = _context_key(ca_data, insecure, client_cert, client_key)
+    kubeconfig's own ``client_cert``/``client_key``). ``alpn``: the protocols offered (the forwarder's
+    HTTP/2 connections offer ``H2_ALPN_PROTOCOLS``; everything else ``http/1.1`` only)."""
+    key = _context_key(ca_data, insecure, client_cert, client_key) + ",".join(alpn).encode()
     context = _CONTEXT_CACHE.get(key)
     if context is not None:
         _CONTEXT_CACHE.move_to_end(key)
         return context
-    context = _build_context(ca_data, insecure, client_cert, client_key)
+    context = _build_context(ca_data, insecure, client_cert, client_key, alpn)
     _CONTEXT_CACHE[key] = context
     while len(_CONTEXT_CACHE) > _CONTEXT_CACHE_SIZE:
         _CONTEXT_CACHE.popitem(last=False)
@@ -68,11 +76,15 @@ def _context_key(ca_data: bytes | None, insecure: bool, client_cert: bytes | Non
 
 
 def _build_context(
-    ca_data: bytes | None, insecure: bool, client_cert: bytes | None, client_key: bytes | None
+    ca_data: bytes | None,
+    insecure: bool,
+    client_cert: bytes | None,
+    client_key: bytes | None,
+    alpn: tuple[str, ...] = ALPN_PROTOCOLS,
 ) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.set_alpn_protocols(list(ALPN_PROTOCOLS))
+    context.set_alpn_protocols(list(alpn))
     context.options |= ssl.OP_NO_RENEGOTIATION
     if insecure:
         context.check_hostname = False  # must go first: CERT_NONE is refused while names are checked

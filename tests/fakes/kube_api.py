@@ -23,6 +23,9 @@ Test controls (no HTTP): :meth:`FakeKube.add_pod`, :attr:`FakeKube.pods`,
 :meth:`~FakeKube.get_object`, :meth:`~FakeKube.fail_next`, :attr:`~FakeKube.token_delay`,
 :meth:`~FakeKube.kubeconfig`, :meth:`~FakeKube.issue_client_cert`, :meth:`~FakeKube.wait_request`.
 
+``FakeKube(http2=True)`` also offers ``h2`` by ALPN (:mod:`tests.fakes.h2_server`; off by default) and
+counts connections by protocol in :attr:`FakeKube.connection_counts`.
+
 Run standalone: ``python -m tests.fakes.kube_api --port 6443 --admin-token T --write-kubeconfig kc.yaml``.
 """
 
@@ -47,6 +50,7 @@ from registry.core.identity import CertAuthority, Identity, generate_private_key
 from registry.host.tls import server_context
 from registry.server.http import HTTPLimits, Request, Response, ServerInfo, serve_http
 from tests.fakes import kube_discovery as disc
+from tests.fakes.h2_server import ConnectionCounts, serve_http_alpn
 from tests.fakes.kube_authn import Authenticator
 from tests.fakes.kube_bootstrap import bootstrap_objects
 from tests.fakes.kube_controllers import Controllers
@@ -115,6 +119,7 @@ class FakeKube:
         max_body_bytes: int = MAX_BODY_BYTES,
         history_limit: int = 10_000,
         max_recorded: int = 100_000,
+        http2: bool = False,
     ) -> None:
         if not disc.valid_git_version(git_version):
             raise ValueError(f"git_version must look like v1.30.0, got {git_version!r}")
@@ -143,6 +148,10 @@ class FakeKube:
         self.requests: list[RecordedRequest] = []
         self.pods = PodRuntime()
         self.max_recorded = max_recorded  # long benchmark runs keep the newest requests only
+        # Offer h2 by ALPN as a real API server does (tests.fakes.h2_server); off by default so the many
+        # kubectl tests keep exercising the HTTP/1.1 server they were written against.
+        self.http2 = http2
+        self.connection_counts = ConnectionCounts()
         self._injections: list[_Injection] = []
         self._recorded = trio.Event()
         self._info: ServerInfo | None = None
@@ -486,9 +495,13 @@ async def serve_fake_kube(
     try:
         async with trio.open_nursery() as nursery:
             fake.controllers.attach(nursery)
-            info: ServerInfo = await nursery.start(
-                partial(serve_http, fake.handle, host=host, port=port, ssl_context=context, limits=limits)
-            )
+            if fake.http2:
+                serve = partial(
+                    serve_http_alpn, fake.handle, ssl_context=context, limits=limits, counts=fake.connection_counts
+                )
+            else:
+                serve = partial(serve_http, fake.handle, ssl_context=context, limits=limits)
+            info: ServerInfo = await nursery.start(partial(serve, host=host, port=port))
             fake._bound(info)
             task_status.started(fake)
     finally:
@@ -507,6 +520,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--token-delay", default="0", help="seconds before token secrets are filled, or 'never'")
     parser.add_argument("--legacy-sa-secrets", action="store_true", help="emulate Kubernetes < 1.24 SA secrets")
     parser.add_argument("--git-version", default="v1.30.0")
+    parser.add_argument("--http2", action="store_true", help="offer h2 by ALPN (as a real API server does)")
     parser.add_argument("--write-kubeconfig", type=Path, help="write an admin kubeconfig here (mode 0600)")
     args = parser.parse_args(argv)
     if args.token_delay != "never":
@@ -524,6 +538,7 @@ async def _run(args: argparse.Namespace) -> None:
         token_delay=None if args.token_delay == "never" else float(args.token_delay),
         legacy_sa_secrets=args.legacy_sa_secrets,
         git_version=args.git_version,
+        http2=args.http2,
     )
     async with trio.open_nursery() as nursery:
         await nursery.start(partial(serve_fake_kube, fake, host=args.host, port=args.port))

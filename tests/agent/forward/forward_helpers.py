@@ -18,6 +18,7 @@ import trio
 import trio.testing
 
 from agent.forward import ForwardContext, ForwardLimits, UpstreamPool, handle_stream
+from agent.forward.upstream_h2 import H2Pool
 from registry.core import codec
 from registry.core.errors import NotFound
 from registry.core.kube_route import cluster_prefix
@@ -127,6 +128,7 @@ class World:
             host="host-1",
             pool=pool or new_pool(),
             limits=limits or ForwardLimits(),
+            h2=new_h2_pool(),
         )
 
 
@@ -145,11 +147,17 @@ def world_for(fake: FakeKube, *, roles: Sequence[Role] = (KUBE_ACCESS,), user_ro
 
 
 PREFIX = cluster_prefix(CLUSTER)
-POOLS: list[UpstreamPool] = []  # closed after each test (tests/forward/conftest.py)
+POOLS: list[UpstreamPool | H2Pool] = []  # closed after each test (tests/forward/conftest.py)
 
 
 def new_pool(**kwargs: Any) -> UpstreamPool:
     pool = UpstreamPool(**kwargs)
+    POOLS.append(pool)
+    return pool
+
+
+def new_h2_pool(**kwargs: Any) -> H2Pool:
+    pool = H2Pool(**kwargs)
     POOLS.append(pool)
     return pool
 
