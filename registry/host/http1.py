@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import h11
 import trio
 
+from registry.core.chunked import ChunkedDecoder
 from registry.host.tls_stream import tls_stream
 
 _READ = 64 * 1024
@@ -168,6 +169,71 @@ class Http1Pool:
             raise NotSent(trio.TooSlowError(f"no connection to {self.host}:{self.port} in time"))
         raise Broken(trio.TooSlowError(f"{self.host}:{self.port} did not answer in time"))
 
+    async def open_stream(
+        self, method: str, target: str, *, body: bytes = b"", headers: Sequence[tuple[str, str]] = ()
+    ) -> tuple[Answer, StreamedAnswer | None]:
+        """A request on a connection of its own, for an answer that streams (a watch): the answer's head, and
+        for a 200 with chunked framing its body as a :class:`StreamedAnswer` (the caller closes it); any other
+        answer is read whole (bounded as :meth:`request`) and its connection closed. The pool's ``timeout``
+        bounds everything up to the head; the body has no deadline (the caller's, if any). NotSent, Broken as
+        :meth:`request`."""
+        conn: _Conn | None = None
+        try:
+            with trio.fail_after(self._timeout):
+                try:
+                    conn = await self._connect()
+                except (OSError, ssl.SSLError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    raise NotSent(exc) from None
+                self.opened -= 1  # not a pooled connection
+                http = conn.h11
+                data = http.send(h11.Request(method=method, target=target, headers=self._head(method, body, headers)))
+                await conn.stream.send_all(
+                    (data or b"")
+                    + (http.send(h11.Data(data=body)) if body else b"")
+                    + (http.send(h11.EndOfMessage()) or b"")
+                )
+                event = await _next_event(http, conn.stream)
+                while isinstance(event, h11.InformationalResponse):
+                    event = await _next_event(http, conn.stream)
+                if not isinstance(event, h11.Response):
+                    raise ClosedEarly("the server closed the connection before answering")
+                framing = b",".join(v for k, v in event.headers if k == b"transfer-encoding").lower()
+                if event.status_code != 200 or framing != b"chunked":
+                    content = await self._read_body(http, conn.stream)
+                    await trio.aclose_forcefully(conn.stream)
+                    return Answer(event.status_code, list(event.headers), content), None
+                leftover, _ = http.trailing_data
+                return Answer(200, list(event.headers), b""), StreamedAnswer(conn.stream, bytes(leftover))
+        except BaseException as exc:
+            if conn is not None:
+                await trio.aclose_forcefully(conn.stream)
+            if isinstance(exc, NotSent):
+                raise
+            if isinstance(exc, trio.TooSlowError) and conn is None:
+                raise NotSent(exc) from None
+            if isinstance(exc, Exception):
+                raise Broken(exc) from None
+            raise
+
+    def _head(self, method: str, body: bytes, headers: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+        head: list[tuple[str, str]] = [("host", self._host_header), *headers]
+        if body or method not in ("GET", "HEAD", "DELETE"):
+            head.append(("content-length", str(len(body))))
+        return head
+
+    async def _read_body(self, http: h11.Connection, stream: Stream) -> bytes:
+        content = bytearray()
+        while True:
+            part = await _next_event(http, stream)
+            if isinstance(part, h11.Data):
+                content += part.data
+                if len(content) > self._max_body:
+                    raise AnswerTooLarge(f"the answer is longer than {self._max_body} bytes")
+            elif isinstance(part, h11.EndOfMessage):
+                return bytes(content)
+            else:
+                raise ClosedEarly("the server closed the connection in the middle of its answer")
+
     def _take_idle(self) -> _Conn | None:
         while self._idle:
             conn = self._idle.pop()
@@ -194,10 +260,7 @@ class Http1Pool:
         self, conn: _Conn, method: str, target: str, body: bytes, headers: Sequence[tuple[str, str]]
     ) -> tuple[Answer, bool]:
         http = conn.h11
-        head: list[tuple[str, str]] = [("host", self._host_header), *headers]
-        if body or method not in ("GET", "HEAD", "DELETE"):
-            head.append(("content-length", str(len(body))))
-        data = http.send(h11.Request(method=method, target=target, headers=head)) or b""
+        data = http.send(h11.Request(method=method, target=target, headers=self._head(method, body, headers))) or b""
         if body:
             data += http.send(h11.Data(data=body)) or b""
         data += http.send(h11.EndOfMessage()) or b""
@@ -208,21 +271,11 @@ class Http1Pool:
                 break
             if not isinstance(event, h11.InformationalResponse):  # a 1xx before the answer: skip it
                 raise ClosedEarly("the server closed the connection before answering")
-        content = bytearray()
-        while True:
-            part = await _next_event(http, conn.stream)
-            if isinstance(part, h11.Data):
-                content += part.data
-                if len(content) > self._max_body:
-                    raise AnswerTooLarge(f"the answer is longer than {self._max_body} bytes")
-            elif isinstance(part, h11.EndOfMessage):
-                break
-            else:
-                raise ClosedEarly("the server closed the connection in the middle of its answer")
+        content = await self._read_body(http, conn.stream)
         reusable = http.our_state is h11.DONE and http.their_state is h11.DONE and not http.trailing_data[0]
         if reusable:
             http.start_next_cycle()
-        return Answer(event.status_code, list(event.headers), bytes(content)), reusable
+        return Answer(event.status_code, list(event.headers), content), reusable
 
 
 async def _next_event(http: h11.Connection, stream: Stream) -> object:
@@ -234,6 +287,33 @@ async def _next_event(http: h11.Connection, stream: Stream) -> object:
         if event is h11.PAUSED:  # bytes after the answer, before we asked for more: not a reusable connection
             raise ClosedEarly("the server sent more than one answer")
         return event
+
+
+class StreamedAnswer:
+    """A 200 answer whose chunked body is read as it comes (:meth:`Http1Pool.open_stream`): :meth:`receive`
+    gives the body's next bytes (b"" at its end); the connection is its own and :meth:`aclose` closes it."""
+
+    def __init__(self, stream: Stream, leftover: bytes) -> None:
+        self._stream = stream
+        self._chunks = ChunkedDecoder()
+        self._pending = leftover
+
+    async def receive(self) -> bytes:
+        """The next body bytes; b"" once the body ended. ChunkedError (a ConnectionProblem) for bad framing;
+        the transport's errors (trio.BrokenResourceError, OSError) as they are."""
+        while not self._chunks.ended:
+            data, self._pending = self._pending, b""
+            if not data:
+                data = bytes(await self._stream.receive_some(_READ))
+                if not data:
+                    raise ClosedEarly("the server closed the connection in the middle of its answer")
+            body = self._chunks.feed(data)
+            if body:
+                return body
+        return b""
+
+    async def aclose(self) -> None:
+        await trio.aclose_forcefully(self._stream)
 
 
 def _socket_of(stream: Stream) -> trio.socket.SocketType:
@@ -260,4 +340,4 @@ def trio_close_now(stream: Stream) -> None:
     _socket_of(stream).close()
 
 
-__all__ = ["Answer", "AnswerTooLarge", "Broken", "ClosedEarly", "Http1Pool", "NotSent"]
+__all__ = ["Answer", "AnswerTooLarge", "Broken", "ClosedEarly", "Http1Pool", "NotSent", "StreamedAnswer"]

@@ -49,8 +49,9 @@ from urllib.parse import urlsplit
 import httpx
 import trio
 
+from registry.core.chunked import ChunkedError
 from registry.core.errors import BadParameter, Compacted, ConnectionProblem, KubeportError, TooLarge
-from registry.host.http1 import Broken, Http1Pool, NotSent
+from registry.host.http1 import Broken, ClosedEarly, Http1Pool, NotSent, StreamedAnswer
 
 log = logging.getLogger(__name__)
 
@@ -530,6 +531,11 @@ class EtcdClient:
         if start_revision:
             body["start_revision"] = str(start_revision)
         index = self._current
+        pool = self._pool(index) if self._direct else None
+        if pool is not None:
+            async with self._watch_direct(pool, index, body) as direct:
+                yield direct
+            return
         url = f"{self.endpoints[index]}/v3/watch"
         try:
             async with self._http.stream(
@@ -554,6 +560,70 @@ class EtcdClient:
             raise ConnectionProblem(
                 f"etcd watch at {self.endpoints[index]} broke: {type(exc).__name__}: {exc}"
             ) from None
+
+    @asynccontextmanager
+    async def _watch_direct(
+        self, pool: Http1Pool, index: int, body: dict[str, Any]
+    ) -> AsyncIterator[AsyncIterator[tuple[int, list[WatchEvent]]]]:
+        """:meth:`watch` over a connection of its own (registry.host.http1): the same answers and errors as the
+        httpx path, without its per-line chain of generators (the feed reads every write of the cluster)."""
+        member = self.endpoints[index]
+        content = json.dumps({"create_request": body}, separators=(",", ":")).encode()
+        try:
+            head, streamed = await pool.open_stream("POST", "/v3/watch", body=content, headers=_JSON_HEADER_LIST)
+        except NotSent as exc:
+            self._next_endpoint(index)
+            raise ConnectionProblem(f"etcd watch at {member}: {exc}") from None
+        except Broken as exc:
+            self._next_endpoint(index)
+            raise ConnectionProblem(f"etcd watch at {member} broke: {type(exc.cause).__name__}: {exc}") from None
+        if streamed is None:
+            if head.status == 200:
+                raise ConnectionProblem(f"etcd watch at {member} answered without chunked framing")
+            message, code = _error_of(_loads(head.body), head.status)
+            raise _map_error(message, code)
+        try:
+            async with aclosing(_stream_lines(streamed)) as lines:
+                first = await _next_result(lines)
+                _check_watch_result(first)
+                if not first.get("created", False):
+                    raise ConnectionProblem("etcd watch did not start")
+                async with aclosing(_watch_events(lines, first)) as events:
+                    yield events
+        except _WatchBroken as exc:
+            self._next_endpoint(index)  # as the httpx path does for a stream that broke
+            raise ConnectionProblem(f"etcd watch at {member} broke: {exc.message}") from None
+        finally:
+            await streamed.aclose()
+
+
+class _WatchBroken(ConnectionProblem):
+    """The watch connection broke (not etcd ending the stream): move off the member."""
+
+
+async def _stream_lines(streamed: StreamedAnswer) -> AsyncGenerator[str, None]:
+    """The watch body's lines (bounded: a line longer than MAX_ANSWER_BYTES is refused), as httpx's
+    ``aiter_lines`` gives them (UTF-8, undecodable bytes replaced)."""
+    buf = bytearray()
+    while True:
+        try:
+            data = await streamed.receive()
+        except ChunkedError as exc:
+            raise _WatchBroken(exc.message) from None
+        except (ClosedEarly, trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError) as exc:
+            raise _WatchBroken(f"{type(exc).__name__}: {exc}") from None
+        if not data:
+            if buf:
+                yield buf.decode("utf-8", "replace")
+            return
+        scan = len(buf)
+        buf += data
+        while (end := buf.find(b"\n", scan)) >= 0:
+            yield buf[:end].decode("utf-8", "replace")
+            del buf[: end + 1]
+            scan = 0
+        if len(buf) > MAX_ANSWER_BYTES:
+            raise ConnectionProblem("etcd sent an oversized watch message")
 
 
 async def _next_result(lines: AsyncIterator[str]) -> dict[str, Any]:
