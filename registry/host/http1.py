@@ -140,7 +140,10 @@ class Http1Pool:
                 except trio.WouldBlock:
                     await self._slots.acquire()
                 slot = True
-                conn = self._take_idle() or await self._connect()
+                conn = self._take_idle()
+                if conn is None:
+                    conn = await self._connect()
+                    self.opened += 1
             except (OSError, ssl.SSLError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 if slot:
                     self._slots.release()
@@ -174,9 +177,10 @@ class Http1Pool:
     ) -> tuple[Answer, StreamedAnswer | None]:
         """A request on a connection of its own, for an answer that streams (a watch): the answer's head, and
         for a 200 with chunked framing its body as a :class:`StreamedAnswer` (the caller closes it); any other
-        answer is read whole (bounded as :meth:`request`) and its connection closed. The pool's ``timeout``
-        bounds everything up to the head; the body has no deadline (the caller's, if any). NotSent, Broken as
-        :meth:`request`."""
+        answer is read whole (bounded as :meth:`request`) and its connection closed. The connection is not
+        one of the pool's (nor counted in ``max_connections``: a stream lives as long as its reader). The
+        pool's ``timeout`` bounds everything up to the head; the body has no deadline (the caller's, if any).
+        NotSent, Broken as :meth:`request`."""
         conn: _Conn | None = None
         try:
             with trio.fail_after(self._timeout):
@@ -184,7 +188,6 @@ class Http1Pool:
                     conn = await self._connect()
                 except (OSError, ssl.SSLError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                     raise NotSent(exc) from None
-                self.opened -= 1  # not a pooled connection
                 http = conn.h11
                 data = http.send(h11.Request(method=method, target=target, headers=self._head(method, body, headers)))
                 await conn.stream.send_all(
@@ -253,7 +256,6 @@ class Http1Pool:
         except BaseException:
             await trio.aclose_forcefully(stream)
             raise
-        self.opened += 1
         return _Conn(stream, h11.Connection(h11.CLIENT, max_incomplete_event_size=self._max_head))
 
     async def _exchange(
