@@ -57,6 +57,7 @@ from registry.core.wire import (
     Whoami,
 )
 from registry.host.files import read_limited
+from registry.host.http1 import AnswerTooLarge, Broken, ClosedEarly, Http1Pool, NotSent
 from registry.host.tls import client_context, insecure_fetch_context
 
 T = TypeVar("T")
@@ -133,11 +134,18 @@ def _seg(value: str) -> str:
 def _raise_for(response: httpx.Response) -> None:
     if response.is_success:
         return
+    _raise_status(response.status_code, response.content)
+
+
+def _raise_status(status: int, content: bytes) -> None:
+    """An error answer (not 2xx) as the exception class it was raised as on the server."""
+    if 200 <= status < 300:
+        return
     try:
-        body = response.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        body = json.loads(content)
+    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         body = None
-    raise from_status(body, response.status_code)
+    raise from_status(body, status)
 
 
 class RegistryClient:
@@ -166,6 +174,7 @@ class RegistryClient:
         self._timeout = timeout
         self._transport = transport
         self._clients: dict[int, httpx.AsyncClient] = {}
+        self._pools: dict[int, Http1Pool] = {}  # the direct path (no test transport): one pool per registry
 
     @property
     def address(self) -> str:
@@ -237,6 +246,9 @@ class RegistryClient:
 
     async def aclose(self) -> None:
         clients, self._clients = list(self._clients.values()), {}
+        pools, self._pools = list(self._pools.values()), {}
+        for pool in pools:
+            await pool.aclose()
         for client in clients:
             await client.aclose()
 
@@ -248,17 +260,73 @@ class RegistryClient:
         params: Mapping[str, str] | None = None,
         body: Any = None,
     ) -> Any:
-        async def send(http: httpx.AsyncClient) -> httpx.Response:
-            return await http.request(
-                method, path, params=params, json=body if body is not None else None, extensions=_SNI
-            )
+        if self._transport is None:
+            status, content = await self._request_direct(method, path, params, body)
+        else:
 
-        response = await self._failover(method, send)
-        _raise_for(response)
+            async def send(http: httpx.AsyncClient) -> httpx.Response:
+                return await http.request(
+                    method, path, params=params, json=body if body is not None else None, extensions=_SNI
+                )
+
+            response = await self._failover(method, send)
+            status, content = response.status_code, response.content
+        _raise_status(status, content)
         try:
-            return response.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
+            return json.loads(content)
+        except (ValueError, RecursionError):
             raise ConnectionProblem(f"registry at {self.address} answered something that is not JSON") from None
+
+    # A unary request over a real connection skips httpx (registry.host.http1 says why): the same request
+    # (method, target, JSON body as httpx encodes it), the same failover and the same errors as _failover.
+
+    def _pool_at(self, index: int) -> Http1Pool:
+        pool = self._pools.get(index)
+        if pool is None:
+            url = httpx.URL(_base_url(self.addresses[index]))
+            pool = Http1Pool(
+                url.host,
+                url.port or 443,
+                tls=self._ssl,
+                server_hostname=REGISTRY_SERVER_NAME,
+                authority=url.netloc.decode("ascii"),
+                timeout=self._timeout,
+                max_connections=100,
+                max_idle=20,
+                max_body=MAX_ANSWER_BYTES,
+            )
+            self._pools[index] = pool
+        return pool
+
+    async def _request_direct(
+        self, method: str, path: str, params: Mapping[str, str] | None, body: Any
+    ) -> tuple[int, bytes]:
+        target = f"{path}?{urlencode(params)}" if params else path
+        headers = _JSON_HEADERS if body is not None else _ACCEPT_JSON
+        content = _encode_json(body) if body is not None else b""
+        errors: list[KubeportError] = []
+        count = len(self.addresses)
+        for step in range(count):
+            index = (self._current + step) % count
+            address = self.addresses[index]
+            try:
+                answer = await self._pool_at(index).request(method, target, body=content, headers=headers)
+            except NotSent as failed:
+                mapped = _map_direct_error(address, failed.cause, connecting=True)
+                retry = True
+            except Broken as failed:
+                mapped = _map_direct_error(address, failed.cause, connecting=False)
+                retry = method == "GET" and not isinstance(failed.cause, AnswerTooLarge)
+            else:
+                self._current = index
+                return answer.status, answer.body
+            if step + 1 < count and retry:
+                errors.append(mapped)
+                continue
+            if errors:
+                raise type(mapped)("; ".join(e.message for e in [*errors, mapped])) from None
+            raise mapped from None
+        raise AssertionError("unreachable: the loop returns or raises")
 
     # -- meta ----------------------------------------------------------------------------------------
 
@@ -608,6 +676,33 @@ class RegistryClient:
 _MAX_WATCH_HEAD = 64 * 1024  # the registry's answer head (and an error answer's body, at most 1 MiB)
 _MAX_ERROR_BODY = 1 << 20
 _READ = 64 * 1024
+
+
+MAX_ANSWER_BYTES = (
+    256 * 1024 * 1024
+)  # a unary answer (the largest: a list with secrets); a hostile server's more is refused
+_JSON_HEADERS = (("accept", "application/json"), ("content-type", "application/json"))
+_ACCEPT_JSON = (("accept", "application/json"),)
+
+
+def _encode_json(body: Any) -> bytes:
+    """A request body exactly as httpx's ``json=`` encodes it (UTF-8, compact, no NaN)."""
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
+def _map_direct_error(address: str, exc: BaseException, *, connecting: bool) -> KubeportError:
+    """A failure of the direct unary path (registry.host.http1) as the error users see."""
+    if isinstance(exc, AnswerTooLarge):
+        return ConnectionProblem(f"the registry at {address} answered more than {MAX_ANSWER_BYTES} bytes")
+    if isinstance(exc, ClosedEarly):
+        return ConnectionProblem(
+            f"the registry at {address} closed the connection ({exc}): it may be restarting; if this persists, "
+            "check that this identity is valid and issued by that registry"
+        )
+    mapped = _map_stream_error(address, exc, connecting=connecting)
+    if mapped is None:
+        return ConnectionProblem(f"the registry at {address} failed: {exc or type(exc).__name__}")
+    return mapped
 
 
 class _NotSent(Exception):

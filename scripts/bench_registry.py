@@ -625,7 +625,14 @@ async def api_side_writes(backend: Backend, data_dir: Path, config: Config, fact
 
             progress(f"{backend.name} API: creates")
             side.creates_seq = await throughput(config.creates, 1, lambda w, i: create("seq", w, i))
+            registry_cpu, own_cpu = cpu_seconds(endpoint.pid), time.process_time()
             side.creates_conc = await throughput(config.creates, config.concurrency, lambda w, i: create("conc", w, i))
+            per_create = 1000.0 / config.creates
+            progress(
+                f"{backend.name} API: {config.concurrency} clients' creates: CPU per create: registry "
+                f"{(cpu_seconds(endpoint.pid) - registry_cpu) * per_create:.2f} ms, "
+                f"clients (this process) {(time.process_time() - own_cpu) * per_create:.2f} ms"
+            )
             progress(f"{backend.name} API: heartbeats")
             side.announce, side.keepalive_cpu = await _api_heartbeats(endpoint, clients, config, factory)
             for w in config.watchers:

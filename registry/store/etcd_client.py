@@ -1,4 +1,8 @@
-"""A thin trio-native etcd v3 client over the JSON gateway (``/v3/...``) with httpx.
+"""A thin trio-native etcd v3 client over the JSON gateway (``/v3/...``).
+
+KV, lease and txn calls go over :mod:`registry.host.http1` (kept-alive HTTP/1.1 connections on h11, one
+pool per member); watches stream through httpx, as do all calls given a test ``transport=`` (and calls to an
+``https`` member without a TLS context of ours, which keep httpx's default trust store).
 
 Why not a library: the maintained Python etcd clients are sync (``etcd3gw``: ``requests`` plus threads, and
 it hides a compaction cancel) or asyncio-only (``aetcd``: ``grpc.aio``); ``etcd3`` is unmaintained. The
@@ -45,7 +49,9 @@ from urllib.parse import urlsplit
 import httpx
 import trio
 
+from registry.core.chunked import ChunkedError
 from registry.core.errors import BadParameter, Compacted, ConnectionProblem, KubeportError, TooLarge
+from registry.host.http1 import Broken, ClosedEarly, Http1Pool, NotSent, StreamedAnswer
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +71,7 @@ _TRANSIENT = (
 # Of those, the ones after which a write may still be applied (etcd's client treats them the same way).
 _AMBIGUOUS = ("request timed out", "leader changed")
 _JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
+_JSON_HEADER_LIST = (("content-type", "application/json"), ("accept", "application/json"))
 MAX_ANSWER_BYTES = 64 * 1024 * 1024  # a hostile or broken endpoint cannot make us buffer without bound
 
 
@@ -297,6 +304,10 @@ class EtcdClient:
         # One transport (connection pool) for both paths: KV calls hand their requests straight to it
         # (:meth:`_post`); watches stream through the client. Given a transport, the client reads no proxy
         # from the environment: etcd is dialed directly, as every other kubeport client does (trust_env=False).
+        self._direct = transport is None  # KV calls over registry.host.http1 (see _post)
+        self._pools: dict[int, Http1Pool | None] = {}
+        self._tls = tls
+        self._request_timeout = request_timeout
         self._transport = transport or httpx.AsyncHTTPTransport(
             verify=tls if tls is not None else True,
             limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
@@ -310,6 +321,10 @@ class EtcdClient:
 
     async def aclose(self) -> None:
         with trio.CancelScope(shield=True):
+            pools, self._pools = list(self._pools.values()), {}
+            for pool in pools:
+                if pool is not None:
+                    await pool.aclose()
             await self._http.aclose()
 
     @property
@@ -325,32 +340,54 @@ class EtcdClient:
                 self.abandoned += 1
                 scope.cancel()
 
-    async def _post(self, index: int, url: str, body: dict[str, Any]) -> httpx.Response | None:
-        """POST to member ``index``; None when another request gave up on that member meanwhile.
+    def _pool(self, index: int) -> Http1Pool | None:
+        """Member ``index``'s keep-alive pool; None when its calls go through httpx (an https member without
+        a TLS context of ours: httpx's default trust store, which this client does not rebuild)."""
+        if index not in self._pools:
+            parts = urlsplit(self.endpoints[index])
+            pool = None
+            if parts.hostname and parts.port and (parts.scheme == "http" or self._tls is not None):
+                pool = Http1Pool(
+                    parts.hostname,
+                    parts.port,
+                    tls=self._tls if parts.scheme == "https" else None,
+                    timeout=self._request_timeout,
+                    max_connections=32,
+                    max_idle=16,
+                    max_body=MAX_ANSWER_BYTES,
+                )
+            self._pools[index] = pool
+        return self._pools[index]
 
-        The request goes to the transport itself: a gateway call needs none of the client's layers (cookies,
-        auth, redirects, URL merging), which cost about as much CPU as the rest of an etcd round trip.
-        The timeouts ride in the request's extensions, as the client would put them."""
-        target = self._urls.get(url)
-        if target is None:
-            target = self._urls[url] = httpx.URL(url)  # a few (member, path) pairs
-        request = httpx.Request(
-            "POST",
-            target,
-            content=json.dumps(body, separators=(",", ":")).encode(),
-            headers=_JSON_HEADERS,
-            extensions=self._timeouts,
-        )
+    async def _post(self, index: int, path: str, body: dict[str, Any]) -> tuple[int, bytes] | None:
+        """POST to member ``index``: (status, body); None when another request gave up on that member meanwhile.
+
+        Against a real member the request goes over :mod:`registry.host.http1` (one h11 cycle on a kept-alive
+        connection: httpx's and httpcore's layers cost about as much CPU as the rest of an etcd round trip); its
+        NotSent and Broken say whether the request may have left. With a test transport it goes to the transport
+        itself, with the timeouts in the request's extensions, as httpx's client would put them."""
+        content = json.dumps(body, separators=(",", ":")).encode()
+        pool = self._pool(index) if self._direct else None
         with trio.CancelScope() as scope:
             waiting = self._in_flight.setdefault(index, set())
             waiting.add(scope)
             try:
+                if pool is not None:
+                    answer = await pool.request("POST", path, body=content, headers=_JSON_HEADER_LIST)
+                    return answer.status, answer.body
+                url = f"{self.endpoints[index]}{path}"
+                target = self._urls.get(url)
+                if target is None:
+                    target = self._urls[url] = httpx.URL(url)  # a few (member, path) pairs
+                request = httpx.Request(
+                    "POST", target, content=content, headers=_JSON_HEADERS, extensions=self._timeouts
+                )
                 response = await self._transport.handle_async_request(request)
                 try:
-                    await response.aread()
+                    raw = await response.aread()
                 finally:
                     await response.aclose()
-                return response
+                return response.status_code, raw
             finally:
                 waiting.discard(scope)
         return None
@@ -362,9 +399,8 @@ class EtcdClient:
         last = "no attempt"
         while True:
             index = self._current
-            url = f"{self.endpoints[index]}/v3/{path}"
             try:
-                response = await self._post(index, url, body)
+                response = await self._post(index, f"/v3/{path}", body)
                 if response is None:
                     last = f"{self.endpoints[index]} was given up on while this request waited"
                     if not idempotent:
@@ -372,23 +408,24 @@ class EtcdClient:
                     if trio.current_time() > deadline:
                         raise ConnectionProblem(f"etcd is unreachable ({', '.join(self.endpoints)}): {last}")
                     continue  # the member was already left: straight to the current one
-                answer = _decode_answer(response)
-                if response.status_code == 200:
+                status, raw = response
+                answer = _decode_answer(raw)
+                if status == 200:
                     return answer
-                message, code = _error_of(answer, response.status_code)
+                message, code = _error_of(answer, status)
                 error = _map_error(message, code)
-                if not _is_transient(message, response.status_code):
+                if not _is_transient(message, status):
                     raise error
                 last = message
                 if not idempotent and any(text in message for text in _AMBIGUOUS):
                     raise Ambiguous(f"etcd at {self.endpoints[index]}: {message} (the write may have been applied)")
-            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, NotSent) as exc:
                 if _is_verification_failure(exc):  # retrying cannot make a certificate trusted
                     raise ConnectionProblem(
                         f"etcd at {self.endpoints[index]}: TLS verification failed: {exc}"
                     ) from None
                 last = f"{type(exc).__name__}: {exc}"  # never left this process: safe to send again
-            except httpx.HTTPError as exc:
+            except (httpx.HTTPError, Broken) as exc:
                 last = f"{type(exc).__name__}: {exc}"
                 if not idempotent:
                     raise Ambiguous(
@@ -494,6 +531,11 @@ class EtcdClient:
         if start_revision:
             body["start_revision"] = str(start_revision)
         index = self._current
+        pool = self._pool(index) if self._direct else None
+        if pool is not None:
+            async with self._watch_direct(pool, index, body) as direct:
+                yield direct
+            return
         url = f"{self.endpoints[index]}/v3/watch"
         try:
             async with self._http.stream(
@@ -518,6 +560,70 @@ class EtcdClient:
             raise ConnectionProblem(
                 f"etcd watch at {self.endpoints[index]} broke: {type(exc).__name__}: {exc}"
             ) from None
+
+    @asynccontextmanager
+    async def _watch_direct(
+        self, pool: Http1Pool, index: int, body: dict[str, Any]
+    ) -> AsyncIterator[AsyncIterator[tuple[int, list[WatchEvent]]]]:
+        """:meth:`watch` over a connection of its own (registry.host.http1): the same answers and errors as the
+        httpx path, without its per-line chain of generators (the feed reads every write of the cluster)."""
+        member = self.endpoints[index]
+        content = json.dumps({"create_request": body}, separators=(",", ":")).encode()
+        try:
+            head, streamed = await pool.open_stream("POST", "/v3/watch", body=content, headers=_JSON_HEADER_LIST)
+        except NotSent as exc:
+            self._next_endpoint(index)
+            raise ConnectionProblem(f"etcd watch at {member}: {exc}") from None
+        except Broken as exc:
+            self._next_endpoint(index)
+            raise ConnectionProblem(f"etcd watch at {member} broke: {type(exc.cause).__name__}: {exc}") from None
+        if streamed is None:
+            if head.status == 200:
+                raise ConnectionProblem(f"etcd watch at {member} answered without chunked framing")
+            message, code = _error_of(_loads(head.body), head.status)
+            raise _map_error(message, code)
+        try:
+            async with aclosing(_stream_lines(streamed)) as lines:
+                first = await _next_result(lines)
+                _check_watch_result(first)
+                if not first.get("created", False):
+                    raise ConnectionProblem("etcd watch did not start")
+                async with aclosing(_watch_events(lines, first)) as events:
+                    yield events
+        except _WatchBroken as exc:
+            self._next_endpoint(index)  # as the httpx path does for a stream that broke
+            raise ConnectionProblem(f"etcd watch at {member} broke: {exc.message}") from None
+        finally:
+            await streamed.aclose()
+
+
+class _WatchBroken(ConnectionProblem):
+    """The watch connection broke (not etcd ending the stream): move off the member."""
+
+
+async def _stream_lines(streamed: StreamedAnswer) -> AsyncGenerator[str, None]:
+    """The watch body's lines (bounded: a line longer than MAX_ANSWER_BYTES is refused), as httpx's
+    ``aiter_lines`` gives them (UTF-8, undecodable bytes replaced)."""
+    buf = bytearray()
+    while True:
+        try:
+            data = await streamed.receive()
+        except ChunkedError as exc:
+            raise _WatchBroken(exc.message) from None
+        except (ClosedEarly, trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError) as exc:
+            raise _WatchBroken(f"{type(exc).__name__}: {exc}") from None
+        if not data:
+            if buf:
+                yield buf.decode("utf-8", "replace")
+            return
+        scan = len(buf)
+        buf += data
+        while (end := buf.find(b"\n", scan)) >= 0:
+            yield buf[:end].decode("utf-8", "replace")
+            del buf[: end + 1]
+            scan = 0
+        if len(buf) > MAX_ANSWER_BYTES:
+            raise ConnectionProblem("etcd sent an oversized watch message")
 
 
 async def _next_result(lines: AsyncIterator[str]) -> dict[str, Any]:
@@ -571,12 +677,12 @@ async def _watch_events(
 
 def _is_verification_failure(exc: BaseException) -> bool:
     seen: BaseException | None = exc
-    for _ in range(8):  # httpx wraps httpcore, which wraps ssl
+    for _ in range(8):  # httpx wraps httpcore, which wraps ssl; NotSent holds its cause
         if seen is None:
             return False
         if isinstance(seen, ssl.SSLCertVerificationError):
             return True
-        seen = seen.__cause__ or seen.__context__
+        seen = seen.cause if isinstance(seen, NotSent) else (seen.__cause__ or seen.__context__)
     return False
 
 
@@ -590,10 +696,10 @@ def _loads(raw: bytes) -> dict[str, Any]:
     return answer
 
 
-def _decode_answer(response: httpx.Response) -> dict[str, Any]:
-    if len(response.content) > MAX_ANSWER_BYTES:
+def _decode_answer(content: bytes) -> dict[str, Any]:
+    if len(content) > MAX_ANSWER_BYTES:
         raise ConnectionProblem("etcd answered more than the size limit")
-    return _loads(response.content)
+    return _loads(content)
 
 
 def _header_revision(answer: dict[str, Any]) -> int:

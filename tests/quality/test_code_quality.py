@@ -53,8 +53,9 @@ ROOMS: dict[str, frozenset[str]] = {
     "registry.core": frozenset({"labels"}),
     # host-side I/O helpers (files, TLS contexts, state paths, command-line plumbing), below every process
     "registry.host": frozenset({"labels", "registry.core"}),
-    # storage: knows the models, nothing about who serves or reads them
-    "registry.store": frozenset({"labels", "registry.core"}),
+    # storage: knows the models, nothing about who serves or reads them (registry.host: the etcd client's
+    # HTTP/1.1 connection pool, registry.host.http1)
+    "registry.store": frozenset({"labels", "registry.core", "registry.host"}),
     # the one way to talk to the registry: never the server's or the store's internals
     "registry.client": frozenset({"labels", "registry", "registry.core", "registry.host"}),
     # the registry server: serves the store; never a client of itself, never the agent or a command line
