@@ -27,6 +27,7 @@ from typing import Any, Literal
 import trio
 
 from registry.core.errors import BadParameter
+from registry.host.socket_tls import SocketTLSStream
 
 ALPN_PROTOCOLS = ("http/1.1",)
 
@@ -92,7 +93,7 @@ def insecure_fetch_context() -> ssl.SSLContext:
     return context
 
 
-def peer_certificate_der(stream: trio.SSLStream[Any]) -> bytes | None:
+def peer_certificate_der(stream: trio.SSLStream[Any] | SocketTLSStream) -> bytes | None:
     """The client certificate (DER) the peer presented and the context verified, or None when it sent none.
 
     Call after the handshake (trio raises NeedHandshakeError before). On a context made with
@@ -102,7 +103,7 @@ def peer_certificate_der(stream: trio.SSLStream[Any]) -> bytes | None:
     return der if isinstance(der, bytes) and der else None
 
 
-async def send_handshake_alert(stream: trio.SSLStream[Any], *, timeout: float = 1.0) -> None:
+async def send_handshake_alert(stream: trio.SSLStream[Any] | SocketTLSStream, *, timeout: float = 1.0) -> None:
     """After a failed server-side handshake, send the TLS alert OpenSSL wrote (``unknown ca``, ``certificate
     expired``, ...) before the connection is closed; best effort, bounded by ``timeout``, never raises.
 
@@ -112,8 +113,11 @@ async def send_handshake_alert(stream: trio.SSLStream[Any], *, timeout: float = 
     transit: client-go retries a GET on EOF (10 times, with backoff, and again per discovery call), so kubectl
     with an expired or foreign certificate hung for ~30 s before this, instead of printing at once
     ``remote error: tls: ...`` as it does against an API server. trio has no public way to reach the buffer:
-    without the attribute (a future trio), this does nothing and the old bare EOF remains.
+    without the attribute (a future trio), this does nothing and the old bare EOF remains. A
+    :class:`SocketTLSStream` needs none of this (OpenSSL wrote the alert to the socket itself): a no-op.
     """
+    if isinstance(stream, SocketTLSStream):
+        return
     outgoing = getattr(stream, "_outgoing", None)
     if not isinstance(outgoing, ssl.MemoryBIO):
         return
@@ -126,7 +130,7 @@ async def send_handshake_alert(stream: trio.SSLStream[Any], *, timeout: float = 
 
 async def wait_for_input(stream: trio.abc.ReceiveStream) -> None:
     """Return once ``stream.receive_some`` has something to hand out (bytes, an EOF, an error), without
-    entering the TLS layer while nothing arrived; a no-op for anything but a ``trio.SSLStream`` over a socket.
+    entering the TLS layer while nothing arrived; a no-op for anything but a TLS stream over a socket.
 
     A TLS reader parked in ``receive_some`` sits at the bottom of trio's SSLStream retry loop, the socket
     stream and the socket's non-blocking helper: ~3 KiB of coroutine frames per idle connection (an idle
@@ -134,7 +138,11 @@ async def wait_for_input(stream: trio.abc.ReceiveStream) -> None:
     the socket first, when neither OpenSSL nor trio holds undelivered bytes, keeps only this frame. Bytes
     already in the kernel are seen by a non-blocking ``MSG_PEEK`` (no wait, no extra task switch on a busy
     stream). Uses trio internals (``_incoming``, the socket's ``_sock``) read-only; without them it returns
-    at once and the caller's ``receive_some`` waits as before."""
+    at once and the caller's ``receive_some`` waits as before. A :class:`SocketTLSStream` does the same with
+    public calls (:meth:`SocketTLSStream.wait_readable`: OpenSSL's ``pending()``, a peek, the socket)."""
+    if isinstance(stream, SocketTLSStream):
+        await stream.wait_readable()
+        return
     if not isinstance(stream, trio.SSLStream):
         return
     incoming = getattr(stream, "_incoming", None)
