@@ -76,7 +76,7 @@ from registry.frontdoor.head import FirstHead, Head, RequestTimeout, error_respo
 from registry.frontdoor.lookup import ClusterLookup
 from registry.frontdoor.pick import order_agents, route
 from registry.host.socket_tls import SocketTLSStream
-from registry.host.tls import peer_certificate_der, send_handshake_alert, server_context, wait_for_input
+from registry.host.tls import peer_certificate_der, server_context, wait_for_input
 from registry.server.admission import Admission, AdmissionLimits, source_of
 from registry.server.authz import Caller, effective_roles, user_gone
 from registry.server.http import Slot, accept_retrying
@@ -359,10 +359,10 @@ class FrontDoor:
                 with trio.fail_at(deadline):
                     await stream.do_handshake()
             except (trio.TooSlowError, *_STREAM_ERRORS) as exc:
-                # No certificate, another CA's, an expired one, or no TLS at all: the handshake says no.
+                # No certificate, another CA's, an expired one, or no TLS at all: the handshake says no. OpenSSL
+                # already wrote its alert to the socket (kubectl prints it at once instead of retrying on EOF).
                 self._stats.handshake_failed += 1
                 log.debug("front door TLS handshake with %s failed: %s", client, exc)
-                await send_handshake_alert(stream)  # else kubectl reads EOF and retries for ~30 s
                 return
             der = peer_certificate_der(stream)
             if der is None:  # unreachable with client certificates required; never serve one without

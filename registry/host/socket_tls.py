@@ -27,7 +27,9 @@ Invariants (the ``trio.abc.Stream`` contract, as ``trio.SSLStream(..., https_com
   BIO wrote it during the failing call, so the peer reads why, not a bare EOF
   (:func:`registry.host.tls.send_handshake_alert` has nothing to do for this stream).
 * ``aclose`` wakes any task waiting on the socket (``notify_closing``: it gets ``ClosedResourceError``),
-  sends close_notify best effort (never waits for the peer's), and closes the descriptor; idempotent.
+  sends close_notify best effort (never waits for the peer's), discards what the kernel holds unread (so the
+  close is a FIN, not a reset that could overtake our last bytes: the alert of a failed handshake), and
+  closes the descriptor; idempotent.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from typing import Any
 import trio
 
 DEFAULT_RECEIVE_SIZE = 64 * 1024
+_DRAIN_READS = 16  # at most 1 MiB discarded at close; more still arriving may reset, as with any TCP close
 _WANT = (ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 
@@ -261,6 +264,7 @@ class SocketTLSStream(trio.abc.Stream):
             # Sends our close_notify; never waits for the peer's (it would raise SSLWantReadError).
             with contextlib.suppress(ssl.SSLError, OSError, ValueError):
                 sock.unwrap()
+        _drain(sock)
         sock.close()
         await trio.lowlevel.checkpoint()
 
@@ -292,6 +296,21 @@ class SocketTLSStream(trio.abc.Stream):
 
     def getpeername(self) -> Any:
         return self._sock.getpeername()
+
+
+def _drain(sock: ssl.SSLSocket) -> None:
+    """Discard what the kernel holds unread before the descriptor closes (bounded; never waits).
+
+    Closing a TCP socket with unread bytes makes Linux answer with a reset instead of a FIN, and a reset can
+    reach the peer before, or instead of, what we sent last: after a failed handshake the records OpenSSL
+    left unread (a client's CertificateVerify and Finished, its first request) would turn our alert into
+    ``connection reset by peer`` at the client. trio's SSLStream had read them into its MemoryBIO already."""
+    for _ in range(_DRAIN_READS):
+        try:
+            if not _socket.socket.recv(sock, 65536, socket.MSG_DONTWAIT):
+                return
+        except OSError:  # BlockingIOError: nothing more; anything else: the close is all that is left
+            return
 
 
 __all__ = ["SocketTLSStream"]
