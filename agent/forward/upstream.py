@@ -370,7 +370,7 @@ class UpstreamPool:
             self._connect_failures += 1
             await _close_quietly(stream)
             raise endpoint.unreachable(f"no connection within {self.connect_timeout:g}s") from None
-        except (*_STREAM_ERRORS, UnicodeError) as exc:
+        except (*_STREAM_ERRORS, ValueError) as exc:  # ValueError: a server name TLS refuses (UnicodeError is one)
             self._connect_failures += 1
             await _close_quietly(stream)
             raise endpoint.unreachable(_describe(exc)) from None

@@ -43,6 +43,7 @@ from typing import Any
 import trio
 
 DEFAULT_RECEIVE_SIZE = 64 * 1024
+_BUSY_POLL = 0.005  # s between retries while the other task waits on the direction we need
 _DRAIN_READS = 16  # at most 1 MiB discarded at close; more still arriving may reset, as with any TCP close
 _WANT = (ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
@@ -73,8 +74,19 @@ class SocketTLSStream(trio.abc.Stream):
         server_hostname: str | None = None,
     ) -> SocketTLSStream:
         """Take over ``transport``'s descriptor (the trio socket is detached and must not be used again) and
-        wrap it for TLS; the handshake happens at the first call (or :meth:`do_handshake`)."""
+        wrap it for TLS; the handshake happens at the first call (or :meth:`do_handshake`). When this
+        raises (a ``server_hostname`` that is no host name), the descriptor is closed."""
         trio_sock = transport.socket if isinstance(transport, trio.SocketStream) else transport
+        if isinstance(server_hostname, str):
+            try:
+                # ssl encodes the name only after taking the descriptor over, and a UnicodeError there leaves
+                # it to the garbage collector: refuse a name it cannot encode while we still own the socket.
+                server_hostname.encode("idna")
+                if "\x00" in server_hostname:  # refused later as a TypeError, with the same leak
+                    raise ValueError("server_hostname has a NUL byte")
+            except ValueError:  # UnicodeError is one
+                trio_sock.close()
+                raise
         raw = socket.socket(fileno=trio_sock.detach())
         try:
             sock = context.wrap_socket(
@@ -100,11 +112,16 @@ class SocketTLSStream(trio.abc.Stream):
         return trio.BrokenResourceError(f"TLS connection broke: {exc}")
 
     async def _wait(self, want: BaseException) -> None:
-        """Wait until the socket may let the call that raised ``want`` progress."""
-        if isinstance(want, ssl.SSLWantReadError):
-            await trio.lowlevel.wait_readable(self._sock)
-        else:
-            await trio.lowlevel.wait_writable(self._sock)
+        """Wait until the socket may let the call that raised ``want`` progress.
+
+        A reader that must write (a TLS 1.3 KeyUpdate to answer while the send buffer is full) or a writer
+        that must read can find the other task already waiting on that very direction: trio allows one
+        waiter per direction, so this one polls instead (rare; the other task's wake-up serves both)."""
+        wait = trio.lowlevel.wait_readable if isinstance(want, ssl.SSLWantReadError) else trio.lowlevel.wait_writable
+        try:
+            await wait(self._sock)
+        except trio.BusyResourceError:
+            await trio.sleep(_BUSY_POLL)
 
     # -- handshake -----------------------------------------------------------------------------------
 

@@ -340,3 +340,33 @@ async def test_wait_for_input_waits_for_bytes_and_sees_buffered_ones(
         with trio.fail_after(10):
             await wait_for_input(server)  # returns at once
         assert await server.receive_some() == b"b" * 100
+
+
+async def test_a_wait_on_the_direction_another_task_waits_on_polls_instead_of_failing(
+    contexts: tuple[ssl.SSLContext, ssl.SSLContext],
+) -> None:
+    """OpenSSL may make a send wait for the socket to be readable (or a receive for it to be writable) while
+    the other task already waits on that direction; trio allows one waiter per direction, so the second
+    waits a moment and lets its caller retry the TLS call, instead of failing with BusyResourceError."""
+    async with tls_pair(*contexts) as (client, server):
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(server.receive_some)  # waits on readable
+                await trio.testing.wait_all_tasks_blocked()
+                await server._wait(ssl.SSLWantReadError())  # what send_all does on SSLWantReadError
+                await client.send_all(b"x")  # lets the reader finish
+
+
+async def test_a_refused_wrap_closes_the_descriptor(contexts: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
+    _, client_ctx = contexts
+    """Hostile server names (from a kubeconfig): refused, and the descriptor closed at once (ssl alone would
+    leave it to the garbage collector)."""
+    before = _open_fds()
+    for name in ("x" * 300, "a..b", "\udcff", "bad\x00name"):
+        client_tcp, server_tcp = await _tcp_pair()
+        with pytest.raises((UnicodeError, ValueError)) as caught:
+            SocketTLSStream.wrap(client_tcp, client_ctx, server_hostname=name)
+        assert isinstance(caught.value, UnicodeError) or "NUL" in str(caught.value)
+        await server_tcp.aclose()
+        await client_tcp.aclose()  # closed already: a no-op
+        assert _open_fds() == before, name
