@@ -58,6 +58,7 @@ from registry.core.wire import (
 )
 from registry.host.files import read_limited
 from registry.host.http1 import AnswerTooLarge, Broken, ClosedEarly, Http1Pool, NotSent
+from registry.host.socket_tls import SocketTLSStream
 from registry.host.tls import client_context, insecure_fetch_context
 
 T = TypeVar("T")
@@ -626,18 +627,19 @@ class RegistryClient:
                     await trio.aclose_forcefully(stream)
             return
 
-    async def _open_watch(self, address: str, target: str) -> tuple[trio.SSLStream[trio.SocketStream], bytes]:
+    async def _open_watch(self, address: str, target: str) -> tuple[SocketTLSStream, bytes]:
         """A TLS connection to ``address`` that has sent the watch request and read a 200 head; the body
         bytes read past the head. Raises _NotSent when nothing reached the registry (try the next one)."""
         url = httpx.URL(_base_url(address))
         host, port = url.host, url.port or 443
         tcp: trio.SocketStream | None = None
-        stream: trio.SSLStream[trio.SocketStream] | None = None
+        stream: SocketTLSStream | None = None
         sent = False
         try:
             with trio.fail_after(self._timeout):
                 tcp = await trio.open_tcp_stream(host, port)
-                stream = trio.SSLStream(tcp, self._ssl, server_hostname=REGISTRY_SERVER_NAME, https_compatible=True)
+                # OpenSSL on the socket itself: less CPU and memory per watch than trio's SSLStream
+                stream = SocketTLSStream.wrap(tcp, self._ssl, server_hostname=REGISTRY_SERVER_NAME)
                 await stream.do_handshake()
                 conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_WATCH_HEAD)
                 request = h11.Request(
@@ -761,7 +763,7 @@ def _json_or_none(body: bytes) -> Any:
 
 
 async def _direct_watch_events(
-    stream: trio.SSLStream[trio.SocketStream], leftover: bytes, address: str
+    stream: SocketTLSStream, leftover: bytes, address: str
 ) -> AsyncGenerator[StreamEvent, None]:
     chunks = ChunkedDecoder()
     decoder = WatchDecoder()

@@ -1,9 +1,9 @@
 """The library releases kubeport's fast paths were verified against.
 
-A few hot paths use another library's private internals for speed (``registry/host/tls_stream.py``: trio's
-SSLStream locks; ``registry/host/tls.py`` ``wait_for_input``: trio's MemoryBIO and socket; the tunnel's
-hand-written DATA frames: h2's windows; the forwarder's verbatim chunked relay: h11's body readers and
-writers). Each checks what it touches and falls back to the library's public behaviour when it differs, so a
+A few hot paths use another library's private internals for speed (the tunnel's hand-written DATA frames:
+h2's windows; the forwarder's verbatim chunked relay: h11's body readers and writers). TLS no longer does:
+``registry/host/socket_tls.py`` uses only ``ssl`` and trio's public lowlevel API.
+Each checks what it touches and falls back to the library's public behaviour when it differs, so a
 new release can cost speed, never correctness. Tests of a fast path therefore assert that it is TAKEN only on
 the releases listed here (a regression in our own detection fails them) and assert behaviour everywhere; the
 fallbacks have their own tests. Add a release here after checking the fast paths against it.
@@ -14,7 +14,6 @@ from __future__ import annotations
 from importlib.metadata import version
 
 VERIFIED: dict[str, frozenset[str]] = {
-    "trio": frozenset({"0.35.0"}),
     "h2": frozenset({"4.4.1"}),
     "h11": frozenset({"0.16.0"}),
 }

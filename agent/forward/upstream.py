@@ -10,7 +10,8 @@ TLS material), and an ``exec`` credential comes from the cluster's existing cred
 :class:`UpstreamPool` keeps idle keep-alive connections per endpoint: at most ``max_idle`` each, dropped
 after ``idle_ttl`` seconds unused, after any error, after a response that did not end cleanly, and after
 an upgrade (an upgraded connection belongs to its one session). Connections are h11 clients over
-``trio.SSLStream`` (or plain TCP for an ``http://`` server).
+TLS on the socket itself (:class:`registry.host.socket_tls.SocketTLSStream`), or plain TCP for an ``http://``
+server.
 
 Invariants: every failure here is an :class:`UpstreamError` (a 502 ``Status`` naming the cluster and the
 server, never a secret, never a traceback); a connection handed out by :meth:`UpstreamPool.acquire` is idle
@@ -41,8 +42,8 @@ from registry.core.errors import KubeportError
 from registry.core.kubeconfig import KubeTarget, check_kubeconfig
 from registry.core.netaddr import format_hostport
 from registry.core.resources import KubeCluster
+from registry.host.socket_tls import SocketTLSStream
 from registry.host.tls import wait_for_input
-from registry.host.tls_stream import tls_stream
 
 MAX_RESPONSE_HEAD: Final = 256 * 1024  # an API server's response head; a bigger one is hostile
 _STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError)
@@ -290,12 +291,12 @@ class UpstreamConnection:
         A bulk answer arrives as TLS records of 16 KiB, several per socket read; the forwarder takes the
         ones already here into the same write to the tunnel instead of writing once per record (each
         write is a tunnel frame, a TLS write towards the front door and one towards kubectl). Reading
-        them never waits long: the rest of a partly received record is already on its way. trio keeps
-        those bytes in ``SSLStream._incoming`` (a ``ssl.MemoryBIO``); on a transport without it (plain
-        TCP, or a trio that renamed it) this says False and every record is written as it comes, as
-        before (tests/agent/forward/test_upstream.py checks it on a real TLS stream)."""
-        incoming = getattr(self.stream, "_incoming", None)
-        return isinstance(incoming, ssl.MemoryBIO) and incoming.pending > 0
+        them never waits long: the rest of a partly received record is already on its way. A
+        :class:`SocketTLSStream` leaves those bytes in the kernel (or decrypted in OpenSSL) and says so
+        without reading (:meth:`SocketTLSStream.more_arrived`); on any other transport (plain TCP) this
+        says False and every read is written as it comes (tests/agent/forward/test_streams.py checks it on
+        a real TLS stream)."""
+        return isinstance(self.stream, SocketTLSStream) and self.stream.more_arrived()
 
     def reusable(self) -> bool:
         if self.closed or self.raw_body is False:  # a body read without h11 that did not end cleanly
@@ -361,15 +362,20 @@ class UpstreamPool:
             with trio.fail_after(self.connect_timeout):
                 stream = await trio.open_tcp_stream(endpoint.host, endpoint.port)
                 if endpoint.ssl_context is not None:
-                    stream = tls_stream(
-                        stream, endpoint.ssl_context, server_hostname=endpoint.server_hostname, https_compatible=True
-                    )
+                    tcp, stream = stream, None  # wrap() takes the descriptor over (closing it if it fails)
+                    try:
+                        stream = SocketTLSStream.wrap(
+                            tcp, endpoint.ssl_context, server_hostname=endpoint.server_hostname
+                        )
+                    finally:
+                        if stream is None:
+                            await _close_quietly(tcp)
                     await stream.do_handshake()
         except trio.TooSlowError:
             self._connect_failures += 1
             await _close_quietly(stream)
             raise endpoint.unreachable(f"no connection within {self.connect_timeout:g}s") from None
-        except (*_STREAM_ERRORS, UnicodeError) as exc:
+        except (*_STREAM_ERRORS, ValueError) as exc:  # ValueError: a server name TLS refuses (UnicodeError is one)
             self._connect_failures += 1
             await _close_quietly(stream)
             raise endpoint.unreachable(_describe(exc)) from None

@@ -31,8 +31,8 @@ import trio
 
 from agent.forward.h2_core import H2ClientCore, H2Stream, H2StreamError
 from agent.forward.upstream import Endpoint, UpstreamConnection, UpstreamError, _describe
+from registry.host.socket_tls import SocketTLSStream
 from registry.host.tls import wait_for_input
-from registry.host.tls_stream import tls_stream
 
 log = logging.getLogger(__name__)
 
@@ -278,10 +278,9 @@ class H2Pool:
         upstream: H2Upstream | None = None
         try:
             with trio.fail_after(self.connect_timeout):
-                stream = await trio.open_tcp_stream(endpoint.host, endpoint.port)
-                tls = tls_stream(
-                    stream, endpoint.h2_context, server_hostname=endpoint.server_hostname, https_compatible=True
-                )
+                tcp = await trio.open_tcp_stream(endpoint.host, endpoint.port)
+                # wrap() takes the descriptor over (and closes it when it refuses the server name)
+                tls = SocketTLSStream.wrap(tcp, endpoint.h2_context, server_hostname=endpoint.server_hostname)
                 stream = tls
                 await tls.do_handshake()
                 if tls.selected_alpn_protocol() != "h2":

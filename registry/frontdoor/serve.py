@@ -75,8 +75,8 @@ from registry.core.tunnel_info import TUNNEL_ALPN, StreamInfo
 from registry.frontdoor.head import FirstHead, Head, RequestTimeout, error_response
 from registry.frontdoor.lookup import ClusterLookup
 from registry.frontdoor.pick import order_agents, route
-from registry.host.tls import peer_certificate_der, send_handshake_alert, server_context, wait_for_input
-from registry.host.tls_stream import tls_stream
+from registry.host.socket_tls import SocketTLSStream
+from registry.host.tls import peer_certificate_der, server_context, wait_for_input
 from registry.server.admission import Admission, AdmissionLimits, source_of
 from registry.server.authz import Caller, effective_roles, user_gone
 from registry.server.http import Slot, accept_retrying
@@ -103,7 +103,7 @@ class TunnelHubLike(Protocol):
 
     async def open_stream(self, host_id: str, info: StreamInfo) -> trio.abc.HalfCloseableStream: ...
 
-    async def serve_agent(self, stream: trio.SSLStream[Any], host_id: str) -> None: ...
+    async def serve_agent(self, stream: trio.abc.Stream, host_id: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -350,7 +350,7 @@ class FrontDoor:
 
     # -- one connection ------------------------------------------------------------------------------
 
-    async def handle(self, stream: trio.SSLStream[Any], client: str, slot: Slot | None = None) -> None:
+    async def handle(self, stream: SocketTLSStream, client: str, slot: Slot | None = None) -> None:
         """Serve one accepted connection until it ends; closes ``stream``; never raises (but Cancelled)."""
         slot = slot or Slot()
         deadline = trio.current_time() + self.limits.first_head_timeout
@@ -359,10 +359,10 @@ class FrontDoor:
                 with trio.fail_at(deadline):
                     await stream.do_handshake()
             except (trio.TooSlowError, *_STREAM_ERRORS) as exc:
-                # No certificate, another CA's, an expired one, or no TLS at all: the handshake says no.
+                # No certificate, another CA's, an expired one, or no TLS at all: the handshake says no. OpenSSL
+                # already wrote its alert to the socket (kubectl prints it at once instead of retrying on EOF).
                 self._stats.handshake_failed += 1
                 log.debug("front door TLS handshake with %s failed: %s", client, exc)
-                await send_handshake_alert(stream)  # else kubectl reads EOF and retries for ~30 s
                 return
             der = peer_certificate_der(stream)
             if der is None:  # unreachable with client certificates required; never serve one without
@@ -387,7 +387,7 @@ class FrontDoor:
                 await stream.aclose()
 
     async def _serve_tunnel(
-        self, stream: trio.SSLStream[Any], identity: Identity | None, problem: KubeportError | None, client: str
+        self, stream: SocketTLSStream, identity: Identity | None, problem: KubeportError | None, client: str
     ) -> None:
         if identity is None or identity.kind != "agent" or not identity.host_id:
             what = "an invalid certificate" if identity is None else f"a {identity.kind} certificate"
@@ -407,7 +407,7 @@ class FrontDoor:
 
     async def _serve_kubectl(
         self,
-        stream: trio.SSLStream[Any],
+        stream: SocketTLSStream,
         identity: Identity | None,
         problem: KubeportError | None,
         client: str,
@@ -434,7 +434,7 @@ class FrontDoor:
         del head, reader
         await self._forward(stream, tunnel, first, caller=caller, info=info, agent_host=agent_host)
 
-    async def _read_first_head(self, stream: trio.SSLStream[Any], reader: FirstHead, deadline: float) -> Head | None:
+    async def _read_first_head(self, stream: SocketTLSStream, reader: FirstHead, deadline: float) -> Head | None:
         try:
             with trio.fail_at(deadline):
                 while True:
@@ -530,7 +530,7 @@ class FrontDoor:
 
     async def _forward(
         self,
-        stream: trio.SSLStream[Any],
+        stream: SocketTLSStream,
         tunnel: trio.abc.HalfCloseableStream,
         first: bytes,
         *,
@@ -571,9 +571,7 @@ class FrontDoor:
 
     # -- refusals ------------------------------------------------------------------------------------
 
-    async def _refuse(
-        self, stream: trio.SSLStream[Any], denial: Denial, client: str, identity: Identity | None
-    ) -> None:
+    async def _refuse(self, stream: SocketTLSStream, denial: Denial, client: str, identity: Identity | None) -> None:
         err = denial.error
         self._count_denial(err.code)
         self._audit_failure("kube.connection.denied", client, denial.reason, identity, code=err.code, **denial.fields)
@@ -702,13 +700,18 @@ async def serve_frontdoor(
                     await sock.aclose()
                 continue
             frontdoor._stats.accepted += 1
-            # trio's SSLStream minus a schedule point per TLS send and read (registry/host/tls_stream.py)
-            stream = tls_stream(sock, ssl_context, server_side=True, https_compatible=True)
+            # OpenSSL on the socket itself: about half the CPU of trio's SSLStream (registry/host/socket_tls.py)
+            try:
+                stream = SocketTLSStream.wrap(sock, ssl_context, server_side=True)
+            except (ssl.SSLError, OSError) as exc:
+                log.debug("front door could not set up TLS for %s: %s", client, exc)
+                admission.on_close(decision.conn_id)
+                continue
             scope = trio.CancelScope()
             scopes[decision.conn_id] = scope
             nursery.start_soon(serve_one, stream, client, decision.conn_id, scope)
 
-    async def serve_one(stream: trio.SSLStream[Any], client: str, conn_id: int, scope: trio.CancelScope) -> None:
+    async def serve_one(stream: SocketTLSStream, client: str, conn_id: int, scope: trio.CancelScope) -> None:
         try:
             with scope:
                 await frontdoor.handle(stream, client, Slot(admission, conn_id))

@@ -39,10 +39,10 @@ import h11
 import trio
 
 from registry.core.chunked import ChunkedDecoder
-from registry.host.tls_stream import tls_stream
+from registry.host.socket_tls import SocketTLSStream
 
 _READ = 64 * 1024
-Stream = trio.SocketStream | trio.SSLStream[trio.SocketStream]
+Stream = trio.SocketStream | SocketTLSStream
 
 
 class NotSent(Exception):
@@ -251,7 +251,8 @@ class Http1Pool:
         stream: Stream = tcp
         try:
             if self._tls is not None:
-                stream = tls_stream(tcp, self._tls, server_hostname=self._server_hostname, https_compatible=True)
+                # wrap() takes the descriptor over (and closes it when it refuses the server name)
+                stream = SocketTLSStream.wrap(tcp, self._tls, server_hostname=self._server_hostname)
                 await stream.do_handshake()
         except BaseException:
             await trio.aclose_forcefully(stream)
@@ -318,16 +319,12 @@ class StreamedAnswer:
         await trio.aclose_forcefully(self._stream)
 
 
-def _socket_of(stream: Stream) -> trio.socket.SocketType:
-    inner = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
-    assert isinstance(inner, trio.SocketStream)
-    return inner.socket
-
-
 def _is_stale(stream: Stream) -> bool:
     """An idle connection with something to read (EOF, a stray byte, an alert) is not safe to send on."""
+    if isinstance(stream, SocketTLSStream):
+        return stream.more_arrived()  # decrypted bytes in OpenSSL count as well as the kernel's
     try:
-        fd = _socket_of(stream).fileno()
+        fd = stream.socket.fileno()
         if fd < 0:
             return True
         poller = select.poll()
@@ -339,7 +336,10 @@ def _is_stale(stream: Stream) -> bool:
 
 def trio_close_now(stream: Stream) -> None:
     """Close an idle connection at once, without a TLS goodbye (its peer is gone or misbehaved)."""
-    _socket_of(stream).close()
+    if isinstance(stream, SocketTLSStream):
+        stream.close_now()
+    else:
+        stream.socket.close()
 
 
 __all__ = ["Answer", "AnswerTooLarge", "Broken", "ClosedEarly", "Http1Pool", "NotSent", "StreamedAnswer"]

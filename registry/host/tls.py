@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import ssl
 import tempfile
 from collections.abc import Sequence
@@ -27,6 +26,7 @@ from typing import Any, Literal
 import trio
 
 from registry.core.errors import BadParameter
+from registry.host.socket_tls import SocketTLSStream
 
 ALPN_PROTOCOLS = ("http/1.1",)
 
@@ -92,7 +92,7 @@ def insecure_fetch_context() -> ssl.SSLContext:
     return context
 
 
-def peer_certificate_der(stream: trio.SSLStream[Any]) -> bytes | None:
+def peer_certificate_der(stream: trio.SSLStream[Any] | SocketTLSStream) -> bytes | None:
     """The client certificate (DER) the peer presented and the context verified, or None when it sent none.
 
     Call after the handshake (trio raises NeedHandshakeError before). On a context made with
@@ -102,57 +102,15 @@ def peer_certificate_der(stream: trio.SSLStream[Any]) -> bytes | None:
     return der if isinstance(der, bytes) and der else None
 
 
-async def send_handshake_alert(stream: trio.SSLStream[Any], *, timeout: float = 1.0) -> None:
-    """After a failed server-side handshake, send the TLS alert OpenSSL wrote (``unknown ca``, ``certificate
-    expired``, ...) before the connection is closed; best effort, bounded by ``timeout``, never raises.
-
-    trio's SSLStream marks itself broken on the handshake's SSLError and drops the bytes still in its
-    outgoing buffer, alert included, so the peer sees a bare EOF. TLS 1.3 clients finish their side of the
-    handshake before the server has checked their certificate and then read that EOF as a response lost in
-    transit: client-go retries a GET on EOF (10 times, with backoff, and again per discovery call), so kubectl
-    with an expired or foreign certificate hung for ~30 s before this, instead of printing at once
-    ``remote error: tls: ...`` as it does against an API server. trio has no public way to reach the buffer:
-    without the attribute (a future trio), this does nothing and the old bare EOF remains.
-    """
-    outgoing = getattr(stream, "_outgoing", None)
-    if not isinstance(outgoing, ssl.MemoryBIO):
-        return
-    pending = outgoing.read()
-    if not pending:
-        return
-    with trio.move_on_after(timeout), contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-        await stream.transport_stream.send_all(pending)
-
-
 async def wait_for_input(stream: trio.abc.ReceiveStream) -> None:
-    """Return once ``stream.receive_some`` has something to hand out (bytes, an EOF, an error), without
-    entering the TLS layer while nothing arrived; a no-op for anything but a ``trio.SSLStream`` over a socket.
+    """Return once ``stream.receive_some`` has something to hand out (bytes, an EOF, an error), parked on the
+    socket alone meanwhile (:meth:`SocketTLSStream.wait_readable`); a no-op for any other stream.
 
-    A TLS reader parked in ``receive_some`` sits at the bottom of trio's SSLStream retry loop, the socket
-    stream and the socket's non-blocking helper: ~3 KiB of coroutine frames per idle connection (an idle
-    ``kubectl get -w`` holds two: kubectl's at the front door and the agent's to the API server). Waiting for
-    the socket first, when neither OpenSSL nor trio holds undelivered bytes, keeps only this frame. Bytes
-    already in the kernel are seen by a non-blocking ``MSG_PEEK`` (no wait, no extra task switch on a busy
-    stream). Uses trio internals (``_incoming``, the socket's ``_sock``) read-only; without them it returns
-    at once and the caller's ``receive_some`` waits as before."""
-    if not isinstance(stream, trio.SSLStream):
-        return
-    incoming = getattr(stream, "_incoming", None)
-    sock = getattr(stream.transport_stream, "socket", None)
-    raw = getattr(sock, "_sock", None)
-    if sock is None or not isinstance(incoming, ssl.MemoryBIO) or not isinstance(raw, socket.socket):
-        return
-    try:
-        if incoming.pending or stream.pending():
-            return
-        raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-        return  # a byte, or b"" (the peer's EOF): receive_some answers at once
-    except BlockingIOError:
-        pass
-    except (OSError, ssl.SSLError, trio.NeedHandshakeError):
-        return  # receive_some reports it (or does the handshake) as usual
-    with contextlib.suppress(trio.BusyResourceError):  # another task reads the socket: receive_some sorts it out
-        await trio.lowlevel.wait_readable(sock)
+    An idle ``kubectl get -w`` holds two readers for hours (kubectl's at the front door, the agent's to the
+    API server): waiting here, rather than inside ``receive_some``, keeps no read buffer and no TLS call
+    in flight for them."""
+    if isinstance(stream, SocketTLSStream):
+        await stream.wait_readable()
 
 
 def _harden(context: ssl.SSLContext) -> None:

@@ -17,6 +17,7 @@ import trio
 from registry.client import RegistryClient
 from registry.core.errors import AlreadyExists, ConnectionProblem, NotFound, Timeout
 from registry.core.identity import CertAuthority, Identity, generate_private_key, public_key_pem
+from registry.host.socket_tls import SocketTLSStream
 from registry.host.tls import server_context
 from registry.server.serve import RegistryInfo
 from tests.helpers import cluster_doc, kubeconfig_bytes
@@ -153,9 +154,9 @@ async def test_a_connection_the_registry_closed_while_idle_is_not_reused(nursery
         await client._request("POST", "/v1/x", body={})
         pool = next(iter(client._pools.values()))
         idle = pool._idle[0].stream
-        assert isinstance(idle, trio.SSLStream)
+        assert isinstance(idle, SocketTLSStream)
         with trio.fail_after(10):  # the registry closed it: the pooled socket becomes readable (EOF)
-            await trio.lowlevel.wait_readable(idle.transport_stream.socket)
+            await trio.lowlevel.wait_readable(idle.fileno())
         await client._request("POST", "/v1/x", body={})  # a fresh connection, no error
     assert server.connections == 2 and len(server.requests) == 2
 

@@ -23,8 +23,8 @@ from registry.core.kube_route import cluster_prefix
 from registry.core.resources import KubeServer
 from registry.core.tunnel_info import StreamInfo
 from registry.frontdoor.serve import FrontDoor, FrontDoorLimits, frontdoor_server_context, serve_frontdoor
+from registry.host.socket_tls import SocketTLSStream
 from registry.host.tls import client_context
-from registry.host.tls_stream import QuickLock
 from registry.server.authz import Caller
 from registry.server.service import Registry
 from registry.store import MemoryStore
@@ -79,7 +79,7 @@ class FakeHub:
     attempts: list[str] = field(default_factory=list)
     tunnels: list[str] = field(default_factory=list)
     tunnel_seen: trio.Event = field(default_factory=trio.Event)
-    quick_tls: list[bool] = field(default_factory=list)  # per tunnel: its TLS locks skip the free-lock yield
+    quick_tls: list[bool] = field(default_factory=list)  # per tunnel: TLS on the socket itself (socket_tls)
 
     def __post_init__(self) -> None:
         self._send, self.opened = trio.open_memory_channel[Opened](100)
@@ -97,9 +97,9 @@ class FakeHub:
         self._send.send_nowait(Opened(host_id, info, theirs))
         return ours
 
-    async def serve_agent(self, stream: trio.SSLStream[Any], host_id: str) -> None:
+    async def serve_agent(self, stream: trio.abc.Stream, host_id: str) -> None:
         self.tunnels.append(host_id)
-        self.quick_tls.append(isinstance(getattr(stream, "_inner_send_lock", None), QuickLock))
+        self.quick_tls.append(isinstance(stream, SocketTLSStream))
         self.tunnel_seen.set()
         await stream.send_all(b"tunnel up")  # a real hub would speak h2 here
 

@@ -23,7 +23,6 @@ from registry.core import codec
 from registry.core.identity import Identity
 from registry.core.kube_route import cluster_prefix
 from registry.frontdoor.serve import FrontDoorLimits, splice
-from tests.internals import verified
 from tests.registry.frontdoor.frontdoor_helpers import (
     ADMIN,
     Env,
@@ -251,7 +250,7 @@ async def test_an_agent_certificate_opens_a_tunnel_on_the_tunnel_alpn() -> None:
             assert stream.selected_alpn_protocol() == "kubeport-tunnel/1"
             assert await read_exactly(stream, 9) == b"tunnel up"
         assert env.hub.tunnels == ["host-z"]
-        assert env.hub.quick_tls == [True] or not verified("trio")  # accepted through registry.host.tls_stream
+        assert env.hub.quick_tls == [True]  # accepted through registry.host.socket_tls
 
 
 async def test_a_user_certificate_on_the_tunnel_alpn_is_refused() -> None:
