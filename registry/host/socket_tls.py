@@ -92,7 +92,8 @@ class SocketTLSStream(trio.abc.Stream):
             sock = context.wrap_socket(
                 raw, server_side=server_side, server_hostname=server_hostname, do_handshake_on_connect=False
             )
-        except BaseException:
+        except BaseException as exc:
+            _close_orphan(exc)
             raw.close()
             raise
         return cls(sock)
@@ -324,6 +325,23 @@ class SocketTLSStream(trio.abc.Stream):
 
     def getpeername(self) -> Any:
         return self._sock.getpeername()
+
+
+def _close_orphan(exc: BaseException) -> None:
+    """Close the ``ssl.SSLSocket`` a failed ``wrap_socket`` made and dropped, if there is one.
+
+    CPython's ``SSLSocket._create`` takes the descriptor over (``sock.detach()``) before it looks at the
+    connection; when the peer reset it in between (an agent dialling a front door that is going away), its
+    ``recv(1)`` probe raises ECONNRESET and the new SSLSocket is dropped unclosed: its descriptor stays open
+    until the garbage collector finds it (a ResourceWarning). It is still ``self`` in the traceback's frame,
+    so close it there; nothing else can reach it (closing it by number later could hit a reused descriptor)."""
+    tb = exc.__traceback__
+    while tb is not None:
+        orphan = tb.tb_frame.f_locals.get("self")
+        if isinstance(orphan, ssl.SSLSocket):
+            with contextlib.suppress(OSError):
+                orphan.close()
+        tb = tb.tb_next
 
 
 def _drain(sock: ssl.SSLSocket) -> None:

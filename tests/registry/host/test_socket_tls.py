@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import _socket
+import gc
 import os
 import socket
 import ssl
 import struct
+import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -370,3 +372,25 @@ async def test_a_refused_wrap_closes_the_descriptor(contexts: tuple[ssl.SSLConte
         await server_tcp.aclose()
         await client_tcp.aclose()  # closed already: a no-op
         assert _open_fds() == before, name
+
+
+async def test_a_connection_reset_before_the_wrap_leaks_no_descriptor(
+    contexts: tuple[ssl.SSLContext, ssl.SSLContext],
+) -> None:
+    """A peer that resets the connection between connect and wrap (a front door going away): CPython's
+    wrap_socket raises from inside the SSLSocket it made, after taking the descriptor over, and drops it
+    unclosed; wrap() closes it (no descriptor left open, no ResourceWarning when it is collected)."""
+    _, client_ctx = contexts
+    before = _open_fds()
+    client_tcp, server_tcp = await _tcp_pair()
+    server_tcp.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    await server_tcp.aclose()  # linger 0: an RST, not a FIN
+    with trio.fail_after(5):
+        await trio.lowlevel.wait_readable(client_tcp.socket)  # the reset has arrived
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(ConnectionResetError):
+            SocketTLSStream.wrap(client_tcp, client_ctx, server_hostname=REGISTRY_SERVER_NAME)
+        gc.collect()
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
+    assert _open_fds() == before
