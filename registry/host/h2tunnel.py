@@ -69,6 +69,7 @@ import hyperframe.frame
 import trio
 
 from registry.core.errors import BadParameter, ConnectionProblem, LimitExceeded
+from registry.host.waiter import Waiter
 
 log = logging.getLogger(__name__)
 
@@ -364,8 +365,8 @@ class TunnelStream(trio.abc.HalfCloseableStream):
         self._responded = False  # server side: accept() or refuse() happened
         self._receiving = False
         self._sending = False
-        self._recv_lot = trio.lowlevel.ParkingLot()
-        self._send_lot = trio.lowlevel.ParkingLot()
+        self._recv_lot = Waiter()  # the one receiver (or the opener waiting for the answer); see waiter.py
+        self._send_lot = Waiter()  # the one sender waiting for window
         self._end_scope: trio.CancelScope | None = None  # see watch_peer_end
 
     def __repr__(self) -> str:
