@@ -52,6 +52,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
 import random
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
@@ -548,8 +549,8 @@ class FrontDoor:
         # The connection may live no longer than the certificate that opened it (Teleport does the same).
         remaining = (info.cert_expires - self.registry.now()).total_seconds()
         try:
-            with trio.move_on_after(max(remaining, 0.0)):
-                await splice(stream, tunnel, first, counts)
+            # The splice's own nursery scope carries the deadline: no cancel scope more per connection.
+            await splice(stream, tunnel, first, counts, deadline=trio.current_time() + max(remaining, 0.0))
         finally:
             stats.active -= 1
             stats.bytes_to_agent += counts[0]
@@ -602,21 +603,31 @@ class FrontDoor:
 
 
 async def splice(
-    client: trio.abc.Stream, agent: trio.abc.HalfCloseableStream, first: bytes, counts: list[int] | None = None
+    client: trio.abc.Stream,
+    agent: trio.abc.HalfCloseableStream,
+    first: bytes,
+    counts: list[int] | None = None,
+    *,
+    deadline: float = math.inf,
 ) -> None:
     """Send ``first`` to ``agent``, then copy bytes both ways until the connection is over.
 
     kubectl's EOF becomes ``agent.send_eof()`` (the agent may still answer); the agent's EOF, or an error on
-    either side, ends both directions. ``counts`` (if given) gets [bytes to agent, bytes to client].
+    either side, ends both directions. ``counts`` (if given) gets [bytes to agent, bytes to client]. At
+    ``deadline`` (trio time) the splice ends as if either side had (``move_on_after``: no exception).
     """
     counts = counts if counts is not None else [0, 0]
-    try:
-        await agent.send_all(first)
-    except _STREAM_ERRORS:
+    with trio.move_on_at(deadline) as first_scope:  # left at once: only the first send runs under it
+        try:
+            await agent.send_all(first)
+        except _STREAM_ERRORS:
+            return
+    if first_scope.cancelled_caught:
         return
     counts[0] += len(first)
 
     async with trio.open_nursery() as nursery:
+        nursery.cancel_scope.deadline = deadline  # an idle watch holds this one scope, not a second one
 
         async def client_to_agent() -> None:
             try:
