@@ -125,6 +125,7 @@ async def serve_tunnel(
     config: TunnelConfig | None = None,
     backoff: Backoff | None = None,
     dial_timeout: float = 10.0,
+    handle_ends_at_expiry: bool = False,
     rng: random.Random | None = None,
     now: Callable[[], datetime] = lambda: datetime.now(tz=UTC),
     task_status: trio.TaskStatus[TunnelStatus] = trio.TASK_STATUS_IGNORED,
@@ -132,7 +133,9 @@ async def serve_tunnel(
     """Keep one tunnel to ``name`` up until cancelled. ``dial()`` returns a connected byte stream (TLS with
     the agent certificate, the front door's certificate and ALPN checked); ``handle(stream, info)`` serves
     one stream (the agent's forwarder). Starts at once (the first dial runs in the background) and hands a
-    :class:`TunnelStatus` to ``task_status.started``."""
+    :class:`TunnelStatus` to ``task_status.started``. A stream ends at its user's certificate expiry: by a
+    cancel scope here, unless ``handle_ends_at_expiry`` says ``handle`` does that itself (the forwarder:
+    a scope less per open stream, which an idle watch holds for hours)."""
     status = TunnelStatus()
     rng = rng or random.Random()  # noqa: S311  (jitter, not secrecy)
     delays = (backoff or Backoff()).delays(rng)
@@ -150,6 +153,9 @@ async def serve_tunnel(
             return
         await stream.accept()
         _STREAMS.inc()
+        if handle_ends_at_expiry:
+            await handle(stream, info)
+            return
         with trio.move_on_after(remaining):
             await handle(stream, info)
 

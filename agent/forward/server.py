@@ -189,7 +189,11 @@ class _Session:
             request = await self._read_head()
             if request is None:
                 return
-            if not await self._exchange(request):
+            # The head lives only in the frame that needs it: a watch idles for hours inside _exchange, and
+            # every frame on the way keeps what it references (here ~1 KiB of parsed header lines).
+            exchange = self._exchange(request)
+            del request
+            if not await exchange:
                 return
             if self.conn.our_state is not h11.DONE or self.conn.their_state is not h11.DONE:
                 return
@@ -292,7 +296,11 @@ class _Session:
             keep = not isinstance(err, WrongCluster | _Malformed) and await self._drain()
             await self._refuse(err, record, close=not keep)
             return keep
-        return await self._forward(head, decision, endpoint, record)
+        forward = self._forward(head, decision, endpoint, record)
+        # Not kept in this frame while the answer streams (a watch: hours): the head, the user resource, the
+        # roles and what the decision was built from (the record and the decision keep what is needed).
+        del head, target, inbound, user, roles, found, kube_cluster, labels, decision, endpoint
+        return await forward
 
     async def _user_access(self) -> tuple[User, tuple[Role, ...]]:
         try:
@@ -374,6 +382,12 @@ class _Session:
             except UpstreamError as err:
                 return await self._upstream_failed(err, record)
             if isinstance(got, H2Exchange):
+                # A watch: its answer may stream for hours. Nothing of the request is needed meanwhile, and
+                # the per-stream memos are for kubectl's next request of the same kind (rare after a watch):
+                # dropped, they are rebuilt once by the next request.
+                del head, decision, endpoint, headers, upstream_head, memo
+                self.last_decision = self.upstream_headers = None
+                self.heads = HeadMemo()
                 return await self._forward_h2(got, record)
             first = got
         body = _Body(limit=self.limits.replay_body_bytes)
