@@ -137,6 +137,23 @@ class _Body:
 
 
 class _Session:
+    # No __dict__: one per kubectl connection, alive as long as it (an idle watch: hours).
+    __slots__ = (
+        "client_gone",
+        "conn",
+        "ctx",
+        "expires_at",
+        "head_scope",
+        "heads",
+        "info",
+        "last_decision",
+        "limits",
+        "proxied",
+        "scope",
+        "stream",
+        "upstream_headers",
+    )
+
     def __init__(self, stream: trio.abc.HalfCloseableStream, info: StreamInfo, ctx: ForwardContext) -> None:
         self.stream = stream
         self.info = info
@@ -502,7 +519,9 @@ class _Session:
             raise exchange.endpoint.unreachable("an unusable HTTP/2 answer head") from None
         record.status = status
         relaying[0] = True
-        await self._relay_h2(exchange, response)
+        relay = self._relay_h2(exchange, response)
+        del headers, response  # not kept in this frame while the answer streams (a watch: hours)
+        await relay
 
     async def _relay_h2(self, exchange: H2Exchange, response: h11.Response) -> None:
         """The body: what arrived goes out in one write, then its DATA is acknowledged (flow control
@@ -511,6 +530,7 @@ class _Session:
         taken = 0
         try:
             out = _Outgoing(self.conn, self.conn.send(response) or b"")
+            del response  # sent: not kept in this frame while the answer streams
             while True:
                 if out.size and not (out.size < limit and exchange.more_arrived()):
                     await self._write(out.take())

@@ -130,6 +130,8 @@ class H2Upstream:
 class H2Exchange:
     """One request stream on an :class:`H2Upstream`: its answer head, its DATA, and its end."""
 
+    __slots__ = ("done", "endpoint", "stream", "upstream")  # one per open watch
+
     def __init__(self, upstream: H2Upstream, stream: H2Stream) -> None:
         self.upstream = upstream
         self.stream = stream
@@ -148,7 +150,9 @@ class H2Exchange:
             if self.stream.error is not None:
                 raise self._failed()
             await self._wait()
-        return self.stream.status, self.stream.headers
+        # Handed over, not kept on the stream: a watch's stream lives for hours, its head is needed once.
+        headers, self.stream.headers = self.stream.headers, []
+        return self.stream.status, headers
 
     def more_arrived(self) -> bool:
         return bool(self.stream.data)

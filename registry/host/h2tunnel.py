@@ -347,6 +347,28 @@ class TunnelStream(trio.abc.HalfCloseableStream):
     """One tunnel stream (see the module docstring). ``headers`` are the request headers on the server side
     and the response headers on the client side."""
 
+    # No __dict__: two of these (front door and agent) per open kubectl connection, an idle watch's included.
+    __slots__ = (
+        "_buffer",
+        "_buffered",
+        "_closed",
+        "_end_scope",
+        "_error",
+        "_on_wire_done",
+        "_receiving",
+        "_recv_eof",
+        "_recv_lot",
+        "_responded",
+        "_send_lot",
+        "_sending",
+        "_sent_eof",
+        "_tunnel",
+        "_unacked",
+        "headers",
+        "status",
+        "stream_id",
+    )
+
     def __init__(self, tunnel: H2Tunnel, stream_id: int, headers: Headers) -> None:
         self._tunnel = tunnel
         self.stream_id = stream_id
