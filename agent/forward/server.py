@@ -50,7 +50,7 @@ import logging
 import math
 import ssl
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
@@ -105,9 +105,14 @@ class _Abort(Exception):
     """The exchange broke after the response head went out: the stream must close without more bytes."""
 
 
-async def handle_stream(stream: trio.abc.HalfCloseableStream, info: StreamInfo, *, ctx: ForwardContext) -> None:
-    """Serve kubectl's requests on ``stream`` (bound to ``info``) until it ends; see the module docstring."""
-    await _Session(stream, info, ctx).run()
+def handle_stream(
+    stream: trio.abc.HalfCloseableStream, info: StreamInfo, *, ctx: ForwardContext
+) -> Coroutine[Any, Any, None]:
+    """Serve kubectl's requests on ``stream`` (bound to ``info``) until it ends; see the module docstring.
+
+    Awaited like a coroutine function; it hands out the session's own coroutine, so an idle watch does
+    not keep one more frame for hours."""
+    return _Session(stream, info, ctx).run()
 
 
 @dataclass
@@ -694,7 +699,9 @@ class _Session:
                 self.head_scope = scope if head_of is not None else None
                 watch(scope)
                 try:
-                    return await work()
+                    job = work()
+                    del work  # the closure is not kept while the answer streams (a watch: hours)
+                    return await job
                 finally:
                     watch(None)
                     waiting_for_head, self.head_scope = self.head_scope is not None, None

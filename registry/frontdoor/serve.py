@@ -628,21 +628,7 @@ async def splice(
 
     async with trio.open_nursery() as nursery:
         nursery.cancel_scope.deadline = deadline  # an idle watch holds this one scope, not a second one
-
-        async def client_to_agent() -> None:
-            try:
-                while True:
-                    await wait_for_input(client)  # an idle watch's kubectl sends nothing for hours: cheap wait
-                    data = await client.receive_some(CHUNK)
-                    if not data:
-                        await agent.send_eof()
-                        return  # half-closed: keep relaying the agent's answer
-                    await agent.send_all(data)
-                    counts[0] += len(data)
-            except _STREAM_ERRORS:
-                nursery.cancel_scope.cancel()
-
-        nursery.start_soon(client_to_agent)
+        nursery.start_soon(_client_to_agent, client, agent, counts, nursery.cancel_scope)
         # The agent's side is copied by this task itself: one task fewer per connection (an idle watch's
         # memory is mostly its tasks and their frames).
         try:
@@ -655,6 +641,24 @@ async def splice(
         except _STREAM_ERRORS:
             pass
         nursery.cancel_scope.cancel()  # the agent is done (or gone): the whole connection is
+
+
+async def _client_to_agent(
+    client: trio.abc.Stream, agent: trio.abc.HalfCloseableStream, counts: list[int], scope: trio.CancelScope
+) -> None:
+    """kubectl's side of :func:`splice` (a module function, not a closure: no function object and cells
+    per connection); an error cancels ``scope`` (the whole splice)."""
+    try:
+        while True:
+            await wait_for_input(client)  # an idle watch's kubectl sends nothing for hours: cheap wait
+            data = await client.receive_some(CHUNK)
+            if not data:
+                await agent.send_eof()
+                return  # half-closed: keep relaying the agent's answer
+            await agent.send_all(data)
+            counts[0] += len(data)
+    except _STREAM_ERRORS:
+        scope.cancel()
 
 
 async def serve_frontdoor(
