@@ -147,6 +147,7 @@ async def serve_tunnel(
             log.warning("tunnel to %s: refused a stream: %s", name, exc.message)
             await stream.refuse(400, exc.message)
             return
+        stream.headers = []  # read: not kept for the stream's life (an idle watch's is hours)
         remaining = (info.cert_expires - now()).total_seconds()
         if remaining <= 0:
             await stream.refuse(403, f"the certificate of user {info.user!r} has expired")

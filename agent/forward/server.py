@@ -115,7 +115,7 @@ def handle_stream(
     return _Session(stream, info, ctx).run()
 
 
-@dataclass
+@dataclass(slots=True)  # no __dict__: alive as long as its request (a watch: hours)
 class _Record:
     """What the audit event of one request says, filled in as the request goes."""
 
