@@ -431,9 +431,9 @@ class FrontDoor:
             return
         # The parsed head and its parser (an h11 connection) would otherwise live as long as the connection
         # (hours for a watch); only the bytes still to send are needed.
-        first = head.raw
-        del head, reader
-        await self._forward(stream, tunnel, first, caller=caller, info=info, agent_host=agent_host)
+        forward = self._forward(stream, tunnel, head.raw, caller=caller, info=info, agent_host=agent_host)
+        del head, reader, hosts
+        await forward
 
     async def _read_first_head(self, stream: trio.SSLStream[Any], reader: FirstHead, deadline: float) -> Head | None:
         try:
@@ -550,7 +550,9 @@ class FrontDoor:
         remaining = (info.cert_expires - self.registry.now()).total_seconds()
         try:
             # The splice's own nursery scope carries the deadline: no cancel scope more per connection.
-            await splice(stream, tunnel, first, counts, deadline=trio.current_time() + max(remaining, 0.0))
+            job = splice(stream, tunnel, first, counts, deadline=trio.current_time() + max(remaining, 0.0))
+            del first  # the head's bytes: sent once, not kept in this frame for the connection's life
+            await job
         finally:
             stats.active -= 1
             stats.bytes_to_agent += counts[0]
@@ -625,6 +627,7 @@ async def splice(
     if first_scope.cancelled_caught:
         return
     counts[0] += len(first)
+    del first  # sent: not kept in this frame for the connection's life
 
     async with trio.open_nursery() as nursery:
         nursery.cancel_scope.deadline = deadline  # an idle watch holds this one scope, not a second one
