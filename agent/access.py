@@ -148,10 +148,18 @@ class TunnelPool:
     and cancels those to addresses no longer listed, once they are down (a front door that is still
     connected keeps its tunnel and its kubectl streams until the connection ends)."""
 
-    def __init__(self, nursery: trio.Nursery, dial_to: Callable[[str], Dial], handle: Handle) -> None:
+    def __init__(
+        self,
+        nursery: trio.Nursery,
+        dial_to: Callable[[str], Dial],
+        handle: Handle,
+        *,
+        handle_ends_at_expiry: bool = False,  # see serve_tunnel
+    ) -> None:
         self._nursery = nursery
         self._dial_to = dial_to
         self._handle = handle
+        self._handle_ends_at_expiry = handle_ends_at_expiry
         self._tunnels: dict[str, tuple[trio.CancelScope, TunnelStatus]] = {}
         self._changed = trio.lowlevel.ParkingLot()
         self._started = 0
@@ -202,7 +210,13 @@ class TunnelPool:
     async def _run(self, address: str, scope: trio.CancelScope, task_status: trio.TaskStatus[TunnelStatus]) -> None:
         with scope:
             name = f"the front door at {address}"
-            await serve_tunnel(self._dial_to(address), self._handle, name=name, task_status=task_status)
+            await serve_tunnel(
+                self._dial_to(address),
+                self._handle,
+                name=name,
+                handle_ends_at_expiry=self._handle_ends_at_expiry,
+                task_status=task_status,
+            )
 
 
 async def serve_access(
@@ -238,7 +252,10 @@ async def serve_access(
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(batcher.serve)
-            pool = TunnelPool(nursery, lambda address: tunnel_dialer(_fixed(address), identity), handle)
+            # handle_stream ends each stream at its certificate's expiry itself (its one scope's deadline)
+            pool = TunnelPool(
+                nursery, lambda address: tunnel_dialer(_fixed(address), identity), handle, handle_ends_at_expiry=True
+            )
             task_status.started(pool)
             said = False
             while True:

@@ -125,6 +125,7 @@ async def serve_tunnel(
     config: TunnelConfig | None = None,
     backoff: Backoff | None = None,
     dial_timeout: float = 10.0,
+    handle_ends_at_expiry: bool = False,
     rng: random.Random | None = None,
     now: Callable[[], datetime] = lambda: datetime.now(tz=UTC),
     task_status: trio.TaskStatus[TunnelStatus] = trio.TASK_STATUS_IGNORED,
@@ -132,7 +133,9 @@ async def serve_tunnel(
     """Keep one tunnel to ``name`` up until cancelled. ``dial()`` returns a connected byte stream (TLS with
     the agent certificate, the front door's certificate and ALPN checked); ``handle(stream, info)`` serves
     one stream (the agent's forwarder). Starts at once (the first dial runs in the background) and hands a
-    :class:`TunnelStatus` to ``task_status.started``."""
+    :class:`TunnelStatus` to ``task_status.started``. A stream ends at its user's certificate expiry: by a
+    cancel scope here, unless ``handle_ends_at_expiry`` says ``handle`` does that itself (the forwarder:
+    a scope less per open stream, which an idle watch holds for hours)."""
     status = TunnelStatus()
     rng = rng or random.Random()  # noqa: S311  (jitter, not secrecy)
     delays = (backoff or Backoff()).delays(rng)
@@ -144,12 +147,16 @@ async def serve_tunnel(
             log.warning("tunnel to %s: refused a stream: %s", name, exc.message)
             await stream.refuse(400, exc.message)
             return
+        stream.headers = []  # read: not kept for the stream's life (an idle watch's is hours)
         remaining = (info.cert_expires - now()).total_seconds()
         if remaining <= 0:
             await stream.refuse(403, f"the certificate of user {info.user!r} has expired")
             return
         await stream.accept()
         _STREAMS.inc()
+        if handle_ends_at_expiry:
+            await handle(stream, info)
+            return
         with trio.move_on_after(remaining):
             await handle(stream, info)
 

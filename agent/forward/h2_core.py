@@ -46,7 +46,7 @@ class H2StreamError(Exception):
     """A stream ended without a complete answer (reset, GOAWAY, connection broken). ``str()`` says why."""
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)  # no __dict__: one per open watch
 class H2Stream:
     """One request's answer as it arrives. ``status``/``headers`` once the head came (headers without
     pseudo-headers, names lower-case); ``data``: received, not yet taken; ``ended``: the answer is complete

@@ -50,7 +50,7 @@ import logging
 import math
 import ssl
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
@@ -105,12 +105,17 @@ class _Abort(Exception):
     """The exchange broke after the response head went out: the stream must close without more bytes."""
 
 
-async def handle_stream(stream: trio.abc.HalfCloseableStream, info: StreamInfo, *, ctx: ForwardContext) -> None:
-    """Serve kubectl's requests on ``stream`` (bound to ``info``) until it ends; see the module docstring."""
-    await _Session(stream, info, ctx).run()
+def handle_stream(
+    stream: trio.abc.HalfCloseableStream, info: StreamInfo, *, ctx: ForwardContext
+) -> Coroutine[Any, Any, None]:
+    """Serve kubectl's requests on ``stream`` (bound to ``info``) until it ends; see the module docstring.
+
+    Awaited like a coroutine function; it hands out the session's own coroutine, so an idle watch does
+    not keep one more frame for hours."""
+    return _Session(stream, info, ctx).run()
 
 
-@dataclass
+@dataclass(slots=True)  # no __dict__: alive as long as its request (a watch: hours)
 class _Record:
     """What the audit event of one request says, filled in as the request goes."""
 
@@ -137,6 +142,23 @@ class _Body:
 
 
 class _Session:
+    # No __dict__: one per kubectl connection, alive as long as it (an idle watch: hours).
+    __slots__ = (
+        "client_gone",
+        "conn",
+        "ctx",
+        "expires_at",
+        "head_scope",
+        "heads",
+        "info",
+        "last_decision",
+        "limits",
+        "proxied",
+        "scope",
+        "stream",
+        "upstream_headers",
+    )
+
     def __init__(self, stream: trio.abc.HalfCloseableStream, info: StreamInfo, ctx: ForwardContext) -> None:
         self.stream = stream
         self.info = info
@@ -189,7 +211,11 @@ class _Session:
             request = await self._read_head()
             if request is None:
                 return
-            if not await self._exchange(request):
+            # The head lives only in the frame that needs it: a watch idles for hours inside _exchange, and
+            # every frame on the way keeps what it references (here ~1 KiB of parsed header lines).
+            exchange = self._exchange(request)
+            del request
+            if not await exchange:
                 return
             if self.conn.our_state is not h11.DONE or self.conn.their_state is not h11.DONE:
                 return
@@ -292,7 +318,11 @@ class _Session:
             keep = not isinstance(err, WrongCluster | _Malformed) and await self._drain()
             await self._refuse(err, record, close=not keep)
             return keep
-        return await self._forward(head, decision, endpoint, record)
+        forward = self._forward(head, decision, endpoint, record)
+        # Not kept in this frame while the answer streams (a watch: hours): the head, the user resource, the
+        # roles and what the decision was built from (the record and the decision keep what is needed).
+        del head, target, inbound, user, roles, found, kube_cluster, labels, decision, endpoint
+        return await forward
 
     async def _user_access(self) -> tuple[User, tuple[Role, ...]]:
         try:
@@ -374,6 +404,12 @@ class _Session:
             except UpstreamError as err:
                 return await self._upstream_failed(err, record)
             if isinstance(got, H2Exchange):
+                # A watch: its answer may stream for hours. Nothing of the request is needed meanwhile, and
+                # the per-stream memos are for kubectl's next request of the same kind (rare after a watch):
+                # dropped, they are rebuilt once by the next request.
+                del head, decision, endpoint, headers, upstream_head, memo
+                self.last_decision = self.upstream_headers = None
+                self.heads = HeadMemo()
                 return await self._forward_h2(got, record)
             first = got
         body = _Body(limit=self.limits.replay_body_bytes)
@@ -488,7 +524,9 @@ class _Session:
             raise exchange.endpoint.unreachable("an unusable HTTP/2 answer head") from None
         record.status = status
         relaying[0] = True
-        await self._relay_h2(exchange, response)
+        relay = self._relay_h2(exchange, response)
+        del headers, response  # not kept in this frame while the answer streams (a watch: hours)
+        await relay
 
     async def _relay_h2(self, exchange: H2Exchange, response: h11.Response) -> None:
         """The body: what arrived goes out in one write, then its DATA is acknowledged (flow control
@@ -497,6 +535,7 @@ class _Session:
         taken = 0
         try:
             out = _Outgoing(self.conn, self.conn.send(response) or b"")
+            del response  # sent: not kept in this frame while the answer streams
             while True:
                 if out.size and not (out.size < limit and exchange.more_arrived()):
                     await self._write(out.take())
@@ -660,7 +699,9 @@ class _Session:
                 self.head_scope = scope if head_of is not None else None
                 watch(scope)
                 try:
-                    return await work()
+                    job = work()
+                    del work  # the closure is not kept while the answer streams (a watch: hours)
+                    return await job
                 finally:
                     watch(None)
                     waiting_for_head, self.head_scope = self.head_scope is not None, None

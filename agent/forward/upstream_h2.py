@@ -33,6 +33,7 @@ from agent.forward.h2_core import H2ClientCore, H2Stream, H2StreamError
 from agent.forward.upstream import Endpoint, UpstreamConnection, UpstreamError, _describe
 from registry.host.socket_tls import SocketTLSStream
 from registry.host.tls import wait_for_input
+from registry.host.waiter import park, unpark
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class H2Upstream:
         self.core = core
         self.idle_ttl = idle_ttl
         self.send_lock = trio.StrictFIFOLock()
-        self.events: dict[int, trio.Event] = {}  # stream id -> woken on news for it
+        self.waiting: dict[int, trio.lowlevel.Task] = {}  # stream id -> the task woken on news for it
         self.scope = trio.CancelScope()
         self.idle_scope: trio.CancelScope | None = None
         self.closed = False
@@ -70,9 +71,7 @@ class H2Upstream:
 
     def wake(self, streams: set[H2Stream]) -> None:
         for stream in streams:
-            event = self.events.pop(stream.stream_id, None)
-            if event is not None:
-                event.set()
+            unpark(self.waiting, stream.stream_id)
 
     def _lost(self, why: str) -> None:
         self.wake(self.core.connection_lost(why))
@@ -131,6 +130,8 @@ class H2Upstream:
 class H2Exchange:
     """One request stream on an :class:`H2Upstream`: its answer head, its DATA, and its end."""
 
+    __slots__ = ("done", "endpoint", "stream", "upstream")  # one per open watch
+
     def __init__(self, upstream: H2Upstream, stream: H2Stream) -> None:
         self.upstream = upstream
         self.stream = stream
@@ -139,10 +140,7 @@ class H2Exchange:
 
     async def _wait(self) -> None:
         """Until the stream has news (any news: the caller looks at the stream again)."""
-        event = self.upstream.events.get(self.stream.stream_id)
-        if event is None:
-            event = self.upstream.events[self.stream.stream_id] = trio.Event()
-        await event.wait()
+        await park(self.upstream.waiting, self.stream.stream_id)  # no Event per stream: see waiter.py
 
     def _failed(self) -> UpstreamError:
         return self.endpoint.unreachable(self.stream.error or "the HTTP/2 stream failed")
@@ -152,7 +150,9 @@ class H2Exchange:
             if self.stream.error is not None:
                 raise self._failed()
             await self._wait()
-        return self.stream.status, self.stream.headers
+        # Handed over, not kept on the stream: a watch's stream lives for hours, its head is needed once.
+        headers, self.stream.headers = self.stream.headers, []
+        return self.stream.status, headers
 
     def more_arrived(self) -> bool:
         return bool(self.stream.data)
@@ -181,7 +181,7 @@ class H2Exchange:
             return
         self.done = True
         core = self.upstream.core
-        self.upstream.events.pop(self.stream.stream_id, None)
+        self.upstream.waiting.pop(self.stream.stream_id, None)
         if self.stream.ended and self.stream.error is None and not self.stream.data:
             core.finish(self.stream)
         else:

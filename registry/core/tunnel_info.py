@@ -119,7 +119,7 @@ def parse_expiry(text: str) -> datetime:
         raise BadParameter(f"tunnel header {CERT_EXPIRES} is not a valid time: {text!r} ({exc})") from None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # no __dict__: held by both ends of every open stream (an idle watch)
 class StreamInfo:
     """The identity of one tunnel stream, set by the front door (see the module docstring)."""
 

@@ -52,6 +52,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
 import random
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
@@ -430,9 +431,9 @@ class FrontDoor:
             return
         # The parsed head and its parser (an h11 connection) would otherwise live as long as the connection
         # (hours for a watch); only the bytes still to send are needed.
-        first = head.raw
-        del head, reader
-        await self._forward(stream, tunnel, first, caller=caller, info=info, agent_host=agent_host)
+        forward = self._forward(stream, tunnel, head.raw, caller=caller, info=info, agent_host=agent_host)
+        del head, reader, hosts
+        await forward
 
     async def _read_first_head(self, stream: SocketTLSStream, reader: FirstHead, deadline: float) -> Head | None:
         try:
@@ -548,8 +549,10 @@ class FrontDoor:
         # The connection may live no longer than the certificate that opened it (Teleport does the same).
         remaining = (info.cert_expires - self.registry.now()).total_seconds()
         try:
-            with trio.move_on_after(max(remaining, 0.0)):
-                await splice(stream, tunnel, first, counts)
+            # The splice's own nursery scope carries the deadline: no cancel scope more per connection.
+            job = splice(stream, tunnel, first, counts, deadline=trio.current_time() + max(remaining, 0.0))
+            del first  # the head's bytes: sent once, not kept in this frame for the connection's life
+            await job
         finally:
             stats.active -= 1
             stats.bytes_to_agent += counts[0]
@@ -600,36 +603,33 @@ class FrontDoor:
 
 
 async def splice(
-    client: trio.abc.Stream, agent: trio.abc.HalfCloseableStream, first: bytes, counts: list[int] | None = None
+    client: trio.abc.Stream,
+    agent: trio.abc.HalfCloseableStream,
+    first: bytes,
+    counts: list[int] | None = None,
+    *,
+    deadline: float = math.inf,
 ) -> None:
     """Send ``first`` to ``agent``, then copy bytes both ways until the connection is over.
 
     kubectl's EOF becomes ``agent.send_eof()`` (the agent may still answer); the agent's EOF, or an error on
-    either side, ends both directions. ``counts`` (if given) gets [bytes to agent, bytes to client].
+    either side, ends both directions. ``counts`` (if given) gets [bytes to agent, bytes to client]. At
+    ``deadline`` (trio time) the splice ends as if either side had (``move_on_after``: no exception).
     """
     counts = counts if counts is not None else [0, 0]
-    try:
-        await agent.send_all(first)
-    except _STREAM_ERRORS:
+    with trio.move_on_at(deadline) as first_scope:  # left at once: only the first send runs under it
+        try:
+            await agent.send_all(first)
+        except _STREAM_ERRORS:
+            return
+    if first_scope.cancelled_caught:
         return
     counts[0] += len(first)
+    del first  # sent: not kept in this frame for the connection's life
 
     async with trio.open_nursery() as nursery:
-
-        async def client_to_agent() -> None:
-            try:
-                while True:
-                    await wait_for_input(client)  # an idle watch's kubectl sends nothing for hours: cheap wait
-                    data = await client.receive_some(CHUNK)
-                    if not data:
-                        await agent.send_eof()
-                        return  # half-closed: keep relaying the agent's answer
-                    await agent.send_all(data)
-                    counts[0] += len(data)
-            except _STREAM_ERRORS:
-                nursery.cancel_scope.cancel()
-
-        nursery.start_soon(client_to_agent)
+        nursery.cancel_scope.deadline = deadline  # an idle watch holds this one scope, not a second one
+        nursery.start_soon(_client_to_agent, client, agent, counts, nursery.cancel_scope)
         # The agent's side is copied by this task itself: one task fewer per connection (an idle watch's
         # memory is mostly its tasks and their frames).
         try:
@@ -642,6 +642,24 @@ async def splice(
         except _STREAM_ERRORS:
             pass
         nursery.cancel_scope.cancel()  # the agent is done (or gone): the whole connection is
+
+
+async def _client_to_agent(
+    client: trio.abc.Stream, agent: trio.abc.HalfCloseableStream, counts: list[int], scope: trio.CancelScope
+) -> None:
+    """kubectl's side of :func:`splice` (a module function, not a closure: no function object and cells
+    per connection); an error cancels ``scope`` (the whole splice)."""
+    try:
+        while True:
+            await wait_for_input(client)  # an idle watch's kubectl sends nothing for hours: cheap wait
+            data = await client.receive_some(CHUNK)
+            if not data:
+                await agent.send_eof()
+                return  # half-closed: keep relaying the agent's answer
+            await agent.send_all(data)
+            counts[0] += len(data)
+    except _STREAM_ERRORS:
+        scope.cancel()
 
 
 async def serve_frontdoor(

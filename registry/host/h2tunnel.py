@@ -69,6 +69,7 @@ import hyperframe.frame
 import trio
 
 from registry.core.errors import BadParameter, ConnectionProblem, LimitExceeded
+from registry.host.waiter import Waiter
 
 log = logging.getLogger(__name__)
 
@@ -346,6 +347,28 @@ class TunnelStream(trio.abc.HalfCloseableStream):
     """One tunnel stream (see the module docstring). ``headers`` are the request headers on the server side
     and the response headers on the client side."""
 
+    # No __dict__: two of these (front door and agent) per open kubectl connection, an idle watch's included.
+    __slots__ = (
+        "_buffer",
+        "_buffered",
+        "_closed",
+        "_end_scope",
+        "_error",
+        "_on_wire_done",
+        "_receiving",
+        "_recv_eof",
+        "_recv_lot",
+        "_responded",
+        "_send_lot",
+        "_sending",
+        "_sent_eof",
+        "_tunnel",
+        "_unacked",
+        "headers",
+        "status",
+        "stream_id",
+    )
+
     def __init__(self, tunnel: H2Tunnel, stream_id: int, headers: Headers) -> None:
         self._tunnel = tunnel
         self.stream_id = stream_id
@@ -364,8 +387,8 @@ class TunnelStream(trio.abc.HalfCloseableStream):
         self._responded = False  # server side: accept() or refuse() happened
         self._receiving = False
         self._sending = False
-        self._recv_lot = trio.lowlevel.ParkingLot()
-        self._send_lot = trio.lowlevel.ParkingLot()
+        self._recv_lot = Waiter()  # the one receiver (or the opener waiting for the answer); see waiter.py
+        self._send_lot = Waiter()  # the one sender waiting for window
         self._end_scope: trio.CancelScope | None = None  # see watch_peer_end
 
     def __repr__(self) -> str:

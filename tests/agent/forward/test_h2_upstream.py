@@ -5,7 +5,9 @@ ends its watches (the client sees an aborted answer and re-lists) while the next
 
 from __future__ import annotations
 
+import contextlib
 import json
+from datetime import UTC, datetime, timedelta
 
 import h11
 import pytest
@@ -136,3 +138,25 @@ async def test_a_lost_connection_ends_its_watches_and_the_next_watch_reconnects(
     h2_kube.create_object(configmap("after"))
     await events_until(again, "after")
     assert h2_kube.connection_counts.h2 == 2
+
+
+@pytest.mark.parametrize("tunnel", [True, False])
+async def test_a_streaming_watch_ends_at_the_certificate_expiry(
+    nursery: trio.Nursery, h2_kube: FakeKube, tunnel: bool
+) -> None:
+    """The forwarder itself ends a stream at its certificate's expiry, also while an answer streams (the
+    agent's tunnel relies on it: no cancel scope of its own per stream); the watch is audited."""
+    world = world_for(h2_kube)
+    expires = datetime.now(UTC) + timedelta(seconds=2)
+    client = await open_client(nursery, world, world.context(), tunnel=tunnel, expires=expires)
+    await watch(client)
+    h2_kube.create_object(configmap("before"))
+    assert [e["type"] for e in await events_until(client, "before")] == ["ADDED"]
+    with trio.fail_after(15):
+        [event] = await world.wait_events(1)  # written when the watch ends: at the expiry, not before
+        assert datetime.now(UTC) >= expires - timedelta(milliseconds=50)
+        assert (event["verb"], event["status"]) == ("watch", 200)
+        with contextlib.suppress(trio.BrokenResourceError):
+            while await client.stream.receive_some():  # the stream ends (cut: no chunked terminator)
+                pass
+    assert h2_kube.connection_counts.h2 == 1
