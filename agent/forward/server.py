@@ -53,7 +53,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import h11
 import trio
@@ -434,14 +434,7 @@ class _Session:
             except BaseException as exc:
                 await self.ctx.pool.discard(conn)
                 if relaying[0]:
-                    record.error = "the client went away" if isinstance(exc, _ClientGone) else "the exchange broke"
-                    if isinstance(exc, UpstreamError):
-                        record.error = exc.message
-                        exc = _Abort()
-                    await self._emit(record)
-                    if isinstance(exc, Exception):
-                        raise exc from None
-                    raise
+                    await self._end_relayed(exc, record)
                 if isinstance(exc, UpstreamError):
                     if reused and body.replayable and not fresh:
                         fresh = True  # a kept-alive connection the server had closed: once more on a new one
@@ -491,14 +484,7 @@ class _Session:
         except BaseException as exc:
             await exchange.aclose()  # resets the stream unless its answer ended
             if relaying[0]:
-                record.error = "the client went away" if isinstance(exc, _ClientGone) else "the exchange broke"
-                if isinstance(exc, UpstreamError):
-                    record.error = exc.message
-                    exc = _Abort()
-                await self._emit(record)
-                if isinstance(exc, Exception):
-                    raise exc from None
-                raise
+                await self._end_relayed(exc, record)
             if isinstance(exc, UpstreamError):
                 return await self._upstream_failed(exc, record)
             if isinstance(exc, trio.TooSlowError | h11.RemoteProtocolError):
@@ -863,6 +849,18 @@ class _Session:
             scope.cancel()  # either side ending ends the session: both close
 
     # -- audit -----------------------------------------------------------------------------------------
+
+    async def _end_relayed(self, exc: BaseException, record: _Record) -> NoReturn:
+        """An exchange whose answer kubectl had started to get broke: audit why, then end the connection
+        (an upstream failure as :class:`_Abort`: kubectl's answer is cut, never completed by a Status)."""
+        record.error = "the client went away" if isinstance(exc, _ClientGone) else "the exchange broke"
+        if isinstance(exc, UpstreamError):
+            record.error = exc.message
+            exc = _Abort()
+        await self._emit(record)
+        if isinstance(exc, Exception):
+            raise exc from None
+        raise exc
 
     async def _emit(self, record: _Record) -> None:
         if record.emitted:
