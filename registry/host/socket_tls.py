@@ -338,9 +338,11 @@ def _close_orphan(exc: BaseException) -> None:
     tb = exc.__traceback__
     while tb is not None:
         orphan = tb.tb_frame.f_locals.get("self")
-        if isinstance(orphan, ssl.SSLSocket):
+        # The C-level close: the object may be half-built (an interrupt inside _create leaves it without the
+        # Python-level socket attributes socket.close needs); a descriptor of -1 is nothing to close.
+        if isinstance(orphan, ssl.SSLSocket) and _socket.socket.fileno(orphan) >= 0:
             with contextlib.suppress(OSError):
-                orphan.close()
+                _socket.socket.close(orphan)
         tb = tb.tb_next
 
 
