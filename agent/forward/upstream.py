@@ -237,16 +237,25 @@ class UpstreamConnection:
             raise self.endpoint.unreachable(f"malformed HTTP answer: {_describe(exc)}") from None
 
     async def next_event(self, max_bytes: int = 64 * 1024) -> Any:
+        """The next event of the answer, reading as needed. For the answer's head (what this is used for):
+        a read waits inside ``receive_some``, not parked on the socket first (see :meth:`receive`)."""
         while True:
             event = self.poll_event()
             if event is not h11.NEED_DATA:
                 return event
-            await self.receive(max_bytes)
+            await self.receive(max_bytes, park=False)
 
-    async def receive(self, max_bytes: int = 64 * 1024) -> None:
-        """Read once from the connection into h11 (for a caller that already saw ``h11.NEED_DATA``)."""
+    async def receive(self, max_bytes: int = 64 * 1024, *, park: bool = True) -> None:
+        """Read once from the connection into h11 (for a caller that already saw ``h11.NEED_DATA``).
+
+        ``park``: wait for input parked on the socket alone first (``wait_for_input``: no TLS call in
+        flight, the cheap way for an answer that may idle for hours). An answer's head follows the request
+        at once, so it is read without: parking first costs a peek at the socket and, as the read that
+        follows finds its bytes already there, one more pass of trio's scheduler per request (the read's
+        own checkpoint); a read that waits itself has its checkpoint in the wait."""
         try:
-            await wait_for_input(self.stream)  # an idle watch waits here for hours: the cheap way (tls.py)
+            if park:
+                await wait_for_input(self.stream)  # an idle watch waits here for hours: the cheap way (tls.py)
             data = await self.stream.receive_some(max_bytes)
         except _STREAM_ERRORS as exc:
             raise self.endpoint.unreachable(f"the connection broke: {_describe(exc)}") from None
