@@ -484,6 +484,15 @@ class TunnelStream(trio.abc.HalfCloseableStream):
             raise trio.ClosedResourceError("send_eof() was called on this tunnel stream")
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if not await self._send(data):
+            await trio.lowlevel.cancel_shielded_checkpoint()
+
+    async def send_all_unyielding(self, data: bytes | bytearray | memoryview) -> bool:
+        """:meth:`send_all` without its final schedule point when it never waited: for a relay loop whose
+        next call is one anyway (it parks to read more). Checks cancellation first; True when it waited."""
+        return await self._send(data)
+
+    async def _send(self, data: bytes | bytearray | memoryview) -> bool:
         if self._sending:
             raise trio.BusyResourceError("another task is already sending on this tunnel stream")
         self._sending = True
@@ -492,18 +501,20 @@ class TunnelStream(trio.abc.HalfCloseableStream):
             view = memoryview(data).cast("B")
             self._check_can_send()
             position = 0
+            waited = False
             while position < len(view):
                 self._check_can_send()
                 window = self._tunnel._send_window(self)
                 if window <= 0:
                     await self._send_lot.park()
+                    waited = True
                     continue
                 size = min(window, len(view) - position, _SEND_CHUNK)
                 self._tunnel._send_data(self, view[position : position + size])
                 position += size
-                await self._tunnel._flush()
-            if not view:
-                await trio.lowlevel.checkpoint()
+                if await self._tunnel._flush():
+                    waited = True
+            return waited
         finally:
             self._sending = False
 
@@ -562,6 +573,12 @@ class H2Tunnel:
         self.side: Side = side
         self.config = config or TunnelConfig()
         self._transport = transport
+        # A transport send without the final schedule point (SocketTLSStream's), for _flush: the stream's
+        # send_all yields once itself, or not at all for a relay loop that parks next (one task switch
+        # fewer per request and direction).
+        self._send_unyielding: Callable[[bytearray], Awaitable[bool]] | None = getattr(
+            transport, "send_all_unyielding", None
+        )
         self._conn = h2.connection.H2Connection(
             h2.config.H2Configuration(client_side=side == "client", header_encoding=None)
         )
@@ -915,12 +932,17 @@ class H2Tunnel:
             if not sent:
                 return
 
-    async def _send_outbox(self) -> bool:
-        """Hand the outbox to the transport (the caller holds ``_writing``); False when the transport broke."""
+    async def _send_outbox(self, *, unyielding: bool = False) -> bool:
+        """Hand the outbox to the transport (the caller holds ``_writing``); False when the transport broke.
+        ``unyielding``: without the transport's final schedule point when it has such a send (the caller
+        is a stream's ``send_all``, which yields itself unless its caller needs none)."""
         data, self._outbox = self._outbox, bytearray()
         seq = self._queued_seq
         try:
-            await self._transport.send_all(data)
+            if unyielding and self._send_unyielding is not None:
+                await self._send_unyielding(data)
+            else:
+                await self._transport.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             self._fail(ConnectionProblem(f"tunnel connection broke while sending: {_describe(exc)}"))
             return False
@@ -931,13 +953,15 @@ class H2Tunnel:
             waiters.popleft()[1].unpark_all()
         return True
 
-    async def _flush(self) -> None:
+    async def _flush(self) -> bool:
         """Return once everything queued so far went to the transport. When nobody is writing, the caller
         writes itself instead of waking the writer task and waiting to be woken (two task switches per
-        ``send_all``); it also sends what other streams queued meanwhile."""
+        ``send_all``); it also sends what other streams queued meanwhile. True when it passed a schedule
+        point (it waited for another writer, or the transport yielded or waited)."""
         if self._writing or self._dead:
             await self._wait_flushed()
-            return
+            return True
+        yielded = self._send_unyielding is None
         self._writing = True
         try:
             # Shielded: a TLS write cancelled half-way would break the connection for every stream. It
@@ -945,7 +969,7 @@ class H2Tunnel:
             # is closed under it, and the write raises.
             with trio.CancelScope(shield=True):
                 while self._outbox and not self._dead:
-                    if not await self._send_outbox():
+                    if not await self._send_outbox(unyielding=True):
                         break
         finally:
             self._writing = False
@@ -954,6 +978,7 @@ class H2Tunnel:
         if self._dead and self._sent_seq < self._queued_seq:
             raise StreamReset("tunnel connection ended before the data was sent")
         await trio.lowlevel.checkpoint_if_cancelled()
+        return yielded
 
     async def _read_loop(self) -> None:
         while True:

@@ -161,6 +161,18 @@ class SocketTLSStream(trio.abc.Stream):
     # -- receive -------------------------------------------------------------------------------------
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        data, waited = await self._receive(max_bytes)
+        if not waited:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        return data
+
+    async def receive_some_unyielding(self, max_bytes: int | None = None) -> bytes:
+        """:meth:`receive_some` without its final schedule point when it did not wait: for a relay loop that
+        just parked in :meth:`wait_readable` (that was its schedule point). Checks cancellation first."""
+        data, _waited = await self._receive(max_bytes)
+        return data
+
+    async def _receive(self, max_bytes: int | None) -> tuple[bytes, bool]:
         if self._receiving:
             raise trio.BusyResourceError("another task is already receiving on this TLS stream")
         self._receiving = True
@@ -175,8 +187,7 @@ class SocketTLSStream(trio.abc.Stream):
             else:
                 await self._handshake()
             if self._eof:
-                await trio.lowlevel.cancel_shielded_checkpoint()
-                return b""
+                return b"", False
             waited = False
             while True:
                 try:
@@ -190,15 +201,23 @@ class SocketTLSStream(trio.abc.Stream):
                     raise self._fail(exc) from exc
             if not data:
                 self._eof = True
-            if not waited:
-                await trio.lowlevel.cancel_shielded_checkpoint()
-            return data
+            return data, waited
         finally:
             self._receiving = False
 
     # -- send ----------------------------------------------------------------------------------------
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if not await self._send(data):
+            await trio.lowlevel.cancel_shielded_checkpoint()
+
+    async def send_all_unyielding(self, data: bytes | bytearray | memoryview) -> bool:
+        """:meth:`send_all` without its final schedule point: for a relay loop whose next call is one anyway
+        (it parks to read more, or checkpoints), and for the tunnel's flush. Checks cancellation first;
+        True when it waited for the socket (that was a schedule point)."""
+        return await self._send(data)
+
+    async def _send(self, data: bytes | bytearray | memoryview) -> bool:
         if self._sending:
             raise trio.BusyResourceError("another task is already sending on this TLS stream")
         self._sending = True
@@ -227,8 +246,7 @@ class SocketTLSStream(trio.abc.Stream):
                 except (ssl.SSLError, OSError, ValueError) as exc:
                     raise self._fail(exc) from exc
                 rest = rest[sent:]
-            if not waited:
-                await trio.lowlevel.cancel_shielded_checkpoint()
+            return waited
         finally:
             self._sending = False
 
@@ -242,14 +260,16 @@ class SocketTLSStream(trio.abc.Stream):
         finally:
             self._sending = False
 
-    async def wait_readable(self) -> None:
+    async def wait_readable(self) -> bool:
         """Return once :meth:`receive_some` has something to hand out (bytes, an EOF, an error) without
-        waiting; parks on the socket alone while neither OpenSSL nor the kernel holds unread bytes."""
-        if self._closed or self._broken is not None or not self._handshook or self._eof:
-            return
-        if self.more_arrived():
-            return
+        waiting; parks on the socket alone unless OpenSSL holds decrypted bytes. True when it parked (a
+        schedule point). It does not peek at the kernel first: a relay waits here right after it passed
+        the last request on, when nothing is there yet (a peek was a wasted syscall per request); when
+        bytes are there, the wait returns at the scheduler's next look at the sockets."""
+        if self._closed or self._broken is not None or not self._handshook or self._eof or self._sock.pending():
+            return False
         await trio.lowlevel.wait_readable(self._sock)
+        return True
 
     def more_arrived(self) -> bool:
         """True when bytes arrived that :meth:`receive_some` has not handed out: decrypted ones in OpenSSL, or
