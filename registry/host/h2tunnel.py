@@ -16,7 +16,11 @@ wakes tasks. Invariants:
   control frames (WINDOW_UPDATE, PING, SETTINGS) are always processed, whatever any stream's consumer does.
 * **One writer at a time** calls ``transport.send_all`` (``_writing``): everybody appends ``h2``'s output to
   an outbox; the writer task sends it, except that ``TunnelStream.send_all`` finding the transport free
-  sends the outbox itself, shielded from cancellation (saves two task switches per call).
+  sends the outbox itself (saves two task switches per call). On a transport with a synchronous send
+  (``SocketTLSStream.send_now``) that write happens without a checkpoint, so no cancellation can cut a
+  frame; only a rest the socket did not take is finished shielded from cancellation (other transports:
+  the whole write is shielded), and without the transport's final schedule point: ``send_all`` yields
+  once itself, ``send_all_unyielding`` (a relay loop that parks next) not at all.
   ``TunnelStream.send_all`` returns once its bytes were handed to the transport (real back-pressure, and
   coalesced writes when many streams send); a write wakes exactly the senders whose bytes it carried. The
   outbox is bounded: a peer that makes us answer frames (PING floods ...) while it does not read is
@@ -576,8 +580,13 @@ class H2Tunnel:
         # A transport send without the final schedule point (SocketTLSStream's), for _flush: the stream's
         # send_all yields once itself, or not at all for a relay loop that parks next (one task switch
         # fewer per request and direction).
-        self._send_unyielding: Callable[[bytearray], Awaitable[bool]] | None = getattr(
+        self._send_unyielding: Callable[[memoryview], Awaitable[bool]] | None = getattr(
             transport, "send_all_unyielding", None
+        )
+        # A synchronous "send what the socket takes now" (SocketTLSStream.send_now): _flush then writes
+        # without a cancel scope (see _send_outbox_now); other transports get the shielded send_all.
+        self._send_now: Callable[[bytearray], memoryview] | None = (
+            getattr(transport, "send_now", None) if self._send_unyielding is not None else None
         )
         self._conn = h2.connection.H2Connection(
             h2.config.H2Configuration(client_side=side == "client", header_encoding=None)
@@ -932,26 +941,43 @@ class H2Tunnel:
             if not sent:
                 return
 
-    async def _send_outbox(self, *, unyielding: bool = False) -> bool:
-        """Hand the outbox to the transport (the caller holds ``_writing``); False when the transport broke.
-        ``unyielding``: without the transport's final schedule point when it has such a send (the caller
-        is a stream's ``send_all``, which yields itself unless its caller needs none)."""
+    async def _send_outbox(self) -> bool:
+        """Hand the outbox to the transport (the caller holds ``_writing``); False when the transport broke."""
         data, self._outbox = self._outbox, bytearray()
         seq = self._queued_seq
         try:
-            if unyielding and self._send_unyielding is not None:
-                await self._send_unyielding(data)
-            else:
-                await self._transport.send_all(data)
+            await self._transport.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             self._fail(ConnectionProblem(f"tunnel connection broke while sending: {_describe(exc)}"))
             return False
+        self._sent(seq)
+        return True
+
+    async def _send_outbox_now(self, send_now: Callable[[bytearray], memoryview]) -> bool | None:
+        """:meth:`_send_outbox` for ``_flush``: what the transport takes at once is sent synchronously (no
+        checkpoint, so no cancellation can cut a frame or a TLS record); only a rest the socket did not
+        take is finished shielded (blocks only while the peer does not read: the PING loop then ends the
+        tunnel and the write raises). None when the transport broke, else whether it waited."""
+        data, self._outbox = self._outbox, bytearray()
+        seq = self._queued_seq
+        try:
+            rest = send_now(data)
+            if rest:
+                assert self._send_unyielding is not None  # a transport with send_now has it (SocketTLSStream)
+                with trio.CancelScope(shield=True):
+                    await self._send_unyielding(rest)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            self._fail(ConnectionProblem(f"tunnel connection broke while sending: {_describe(exc)}"))
+            return None
+        self._sent(seq)
+        return bool(rest)
+
+    def _sent(self, seq: int) -> None:
         self._sent_seq = seq
         self._flushed_lot.unpark_all()
         waiters = self._flush_waiters
         while waiters and waiters[0][0] <= seq:
             waiters.popleft()[1].unpark_all()
-        return True
 
     async def _flush(self) -> bool:
         """Return once everything queued so far went to the transport. When nobody is writing, the caller
@@ -961,16 +987,24 @@ class H2Tunnel:
         if self._writing or self._dead:
             await self._wait_flushed()
             return True
-        yielded = self._send_unyielding is None
+        send_now = self._send_now
+        yielded = send_now is None
         self._writing = True
         try:
-            # Shielded: a TLS write cancelled half-way would break the connection for every stream. It
-            # blocks only while the peer does not read; the PING loop then ends the tunnel, whose transport
-            # is closed under it, and the write raises.
-            with trio.CancelScope(shield=True):
+            if send_now is not None:
                 while self._outbox and not self._dead:
-                    if not await self._send_outbox(unyielding=True):
+                    waited = await self._send_outbox_now(send_now)
+                    if waited is None:
                         break
+                    yielded = yielded or waited
+            else:
+                # Shielded: a TLS write cancelled half-way would break the connection for every stream. It
+                # blocks only while the peer does not read; the PING loop then ends the tunnel, whose
+                # transport is closed under it, and the write raises.
+                with trio.CancelScope(shield=True):
+                    while self._outbox and not self._dead:
+                        if not await self._send_outbox():
+                            break
         finally:
             self._writing = False
             if self._outbox:

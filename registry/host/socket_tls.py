@@ -10,7 +10,10 @@ idle connection (no BIO buffers, no SocketStream).
 Invariants (the ``trio.abc.Stream`` contract, as ``trio.SSLStream(..., https_compatible=True)`` keeps it):
 
 * Every ``receive_some``/``send_all``/``do_handshake``/``aclose`` call is a checkpoint: a cancellation check
-  first, and a schedule point (``cancel_shielded_checkpoint``) when the call did not wait.
+  first, and a schedule point (``cancel_shielded_checkpoint``) when the call did not wait. The
+  ``*_unyielding`` variants skip that final schedule point, for relay loops whose next call is one anyway
+  (the front door's splice, the tunnel's flush); ``send_now`` is synchronous (no checkpoint at all) and
+  returns what the socket did not take, which must be sent next.
 * ``receive_some`` tries ``recv`` BEFORE waiting: OpenSSL may hold decrypted bytes (``pending()``) that no
   socket readiness would announce. It answers b"" at the peer's close_notify and at a bare TCP EOF (a
   ragged EOF is an EOF, as ``https_compatible=True``), and b"" again on every later call.
@@ -216,6 +219,27 @@ class SocketTLSStream(trio.abc.Stream):
         (it parks to read more, or checkpoints), and for the tunnel's flush. Checks cancellation first;
         True when it waited for the socket (that was a schedule point)."""
         return await self._send(data)
+
+    def send_now(self, data: bytes | bytearray | memoryview) -> memoryview:
+        """Send what the socket takes at once, without waiting and without a checkpoint; returns the rest
+        (empty when everything went). A non-empty rest may be a record OpenSSL started: it must be sent
+        next, with :meth:`send_all` or :meth:`send_all_unyielding` and nothing else before it (the tunnel's
+        flush does that shielded from cancellation). Raises as :meth:`send_all` does."""
+        if self._sending:
+            raise trio.BusyResourceError("another task is already sending on this TLS stream")
+        self._check()
+        rest = memoryview(data).cast("B")
+        if not self._handshook:
+            return rest  # send_all does the handshake first
+        while rest:
+            try:
+                sent = self._sock.send(rest)
+            except _WANT:
+                return rest
+            except (ssl.SSLError, OSError, ValueError) as exc:
+                raise self._fail(exc) from exc
+            rest = rest[sent:]
+        return rest
 
     async def _send(self, data: bytes | bytearray | memoryview) -> bool:
         if self._sending:
