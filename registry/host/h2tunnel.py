@@ -73,6 +73,7 @@ import hyperframe.frame
 import trio
 
 from registry.core.errors import BadParameter, ConnectionProblem, LimitExceeded
+from registry.host.socket_tls import SocketTLSStream
 from registry.host.waiter import Waiter
 
 log = logging.getLogger(__name__)
@@ -577,6 +578,10 @@ class H2Tunnel:
         self.side: Side = side
         self.config = config or TunnelConfig()
         self._transport = transport
+        if isinstance(transport, SocketTLSStream):
+            # The peer is a tunnel too (OpenSSL, full records): reads gather a bulk transfer's records and
+            # skip the EAGAIN read after each message (SocketTLSStream.full_records).
+            transport.full_records = True
         # A transport send without the final schedule point (SocketTLSStream's), for _flush: the stream's
         # send_all yields once itself, or not at all for a relay loop that parks next (one task switch
         # fewer per request and direction).

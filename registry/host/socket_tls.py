@@ -15,7 +15,9 @@ Invariants (the ``trio.abc.Stream`` contract, as ``trio.SSLStream(..., https_com
   (the front door's splice, the tunnel's flush); ``send_now`` is synchronous (no checkpoint at all) and
   returns what the socket did not take, which must be sent next.
 * ``receive_some`` tries ``recv`` BEFORE waiting: OpenSSL may hold decrypted bytes (``pending()``) that no
-  socket readiness would announce. It answers b"" at the peer's close_notify and at a bare TCP EOF (a
+  socket readiness would announce; it waits first only when OpenSSL holds nothing and the last read saw
+  the kernel empty (EAGAIN, or with ``full_records`` a short record: the end of the peer's write). With
+  ``full_records`` (the tunnel), one call gathers the records that are there, up to ``max_bytes``. It answers b"" at the peer's close_notify and at a bare TCP EOF (a
   ragged EOF is an EOF, as ``https_compatible=True``), and b"" again on every later call.
 * ``send_all`` retries a write that wanted the socket writable with the same bytes (CPython sets
   ``SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER``; the memoryview's start does not move until OpenSSL took them).
@@ -49,12 +51,25 @@ DEFAULT_RECEIVE_SIZE = 64 * 1024
 _BUSY_POLL = 0.005  # s between retries while the other task waits on the direction we need
 _DRAIN_READS = 16  # at most 1 MiB discarded at close; more still arriving may reset, as with any TCP close
 _WANT = (ssl.SSLWantReadError, ssl.SSLWantWriteError)
+_WANT_READ = ssl.SSLWantReadError("wait for the socket to be readable")
+_FULL_RECORD = 16 * 1024  # TLS's largest record payload: what OpenSSL writes but for the last of a write
 
 
 class SocketTLSStream(trio.abc.Stream):
     """TLS over a non-blocking ``ssl.SSLSocket`` (see the module docstring). Build with :meth:`wrap`."""
 
-    __slots__ = ("_broken", "_closed", "_eof", "_handshake_lock", "_handshook", "_receiving", "_sending", "_sock")
+    __slots__ = (
+        "_broken",
+        "_closed",
+        "_drained",
+        "_eof",
+        "_handshake_lock",
+        "_handshook",
+        "_receiving",
+        "_sending",
+        "_sock",
+        "full_records",
+    )
 
     def __init__(self, sock: ssl.SSLSocket) -> None:
         sock.setblocking(False)
@@ -66,6 +81,11 @@ class SocketTLSStream(trio.abc.Stream):
         self._closed = False
         self._broken: BaseException | None = None
         self._eof = False
+        self._drained = False  # the last read saw nothing more: the next one waits for the socket first
+        # The peer writes full TLS records but for the last of each write (OpenSSL does; Go's dynamic record
+        # sizing does not): a receive then reads on while records are full and stops at a short one (see
+        # _fill). The h2 tunnel sets it (both ends are kubeport); wrong, it costs a scheduler pass, no bytes.
+        self.full_records = False
 
     @classmethod
     def wrap(
@@ -192,6 +212,13 @@ class SocketTLSStream(trio.abc.Stream):
             if self._eof:
                 return b"", False
             waited = False
+            if self._drained and not self._sock.pending():
+                # The last call saw the kernel empty (or a record that ended the peer's write): wait for the
+                # socket rather than try a read that would most likely only say EAGAIN.
+                await self._wait(_WANT_READ)
+                waited = True
+                self._check()
+            self._drained = False
             while True:
                 try:
                     data = self._sock.recv(max_bytes)
@@ -204,9 +231,41 @@ class SocketTLSStream(trio.abc.Stream):
                     raise self._fail(exc) from exc
             if not data:
                 self._eof = True
+            elif self.full_records and len(data) < max_bytes:
+                data = self._fill(data, max_bytes)
             return data, waited
         finally:
             self._receiving = False
+
+    def _fill(self, data: bytes, max_bytes: int) -> bytes:
+        """``data`` and what more is readable at once, up to ``max_bytes`` (:attr:`full_records` only).
+
+        OpenSSL hands out one TLS record (16 KiB at most) per read; a bulk transfer would cost a call, and
+        its consumer a loop, per record. A full record is followed by another read; a short one ended the
+        peer's write, so the read stops there and the next call waits for the socket first instead of a
+        read that would say EAGAIN (one syscall fewer per message). Stops as well at EAGAIN (the next call
+        waits first too), at EOF (the next call answers b"") and at an error (the next call raises it)."""
+        parts = [data]
+        total = last = len(data)
+        sock = self._sock
+        while total < max_bytes:
+            if last < _FULL_RECORD and not sock.pending():
+                self._drained = True
+                break
+            try:
+                more = sock.recv(max_bytes - total)
+            except _WANT:
+                self._drained = True
+                break
+            except (ssl.SSLError, OSError, ValueError):
+                break
+            if not more:
+                self._eof = True
+                break
+            parts.append(more)
+            last = len(more)
+            total += last
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     # -- send ----------------------------------------------------------------------------------------
 
@@ -293,6 +352,7 @@ class SocketTLSStream(trio.abc.Stream):
         if self._closed or self._broken is not None or not self._handshook or self._eof or self._sock.pending():
             return False
         await trio.lowlevel.wait_readable(self._sock)
+        self._drained = False  # the socket said readable: the next receive reads at once
         return True
 
     def more_arrived(self) -> bool:

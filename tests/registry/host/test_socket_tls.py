@@ -442,3 +442,42 @@ async def test_the_unyielding_calls_check_cancellation_but_pass_no_schedule_poin
             trio.lowlevel.remove_instrument(instrument)
         assert steps[0] == 0
         assert data.startswith(b"ready")
+
+
+async def test_full_records_gathers_a_bulk_transfer_and_still_sees_every_later_byte(
+    contexts: tuple[ssl.SSLContext, ssl.SSLContext],
+) -> None:
+    # The tunnel's setting: reads go on while records are full and stop at a short one (the end of a
+    # write), and the next receive waits for the socket first. Whatever the guess, no byte is missed.
+    async with tls_pair(*contexts) as (client, server):
+        server.full_records = True
+        payload = os.urandom(100_000)  # six full records and a short one
+        await client.send_all(payload)
+        await trio.testing.wait_all_tasks_blocked()
+        first = await server.receive_some(MIB)
+        assert len(first) > 16 * 1024, "one record per call: the records waiting were not gathered"
+        rest = first
+        while len(rest) < len(payload):
+            rest += await server.receive_some(MIB)
+        assert rest == payload
+        await client.send_all(b"already there")  # arrives before the next call, which waits first
+        with trio.fail_after(10):
+            assert await server.receive_some() == b"already there"
+
+        async def later() -> None:
+            await trio.testing.wait_all_tasks_blocked()
+            await client.send_all(b"later")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(later)
+            with trio.fail_after(10):
+                assert await server.receive_some() == b"later"
+        await client.send_all(b"x" * (16 * 1024) + b"tail")  # a full record, then a short one
+        got = b""
+        with trio.fail_after(10):
+            while len(got) < 16 * 1024 + 4:
+                got += await server.receive_some(MIB)
+        assert got.endswith(b"tail")
+        await client.aclose()
+        with trio.fail_after(10):
+            assert await server.receive_some() == b""  # the EOF after a drained read
