@@ -20,7 +20,9 @@ wakes tasks. Invariants:
   (``SocketTLSStream.send_now``) that write happens without a checkpoint, so no cancellation can cut a
   frame; only a rest the socket did not take is finished shielded from cancellation (other transports:
   the whole write is shielded), and without the transport's final schedule point: ``send_all`` yields
-  once itself, ``send_all_unyielding`` (a relay loop that parks next) not at all.
+  once itself, ``send_all_unyielding`` (a relay loop that parks next) not at all. When flushes on the
+  tunnel follow each other within ``_BURST_GAP`` (many streams sending at once), the writer stays the
+  writer across one schedule point, so the other senders' frames share its next write.
   ``TunnelStream.send_all`` returns once its bytes were handed to the transport (real back-pressure, and
   coalesced writes when many streams send); a write wakes exactly the senders whose bytes it carried. The
   outbox is bounded: a peer that makes us answer frames (PING floods ...) while it does not read is
@@ -57,6 +59,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -329,6 +332,9 @@ def _fast_recv_matches_h2() -> bool:
 
 _FAST_RECV = True
 _FAST_RECV = _fast_recv_matches_h2()
+# Two flushes on one tunnel closer than this (seconds) are taken for many streams sending at once (see
+# _flush); one kubectl connection's requests or answers are a round trip apart, far more than this.
+_BURST_GAP = 200e-6
 
 
 class StreamReset(trio.BrokenResourceError):
@@ -602,6 +608,7 @@ class H2Tunnel:
         self._nursery: trio.Nursery | None = None
         self._ack_batch = self.config.stream_window // 16  # see _consumed
         self._outbox = bytearray()
+        self._last_flush = -1.0  # time.perf_counter() of the last flush that wrote itself (see _flush)
         self._writing = False  # a task is in transport.send_all (the writer, or a stream flushing itself)
         self._queued_seq = 0
         self._sent_seq = 0
@@ -997,11 +1004,21 @@ class H2Tunnel:
         self._writing = True
         try:
             if send_now is not None:
+                now = time.perf_counter()
+                burst = now - self._last_flush < _BURST_GAP
+                self._last_flush = now
                 while self._outbox and not self._dead:
                     waited = await self._send_outbox_now(send_now)
                     if waited is None:
                         break
                     yielded = yielded or waited
+                    if burst and not yielded:
+                        # Another stream wrote a moment ago: many streams are sending at once (responses to
+                        # many kubectl connections, a burst of watch events). Stay the writer across one
+                        # schedule point, so the senders that run meanwhile queue their frames behind this
+                        # one and a single write carries them all. A lone request writes and goes on.
+                        await trio.lowlevel.cancel_shielded_checkpoint()
+                        yielded = True
             else:
                 # Shielded: a TLS write cancelled half-way would break the connection for every stream. It
                 # blocks only while the peer does not read; the PING loop then ends the tunnel, whose

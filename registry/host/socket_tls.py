@@ -17,8 +17,9 @@ Invariants (the ``trio.abc.Stream`` contract, as ``trio.SSLStream(..., https_com
 * ``receive_some`` tries ``recv`` BEFORE waiting: OpenSSL may hold decrypted bytes (``pending()``) that no
   socket readiness would announce; it waits first only when OpenSSL holds nothing and the last read saw
   the kernel empty (EAGAIN, or with ``full_records`` a short record: the end of the peer's write). With
-  ``full_records`` (the tunnel), one call gathers the records that are there, up to ``max_bytes``. It answers b"" at the peer's close_notify and at a bare TCP EOF (a
-  ragged EOF is an EOF, as ``https_compatible=True``), and b"" again on every later call.
+  ``full_records`` (the tunnel), one call gathers the records that are there, up to ``max_bytes``. It
+  answers b"" at the peer's close_notify and at a bare TCP EOF (a ragged EOF is an EOF, as
+  ``https_compatible=True``), and b"" again on every later call.
 * ``send_all`` retries a write that wanted the socket writable with the same bytes (CPython sets
   ``SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER``; the memoryview's start does not move until OpenSSL took them).
   A ``send_all`` cancelled part-way leaves OpenSSL with a partly written record: the stream is then broken

@@ -121,6 +121,7 @@ async def test_send_all_is_a_checkpoint_and_the_unyielding_send_passes_no_schedu
     trio.lowlevel.add_instrument(counter)
     try:
         for _ in range(10):
+            pair.client._last_flush = -1.0  # a lone sender, not a burst of them (see the next test)
             assert not await stream.send_all_unyielding(b"two")  # the socket took it at once: no wait
     finally:
         trio.lowlevel.remove_instrument(counter)
@@ -134,3 +135,28 @@ async def test_send_all_is_a_checkpoint_and_the_unyielding_send_passes_no_schedu
         scope.cancel()
         await stream.send_all_unyielding(b"x")
     assert scope.cancelled_caught
+
+
+async def test_many_streams_sending_at_once_share_writes(nursery: trio.Nursery) -> None:
+    # Ten kubectl connections' requests arriving together: one write per request would be ten TLS records
+    # and ten reads at the agent; a flush right after another one holds the transport across a schedule
+    # point so the others' frames go with it. A lone sender (one connection) writes at once.
+    pair = await socket_tls_pair(nursery)
+    streams = [await pair.client.open_stream([], authority="c") for _ in range(10)]
+    writes = [0]
+    send_now = pair.client._send_now
+    assert send_now is not None
+
+    def counting(data: bytearray) -> memoryview:
+        writes[0] += 1
+        assert send_now is not None
+        return send_now(data)
+
+    pair.client._send_now = counting
+    async with trio.open_nursery() as senders:
+        for index, stream in enumerate(streams):
+            senders.start_soon(stream.send_all, f"request {index}".encode())
+    assert writes[0] < len(streams)
+    for index, stream in enumerate(streams):  # every request arrived whole, on its own stream
+        with trio.fail_after(10):
+            assert await stream.receive_some() == f"request {index}".encode()
