@@ -160,3 +160,30 @@ async def test_many_streams_sending_at_once_share_writes(nursery: trio.Nursery) 
     for index, stream in enumerate(streams):  # every request arrived whole, on its own stream
         with trio.fail_after(10):
             assert await stream.receive_some() == f"request {index}".encode()
+
+
+async def test_answers_to_requests_that_arrived_together_share_writes(nursery: trio.Nursery) -> None:
+    # The agent's side: ten answers written at once share writes too.
+    pair = await socket_tls_pair(nursery)
+    streams = [await pair.client.open_stream([], authority="c") for _ in range(10)]
+    for stream in streams:  # every handler is up and echoing
+        await stream.send_all(b"warm")
+        with trio.fail_after(10):
+            assert await stream.receive_some() == b"warm"
+    writes = [0]
+    send_now = pair.server._send_now
+    assert send_now is not None
+
+    def counting(data: bytearray) -> memoryview:
+        writes[0] += 1
+        assert send_now is not None
+        return send_now(data)
+
+    pair.server._send_now = counting
+    async with trio.open_nursery() as senders:
+        for index, stream in enumerate(streams):
+            senders.start_soon(stream.send_all, f"request {index}".encode())
+    for index, stream in enumerate(streams):
+        with trio.fail_after(10):
+            assert await stream.receive_some() == f"request {index}".encode()
+    assert writes[0] < len(streams)
