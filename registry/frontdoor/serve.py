@@ -76,6 +76,7 @@ from registry.core.tunnel_info import TUNNEL_ALPN, StreamInfo
 from registry.frontdoor.head import FirstHead, Head, RequestTimeout, error_response
 from registry.frontdoor.lookup import ClusterLookup
 from registry.frontdoor.pick import order_agents, route
+from registry.host.h2tunnel import TunnelStream
 from registry.host.socket_tls import SocketTLSStream
 from registry.host.tls import peer_certificate_der, server_context, wait_for_input
 from registry.server.admission import Admission, AdmissionLimits, source_of
@@ -634,14 +635,24 @@ async def splice(
         # memory is mostly its tasks and their frames).
         try:
             while True:
-                data = await agent.receive_some(TO_CLIENT_CHUNK)
+                data = await agent.receive_some(TO_CLIENT_CHUNK)  # this loop's schedule point: parks or yields
                 if not data:
                     break
-                await client.send_all(data)
+                await _send_unyielding(client, data)
                 counts[1] += len(data)
         except _STREAM_ERRORS:
             pass
         nursery.cancel_scope.cancel()  # the agent is done (or gone): the whole connection is
+
+
+async def _send_unyielding(stream: trio.abc.SendStream, data: bytes | bytearray) -> None:
+    """``stream.send_all(data)`` without its final schedule point where the stream offers that (the TLS
+    socket, a tunnel stream): each splice loop's next call is a schedule point anyway, so the relay saves
+    a task switch per request and direction. Cancellation is still checked first."""
+    if isinstance(stream, SocketTLSStream | TunnelStream):
+        await stream.send_all_unyielding(data)
+    else:
+        await stream.send_all(data)
 
 
 async def _client_to_agent(
@@ -651,12 +662,17 @@ async def _client_to_agent(
     per connection); an error cancels ``scope`` (the whole splice)."""
     try:
         while True:
-            await wait_for_input(client)  # an idle watch's kubectl sends nothing for hours: cheap wait
-            data = await client.receive_some(CHUNK)
+            # An idle watch's kubectl sends nothing for hours: cheap wait. When it parked, that was this
+            # loop's schedule point; otherwise receive_some is.
+            data: bytes | bytearray
+            if await wait_for_input(client) and isinstance(client, SocketTLSStream):
+                data = await client.receive_some_unyielding(CHUNK)
+            else:
+                data = await client.receive_some(CHUNK)
             if not data:
                 await agent.send_eof()
                 return  # half-closed: keep relaying the agent's answer
-            await agent.send_all(data)
+            await _send_unyielding(agent, data)
             counts[0] += len(data)
     except _STREAM_ERRORS:
         scope.cancel()

@@ -16,7 +16,13 @@ wakes tasks. Invariants:
   control frames (WINDOW_UPDATE, PING, SETTINGS) are always processed, whatever any stream's consumer does.
 * **One writer at a time** calls ``transport.send_all`` (``_writing``): everybody appends ``h2``'s output to
   an outbox; the writer task sends it, except that ``TunnelStream.send_all`` finding the transport free
-  sends the outbox itself, shielded from cancellation (saves two task switches per call).
+  sends the outbox itself (saves two task switches per call). On a transport with a synchronous send
+  (``SocketTLSStream.send_now``) that write happens without a checkpoint, so no cancellation can cut a
+  frame; only a rest the socket did not take is finished shielded from cancellation (other transports:
+  the whole write is shielded), and without the transport's final schedule point: ``send_all`` yields
+  once itself, ``send_all_unyielding`` (a relay loop that parks next) not at all. When flushes on the
+  tunnel follow each other within ``_BURST_GAP`` (many streams sending at once), the writer stays the
+  writer across one schedule point, so the other senders' frames share its next write.
   ``TunnelStream.send_all`` returns once its bytes were handed to the transport (real back-pressure, and
   coalesced writes when many streams send); a write wakes exactly the senders whose bytes it carried. The
   outbox is bounded: a peer that makes us answer frames (PING floods ...) while it does not read is
@@ -53,6 +59,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -69,6 +76,7 @@ import hyperframe.frame
 import trio
 
 from registry.core.errors import BadParameter, ConnectionProblem, LimitExceeded
+from registry.host.socket_tls import SocketTLSStream
 from registry.host.waiter import Waiter
 
 log = logging.getLogger(__name__)
@@ -324,6 +332,9 @@ def _fast_recv_matches_h2() -> bool:
 
 _FAST_RECV = True
 _FAST_RECV = _fast_recv_matches_h2()
+# Two flushes on one tunnel closer than this (seconds) are taken for many streams sending at once (see
+# _flush); one kubectl connection's requests or answers are a round trip apart, far more than this.
+_BURST_GAP = 200e-6
 
 
 class StreamReset(trio.BrokenResourceError):
@@ -484,6 +495,15 @@ class TunnelStream(trio.abc.HalfCloseableStream):
             raise trio.ClosedResourceError("send_eof() was called on this tunnel stream")
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if not await self._send(data):
+            await trio.lowlevel.cancel_shielded_checkpoint()
+
+    async def send_all_unyielding(self, data: bytes | bytearray | memoryview) -> bool:
+        """:meth:`send_all` without its final schedule point when it never waited: for a relay loop whose
+        next call is one anyway (it parks to read more). Checks cancellation first; True when it waited."""
+        return await self._send(data)
+
+    async def _send(self, data: bytes | bytearray | memoryview) -> bool:
         if self._sending:
             raise trio.BusyResourceError("another task is already sending on this tunnel stream")
         self._sending = True
@@ -492,18 +512,20 @@ class TunnelStream(trio.abc.HalfCloseableStream):
             view = memoryview(data).cast("B")
             self._check_can_send()
             position = 0
+            waited = False
             while position < len(view):
                 self._check_can_send()
                 window = self._tunnel._send_window(self)
                 if window <= 0:
                     await self._send_lot.park()
+                    waited = True
                     continue
                 size = min(window, len(view) - position, _SEND_CHUNK)
                 self._tunnel._send_data(self, view[position : position + size])
                 position += size
-                await self._tunnel._flush()
-            if not view:
-                await trio.lowlevel.checkpoint()
+                if await self._tunnel._flush():
+                    waited = True
+            return waited
         finally:
             self._sending = False
 
@@ -562,6 +584,21 @@ class H2Tunnel:
         self.side: Side = side
         self.config = config or TunnelConfig()
         self._transport = transport
+        if isinstance(transport, SocketTLSStream):
+            # The peer is a tunnel too (OpenSSL, full records): reads gather a bulk transfer's records and
+            # skip the EAGAIN read after each message (SocketTLSStream.full_records).
+            transport.full_records = True
+        # A transport send without the final schedule point (SocketTLSStream's), for _flush: the stream's
+        # send_all yields once itself, or not at all for a relay loop that parks next (one task switch
+        # fewer per request and direction).
+        self._send_unyielding: Callable[[memoryview], Awaitable[bool]] | None = getattr(
+            transport, "send_all_unyielding", None
+        )
+        # A synchronous "send what the socket takes now" (SocketTLSStream.send_now): _flush then writes
+        # without a cancel scope (see _send_outbox_now); other transports get the shielded send_all.
+        self._send_now: Callable[[bytearray], memoryview] | None = (
+            getattr(transport, "send_now", None) if self._send_unyielding is not None else None
+        )
         self._conn = h2.connection.H2Connection(
             h2.config.H2Configuration(client_side=side == "client", header_encoding=None)
         )
@@ -571,6 +608,7 @@ class H2Tunnel:
         self._nursery: trio.Nursery | None = None
         self._ack_batch = self.config.stream_window // 16  # see _consumed
         self._outbox = bytearray()
+        self._last_flush = -1.0  # time.perf_counter() of the last flush that wrote itself (see _flush)
         self._writing = False  # a task is in transport.send_all (the writer, or a stream flushing itself)
         self._queued_seq = 0
         self._sent_seq = 0
@@ -924,29 +962,71 @@ class H2Tunnel:
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             self._fail(ConnectionProblem(f"tunnel connection broke while sending: {_describe(exc)}"))
             return False
+        self._sent(seq)
+        return True
+
+    async def _send_outbox_now(self, send_now: Callable[[bytearray], memoryview]) -> bool | None:
+        """:meth:`_send_outbox` for ``_flush``: what the transport takes at once is sent synchronously (no
+        checkpoint, so no cancellation can cut a frame or a TLS record); only a rest the socket did not
+        take is finished shielded (blocks only while the peer does not read: the PING loop then ends the
+        tunnel and the write raises). None when the transport broke, else whether it waited."""
+        data, self._outbox = self._outbox, bytearray()
+        seq = self._queued_seq
+        try:
+            rest = send_now(data)
+            if rest:
+                assert self._send_unyielding is not None  # a transport with send_now has it (SocketTLSStream)
+                with trio.CancelScope(shield=True):
+                    await self._send_unyielding(rest)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            self._fail(ConnectionProblem(f"tunnel connection broke while sending: {_describe(exc)}"))
+            return None
+        self._sent(seq)
+        return bool(rest)
+
+    def _sent(self, seq: int) -> None:
         self._sent_seq = seq
         self._flushed_lot.unpark_all()
         waiters = self._flush_waiters
         while waiters and waiters[0][0] <= seq:
             waiters.popleft()[1].unpark_all()
-        return True
 
-    async def _flush(self) -> None:
+    async def _flush(self) -> bool:
         """Return once everything queued so far went to the transport. When nobody is writing, the caller
         writes itself instead of waking the writer task and waiting to be woken (two task switches per
-        ``send_all``); it also sends what other streams queued meanwhile."""
+        ``send_all``); it also sends what other streams queued meanwhile. True when it passed a schedule
+        point (it waited for another writer, or the transport yielded or waited)."""
         if self._writing or self._dead:
             await self._wait_flushed()
-            return
+            return True
+        send_now = self._send_now
+        yielded = send_now is None
         self._writing = True
         try:
-            # Shielded: a TLS write cancelled half-way would break the connection for every stream. It
-            # blocks only while the peer does not read; the PING loop then ends the tunnel, whose transport
-            # is closed under it, and the write raises.
-            with trio.CancelScope(shield=True):
+            if send_now is not None:
+                now = time.perf_counter()
+                burst = now - self._last_flush < _BURST_GAP
+                self._last_flush = now
                 while self._outbox and not self._dead:
-                    if not await self._send_outbox():
+                    waited = await self._send_outbox_now(send_now)
+                    if waited is None:
                         break
+                    yielded = yielded or waited
+                    if burst and not yielded:
+                        # Another stream wrote a moment ago: many streams are sending at once (responses to
+                        # many kubectl connections, a burst of watch events). Stay the writer across one
+                        # schedule point, so the senders that run meanwhile queue their frames behind this
+                        # one and a single write carries them all. A lone request writes and goes on.
+                        await trio.lowlevel.cancel_shielded_checkpoint()
+                        yielded = True
+            else:
+                # Shielded: a TLS write cancelled half-way would break the connection for every stream. It
+                # blocks only while the peer does not read; the PING loop then ends the tunnel, whose
+                # transport is closed under it, and the write raises.
+                with trio.CancelScope(shield=True):
+                    while self._outbox and not self._dead:
+                        if not await self._send_outbox():
+                            break
         finally:
             self._writing = False
             if self._outbox:
@@ -954,6 +1034,7 @@ class H2Tunnel:
         if self._dead and self._sent_seq < self._queued_seq:
             raise StreamReset("tunnel connection ended before the data was sent")
         await trio.lowlevel.checkpoint_if_cancelled()
+        return yielded
 
     async def _read_loop(self) -> None:
         while True:

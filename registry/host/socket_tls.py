@@ -10,10 +10,16 @@ idle connection (no BIO buffers, no SocketStream).
 Invariants (the ``trio.abc.Stream`` contract, as ``trio.SSLStream(..., https_compatible=True)`` keeps it):
 
 * Every ``receive_some``/``send_all``/``do_handshake``/``aclose`` call is a checkpoint: a cancellation check
-  first, and a schedule point (``cancel_shielded_checkpoint``) when the call did not wait.
+  first, and a schedule point (``cancel_shielded_checkpoint``) when the call did not wait. The
+  ``*_unyielding`` variants skip that final schedule point, for relay loops whose next call is one anyway
+  (the front door's splice, the tunnel's flush); ``send_now`` is synchronous (no checkpoint at all) and
+  returns what the socket did not take, which must be sent next.
 * ``receive_some`` tries ``recv`` BEFORE waiting: OpenSSL may hold decrypted bytes (``pending()``) that no
-  socket readiness would announce. It answers b"" at the peer's close_notify and at a bare TCP EOF (a
-  ragged EOF is an EOF, as ``https_compatible=True``), and b"" again on every later call.
+  socket readiness would announce; it waits first only when OpenSSL holds nothing and the last read saw
+  the kernel empty (EAGAIN, or with ``full_records`` a short record: the end of the peer's write). With
+  ``full_records`` (the tunnel), one call gathers the records that are there, up to ``max_bytes``. It
+  answers b"" at the peer's close_notify and at a bare TCP EOF (a ragged EOF is an EOF, as
+  ``https_compatible=True``), and b"" again on every later call.
 * ``send_all`` retries a write that wanted the socket writable with the same bytes (CPython sets
   ``SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER``; the memoryview's start does not move until OpenSSL took them).
   A ``send_all`` cancelled part-way leaves OpenSSL with a partly written record: the stream is then broken
@@ -46,12 +52,25 @@ DEFAULT_RECEIVE_SIZE = 64 * 1024
 _BUSY_POLL = 0.005  # s between retries while the other task waits on the direction we need
 _DRAIN_READS = 16  # at most 1 MiB discarded at close; more still arriving may reset, as with any TCP close
 _WANT = (ssl.SSLWantReadError, ssl.SSLWantWriteError)
+_WANT_READ = ssl.SSLWantReadError("wait for the socket to be readable")
+_FULL_RECORD = 16 * 1024  # TLS's largest record payload: what OpenSSL writes but for the last of a write
 
 
 class SocketTLSStream(trio.abc.Stream):
     """TLS over a non-blocking ``ssl.SSLSocket`` (see the module docstring). Build with :meth:`wrap`."""
 
-    __slots__ = ("_broken", "_closed", "_eof", "_handshake_lock", "_handshook", "_receiving", "_sending", "_sock")
+    __slots__ = (
+        "_broken",
+        "_closed",
+        "_drained",
+        "_eof",
+        "_handshake_lock",
+        "_handshook",
+        "_receiving",
+        "_sending",
+        "_sock",
+        "full_records",
+    )
 
     def __init__(self, sock: ssl.SSLSocket) -> None:
         sock.setblocking(False)
@@ -63,6 +82,11 @@ class SocketTLSStream(trio.abc.Stream):
         self._closed = False
         self._broken: BaseException | None = None
         self._eof = False
+        self._drained = False  # the last read saw nothing more: the next one waits for the socket first
+        # The peer writes full TLS records but for the last of each write (OpenSSL does; Go's dynamic record
+        # sizing does not): a receive then reads on while records are full and stops at a short one (see
+        # _fill). The h2 tunnel sets it (both ends are kubeport); wrong, it costs a scheduler pass, no bytes.
+        self.full_records = False
 
     @classmethod
     def wrap(
@@ -161,6 +185,18 @@ class SocketTLSStream(trio.abc.Stream):
     # -- receive -------------------------------------------------------------------------------------
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        data, waited = await self._receive(max_bytes)
+        if not waited:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        return data
+
+    async def receive_some_unyielding(self, max_bytes: int | None = None) -> bytes:
+        """:meth:`receive_some` without its final schedule point when it did not wait: for a relay loop that
+        just parked in :meth:`wait_readable` (that was its schedule point). Checks cancellation first."""
+        data, _waited = await self._receive(max_bytes)
+        return data
+
+    async def _receive(self, max_bytes: int | None) -> tuple[bytes, bool]:
         if self._receiving:
             raise trio.BusyResourceError("another task is already receiving on this TLS stream")
         self._receiving = True
@@ -175,9 +211,15 @@ class SocketTLSStream(trio.abc.Stream):
             else:
                 await self._handshake()
             if self._eof:
-                await trio.lowlevel.cancel_shielded_checkpoint()
-                return b""
+                return b"", False
             waited = False
+            if self._drained and not self._sock.pending():
+                # The last call saw the kernel empty (or a record that ended the peer's write): wait for the
+                # socket rather than try a read that would most likely only say EAGAIN.
+                await self._wait(_WANT_READ)
+                waited = True
+                self._check()
+            self._drained = False
             while True:
                 try:
                     data = self._sock.recv(max_bytes)
@@ -190,15 +232,76 @@ class SocketTLSStream(trio.abc.Stream):
                     raise self._fail(exc) from exc
             if not data:
                 self._eof = True
-            if not waited:
-                await trio.lowlevel.cancel_shielded_checkpoint()
-            return data
+            elif self.full_records and len(data) < max_bytes:
+                data = self._fill(data, max_bytes)
+            return data, waited
         finally:
             self._receiving = False
+
+    def _fill(self, data: bytes, max_bytes: int) -> bytes:
+        """``data`` and what more is readable at once, up to ``max_bytes`` (:attr:`full_records` only).
+
+        OpenSSL hands out one TLS record (16 KiB at most) per read; a bulk transfer would cost a call, and
+        its consumer a loop, per record. A full record is followed by another read; a short one ended the
+        peer's write, so the read stops there and the next call waits for the socket first instead of a
+        read that would say EAGAIN (one syscall fewer per message). Stops as well at EAGAIN (the next call
+        waits first too), at EOF (the next call answers b"") and at an error (the next call raises it)."""
+        parts = [data]
+        total = last = len(data)
+        sock = self._sock
+        while total < max_bytes:
+            if last < _FULL_RECORD and not sock.pending():
+                self._drained = True
+                break
+            try:
+                more = sock.recv(max_bytes - total)
+            except _WANT:
+                self._drained = True
+                break
+            except (ssl.SSLError, OSError, ValueError):
+                break
+            if not more:
+                self._eof = True
+                break
+            parts.append(more)
+            last = len(more)
+            total += last
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     # -- send ----------------------------------------------------------------------------------------
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if not await self._send(data):
+            await trio.lowlevel.cancel_shielded_checkpoint()
+
+    async def send_all_unyielding(self, data: bytes | bytearray | memoryview) -> bool:
+        """:meth:`send_all` without its final schedule point: for a relay loop whose next call is one anyway
+        (it parks to read more, or checkpoints), and for the tunnel's flush. Checks cancellation first;
+        True when it waited for the socket (that was a schedule point)."""
+        return await self._send(data)
+
+    def send_now(self, data: bytes | bytearray | memoryview) -> memoryview:
+        """Send what the socket takes at once, without waiting and without a checkpoint; returns the rest
+        (empty when everything went). A non-empty rest may be a record OpenSSL started: it must be sent
+        next, with :meth:`send_all` or :meth:`send_all_unyielding` and nothing else before it (the tunnel's
+        flush does that shielded from cancellation). Raises as :meth:`send_all` does."""
+        if self._sending:
+            raise trio.BusyResourceError("another task is already sending on this TLS stream")
+        self._check()
+        rest = memoryview(data).cast("B")
+        if not self._handshook:
+            return rest  # send_all does the handshake first
+        while rest:
+            try:
+                sent = self._sock.send(rest)
+            except _WANT:
+                return rest
+            except (ssl.SSLError, OSError, ValueError) as exc:
+                raise self._fail(exc) from exc
+            rest = rest[sent:]
+        return rest
+
+    async def _send(self, data: bytes | bytearray | memoryview) -> bool:
         if self._sending:
             raise trio.BusyResourceError("another task is already sending on this TLS stream")
         self._sending = True
@@ -227,8 +330,7 @@ class SocketTLSStream(trio.abc.Stream):
                 except (ssl.SSLError, OSError, ValueError) as exc:
                     raise self._fail(exc) from exc
                 rest = rest[sent:]
-            if not waited:
-                await trio.lowlevel.cancel_shielded_checkpoint()
+            return waited
         finally:
             self._sending = False
 
@@ -242,14 +344,17 @@ class SocketTLSStream(trio.abc.Stream):
         finally:
             self._sending = False
 
-    async def wait_readable(self) -> None:
+    async def wait_readable(self) -> bool:
         """Return once :meth:`receive_some` has something to hand out (bytes, an EOF, an error) without
-        waiting; parks on the socket alone while neither OpenSSL nor the kernel holds unread bytes."""
-        if self._closed or self._broken is not None or not self._handshook or self._eof:
-            return
-        if self.more_arrived():
-            return
+        waiting; parks on the socket alone unless OpenSSL holds decrypted bytes. True when it parked (a
+        schedule point). It does not peek at the kernel first: a relay waits here right after it passed
+        the last request on, when nothing is there yet (a peek was a wasted syscall per request); when
+        bytes are there, the wait returns at the scheduler's next look at the sockets."""
+        if self._closed or self._broken is not None or not self._handshook or self._eof or self._sock.pending():
+            return False
         await trio.lowlevel.wait_readable(self._sock)
+        self._drained = False  # the socket said readable: the next receive reads at once
+        return True
 
     def more_arrived(self) -> bool:
         """True when bytes arrived that :meth:`receive_some` has not handed out: decrypted ones in OpenSSL, or

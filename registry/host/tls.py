@@ -102,15 +102,16 @@ def peer_certificate_der(stream: trio.SSLStream[Any] | SocketTLSStream) -> bytes
     return der if isinstance(der, bytes) and der else None
 
 
-async def wait_for_input(stream: trio.abc.ReceiveStream) -> None:
+async def wait_for_input(stream: trio.abc.ReceiveStream) -> bool:
     """Return once ``stream.receive_some`` has something to hand out (bytes, an EOF, an error), parked on the
     socket alone meanwhile (:meth:`SocketTLSStream.wait_readable`); a no-op for any other stream.
 
     An idle ``kubectl get -w`` holds two readers for hours (kubectl's at the front door, the agent's to the
     API server): waiting here, rather than inside ``receive_some``, keeps no read buffer and no TLS call
-    in flight for them."""
+    in flight for them. True when it parked (a schedule point: a relay loop's read after it need not be one)."""
     if isinstance(stream, SocketTLSStream):
-        await stream.wait_readable()
+        return await stream.wait_readable()
+    return False
 
 
 def _harden(context: ssl.SSLContext) -> None:

@@ -24,6 +24,7 @@ from tests.registry.host.tunnel_helpers import (
     echo_round_trip,
     memory_pair,
     read_all,
+    socket_tls_pair,
     tls_pair,
     wait_until,
 )
@@ -33,9 +34,10 @@ Handler = Callable[[TunnelStream], Awaitable[None]]
 MakePair = Callable[..., Awaitable[Pair]]
 
 
-@pytest.fixture(params=["memory", "tls"])
+@pytest.fixture(params=["memory", "tls", "socket_tls"])
 def make_pair(request: pytest.FixtureRequest) -> MakePair:
-    return memory_pair if request.param == "memory" else tls_pair  # type: ignore[return-value]
+    pairs = {"memory": memory_pair, "tls": tls_pair, "socket_tls": socket_tls_pair}
+    return pairs[request.param]
 
 
 async def test_echo_through_many_concurrent_streams(nursery: trio.Nursery, make_pair: MakePair) -> None:

@@ -394,3 +394,90 @@ async def test_a_connection_reset_before_the_wrap_leaks_no_descriptor(
         gc.collect()
     assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
     assert _open_fds() == before
+
+
+async def test_send_now_sends_what_the_socket_takes_and_the_rest_finishes_intact(
+    contexts: tuple[ssl.SSLContext, ssl.SSLContext],
+) -> None:
+    async with tls_pair(*contexts) as (client, server):
+        assert len(client.send_now(b"small")) == 0  # all taken at once, no checkpoint needed
+        assert await _receive_exactly(server, 5) == b"small"
+        payload = os.urandom(8 * MIB)  # more than the kernel buffers hold while nobody reads
+        rest = client.send_now(payload)
+        assert len(rest) > 0  # OpenSSL may have written records of it: the rest is to be sent next, as is
+        received = bytearray()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client.send_all, rest)
+            await trio.testing.wait_all_tasks_blocked()
+            with pytest.raises(trio.BusyResourceError):  # the rest goes next, through the one sender
+                client.send_now(b"jump the queue")
+            while len(received) < len(payload):
+                received += await server.receive_some()
+        assert received == payload  # every record whole, in order
+
+
+async def test_the_unyielding_calls_check_cancellation_but_pass_no_schedule_point(
+    contexts: tuple[ssl.SSLContext, ssl.SSLContext],
+) -> None:
+    async with tls_pair(*contexts) as (client, server):
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await client.send_all_unyielding(b"x")
+        assert scope.cancelled_caught
+        task = trio.lowlevel.current_task()
+        steps = [0]
+
+        class Steps(trio.abc.Instrument):
+            def before_task_step(self, stepped: trio.lowlevel.Task) -> None:
+                steps[0] += stepped is task
+
+        await client.send_all(b"ready")
+        assert await wait_for_input(server)  # it parked for the bytes: that was the schedule point
+        instrument = Steps()
+        trio.lowlevel.add_instrument(instrument)
+        try:
+            assert not await client.send_all_unyielding(b"abc")  # the socket took it: no wait
+            data = await server.receive_some_unyielding()
+        finally:
+            trio.lowlevel.remove_instrument(instrument)
+        assert steps[0] == 0
+        assert data.startswith(b"ready")
+
+
+async def test_full_records_gathers_a_bulk_transfer_and_still_sees_every_later_byte(
+    contexts: tuple[ssl.SSLContext, ssl.SSLContext],
+) -> None:
+    # The tunnel's setting: reads go on while records are full and stop at a short one (the end of a
+    # write), and the next receive waits for the socket first. Whatever the guess, no byte is missed.
+    async with tls_pair(*contexts) as (client, server):
+        server.full_records = True
+        payload = os.urandom(100_000)  # six full records and a short one
+        await client.send_all(payload)
+        await trio.testing.wait_all_tasks_blocked()
+        first = await server.receive_some(MIB)
+        assert len(first) > 16 * 1024, "one record per call: the records waiting were not gathered"
+        rest = first
+        while len(rest) < len(payload):
+            rest += await server.receive_some(MIB)
+        assert rest == payload
+        await client.send_all(b"already there")  # arrives before the next call, which waits first
+        with trio.fail_after(10):
+            assert await server.receive_some() == b"already there"
+
+        async def later() -> None:
+            await trio.testing.wait_all_tasks_blocked()
+            await client.send_all(b"later")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(later)
+            with trio.fail_after(10):
+                assert await server.receive_some() == b"later"
+        await client.send_all(b"x" * (16 * 1024) + b"tail")  # a full record, then a short one
+        got = b""
+        with trio.fail_after(10):
+            while len(got) < 16 * 1024 + 4:
+                got += await server.receive_some(MIB)
+        assert got.endswith(b"tail")
+        await client.aclose()
+        with trio.fail_after(10):
+            assert await server.receive_some() == b""  # the EOF after a drained read

@@ -4,6 +4,7 @@ handlers, a raw HTTP/2 peer that can send anything, and a polling waiter with a 
 from __future__ import annotations
 
 import functools
+import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from registry.core.identity import (
 )
 from registry.core.tunnel_info import StreamInfo
 from registry.host.h2tunnel import H2Tunnel, TunnelConfig, TunnelStream
+from registry.host.socket_tls import SocketTLSStream
 from registry.host.tls import client_context, server_context
 
 ALPN_TUNNEL = "kubeport-tunnel/1"
@@ -195,6 +197,44 @@ async def tls_pair(
     client = await incoming.receive()
     await client.wait_ready()
     return Pair(client, server)
+
+
+async def socket_tls_streams(*, small_buffers: bool = False) -> tuple[SocketTLSStream, SocketTLSStream]:
+    """(agent, front door) ends of a handshaken TLS connection on loopback, as production has them
+    (:class:`SocketTLSStream`: OpenSSL on the socket). ``small_buffers``: a few KiB of kernel buffer each
+    way, so a write the peer does not read blocks soon."""
+    tls = tls_contexts()
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    try:
+        dialed = await trio.open_tcp_stream("127.0.0.1", listeners[0].socket.getsockname()[1])
+        accepted = await listeners[0].accept()
+    finally:
+        await listeners[0].aclose()
+    assert isinstance(accepted, trio.SocketStream)
+    if small_buffers:
+        for tcp in (dialed, accepted):
+            tcp.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            tcp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    agent = SocketTLSStream.wrap(dialed, tls.client, server_hostname=REGISTRY_SERVER_NAME)
+    frontdoor = SocketTLSStream.wrap(accepted, tls.server, server_side=True)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(agent.do_handshake)
+        nursery.start_soon(frontdoor.do_handshake)
+    return agent, frontdoor
+
+
+async def socket_tls_pair(
+    nursery: trio.Nursery,
+    handler: Callable[[TunnelStream], Awaitable[None]] = accept_and_echo,
+    config: TunnelConfig | None = None,
+) -> Pair:
+    """:func:`tls_pair` over :class:`SocketTLSStream` ends (the tunnel's synchronous send path)."""
+    agent, frontdoor = await socket_tls_streams()
+    pair = Pair(H2Tunnel(frontdoor, side="client", config=config), H2Tunnel(agent, side="server", config=config))
+    await nursery.start(pair.server.run, handler)
+    await nursery.start(pair.client.run)
+    await pair.client.wait_ready()
+    return pair
 
 
 # -- a raw HTTP/2 peer ------------------------------------------------------------------------------------------
