@@ -458,9 +458,15 @@ async def close_all(clients: Sequence[RegistryClient]) -> None:
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of process ``pid`` so far (Linux /proc)."""
+    return sum(cpu_split(pid))
+
+
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of process ``pid`` so far (Linux /proc)."""
     with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
         fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 # --- measurements ----------------------------------------------------------------------------------------
@@ -639,12 +645,14 @@ async def api_side_writes(backend: Backend, data_dir: Path, config: Config, fact
 
             progress(f"{backend.name} API: creates (registry pid {endpoint.pid})")
             side.creates_seq = await throughput(config.creates, 1, lambda w, i: create("seq", w, i))
-            registry_cpu, own_cpu = cpu_seconds(endpoint.pid), time.process_time()
+            (user, system), own_cpu = cpu_split(endpoint.pid), time.process_time()
             side.creates_conc = await throughput(config.creates, config.concurrency, lambda w, i: create("conc", w, i))
             per_create = 1000.0 / config.creates
+            user_after, system_after = cpu_split(endpoint.pid)
             progress(
                 f"{backend.name} API: {config.concurrency} clients' creates: CPU per create: registry "
-                f"{(cpu_seconds(endpoint.pid) - registry_cpu) * per_create:.2f} ms, "
+                f"{(user_after + system_after - user - system) * per_create:.2f} ms "
+                f"(system {(system_after - system) * per_create:.2f}), "
                 f"clients (this process) {(time.process_time() - own_cpu) * per_create:.2f} ms"
             )
             if config.only_creates:
