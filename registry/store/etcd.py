@@ -633,6 +633,10 @@ class EtcdStore(BaseStore):
     async def _commit_group(self) -> None:
         """Under the lock: take queued writes and commit them together (see :meth:`_queue_write`); writes
         that did not fit are left queued for the next lock holder."""
+        # One pass of the scheduler first: requests already read and being handled (other tasks, runnable
+        # now) queue their writes before the group is taken, so they share this txn instead of waiting a
+        # whole etcd round trip for the next one.
+        await trio.lowlevel.cancel_shielded_checkpoint()
         group = self._take_group()
         try:
             self._check_open()
