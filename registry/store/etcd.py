@@ -599,6 +599,8 @@ class EtcdStore(BaseStore):
     async def _queue_write(self, ops: tuple[WriteOp, ...], *, atomic: bool) -> list[Change]:
         """Group commit, as SQLite's: writes that queue up while another commits go to etcd together, in
         ONE snapshot read and ONE txn, each planned in arrival order against the state the earlier ones left.
+        The lock holder lets the scheduler run a few passes before it takes the group, so the writes of
+        requests being handled at that moment join it (8 API clients: about 6-7 creates per txn, not 5).
 
         A batch joins a group as one unit, all or nothing. Each caller keeps its own outcome: an op whose plan
         fails (NotFound, AlreadyExists, CompareFailed) fails alone and consumes no revision. A group etcd
