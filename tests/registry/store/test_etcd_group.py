@@ -95,25 +95,6 @@ async def test_a_write_queued_one_scheduler_pass_later_joins_the_group(store: Et
     assert len(await store.list(K)) == 20
 
 
-async def test_a_write_two_passes_away_joins_the_group(store: EtcdStore) -> None:
-    """The holder lets the scheduler run a few passes (a request takes several steps from its socket to its
-    write): a write queued two passes later shares the txn, ten trials in a row (with a single pass it
-    misses whenever the scheduler runs the holder first)."""
-    writes = count_writes(store)
-    for trial in range(10):
-
-        async def late(name: str) -> None:
-            for _ in range(2):
-                await trio.lowlevel.checkpoint()
-            await store.create(K, name, cluster(n=name))
-
-        before = len(writes)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(store.create, K, f"first-{trial}", cluster(n=f"first-{trial}"))
-            nursery.start_soon(late, f"late-{trial}")
-        assert len(writes) - before == 1, f"trial {trial}: {len(writes) - before} txns for two writes"
-
-
 async def test_every_caller_sees_its_own_write_when_it_returns(store: EtcdStore) -> None:
     async def create_and_read(name: str) -> None:
         record = await store.create(K, name, cluster())
