@@ -4,6 +4,7 @@ store alone, in the same run.
     python scripts/bench_registry.py [--quick] [--store sqlite|etcd|both] [--etcd-binary PATH] [--json]
                                      [--clusters 1000,10000] [--watchers 1,10,100] [--agents 10]
                                      [--servers-per-agent 10000] [--keepalive-seconds 30]
+                                     [--only creates]
 
 Prints one markdown table (issue 11 §3) with a row group per backend. Every operation is measured twice: the
 baseline calls the store directly in this process (no HTTP, no TLS, no validation, no audit); the API side
@@ -131,6 +132,7 @@ class Config:
     etcd_binary: Path | None
     work_dir: Path | None
     json: bool
+    only_creates: bool = False
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -172,6 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--work-dir", type=Path, metavar="DIR", help="parent of the temporary data directories")
     parser.add_argument("--json", action="store_true", help="also print the results as one line of JSON, last")
+    parser.add_argument(
+        "--only",
+        choices=("all", "creates"),
+        default="all",
+        help="'creates': only the two create rows (seconds per A/B round; no heartbeats, watches or lists)",
+    )
     return parser
 
 
@@ -195,6 +203,7 @@ def parse_config(argv: Sequence[str] | None) -> Config:
         etcd_binary=args.etcd_binary,
         work_dir=args.work_dir,
         json=args.json,
+        only_creates=args.only == "creates",
     )
 
 
@@ -249,6 +258,8 @@ def row_labels(config: Config) -> list[str]:
     """Every row's operation text for one backend, in table order (the smoke test checks each appears)."""
     servers = config.agents * config.servers_per_agent
     labels = ["create, sequential (1 client)", f"create, {config.concurrency} concurrent clients"]
+    if config.only_creates:
+        return labels
     labels += [
         f"announce {servers:,} kube_servers ({config.agents} agents, batch route)",
         f"keep {servers:,} kube_servers alive ({keepalive_rate(config):,.0f}/s): registry CPU",
@@ -447,9 +458,15 @@ async def close_all(clients: Sequence[RegistryClient]) -> None:
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of process ``pid`` so far (Linux /proc)."""
+    return sum(cpu_split(pid))
+
+
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of process ``pid`` so far (Linux /proc)."""
     with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
         fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 # --- measurements ----------------------------------------------------------------------------------------
@@ -570,6 +587,8 @@ async def store_side_writes(backend: Backend, path: Path, config: Config, factor
 
         side.creates_seq = await throughput(config.creates, 1, lambda _w, i: create("seq", i))
         side.creates_conc = await throughput(config.creates, config.concurrency, lambda _w, i: create("conc", i))
+        if config.only_creates:
+            return side
         side.announce = await _store_announce(store, config, factory)
 
         async def watcher(_index: int, probe: LatencyProbe) -> None:
@@ -613,8 +632,9 @@ async def _store_announce(store: BaseStore, config: Config, factory: ClusterFact
 async def api_side_writes(backend: Backend, data_dir: Path, config: Config, factory: ClusterFactory) -> Side:
     side = Side()
     store_config = backend.store_config()
-    progress(f"{backend.name}: filling {config.servers_per_agent:,} kube_clusters for the heartbeats")
-    await _fill(data_dir, store_config, config.servers_per_agent, factory, "hb")
+    if not config.only_creates:
+        progress(f"{backend.name}: filling {config.servers_per_agent:,} kube_clusters for the heartbeats")
+        await _fill(data_dir, store_config, config.servers_per_agent, factory, "hb")
     async with running_registry(data_dir, store_config) as endpoint:
         clients = await warm_clients(endpoint, max(config.concurrency, config.agents))
         try:
@@ -623,16 +643,20 @@ async def api_side_writes(backend: Backend, data_dir: Path, config: Config, fact
                 with trio.fail_after(STEP_TIMEOUT):
                     await clients[worker].create(factory.make(f"{prefix}-{i:06d}"))
 
-            progress(f"{backend.name} API: creates")
+            progress(f"{backend.name} API: creates (registry pid {endpoint.pid})")
             side.creates_seq = await throughput(config.creates, 1, lambda w, i: create("seq", w, i))
-            registry_cpu, own_cpu = cpu_seconds(endpoint.pid), time.process_time()
+            (user, system), own_cpu = cpu_split(endpoint.pid), time.process_time()
             side.creates_conc = await throughput(config.creates, config.concurrency, lambda w, i: create("conc", w, i))
             per_create = 1000.0 / config.creates
+            user_after, system_after = cpu_split(endpoint.pid)
             progress(
                 f"{backend.name} API: {config.concurrency} clients' creates: CPU per create: registry "
-                f"{(cpu_seconds(endpoint.pid) - registry_cpu) * per_create:.2f} ms, "
+                f"{(user_after + system_after - user - system) * per_create:.2f} ms "
+                f"(system {(system_after - system) * per_create:.2f}), "
                 f"clients (this process) {(time.process_time() - own_cpu) * per_create:.2f} ms"
             )
+            if config.only_creates:
+                return side
             progress(f"{backend.name} API: heartbeats")
             side.announce, side.keepalive_cpu = await _api_heartbeats(endpoint, clients, config, factory)
             for w in config.watchers:
@@ -794,6 +818,10 @@ def build_rows(config: Config, backend: str, store: Side, api: Side) -> list[Row
     rows = [
         Row(backend, next(labels), "creates/s", store.creates_seq, api.creates_seq),
         Row(backend, next(labels), "creates/s", store.creates_conc, api.creates_conc, "≤ 2.0x (API ≥ 0.5× store)"),
+    ]
+    if config.only_creates:
+        return rows
+    rows += [
         Row(backend, next(labels), "s", store.announce, api.announce),
         Row(backend, next(labels), "% core", 0.0, api.keepalive_cpu, "< 50% of a core"),
     ]
@@ -811,6 +839,8 @@ async def measure(backend: Backend, work: Path, config: Config, factory: Cluster
     progress(f"{backend.name} store alone: creates, heartbeats and watches")
     store = await store_side_writes(backend, work / f"{backend.kind}-baseline.db", config, factory)
     api = await api_side_writes(backend, work / f"{backend.kind}-api", config, factory)
+    if config.only_creates:
+        return build_rows(config, backend.name, store, api)
     await list_sides(backend, work / f"{backend.kind}-lists", config, factory, store=store, api=api)
     return build_rows(config, backend.name, store, api)
 

@@ -227,6 +227,15 @@ class _Connection:
                 continue
             return event
 
+    async def next_event_within(self, timeout: float) -> Any:
+        """:meth:`next_event` within ``timeout`` seconds from now (trio.TooSlowError). The deadline's cancel
+        scope is only entered to wait for bytes: an event already buffered costs none."""
+        event = self.conn.next_event()
+        if event is not h11.NEED_DATA:
+            return event
+        with trio.fail_after(timeout):
+            return await self.next_event()
+
     async def send(self, event: Any) -> None:
         await self._write(self.conn.send(event))
 
@@ -347,18 +356,25 @@ class _Connection:
             raise _TooLarge(length)
         parts: list[bytes] = []
         size = 0
-        with trio.fail_after(self.limits.body_timeout):
-            while True:
-                event = await self.next_event()
-                if isinstance(event, h11.Data):
-                    size += len(event.data)
-                    if size > self.limits.max_body_bytes:
-                        raise _TooLarge(size)
-                    parts.append(bytes(event.data))
-                elif isinstance(event, h11.EndOfMessage):
-                    return b"".join(parts)
-                elif isinstance(event, h11.ConnectionClosed):
-                    raise _ClientGone
+        # The body's deadline runs from here; its cancel scope is only entered to wait for bytes (a small
+        # body usually arrived with its head: no scope at all).
+        deadline: float | None = None
+        while True:
+            event = self.conn.next_event()
+            if event is h11.NEED_DATA:
+                if deadline is None:
+                    deadline = trio.current_time() + self.limits.body_timeout
+                with trio.fail_at(deadline):
+                    await self._receive()
+            elif isinstance(event, h11.Data):
+                size += len(event.data)
+                if size > self.limits.max_body_bytes:
+                    raise _TooLarge(size)
+                parts.append(bytes(event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                return b"".join(parts)
+            elif isinstance(event, h11.ConnectionClosed):
+                raise _ClientGone
 
 
 class _TooLarge(Exception):
@@ -475,8 +491,7 @@ async def handle_connection(
                 if first:
                     with trio.fail_at(first_deadline):
                         await conn._receive()
-                        with trio.fail_after(limits.head_timeout):
-                            event = await conn.next_event()
+                        event = await conn.next_event_within(limits.head_timeout)
                 else:
                     # A kept-alive connection may wait for its next request; once bytes start arriving the
                     # whole head must follow quickly (slowloris).
@@ -486,8 +501,7 @@ async def handle_connection(
                             await conn._receive()
                         if idle.cancelled_caught:
                             return
-                    with trio.fail_after(limits.head_timeout):
-                        event = await conn.next_event()
+                    event = await conn.next_event_within(limits.head_timeout)
             except trio.TooSlowError:
                 if first and not conn.received_any:
                     log.debug("connection from %s sent no request in time", client)

@@ -125,3 +125,18 @@ def test_ratio_is_api_cost_over_store_cost(
     else:
         assert row.ratio == pytest.approx(ratio)
     assert row.cells() == ["SQLite", "op", *cells, ""]
+
+
+def test_only_creates_prints_just_the_two_create_rows(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), *TINY, "--store", "sqlite", "--only", "creates", "--work-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = table_rows(result.stdout)
+    assert [row[1] for row in rows] == ["create, sequential (1 client)", "create, 8 concurrent clients"]
+    assert "CPU per create: registry" in result.stderr and "(system " in result.stderr
+    assert list(tmp_path.iterdir()) == []  # the run's directory is gone

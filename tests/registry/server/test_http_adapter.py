@@ -185,6 +185,63 @@ async def test_slow_head_is_cut_off(nursery: trio.Nursery) -> None:
     assert reply.startswith(b"HTTP/1.1 408")
 
 
+async def _read_to_eof(stream: trio.abc.Stream) -> bytes:
+    reply = b""
+    with trio.fail_after(5):
+        while chunk := await stream.receive_some():
+            reply += chunk
+    return reply
+
+
+async def test_a_body_that_stops_arriving_is_answered_408(nursery: trio.Nursery) -> None:
+    info = await start(nursery, limits=HTTPLimits(body_timeout=0.3))
+    async with await trio.open_tcp_stream(info.host, info.port) as stream:
+        await stream.send_all(b"POST /x HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\nabc")
+        reply = await _read_to_eof(stream)
+    assert reply.startswith(b"HTTP/1.1 408")
+
+
+async def test_a_trickled_body_cannot_outlive_its_deadline(nursery: trio.Nursery) -> None:
+    """The body's deadline runs from its first byte's wait, for the whole body: bytes arriving in time one
+    by one do not extend it (the deadline scope is entered per wait, the deadline is not restarted)."""
+    info = await start(nursery, limits=HTTPLimits(body_timeout=0.5))
+    async with await trio.open_tcp_stream(info.host, info.port) as stream:
+        await stream.send_all(b"POST /x HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n")
+        start_time = trio.current_time()
+        reply = b""
+        with trio.fail_after(10):
+            for _ in range(1000):
+                try:
+                    await stream.send_all(b"a")
+                except trio.BrokenResourceError:
+                    break
+                with trio.move_on_after(0.1):  # pacing the trickle, not waiting for a condition
+                    chunk = await stream.receive_some()
+                    reply += chunk
+                    if not chunk or reply.startswith(b"HTTP/1.1 408"):
+                        break
+        elapsed = trio.current_time() - start_time
+    assert reply.startswith(b"HTTP/1.1 408")
+    assert elapsed < 3
+
+
+async def test_a_small_body_sent_with_its_head_is_read_and_the_connection_kept(nursery: trio.Nursery) -> None:
+    info = await start(nursery, limits=HTTPLimits(body_timeout=0.3, head_timeout=0.3))
+    async with await trio.open_tcp_stream(info.host, info.port) as stream:
+        one = b"POST /x HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nhello"
+        await stream.send_all(one + one)  # two whole requests in one write: both buffered at once
+        reply = b""
+        with trio.fail_after(5):
+            while reply.count(b"HTTP/1.1 200") < 2:
+                chunk = await stream.receive_some()
+                assert chunk, reply
+                reply += chunk
+        # A kept-alive connection's next head trickled past the head deadline is cut off with a 408.
+        await stream.send_all(b"GET /x HTTP/1.1\r\n")
+        reply = await _read_to_eof(stream)
+    assert reply.startswith(b"HTTP/1.1 408")
+
+
 async def test_a_failing_stream_producer_does_not_take_the_server_down(nursery: trio.Nursery) -> None:
     async def broken(request: Request) -> Response:
         if request.path == "/ok":
