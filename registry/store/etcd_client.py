@@ -545,13 +545,9 @@ class EtcdClient:
                     raw = await response.aread()
                     message, code = _error_of(_loads(raw[:MAX_ANSWER_BYTES]), response.status_code)
                     raise _map_error(message, code)
-                async with aclosing(cast(AsyncGenerator[str, None], response.aiter_lines())) as lines:  # a generator
-                    first = await _next_result(lines)
-                    _check_watch_result(first)
-                    if not first.get("created", False):
-                        raise ConnectionProblem("etcd watch did not start")
-                    async with aclosing(_watch_events(lines, first)) as events:
-                        yield events
+                lines = cast(AsyncGenerator[str, None], response.aiter_lines())  # a generator: closed by aclosing
+                async with aclosing(lines), _started_watch(lines) as events:
+                    yield events
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             self._next_endpoint(index)
             raise ConnectionProblem(f"etcd watch at {self.endpoints[index]}: {exc}") from None
@@ -583,13 +579,8 @@ class EtcdClient:
             message, code = _error_of(_loads(head.body), head.status)
             raise _map_error(message, code)
         try:
-            async with aclosing(_stream_lines(streamed)) as lines:
-                first = await _next_result(lines)
-                _check_watch_result(first)
-                if not first.get("created", False):
-                    raise ConnectionProblem("etcd watch did not start")
-                async with aclosing(_watch_events(lines, first)) as events:
-                    yield events
+            async with aclosing(_stream_lines(streamed)) as lines, _started_watch(lines) as events:
+                yield events
         except _WatchBroken as exc:
             self._next_endpoint(index)  # as the httpx path does for a stream that broke
             raise ConnectionProblem(f"etcd watch at {member} broke: {exc.message}") from None
@@ -654,6 +645,17 @@ def _check_watch_result(result: dict[str, Any]) -> None:
             raise Compacted(f"etcd history before revision {compact} was compacted: relist and watch again")
         reason = result.get("cancel_reason") or "canceled by etcd"
         raise ConnectionProblem(f"etcd watch ended: {str(reason)[:200]}")
+
+
+@asynccontextmanager
+async def _started_watch(lines: AsyncIterator[str]) -> AsyncIterator[AsyncIterator[tuple[int, list[WatchEvent]]]]:
+    """The events of a watch whose answer is ``lines``, once etcd confirmed it was created (its first result)."""
+    first = await _next_result(lines)
+    _check_watch_result(first)
+    if not first.get("created", False):
+        raise ConnectionProblem("etcd watch did not start")
+    async with aclosing(_watch_events(lines, first)) as events:
+        yield events
 
 
 async def _watch_events(
