@@ -23,6 +23,7 @@ from tests.registry.host.tunnel_helpers import (
     count_all,
     echo_round_trip,
     memory_pair,
+    open_via_raw_peer,
     read_all,
     socket_tls_pair,
     tls_pair,
@@ -879,24 +880,14 @@ async def test_a_send_stuck_on_a_peer_that_stopped_reading_ends_with_the_tunnel(
 
     nursery.start_soon(run)
     peer = RawPeer(right)
-    opened: list[TunnelStream] = []
-
-    async def open_one() -> None:
-        opened.append(await client.open_stream([], authority="c"))
-
-    nursery.start_soon(open_one)
-    await peer.server_preface()
-    await peer.skip_preface()
-    assert await peer.frame_of(hyperframe.frame.HeadersFrame, 1) is not None
-    await peer.send(peer.headers(1, [(b":status", b"200")]))
-    await wait_until(lambda: bool(opened))
+    stream = await open_via_raw_peer(nursery, client, peer)
     failed: list[BaseException] = []
 
     async def send_big() -> None:
         with trio.CancelScope() as scope:
             sending.append(scope)
             try:
-                await opened[0].send_all(b"x" * 60_000)  # within the 65,535 window; the peer never reads it
+                await stream.send_all(b"x" * 60_000)  # within the 65,535 window; the peer never reads it
             except trio.BrokenResourceError as exc:
                 failed.append(exc)
 

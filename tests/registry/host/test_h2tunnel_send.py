@@ -12,7 +12,7 @@ import trio
 import trio.testing
 
 from registry.host.h2tunnel import H2Tunnel, TunnelStream
-from tests.registry.host.tunnel_helpers import RawPeer, socket_tls_pair, socket_tls_streams, wait_until
+from tests.registry.host.tunnel_helpers import RawPeer, open_via_raw_peer, socket_tls_pair, socket_tls_streams
 
 
 async def _opened(nursery: trio.Nursery) -> tuple[H2Tunnel, TunnelStream, RawPeer]:
@@ -30,18 +30,7 @@ async def _opened(nursery: trio.Nursery) -> tuple[H2Tunnel, TunnelStream, RawPee
 
     nursery.start_soon(close_peer_at_the_end)
     peer = RawPeer(agent)
-    opened: list[TunnelStream] = []
-
-    async def open_one() -> None:
-        opened.append(await client.open_stream([], authority="c"))
-
-    nursery.start_soon(open_one)
-    await peer.server_preface()
-    await peer.skip_preface()
-    assert await peer.frame_of(hyperframe.frame.HeadersFrame, 1) is not None
-    await peer.send(peer.headers(1, [(b":status", b"200")]))
-    await wait_until(lambda: bool(opened))
-    return client, opened[0], peer
+    return client, await open_via_raw_peer(nursery, client, peer), peer
 
 
 async def _data(peer: RawPeer, size: int) -> bytes:
@@ -137,14 +126,10 @@ async def test_send_all_is_a_checkpoint_and_the_unyielding_send_passes_no_schedu
     assert scope.cancelled_caught
 
 
-async def test_many_streams_sending_at_once_share_writes(nursery: trio.Nursery) -> None:
-    # Ten kubectl connections' requests arriving together: one write per request would be ten TLS records
-    # and ten reads at the agent; a flush right after another one holds the transport across a schedule
-    # point so the others' frames go with it. A lone sender (one connection) writes at once.
-    pair = await socket_tls_pair(nursery)
-    streams = [await pair.client.open_stream([], authority="c") for _ in range(10)]
+def _count_writes(tunnel: H2Tunnel) -> list[int]:
+    """A one-element counter of the writes ``tunnel`` makes to its socket from now on."""
     writes = [0]
-    send_now = pair.client._send_now
+    send_now = tunnel._send_now
     assert send_now is not None
 
     def counting(data: bytearray) -> memoryview:
@@ -152,7 +137,17 @@ async def test_many_streams_sending_at_once_share_writes(nursery: trio.Nursery) 
         assert send_now is not None
         return send_now(data)
 
-    pair.client._send_now = counting
+    tunnel._send_now = counting
+    return writes
+
+
+async def test_many_streams_sending_at_once_share_writes(nursery: trio.Nursery) -> None:
+    # Ten kubectl connections' requests arriving together: one write per request would be ten TLS records
+    # and ten reads at the agent; a flush right after another one holds the transport across a schedule
+    # point so the others' frames go with it. A lone sender (one connection) writes at once.
+    pair = await socket_tls_pair(nursery)
+    streams = [await pair.client.open_stream([], authority="c") for _ in range(10)]
+    writes = _count_writes(pair.client)
     async with trio.open_nursery() as senders:
         for index, stream in enumerate(streams):
             senders.start_soon(stream.send_all, f"request {index}".encode())
@@ -170,16 +165,7 @@ async def test_answers_to_requests_that_arrived_together_share_writes(nursery: t
         await stream.send_all(b"warm")
         with trio.fail_after(10):
             assert await stream.receive_some() == b"warm"
-    writes = [0]
-    send_now = pair.server._send_now
-    assert send_now is not None
-
-    def counting(data: bytearray) -> memoryview:
-        writes[0] += 1
-        assert send_now is not None
-        return send_now(data)
-
-    pair.server._send_now = counting
+    writes = _count_writes(pair.server)
     async with trio.open_nursery() as senders:
         for index, stream in enumerate(streams):
             senders.start_soon(stream.send_all, f"request {index}".encode())

@@ -304,3 +304,19 @@ class RawPeer:
             frame = await self.next_frame()
             if frame is None or (isinstance(frame, kind) and stream_id in (None, frame.stream_id)):
                 return frame
+
+
+async def open_via_raw_peer(nursery: trio.Nursery, client: H2Tunnel, peer: RawPeer) -> TunnelStream:
+    """Stream 1 of ``client``, accepted by ``peer`` (a raw HTTP/2 server answering ``:status 200``)."""
+    opened: list[TunnelStream] = []
+
+    async def open_one() -> None:
+        opened.append(await client.open_stream([], authority="c"))
+
+    nursery.start_soon(open_one)
+    await peer.server_preface()
+    await peer.skip_preface()
+    assert await peer.frame_of(hyperframe.frame.HeadersFrame, 1) is not None
+    await peer.send(peer.headers(1, [(b":status", b"200")]))
+    await wait_until(lambda: bool(opened))
+    return opened[0]
