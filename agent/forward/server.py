@@ -106,6 +106,10 @@ class _Malformed(BadParameter):
     """A request head the header rules refuse as smuggling or malformed: answered, then the stream closes."""
 
 
+class _BadBody(Exception):
+    """The request's body broke its framing (a bad chunk, the stream ended inside it)."""
+
+
 class _Abort(Exception):
     """The exchange broke after the response head went out: the stream must close without more bytes."""
 
@@ -488,6 +492,11 @@ class _Session:
                         fresh = True  # a kept-alive connection the server had closed: once more on a new one
                         continue
                     return await self._upstream_failed(exc, record)
+                if isinstance(exc, _BadBody):  # nothing went to the client yet: a 400, then the stream ends
+                    await self._refuse(BadParameter(f"malformed HTTP request body: {exc}"), record, close=True)
+                    return False
+                if isinstance(exc, _ClientGone):
+                    await self._end_relayed(exc, record)  # audited, then the stream ends
                 raise
             break
         if not relaying[0]:
@@ -534,7 +543,7 @@ class _Session:
             if isinstance(exc, UpstreamError):
                 return await self._upstream_failed(exc, record)
             if isinstance(exc, trio.TooSlowError | http1.HTTPError):
-                raise _ClientGone from None
+                await self._end_relayed(_ClientGone(), record)
             raise
         await exchange.aclose()
         await self._emit(record)
@@ -616,8 +625,10 @@ class _Session:
         while not body.done:
             try:
                 event = await self._next_event_within(self.limits.head_timeout)
-            except (trio.TooSlowError, http1.HTTPError) as exc:
+            except trio.TooSlowError as exc:
                 raise _ClientGone from exc
+            except http1.HTTPError as exc:
+                raise _BadBody(exc.message) from None
             if isinstance(event, bytes):
                 if body.replayable and body.size + len(event) <= body.limit:
                     body.recorded.append(event)
@@ -915,8 +926,9 @@ class _Session:
     # -- audit -----------------------------------------------------------------------------------------
 
     async def _end_relayed(self, exc: BaseException, record: _Record) -> NoReturn:
-        """An exchange whose answer kubectl had started to get broke: audit why, then end the connection
-        (an upstream failure as :class:`_Abort`: kubectl's answer is cut, never completed by a Status)."""
+        """An exchange that cannot be answered any more broke (kubectl had started to get the answer, or
+        went away before it): audit why, then end the connection (an upstream failure as :class:`_Abort`:
+        kubectl's answer is cut, never completed by a Status)."""
         record.error = "the client went away" if isinstance(exc, _ClientGone) else "the exchange broke"
         if isinstance(exc, UpstreamError):
             record.error = exc.message
