@@ -82,6 +82,13 @@ _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # A field value (h11's field_value): visible ASCII, obs-text, SP and HTAB inside; no other control byte.
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _OWS = b" \t"
+# Checked over a whole head at once (a few scans in C, not one per line; llhttp refuses all of these too,
+# this is the second lock): a control byte other than HTAB, CR and LF; a CR or LF not in a CRLF; a header
+# line that does not start with a token and a colon (obs-fold, whitespace before the colon, a bad name).
+_CONTROL = bytes([*range(0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F])
+_LINE_START = re.compile(rb"\r\n(?!\Z|[!#$%&'*+\-.^_`|~0-9A-Za-z]+:)")
+# A line whose name decides framing or keep-alive: only a head with one needs its lines looked at one by one.
+_FRAMING_LINE = re.compile(rb"\n(?:content-length|transfer-encoding|connection)[ \t]*:", re.IGNORECASE)
 _NO_BODY_STATUS = frozenset({204, 304})
 
 
@@ -276,8 +283,8 @@ class Reader:
         self._fed = 0
         if collect is None or parser is None or not collect.complete:
             raise self._fail("malformed message head")
+        head = self._head(parser, collect, buf, end)
         self.buffer = buf[end:]
-        head = self._head(parser, collect)
         self._keep_alive = head.keep_alive
         self._state = _BODY  # END comes next when there is no body
         if self._body == _CHUNKED:
@@ -300,18 +307,31 @@ class Reader:
         except httptools.HttpParserError:
             raise self._fail("malformed message head") from None
 
-    def _head(self, parser: httptools.HttpRequestParser | httptools.HttpResponseParser, collect: _Collect) -> Head:
+    def _head(
+        self,
+        parser: httptools.HttpRequestParser | httptools.HttpResponseParser,
+        collect: _Collect,
+        buf: bytes,
+        end: int,
+    ) -> Head:
+        """The :class:`Head` llhttp read from ``buf[:end]``, once this module's own checks passed."""
         version = parser.get_http_version().encode("ascii")
         if version not in (b"1.1", b"1.0"):
             raise self._fail("unsupported HTTP version")
+        head = buf if end == len(buf) else buf[:end]
+        lf = head.count(b"\n")
+        if (
+            len(head.translate(None, _CONTROL)) != end
+            or head.count(b"\r") != lf
+            or head.count(b"\r\n") != lf
+            or _LINE_START.search(head, 0, end - 2)  # (up to the last header line's CRLF)
+        ):
+            raise self._fail("a bare CR or LF, a control character, a bad name or obs-fold in the head")
         length: int | None = None
         chunked = False
         close = False
-        for name, value in collect.headers:
-            if not _TOKEN.fullmatch(name):
-                raise self._fail("invalid header name")
-            if _BAD_VALUE.search(value):
-                raise self._fail("a header value holds a control character (obs-fold?)")
+        framing = collect.headers if _FRAMING_LINE.search(head) else ()
+        for name, value in framing:
             lowered = name.lower()
             if lowered == b"content-length":
                 digits = value.strip(_OWS)
@@ -326,7 +346,9 @@ class Reader:
                 close = close or any(t.strip(_OWS).lower() == b"close" for t in value.split(b","))
         if chunked and length is not None:
             raise self._fail("both Content-Length and Transfer-Encoding")
-        headers = [(n, v.strip(_OWS)) for n, v in collect.headers]
+        headers = collect.headers  # llhttp strips the whitespace before a value, not after it
+        if b" \r\n" in head or b"\t\r\n" in head:
+            headers = [(n, v.rstrip(_OWS)) for n, v in headers]
         if self.response:
             status = parser.get_status_code()  # type: ignore[union-attr]
             method, target, reason = b"", b"", collect.reason

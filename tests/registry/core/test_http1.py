@@ -380,3 +380,44 @@ def test_serializers() -> None:
     for bad in ([(b"X A", b"v")], [(b"X", b"a\r\nInjected: 1")], [(b"X", b"a\x00")]):
         with pytest.raises(HTTPError):
             check_headers(bad)
+
+
+def test_the_module_s_own_checks_hold_with_llhttp_made_lenient(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every rule is checked twice (llhttp, then this module): with every llhttp leniency switched on, no
+    hostile head is read as a head, and the valid ones still are."""
+    import httptools
+
+    from registry.core import http1
+
+    def lenient(factory: type[httptools.HttpParser]) -> object:
+        def make(protocol: object) -> httptools.HttpParser:
+            parser = factory(protocol)
+            parser.set_dangerous_leniencies(
+                lenient_headers=True,
+                lenient_chunked_length=True,
+                lenient_keep_alive=True,
+                lenient_transfer_encoding=True,
+                lenient_version=True,
+                lenient_data_after_close=True,
+                lenient_optional_lf_after_cr=True,
+                lenient_optional_cr_before_lf=True,
+                lenient_optional_crlf_after_chunk=True,
+                lenient_spaces_after_chunk_size=True,
+            )
+            return parser
+
+        return make
+
+    monkeypatch.setattr(http1.httptools, "HttpRequestParser", lenient(httptools.HttpRequestParser))
+    monkeypatch.setattr(http1.httptools, "HttpResponseParser", lenient(httptools.HttpResponseParser))
+    for name, data in {**HOSTILE_REQUESTS, **HOSTILE_RESPONSES}.items():
+        response = name in HOSTILE_RESPONSES
+        try:
+            events, _ = _read(data, response=response)
+        except HTTPError:
+            continue
+        # Not refused: then not read as a head either (a head ended by LF LF waits for its CRLF CRLF)
+        assert not any(isinstance(e, Head) for e in events), name
+    for data in VALID_REQUESTS:
+        events, _ = _read(data)
+        assert isinstance(events[0], Head)
