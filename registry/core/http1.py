@@ -22,6 +22,7 @@ checked here as well as by llhttp, and tests/core/test_http1.py holds one hostil
 - A head longer than ``max_head`` is refused (:class:`HTTPError` with status 431) before it is buffered
   past that size.
 - Only HTTP/1.0 and HTTP/1.1. HTTP/1.0 is never kept alive (as h11); ``Connection: close`` ends keep-alive.
+  A request has one ``Host`` header (HTTP/1.1: exactly one, RFC 9112 §3.2; as h11).
 - Framing: ``Content-Length`` at most once, digits only; ``Transfer-Encoding`` at most once and exactly
   ``chunked``; never both. Chunk sizes, extensions and trailers as :mod:`registry.core.chunked`.
 - A response to HEAD, a 1xx, 204 or 304 has no body; a response without framing headers is read until
@@ -88,7 +89,8 @@ _OWS = b" \t"
 _CONTROL = bytes([*range(0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F])
 _LINE_START = re.compile(rb"\r\n(?!\Z|[!#$%&'*+\-.^_`|~0-9A-Za-z]+:)")
 # A line whose name decides framing or keep-alive: only a head with one needs its lines looked at one by one.
-_FRAMING_LINE = re.compile(rb"\n(?:content-length|transfer-encoding|connection)[ \t]*:", re.IGNORECASE)
+_FRAMING_LINE = re.compile(rb"\n(?:content-length|transfer-encoding|connection):", re.IGNORECASE)
+_HOST_LINE = re.compile(rb"\nhost:", re.IGNORECASE)
 _NO_BODY_STATUS = frozenset({204, 304})
 
 
@@ -367,6 +369,9 @@ class Reader:
             target = collect.url
             if not target:
                 raise self._fail("malformed request line")
+            hosts = len(_HOST_LINE.findall(head))
+            if hosts > 1 or (hosts == 0 and version == b"1.1"):
+                raise self._fail("an HTTP/1.1 request needs exactly one Host header")
             upgrade = parser.should_upgrade()
             if chunked:
                 self._body = _CHUNKED

@@ -100,6 +100,8 @@ HOSTILE_REQUESTS = {
     "not HTTP": b"GET / FOO/1.1\r\nHost: k\r\n\r\n",
     "lower-case version": b"GET / http/1.1\r\nHost: k\r\n\r\n",
     "binary garbage": b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n",
+    "HTTP/1.1 without Host": b"GET / HTTP/1.1\r\nX-A: b\r\n\r\n",
+    "two Host lines": b"GET / HTTP/1.1\r\nHost: k\r\nhost: admin\r\n\r\n",
 }
 
 
@@ -204,7 +206,7 @@ def test_huge_heads_are_refused_with_431_before_being_buffered_whole() -> None:
             assert reader.next_event() is NEED_DATA
     assert caught.value.status == 431
     assert len(reader.buffer) < 2048
-    big = b"GET / HTTP/1.1\r\nX: " + b"a" * 2000 + b"\r\n\r\n"  # arrives whole, with its end
+    big = b"GET / HTTP/1.1\r\nHost: k\r\nX: " + b"a" * 2000 + b"\r\n\r\n"  # arrives whole, with its end
     with pytest.raises(HTTPError) as caught:
         _read(big, max_head=1024)
     assert caught.value.status == 431
@@ -263,9 +265,9 @@ def test_http_1_0_and_connection_close_are_not_kept_alive() -> None:
     assert isinstance(events[0], Head) and events[0].version == b"1.0" and not events[0].keep_alive
     events, _ = _read(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")  # h11 closes these too
     assert isinstance(events[0], Head) and not events[0].keep_alive
-    events, _ = _read(b"GET / HTTP/1.1\r\nConnection: keep-alive, Close\r\n\r\n")
+    events, _ = _read(b"GET / HTTP/1.1\r\nHost: k\r\nConnection: keep-alive, Close\r\n\r\n")
     assert isinstance(events[0], Head) and not events[0].keep_alive
-    events, _ = _read(b"GET / HTTP/1.1\r\nConnection: closed\r\n\r\n")  # a token, not a substring
+    events, _ = _read(b"GET / HTTP/1.1\r\nHost: k\r\nConnection: closed\r\n\r\n")  # a token, not a substring
     assert isinstance(events[0], Head) and events[0].keep_alive
 
 
@@ -421,3 +423,73 @@ def test_the_module_s_own_checks_hold_with_llhttp_made_lenient(monkeypatch: pyte
     for data in VALID_REQUESTS:
         events, _ = _read(data)
         assert isinstance(events[0], Head)
+
+
+# -- never more lenient than h11 ------------------------------------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_PIECES = [
+    b"Host: k",
+    b"X-A: v",
+    b"X-A:  v \t",
+    b"x-b:",
+    b"Content-Length: 3",
+    b"Content-Length: 03",
+    b"content-length: 0",
+    b"Content-Length: 3, 3",
+    b"Transfer-Encoding: chunked",
+    b"Transfer-Encoding: Chunked ",
+    b"Transfer-Encoding: gzip",
+    b"Connection: close",
+    b"Connection: Upgrade",
+    b"Upgrade: websocket",
+    b"X-C: a\rb",
+    b"X-C: a\nb",
+    b" folded",
+    b"\tfolded",
+    b"X C: d",
+    b"X-D : d",
+    b"X-E: caf\xc3\xa9",
+    b"X-F: \x00",
+    b"X-G: \x7f",
+    b"",
+]
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.sampled_from([b"GET", b"POST", b"PUT", b"get", b"G T", b"DELETE"]),
+    st.sampled_from([b"/", b"/api/v1/pods?watch=1", b"*", b"/a b", b"", b"/\xff"]),
+    st.sampled_from([b"HTTP/1.1", b"HTTP/1.0", b"HTTP/1.2", b"HTTP/2.0", b"HTTP/1.1 "]),
+    st.lists(st.sampled_from(_PIECES), max_size=6),
+    st.sampled_from([b"\r\n", b"\n"]),
+)
+def test_a_head_read_here_is_read_the_same_by_h11(
+    method: bytes, target: bytes, version: bytes, lines: list[bytes], eol: bytes
+) -> None:
+    """Whatever this module reads as a request head, h11 reads too, as the same request with the same body
+    framing; whatever h11 refuses, this module refuses (it refuses more: obs-fold, bare LF, CL with TE)."""
+    data = method + b" " + target + b" " + version + b"\r\n" + b"".join(line + eol for line in lines) + b"\r\n"
+    try:
+        events, _ = _read(data + b"abc")
+        head = events[0] if events else None
+    except HTTPError:
+        return
+    if not isinstance(head, Head):
+        return
+    conn = h11.Connection(h11.SERVER)
+    conn.receive_data(data + b"abc")
+    request = conn.next_event()  # raises if h11 refuses: then this module accepted too much
+    assert isinstance(request, h11.Request)
+    assert (request.method, request.target, request.http_version) == (head.method, head.target, head.version)
+    ours = [(n.lower(), v.lower() if n.lower() == b"transfer-encoding" else v) for n, v in head.headers]
+    assert ours == list(request.headers)  # (h11 lower-cases a Transfer-Encoding value)
+    body = conn.next_event()
+    if head.chunked:
+        assert body is h11.NEED_DATA  # "abc" is no chunk size line h11 can finish
+    elif head.length:
+        assert isinstance(body, h11.Data) and bytes(body.data) == b"abc"[: head.length]
+    else:
+        assert isinstance(body, h11.EndOfMessage)
