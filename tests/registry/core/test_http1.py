@@ -493,3 +493,41 @@ def test_a_head_read_here_is_read_the_same_by_h11(
         assert isinstance(body, h11.Data) and bytes(body.data) == b"abc"[: head.length]
     else:
         assert isinstance(body, h11.EndOfMessage)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(
+        [b"HTTP/1.1 200 OK", b"HTTP/1.1 204 No Content", b"HTTP/1.0 200 OK", b"HTTP/1.1 200", b"HTTP/1.1 2000 X"]
+    ),
+    st.lists(st.sampled_from([p for p in _PIECES if b"Upgrade" not in p]), max_size=6),
+    st.sampled_from([b"\r\n", b"\n"]),
+)
+def test_an_answer_head_read_here_is_read_the_same_by_h11(status_line: bytes, lines: list[bytes], eol: bytes) -> None:
+    data = status_line + b"\r\n" + b"".join(line + eol for line in lines) + b"\r\n"
+    try:
+        events, _ = _read(data + b"abc", response=True)
+    except HTTPError:
+        return
+    head = events[0] if events else None
+    if not isinstance(head, Head):
+        return
+    conn = h11.Connection(h11.CLIENT)
+    conn.send(h11.Request(method="GET", target="/", headers=[("Host", "x")]))
+    conn.send(h11.EndOfMessage())
+    conn.receive_data(data + b"abc")
+    response = conn.next_event()  # raises if h11 refuses: then this module accepted too much
+    assert isinstance(response, h11.Response)
+    assert (response.status_code, response.reason, response.http_version) == (head.status, head.reason, head.version)
+    ours = [(n.lower(), v.lower() if n.lower() == b"transfer-encoding" else v) for n, v in head.headers]
+    assert ours == list(response.headers)
+    body = conn.next_event()
+    if head.status == 204:
+        assert isinstance(body, h11.EndOfMessage)
+    elif head.chunked:
+        assert body is h11.NEED_DATA
+    elif head.length is not None:
+        assert isinstance(body, h11.Data | h11.EndOfMessage)
+    else:
+        ours_body = b"".join(e for e in events[1:] if isinstance(e, bytes))  # until the close
+        assert isinstance(body, h11.Data) and bytes(body.data) == ours_body
