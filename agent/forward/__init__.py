@@ -2,8 +2,8 @@
 
 * :mod:`agent.forward.decide` — pure per-request steps: cluster prefix, request mapping, header rules,
   role check, upstream headers;
-* :mod:`agent.forward.server` — :func:`handle_stream`: the h11 server loop on one stream, streaming and
-  upgrade splicing;
+* :mod:`agent.forward.server` — :func:`handle_stream`: the HTTP/1.1 server loop on one stream
+  (:mod:`registry.core.http1`), streaming and upgrade splicing;
 * :mod:`agent.forward.upstream` — endpoints from kubeconfigs, pooled keep-alive connections to API servers;
 * :mod:`agent.forward.h2_core` (sans-IO) and :mod:`agent.forward.upstream_h2` (trio) — watches multiplexed
   on shared HTTP/2 connections to an API server that offers ``h2``;

@@ -45,7 +45,7 @@ ACCESS_TTL: Final = 1.0
 class ForwardLimits:
     """Bounds on what one kubectl connection may cost the agent."""
 
-    max_head_bytes: int = 64 * 1024  # one request head (h11's max_incomplete_event_size)
+    max_head_bytes: int = 64 * 1024  # one request head (registry.core.http1.Reader's max_head: 431 beyond)
     head_timeout: float = 30.0  # a request head, once its first byte arrived
     idle_timeout: float = 600.0  # a kept-alive connection waiting for its next request
     response_head_timeout: float = 120.0  # the API server's answer head (bodies may stream for hours)

@@ -1,10 +1,10 @@
 """The per-request decision of the forwarder, without I/O: prefix, mapping, role check, header rules.
 
-Pure (no trio, no sockets). :mod:`agent.forward.server` reads a request head with h11, looks up the user's
-current roles and the cluster's labels, and hands everything to :func:`decide`, which either returns a
-:class:`Decision` (what to send upstream) or raises the :class:`KubeportError` whose ``to_status()`` is the
-answer kubectl gets. The order of the checks is fixed and every request on a stream goes through all of
-them (first, later kept-alive and upgrade requests alike):
+Pure (no trio, no sockets). :mod:`agent.forward.server` reads a request head (:mod:`registry.core.http1`),
+looks up the user's current roles and the cluster's labels, and hands everything to :func:`decide`, which
+either returns a :class:`Decision` (what to send upstream) or raises the :class:`KubeportError` whose
+``to_status()`` is the answer kubectl gets. The order of the checks is fixed and every request on a stream
+goes through all of them (first, later kept-alive and upgrade requests alike):
 
 1. :func:`strip_prefix`: the raw request target (bytes as received, before any percent-decoding) must
    start with the stream's own cluster prefix, followed by ``/``, ``?`` or nothing. Anything else is a

@@ -1,4 +1,4 @@
-"""The forwarder: an h11 server on one tunnel stream, forwarding each request to the cluster's API server.
+"""The forwarder: an HTTP/1.1 server on one tunnel stream, forwarding each request to the cluster's API server.
 
 :func:`handle_stream` serves one kubectl connection (one tunnel stream, bound to one cluster and one user
 by its :class:`~registry.core.tunnel_info.StreamInfo`) until the client leaves, the stream must close, or
@@ -10,12 +10,17 @@ mapped, the header rules are applied, the user's *current* user resource and rol
 404), the role engine decides, and the request goes upstream with our impersonation headers, the
 cluster's own credential and the API server's ``Host``.
 
-Streaming: request and response bodies are moved event by event (h11 on both sides), never buffered whole, so
+HTTP/1.1 on both sides (kubectl's requests, the API server's answers) is read by :class:`registry.core.http1.Reader`
+(heads through llhttp, with h11's strictness and more: obs-fold and bare LF are refused) and written as
+bytes here (:meth:`_Session._answer_head`, :func:`registry.core.http1.request_head`).
+
+Streaming: request and response bodies are moved piece by piece, never buffered whole, so
 watches, ``logs -f`` and large lists flow as they come. What is written is what already arrived: a watch event
 goes out at once; a bulk answer's TLS records already received are joined into one write (up to
 ``ForwardLimits.relay_write``), never waiting for bytes still to come. A chunked answer to a client that gets
 it chunked keeps the API server's chunks: their framing is checked on the way (:mod:`agent.forward.chunked`),
-the bytes are not decoded and encoded again; any other answer is re-framed by h11, one chunk per write.
+the bytes are not decoded and encoded again; any other answer keeps its Content-Length (held to) or is
+re-framed chunked (until the close for an HTTP/1.0 client), one chunk per write.
 While a response streams, the client side is watched: a client that goes away stops the upstream read at
 once and that upstream connection is closed (never pooled). An upstream that breaks after the response head
 went out ends the client connection without a clean terminator, so a truncated answer never looks complete.
@@ -45,17 +50,17 @@ is a Kubernetes ``Status`` (``KubeportError.to_status()``); every request yields
 from __future__ import annotations
 
 import contextlib
+import http
 import json
 import logging
 import math
 import ssl
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, NoReturn, TypeVar
 
-import h11
 import trio
 from prometheus_client import Counter
 
@@ -67,6 +72,7 @@ from agent.forward.decide import Decision, HeadMemo, Target, WrongCluster, decid
 from agent.forward.exit_status import ExitStatus
 from agent.forward.upstream import Endpoint, UpstreamConnection, UpstreamError
 from agent.forward.upstream_h2 import H2Exchange, h2_request_headers
+from registry.core import http1
 from registry.core.errors import AccessDenied, BadParameter, KubeportError, NotFound, Timeout, Unauthenticated
 from registry.core.kube_access import Identity, cluster_not_found
 from registry.core.kube_request import KubeRequest
@@ -77,18 +83,17 @@ from registry.host.metrics import PROXIED
 
 log = logging.getLogger(__name__)
 
-try:  # h11's body framing classes, to tell a chunked answer relayed chunked (see _chunked_both)
-    from h11._readers import ChunkedReader as _CHUNKED_READER
-    from h11._writers import ChunkedWriter as _CHUNKED_WRITER
-except ImportError:  # pragma: no cover - an h11 that moved them: answers are relayed event by event
-    _CHUNKED_READER = _CHUNKED_WRITER = None  # type: ignore[assignment,misc]
-
 _STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError)
-# Response headers that belong to one hop (RFC 9110 §7.6.1); framing headers stay: h11 re-frames with them.
+# Response headers that belong to one hop (RFC 9110 §7.6.1); framing headers stay: _answer_head re-frames.
 _RESPONSE_HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade", b"proxy-authenticate"}
 )
 DRAIN_LIMIT = 1024 * 1024  # the most of a refused request's body read to keep its connection alive
+_FRAMING = frozenset({b"transfer-encoding", b"content-length"})
+_PHRASES = {code: phrase.encode("ascii") for code, phrase in ((s.value, s.phrase) for s in http.HTTPStatus)}
+# Where the answer to the current request is (what the stream may do next): no request read, a request read
+# and not answered yet, the answer's head went out, the answer ended (the stream goes on / must close).
+_IDLE, _WAITING, _SENDING, _ANSWERED, _CLOSING = range(5)
 
 T = TypeVar("T")
 
@@ -99,6 +104,10 @@ class _ClientGone(Exception):
 
 class _Malformed(BadParameter):
     """A request head the header rules refuse as smuggling or malformed: answered, then the stream closes."""
+
+
+class _BadBody(Exception):
+    """The request's body broke its framing (a bad chunk, the stream ended inside it)."""
 
 
 class _Abort(Exception):
@@ -144,8 +153,9 @@ class _Body:
 class _Session:
     # No __dict__: one per kubectl connection, alive as long as it (an idle watch: hours).
     __slots__ = (
+        "answer",
         "client_gone",
-        "conn",
+        "close_after",
         "ctx",
         "expires_at",
         "head_scope",
@@ -154,6 +164,9 @@ class _Session:
         "last_decision",
         "limits",
         "proxied",
+        "reader",
+        "request_keep",
+        "request_v10",
         "scope",
         "stream",
         "upstream_headers",
@@ -164,12 +177,16 @@ class _Session:
         self.info = info
         self.ctx = ctx
         self.limits = ctx.limits
-        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_head_bytes)
+        self.reader = http1.Reader(max_head=self.limits.max_head_bytes)
+        self.answer = _IDLE
+        self.request_keep = True  # the request being answered allows another after it
+        self.request_v10 = False  # ... and is HTTP/1.0 (no chunked answer: its body ends with the connection)
+        self.close_after = False  # the answer going out ends the connection
         self.client_gone = False
         self.proxied: dict[int, Counter] = {}  # HTTP code -> this cluster's kubeport_proxied_requests_total child
         # Per-stream memos of pure steps (kubectl repeats its head on every kept-alive request): the header
-        # rules' last result, the last decision (its upstream headers), and the h11 Headers of the last
-        # upstream request with the endpoint they were built for (h11 validated them when it built them).
+        # rules' last result, the last decision (its upstream headers), and the header block of the last
+        # upstream request with the endpoint it was built for (checked when it was built).
         self.heads = HeadMemo()
         self.head_scope: trio.CancelScope | None = None  # see _watching
         # The stream's one cancel scope: its deadline is the certificate's expiry, moved to the idle limit
@@ -200,7 +217,7 @@ class _Session:
                 # in the same read as the answer's last bytes would discard them (a `Connection: close`
                 # error answer lost in a burst). After END_STREAM the reset no longer drops what was sent.
                 send_eof = getattr(self.stream, "send_eof", None)  # a TLS stream (tests, direct use) has none
-                if send_eof is not None and self.conn.our_state not in (h11.SEND_RESPONSE, h11.SEND_BODY):
+                if send_eof is not None and self.answer not in (_WAITING, _SENDING):
                     with contextlib.suppress(*_STREAM_ERRORS):
                         await send_eof()
                 with contextlib.suppress(*_STREAM_ERRORS):
@@ -217,38 +234,38 @@ class _Session:
             del request
             if not await exchange:
                 return
-            if self.conn.our_state is not h11.DONE or self.conn.their_state is not h11.DONE:
+            if self.answer != _ANSWERED or not self.reader.done:
                 return
-            self.conn.start_next_cycle()
+            self.reader.next_cycle()
+            self.answer = _IDLE
 
     async def _receive(self) -> None:
         try:
             data = await self.stream.receive_some(self.limits.splice_chunk)
         except _STREAM_ERRORS as exc:
             raise _ClientGone from exc
-        self.conn.receive_data(bytes(data))
+        self.reader.feed(bytes(data))
 
-    async def _next_event(self) -> Any:
+    async def _next_event(self) -> http1.Event:
         while True:
-            event = self.conn.next_event()
-            if event is not h11.NEED_DATA:
+            event = self.reader.next_event()
+            if event is not http1.NEED_DATA:
                 return event
             await self._receive()
 
-    async def _next_event_within(self, seconds: float) -> Any:
+    async def _next_event_within(self, seconds: float) -> http1.Event:
         """The next client event, waiting at most ``seconds`` for more bytes (``trio.TooSlowError``). No
         timer when it is already buffered, the usual case (a whole head, a GET's end): a cancel scope per
         event is measurable per request."""
-        event = self.conn.next_event()
-        if event is not h11.NEED_DATA:
+        event = self.reader.next_event()
+        if event is not http1.NEED_DATA:
             return event
         with trio.fail_after(seconds):
             return await self._next_event()
 
-    async def _read_head(self) -> h11.Request | None:
+    async def _read_head(self) -> http1.Head | None:
         try:
-            buffered, closed = self.conn.trailing_data
-            if not buffered and not closed:
+            if not self.reader.buffer and not self.reader.eof:
                 # Idle: the stream's scope ends it at the idle limit (or the certificate's expiry, if sooner).
                 scope = self.scope
                 scope.deadline = min(self.expires_at, trio.current_time() + self.limits.idle_timeout)
@@ -262,12 +279,17 @@ class _Session:
         except trio.TooSlowError:
             await self._refuse_head(Timeout("the request head did not arrive in time"), 408, "Timeout")
             return None
-        except h11.RemoteProtocolError as exc:
-            code = exc.error_status_hint
+        except http1.HTTPError as exc:
+            code = exc.status
             reason = "RequestHeaderFieldsTooLarge" if code == 431 else "BadRequest"
-            await self._refuse_head(KubeportError(f"malformed HTTP request: {exc}"), code, reason)
+            await self._refuse_head(KubeportError(f"malformed HTTP request: {exc.message}"), code, reason)
             return None
-        return event if isinstance(event, h11.Request) else None
+        if not isinstance(event, http1.Head):
+            return None
+        self.answer = _WAITING
+        self.request_keep = event.keep_alive
+        self.request_v10 = event.version == b"1.0"
+        return event
 
     async def _refuse_head(self, err: KubeportError, code: int, reason: str) -> None:
         """A head that cannot be read is a refused request too: audited, answered, then the stream closes."""
@@ -277,7 +299,7 @@ class _Session:
 
     # -- one request -----------------------------------------------------------------------------------
 
-    async def _exchange(self, head: h11.Request) -> bool:
+    async def _exchange(self, head: http1.Head) -> bool:
         """Serve one request; False when the stream must close afterwards."""
         method = head.method.decode("ascii", "replace")
         record = _Record(method=method, path=head.target.decode("ascii", "replace"), started=trio.current_time())
@@ -286,7 +308,7 @@ class _Session:
             record.path = target.raw
             record.request = map_request(method, target)
             try:
-                inbound = self.heads.inspect(head.headers.raw_items())
+                inbound = self.heads.inspect(head.headers)
             except BadParameter as err:
                 # Smuggling or a malformed head: the client's framing cannot be trusted any more.
                 raise _Malformed(err.message) from None
@@ -335,15 +357,15 @@ class _Session:
         size = 0
         try:
             with trio.fail_after(self.limits.head_timeout):
-                while self.conn.their_state is h11.SEND_BODY:
+                while not self.reader.done:
                     event = await self._next_event()
-                    if isinstance(event, h11.Data):
-                        size += len(event.data)
+                    if isinstance(event, bytes):
+                        size += len(event)
                         if size > DRAIN_LIMIT:
                             return False
-                    elif not isinstance(event, h11.EndOfMessage):
+                    elif event is not http1.END:
                         return False
-        except (trio.TooSlowError, h11.RemoteProtocolError):
+        except (trio.TooSlowError, http1.HTTPError):
             return False
         return True
 
@@ -354,27 +376,50 @@ class _Session:
         await self._send_error(err, close=close)
 
     async def _send_error(self, err: KubeportError, *, close: bool, code: int | None = None, reason: str = "") -> None:
-        if self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
-            return
+        if self.answer not in (_IDLE, _WAITING):
+            return  # an answer already started (or ended): nothing more may go out for this request
         status = err.to_status()
         if code is not None:
             status["code"] = code
             status["reason"] = reason or status["reason"]
         body = json.dumps(status, separators=(",", ":")).encode()
-        headers = [(b"Content-Type", b"application/json"), (b"Content-Length", str(len(body)).encode())]
+        lines = [(b"Content-Type", b"application/json"), (b"Content-Length", b"%d" % len(body))]
+        close = close or not self.request_keep
         if close:
-            headers.append((b"Connection", b"close"))
-        out = bytearray()  # one write: head, body and end in one tunnel frame
-        with contextlib.suppress(_ClientGone, h11.LocalProtocolError):
-            try:
-                for event in (h11.Response(status_code=status["code"], headers=headers), h11.Data(data=body)):
-                    out += self.conn.send(event) or b""
-                out += self.conn.send(h11.EndOfMessage()) or b""
-            finally:
-                await self._write(out)
+            lines.append((b"Connection", b"close"))
+        self.answer = _CLOSING if close else _ANSWERED
+        code = status["code"]
+        head = http1.response_head(code, _PHRASES.get(code, b""), http1.header_block(lines))
+        with contextlib.suppress(_ClientGone):
+            await self._write(head + body)  # one write: head and body in one tunnel frame
 
-    async def _send(self, event: Any) -> None:
-        await self._write(self.conn.send(event))
+    def _answer_head(
+        self, status: int, reason: bytes, lines: list[tuple[bytes, bytes]], *, framed: bool
+    ) -> tuple[bytes, bool]:
+        """The answer's head for the client, and whether its body goes chunked. ``framed``: the body's
+        length is known from ``lines`` (Content-Length) or there is none; otherwise (chunked upstream, an
+        HTTP/2 answer without a length, a body until the close) an HTTP/1.1 client gets it chunked and an
+        HTTP/1.0 client until the connection closes. ``Connection: close`` when the stream ends after it."""
+        chunked = False
+        close = not self.request_keep
+        if not framed:
+            lines = [(n, v) for n, v in lines if n.lower() not in _FRAMING]
+            if self.request_v10:
+                close = True
+            else:
+                lines.append((b"Transfer-Encoding", b"chunked"))
+                chunked = True
+        elif self.request_v10:
+            lines = [(n, v) for n, v in lines if n.lower() != b"transfer-encoding"]
+        if close:
+            lines = [*lines, (b"Connection", b"close")]
+        self.close_after = close
+        self.answer = _SENDING
+        return http1.response_head(status, reason, http1.header_block(lines)), chunked
+
+    def _answered(self) -> None:
+        """The answer's last bytes went out."""
+        self.answer = _CLOSING if self.close_after else _ANSWERED
 
     async def _write(self, data: bytes | bytearray | None) -> None:
         if data:
@@ -385,29 +430,35 @@ class _Session:
 
     # -- forwarding ------------------------------------------------------------------------------------
 
-    async def _forward(self, head: h11.Request, decision: Decision, endpoint: Endpoint, record: _Record) -> bool:
+    async def _forward(self, head: http1.Head, decision: Decision, endpoint: Endpoint, record: _Record) -> bool:
         memo = self.upstream_headers
         if memo is not None and memo[0] is decision.headers and memo[1] is endpoint:
-            headers = memo[2]  # the h11 Headers of the previous upstream request: the same lines, validated
+            lines, block = memo[2]  # the previous upstream request's header lines: the same, checked
         else:
-            headers = _upstream_headers(decision, endpoint)
-        upstream_head = h11.Request(
-            method=head.method, target=(endpoint.base_path + decision.target.raw).encode("ascii"), headers=headers
-        )
-        self.upstream_headers = (decision.headers, endpoint, upstream_head.headers)
+            lines = _upstream_headers(decision, endpoint)
+            try:
+                http1.check_headers(lines)
+            except http1.HTTPError:
+                return await self._upstream_failed(endpoint.unreachable("its request headers cannot be sent"), record)
+            block = http1.header_block(lines)
+        self.upstream_headers = (decision.headers, endpoint, (lines, block))
+        method = head.method
+        target = (endpoint.base_path + decision.target.raw).encode("ascii")
+        upstream_head = http1.request_head(method, target, block)
+        chunked = head.chunked
         first: UpstreamConnection | None = None
         if self.ctx.h2 is not None and _h2_candidate(head, decision, record) and self.ctx.h2.usable(endpoint):
             # A watch goes on a shared HTTP/2 connection when the API server speaks h2 (upstream_h2); the
             # checks above were the same. An API server that chose http/1.1 gave us a connection for it.
             try:
-                got = await self.ctx.h2.open(endpoint, h2_request_headers(endpoint, upstream_head))
+                got = await self.ctx.h2.open(endpoint, h2_request_headers(endpoint, method, target, lines))
             except UpstreamError as err:
                 return await self._upstream_failed(err, record)
             if isinstance(got, H2Exchange):
                 # A watch: its answer may stream for hours. Nothing of the request is needed meanwhile, and
                 # the per-stream memos are for kubectl's next request of the same kind (rare after a watch):
                 # dropped, they are rebuilt once by the next request.
-                del head, decision, endpoint, headers, upstream_head, memo
+                del head, decision, endpoint, lines, block, upstream_head, memo
                 self.last_decision = self.upstream_headers = None
                 self.heads = HeadMemo()
                 return await self._forward_h2(got, record)
@@ -424,8 +475,9 @@ class _Session:
             except UpstreamError as err:
                 return await self._upstream_failed(err, record)
             try:
-                await conn.send(upstream_head)
-                await self._send_body(body, conn)
+                conn.reader.request_method = method
+                await conn.send_raw(upstream_head)
+                await self._send_body(body, conn, chunked=chunked)
                 # One watcher task for the answer's head and its body (a watcher per phase cost a task more).
                 response = await self._watching(
                     lambda conn=conn: self._answer(conn, record, relaying),  # type: ignore[misc]
@@ -440,6 +492,11 @@ class _Session:
                         fresh = True  # a kept-alive connection the server had closed: once more on a new one
                         continue
                     return await self._upstream_failed(exc, record)
+                if isinstance(exc, _BadBody):  # nothing went to the client yet: a 400, then the stream ends
+                    await self._refuse(BadParameter(f"malformed HTTP request body: {exc}"), record, close=True)
+                    return False
+                if isinstance(exc, _ClientGone):
+                    await self._end_relayed(exc, record)  # audited, then the stream ends
                 raise
             break
         if not relaying[0]:
@@ -449,14 +506,12 @@ class _Session:
         await self._emit(record)
         return True
 
-    async def _answer(
-        self, conn: UpstreamConnection, record: _Record, relaying: list[bool]
-    ) -> h11.Response | h11.InformationalResponse:
+    async def _answer(self, conn: UpstreamConnection, record: _Record, relaying: list[bool]) -> http1.Head:
         """The answer's head; unless it is a 101, its whole relay to the client too."""
         response = await self._response_head(conn)
         self._head_arrived(conn.endpoint)
-        record.status = response.status_code
-        if response.status_code != 101:
+        record.status = response.status
+        if response.status != 101:
             relaying[0] = True
             await self._relay(conn, response)
         return response
@@ -473,12 +528,12 @@ class _Session:
 
     async def _forward_h2(self, exchange: H2Exchange, record: _Record) -> bool:
         """:meth:`_forward` of a body-less request sent on an HTTP/2 stream: the answer goes to the client
-        as HTTP/1.1 (h11 frames it: chunked, or the length the API server declared, checked), with the same
+        as HTTP/1.1 (chunked, or the length the API server declared, checked), with the same
         time limits, client watching, audit and abort rules as an answer read over HTTP/1.1."""
         relaying = [False]
         try:
             event = await self._next_event_within(self.limits.head_timeout)  # the GET's end, already here
-            if not isinstance(event, h11.EndOfMessage):
+            if event is not http1.END:
                 raise _ClientGone
             await self._watching(lambda: self._answer_h2(exchange, record, relaying), head_of=exchange)
         except BaseException as exc:
@@ -487,8 +542,8 @@ class _Session:
                 await self._end_relayed(exc, record)
             if isinstance(exc, UpstreamError):
                 return await self._upstream_failed(exc, record)
-            if isinstance(exc, trio.TooSlowError | h11.RemoteProtocolError):
-                raise _ClientGone from None
+            if isinstance(exc, trio.TooSlowError | http1.HTTPError):
+                await self._end_relayed(_ClientGone(), record)
             raise
         await exchange.aclose()
         await self._emit(record)
@@ -503,25 +558,36 @@ class _Session:
             if timer.cancelled_caught:
                 raise exchange.endpoint.unreachable(f"no answer within {self.limits.response_head_timeout:g}s")
         self._head_arrived(exchange.endpoint)
+        lines = _response_headers_h2(headers)
+        length: int | None = None
         try:
-            # Built (and so validated by h11) before anything goes out: a hostile head is a 502, not a break.
-            response = h11.Response(status_code=status, headers=_response_headers_h2(headers))
-        except h11.LocalProtocolError:
+            # Checked before anything goes out: a hostile head is a 502, not a break.
+            if not 200 <= status <= 599:
+                raise http1.HTTPError("an answer status kubectl cannot get")
+            http1.check_headers(lines)
+            declared = [v for n, v in lines if n.lower() == b"content-length"]
+            if declared:
+                if len(declared) > 1 or not declared[0].isdigit():
+                    raise http1.HTTPError("a duplicate or invalid content-length")
+                length = int(declared[0])
+        except http1.HTTPError:
             raise exchange.endpoint.unreachable("an unusable HTTP/2 answer head") from None
         record.status = status
         relaying[0] = True
-        relay = self._relay_h2(exchange, response)
-        del headers, response  # not kept in this frame while the answer streams (a watch: hours)
+        head, chunked = self._answer_head(status, _PHRASES.get(status, b""), lines, framed=length is not None)
+        relay = self._relay_h2(exchange, head, chunked, length)
+        del headers, lines, head  # not kept in this frame while the answer streams (a watch: hours)
         await relay
 
-    async def _relay_h2(self, exchange: H2Exchange, response: h11.Response) -> None:
+    async def _relay_h2(self, exchange: H2Exchange, head: bytes, chunked: bool, length: int | None) -> None:
         """The body: what arrived goes out in one write, then its DATA is acknowledged (flow control
-        follows the client: a kubectl that does not read stalls only its own stream)."""
+        follows the client: a kubectl that does not read stalls only its own stream). A declared length is
+        held to: more or less body than that is never relayed as complete."""
         limit = self.limits.relay_write
         taken = 0
+        left = math.inf if length is None else length
+        out = _Outgoing(head, chunked)
         try:
-            out = _Outgoing(self.conn, self.conn.send(response) or b"")
-            del response  # sent: not kept in this frame while the answer streams
             while True:
                 if out.size and not (out.size < limit and exchange.more_arrived()):
                     await self._write(out.take())
@@ -529,49 +595,57 @@ class _Session:
                     taken = 0
                 pieces = await exchange.next_data()
                 if pieces is None:
-                    await self._write(out.take(h11.EndOfMessage()))
+                    if left and left != math.inf:
+                        raise _Abort("the API server's answer did not match its declared length")
+                    await self._write(out.take(end=True))
+                    self._answered()
                     await exchange.consumed(taken)
                     return
                 for piece in pieces:
+                    left -= len(piece)
+                    if left < 0:
+                        raise _Abort("the API server's answer did not match its declared length")
                     out.add(piece)
                     taken += len(piece)
         except UpstreamError as err:
-            with contextlib.suppress(h11.LocalProtocolError):
-                await self._write(out.take())  # what arrived before the break still goes out
+            await self._write(out.take())  # what arrived before the break still goes out
             raise _Abort(err.message) from None
-        except h11.LocalProtocolError:
-            # More or less body than the API server's Content-Length: never relayed as complete.
-            raise _Abort("the API server's answer did not match its declared length") from None
 
     async def _upstream_failed(self, err: UpstreamError, record: _Record) -> bool:
         keep = await self._drain()
         await self._refuse(err, record, close=not keep)
         return keep
 
-    async def _send_body(self, body: _Body, conn: UpstreamConnection) -> None:
-        for chunk in body.recorded:
-            await conn.send(h11.Data(data=chunk))
+    async def _send_body(self, body: _Body, conn: UpstreamConnection, *, chunked: bool) -> None:
+        """The request's body upstream as it arrives (chunked as it came chunked; a declared length as is),
+        the first ``body.limit`` bytes kept to send again on a fresh connection."""
+        frame = http1.chunk if chunked else bytes
+        for piece in body.recorded:
+            await conn.send_raw(frame(piece))
         while not body.done:
             try:
                 event = await self._next_event_within(self.limits.head_timeout)
-            except (trio.TooSlowError, h11.RemoteProtocolError) as exc:
+            except trio.TooSlowError as exc:
                 raise _ClientGone from exc
-            if isinstance(event, h11.Data):
-                data = bytes(event.data)
-                if body.replayable and body.size + len(data) <= body.limit:
-                    body.recorded.append(data)
-                    body.size += len(data)
+            except http1.HTTPError as exc:
+                raise _BadBody(exc.message) from None
+            if isinstance(event, bytes):
+                if body.replayable and body.size + len(event) <= body.limit:
+                    body.recorded.append(event)
+                    body.size += len(event)
                 else:
                     body.replayable = False
                     body.recorded.clear()
-                await conn.send(h11.Data(data=data))
-            elif isinstance(event, h11.EndOfMessage):
+                await conn.send_raw(frame(event))
+            elif event is http1.END:
                 body.done = True
             else:
                 raise _ClientGone
-        await conn.send(h11.EndOfMessage())
+        if chunked:
+            await conn.send_raw(http1.LAST_CHUNK)
+        conn.request_done = True
 
-    async def _response_head(self, conn: UpstreamConnection) -> h11.Response | h11.InformationalResponse:
+    async def _response_head(self, conn: UpstreamConnection) -> http1.Head:
         # Under _watching on a tunnel stream the head's time limit is the deadline of its scope (head_scope):
         # no second cancel scope per request. Elsewhere it has its own.
         if self.head_scope is not None:
@@ -580,47 +654,51 @@ class _Session:
             return await self._head_of(conn)
         raise conn.endpoint.unreachable(f"no answer within {self.limits.response_head_timeout:g}s")
 
-    async def _head_of(self, conn: UpstreamConnection) -> h11.Response | h11.InformationalResponse:
+    async def _head_of(self, conn: UpstreamConnection) -> http1.Head:
         while True:
             event = await conn.next_event()
-            if isinstance(event, h11.Response):
+            if not isinstance(event, http1.Head):
+                raise conn.endpoint.unreachable("the connection closed before an answer")
+            if event.status >= 200 or event.status == 101:
                 return event
-            if isinstance(event, h11.InformationalResponse):
-                if event.status_code == 101:
-                    return event
-                continue  # 100 Continue, 102, 103: not for kubectl
-            raise conn.endpoint.unreachable("the connection closed before an answer")
+            # 100 Continue, 102, 103: not for kubectl; the answer follows
+            await conn.next_event()  # its END
+            conn.reader.next_cycle()
 
-    async def _relay(self, conn: UpstreamConnection, response: h11.Response | h11.InformationalResponse) -> None:
+    async def _relay(self, conn: UpstreamConnection, response: http1.Head) -> None:
         """Move the answer to the client. What is already read from upstream goes out as one write (a small
         answer: head, body and end in one tunnel frame), flushed before waiting for more from upstream --
         except an answer whose declared length fits one chunk: it is held until complete, so an API server
         that writes its head and body separately still costs one tunnel frame, not two (a client has no use
         for such a head without its body; a watch or any chunked answer is flushed as it comes)."""
-        headers = _response_headers(response.headers)
-        hold = _declared_length(headers) <= self.limits.splice_chunk
+        lines = _response_headers(response.headers)
+        status = response.status
+        bodiless = conn.reader.request_method == b"HEAD" or status in (204, 304)
+        framed = bodiless or response.length is not None
+        hold = bodiless or (response.length is not None and response.length <= self.limits.splice_chunk)
         chunk = self.limits.relay_write
-        head = self.conn.send(h11.Response(status_code=response.status_code, headers=headers, reason=response.reason))
-        if _chunked_both(conn.h11, self.conn):
-            await self._relay_chunked(conn, head or b"")
+        head, chunked = self._answer_head(status, response.reason, lines, framed=framed)
+        if chunked and response.chunked:
+            await self._relay_chunked(conn, head, keep_alive=response.keep_alive)
             return
-        out = _Outgoing(self.conn, head or b"")
+        out = _Outgoing(head, chunked)
         try:
             while True:
                 event = conn.poll_event()
-                if event is h11.NEED_DATA:
+                if event is http1.NEED_DATA:
                     # Write what is pending unless more of the answer already arrived (a bulk body's next
                     # TLS records): that goes into the same write.
                     if out.size and not hold and not (out.size < chunk and conn.more_arrived()):
                         await self._write(out.take())
                     await conn.receive(self.limits.splice_chunk)
                     continue
-                if isinstance(event, h11.Data):
-                    out.add(event.data)
+                if isinstance(event, bytes):
+                    out.add(event)
                     if out.size >= chunk:
                         await self._write(out.take())
-                elif isinstance(event, h11.EndOfMessage):
-                    await self._write(out.take(h11.EndOfMessage()))
+                elif event is http1.END:
+                    await self._write(out.take(end=True))
+                    self._answered()
                     return
                 else:
                     await self._write(out.take())
@@ -629,16 +707,16 @@ class _Session:
             await self._write(out.take())  # what arrived before the break still goes out
             raise _Abort(err.message) from None
 
-    async def _relay_chunked(self, conn: UpstreamConnection, head: bytes) -> None:
+    async def _relay_chunked(self, conn: UpstreamConnection, head: bytes, *, keep_alive: bool) -> None:
         """:meth:`_relay` of a chunked answer to a client that gets it chunked too: the body's bytes go out
         as the API server framed them, checked by :class:`ChunkedRelay` on the way (no decoding into
-        events and encoding into new chunks; a watch event costs a slice, not two h11 calls). Same writes
-        as :meth:`_relay`: what arrived goes out at once unless more of the answer is already here; a
-        malformed or oversized chunk, or an upstream that breaks or closes, ends the answer without its
-        last chunk (after what was checked good went out), so it never looks complete."""
+        events and encoding into new chunks; a watch event costs a slice). Same writes as :meth:`_relay`:
+        what arrived goes out at once unless more of the answer is already here; a malformed or oversized
+        chunk, or an upstream that breaks or closes, ends the answer without its last chunk (after what
+        was checked good went out), so it never looks complete."""
         relay = ChunkedRelay()
         limit = self.limits.relay_write
-        pending = [head] if head else []
+        pending = [head]
         size = len(head)
         data = conn.take_body_start()
         try:
@@ -649,9 +727,10 @@ class _Session:
                         pending.append(piece)
                         size += len(piece)
                     if relay.done:
-                        pending.append(self.conn.send(h11.EndOfMessage()) or b"")
+                        pending.append(http1.LAST_CHUNK)
                         await self._write(b"".join(pending))
-                        conn.end_raw_body(relay.extra)
+                        self._answered()
+                        conn.end_raw_body(relay.extra, keep_alive=keep_alive)
                         return
                 if size and not (size < limit and conn.more_arrived()):
                     await self._write(pending[0] if len(pending) == 1 else b"".join(pending))
@@ -722,14 +801,14 @@ class _Session:
     async def _watch_client(self, scope: trio.CancelScope) -> None:
         try:
             while True:
-                if len(self.conn.trailing_data[0]) > self.limits.max_head_bytes:
+                if len(self.reader.buffer) > self.limits.max_head_bytes:
                     await trio.sleep_forever()  # a pipelining client waits for its turn
                 data = await self.stream.receive_some(self.limits.splice_chunk)
                 if not data:
                     break
                 # Nothing should come while a response streams; keep it for the next request (or the
                 # upgraded protocol) so the byte stream stays whole.
-                self.conn.receive_data(bytes(data))
+                self.reader.feed(bytes(data))
         except _STREAM_ERRORS:
             pass
         self.client_gone = True
@@ -740,30 +819,26 @@ class _Session:
     async def _splice(
         self,
         conn: UpstreamConnection,
-        response: h11.Response | h11.InformationalResponse,
+        response: http1.Head,
         decision: Decision,
         record: _Record,
     ) -> None:
         try:
             if not decision.upgrade:
                 raise conn.endpoint.unreachable("101 Switching Protocols to a request that asked for no upgrade")
-            try:
-                await self._send(
-                    h11.InformationalResponse(
-                        status_code=101, headers=list(response.headers.raw_items()), reason=response.reason
-                    )
-                )
-            except h11.LocalProtocolError as exc:
-                raise conn.endpoint.unreachable(f"an unusable 101 answer: {exc}") from None
         except UpstreamError as err:
             await self.ctx.pool.discard(conn)
             await self._refuse(err, record, close=True)
             return
+        # The 101 goes out as the API server wrote it (its lines were checked when it was read); no request
+        # is read on this stream any more.
+        self.answer = _CLOSING
+        await self._write(http1.response_head(101, response.reason, http1.header_block(response.headers)))
         await self._emit(record)
         assert record.request is not None
         assert record.identity is not None
         session_id = str(uuid.uuid4())
-        protocol = b", ".join(v for n, v in response.headers.raw_items() if n.lower() == b"upgrade").decode("latin-1")
+        protocol = _joined(response, b"upgrade")
         subprotocol = _joined(response, b"sec-websocket-protocol")
         stream_protocol = _joined(response, b"x-stream-protocol-version")
         # exec/attach end with an exit status on the error channel: read passively from copies of the bytes
@@ -781,8 +856,8 @@ class _Session:
         await self._emit_event(session(audit_events.SESSION_START, now=self.ctx.now()))
         started = trio.current_time()
         up, down = [0], [0]
-        client_extra = self.conn.trailing_data[0]
-        upstream_extra = conn.h11.trailing_data[0]
+        client_extra = self.reader.take_buffer()
+        upstream_extra = conn.reader.take_buffer()
         try:
             with contextlib.suppress(*_STREAM_ERRORS, UpstreamError):
                 if upstream_extra:
@@ -851,8 +926,9 @@ class _Session:
     # -- audit -----------------------------------------------------------------------------------------
 
     async def _end_relayed(self, exc: BaseException, record: _Record) -> NoReturn:
-        """An exchange whose answer kubectl had started to get broke: audit why, then end the connection
-        (an upstream failure as :class:`_Abort`: kubectl's answer is cut, never completed by a Status)."""
+        """An exchange that cannot be answered any more broke (kubectl had started to get the answer, or
+        went away before it): audit why, then end the connection (an upstream failure as :class:`_Abort`:
+        kubectl's answer is cut, never completed by a Status)."""
         record.error = "the client went away" if isinstance(exc, _ClientGone) else "the exchange broke"
         if isinstance(exc, UpstreamError):
             record.error = exc.message
@@ -899,11 +975,11 @@ class _Outgoing:
     """The bytes of a relayed answer not yet written to the client: body pieces are joined into one
     HTTP/1.1 chunk per write (one chunk header, one parse for kubectl, whatever the upstream's pieces)."""
 
-    __slots__ = ("_body", "_conn", "_head", "size")  # one per streaming answer, alive as long as a watch
+    __slots__ = ("_body", "_chunked", "_head", "size")  # one per streaming answer, alive as long as a watch
 
-    def __init__(self, conn: h11.Connection, head: bytes) -> None:
-        self._conn = conn
+    def __init__(self, head: bytes, chunked: bool) -> None:
         self._head = head
+        self._chunked = chunked
         self._body: list[bytes] = []
         self.size = len(head)
 
@@ -911,40 +987,26 @@ class _Outgoing:
         self._body.append(data)
         self.size += len(data)
 
-    def take(self, end: h11.EndOfMessage | None = None) -> bytes:
-        """Everything pending as wire bytes (with the end of the message if ``end``); empties the buffer."""
+    def take(self, *, end: bool = False) -> bytes:
+        """Everything pending as wire bytes (with the end of the body if ``end``); empties the buffer."""
         parts = [self._head] if self._head else []
         if self._body:
             body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
-            parts.append(self._conn.send(h11.Data(data=body)) or b"")
-        if end is not None:
-            parts.append(self._conn.send(end) or b"")
+            parts.append(http1.chunk(body) if self._chunked else body)
+        if end and self._chunked:
+            parts.append(http1.LAST_CHUNK)
         self._head, self._body, self.size = b"", [], 0
+        if not parts:
+            return b""
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-def _chunked_both(upstream: h11.Connection, client: h11.Connection) -> bool:
-    """Whether h11 reads the answer's body as chunked and writes it to the client chunked (then the chunks
-    can go through verbatim). Asked of h11's reader and writer objects; an h11 that renamed them says
-    False here and every answer is relayed event by event, as before (tests/agent/forward/test_streams.py
-    checks that the installed h11 takes the verbatim path)."""
-    return (
-        _CHUNKED_READER is not None
-        and _CHUNKED_WRITER is not None
-        and isinstance(getattr(upstream, "_reader", None), _CHUNKED_READER)
-        and isinstance(getattr(client, "_writer", None), _CHUNKED_WRITER)
-    )
-
-
-def _h2_candidate(head: h11.Request, decision: Decision, record: _Record) -> bool:
+def _h2_candidate(head: http1.Head, decision: Decision, record: _Record) -> bool:
     """Whether a request goes over HTTP/2 when it can: a watch (a GET that streams for long: the
     connection it would hold is what sharing saves), without a body, not an upgrade."""
     if head.method != b"GET" or decision.upgrade or record.request is None or record.request.verb != "watch":
         return False
-    for name, value in head.headers:
-        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
-            return False
-    return True
+    return not head.chunked and not head.length
 
 
 def _response_headers_h2(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
@@ -960,39 +1022,29 @@ def _upstream_headers(decision: Decision, endpoint: Endpoint) -> list[tuple[byte
     return headers
 
 
-def _joined(response: h11.Response | h11.InformationalResponse, name: bytes) -> str:
+def _joined(response: http1.Head, name: bytes) -> str:
     """Every value of header ``name`` in ``response``, comma-joined."""
-    return b", ".join(v for n, v in response.headers.raw_items() if n.lower() == name).decode("latin-1")
+    return b", ".join(v for n, v in response.headers if n.lower() == name).decode("latin-1")
 
 
-def _declared_length(headers: Iterable[tuple[bytes, bytes]]) -> float:
-    """The body length a response head declares (Content-Length), infinite when none or unusable (chunked,
-    read-until-close). h11 already refused a head with conflicting or malformed lengths."""
-    length = math.inf
-    for name, value in headers:
-        lowered = name.lower()
-        if lowered == b"transfer-encoding":
-            return math.inf
-        if lowered == b"content-length" and value.strip().isdigit():
-            length = int(value)
-    return length
-
-
-def _response_headers(headers: Any) -> Any:
+def _response_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """The answer's headers for the client, without hop-by-hop ones and those its ``Connection`` lists.
-    When there is nothing to drop (the usual answer) it is the head's own h11 ``Headers``: h11 validated
-    them when it parsed the answer, and a response built from them is not validated again (~20 us)."""
-    if not any(name in _RESPONSE_HOP_BY_HOP for name, _ in headers):  # h11 yields lower-cased names
+    When there is nothing to drop (the usual answer) it is the head's own list (checked when it was read)."""
+    lowered = [name.lower() for name, _ in headers]
+    if _RESPONSE_HOP_BY_HOP.isdisjoint(lowered):
         return headers
-    items = list(headers.raw_items())
     listed = {
         token.strip().lower()
-        for name, value in items
-        if name.lower() == b"connection"
+        for (_, value), name in zip(headers, lowered, strict=True)
+        if name == b"connection"
         for token in value.split(b",")
         if token.strip()
     }
-    return [(n, v) for n, v in items if n.lower() not in _RESPONSE_HOP_BY_HOP and n.lower() not in listed]
+    return [
+        (n, v)
+        for (n, v), name in zip(headers, lowered, strict=True)
+        if name not in _RESPONSE_HOP_BY_HOP and name not in listed
+    ]
 
 
 __all__ = ["Target", "handle_stream"]

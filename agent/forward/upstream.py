@@ -1,4 +1,4 @@
-"""The forwarder's side towards a cluster's API server: endpoints from kubeconfigs, pooled h11 connections.
+"""The forwarder's side towards a cluster's API server: endpoints from kubeconfigs, pooled HTTP/1.1 connections.
 
 :class:`Endpoints` turns a served ``kube_cluster`` into an :class:`Endpoint` (server address, TLS context,
 ``Host`` and ``Authorization``): the kubeconfig is checked with the same :func:`check_kubeconfig` the agent
@@ -9,15 +9,17 @@ TLS material), and an ``exec`` credential comes from the cluster's existing cred
 
 :class:`UpstreamPool` keeps idle keep-alive connections per endpoint: at most ``max_idle`` each, dropped
 after ``idle_ttl`` seconds unused, after any error, after a response that did not end cleanly, and after
-an upgrade (an upgraded connection belongs to its one session). Connections are h11 clients over
+an upgrade (an upgraded connection belongs to its one session). Connections are HTTP/1.1 clients (requests
+written as bytes, answers read by :class:`registry.core.http1.Reader`) over
 TLS on the socket itself (:class:`registry.host.socket_tls.SocketTLSStream`), or plain TCP for an ``http://``
 server.
 
 Invariants: every failure here is an :class:`UpstreamError` (a 502 ``Status`` naming the cluster and the
-server, never a secret, never a traceback); a connection handed out by :meth:`UpstreamPool.acquire` is idle
-and in h11 state IDLE on both sides; :meth:`UpstreamPool.release` pools only connections whose last
-exchange finished completely (a body the forwarder read without h11 counts only once
-:meth:`UpstreamConnection.end_raw_body` said it ended cleanly; the connection then gets a fresh h11 state).
+server, never a secret, never a traceback); a connection handed out by :meth:`UpstreamPool.acquire` is idle,
+its reader waiting for an answer's head; :meth:`UpstreamPool.release` pools only connections whose last
+exchange finished completely, whose answer allowed another and left no bytes after it (a body the forwarder
+read without the reader counts only once :meth:`UpstreamConnection.end_raw_body` said it ended cleanly; the
+connection then gets a fresh reader).
 """
 
 from __future__ import annotations
@@ -31,13 +33,13 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-import h11
 import httpx
 import trio
 
 from agent.kube._text import clean
 from agent.kube.exec_plugin import ExecCredential
 from agent.kube.tls import H2_ALPN_PROTOCOLS, client_context
+from registry.core import http1
 from registry.core.errors import KubeportError
 from registry.core.kubeconfig import KubeTarget, check_kubeconfig
 from registry.core.netaddr import format_hostport
@@ -202,26 +204,20 @@ def build_endpoint(name: str, target: KubeTarget, credential: ExecCredential | N
 
 
 class UpstreamConnection:
-    """One h11 client connection to an API server."""
+    """One HTTP/1.1 client connection to an API server: requests written as bytes, answers read by a
+    :class:`registry.core.http1.Reader`."""
 
     def __init__(self, endpoint: Endpoint, stream: trio.abc.Stream) -> None:
         self.endpoint = endpoint
         self.stream = stream
-        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_RESPONSE_HEAD)
+        self.reader = http1.Reader(response=True, max_head=MAX_RESPONSE_HEAD)
         self.idle_since = 0.0
         self.exchanges = 0
         self.closed = False
-        # A body the caller read itself (take_body_start .. end_raw_body): None while h11 reads it; then
-        # False, and True once the body ended cleanly and ``h11`` was replaced by a fresh, idle connection.
+        self.request_done = False  # the whole request went out (its body's end too)
+        # A body the caller read itself (take_body_start .. end_raw_body): None while the reader reads it;
+        # then False, and True once the body ended cleanly and ``reader`` was replaced by a fresh one.
         self.raw_body: bool | None = None
-
-    async def send(self, event: Any) -> None:
-        try:
-            data = self.h11.send(event)
-            if data:
-                await self.stream.send_all(data)
-        except (*_STREAM_ERRORS, h11.LocalProtocolError) as exc:
-            raise self.endpoint.unreachable(f"sending the request failed: {_describe(exc)}") from None
 
     async def send_raw(self, data: bytes) -> None:
         try:
@@ -229,24 +225,24 @@ class UpstreamConnection:
         except _STREAM_ERRORS as exc:
             raise self.endpoint.unreachable(f"the connection broke: {_describe(exc)}") from None
 
-    def poll_event(self) -> Any:
-        """The next event from what is already received, or ``h11.NEED_DATA`` (never waits)."""
+    def poll_event(self) -> http1.Event:
+        """The next event from what is already received, or ``http1.NEED_DATA`` (never waits)."""
         try:
-            return self.h11.next_event()
-        except h11.RemoteProtocolError as exc:
-            raise self.endpoint.unreachable(f"malformed HTTP answer: {_describe(exc)}") from None
+            return self.reader.next_event()
+        except http1.HTTPError as exc:
+            raise self.endpoint.unreachable(f"malformed HTTP answer: {exc.message}") from None
 
-    async def next_event(self, max_bytes: int = 64 * 1024) -> Any:
+    async def next_event(self, max_bytes: int = 64 * 1024) -> http1.Event:
         """The next event of the answer, reading as needed. For the answer's head (what this is used for):
         a read waits inside ``receive_some``, not parked on the socket first (see :meth:`receive`)."""
         while True:
             event = self.poll_event()
-            if event is not h11.NEED_DATA:
+            if event is not http1.NEED_DATA:
                 return event
             await self.receive(max_bytes, park=False)
 
     async def receive(self, max_bytes: int = 64 * 1024, *, park: bool = True) -> None:
-        """Read once from the connection into h11 (for a caller that already saw ``h11.NEED_DATA``).
+        """Read once from the connection into the reader (for a caller that already saw ``NEED_DATA``).
 
         ``park``: wait for input parked on the socket alone first (``wait_for_input``: no TLS call in
         flight, the cheap way for an answer that may idle for hours). An answer's head follows the request
@@ -259,40 +255,43 @@ class UpstreamConnection:
             data = await self.stream.receive_some(max_bytes)
         except _STREAM_ERRORS as exc:
             raise self.endpoint.unreachable(f"the connection broke: {_describe(exc)}") from None
-        self.h11.receive_data(bytes(data))
+        self.reader.feed(bytes(data))
 
     def take_body_start(self) -> bytes:
-        """Read the answer's body without h11 from here on: the bytes h11 holds beyond the answer's head.
+        """Read the answer's body without the reader from here on: the bytes it holds beyond the head.
 
         The caller then reads with :meth:`receive_raw` and checks the body's framing itself (the
-        forwarder's verbatim chunked relay, :mod:`agent.forward.chunked`); this h11 connection sees none of
-        it, so :meth:`end_raw_body` must say how the body ended before the connection can be pooled."""
+        forwarder's verbatim chunked relay, :mod:`agent.forward.chunked`); the reader sees none of it, so
+        :meth:`end_raw_body` must say how the body ended before the connection can be pooled."""
         self.raw_body = False
-        return self.h11.trailing_data[0]
+        self.reader.raw_body()
+        return self.reader.take_buffer()
 
     async def receive_raw(self, max_bytes: int) -> bytes:
-        """Read once from the connection (b"" at its end), for a body read without h11."""
+        """Read once from the connection (b"" at its end), for a body read without the reader."""
         try:
             await wait_for_input(self.stream)  # an idle watch's body waits here for hours (tls.py)
             return bytes(await self.stream.receive_some(max_bytes))
         except _STREAM_ERRORS as exc:
             raise self.endpoint.unreachable(f"the connection broke: {_describe(exc)}") from None
 
-    def end_raw_body(self, extra: bytes) -> None:
-        """The body read without h11 ended cleanly; ``extra``: bytes that came after it (none from a sane
-        server). With none, and the request sent whole, the connection gets a fresh h11 state machine
-        (idle: what ``start_next_cycle`` would leave) and may be pooled; otherwise it is not reusable."""
-        if extra or self.h11.our_state is not h11.DONE:
+    def end_raw_body(self, extra: bytes, *, keep_alive: bool = True) -> None:
+        """The body read without the reader ended cleanly; ``extra``: bytes that came after it (none from a
+        sane server); ``keep_alive``: the answer's head allowed another request. With no extra bytes, and
+        the request sent whole, the connection gets a fresh reader and may be pooled; otherwise it is not
+        reusable."""
+        if extra or not keep_alive or not self.request_done:
             return  # raw_body stays False: not reusable
-        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_RESPONSE_HEAD)
+        self.reader = http1.Reader(response=True, max_head=MAX_RESPONSE_HEAD)
         self.raw_body = True
 
     def next_cycle(self) -> None:
         """Ready for the next request on this connection (``reusable()`` said so)."""
+        self.request_done = False
         if self.raw_body:
-            self.raw_body = None  # already a fresh h11 connection
+            self.raw_body = None  # already a fresh reader
             return
-        self.h11.start_next_cycle()
+        self.reader.next_cycle()
 
     def more_arrived(self) -> bool:
         """True when the transport holds received bytes it has not decrypted and handed out yet.
@@ -308,11 +307,13 @@ class UpstreamConnection:
         return isinstance(self.stream, SocketTLSStream) and self.stream.more_arrived()
 
     def reusable(self) -> bool:
-        if self.closed or self.raw_body is False:  # a body read without h11 that did not end cleanly
+        if self.closed or self.raw_body is False:  # a body read without the reader that did not end cleanly
             return False
         if self.raw_body:
             return True
-        return self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE
+        reader = self.reader
+        # An answer that ended, allowed another, and nothing after it (a sane server sends nothing unasked).
+        return self.request_done and reader.done and reader.keep_alive and not reader.buffer
 
     async def aclose(self) -> None:
         if self.closed:
@@ -396,11 +397,7 @@ class UpstreamPool:
         if not conn.reusable():
             await self.discard(conn)
             return
-        try:
-            conn.next_cycle()
-        except h11.LocalProtocolError:
-            await self.discard(conn)
-            return
+        conn.next_cycle()
         conn.exchanges += 1
         conn.idle_since = trio.current_time()
         idle = self._idle.setdefault(conn.endpoint.key, [])

@@ -326,20 +326,22 @@ _CONNECTION_SPECIFIC = frozenset(
 )
 
 
-def h2_request_headers(endpoint: Endpoint, request: Any) -> list[tuple[bytes, bytes]]:
-    """An h11 request (the one the HTTP/1.1 path would send) as HTTP/2 headers: pseudo-headers first,
-    ``Host`` as ``:authority``, no connection-specific headers (RFC 9113 §8.2.2: h2 refuses them), names
-    lower-case."""
+def h2_request_headers(
+    endpoint: Endpoint, method: bytes, target: bytes, lines: list[tuple[bytes, bytes]]
+) -> list[tuple[bytes, bytes]]:
+    """The request the HTTP/1.1 path would send (its method, target and header lines) as HTTP/2 headers:
+    pseudo-headers first, ``Host`` as ``:authority``, no connection-specific headers (RFC 9113 §8.2.2: h2
+    refuses them), names lower-case."""
     headers = [
-        (b":method", bytes(request.method)),
+        (b":method", method),
         (b":scheme", b"https"),
         (b":authority", endpoint.host_header),
-        (b":path", bytes(request.target)),
+        (b":path", target),
     ]
-    for name, value in request.headers:
-        lowered = bytes(name).lower()
+    for name, value in lines:
+        lowered = name.lower()
         if lowered not in _CONNECTION_SPECIFIC:
-            headers.append((lowered, bytes(value)))
+            headers.append((lowered, value))
     return headers
 
 

@@ -3,9 +3,9 @@
 Pure (no I/O). Two steps, applied to **every** request head (first and later requests on a kept-alive
 connection, upgrade requests for exec/attach/port-forward alike):
 
-1. :func:`inspect` (front door and agent): validates the raw ``(name, value)`` pairs as h11 gives them
-   (bytes or str), refuses smuggling, and extracts the client's own impersonation request for the role
-   engine (:func:`registry.core.kube_access.choose_identity`).
+1. :func:`inspect` (front door and agent): validates the raw ``(name, value)`` pairs as h11 or
+   :mod:`registry.core.http1` gives them (bytes or str), refuses smuggling, and extracts the client's own
+   impersonation request for the role engine (:func:`registry.core.kube_access.choose_identity`).
 2. :func:`outbound` (agent only): the headers to send upstream for the decided identity.
 
 Rules, in order (access-design.md §4.3; CVE-2021-31999 / GHSA-pvxj-25m6-7vqr, Infisical #6021, kcp

@@ -12,7 +12,6 @@ import h11
 import pytest
 import trio
 
-from agent.forward import server as forward_server
 from agent.forward.chunked import MAX_LINE, MAX_TRAILERS, ChunkedRelay, ChunkError
 from tests.agent.forward.forward_helpers import PREFIX, open_client
 from tests.agent.forward.test_streams import scripted, scripted_world  # noqa: F401  (the fixture)
@@ -161,15 +160,10 @@ async def test_a_huge_chunk_size_streams_through_without_being_buffered() -> Non
 # -- in the forwarder ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("relay", ["verbatim", "event by event"])
 async def test_a_chunked_answer_reaches_the_client_whole_and_its_connection_is_pooled(
     nursery: trio.Nursery,
     scripted: Scripted,  # noqa: F811
-    monkeypatch: pytest.MonkeyPatch,
-    relay: str,
 ) -> None:
-    if relay != "verbatim":  # the fallback an h11 whose body classes moved gets (tests/internals.py)
-        monkeypatch.setattr(forward_server, "_CHUNKED_READER", None)
     world = scripted_world(scripted)
     ctx = world.context()
     client = await open_client(nursery, world, ctx)

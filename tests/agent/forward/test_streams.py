@@ -12,6 +12,7 @@ import trio.testing
 
 from agent.forward import handle_stream
 from agent.forward.upstream import Endpoints, UpstreamConnection, UpstreamPool, build_endpoint
+from registry.core import http1
 from registry.host.socket_tls import SocketTLSStream
 from tests.agent.forward.forward_helpers import (
     CLUSTER,
@@ -28,7 +29,6 @@ from tests.agent.forward.forward_helpers import (
 )
 from tests.agent.forward.upstreams import GREETING, Scripted, serve_scripted
 from tests.fakes.kube_api import FakeKube
-from tests.internals import verified
 
 POD = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web", "namespace": "default"}, "spec": {}}
 
@@ -134,8 +134,7 @@ async def test_a_bulk_answer_already_received_goes_to_the_client_in_one_write_ch
 ) -> None:
     # The API server's six chunks arrive together as several TLS records (more than one 64 KiB read); the
     # forwarder takes every record already received into one write (not one per record or per read). The
-    # chunks go through as the API server framed them (checked, not decoded and re-encoded): this also
-    # shows that the installed h11 takes the verbatim path (server._chunked_both).
+    # chunks go through as the API server framed them (checked, not decoded and re-encoded).
     client_stream, writes = _forwarder_counting_writes(nursery, scripted)
     client = Client(client_stream)
     await client.send_request("GET", f"{PREFIX}/bulk")
@@ -148,10 +147,8 @@ async def test_a_bulk_answer_already_received_goes_to_the_client_in_one_write_ch
     as_upstream_framed = b"".join(b"3e80\r\n" + body[i : i + 16_000] + b"\r\n" for i in range(0, len(body), 16_000)) + (
         b"0\r\n\r\n"
     )
-    if verified("h11"):
-        assert chunked == as_upstream_framed
-    else:  # an h11 whose body classes moved: relayed event by event, re-chunked (tests/internals.py)
-        assert _dechunk(chunked) == body
+    assert chunked == as_upstream_framed
+    assert _dechunk(chunked) == body
     assert len(writes) == 1
 
 
@@ -161,13 +158,13 @@ async def test_an_upstream_connection_says_when_more_has_arrived(scripted: Scrip
     endpoint = build_endpoint(CLUSTER, Endpoints().target(kube_cluster(CLUSTER, scripted.kubeconfig())))
     conn = await UpstreamPool().connect(endpoint)
     try:
-        await conn.send(h11.Request(method="GET", target="/bulk", headers=[(b"Host", endpoint.host_header)]))
-        await conn.send(h11.EndOfMessage())
-        assert isinstance(await conn.next_event(), h11.Response)
+        await conn.send_raw(b"GET /bulk HTTP/1.1\r\nHost: " + endpoint.host_header + b"\r\n\r\n")
+        assert isinstance(await conn.next_event(), http1.Head)
         body = 0
         saw_more = False
-        while not isinstance(event := await conn.next_event(), h11.EndOfMessage):
-            body += len(event.data)
+        while (event := await conn.next_event()) is not http1.END:
+            assert isinstance(event, bytes)
+            body += len(event)
             saw_more = saw_more or conn.more_arrived()
         assert body == 96_000
         assert saw_more

@@ -19,6 +19,12 @@ Paths (anything else: 404 Status):
   hostile). A body that ends with its last chunk and nothing after it leaves the connection serving the
   next request; any other holds the connection open (reading until the client closes), so a forwarder
   must see the bad framing itself, not wait for the connection to end.
+* ``/rawhead/NAME``: ``RAW_HEADS[NAME]`` as written bytes (a hostile answer head), then the connection is
+  held until the client closes it;
+* ``/until-close``: a 200 without Content-Length or Transfer-Encoding, its body ended by closing;
+* ``/body``: a 200 whose body is the request's body (Content-Length), with ``X-Request-Framing`` saying
+  how the request's body came (``chunked``, ``length`` or ``none``);
+* ``/head``: a 200 with ``Content-Length: 9`` and no body to a HEAD.
 """
 
 from __future__ import annotations
@@ -48,6 +54,19 @@ RAW_BODIES = {
     "too-many-digits": b"5\r\nhello\r\n" + b"0" * 20 + b"1\r\nx\r\n",
     "bad-trailer": b"5\r\nhello\r\n0\r\nno colon here\r\n\r\n",
     "huge-trailers": b"5\r\nhello\r\n0\r\n" + b"X-A: " + b"a" * (128 * 1024),
+}
+_OK = b"HTTP/1.1 200 OK\r\n"
+RAW_HEADS = {
+    "cl-and-te": _OK + b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\nhello",
+    "differing-cl": _OK + b"Content-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
+    "te-gzip": _OK + b"Transfer-Encoding: gzip\r\n\r\nhello",
+    "obs-fold": _OK + b"X-A: a\r\n Impersonate-User: admin\r\nContent-Length: 0\r\n\r\n",
+    "bare-lf": _OK + b"X-A: a\nContent-Length: 0\r\n\r\n",
+    "bare-cr": _OK + b"X-A: a\rX-B: b\r\nContent-Length: 0\r\n\r\n",
+    "nul": _OK + b"X-A: a\x00\r\nContent-Length: 0\r\n\r\n",
+    "bad-name": _OK + b"X A: a\r\nContent-Length: 0\r\n\r\n",
+    "not-http": b"SSH-2.0-OpenSSH_9.6\r\n\r\n",
+    "huge-head": _OK + b"X-A: " + b"a" * (300 * 1024) + b"\r\n\r\n",
 }
 
 
@@ -123,8 +142,10 @@ async def _serve(stream: trio.abc.Stream, state: Scripted) -> None:
         request = await _next(conn, stream)
         if not isinstance(request, h11.Request):
             return
-        while not isinstance(await _next(conn, stream), h11.EndOfMessage):
-            pass
+        body_parts: list[bytes] = []
+        while not isinstance(event := await _next(conn, stream), h11.EndOfMessage):
+            if isinstance(event, h11.Data):
+                body_parts.append(bytes(event.data))
         path = request.target.decode()
         headers = list(request.headers.raw_items())
         state.requests.append((request.method.decode(), path, headers))
@@ -164,6 +185,29 @@ async def _serve(stream: trio.abc.Stream, state: Scripted) -> None:
             while await stream.receive_some(65536):
                 pass
             return
+        elif path.startswith("/rawhead/"):
+            await stream.send_all(RAW_HEADS[path.removeprefix("/rawhead/")])
+            while await stream.receive_some(65536):
+                pass
+            return
+        elif path == "/until-close":
+            await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the close")
+            return
+        elif path == "/body":
+            sent = b"".join(body_parts)
+            framing = b"chunked" if any(n == b"transfer-encoding" for n, _ in lower) else b"none"
+            framing = b"length" if any(n == b"content-length" for n, _ in lower) else framing
+            headers = [(b"Content-Length", b"%d" % len(sent)), (b"X-Request-Framing", framing)]
+            await stream.send_all(
+                conn.send(h11.Response(status_code=200, headers=headers))
+                + conn.send(h11.Data(data=sent))
+                + conn.send(h11.EndOfMessage())
+            )
+        elif path == "/head":
+            await stream.send_all(
+                conn.send(h11.Response(status_code=200, headers=[(b"Content-Length", b"9")]))
+                + (conn.send(h11.EndOfMessage()) or b"")
+            )
         elif path == "/hang-up":
             return
         elif path == "/silent":
