@@ -151,3 +151,45 @@ def test_parser_never_raises_anything_else(seed: str) -> None:
     for method in ("GET", "POST", "BREW"):
         with contextlib.suppress(BadParameter):
             parse_request(method, seed, "watch=%zz&&=")
+
+
+@pytest.mark.parametrize(
+    ("query", "verb"),
+    [
+        ("watch=", "watch"),  # the API server's bool: anything present but 0/false is true
+        ("watch=yes", "watch"),
+        ("watch=TRUE", "watch"),
+        ("watch", "watch"),
+        ("watch=FALSE", "list"),
+        ("watch=0", "list"),
+        ("watch=+false", "watch"),  # '+' is a blank: " false" is not "false" for the API server either
+        ("wat%63h=1", "watch"),  # keys are unescaped as Go does
+        ("", "list"),
+    ],
+)
+def test_watch_is_read_as_the_api_server_reads_it(query: str, verb: str) -> None:
+    """A list-only role must not get a stream: ``?watch=yes`` makes the API server watch (its parameter
+    codec), so it is a watch here too."""
+    assert parse_request("GET", "/api/v1/namespaces/d/pods", query).verb == verb
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        # Go's url.ParseQuery skips this pair: the API server would list every pod while we authorized "web-%ZZ"
+        "fieldSelector=metadata.name%3Dweb-%ZZ",
+        "fieldSelector=metadata.name%3Dweb-1%&fieldSelector=",
+        "watch=%zz&watch=true",  # Go skips the first pair and watches; we would have said list
+        "watch;x=0&watch=true",
+        "a%G1=1",
+    ],
+)
+def test_query_pairs_go_would_skip_are_refused(query: str) -> None:
+    with pytest.raises(BadParameter):
+        parse_request("GET", "/api/v1/namespaces/d/pods", query)
+
+
+def test_a_well_formed_field_selector_still_narrows_to_one_name() -> None:
+    request = parse_request("GET", "/api/v1/namespaces/d/pods", "fieldSelector=metadata.name%3Dweb-1&limit=500")
+    assert (request.verb, request.name) == ("list", "web-1")
+    assert parse_request("GET", "/api/v1/namespaces/d/pods", "labelSelector=app+in+%28a%2Cb%29").verb == "list"
