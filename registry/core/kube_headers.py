@@ -26,6 +26,10 @@ X-Remote-*, capsule-proxy #118):
   ``Impersonate-*`` header is then deleted; ours are added: exactly one ``Impersonate-User`` and one
   ``Impersonate-Group`` per group (never comma-joined). A comma in a client's group value is part of that
   one group name, as the API server reads it.
+* 403 for any ``Origin`` header: only a web browser sends one (kubectl and client-go never do), and a
+  browser holding the user's client certificate would present it for any site's page, so a cross-site
+  WebSocket exec or a cross-site write would run as the user (cross-site WebSocket hijacking; Teleport
+  8.3.14's websocket CSRF). kubeport has no browser client.
 * An upgrade request (``Connection: upgrade`` plus ``Upgrade``) keeps ``Connection: Upgrade`` and its
   ``Upgrade`` values so exec/port-forward work; WebSocket/SPDY headers are end-to-end and kept.
 * ``Authorization`` is never set here: the forwarder adds the cluster's credential last, and replaces Host.
@@ -69,6 +73,10 @@ _TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _FORBIDDEN_VALUE_BYTES = re.compile(rb"[\r\n\x00]")
 _OWS = b" \t"
 _DENIED = "impersonation request has been denied"
+BROWSER_REFUSED = (
+    "requests from a web browser (an Origin header) are refused: a page of any site could send them with "
+    "your client certificate; use kubectl"
+)
 
 
 @dataclass(frozen=True)
@@ -152,7 +160,7 @@ def inspect(headers: Iterable[RawHeader]) -> Inbound:
     """Check a request head and split it into headers to keep and the client's impersonation request.
 
     Raises :class:`BadParameter` (400) for smuggling or malformed headers, :class:`AccessDenied` (403) for
-    unsupported impersonation headers or a second ``Impersonate-User``.
+    unsupported impersonation headers, a second ``Impersonate-User`` or an ``Origin`` header.
     """
     normalised = _normalise(headers)
     _check_framing(normalised)
@@ -168,6 +176,8 @@ def inspect(headers: Iterable[RawHeader]) -> Inbound:
     seen_user = False
     groups: list[str] = []
     for original, name, value in normalised:
+        if name == "origin":
+            raise AccessDenied(BROWSER_REFUSED)
         if name.startswith(IMPERSONATE_PREFIX):
             if name == "impersonate-user":
                 text = _utf8(name, value)

@@ -51,6 +51,8 @@ REFUSED = [
     ("Impersonate-Extra-*", [(b"Impersonate-Extra-Scopes", b"admin")], 403),
     ("second Impersonate-User, case variant", [(b"Impersonate-User", b"alice"), (b"IMPERSONATE-USER", b"admin")], 403),
     ("forged Impersonate-User", [(b"impersonate-user", b"admin")], 403),
+    # a page of any site, in a browser holding alice's certificate (cross-site WebSocket hijacking)
+    ("browser Origin", [(b"Origin", b"https://evil.example")], 403),
 ]
 STRIPPED = [
     ("X-Remote-User/Group", [(b"X-Remote-User", b"admin"), (b"X-Remote-Group", b"system:masters")]),

@@ -154,6 +154,9 @@ REFUSED: list[tuple[str, list[RawHeader], type[Exception], str]] = [
         AccessDenied,
         'impersonation request has been denied, user already specified to "alice"',
     ),
+    # a browser's request (cross-site WebSocket hijacking with the user's client certificate)
+    ("Origin from a browser", [(b"Origin", b"https://evil.example")], AccessDenied, ""),
+    ("Origin null, case variant", [(b"ORIGIN", b"null")], AccessDenied, ""),
     # malformed heads: obs-fold remnants, injection, non-ASCII
     ("obs-fold remnant in a value", [(b"X-Note", b"a\r\n Impersonate-User: admin")], BadParameter, ""),
     ("bare LF in a value", [(b"X-Note", b"a\nImpersonate-User: admin")], BadParameter, ""),
