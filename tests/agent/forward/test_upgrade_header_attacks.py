@@ -9,6 +9,7 @@ without the forged header and with exactly our impersonation.
 
 from __future__ import annotations
 
+import h11
 import pytest
 import trio
 
@@ -128,3 +129,42 @@ async def test_an_upgrade_reaches_upstream_without_forged_identity(
         if n.startswith((b"x-remote-", b"kubeport-", b"x-forwarded-", b"impersonate-u")) and n != b"impersonate-user"
     ]
     await client.stream.aclose()
+
+
+@pytest.mark.parametrize(
+    ("second", "code"),
+    [
+        ("/v1/clusters/c3RhZ2luZw/api/v1/namespaces/default/pods", 400),  # "staging": another cluster
+        (f"{PREFIX}/api/v1/namespaces/default/secrets/token", 403),  # outside alice's pods-only role
+        (f"{PREFIX}/api/v1/namespaces/default/pods/other", 404),  # allowed: forwarded as alice, not as the agent
+    ],
+    ids=["another-cluster", "forbidden-resource", "allowed-resource"],
+)
+async def test_bytes_pipelined_behind_a_refused_upgrade_are_a_new_checked_request(
+    nursery: trio.Nursery, scripted: Scripted, second: str, code: int
+) -> None:
+    """CVE-2018-1002105's shape: an upgrade the API server refuses, with a second request already sent behind
+    it. Those bytes must never be spliced to the API server's connection (which carries the agent's own
+    credential): they are a new request, checked and impersonated like the first."""
+    world = _world(scripted)
+    client = await open_client(nursery, world)
+    await client.send_request("GET", f"{PREFIX}/api/v1/namespaces/default/pods/refuse/exec", headers=WEBSOCKET)
+    await client.stream.send_all(b"GET " + second.encode() + b" HTTP/1.1\r\nHost: front:3026\r\n\r\n")
+    with trio.fail_after(10):
+        assert (await client.response_head()).status_code == 400  # the scripted server's refusal
+        await client.read_body()
+        client.conn.start_next_cycle()
+        client.conn.send(h11.Request(method="GET", target=second, headers=[(b"Host", b"front:3026")]))
+        client.conn.send(h11.EndOfMessage())
+        assert (await client.response_head()).status_code == code
+    paths = [path for _, path, _ in scripted.requests]
+    assert paths[0] == "/api/v1/namespaces/default/pods/refuse/exec"
+    if code == 404:
+        assert paths[1:] == ["/api/v1/namespaces/default/pods/other"]
+        sent = [(name.lower(), value) for name, value in scripted.requests[1][2]]
+        assert [v for n, v in sent if n == b"impersonate-user"] == [b"alice"]
+        assert [v for n, v in sent if n == b"authorization"] == [b"Bearer scripted-token"]
+    else:
+        assert paths[1:] == []
+    events = await world.wait_events(2)
+    assert [e["status"] for e in events] == [400, code]
