@@ -26,10 +26,12 @@ X-Remote-*, capsule-proxy #118):
   ``Impersonate-*`` header is then deleted; ours are added: exactly one ``Impersonate-User`` and one
   ``Impersonate-Group`` per group (never comma-joined). A comma in a client's group value is part of that
   one group name, as the API server reads it.
-* 403 for any ``Origin`` header: only a web browser sends one (kubectl and client-go never do), and a
-  browser holding the user's client certificate would present it for any site's page, so a cross-site
-  WebSocket exec or a cross-site write would run as the user (cross-site WebSocket hijacking; Teleport
-  8.3.14's websocket CSRF). kubeport has no browser client.
+* 403 for a cross-origin request: an ``Origin`` header (every browser sends one on a WebSocket handshake and
+  a cross-site write) whose ``host[:port]`` is not the request's ``Host``, ``Origin: null``, or several
+  ``Origin`` headers. A browser holding the user's client certificate presents it for any site's page, so a
+  cross-site WebSocket exec would run as the user (cross-site WebSocket hijacking; Teleport 8.3.14's
+  websocket CSRF). The same-origin rule is gorilla/websocket's ``checkSameOrigin``: kubectl sends no
+  ``Origin``, the Python client's websocket-client sends its own ``scheme://host[:port]``, both pass.
 * An upgrade request (``Connection: upgrade`` plus ``Upgrade``) keeps ``Connection: Upgrade`` and its
   ``Upgrade`` values so exec/port-forward work; WebSocket/SPDY headers are end-to-end and kept.
 * ``Authorization`` is never set here: the forwarder adds the cluster's credential last, and replaces Host.
@@ -74,8 +76,8 @@ _FORBIDDEN_VALUE_BYTES = re.compile(rb"[\r\n\x00]")
 _OWS = b" \t"
 _DENIED = "impersonation request has been denied"
 BROWSER_REFUSED = (
-    "requests from a web browser (an Origin header) are refused: a page of any site could send them with "
-    "your client certificate; use kubectl"
+    "cross-origin requests are refused (Origin {origin} is not this server, {host}): a web page of another "
+    "site could send them with your client certificate"
 )
 
 
@@ -156,6 +158,21 @@ def _connection_tokens(headers: Sequence[tuple[bytes, str, bytes]]) -> set[str]:
     return tokens
 
 
+def _check_same_origin(headers: Sequence[tuple[bytes, str, bytes]]) -> None:
+    """403 unless every ``Origin`` (at most one) names the request's own ``Host`` (module docstring)."""
+    origins = [v for _, n, v in headers if n == "origin"]
+    if not origins:
+        return
+    host = next((v for _, n, v in headers if n == "host"), b"")
+    origin = origins[0]
+    scheme, sep, rest = origin.partition(b"://")
+    netloc = rest.split(b"/", 1)[0] if sep and scheme.lower() in (b"http", b"https") else b""
+    if len(origins) > 1 or not netloc or not host or netloc.lower() != host.lower():
+        shown_origin = origin[:100].decode("ascii", "replace")
+        shown_host = host[:100].decode("ascii", "replace")
+        raise AccessDenied(BROWSER_REFUSED.format(origin=repr(shown_origin), host=repr(shown_host)))
+
+
 def inspect(headers: Iterable[RawHeader]) -> Inbound:
     """Check a request head and split it into headers to keep and the client's impersonation request.
 
@@ -175,9 +192,8 @@ def inspect(headers: Iterable[RawHeader]) -> Inbound:
     user: str | None = None
     seen_user = False
     groups: list[str] = []
+    _check_same_origin(normalised)
     for original, name, value in normalised:
-        if name == "origin":
-            raise AccessDenied(BROWSER_REFUSED)
         if name.startswith(IMPERSONATE_PREFIX):
             if name == "impersonate-user":
                 text = _utf8(name, value)

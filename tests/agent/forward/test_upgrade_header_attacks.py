@@ -53,7 +53,7 @@ REFUSED = [
     ("second Impersonate-User, case variant", [(b"Impersonate-User", b"alice"), (b"IMPERSONATE-USER", b"admin")], 403),
     ("forged Impersonate-User", [(b"impersonate-user", b"admin")], 403),
     # a page of any site, in a browser holding alice's certificate (cross-site WebSocket hijacking)
-    ("browser Origin", [(b"Origin", b"https://evil.example")], 403),
+    ("cross-site Origin", [(b"Origin", b"https://evil.example")], 403),
 ]
 STRIPPED = [
     ("X-Remote-User/Group", [(b"X-Remote-User", b"admin"), (b"X-Remote-Group", b"system:masters")]),
@@ -168,3 +168,14 @@ async def test_bytes_pipelined_behind_a_refused_upgrade_are_a_new_checked_reques
         assert paths[1:] == []
     events = await world.wait_events(2)
     assert [e["status"] for e in events] == [400, code]
+
+
+async def test_a_same_origin_websocket_exec_is_served(nursery: trio.Nursery, scripted: Scripted) -> None:
+    """The Python client (websocket-client) sends ``Origin`` of the server it dials: it must keep working."""
+    world = _world(scripted)
+    client = await open_client(nursery, world)
+    target = f"{PREFIX}/api/v1/namespaces/default/pods/web/exec?command=sh"
+    await client.send_request("GET", target, headers=[*WEBSOCKET, (b"Origin", b"https://front:3026")])
+    with trio.fail_after(10):
+        assert (await client.response_head()).status_code == 101
+    await client.stream.aclose()
