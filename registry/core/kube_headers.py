@@ -30,8 +30,9 @@ X-Remote-*, capsule-proxy #118):
   a cross-site write) whose ``host[:port]`` is not the request's ``Host``, ``Origin: null``, or several
   ``Origin`` headers. A browser holding the user's client certificate presents it for any site's page, so a
   cross-site WebSocket exec would run as the user (cross-site WebSocket hijacking; Teleport 8.3.14's
-  websocket CSRF). The same-origin rule is gorilla/websocket's ``checkSameOrigin``: kubectl sends no
-  ``Origin``, the Python client's websocket-client sends its own ``scheme://host[:port]``, both pass.
+  websocket CSRF). The same-origin rule (:mod:`registry.core.origin`) is gorilla/websocket's
+  ``checkSameOrigin``: kubectl sends no ``Origin``, the Python client's websocket-client sends its own
+  ``scheme://host[:port]``, both pass.
 * An upgrade request (``Connection: upgrade`` plus ``Upgrade``) keeps ``Connection: Upgrade`` and its
   ``Upgrade`` values so exec/port-forward work; WebSocket/SPDY headers are end-to-end and kept.
 * ``Authorization`` is never set here: the forwarder adds the cluster's credential last, and replaces Host.
@@ -50,6 +51,7 @@ from dataclasses import dataclass
 
 from registry.core.errors import AccessDenied, BadParameter, KubeportError
 from registry.core.kube_access import Identity
+from registry.core.origin import check_same_origin
 
 RawHeader = tuple[bytes | str, bytes | str]
 
@@ -75,10 +77,6 @@ _TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _FORBIDDEN_VALUE_BYTES = re.compile(rb"[\r\n\x00]")
 _OWS = b" \t"
 _DENIED = "impersonation request has been denied"
-BROWSER_REFUSED = (
-    "cross-origin requests are refused (Origin {origin} is not this server, {host}): a web page of another "
-    "site could send them with your client certificate"
-)
 
 
 @dataclass(frozen=True)
@@ -159,18 +157,10 @@ def _connection_tokens(headers: Sequence[tuple[bytes, str, bytes]]) -> set[str]:
 
 
 def _check_same_origin(headers: Sequence[tuple[bytes, str, bytes]]) -> None:
-    """403 unless every ``Origin`` (at most one) names the request's own ``Host`` (module docstring)."""
+    """403 unless the request is same-origin (:mod:`registry.core.origin`)."""
     origins = [v for _, n, v in headers if n == "origin"]
-    if not origins:
-        return
-    host = next((v for _, n, v in headers if n == "host"), b"")
-    origin = origins[0]
-    scheme, sep, rest = origin.partition(b"://")
-    netloc = rest.split(b"/", 1)[0] if sep and scheme.lower() in (b"http", b"https") else b""
-    if len(origins) > 1 or not netloc or not host or netloc.lower() != host.lower():
-        shown_origin = origin[:100].decode("ascii", "replace")
-        shown_host = host[:100].decode("ascii", "replace")
-        raise AccessDenied(BROWSER_REFUSED.format(origin=repr(shown_origin), host=repr(shown_host)))
+    if origins:
+        check_same_origin(origins, next((v for _, n, v in headers if n == "host"), None))
 
 
 def inspect(headers: Iterable[RawHeader]) -> Inbound:
