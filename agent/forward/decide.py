@@ -16,6 +16,7 @@ goes through all of them (first, later kept-alive and upgrade requests alike):
    refused impersonation headers).
 4. :func:`registry.core.kube_access.authorize` with the user's current roles and the cluster's labels,
    then :func:`~registry.core.kube_access.choose_identity` with the client's own ``Impersonate-*`` request.
+   The roles are :func:`certificate_roles`: the user's current roles that the stream's certificate named.
 5. :func:`registry.core.kube_headers.outbound` builds the upstream headers; the client's ``Host`` is
    dropped here (the upstream adapter sets the API server's) and ``Authorization`` never survives step 3.
 
@@ -77,6 +78,17 @@ class Decision:
 def _prefix(cluster: str) -> bytes:
     # Pure; computed per request otherwise (a stream's cluster never changes; the names are served ones).
     return cluster_prefix(cluster).encode("ascii")
+
+
+def certificate_roles(roles: Sequence[Role], named: Sequence[str]) -> tuple[Role, ...]:
+    """The roles to decide with: the user's current ``roles`` that the certificate ``named`` (the front
+    door's effective roles, ``StreamInfo.roles``), as ``registry.server.authz.effective_roles`` decides for
+    the registry API and the front door. A role added to the user after the certificate was signed never
+    widens it (its TTL was capped by the roles it was signed with); a role the user lost is gone at once.
+    Returns ``roles`` itself when nothing is dropped (the decision cache keys on the role objects)."""
+    if all(role.name in named for role in roles):
+        return tuple(roles)
+    return tuple(role for role in roles if role.name in named)
 
 
 def strip_prefix(cluster: str, raw_target: bytes) -> Target:

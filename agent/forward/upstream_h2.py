@@ -29,6 +29,7 @@ from typing import Any, Final
 
 import trio
 
+from agent.forward.dial import open_api_stream
 from agent.forward.h2_core import H2ClientCore, H2Stream, H2StreamError
 from agent.forward.upstream import Endpoint, UpstreamConnection, UpstreamError, _describe
 from registry.host.socket_tls import SocketTLSStream
@@ -278,7 +279,7 @@ class H2Pool:
         upstream: H2Upstream | None = None
         try:
             with trio.fail_after(self.connect_timeout):
-                tcp = await trio.open_tcp_stream(endpoint.host, endpoint.port)
+                tcp = await open_api_stream(endpoint.host, endpoint.port)  # never a metadata service
                 # wrap() takes the descriptor over (and closes it when it refuses the server name)
                 tls = SocketTLSStream.wrap(tcp, endpoint.h2_context, server_hostname=endpoint.server_hostname)
                 stream = tls

@@ -26,6 +26,13 @@ X-Remote-*, capsule-proxy #118):
   ``Impersonate-*`` header is then deleted; ours are added: exactly one ``Impersonate-User`` and one
   ``Impersonate-Group`` per group (never comma-joined). A comma in a client's group value is part of that
   one group name, as the API server reads it.
+* 403 for a cross-origin request: an ``Origin`` header (every browser sends one on a WebSocket handshake and
+  a cross-site write) whose ``host[:port]`` is not the request's ``Host``, ``Origin: null``, or several
+  ``Origin`` headers. A browser holding the user's client certificate presents it for any site's page, so a
+  cross-site WebSocket exec would run as the user (cross-site WebSocket hijacking; Teleport 8.3.14's
+  websocket CSRF). The same-origin rule (:mod:`registry.core.origin`) is gorilla/websocket's
+  ``checkSameOrigin``: kubectl sends no ``Origin``, the Python client's websocket-client sends its own
+  ``scheme://host[:port]``, both pass.
 * An upgrade request (``Connection: upgrade`` plus ``Upgrade``) keeps ``Connection: Upgrade`` and its
   ``Upgrade`` values so exec/port-forward work; WebSocket/SPDY headers are end-to-end and kept.
 * ``Authorization`` is never set here: the forwarder adds the cluster's credential last, and replaces Host.
@@ -44,6 +51,7 @@ from dataclasses import dataclass
 
 from registry.core.errors import AccessDenied, BadParameter, KubeportError
 from registry.core.kube_access import Identity
+from registry.core.origin import check_same_origin
 
 RawHeader = tuple[bytes | str, bytes | str]
 
@@ -148,11 +156,18 @@ def _connection_tokens(headers: Sequence[tuple[bytes, str, bytes]]) -> set[str]:
     return tokens
 
 
+def _check_same_origin(headers: Sequence[tuple[bytes, str, bytes]]) -> None:
+    """403 unless the request is same-origin (:mod:`registry.core.origin`)."""
+    origins = [v for _, n, v in headers if n == "origin"]
+    if origins:
+        check_same_origin(origins, next((v for _, n, v in headers if n == "host"), None))
+
+
 def inspect(headers: Iterable[RawHeader]) -> Inbound:
     """Check a request head and split it into headers to keep and the client's impersonation request.
 
     Raises :class:`BadParameter` (400) for smuggling or malformed headers, :class:`AccessDenied` (403) for
-    unsupported impersonation headers or a second ``Impersonate-User``.
+    unsupported impersonation headers, a second ``Impersonate-User`` or an ``Origin`` header.
     """
     normalised = _normalise(headers)
     _check_framing(normalised)
@@ -167,6 +182,7 @@ def inspect(headers: Iterable[RawHeader]) -> Inbound:
     user: str | None = None
     seen_user = False
     groups: list[str] = []
+    _check_same_origin(normalised)
     for original, name, value in normalised:
         if name.startswith(IMPERSONATE_PREFIX):
             if name == "impersonate-user":

@@ -13,8 +13,14 @@ actually execute), with these deliberate tightenings:
   decodes the path before splitting it, so such a path could name a different object than it seems to.
 * ``pods/{exec,attach,portforward}`` are ``create`` for GET and POST alike (WebSocket upgrades are GETs;
   KEP-4006's synthetic check), so a read-only grant never opens a shell.
-* ``watch=true`` (or ``1``) turns a collection GET into ``watch``; a named GET with ``watch=true`` is also
-  mapped to ``watch`` (a role must allow watching to stream), and ``/watch/...`` legacy paths are ``watch``.
+* ``watch`` read as the API server's parameter codec reads it (``Convert_Slice_string_To_bool``: present
+  with any first value but ``0`` or ``false`` in any case, ``watch=`` and ``watch=yes`` included) turns a
+  collection GET into ``watch``; a named GET with it is also mapped to ``watch`` (a role must allow
+  watching to stream), and ``/watch/...`` legacy paths are ``watch``.
+* The query is split as Go's ``url.ParseQuery`` splits it (``&`` only, ``+`` is a blank, first value
+  wins). A pair Go would silently skip (a ``;`` in its key, an invalid percent escape in key or value) is
+  refused instead: otherwise the parameter we authorize (``fieldSelector=metadata.name=...``, ``watch``)
+  would not be the one the API server executes.
 * A known cluster-scoped resource (nodes, persistentvolumes, clusterroles, ...) addressed under
   ``/namespaces/{ns}/`` is refused (CVE-2019-11247: never authorize a cluster-scoped object with
   namespace rules). The namespace object itself (``/api/v1/namespaces/{name}``) has namespace ``""``.
@@ -31,7 +37,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import unquote, unquote_plus
 
 from registry.core.errors import BadParameter
 
@@ -76,7 +82,7 @@ _SPECIAL_VERBS = frozenset({"watch", "proxy"})
 _NAMESPACE_SUBRESOURCES = frozenset({"status", "finalize"})
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _ENCODED_SEPARATOR = re.compile(r"%(2[Ff]|5[Cc]|00)")
-_TRUE = frozenset({"true", "1"})
+_FALSE = frozenset({"false", "0"})
 
 
 @dataclass(frozen=True)
@@ -132,12 +138,31 @@ def _segments(path: str) -> list[str]:
     return parts
 
 
+def _unescape_query(text: str) -> str:
+    if _BAD_ESCAPE.search(text):
+        raise BadParameter(f"request query has an invalid percent escape: {text[:200]!r}")
+    # surrogateescape: a non-UTF-8 byte stays distinct (Go keeps the raw bytes), never a shared U+FFFD.
+    return unquote_plus(text, errors="surrogateescape")
+
+
 def _query(query: str) -> dict[str, str]:
-    """First value of each parameter (the API server's ``ParameterCodec`` reads the first too)."""
+    """First value of each parameter (the API server's ``ParameterCodec`` reads the first too), split as
+    Go's ``url.ParseQuery`` splits it; BadParameter for a pair Go would drop (module docstring)."""
     values: dict[str, str] = {}
-    for key, value in parse_qsl(query, keep_blank_values=True):
-        values.setdefault(key, value)
+    for pair in query.split("&"):
+        if not pair:
+            continue
+        raw_key, _, raw_value = pair.partition("=")
+        if ";" in raw_key:
+            raise BadParameter(f"request query has a ';' in a parameter name: {raw_key[:200]!r}")
+        values.setdefault(_unescape_query(raw_key), _unescape_query(raw_value))
     return values
+
+
+def _watch(params: dict[str, str]) -> bool:
+    """The API server's reading of ``watch``: present, and its first value neither ``0`` nor ``false``."""
+    value = params.get("watch")
+    return value is not None and value.lower() not in _FALSE
 
 
 def _exact_name(field_selector: str) -> str:
@@ -198,8 +223,8 @@ def parse_request(method: str, path: str, query: str = "") -> KubeRequest:
     if not special:
         if subresource in STREAM_SUBRESOURCES and method in ("GET", "POST"):
             verb = "create"
-        elif verb == "get" and (not name or params.get("watch", "").lower() in _TRUE):
-            verb = "watch" if params.get("watch", "").lower() in _TRUE else "list"
+        elif verb == "get" and (not name or _watch(params)):
+            verb = "watch" if _watch(params) else "list"
         elif verb == "delete" and not name:
             verb = "deletecollection"
     if not name and verb in ("list", "watch"):

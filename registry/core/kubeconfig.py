@@ -10,7 +10,13 @@ make an agent run code or read its own files:
 * ``auth-provider`` plugins are deprecated and run code / read files: always refused;
 * path fields (``certificate-authority``, ``client-certificate``, ``client-key``, ``tokenFile``) read files on
   the agent host: always refused, the ``*-data`` / ``token`` forms must be embedded instead;
-* impersonation fields (``as``, ``as-groups``, ...) would collide with the agent's own per-user impersonation.
+* impersonation fields (``as``, ``as-groups``, ...) would collide with the agent's own per-user impersonation;
+* a ``server`` or ``proxy-url`` naming a cloud metadata service (a link-local address such as
+  169.254.169.254 in any spelling the agent's resolver accepts: ``2852039166``, ``0xa9fea9fe``,
+  ``::ffff:169.254.169.254``; ``fe80::/10``; AWS's ``fd00:ec2::254``; Alibaba's ``100.100.100.200``; the
+  ``metadata.google.internal``-style names) is refused: every kubectl user of the cluster could then read the
+  agent host's cloud credentials through ``kubectl get --raw``. A DNS name that *resolves* there is
+  not caught here (pure: no resolver); the agent's connect-time check is the complete rule.
 
 Every cluster, context and user entry is checked, not only the selected one, so nothing dangerous hides in
 an unused entry. The context is picked deterministically: ``current-context``, or the only context; several
@@ -25,8 +31,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import json
 import re
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -92,6 +100,49 @@ FILE_FIELDS = {
     "client-key": "client-key-data",
     "tokenFile": "token",
 }
+
+
+# Cloud metadata services (instance credentials): the hosts an agent must never be pointed at.
+_METADATA_NAMES = frozenset(
+    {"metadata", "metadata.google.internal", "metadata.goog", "instance-data", "instance-data.ec2.internal"}
+)
+_METADATA_ADDRESSES = frozenset(
+    {
+        ipaddress.ip_address("fd00:ec2::254"),  # AWS IMDS over IPv6
+        ipaddress.ip_address("100.100.100.200"),  # Alibaba Cloud
+    }
+)
+_LINK_LOCAL_V4 = ipaddress.ip_network("169.254.0.0/16")  # AWS, GCP, Azure, OCI, OpenStack, ECS: 169.254.169.254/.170.2
+
+
+def _as_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address a literal host names for the agent's resolver (glibc ``inet_aton`` also reads
+    ``2852039166``, ``0xa9fea9fe``, ``0251.0376.0251.0376`` and ``169.254.43518``), or None for a name."""
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        pass
+    if not re.fullmatch(r"[0-9a-fA-FxX.]+", host) or not host[:1].isdigit():
+        return None
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(host))  # a pure parse (no lookup)
+    except OSError:
+        return None
+
+
+def is_metadata_host(host: str) -> bool:
+    """Whether ``host`` (a URL's hostname) is a cloud metadata service address or name (module docstring)."""
+    name = host.strip("[]").rstrip(".").lower()
+    if name in _METADATA_NAMES:
+        return True
+    address = _as_address(name)
+    if address is None:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if isinstance(address, ipaddress.IPv4Address):
+        return address in _LINK_LOCAL_V4 or address in _METADATA_ADDRESSES
+    return address.is_link_local or address in _METADATA_ADDRESSES
 
 
 @dataclass(frozen=True)
@@ -274,6 +325,11 @@ class _Checker:
             self.fail(f"{path} has no host{shown}")
         if parts.query or parts.fragment:
             self.fail(f"{path} must not have a query or fragment{shown}")
+        if is_metadata_host(parts.hostname):
+            self.fail(
+                f"{path} names a cloud metadata service{shown}: every user of the cluster could read the agent "
+                "host's cloud credentials through it"
+            )
 
     # -- users ---------------------------------------------------------------------------------------
 

@@ -73,6 +73,7 @@ from registry.core.errors import (
     NotFound,
     Unauthenticated,
 )
+from registry.core.origin import check_same_origin
 from registry.core.resources import KIND_ALIASES, KubeServer
 from registry.core.wire import EventsPage, HeartbeatBatch, ResourceList
 from registry.host.metrics import REQUEST_SECONDS, REQUESTS, WATCH_CLIENTS, WATCH_EVENTS, WATCH_LAG
@@ -267,6 +268,8 @@ class RegistryAPI:
         if route in ("signup", "login") and method == "POST":
             return await self._local_auth(route, rest, request)
 
+        # A browser holding a user's certificate must not act for a page of another site (registry.core.origin).
+        check_same_origin(request.header_values("origin"), request.header("host"))
         caller = await self._authenticate(request)
         handler = self._routes.get((route, method, len(rest)))
         if handler is None:

@@ -70,11 +70,17 @@ def prepare_fake(fake: FakeKube) -> None:
     fake.grant("editors", kind="Group", verbs=["create", "delete"], resources=["pods"])
 
 
-def stream_info(cluster: str = CLUSTER, user_name: str = "alice", expires: datetime | None = None) -> StreamInfo:
+def stream_info(
+    cluster: str = CLUSTER,
+    user_name: str = "alice",
+    expires: datetime | None = None,
+    roles: Sequence[str] = ("kube-access", "pods-only"),
+) -> StreamInfo:
+    """What the front door sends with a stream; ``roles`` are the certificate's effective roles."""
     return StreamInfo(
         cluster=cluster,
         user=user_name,
-        roles=("kube-access",),
+        roles=tuple(roles),
         client_addr="127.0.0.1:55555",
         cert_expires=expires or datetime.now(UTC) + timedelta(hours=1),
     )
@@ -257,7 +263,11 @@ async def open_client(
     nursery: trio.Nursery, world: World, ctx: ForwardContext | None = None, *, tunnel: bool = False, **info: Any
 ) -> Client:
     """A client whose stream the forwarder serves: a memory stream pair, or with ``tunnel`` a real tunnel
-    stream (an :class:`H2Tunnel` pair over memory streams, as the front door and the agent hold)."""
+    stream (an :class:`H2Tunnel` pair over memory streams, as the front door and the agent hold). The
+    stream's roles are, as the front door sends them, the roles the user holds now (unless ``roles`` says)."""
+    held = world.users.get(str(info.get("user_name", "alice")))
+    if "roles" not in info and held is not None and held.roles:
+        info["roles"] = tuple(held.roles)
     details = stream_info(**info)
     context = ctx or world.context()
     if not tunnel:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from agent.forward import decide as decide_module
-from agent.forward.decide import DecisionCache, Target, map_request
+from agent.forward.decide import DecisionCache, Target, certificate_roles, map_request
 from registry.core.errors import AccessDenied, BadParameter
 from tests.agent.forward.forward_helpers import CLUSTER, LABELS, PODS_ONLY, role, user
 
@@ -71,3 +71,19 @@ async def test_a_huge_or_malformed_target_is_mapped_but_never_kept() -> None:
     with pytest.raises(BadParameter):
         map_request("GET", Target(path="/api/v1/namespaces/default/nodes/n1", query=""))
     assert decide_module._parse_memo.cache_info().currsize == before
+
+
+async def test_certificate_roles_are_the_current_roles_the_certificate_named() -> None:
+    """A role added to the user after the certificate was signed does not widen it; a role the user lost is
+    not kept because the certificate named it (the agent's half of ``authz.effective_roles``)."""
+    admin = role("prod-admin", {"kubernetes_labels": {"*": "*"}, "kubernetes_groups": ["system:masters"]})
+    held = (PODS_ONLY, admin)
+    assert certificate_roles(held, ("pods-only",)) == (PODS_ONLY,)
+    assert certificate_roles(held, ("pods-only", "prod-admin", "gone")) == held
+    assert certificate_roles((PODS_ONLY,), ("pods-only", "prod-admin")) == (PODS_ONLY,)
+    assert certificate_roles(held, ()) == ()
+    alice = user("alice", ["pods-only", "prod-admin"])
+    cache = DecisionCache()
+    with pytest.raises(AccessDenied):
+        cache.authorize(alice, certificate_roles(held, ("pods-only",)), CLUSTER, LABELS, SECRETS)
+    assert "system:masters" in cache.authorize(alice, held, CLUSTER, LABELS, SECRETS).kube_groups

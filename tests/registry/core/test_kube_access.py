@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from registry.core.codec import decode_resources
-from registry.core.errors import AccessDenied, NotFound
+from registry.core.errors import AccessDenied, BadParameter, NotFound
 from registry.core.kube_access import (
     NO_KUBE_ACCESS,
     SEVERAL_USERS,
@@ -629,3 +629,57 @@ def test_resource_rules_templates_expand_as_a_product() -> None:
 def test_role_without_labels_grants_no_resources() -> None:
     role = _role("r", "v7", allow={"kubernetes_resources": (_e("*"),)})
     assert resource_rules(role, "allow", {}) == ()
+
+
+# -- subresources that reach further than their parent (security-checklist #2, Teleport 17.7.26) ------------
+
+POD_PROXY = _req("GET", "/api/v1/namespaces/default/pods/nginx/proxy/metrics")
+SERVICE_PROXY = _req("GET", "/api/v1/namespaces/default/services/web/proxy/admin")
+NODE_PROXY = _req("GET", "/api/v1/nodes/n1/proxy/logs/")
+LEGACY_PROXY = _req("GET", "/api/v1/proxy/namespaces/default/pods/nginx")
+GET_SERVICE = _req("GET", "/api/v1/namespaces/default/services/web")
+
+
+@pytest.mark.parametrize(
+    ("kind", "request_"),
+    [("pod", POD_PROXY), ("service", SERVICE_PROXY), ("kube_node", NODE_PROXY), ("pod", LEGACY_PROXY)],
+    ids=["pods/proxy", "services/proxy", "nodes/proxy", "legacy /proxy/ prefix"],
+)
+def test_a_get_grant_never_opens_a_proxy(kind: str, request_: KubeRequest) -> None:
+    """``.../{name}/proxy/{path}`` reaches whatever listens in the pod, service or kubelet: it needs the
+    ``proxy`` verb, never ``get`` (Teleport authorized it as get until 17.7.26)."""
+    readers = _res("v7", _e(kind, verbs=("get", "list", "watch")))
+    with pytest.raises(AccessDenied):
+        authorize(_user(), readers, "c1", {}, request_)
+    proxies = _res("v7", _e(kind, verbs=("proxy",)))
+    assert authorize(_user(), proxies, "c1", {}, request_).kube_groups == ("g", SYSTEM_AUTHENTICATED)
+    with pytest.raises(AccessDenied):
+        authorize(_user(), proxies, "c1", {}, GET_POD if kind == "pod" else GET_SERVICE)
+
+
+def test_a_deny_on_proxy_wins_over_a_wildcard_allow() -> None:
+    roles = _res("v7", _e("*"), deny=(_e("service", verbs=("proxy",)),))
+    with pytest.raises(AccessDenied):
+        authorize(_user(), roles, "c1", {}, SERVICE_PROXY)
+    authorize(_user(), roles, "c1", {}, GET_SERVICE)
+
+
+def test_a_name_glob_grant_cannot_list_everything_through_a_query_the_api_server_reads_otherwise() -> None:
+    """A rule for pods ``web-*`` lets a list through only when the field selector names one web pod. Go skips
+    a query pair with a bad escape, so ``metadata.name%3Dweb-%ZZ`` would list every pod: it is refused."""
+    roles = _res("v7", _e("pod", name="web-*", verbs=("list",)))
+    narrowed = _req("GET", "/api/v1/namespaces/default/pods", "fieldSelector=metadata.name%3Dweb-1")
+    assert authorize(_user(), roles, "c1", {}, narrowed).kube_groups == ("g", SYSTEM_AUTHENTICATED)
+    with pytest.raises(AccessDenied):
+        authorize(_user(), roles, "c1", {}, _req("GET", "/api/v1/namespaces/default/pods"))
+    with pytest.raises(BadParameter):
+        _req("GET", "/api/v1/namespaces/default/pods", "fieldSelector=metadata.name%3Dweb-%ZZ")
+    # ?watch=yes streams on the API server: a list-only grant does not cover it
+    with pytest.raises(AccessDenied):
+        authorize(
+            _user(),
+            roles,
+            "c1",
+            {},
+            _req("GET", "/api/v1/namespaces/default/pods", "fieldSelector=metadata.name%3Dweb-1&watch=yes"),
+        )

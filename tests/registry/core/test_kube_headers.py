@@ -154,6 +154,19 @@ REFUSED: list[tuple[str, list[RawHeader], type[Exception], str]] = [
         AccessDenied,
         'impersonation request has been denied, user already specified to "alice"',
     ),
+    # a browser's request (cross-site WebSocket hijacking with the user's client certificate)
+    ("Origin of another site", [(b"Origin", b"https://evil.example")], AccessDenied, "cross-origin"),
+    ("Origin null, case variant", [(b"ORIGIN", b"null")], AccessDenied, "cross-origin"),
+    ("Origin of another port", [(b"Origin", b"https://front:8443")], AccessDenied, "cross-origin"),
+    ("Origin as a prefix of the host", [(b"Origin", b"https://front:3026.evil")], AccessDenied, "cross-origin"),
+    ("Origin with userinfo", [(b"Origin", b"https://front:3026@evil")], AccessDenied, "cross-origin"),
+    ("Origin not http(s)", [(b"Origin", b"file://front:3026")], AccessDenied, "cross-origin"),
+    (
+        "two Origin headers",
+        [(b"Origin", b"https://front:3026"), (b"Origin", b"https://evil.example")],
+        AccessDenied,
+        "cross-origin",
+    ),
     # malformed heads: obs-fold remnants, injection, non-ASCII
     ("obs-fold remnant in a value", [(b"X-Note", b"a\r\n Impersonate-User: admin")], BadParameter, ""),
     ("bare LF in a value", [(b"X-Note", b"a\nImpersonate-User: admin")], BadParameter, ""),
@@ -290,3 +303,12 @@ def test_non_ascii_values_pass_through_untouched() -> None:
 def test_canonical() -> None:
     assert canonical("impersonate-extra-foo") == "Impersonate-Extra-Foo"
     assert canonical("IMPERSONATE-UID") == "Impersonate-Uid"
+
+
+@pytest.mark.parametrize("base", BASES)
+@pytest.mark.parametrize("origin", [b"https://front:3026", b"http://FRONT:3026", b"https://front:3026/"])
+def test_a_same_origin_request_passes(base: str, origin: bytes) -> None:
+    """The Python client's websocket-client sends ``Origin: scheme://host[:port]`` of the server it dials:
+    not a cross-site request (gorilla/websocket's checkSameOrigin rule), so exec keeps working."""
+    inbound = inspect([*BASES[base], (b"Origin", origin)])
+    assert (b"Origin", origin) in inbound.kept

@@ -442,3 +442,39 @@ def test_repr_of_target_hides_credentials() -> None:
     for secret in (SECRET_TOKEN, SECRET, "BEGIN", "PRIVATE"):
         assert secret not in shown
     assert "server='https://10.0.0.1:6443'" in shown and "auth='token'" in shown
+
+
+@pytest.mark.parametrize(
+    "server",
+    [
+        "http://169.254.169.254",
+        "http://169.254.169.254:80/latest",
+        "https://169.254.170.2",  # ECS task credentials
+        "http://2852039166",  # 169.254.169.254 as glibc's inet_aton reads it
+        "http://0xa9fea9fe",
+        "http://0251.0376.0251.0376",
+        "http://169.254.43518",
+        "http://[::ffff:169.254.169.254]",
+        "http://[::ffff:a9fe:a9fe]",
+        "http://[fe80::1]:6443",
+        "http://[fd00:ec2::254]",
+        "http://100.100.100.200",
+        "http://metadata.google.internal",
+        "http://METADATA.GOOGLE.INTERNAL.",
+        "http://metadata",
+    ],
+)
+def test_a_cloud_metadata_service_is_never_a_server(server: str) -> None:
+    """A kube_cluster writer must not turn every kubectl user of the cluster into a reader of the agent host's
+    cloud credentials (``kubectl get --raw /latest/meta-data/iam/...`` through the agent)."""
+    doc = kubeconfig(cluster={"server": server, "insecure-skip-tls-verify": True})
+    assert "names a cloud metadata service" in rejected(doc)
+    proxied = kubeconfig(cluster={"server": "https://10.0.0.1:6443", "proxy-url": server.replace("https", "http")})
+    assert "names a cloud metadata service" in rejected(proxied)
+
+
+@pytest.mark.parametrize(
+    "server", ["https://10.0.0.1:6443", "https://127.0.0.1:6443", "https://[fd00::1]:6443", "https://k8s.example.com"]
+)
+def test_ordinary_api_server_addresses_are_still_accepted(server: str) -> None:
+    assert check(kubeconfig(cluster={"server": server, "insecure-skip-tls-verify": True})).server == server

@@ -393,6 +393,7 @@ async def test_a_1_mib_head_is_refused() -> None:
         (request("dev", extra=b"Content-Length: 3\r\nTransfer-Encoding: chunked\r\n"), 400, "Transfer-Encoding"),
         (request("dev", extra=b"Impersonate-Uid: 0\r\n"), 403, "Impersonate-Uid"),
         (request("dev", extra=b"Impersonate-User: a\r\nImpersonate-User: b\r\n"), 403, "already specified"),
+        (request("dev", extra=b"Origin: https://evil.example\r\n"), 403, "cross-origin"),
     ],
 )
 async def test_garbage_and_smuggling_are_refused_before_any_agent(data: bytes, code: int, words: str) -> None:
@@ -433,3 +434,13 @@ async def test_unauthenticated_idle_connections_are_shed_first() -> None:
 
 async def test_the_kubeconfig_prefix_is_what_routes() -> None:
     assert cluster_prefix("dev") == "/v1/clusters/ZGV2"
+
+
+async def test_a_same_origin_request_is_routed() -> None:
+    """The Python client's websocket-client sends ``Origin`` of the server it dials: not cross-site."""
+    async with frontdoor_env() as env:
+        await env.add_cluster("dev", {"env": "dev"}, agents={"host-a": "healthy"})
+        with trio.fail_after(DEADLINE):
+            stream = await env.connect(credentials(user()))
+            await stream.send_all(request("dev", extra=b"Origin: https://127.0.0.1\r\n"))
+            assert (await env.hub.opened.receive()).host == "host-a"
