@@ -68,7 +68,16 @@ from agent.forward import audit as audit_events
 from agent.forward import exit_taps
 from agent.forward.chunked import ChunkedRelay, ChunkError
 from agent.forward.context import ForwardContext
-from agent.forward.decide import Decision, HeadMemo, Target, WrongCluster, decide, map_request, strip_prefix
+from agent.forward.decide import (
+    Decision,
+    HeadMemo,
+    Target,
+    WrongCluster,
+    certificate_roles,
+    decide,
+    map_request,
+    strip_prefix,
+)
 from agent.forward.exit_status import ExitStatus
 from agent.forward.upstream import Endpoint, UpstreamConnection, UpstreamError
 from agent.forward.upstream_h2 import H2Exchange, h2_request_headers
@@ -348,9 +357,12 @@ class _Session:
 
     async def _user_access(self) -> tuple[User, tuple[Role, ...]]:
         try:
-            return await self.ctx.user_access(self.info.user)
+            user, roles = await self.ctx.user_access(self.info.user)
         except NotFound:
             raise AccessDenied(f'kubeport user "{self.info.user}" does not exist (any more): access denied') from None
+        # Only the roles the certificate was signed with that the user still holds: a role added since must
+        # not widen a certificate already issued (its TTL was capped by the roles it named).
+        return user, certificate_roles(roles, self.info.roles)
 
     async def _drain(self) -> bool:
         """Read and drop what is left of the request body (at most DRAIN_LIMIT); True when all of it."""

@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 import httpx
 import trio
 
+from agent.forward.dial import open_api_stream
 from agent.kube._text import clean
 from agent.kube.exec_plugin import ExecCredential
 from agent.kube.tls import H2_ALPN_PROTOCOLS, client_context
@@ -370,7 +371,7 @@ class UpstreamPool:
         stream: trio.abc.Stream | None = None
         try:
             with trio.fail_after(self.connect_timeout):
-                stream = await trio.open_tcp_stream(endpoint.host, endpoint.port)
+                stream = await open_api_stream(endpoint.host, endpoint.port)  # never a metadata service
                 if endpoint.ssl_context is not None:
                     tcp, stream = stream, None  # wrap() takes the descriptor over (closing it if it fails)
                     try:
