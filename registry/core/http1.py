@@ -367,7 +367,8 @@ class Reader:
             status, reason = 0, b""
             method = parser.get_method()  # type: ignore[union-attr]
             target = collect.url
-            if not target:
+            # Exactly METHOD SP target SP HTTP/x.y, as h11 reads it (llhttp lets extra spaces through).
+            if not target or head[: head.find(b"\r\n")] != b"%s %s HTTP/%s" % (method, target, version):
                 raise self._fail("malformed request line")
             hosts = len(_HOST_LINE.findall(head))
             if hosts > 1 or (hosts == 0 and version == b"1.1"):

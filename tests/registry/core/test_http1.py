@@ -66,6 +66,8 @@ def _h11_refuses(data: bytes, role: type[h11.CLIENT] | type[h11.SERVER] = h11.SE
 
 
 HOSTILE_REQUESTS = {
+    "two spaces after the method": b"POST  /api HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+    "two spaces before the version": b"GET /api  HTTP/1.1\r\nHost: x\r\n\r\n",
     "CL and TE together": b"POST / HTTP/1.1\r\nHost: k\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
     "TE then CL": b"POST / HTTP/1.1\r\nHost: k\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
     "differing Content-Length": b"POST / HTTP/1.1\r\nHost: k\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
