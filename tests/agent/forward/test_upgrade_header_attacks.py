@@ -14,15 +14,10 @@ import pytest
 import trio
 
 from tests.agent.forward.forward_helpers import (
-    CLUSTER,
-    LABELS,
-    PODS_ONLY,
     PREFIX,
-    World,
-    kube_cluster,
     open_client,
-    user,
 )
+from tests.agent.forward.test_streams import scripted_world
 from tests.agent.forward.upstreams import Scripted, serve_scripted
 
 SPDY = [
@@ -67,14 +62,6 @@ async def scripted(nursery: trio.Nursery) -> Scripted:
     return await nursery.start(serve_scripted)
 
 
-def _world(scripted: Scripted) -> World:
-    world = World()
-    world.roles[PODS_ONLY.name] = PODS_ONLY
-    world.users["alice"] = user("alice", [PODS_ONLY.name])
-    world.clusters[CLUSTER] = (kube_cluster(CLUSTER, scripted.kubeconfig()), LABELS)
-    return world
-
-
 @pytest.mark.parametrize(("method", "rest", "upgrade"), UPGRADES, ids=UPGRADE_IDS)
 @pytest.mark.parametrize(("forged", "code"), [c[1:] for c in REFUSED], ids=[c[0] for c in REFUSED])
 async def test_an_upgrade_with_a_refused_header_never_reaches_upstream(
@@ -86,7 +73,7 @@ async def test_an_upgrade_with_a_refused_header_never_reaches_upstream(
     forged: list[tuple[bytes, bytes]],
     code: int,
 ) -> None:
-    world = _world(scripted)
+    world = scripted_world(scripted)
     client = await open_client(nursery, world)
     reply = await client.request(
         method, f"{PREFIX}/api/v1/namespaces/default/pods/web/{rest}", headers=[*upgrade, *forged]
@@ -108,7 +95,7 @@ async def test_an_upgrade_reaches_upstream_without_forged_identity(
     upgrade: list[tuple[bytes, bytes]],
     forged: list[tuple[bytes, bytes]],
 ) -> None:
-    world = _world(scripted)
+    world = scripted_world(scripted)
     client = await open_client(nursery, world)
     await client.send_request(
         method, f"{PREFIX}/api/v1/namespaces/default/pods/web/{rest}", headers=[*upgrade, *forged]
@@ -146,7 +133,7 @@ async def test_bytes_pipelined_behind_a_refused_upgrade_are_a_new_checked_reques
     """CVE-2018-1002105's shape: an upgrade the API server refuses, with a second request already sent behind
     it. Those bytes must never be spliced to the API server's connection (which carries the agent's own
     credential): they are a new request, checked and impersonated like the first."""
-    world = _world(scripted)
+    world = scripted_world(scripted)
     client = await open_client(nursery, world)
     await client.send_request("GET", f"{PREFIX}/api/v1/namespaces/default/pods/refuse/exec", headers=WEBSOCKET)
     await client.stream.send_all(b"GET " + second.encode() + b" HTTP/1.1\r\nHost: front:3026\r\n\r\n")
@@ -172,7 +159,7 @@ async def test_bytes_pipelined_behind_a_refused_upgrade_are_a_new_checked_reques
 
 async def test_a_same_origin_websocket_exec_is_served(nursery: trio.Nursery, scripted: Scripted) -> None:
     """The Python client (websocket-client) sends ``Origin`` of the server it dials: it must keep working."""
-    world = _world(scripted)
+    world = scripted_world(scripted)
     client = await open_client(nursery, world)
     target = f"{PREFIX}/api/v1/namespaces/default/pods/web/exec?command=sh"
     await client.send_request("GET", target, headers=[*WEBSOCKET, (b"Origin", b"https://front:3026")])
