@@ -257,9 +257,17 @@ _shared: EtcdServer | None = None
 
 def shared_etcd() -> EtcdServer:
     """The test session's one etcd (started on first use, stopped at exit); tests share it through their own
-    key prefixes, so they stay isolated without paying an etcd start each. Skips the test without etcd."""
+    key prefixes, so they stay isolated without paying an etcd start each. Skips the test without etcd.
+
+    Each call checks the member still answers ``/health`` (about a millisecond). One that died or stopped
+    answering since the last test is replaced by a fresh one, with a warning that carries its exit code and
+    the end of its log: a test starts on a working etcd, and the report says what happened to the old one."""
     global _shared
-    if _shared is None or _shared.process is None or _shared.process.poll() is not None:
+    if _shared is not None and not _answers(_shared):
+        _report_lost(_shared)
+        _shared.kill()
+        _shared = None
+    if _shared is None:
         binary = find_etcd()
         if binary is None:
             import pytest  # only tests reach this
@@ -269,6 +277,31 @@ def shared_etcd() -> EtcdServer:
         _shared = EtcdServer(binary, root / "data").start()
         atexit.register(_stop_shared, _shared, root)
     return _shared
+
+
+def _answers(server: EtcdServer) -> bool:
+    if not server.alive:
+        return False
+    for _ in range(3):  # a loaded machine may miss one short deadline; a dead member misses every one
+        try:
+            if httpx.get(f"{server.url}/health", timeout=2.0, **server._tls_client()).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+    return False
+
+
+def _report_lost(server: EtcdServer) -> None:
+    import warnings
+
+    code = server.process.poll() if server.process is not None else None
+    try:
+        tail = Path(server._log).read_bytes()[-4000:].decode(errors="replace")
+    except OSError as exc:
+        tail = f"(no log: {exc})"
+    state = "exited with " + str(code) if code is not None else "stopped answering /health"
+    message = f"the shared test etcd at {server.url} {state}; started a new one. Its log ends:\n{tail}"
+    warnings.warn(message, stacklevel=3)
 
 
 def _stop_shared(server: EtcdServer, root: Path) -> None:

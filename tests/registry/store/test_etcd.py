@@ -725,3 +725,16 @@ def test_empty_huge_or_control_store_values_are_usage_errors(value: str, capsys:
         parse_command_line(kubeport_main.build_parser(), ["registry", "start", "--store", value])
     assert exc.value.code == 2
     assert "--store" in capsys.readouterr().err
+
+
+# --- the test infrastructure -------------------------------------------------------------------------------
+
+
+def test_a_shared_etcd_that_died_is_replaced_with_a_warning_that_says_why() -> None:
+    lost = shared_etcd()
+    lost.kill()  # as if the machine had killed it between two tests
+    with pytest.warns(UserWarning, match=r"exited with -9; started a new one"):
+        fresh = shared_etcd()
+    assert fresh is not lost and fresh.alive
+    assert httpx.post(f"{fresh.url}/v3/kv/range", json={"key": "AA=="}, timeout=5).status_code == 200
+    assert shared_etcd() is fresh  # a healthy one is kept
