@@ -1,7 +1,12 @@
-"""A small HTTP/1.1 server: h11 (sans-IO) driven by trio streams, optionally over TLS.
+"""A small HTTP/1.1 server: :class:`registry.core.http1.Reader` (sans-IO) driven by trio streams, optionally
+over TLS.
 
 It turns bytes into :class:`Request` values and :class:`Response` values back into bytes; routing and
 everything else belongs to the handler. Used by the registry API and by the fake Kubernetes API in tests.
+Requests are read by the project's one strict HTTP/1.1 reader (its rules: bare CR/LF, obs-fold, duplicate or
+invalid Content-Length, both Content-Length and Transfer-Encoding, chunk syntax, one Host); answers are byte
+joins (h11's state machine, event objects and header normalisation were ~10% of the registry's CPU per
+create).
 
 Invariants:
 - A new connection must finish its TLS handshake *and* its first request head within
@@ -28,7 +33,24 @@ Invariants:
   one place where an ``OSError`` becomes a kubeport error (``cannot listen on HOST:PORT: ...``).
 - A ``101 Switching Protocols`` response with an ``upgrade`` callable (only for a request that asked to
   upgrade) hands the raw stream, and any bytes already read past the request head, to that callable; HTTP
-  ends there and the connection closes when it returns. No idle or head timeouts apply afterwards.
+  ends there and the connection closes when it returns. No idle or head timeouts apply afterwards. A 101 to
+  a request that did not ask to upgrade, any other 1xx, a header line with a control byte or a bad name
+  (response splitting), a handler's own Transfer-Encoding, or a body that contradicts the handler's
+  Content-Length is a handler bug: logged, answered 500 (if nothing was sent yet), and the connection closed.
+- Errors: a request the reader refuses is answered 400 (431 for a head over ``max_head_bytes``) and the
+  connection closed; that includes a Transfer-Encoding other than one ``chunked`` (400, not 501: the reader
+  refuses the framing as a whole, and either way nothing more on the connection can be trusted) and a
+  method llhttp does not know (400: an unknown method is not a request this server could route; a known one
+  the handler does not serve is the handler's 405). Error answers never quote the request's bytes. After
+  any error answer (``Connection: close``, as every 4xx/5xx this module writes itself) the connection closes.
+- Keep-alive as h11 gave it: HTTP/1.0 requests are answered and the connection closed, so is a request or an
+  answer with ``Connection: close`` (the answer then says ``Connection: close``); pipelined requests are
+  answered one at a time, in order. A whole body goes out with ``Content-Length`` (in the same write as its
+  head up to ``_COALESCE_BODY``); a stream is chunked, one chunk per item (HTTP/1.0: the bytes themselves,
+  ended by the close). HEAD gets the head a GET would get, without the body.
+- ``Expect: 100-continue`` (HTTP/1.1, body not here yet, declared length within the limit) is answered
+  ``100 Continue`` before the body is read (h11 left this to the application, which did not: clients
+  waited a second before sending the body anyway).
 """
 
 from __future__ import annotations
@@ -38,16 +60,17 @@ import errno
 import json
 import logging
 import os
+import re
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import h11
 import trio
 
-from registry.core import validation
+from registry.core import http1, validation
 from registry.core.errors import BadParameter, ConnectionProblem, KubeportError
 from registry.core.netaddr import format_hostport, listen_error
 from registry.host.socket_tls import SocketTLSStream
@@ -201,14 +224,42 @@ class _ClientGone(Exception):
     """The peer closed or broke the connection; nothing more can be said to it."""
 
 
+class _BadResponse(Exception):
+    """A handler's answer cannot be sent as HTTP/1.1 (a header that would break the framing, a 1xx, a 101 to a
+    request that did not ask to upgrade, a body that contradicts its Content-Length): a bug, answered 500."""
+
+
+class _TooLarge(Exception):
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+
+# Reason phrases for the status line (h11 wrote none; clients ignore it, people reading captures do not).
+_REASONS = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
+# A whole header block as the handler gave it, checked in one match: every line a token, ": ", a value
+# without control bytes but HTAB, CRLF. A CR or LF in a value (response splitting) fails the match.
+_HEADER_BLOCK = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9a-z]+: [^\x00-\x08\x0a-\x1f\x7f]*\r\n)*")
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+def _has_close(value: str) -> bool:
+    return any(token.strip(" \t").lower() == "close" for token in value.split(","))
+
+
 class _Connection:
-    """One client connection: an h11 state machine fed from a trio stream."""
+    """One client connection: a :class:`registry.core.http1.Reader` fed from a trio stream, answers written as
+    byte joins."""
+
+    __slots__ = ("head", "keep_alive", "limits", "reader", "received_any", "responding", "stream")
 
     def __init__(self, stream: trio.abc.Stream, limits: HTTPLimits) -> None:
         self.stream = stream
         self.limits = limits
-        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_head_bytes)
+        self.reader = http1.Reader(max_head=limits.max_head_bytes)
         self.received_any = False
+        self.head: http1.Head | None = None  # the request being answered
+        self.responding = False  # its answer has started going out (an error can no longer be said)
+        self.keep_alive = True  # another request may follow the answer going out
 
     async def _receive(self) -> None:
         try:
@@ -217,84 +268,116 @@ class _Connection:
             raise _ClientGone from exc
         if data:
             self.received_any = True
-        self.conn.receive_data(bytes(data))  # b"" tells h11 about EOF
+        self.reader.feed(bytes(data))  # b"" tells the reader about EOF
 
-    async def next_event(self) -> Any:
+    async def next_event(self) -> http1.Event:
         while True:
-            event = self.conn.next_event()
-            if event is h11.NEED_DATA:
+            event = self.reader.next_event()
+            if event is http1.NEED_DATA:
                 await self._receive()
                 continue
             return event
 
-    async def next_event_within(self, timeout: float) -> Any:
+    async def next_event_within(self, timeout: float) -> http1.Event:
         """:meth:`next_event` within ``timeout`` seconds from now (trio.TooSlowError). The deadline's cancel
         scope is only entered to wait for bytes: an event already buffered costs none."""
-        event = self.conn.next_event()
-        if event is not h11.NEED_DATA:
+        event = self.reader.next_event()
+        if event is not http1.NEED_DATA:
             return event
         with trio.fail_after(timeout):
             return await self.next_event()
 
-    async def send(self, event: Any) -> None:
-        await self._write(self.conn.send(event))
-
-    async def _write(self, data: bytes | bytearray | None) -> None:
+    async def _write(self, data: bytes | bytearray) -> None:
         if data:
             try:
                 await self.stream.send_all(data)
             except _STREAM_ERRORS as exc:
                 raise _ClientGone from exc
 
+    def _head_bytes(self, status: int, headers: Sequence[tuple[str, str]], extra: str) -> bytes:
+        """The status line and header block, checked (:class:`_BadResponse`); ``extra``: framing lines."""
+        try:
+            block = ("".join([f"{name.lower()}: {value}\r\n" for name, value in headers]) + extra).encode("latin-1")
+        except UnicodeEncodeError:
+            raise _BadResponse("a response header that is not latin-1") from None
+        if _HEADER_BLOCK.fullmatch(block) is None:
+            raise _BadResponse("a response header line that cannot be sent (a bad name or a control byte)")
+        return http1.response_head(status, _REASONS.get(status, b""), block)
+
     async def send_response(self, response: Response, *, head: bool = False) -> None:
-        """Send a response; for HEAD requests only the head (with the length a GET would have had)."""
-        headers = [(k.lower(), v) for k, v in response.headers]
-        names = {k for k, _ in headers}
-        if response.status == 101 and response.upgrade is not None:
-            await self.send(h11.InformationalResponse(status_code=101, headers=_encode(headers)))
-            leftover, _ = self.conn.trailing_data
-            await response.upgrade(self.stream, bytes(leftover))
-            return
-        if response.stream is None and response.producer is None:
-            if "content-length" not in names:
-                headers.append(("content-length", str(len(response.body))))
-            # A small answer is one write for head, body and end: one TLS record and one syscall, and the
-            # client is woken once with the whole answer (as Go's net/http does), not first for a bare head.
-            # A big body is written on its own rather than copied behind the head.
-            out = bytearray(self.conn.send(h11.Response(status_code=response.status, headers=_encode(headers))) or b"")
-            if response.body and not head:
-                if len(response.body) > _COALESCE_BODY:
-                    await self._write(out)
-                    out = bytearray()
-                    await self.send(h11.Data(data=response.body))
-                else:
-                    out += self.conn.send(h11.Data(data=response.body)) or b""
-            out += self.conn.send(h11.EndOfMessage()) or b""
+        """Send a response; for HEAD requests only the head (with the length a GET would have had). Sets
+        :attr:`keep_alive` for what follows."""
+        request = self.head
+        assert request is not None
+        status = response.status
+        if status < 200:
+            if status != 101 or response.upgrade is None:
+                raise _BadResponse(f"a handler answered {status} (only a 101 with an upgrade is sent)")
+            if not request.upgrade:
+                raise _BadResponse("a handler answered 101 to a request that did not ask to upgrade")
+            out = self._head_bytes(101, response.headers, "")
+            self.responding = True
+            self.keep_alive = False
             await self._write(out)
+            await response.upgrade(self.stream, self.reader.take_buffer())
+            return
+        length: str | None = None
+        said_close = False
+        for name, value in response.headers:
+            lowered = name.lower()
+            if lowered == "content-length":
+                length = value
+            elif lowered == "transfer-encoding":
+                raise _BadResponse("a handler set Transfer-Encoding (this server frames bodies itself)")
+            elif lowered == "connection" and _has_close(value):
+                said_close = True
+        keep = request.keep_alive and not said_close
+        http10 = request.version == b"1.0"
+        streaming = response.stream is not None or response.producer is not None
+        # Framing: a whole body has a Content-Length; a stream is chunked, or for HTTP/1.0 (no chunked
+        # encoding) or a handler's own Content-Length, the bytes themselves (ended by the close, or counted).
+        chunked = streaming and length is None and not http10
+        if streaming and length is None and http10:
+            keep = False
+        extra = ""
+        if not streaming and length is None:
+            extra = f"content-length: {len(response.body)}\r\n"
+        elif chunked:
+            extra = "transfer-encoding: chunked\r\n"
+        if not keep and not said_close:
+            extra += "connection: close\r\n"  # the answer ends the connection: say so (as h11 did)
+        if length is not None and not streaming and not head and length.strip() != str(len(response.body)):
+            raise _BadResponse("a handler's Content-Length does not match its body")
+        out = self._head_bytes(status, response.headers, extra)
+        self.responding = True
+        self.keep_alive = keep
+        if not streaming:
+            body = response.body
+            if head or not body:
+                await self._write(out)
+            elif len(body) > _COALESCE_BODY:
+                # A big body is written on its own rather than copied behind the head.
+                await self._write(out)
+                await self._write(body)
+            else:
+                # A small answer is one write for head and body: one TLS record and one syscall, and the
+                # client is woken once with the whole answer (as Go's net/http does), not first for a bare head.
+                await self._write(out + body)
             return
         if head:
-            await self.send(h11.Response(status_code=response.status, headers=_encode(headers)))
-            await self.send(h11.EndOfMessage())
+            await self._write(out)
+            aclose = getattr(response.stream, "aclose", None)
+            if aclose is not None:
+                with trio.CancelScope(shield=True):
+                    await aclose()
             return
-        if "transfer-encoding" not in names:
-            headers.append(("transfer-encoding", "chunked"))
-        await self.send(h11.Response(status_code=response.status, headers=_encode(headers)))
-        # h11 frames a chunked body's data statelessly (size line, data, CRLF; its state only moves at
-        # EndOfMessage), so the streaming loop may write that framing itself: a watch line to 100 watchers
-        # then skips 100 trips through h11's state machine. Only when h11 itself chose chunked framing: an
-        # HTTP/1.0 client gets a close-delimited body, and a handler's own content-length wins.
-        chunked = (
-            self.conn.their_http_version == b"1.1"
-            and "content-length" not in names
-            and dict(headers).get("transfer-encoding", "").lower() == "chunked"
-            and response.status >= 200
-            and response.status not in (204, 304)
-        )
-        if response.producer is not None:
-            await self._send_stream(None, response.producer, chunked=chunked)
-        else:
-            await self._send_stream(response.stream, None, chunked=chunked)
-        await self.send(h11.EndOfMessage())
+        await self._write(out)
+        limit = None if length is None or not length.strip().isdigit() else int(length)
+        sent = await self._send_stream(response.stream, response.producer, chunked=chunked, limit=limit)
+        if chunked:
+            await self._write(http1.LAST_CHUNK)
+        elif limit is not None and sent != limit:
+            raise _BadResponse("a handler's stream did not match its Content-Length")
 
     async def _send_stream(
         self,
@@ -302,10 +385,12 @@ class _Connection:
         producer: Callable[[Send], Awaitable[None]] | None,
         *,
         chunked: bool,
-    ) -> None:
-        """Send each chunk as it comes; stop as soon as the client hangs up (checked concurrently).
-        ``chunked``: write the chunk framing here (the bytes h11 would write) instead of through h11."""
+        limit: int | None,
+    ) -> int:
+        """Send each chunk as it comes (``chunked``: in chunk framing, one chunk per item); stop as soon as the
+        client hangs up (checked concurrently). Returns the bytes of body sent."""
         gone = False
+        sent = 0
 
         async def watch_for_eof(cancel: trio.CancelScope) -> None:
             nonlocal gone
@@ -315,19 +400,20 @@ class _Connection:
                     if not data:
                         break
                     # A client must not send anything while a response streams (no pipelining over a
-                    # watch); keep it for h11 so the byte stream stays consistent.
-                    self.conn.receive_data(bytes(data))
+                    # watch); keep it for the reader so the byte stream stays consistent.
+                    self.reader.feed(bytes(data))
             except _STREAM_ERRORS:
                 pass
             gone = True
             cancel.cancel()
 
-        async def send_chunk(chunk: bytes) -> None:
-            if chunk:
-                if chunked:
-                    await self._write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
-                else:
-                    await self.send(h11.Data(data=chunk))
+        async def send_chunk(data: bytes) -> None:
+            nonlocal sent
+            if data:
+                sent += len(data)
+                if limit is not None and sent > limit:
+                    raise _BadResponse("a handler's stream is longer than its Content-Length")
+                await self._write(http1.chunk(data) if chunked else data)
 
         try:
             try:
@@ -349,62 +435,62 @@ class _Connection:
                     await aclose()
         if gone:
             raise _ClientGone
+        return sent
 
-    async def read_body(self, request: h11.Request) -> bytes:
-        length = _content_length(request)
-        if length is not None and length > self.limits.max_body_bytes:
-            raise _TooLarge(length)
+    async def read_body(self, head: http1.Head) -> bytes:
+        """The request's whole body (counted against ``limits.max_body_bytes``: a declared length over it is
+        refused before a byte of the body is read)."""
+        if head.length is not None and head.length > self.limits.max_body_bytes:
+            raise _TooLarge(head.length)
+        reader = self.reader
+        event = reader.next_event()
+        if event is http1.END:
+            return b""
+        if (
+            event is http1.NEED_DATA
+            and head.version == b"1.1"
+            and any(n.lower() == b"expect" and v.lower() == b"100-continue" for n, v in head.headers)
+        ):
+            # The client waits for a go-ahead before its body (RFC 9110 §10.1.1); the limit was checked.
+            await self._write(_CONTINUE)
         parts: list[bytes] = []
         size = 0
         # The body's deadline runs from here; its cancel scope is only entered to wait for bytes (a small
         # body usually arrived with its head: no scope at all).
         deadline: float | None = None
         while True:
-            event = self.conn.next_event()
-            if event is h11.NEED_DATA:
+            if event is http1.NEED_DATA:
                 if deadline is None:
                     deadline = trio.current_time() + self.limits.body_timeout
                 with trio.fail_at(deadline):
                     await self._receive()
-            elif isinstance(event, h11.Data):
-                size += len(event.data)
+            elif event is http1.END:
+                return parts[0] if len(parts) == 1 else b"".join(parts)
+            elif isinstance(event, bytes):
+                size += len(event)
                 if size > self.limits.max_body_bytes:
                     raise _TooLarge(size)
-                parts.append(bytes(event.data))
-            elif isinstance(event, h11.EndOfMessage):
-                return b"".join(parts)
-            elif isinstance(event, h11.ConnectionClosed):
+                parts.append(event)
+            else:  # CLOSED or PAUSED cannot come inside a body; the reader raises on an early EOF
                 raise _ClientGone
+            event = reader.next_event()
 
 
-class _TooLarge(Exception):
-    def __init__(self, size: int) -> None:
-        self.size = size
-
-
-def _content_length(request: h11.Request) -> int | None:
-    for name, value in request.headers:
-        if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
-
-
-def _encode(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
-    return [(k.encode("ascii"), v.encode("latin-1")) for k, v in headers]
-
-
-def _to_request(event: h11.Request, body: bytes, peer_cert: bytes | None, client: str) -> Request:
-    target = event.target.decode("latin-1")
-    split = urlsplit(target)
+def _to_request(head: http1.Head, body: bytes, peer_cert: bytes | None, client: str) -> Request:
+    target = head.target.decode("latin-1")
+    # The reader refused spaces and control bytes in the target: an origin-form target without "?" or "#"
+    # is its own path, as urlsplit would say (one starting "//" would have an authority: urlsplit decides).
+    if target[:1] == "/" and target[1:2] != "/" and "#" not in target:
+        path, _, query = target.partition("?")
+    else:
+        split = urlsplit(target)
+        path, query = split.path, split.query
     return Request(
-        method=event.method.decode("ascii", "replace"),
+        method=head.method.decode("ascii", "replace"),
         target=target,
-        path=split.path,
-        query=parse_qs(split.query, keep_blank_values=True),
-        headers=[(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in event.headers],
+        path=path,
+        query=parse_qs(query, keep_blank_values=True) if query else {},
+        headers=[(k.lower().decode("ascii"), v.decode("latin-1")) for k, v in head.headers],
         body=body,
         peer_cert=peer_cert,
         client=client,
@@ -485,6 +571,7 @@ async def handle_connection(
                 # but a presented one must verify): this connection now has a trusted owner.
                 slot.authenticated()
         conn = _Connection(stream, limits)
+        reader = conn.reader
         first = True
         while True:
             try:
@@ -495,8 +582,7 @@ async def handle_connection(
                 else:
                     # A kept-alive connection may wait for its next request; once bytes start arriving the
                     # whole head must follow quickly (slowloris).
-                    buffered, closed = conn.conn.trailing_data
-                    if not buffered and not closed:
+                    if not reader.buffer and not reader.eof:
                         with trio.move_on_after(limits.idle_timeout_for(peer_cert is not None)) as idle:
                             await conn._receive()
                         if idle.cancelled_caught:
@@ -508,14 +594,13 @@ async def handle_connection(
                     return  # nothing was asked: nothing to answer
                 await _reject(conn, 408, "request head did not arrive in time")
                 return
-            except h11.RemoteProtocolError as exc:
-                await _reject(conn, exc.error_status_hint, f"malformed HTTP request: {exc}")
+            except http1.HTTPError as exc:
+                await _reject(conn, exc.status, f"malformed HTTP request: {exc.message}")
                 return
             first = False
-            if isinstance(event, h11.ConnectionClosed):
-                return
-            if not isinstance(event, h11.Request):
-                return
+            if not isinstance(event, http1.Head):
+                return  # CLOSED: the client left between requests
+            conn.head = event
             try:
                 body = await conn.read_body(event)
             except _TooLarge as exc:
@@ -528,28 +613,29 @@ async def handle_connection(
             except trio.TooSlowError:
                 await _reject(conn, 408, "request body did not arrive in time")
                 return
-            except h11.RemoteProtocolError as exc:
-                await _reject(conn, 400, f"malformed HTTP request body: {exc}")
+            except http1.HTTPError as exc:
+                await _reject(conn, 400, f"malformed HTTP request body: {exc.message}")
                 return
             # Busy (not sheddable) only while the handler runs and answers: a client trickling its body
             # stays sheddable, so connections without a certificate cannot pin their slots that way.
             slot.busy()
             request = _to_request(event, body, peer_cert, client)
             response = await _call_handler(handler, request)
-            await conn.send_response(response, head=request.method == "HEAD")
-            if conn.conn.our_state is h11.SWITCHED_PROTOCOL:
-                return  # the upgrade handler has had the stream; nothing more is HTTP
-            slot.idle()
-            if conn.conn.our_state is h11.MUST_CLOSE or conn.conn.their_state is h11.MUST_CLOSE:
-                return
             try:
-                conn.conn.start_next_cycle()
-            except h11.LocalProtocolError:
+                await conn.send_response(response, head=request.method == "HEAD")
+            except _BadResponse as exc:
+                log.error("cannot send the answer to %s %s from %s: %s", request.method, request.path, client, exc)
+                await _reject(conn, 500, "internal error (see the server log)")
                 return
+            if response.status == 101 or not conn.keep_alive:
+                return  # the upgrade handler has had the stream (nothing more is HTTP), or the answer ends it
+            slot.idle()
+            reader.next_cycle()
+            conn.responding = False
     except _ClientGone:
         return
     except Exception:
-        # Last line of defence: one broken connection (a failing stream producer, an h11 state error)
+        # Last line of defence: one broken connection (a failing stream producer, a reader state error)
         # must never take the listener and every other connection down with it.
         log.exception("connection from %s failed", client)
         return
@@ -568,14 +654,22 @@ async def handle_connection(
 
 
 async def _reject(conn: _Connection, status: int, message: str) -> None:
-    """Best-effort error answer on a connection that is about to close."""
-    if conn.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+    """Best-effort error answer on a connection that is about to close (none once an answer has started).
+    ``message`` never quotes the request's bytes (they may carry a secret and reach logs)."""
+    if conn.responding:
         return
-    reason = {400: "BadRequest", 408: "Timeout", 413: "RequestEntityTooLarge", 431: "BadRequest"}.get(
-        status, "BadRequest"
-    )
-    with contextlib.suppress(_ClientGone, h11.LocalProtocolError):
-        await conn.send_response(_status_body(status, reason, message))
+    conn.responding = True
+    reason = {
+        400: "BadRequest",
+        408: "Timeout",
+        413: "RequestEntityTooLarge",
+        431: "RequestHeaderFieldsTooLarge",
+        500: "InternalError",
+    }.get(status, "BadRequest")
+    body = _status_body(status, reason, message).body
+    block = b"content-type: application/json\r\nconnection: close\r\ncontent-length: %d\r\n" % len(body)
+    with contextlib.suppress(_ClientGone):
+        await conn._write(http1.response_head(status, _REASONS.get(status, b""), block) + body)
     # Closing with unread input makes the kernel send RST, which can destroy the answer before the client
     # reads it; swallow a bounded amount of what the client is still sending first.
     drained = 0
