@@ -237,7 +237,7 @@ class _TooLarge(Exception):
 # Reason phrases for the status line (h11 wrote none; clients ignore it, people reading captures do not).
 _REASONS = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
 # A whole header block as the handler gave it, checked in one match: every line a token, ": ", a value
-# without control bytes but HTAB, CRLF. A CR or LF in a value (response splitting) fails the match.
+# without control bytes but HTAB, CRLF; and as many lines as headers (a CR LF in a value: response splitting).
 _HEADER_BLOCK = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9a-z]+: [^\x00-\x08\x0a-\x1f\x7f]*\r\n)*")
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
@@ -300,7 +300,8 @@ class _Connection:
             block = ("".join([f"{name.lower()}: {value}\r\n" for name, value in headers]) + extra).encode("latin-1")
         except UnicodeEncodeError:
             raise _BadResponse("a response header that is not latin-1") from None
-        if _HEADER_BLOCK.fullmatch(block) is None:
+        # One line per header: a CR LF inside a value would otherwise pass as a line boundary (splitting).
+        if _HEADER_BLOCK.fullmatch(block) is None or block.count(b"\n") != len(headers) + extra.count("\n"):
             raise _BadResponse("a response header line that cannot be sent (a bad name or a control byte)")
         return http1.response_head(status, _REASONS.get(status, b""), block)
 

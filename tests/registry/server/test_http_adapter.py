@@ -1,4 +1,4 @@
-"""The h11 <-> trio adapter: real sockets on 127.0.0.1, hostile input, streaming, and errors as Status."""
+"""The HTTP/1.1 <-> trio adapter: real sockets on 127.0.0.1, hostile input, streaming, and errors as Status."""
 
 from __future__ import annotations
 
