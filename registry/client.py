@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import re
 import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import aclosing, asynccontextmanager
@@ -26,7 +27,6 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 from urllib.parse import quote, urlencode
 
-import h11
 import httpx
 import trio
 
@@ -40,6 +40,7 @@ from registry.core.errors import (
     Unauthenticated,
     from_status,
 )
+from registry.core.http1 import HTTPError, Reader, check_headers, header_block, request_head
 from registry.core.identity import REGISTRY_SERVER_NAME, check_pin
 from registry.core.identity_file import IdentityFile
 from registry.core.resources import KubeCluster
@@ -57,7 +58,7 @@ from registry.core.wire import (
     Whoami,
 )
 from registry.host.files import read_limited
-from registry.host.http1 import AnswerTooLarge, Broken, ClosedEarly, Http1Pool, NotSent
+from registry.host.http1 import AnswerTooLarge, Broken, ClosedEarly, Http1Pool, NotSent, read_body, read_head
 from registry.host.socket_tls import SocketTLSStream
 from registry.host.tls import client_context, insecure_fetch_context
 
@@ -595,8 +596,8 @@ class RegistryClient:
     # httpx -> httpcore -> h11 spent more per chunk (each layer's generator, context managers and timeouts)
     # than the event's own TLS read and JSON decode: with 100 watch clients in one process (an agent's
     # cluster watch is one of them) that was most of the client's CPU. Here: one TLS connection per watch
-    # (as httpx made for a stream), h11 for the request and the response head, then each TLS read goes
-    # through ChunkedDecoder and WatchDecoder (sans-IO, both bounded) and nothing else. A test transport
+    # (as httpx made for a stream), registry.core.http1's Reader for the response head, then each TLS read
+    # goes through ChunkedDecoder and WatchDecoder (sans-IO, both bounded) and nothing else. A test transport
     # (``transport=``) keeps the httpx path, which yields the same events and raises the same errors.
 
     @asynccontextmanager
@@ -632,6 +633,7 @@ class RegistryClient:
         bytes read past the head. Raises _NotSent when nothing reached the registry (try the next one)."""
         url = httpx.URL(_base_url(address))
         host, port = url.host, url.port or 443
+        request = _watch_request(target, url.netloc)
         tcp: trio.SocketStream | None = None
         stream: SocketTLSStream | None = None
         sent = False
@@ -641,26 +643,21 @@ class RegistryClient:
                 # OpenSSL on the socket itself: less CPU and memory per watch than trio's SSLStream
                 stream = SocketTLSStream.wrap(tcp, self._ssl, server_hostname=REGISTRY_SERVER_NAME)
                 await stream.do_handshake()
-                conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_WATCH_HEAD)
-                request = h11.Request(
-                    method="GET",
-                    target=target,
-                    headers=[("host", url.netloc.decode("ascii")), ("accept", "application/x-ndjson")],
-                )
+                reader = Reader(response=True, max_head=_MAX_WATCH_HEAD)
                 sent = True
-                await stream.send_all((conn.send(request) or b"") + (conn.send(h11.EndOfMessage()) or b""))
-                head = await _next_h11_event(conn, stream)
-                while isinstance(head, h11.InformationalResponse):  # a 1xx before the answer: skip it
-                    head = await _next_h11_event(conn, stream)
-                if not isinstance(head, h11.Response):
-                    raise ConnectionProblem(f"the registry at {address} closed the connection before answering")
-                if head.status_code != 200:
-                    raise from_status(_json_or_none(await _h11_body(conn, stream)), head.status_code)
-                encoding = b",".join(v for k, v in head.headers if k == b"transfer-encoding").lower()
-                if encoding != b"chunked":
+                await stream.send_all(request)
+                head = await read_head(reader, stream)
+                if head.status != 200:
+                    try:
+                        error_body = await read_body(reader, stream, head, _MAX_ERROR_BODY)
+                    except AnswerTooLarge:
+                        error_body = b""
+                    raise from_status(_json_or_none(error_body), head.status)
+                if not head.chunked:
                     raise ConnectionProblem(f"the registry at {address} answered the watch without chunked framing")
-                leftover, _ = conn.trailing_data
-            return stream, bytes(leftover)
+                reader.raw_body()  # the body is read by _direct_watch_events, straight into its decoders
+                leftover = reader.take_buffer()
+            return stream, leftover
         except BaseException as exc:
             opened = stream if stream is not None else tcp
             if opened is not None:
@@ -687,9 +684,30 @@ _JSON_HEADERS = (("accept", "application/json"), ("content-type", "application/j
 _ACCEPT_JSON = (("accept", "application/json"),)
 
 
+# Built once: json.dumps with any non-default argument builds a new JSONEncoder on every call.
+_JSON_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
 def _encode_json(body: Any) -> bytes:
     """A request body exactly as httpx's ``json=`` encodes it (UTF-8, compact, no NaN)."""
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    return _JSON_ENCODER.encode(body).encode("utf-8")
+
+
+_BAD_TARGET = re.compile(rb"[\x00-\x20\x7f-\xff]")  # h11's request-target: visible ASCII only
+
+
+def _watch_request(target: str, netloc: bytes) -> bytes:
+    """The watch's request head (a GET: no body). BadParameter for a target or address that cannot be sent
+    as it is (h11 refused the same; targets are built with ``quote`` and ``urlencode``, so never in practice)."""
+    path = target.encode("utf-8")  # a non-ASCII byte is then refused below
+    lines = [(b"host", netloc), (b"accept", b"application/x-ndjson")]
+    try:
+        check_headers(lines)
+    except HTTPError:
+        raise BadParameter("the registry address cannot be sent in a Host header") from None
+    if not path or _BAD_TARGET.search(path):
+        raise BadParameter("a watch request target with whitespace, a control byte or non-ASCII")
+    return request_head(b"GET", path, header_block(lines))
 
 
 def _map_direct_error(address: str, exc: BaseException, *, connecting: bool) -> KubeportError:
@@ -719,8 +737,10 @@ def _map_stream_error(address: str, exc: BaseException, *, connecting: bool) -> 
     None for anything else (cancellation, bugs), which is raised as it is."""
     if isinstance(exc, trio.TooSlowError):
         return Timeout(f"registry at {address} did not answer in time")
-    if isinstance(exc, h11.ProtocolError):
-        return ConnectionProblem(f"the registry at {address} sent a malformed answer ({exc})")
+    if isinstance(exc, HTTPError):  # its message never quotes the answer's bytes
+        return ConnectionProblem(f"the registry at {address} sent a malformed answer ({exc.message})")
+    if isinstance(exc, ClosedEarly):
+        return ConnectionProblem(f"the registry at {address} closed the connection ({exc}): it may be restarting")
     if not isinstance(exc, trio.BrokenResourceError | trio.ClosedResourceError | ssl.SSLError | OSError):
         return None
     tls = _tls_failure(address, exc)
@@ -731,28 +751,6 @@ def _map_stream_error(address: str, exc: BaseException, *, connecting: bool) -> 
     return ConnectionProblem(
         f"the registry at {address} closed the connection ({exc or type(exc).__name__}): it may be restarting"
     )
-
-
-async def _next_h11_event(conn: h11.Connection, stream: trio.abc.ReceiveStream) -> Any:
-    while True:
-        event = conn.next_event()
-        if event is h11.NEED_DATA:
-            conn.receive_data(bytes(await stream.receive_some(_READ)))
-            continue
-        return event
-
-
-async def _h11_body(conn: h11.Connection, stream: trio.abc.ReceiveStream) -> bytes:
-    """An error answer's body (bounded; the caller's deadline applies)."""
-    body = bytearray()
-    while True:
-        event = await _next_h11_event(conn, stream)
-        if isinstance(event, h11.Data):
-            body += event.data
-            if len(body) > _MAX_ERROR_BODY:
-                return b""
-        elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
-            return bytes(body)
 
 
 def _json_or_none(body: bytes) -> Any:

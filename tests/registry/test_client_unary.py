@@ -169,6 +169,12 @@ async def test_a_connection_the_registry_closed_while_idle_is_not_reused(nursery
         pytest.param(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n{}", id="closed-mid-answer"),
         pytest.param(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nnot", id="not-json"),
         pytest.param(b"HTTP/1.1 500 Oops\r\ncontent-length: 5\r\n\r\n<html", id="error-not-json"),
+        pytest.param(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+            id="length-and-chunked",
+        ),
+        pytest.param(b"HTTP/1.1 200 OK\r\nx-token: s3cr3t\n\r\ncontent-length: 2\r\n\r\n{}", id="bare-lf-secret"),
+        pytest.param(b"HTTP/1.1 200 OK\r\ncontent-length: s3cr3t\r\n\r\n{}", id="bad-length-secret"),
     ],
 )
 async def test_hostile_answers_are_one_connection_problem(nursery: trio.Nursery, raw: bytes) -> None:
@@ -177,6 +183,7 @@ async def test_hostile_answers_are_one_connection_problem(nursery: trio.Nursery,
         with pytest.raises(ConnectionProblem if b"500" not in raw else Exception) as caught:
             await client._request("POST", "/v1/x", body={})
     assert "Traceback" not in str(caught.value)
+    assert "s3cr3t" not in str(caught.value)  # answer bytes are never quoted (they may carry a secret)
 
 
 async def test_an_oversized_answer_is_refused_not_buffered(

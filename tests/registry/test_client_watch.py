@@ -1,6 +1,7 @@
-"""RegistryClient.watch over a real TLS connection (its direct path: h11 for the head, then chunked framing
-and watch lines decoded by the sans-IO cores) against a scripted registry: split bytes, errors in band and
-as answers, and hostile streams (bad framing, endless lines, bad JSON) are one ConnectionProblem."""
+"""RegistryClient.watch over a real TLS connection (its direct path: registry.core.http1's Reader for the
+head, then chunked framing and watch lines decoded by the sans-IO cores) against a scripted registry: split
+bytes, errors in band and as answers, and hostile streams (bad framing, endless lines, bad JSON) are one
+ConnectionProblem that never quotes the answer."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 import trio
 
 from registry.client import RegistryClient
-from registry.core.errors import AccessDenied, Compacted, ConnectionProblem
+from registry.core.errors import AccessDenied, Compacted, ConnectionProblem, KubeportError, Timeout
 from registry.core.identity import CertAuthority, Identity, generate_private_key, public_key_pem
 from registry.core.watch import Bookmark, Error, Init, Put, encode_line
 from registry.host.tls import server_context
@@ -137,6 +138,17 @@ async def test_an_error_answer_is_raised_as_its_class(nursery: trio.Nursery) -> 
     assert isinstance(error, AccessDenied) and "no watching for you" in error.message
 
 
+async def test_an_error_answer_too_large_to_read_is_still_its_status(nursery: trio.Nursery) -> None:
+    # The declared length is over the error body bound: the body is never waited for (the server sends none).
+    state = await start_scripted(
+        nursery, sends(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 2000000\r\n\r\n", close=False)
+    )
+    async with client_for(state) as client:
+        _, error = await collect(client)
+    assert isinstance(error, KubeportError) and not isinstance(error, Timeout), error
+    assert "403" in str(error)
+
+
 @pytest.mark.parametrize(
     ("stream", "message"),
     [
@@ -146,6 +158,12 @@ async def test_an_error_answer_is_raised_as_its_class(nursery: trio.Nursery) -> 
         (HEAD + chunk(b'{"type":"PUT","revision":"7"}\n'), "revision"),
         (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}", "without chunked framing"),
         (b"SSH-2.0-OpenSSH\r\n\r\n", "malformed answer"),
+        (b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n", "malformed answer"),
+        (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nx-token: s3cr3t\n\r\n", "malformed answer"),
+        (b"HTTP/1.1 101 Switching Protocols\r\nupgrade: h2c\r\n\r\n", "malformed answer"),
+        (b"HTTP/1.1 200 OK\r\ntransfer-enc", "closed the connection"),
+        (b"HTTP/1.1 403 Forbidden\r\ncontent-length: 10\r\n\r\n{}", "closed the connection"),
+        (b"HTTP/1.1 200 OK\r\nx: " + b"a" * 70_000 + b"\r\n\r\n", "malformed answer"),
     ],
 )
 async def test_hostile_streams_are_one_connection_problem(nursery: trio.Nursery, stream: bytes, message: str) -> None:
@@ -155,6 +173,7 @@ async def test_hostile_streams_are_one_connection_problem(nursery: trio.Nursery,
     assert got == []
     assert isinstance(error, ConnectionProblem), error
     assert message in error.message
+    assert "s3cr3t" not in str(error)  # answer bytes are never quoted (they may carry a secret)
 
 
 async def test_an_endless_line_is_refused_at_the_line_limit(nursery: trio.Nursery) -> None:
