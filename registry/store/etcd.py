@@ -143,6 +143,9 @@ _COMPACT_BATCH = 256
 _LEASES_AHEAD = 16
 _EXPIRE_BATCH = 256  # expired records per txn to start with; halved while etcd finds the request too large
 _CANARY = b"kubeport etcd key check"
+# History entries of this process's own writes kept for the feed at most (see EtcdStore._remember_own): a
+# group commit is a few hundred at most; more means the feed lags, and then decoding them again is fine.
+_OWN_MAX = 4096
 
 Snapshot = dict[tuple[str, str], Item | None]
 
@@ -227,6 +230,9 @@ class EtcdStore(BaseStore):
         # (counter, its mod_revision, floor, its mod_revision) as this process's last commit left them: what a
         # create plans against without reading first (see _commit); None when unknown
         self._known: tuple[int, int, int, int] | None = None
+        # this process's own history entries, committed and not yet published by the feed: store revision ->
+        # (the etcd revision of the txn that wrote it, the change as the entry holds it); see _take
+        self._own: dict[int, tuple[int, Change]] = {}
         self.resyncs = 0
         # the lease-removal check (_reap_lease_removals): due after etcd was out of reach (_note_contact)
         self._last_contact = 0.0  # store clock, of the last reading of etcd known to have succeeded
@@ -781,8 +787,9 @@ class EtcdStore(BaseStore):
                 guard += [compare_mod(self._item_key(kind, name), 0) for kind, name in keys]
                 failure = self._snapshot_ops(keys)
             self._known = None  # until this txn's outcome is known
+            entries: dict[int, Change] = {}
             try:
-                ops = await self._ops_for(changes, floor, write_id)
+                ops = await self._ops_for(changes, floor, write_id, entries)
                 if speculate and any("request_txn" in op for op in ops):
                     # etcd gives nested txns what the outer level leaves (--max-txn-ops less its compares):
                     # a write that needs nesting takes the read path, with its two compares only.
@@ -799,6 +806,7 @@ class EtcdStore(BaseStore):
             if result.succeeded:
                 if result.revision:  # the txn's own etcd revision: the counter's mod_revision now
                     self._known = (changes[-1].revision, result.revision, floor, floor_mod)
+                    self._remember_own(entries, result.revision)
                 break
             if speculate:
                 fresh = self._parse_snapshot(keys, result)
@@ -812,15 +820,24 @@ class EtcdStore(BaseStore):
         kvs, *_ = await self._client.range(self._hist_key(revision))
         return bool(kvs) and self._decode_change(kvs[0])[1] == write_id
 
-    async def _ops_for(self, changes: Sequence[Change], floor: int, write_id: str) -> list[dict[str, Any]]:
+    async def _ops_for(
+        self, changes: Sequence[Change], floor: int, write_id: str, entries: dict[int, Change] | None = None
+    ) -> list[dict[str, Any]]:
+        """The txn's operations; ``entries`` (when given) gets, per store revision, the change each history
+        entry put here holds as the feed will decode it (the last put of a key wins, as in ``final``)."""
         final: dict[bytes, dict[str, Any]] = {}  # etcd refuses a key twice in one txn: keep each key's last op
         for change in changes:
             hist_key = self._hist_key(change.revision)
-            final[hist_key] = put_op(hist_key, self._seal_item(hist_key, change.recorded, t=change.type, w=write_id))
+            recorded = change.recorded
+            final[hist_key] = put_op(hist_key, self._seal_item(hist_key, recorded, t=change.type, w=write_id))
+            if entries is not None:
+                entries[change.revision] = Change(change.type, recorded)
             old = change.supersedes
             if old is not None and old.revision > floor:  # at or below the floor the entry is gone already
                 old_key = self._hist_key(old.revision)
                 final[old_key] = put_op(old_key, self._seal_item(old_key, old, t="PUT", w=write_id))
+                if entries is not None:
+                    entries[old.revision] = Change("PUT", old)
             item_key = self._item_key(change.item.kind, change.item.name)
             if change.type == "DELETE":
                 final[item_key] = delete_op(item_key)
@@ -1020,6 +1037,26 @@ class EtcdStore(BaseStore):
             raise _Kicked("kicked")
         raise ConnectionProblem("etcd watch ended")
 
+    def _remember_own(self, entries: Mapping[int, Change], etcd_revision: int) -> None:
+        """Keep the history entries this process's txn at ``etcd_revision`` wrote, for the feed to publish
+        without unsealing and decoding them again (:meth:`_take`). Entries at or below what the feed already
+        published are of no use (redaction rewrites of published ones). Bounded: past ``_OWN_MAX`` entries
+        (a feed lagging far behind) the oldest go, and the feed decodes those from etcd as for any write."""
+        for revision, change in entries.items():
+            expires = change.item.expires
+            # an expiry that is not a float comes back from the entry's JSON as one: let the feed decode it
+            if revision > self._revision and (expires is None or type(expires) is float):
+                self._own[revision] = (etcd_revision, change)
+        if len(self._own) > _OWN_MAX:
+            for revision in sorted(self._own)[: len(self._own) - _OWN_MAX]:
+                del self._own[revision]
+
+    def _forget_own(self) -> None:
+        """Drop the remembered entries the feed has passed (published, or skipped over by a relist)."""
+        if self._own:
+            for revision in [r for r in self._own if r <= self._revision]:
+                del self._own[revision]
+
     def _take(self, events: Sequence[WatchEvent]) -> None:
         fresh: list[tuple[int, WatchEvent]] = []
         for event in events:
@@ -1028,11 +1065,19 @@ class EtcdStore(BaseStore):
                 fresh.append((revision, event))  # older ones are redaction rewrites: already published
         fresh.sort(key=lambda pair: pair[0])
         changes: list[Change] = []
+        own = self._own
         for revision, event in fresh:
             if revision != self._revision + 1 + len(changes):
                 raise ConnectionProblem(f"etcd feed saw revision {revision} after {self._revision + len(changes)}")
-            changes.append(self._decode_change(event.kv)[0])
+            # A key's value at one etcd revision is what the one txn of that revision put there: when that txn
+            # was this process's own, the entry is already known, decoded. Anything else is decoded from etcd.
+            mine = own.get(revision)
+            if mine is not None and mine[0] == event.kv.mod_revision:
+                changes.append(mine[1])
+            else:
+                changes.append(self._decode_change(event.kv)[0])
         self._publish(changes)
+        self._forget_own()
 
     def _publish(self, changes: Sequence[Change]) -> None:
         if not changes:
@@ -1066,6 +1111,7 @@ class EtcdStore(BaseStore):
             log.warning("etcd feed for %s fell behind compaction (floor %d): watchers must relist", self.prefix, floor)
             self._hub.cut_all()
             self._revision = floor
+            self._forget_own()
         while kvs:
             self._take([WatchEvent("PUT", kv) for kv in kvs])
             if len(kvs) < _PAGE:
