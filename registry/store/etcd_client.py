@@ -36,6 +36,7 @@ proposal stalls every write of the registry for ``request_timeout`` after the el
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import logging
 import math
@@ -137,7 +138,9 @@ def unb64(text: object) -> bytes:
     if not isinstance(text, str):
         raise ConnectionProblem(f"etcd answered a non-string where base64 was expected: {text!r:.60}")
     try:
-        return base64.b64decode(text, validate=True)
+        # strict mode refuses what b64decode(validate=True) refuses (characters outside the alphabet, bad or
+        # misplaced padding, non-ASCII text) without its regex pass over the text first
+        return binascii.a2b_base64(text, strict_mode=True)
     except ValueError:
         raise ConnectionProblem("etcd answered malformed base64") from None
 

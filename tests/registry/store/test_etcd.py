@@ -243,6 +243,16 @@ def test_omitted_proto3_defaults_and_int64_strings_decode() -> None:
         {"kvs": "nope"},
         {"kvs": [{"key": "***"}]},
         {"kvs": [{"key": 5}]},
+        # base64 that is not strictly canonical: short or misplaced padding, whitespace, non-ASCII, data after '='
+        {"kvs": [{"key": "aw="}]},
+        {"kvs": [{"key": "aw"}]},
+        {"kvs": [{"key": "=aw="}]},
+        {"kvs": [{"key": "aw==aw=="}]},
+        {"kvs": [{"key": "a w=="}]},
+        {"kvs": [{"key": "aw==\n"}]},
+        {"kvs": [{"key": "aé=="}]},
+        {"kvs": [{"key": "a" * 4 + "\x00"}]},
+        {"kvs": [{"key": "aw==", "value": "-_8="}]},  # the URL-safe alphabet is not etcd's
         {"kvs": [{"key": "aw==", "mod_revision": "1e9"}]},
         {"kvs": [{"key": "aw==", "mod_revision": True}]},
         {"kvs": [{"key": "aw==", "mod_revision": "9" * 400}]},
