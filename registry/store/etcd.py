@@ -91,7 +91,6 @@ from __future__ import annotations
 
 import functools
 import heapq
-import json
 import logging
 import math
 import os
@@ -100,6 +99,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
+import orjson
 import trio
 
 from registry.core.errors import BadParameter, Compacted, ConnectionProblem, KubeportError, LimitExceeded, TooLarge
@@ -466,13 +466,14 @@ class EtcdStore(BaseStore):
         """Sealed ``meta JSON + "\\n" + value``: the value's canonical JSON goes in as it is (escaping it into
         another JSON string could double its size against etcd's request limit)."""
         meta = {**_item_meta(item), **extra}
-        return self._sealer.seal(key, json.dumps(meta, separators=(",", ":")).encode() + b"\n" + item.data.encode())
+        # orjson, as json.dumps would write it (compact; a raw newline is escaped in strings), but faster
+        return self._sealer.seal(key, orjson.dumps(meta) + b"\n" + item.data.encode())
 
     def _open_item(self, kv: KeyValue) -> tuple[Item, dict[str, Any]]:
         plain = self._sealer.open(kv.key, kv.value)
         head, _, data = plain.partition(b"\n")  # JSON text never holds a raw newline
         try:
-            meta = json.loads(head)
+            meta = orjson.loads(head)
             if not isinstance(meta, dict):
                 raise ValueError("not an object")
             expires = meta.get("e")

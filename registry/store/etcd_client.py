@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import logging
 import math
 import ssl
@@ -48,6 +47,7 @@ from typing import Any, cast
 from urllib.parse import urlsplit
 
 import httpx
+import orjson
 import trio
 
 from registry.core.chunked import ChunkedError
@@ -369,7 +369,7 @@ class EtcdClient:
         connection: httpx's and httpcore's layers cost about as much CPU as the rest of an etcd round trip); its
         NotSent and Broken say whether the request may have left. With a test transport it goes to the transport
         itself, with the timeouts in the request's extensions, as httpx's client would put them."""
-        content = json.dumps(body, separators=(",", ":")).encode()
+        content = _dumps(body)
         pool = self._pool(index) if self._direct else None
         with trio.CancelScope() as scope:
             waiting = self._in_flight.setdefault(index, set())
@@ -567,7 +567,7 @@ class EtcdClient:
         """:meth:`watch` over a connection of its own (registry.host.http1): the same answers and errors as the
         httpx path, without its per-line chain of generators (the feed reads every write of the cluster)."""
         member = self.endpoints[index]
-        content = json.dumps({"create_request": body}, separators=(",", ":")).encode()
+        content = _dumps({"create_request": body})
         try:
             head, streamed = await pool.open_stream("POST", "/v3/watch", body=content, headers=_JSON_HEADER_LIST)
         except NotSent as exc:
@@ -691,9 +691,18 @@ def _is_verification_failure(exc: BaseException) -> bool:
     return False
 
 
+def _dumps(body: dict[str, Any]) -> bytes:
+    """A request body as compact JSON. orjson: the gateway's bodies are all base64 text, small ints and
+    flags, which it writes as json.dumps does (UTF-8 instead of ``\\u`` escapes, which etcd reads alike)."""
+    return orjson.dumps(body)
+
+
 def _loads(raw: bytes) -> dict[str, Any]:
+    """A gateway answer. orjson is stricter than json where it differs (NaN, Infinity, lone surrogates and
+    invalid UTF-8 are refused; integers beyond 64 bits come back as floats, which :func:`as_int` refuses),
+    and bounds nesting itself."""
     try:
-        answer = json.loads(raw) if raw else {}
+        answer = orjson.loads(raw) if raw else {}
     except (ValueError, RecursionError):
         raise ConnectionProblem("etcd answered something that is not JSON") from None
     if not isinstance(answer, dict):

@@ -229,6 +229,44 @@ async def test_a_non_json_answer_is_a_connection_problem() -> None:
     await client.aclose()
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[1, 2]",  # JSON, not an object
+        b'{"header": {"revision": NaN}}',
+        b'{"header": {"revision": Infinity}}',
+        b'{"kvs": [{"key": "\\ud800"}]}',  # a lone surrogate escape
+        b'{"kvs": "\xff\xfe"}',  # not UTF-8
+        b"[" * 100_000 + b"]" * 100_000,  # nested far beyond any parser's stack
+        b'{"kvs": [{"key": "aw=="}]',  # truncated
+    ],
+)
+async def test_hostile_json_answers_are_connection_problems(body: bytes) -> None:
+    transport = httpx.MockTransport(lambda r: httpx.Response(200, content=body))
+    client = EtcdClient(["http://one:2379"], transport=transport, retry_for=0.2)
+    with pytest.raises(ConnectionProblem, match=r"not JSON|not a JSON object"):
+        await client.range(b"k")
+    await client.aclose()
+
+
+async def test_huge_integers_and_duplicate_keys_in_answers_are_refused_or_last_wins() -> None:
+    """An integer beyond 64 bits is never taken as a revision; a repeated key counts once (the last)."""
+    for digits in (30, 400):  # a float to the parser, or too long for one: never an int
+        huge = b'{"kvs": [{"key": "aw==", "mod_revision": ' + b"9" * digits + b"}]}"
+        transport = httpx.MockTransport(lambda r, body=huge: httpx.Response(200, content=body))
+        client = EtcdClient(["http://one:2379"], transport=transport, retry_for=0.2)
+        with pytest.raises(ConnectionProblem, match=r"integer|not JSON"):
+            await client.range(b"k")
+        await client.aclose()
+    twice = b'{"kvs": [{"key": "aw==", "mod_revision": "5", "mod_revision": "7"}], "count": "1"}'
+    client = EtcdClient(
+        ["http://one:2379"], transport=httpx.MockTransport(lambda r: httpx.Response(200, content=twice))
+    )
+    kvs, *_ = await client.range(b"k")
+    assert [(kv.key, kv.mod_revision) for kv in kvs] == [(b"k", 7)]
+    await client.aclose()
+
+
 def test_omitted_proto3_defaults_and_int64_strings_decode() -> None:
     assert decode_kvs({}) == []  # an empty range has no "kvs"
     (kv,) = decode_kvs({"kvs": [{"key": base64.b64encode(b"k").decode(), "mod_revision": "9007199254740993"}]})
