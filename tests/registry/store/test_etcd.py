@@ -487,22 +487,27 @@ async def test_a_silent_watch_is_noticed_and_the_feed_catches_up(etcd: EtcdServe
 # --- the feed and this registry's own writes --------------------------------------------------------------
 
 
-def _silence_feed(store: EtcdStore) -> Any:
+async def _silence_feed(store: EtcdStore) -> Any:
     """Make ``store``'s feed hang on a watch that never sends anything (a member cut off without closing
-    the connection); return the real ``watch`` to put back. Writes still commit; none is published."""
+    the connection), and wait until it does; return the real ``watch`` to put back. From then on writes
+    still commit, and none is published."""
     real = store._client.watch
+    hanging = trio.Event()
 
     @asynccontextmanager
     async def silent(*args: Any, **kwargs: Any) -> AsyncIterator[AsyncIterator[Any]]:
         async def nothing() -> AsyncIterator[Any]:
+            hanging.set()
             await trio.sleep_forever()
             yield
 
         yield nothing()
 
     store._client.watch = silent  # type: ignore[method-assign]
-    if store._kick_scope is not None:
+    if store._kick_scope is not None:  # else the feed has yet to start its watch: it starts this one
         store._kick_scope.cancel()
+    with trio.fail_after(10):
+        await hanging.wait()  # the feed re-read history and now waits on the silent watch
     return real
 
 
@@ -544,7 +549,7 @@ async def test_the_feed_publishes_its_own_writes_as_etcd_holds_them_without_deco
     async with await EtcdStore.open(etcd.url, key=generate_key(), prefix=unique_prefix(), **options) as a:
         await a.create("kube_cluster", "old", _secret_cluster("T0xE"))  # 1, published
         async with a.watch(["c", "kube_cluster"]) as live:
-            real = _silence_feed(a)
+            real = await _silence_feed(a)
             decodes = _count_decodes(a)
             async with trio.open_nursery() as nursery:
                 steps: list[Any] = [
@@ -575,7 +580,7 @@ async def test_own_writes_kept_for_the_feed_stay_bounded_when_it_lags(
     options: dict[str, Any] = {"publish_timeout": 60.0, "watchdog_interval": 1000.0}
     async with await EtcdStore.open(etcd.url, key=generate_key(), prefix=unique_prefix(), **options) as a:
         async with a.watch(["c"]) as live:
-            real = _silence_feed(a)
+            real = await _silence_feed(a)
             decodes = _count_decodes(a)
             async with trio.open_nursery() as nursery:
                 for n in range(8):
@@ -595,7 +600,7 @@ async def test_a_writer_whose_feed_fell_behind_compaction_forgets_what_it_kept(e
     options: dict[str, Any] = {"publish_timeout": 60.0, "watchdog_interval": 1000.0}
     async with await EtcdStore.open(etcd.url, key=generate_key(), prefix=unique_prefix(), **options) as a:
         async with a.watch(["c"]) as live:
-            real = _silence_feed(a)
+            real = await _silence_feed(a)
             decodes = _count_decodes(a)
             async with trio.open_nursery() as nursery:
                 for n in range(10):
