@@ -143,9 +143,11 @@ _COMPACT_BATCH = 256
 _LEASES_AHEAD = 16
 _EXPIRE_BATCH = 256  # expired records per txn to start with; halved while etcd finds the request too large
 _CANARY = b"kubeport etcd key check"
-# History entries of this process's own writes kept for the feed at most (see EtcdStore._remember_own): a
-# group commit is a few hundred at most; more means the feed lags, and then decoding them again is fine.
+# History entries of this process's own writes kept for the feed at most (see EtcdStore._remember_own), in
+# number and in sealed bytes: a group commit is a few hundred entries and _GROUP_BYTES of values at most;
+# more means the feed lags (or etcd refused txns), and then decoding those entries again is fine.
 _OWN_MAX = 4096
+_OWN_MAX_BYTES = 8 * 1024 * 1024
 
 Snapshot = dict[tuple[str, str], Item | None]
 
@@ -230,9 +232,10 @@ class EtcdStore(BaseStore):
         # (counter, its mod_revision, floor, its mod_revision) as this process's last commit left them: what a
         # create plans against without reading first (see _commit); None when unknown
         self._known: tuple[int, int, int, int] | None = None
-        # this process's own history entries, committed and not yet published by the feed: store revision ->
-        # (the etcd revision of the txn that wrote it, the change as the entry holds it); see _take
-        self._own: dict[int, tuple[int, Change]] = {}
+        # this process's own history entries, sent and not yet published by the feed: store revision ->
+        # (the sealed value put at hist/<revision>, the change it holds); see _remember_own and _take
+        self._own: dict[int, tuple[bytes, Change]] = {}
+        self._own_bytes = 0
         self.resyncs = 0
         # the lease-removal check (_reap_lease_removals): due after etcd was out of reach (_note_contact)
         self._last_contact = 0.0  # store clock, of the last reading of etcd known to have succeeded
@@ -788,7 +791,7 @@ class EtcdStore(BaseStore):
                 guard += [compare_mod(self._item_key(kind, name), 0) for kind, name in keys]
                 failure = self._snapshot_ops(keys)
             self._known = None  # until this txn's outcome is known
-            entries: dict[int, Change] = {}
+            entries: dict[int, tuple[bytes, Change]] = {}
             try:
                 ops = await self._ops_for(changes, floor, write_id, entries)
                 if speculate and any("request_txn" in op for op in ops):
@@ -796,6 +799,7 @@ class EtcdStore(BaseStore):
                     # a write that needs nesting takes the read path, with its two compares only.
                     speculate = False
                     continue
+                self._remember_own(entries)  # before sending: the feed may see the entries before the answer
                 result = await self._client.txn(guard, ops, failure)
             except LeaseNotFound:
                 self._leases.clear()  # a cached lease ran out under us: take fresh ones
@@ -807,7 +811,6 @@ class EtcdStore(BaseStore):
             if result.succeeded:
                 if result.revision:  # the txn's own etcd revision: the counter's mod_revision now
                     self._known = (changes[-1].revision, result.revision, floor, floor_mod)
-                    self._remember_own(entries, result.revision)
                 break
             if speculate:
                 fresh = self._parse_snapshot(keys, result)
@@ -822,23 +825,30 @@ class EtcdStore(BaseStore):
         return bool(kvs) and self._decode_change(kvs[0])[1] == write_id
 
     async def _ops_for(
-        self, changes: Sequence[Change], floor: int, write_id: str, entries: dict[int, Change] | None = None
+        self,
+        changes: Sequence[Change],
+        floor: int,
+        write_id: str,
+        entries: dict[int, tuple[bytes, Change]] | None = None,
     ) -> list[dict[str, Any]]:
-        """The txn's operations; ``entries`` (when given) gets, per store revision, the change each history
-        entry put here holds as the feed will decode it (the last put of a key wins, as in ``final``)."""
+        """The txn's operations; ``entries`` (when given) gets, per store revision, the sealed value of each
+        history entry put here and the change the feed would decode from it (the last put of a key wins, as
+        in ``final``)."""
         final: dict[bytes, dict[str, Any]] = {}  # etcd refuses a key twice in one txn: keep each key's last op
         for change in changes:
             hist_key = self._hist_key(change.revision)
             recorded = change.recorded
-            final[hist_key] = put_op(hist_key, self._seal_item(hist_key, recorded, t=change.type, w=write_id))
+            sealed = self._seal_item(hist_key, recorded, t=change.type, w=write_id)
+            final[hist_key] = put_op(hist_key, sealed)
             if entries is not None:
-                entries[change.revision] = Change(change.type, recorded)
+                entries[change.revision] = (sealed, Change(change.type, recorded))
             old = change.supersedes
             if old is not None and old.revision > floor:  # at or below the floor the entry is gone already
                 old_key = self._hist_key(old.revision)
-                final[old_key] = put_op(old_key, self._seal_item(old_key, old, t="PUT", w=write_id))
+                sealed = self._seal_item(old_key, old, t="PUT", w=write_id)
+                final[old_key] = put_op(old_key, sealed)
                 if entries is not None:
-                    entries[old.revision] = Change("PUT", old)
+                    entries[old.revision] = (sealed, Change("PUT", old))
             item_key = self._item_key(change.item.kind, change.item.name)
             if change.type == "DELETE":
                 final[item_key] = delete_op(item_key)
@@ -1038,25 +1048,35 @@ class EtcdStore(BaseStore):
             raise _Kicked("kicked")
         raise ConnectionProblem("etcd watch ended")
 
-    def _remember_own(self, entries: Mapping[int, Change], etcd_revision: int) -> None:
-        """Keep the history entries this process's txn at ``etcd_revision`` wrote, for the feed to publish
-        without unsealing and decoding them again (:meth:`_take`). Entries at or below what the feed already
-        published are of no use (redaction rewrites of published ones). Bounded: past ``_OWN_MAX`` entries
-        (a feed lagging far behind) the oldest go, and the feed decodes those from etcd as for any write."""
-        for revision, change in entries.items():
-            expires = change.item.expires
+    def _remember_own(self, entries: Mapping[int, tuple[bytes, Change]]) -> None:
+        """Keep the history entries a txn of this process is about to put, for the feed to publish without
+        unsealing and decoding them again (:meth:`_take`). Kept before the txn is sent, as the feed may see
+        the entries before the txn's answer comes back; a txn etcd refuses leaves entries no event matches
+        (another write's value at that revision differs), dropped as the feed passes their revisions.
+        Entries at or below what the feed already published are of no use (redaction rewrites of published
+        ones). Bounded: past ``_OWN_MAX`` entries or ``_OWN_MAX_BYTES`` (a feed lagging far behind) the
+        oldest go, and the feed decodes those from etcd as for any other write."""
+        own = self._own
+        for revision, entry in entries.items():
+            expires = entry[1].item.expires
             # an expiry that is not a float comes back from the entry's JSON as one: let the feed decode it
             if revision > self._revision and (expires is None or type(expires) is float):
-                self._own[revision] = (etcd_revision, change)
-        if len(self._own) > _OWN_MAX:
-            for revision in sorted(self._own)[: len(self._own) - _OWN_MAX]:
-                del self._own[revision]
+                replaced = own.pop(revision, None)  # a retry of a refused txn, or a later rewrite
+                if replaced is not None:
+                    self._own_bytes -= len(replaced[0])
+                own[revision] = entry
+                self._own_bytes += len(entry[0])
+        if len(own) > _OWN_MAX or self._own_bytes > _OWN_MAX_BYTES:
+            for revision in sorted(own):
+                if len(own) <= _OWN_MAX and self._own_bytes <= _OWN_MAX_BYTES:
+                    break
+                self._own_bytes -= len(own.pop(revision)[0])
 
     def _forget_own(self) -> None:
         """Drop the remembered entries the feed has passed (published, or skipped over by a relist)."""
         if self._own:
             for revision in [r for r in self._own if r <= self._revision]:
-                del self._own[revision]
+                self._own_bytes -= len(self._own.pop(revision)[0])
 
     def _take(self, events: Sequence[WatchEvent]) -> None:
         fresh: list[tuple[int, WatchEvent]] = []
@@ -1070,10 +1090,10 @@ class EtcdStore(BaseStore):
         for revision, event in fresh:
             if revision != self._revision + 1 + len(changes):
                 raise ConnectionProblem(f"etcd feed saw revision {revision} after {self._revision + len(changes)}")
-            # A key's value at one etcd revision is what the one txn of that revision put there: when that txn
-            # was this process's own, the entry is already known, decoded. Anything else is decoded from etcd.
+            # The very bytes this process sealed for that entry (AES-GCM with a random nonce: no other write
+            # puts the same bytes) decode to the change it already holds. Anything else is decoded from etcd.
             mine = own.get(revision)
-            if mine is not None and mine[0] == event.kv.mod_revision:
+            if mine is not None and mine[0] == event.kv.value:
                 changes.append(mine[1])
             else:
                 changes.append(self._decode_change(event.kv)[0])

@@ -378,6 +378,8 @@ async def test_creates_take_one_round_trip_and_stay_exact_when_another_registry_
         assert requests in (["write"], ["read", "write"])  # after a refusal: at most the read of old
         assert [r.name for r in await b.list("c")] == ["a1", "a2", "a3", "a4", "b1", "taken"]
         assert await a.revision() == await b.revision() == 6
+        # entries a kept for txns etcd refused matched no event (b's values) and are gone with the rest
+        assert a._own == {} and a._own_bytes == 0
 
 
 @pytest.mark.parametrize(("max_txn_ops", "sizes"), [(8, [1, 3, 4, 7]), (128, [1, 62, 63, 64, 300, 2000])])
@@ -573,10 +575,15 @@ async def test_the_feed_publishes_its_own_writes_as_etcd_holds_them_without_deco
         assert "QUFB" not in repr(published)  # revision 3's kubeconfig was superseded: never shown
 
 
+@pytest.mark.parametrize(
+    ("max_entries", "max_bytes", "kept"),
+    [(3, 1 << 20, [6, 7, 8]), (100, 1, [])],  # bound by number, or by bytes (here: not even one entry)
+)
 async def test_own_writes_kept_for_the_feed_stay_bounded_when_it_lags(
-    etcd: EtcdServer, monkeypatch: pytest.MonkeyPatch
+    etcd: EtcdServer, monkeypatch: pytest.MonkeyPatch, max_entries: int, max_bytes: int, kept: list[int]
 ) -> None:
-    monkeypatch.setattr("registry.store.etcd._OWN_MAX", 3)
+    monkeypatch.setattr("registry.store.etcd._OWN_MAX", max_entries)
+    monkeypatch.setattr("registry.store.etcd._OWN_MAX_BYTES", max_bytes)
     options: dict[str, Any] = {"publish_timeout": 60.0, "watchdog_interval": 1000.0}
     async with await EtcdStore.open(etcd.url, key=generate_key(), prefix=unique_prefix(), **options) as a:
         async with a.watch(["c"]) as live:
@@ -586,12 +593,13 @@ async def test_own_writes_kept_for_the_feed_stay_bounded_when_it_lags(
                 for n in range(8):
                     nursery.start_soon(functools.partial(a.create, "c", f"x{n}", cluster(n=n)))
                 await _committed(a, 8)
-                assert sorted(a._own) == [6, 7, 8]  # the newest; the feed decodes the others from etcd
+                assert sorted(a._own) == kept  # the newest; the feed decodes the others from etcd
+                assert a._own_bytes == sum(len(sealed) for sealed, _ in a._own.values())
                 _resume_feed(a, real)
                 published = await take(live, 8)
             assert revisions(published) == list(range(1, 9))
-            assert decodes == [5]
-            assert a._own == {}
+            assert decodes == [8 - len(kept)]
+            assert a._own == {} and a._own_bytes == 0
         async with a.watch(["c"], since=0) as replay:
             assert await take(replay, 8) == published
 
