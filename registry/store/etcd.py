@@ -41,7 +41,10 @@ returns. When etcd's watch breaks or is compacted past the feed's position, the 
 after the last published revision (a range read, which compaction of etcd's MVCC history does not affect)
 and watches again: no gap, no duplicate. A watch that goes silent without breaking (a member cut off from
 the cluster) is caught by a watchdog comparing the counter in etcd with what was published. Catch-up for
-``watch(since=...)`` reads ``hist/`` directly.
+``watch(since=...)`` reads ``hist/`` directly. The feed does not unseal and decode the entries this process
+wrote itself: each write keeps (bounded) the sealed bytes it puts at ``hist/<revision>`` with the change they
+hold, and an event carrying exactly those bytes is published from memory; anything else (other registries'
+writes, entries rewritten since, whatever was dropped from the bound) is decoded from etcd as always.
 
 History compaction is kubeport's: ``compact(keep)`` deletes ``hist/`` entries up to the new floor, and asks
 etcd to compact its own MVCC history up to the etcd revision of the *previous* kubeport compaction, so old
