@@ -245,6 +245,8 @@ _C = TypeVar("_C", AWSSpec, AzureSpec, GCPSpec)
 
 
 def _cloud(spec: Fields, key: str, cls: Callable[..., _C], names: Sequence[str], required: Sequence[str]) -> _C | None:
+    if spec.raw(key) is None:
+        return None  # absent (or null, which Fields reads as {}): most clusters; skip building and checking
     cloud = spec.mapping(key)
     cloud.reject_unknown(names)
     values = {name: cloud.string(name, limit=256) for name in names}

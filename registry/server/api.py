@@ -63,6 +63,7 @@ from typing import Any
 from urllib.parse import unquote
 
 import trio
+from prometheus_client import Counter, Histogram
 
 from registry.core import codec, validation, watch
 from registry.core.errors import (
@@ -218,6 +219,8 @@ class RegistryAPI:
             ("users", "POST", 2): self._signup_token,
         }
         self._route_names = frozenset({"ping", "ca", "join"} | {route for route, _, _ in self._routes})
+        # (route, method, code) -> the metric children of that label set (see __call__)
+        self._request_metrics: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     async def __call__(self, request: Request) -> Response:
         """Answer ``request``, counted and timed for /metrics by route (a fixed set), method and code."""
@@ -232,8 +235,15 @@ class RegistryAPI:
             raise
         finally:
             route = self._metric_route(request.path)
-            REQUESTS.labels(route, request.method if request.method in _METHODS else "other", str(code)).inc()
-            REQUEST_SECONDS.labels(route).observe(time.perf_counter() - start)
+            method = request.method if request.method in _METHODS else "other"
+            # The children are looked up once per label set (prometheus_client's labels() validates and
+            # hashes its arguments on every call); the sets are few: fixed routes and methods, HTTP codes.
+            counted = self._request_metrics.get((route, method, code))
+            if counted is None:
+                counted = (REQUESTS.labels(route, method, str(code)), REQUEST_SECONDS.labels(route))
+                self._request_metrics[(route, method, code)] = counted
+            counted[0].inc()
+            counted[1].observe(time.perf_counter() - start)
 
     def _metric_route(self, path: str) -> str:
         """The route name for metric labels: one of the route table's (or a public route), else "other"

@@ -41,7 +41,10 @@ returns. When etcd's watch breaks or is compacted past the feed's position, the 
 after the last published revision (a range read, which compaction of etcd's MVCC history does not affect)
 and watches again: no gap, no duplicate. A watch that goes silent without breaking (a member cut off from
 the cluster) is caught by a watchdog comparing the counter in etcd with what was published. Catch-up for
-``watch(since=...)`` reads ``hist/`` directly.
+``watch(since=...)`` reads ``hist/`` directly. The feed does not unseal and decode the entries this process
+wrote itself: each write keeps (bounded) the sealed bytes it puts at ``hist/<revision>`` with the change they
+hold, and an event carrying exactly those bytes is published from memory; anything else (other registries'
+writes, entries rewritten since, whatever was dropped from the bound) is decoded from etcd as always.
 
 History compaction is kubeport's: ``compact(keep)`` deletes ``hist/`` entries up to the new floor, and asks
 etcd to compact its own MVCC history up to the etcd revision of the *previous* kubeport compaction, so old
@@ -91,7 +94,6 @@ from __future__ import annotations
 
 import functools
 import heapq
-import json
 import logging
 import math
 import os
@@ -100,6 +102,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
+import orjson
 import trio
 
 from registry.core.errors import BadParameter, Compacted, ConnectionProblem, KubeportError, LimitExceeded, TooLarge
@@ -143,6 +146,11 @@ _COMPACT_BATCH = 256
 _LEASES_AHEAD = 16
 _EXPIRE_BATCH = 256  # expired records per txn to start with; halved while etcd finds the request too large
 _CANARY = b"kubeport etcd key check"
+# History entries of this process's own writes kept for the feed at most (see EtcdStore._remember_own), in
+# number and in sealed bytes: a group commit is a few hundred entries and _GROUP_BYTES of values at most;
+# more means the feed lags (or etcd refused txns), and then decoding those entries again is fine.
+_OWN_MAX = 4096
+_OWN_MAX_BYTES = 8 * 1024 * 1024
 
 Snapshot = dict[tuple[str, str], Item | None]
 
@@ -227,6 +235,10 @@ class EtcdStore(BaseStore):
         # (counter, its mod_revision, floor, its mod_revision) as this process's last commit left them: what a
         # create plans against without reading first (see _commit); None when unknown
         self._known: tuple[int, int, int, int] | None = None
+        # this process's own history entries, sent and not yet published by the feed: store revision ->
+        # (the sealed value put at hist/<revision>, the change it holds); see _remember_own and _take
+        self._own: dict[int, tuple[bytes, Change]] = {}
+        self._own_bytes = 0
         self.resyncs = 0
         # the lease-removal check (_reap_lease_removals): due after etcd was out of reach (_note_contact)
         self._last_contact = 0.0  # store clock, of the last reading of etcd known to have succeeded
@@ -460,13 +472,14 @@ class EtcdStore(BaseStore):
         """Sealed ``meta JSON + "\\n" + value``: the value's canonical JSON goes in as it is (escaping it into
         another JSON string could double its size against etcd's request limit)."""
         meta = {**_item_meta(item), **extra}
-        return self._sealer.seal(key, json.dumps(meta, separators=(",", ":")).encode() + b"\n" + item.data.encode())
+        # orjson, as json.dumps would write it (compact; a raw newline is escaped in strings), but faster
+        return self._sealer.seal(key, orjson.dumps(meta) + b"\n" + item.data.encode())
 
     def _open_item(self, kv: KeyValue) -> tuple[Item, dict[str, Any]]:
         plain = self._sealer.open(kv.key, kv.value)
         head, _, data = plain.partition(b"\n")  # JSON text never holds a raw newline
         try:
-            meta = json.loads(head)
+            meta = orjson.loads(head)
             if not isinstance(meta, dict):
                 raise ValueError("not an object")
             expires = meta.get("e")
@@ -781,13 +794,15 @@ class EtcdStore(BaseStore):
                 guard += [compare_mod(self._item_key(kind, name), 0) for kind, name in keys]
                 failure = self._snapshot_ops(keys)
             self._known = None  # until this txn's outcome is known
+            entries: dict[int, tuple[bytes, Change]] = {}
             try:
-                ops = await self._ops_for(changes, floor, write_id)
+                ops = await self._ops_for(changes, floor, write_id, entries)
                 if speculate and any("request_txn" in op for op in ops):
                     # etcd gives nested txns what the outer level leaves (--max-txn-ops less its compares):
                     # a write that needs nesting takes the read path, with its two compares only.
                     speculate = False
                     continue
+                self._remember_own(entries)  # before sending: the feed may see the entries before the answer
                 result = await self._client.txn(guard, ops, failure)
             except LeaseNotFound:
                 self._leases.clear()  # a cached lease ran out under us: take fresh ones
@@ -812,15 +827,31 @@ class EtcdStore(BaseStore):
         kvs, *_ = await self._client.range(self._hist_key(revision))
         return bool(kvs) and self._decode_change(kvs[0])[1] == write_id
 
-    async def _ops_for(self, changes: Sequence[Change], floor: int, write_id: str) -> list[dict[str, Any]]:
+    async def _ops_for(
+        self,
+        changes: Sequence[Change],
+        floor: int,
+        write_id: str,
+        entries: dict[int, tuple[bytes, Change]] | None = None,
+    ) -> list[dict[str, Any]]:
+        """The txn's operations; ``entries`` (when given) gets, per store revision, the sealed value of each
+        history entry put here and the change the feed would decode from it (the last put of a key wins, as
+        in ``final``)."""
         final: dict[bytes, dict[str, Any]] = {}  # etcd refuses a key twice in one txn: keep each key's last op
         for change in changes:
             hist_key = self._hist_key(change.revision)
-            final[hist_key] = put_op(hist_key, self._seal_item(hist_key, change.recorded, t=change.type, w=write_id))
+            recorded = change.recorded
+            sealed = self._seal_item(hist_key, recorded, t=change.type, w=write_id)
+            final[hist_key] = put_op(hist_key, sealed)
+            if entries is not None:
+                entries[change.revision] = (sealed, Change(change.type, recorded))
             old = change.supersedes
             if old is not None and old.revision > floor:  # at or below the floor the entry is gone already
                 old_key = self._hist_key(old.revision)
-                final[old_key] = put_op(old_key, self._seal_item(old_key, old, t="PUT", w=write_id))
+                sealed = self._seal_item(old_key, old, t="PUT", w=write_id)
+                final[old_key] = put_op(old_key, sealed)
+                if entries is not None:
+                    entries[old.revision] = (sealed, Change("PUT", old))
             item_key = self._item_key(change.item.kind, change.item.name)
             if change.type == "DELETE":
                 final[item_key] = delete_op(item_key)
@@ -1020,6 +1051,36 @@ class EtcdStore(BaseStore):
             raise _Kicked("kicked")
         raise ConnectionProblem("etcd watch ended")
 
+    def _remember_own(self, entries: Mapping[int, tuple[bytes, Change]]) -> None:
+        """Keep the history entries a txn of this process is about to put, for the feed to publish without
+        unsealing and decoding them again (:meth:`_take`). Kept before the txn is sent, as the feed may see
+        the entries before the txn's answer comes back; a txn etcd refuses leaves entries no event matches
+        (another write's value at that revision differs), dropped as the feed passes their revisions.
+        Entries at or below what the feed already published are of no use (redaction rewrites of published
+        ones). Bounded: past ``_OWN_MAX`` entries or ``_OWN_MAX_BYTES`` (a feed lagging far behind) the
+        oldest go, and the feed decodes those from etcd as for any other write."""
+        own = self._own
+        for revision, entry in entries.items():
+            expires = entry[1].item.expires
+            # an expiry that is not a float comes back from the entry's JSON as one: let the feed decode it
+            if revision > self._revision and (expires is None or type(expires) is float):
+                replaced = own.pop(revision, None)  # a retry of a refused txn, or a later rewrite
+                if replaced is not None:
+                    self._own_bytes -= len(replaced[0])
+                own[revision] = entry
+                self._own_bytes += len(entry[0])
+        if len(own) > _OWN_MAX or self._own_bytes > _OWN_MAX_BYTES:
+            for revision in sorted(own):
+                if len(own) <= _OWN_MAX and self._own_bytes <= _OWN_MAX_BYTES:
+                    break
+                self._own_bytes -= len(own.pop(revision)[0])
+
+    def _forget_own(self) -> None:
+        """Drop the remembered entries the feed has passed (published, or skipped over by a relist)."""
+        if self._own:
+            for revision in [r for r in self._own if r <= self._revision]:
+                self._own_bytes -= len(self._own.pop(revision)[0])
+
     def _take(self, events: Sequence[WatchEvent]) -> None:
         fresh: list[tuple[int, WatchEvent]] = []
         for event in events:
@@ -1028,11 +1089,19 @@ class EtcdStore(BaseStore):
                 fresh.append((revision, event))  # older ones are redaction rewrites: already published
         fresh.sort(key=lambda pair: pair[0])
         changes: list[Change] = []
+        own = self._own
         for revision, event in fresh:
             if revision != self._revision + 1 + len(changes):
                 raise ConnectionProblem(f"etcd feed saw revision {revision} after {self._revision + len(changes)}")
-            changes.append(self._decode_change(event.kv)[0])
+            # The very bytes this process sealed for that entry (AES-GCM with a random nonce: no other write
+            # puts the same bytes) decode to the change it already holds. Anything else is decoded from etcd.
+            mine = own.get(revision)
+            if mine is not None and mine[0] == event.kv.value:
+                changes.append(mine[1])
+            else:
+                changes.append(self._decode_change(event.kv)[0])
         self._publish(changes)
+        self._forget_own()
 
     def _publish(self, changes: Sequence[Change]) -> None:
         if not changes:
@@ -1066,6 +1135,7 @@ class EtcdStore(BaseStore):
             log.warning("etcd feed for %s fell behind compaction (floor %d): watchers must relist", self.prefix, floor)
             self._hub.cut_all()
             self._revision = floor
+            self._forget_own()
         while kvs:
             self._take([WatchEvent("PUT", kv) for kv in kvs])
             if len(kvs) < _PAGE:

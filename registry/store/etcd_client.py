@@ -36,9 +36,7 @@ proposal stalls every write of the registry for ``request_timeout`` after the el
 
 from __future__ import annotations
 
-import base64
 import binascii
-import json
 import logging
 import math
 import ssl
@@ -49,6 +47,7 @@ from typing import Any, cast
 from urllib.parse import urlsplit
 
 import httpx
+import orjson
 import trio
 
 from registry.core.chunked import ChunkedError
@@ -74,14 +73,6 @@ _TRANSIENT = (
 _AMBIGUOUS = ("request timed out", "leader changed")
 _JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
 _JSON_HEADER_LIST = (("content-type", "application/json"), ("accept", "application/json"))
-# Built once: json.dumps with a non-default argument builds a new JSONEncoder on every call (once per etcd call).
-_ENCODER = json.JSONEncoder(separators=(",", ":"))
-
-
-def _encode(body: dict[str, Any]) -> bytes:
-    """A request body as the gateway reads it: compact JSON (ASCII: keys and values are base64)."""
-    return _ENCODER.encode(body).encode("ascii")
-
 
 MAX_ANSWER_BYTES = 64 * 1024 * 1024  # a hostile or broken endpoint cannot make us buffer without bound
 
@@ -148,7 +139,9 @@ def unb64(text: object) -> bytes:
     if not isinstance(text, str):
         raise ConnectionProblem(f"etcd answered a non-string where base64 was expected: {text!r:.60}")
     try:
-        return base64.b64decode(text, validate=True)
+        # strict mode refuses what b64decode(validate=True) refuses (characters outside the alphabet, bad or
+        # misplaced padding, non-ASCII text) without its regex pass over the text first
+        return binascii.a2b_base64(text, strict_mode=True)
     except ValueError:
         raise ConnectionProblem("etcd answered malformed base64") from None
 
@@ -377,7 +370,7 @@ class EtcdClient:
         kept-alive connection: httpx's and httpcore's layers cost about as much CPU as the rest of an etcd round
         trip); its NotSent and Broken say whether the request may have left. With a test transport it goes to the
         transport itself, with the timeouts in the request's extensions, as httpx's client would put them."""
-        content = _encode(body)
+        content = _dumps(body)
         pool = self._pool(index) if self._direct else None
         with trio.CancelScope() as scope:
             waiting = self._in_flight.setdefault(index, set())
@@ -575,7 +568,7 @@ class EtcdClient:
         """:meth:`watch` over a connection of its own (registry.host.http1): the same answers and errors as the
         httpx path, without its per-line chain of generators (the feed reads every write of the cluster)."""
         member = self.endpoints[index]
-        content = _encode({"create_request": body})
+        content = _dumps({"create_request": body})
         try:
             head, streamed = await pool.open_stream("POST", "/v3/watch", body=content, headers=_JSON_HEADER_LIST)
         except NotSent as exc:
@@ -699,9 +692,18 @@ def _is_verification_failure(exc: BaseException) -> bool:
     return False
 
 
+def _dumps(body: dict[str, Any]) -> bytes:
+    """A request body as compact JSON. orjson: the gateway's bodies are all base64 text, small ints and
+    flags, which it writes as json.dumps does (UTF-8 instead of ``\\u`` escapes, which etcd reads alike)."""
+    return orjson.dumps(body)
+
+
 def _loads(raw: bytes) -> dict[str, Any]:
+    """A gateway answer. orjson is stricter than json where it differs (NaN, Infinity, lone surrogates and
+    invalid UTF-8 are refused; integers beyond 64 bits come back as floats, which :func:`as_int` refuses),
+    and bounds nesting itself."""
     try:
-        answer = json.loads(raw) if raw else {}
+        answer = orjson.loads(raw) if raw else {}
     except (ValueError, RecursionError):
         raise ConnectionProblem("etcd answered something that is not JSON") from None
     if not isinstance(answer, dict):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -185,6 +186,28 @@ def test_cloud_specs() -> None:
     assert cluster.aws == AWSSpec("us-east-1", "123456789012", "eks1")
     assert cluster.azure == AzureSpec(resource_name="aks", resource_group="rg", subscription_id="sub")
     assert cluster.gcp == GCPSpec("europe-west1", "p", "gke")
+
+
+@pytest.mark.parametrize("spec", [{}, {"aws": None}, {"aws": {}}, {"aws": {"region": ""}}])
+def test_an_absent_null_or_empty_cloud_spec_is_no_cloud(spec: dict[str, Any]) -> None:
+    cluster = codec.resource_from_dict(cluster_doc(**spec))
+    assert isinstance(cluster, KubeCluster)
+    assert (cluster.aws, cluster.azure, cluster.gcp) == (None, None, None)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"aws": 5}, "spec.aws must be a mapping (got int 5)"),
+        ({"gcp": []}, "spec.gcp must be a mapping"),
+        ({"azure": {"bogus": "x"}}, "unknown field spec.azure.bogus"),
+        ({"aws": {"region": "us-east-1"}}, "spec.aws.name is required when spec.aws is set"),
+        ({"gcp": {"name": 7}}, "spec.gcp.name must be a string"),
+    ],
+)
+def test_a_cloud_spec_that_is_there_is_still_checked(spec: dict[str, Any], message: str) -> None:
+    with pytest.raises(BadParameter, match=re.escape(message)):
+        codec.resource_from_dict(cluster_doc(**spec))
 
 
 NAME_RULE = "metadata.name must match ^[a-zA-Z0-9._-]+$"

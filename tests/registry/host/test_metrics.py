@@ -108,6 +108,8 @@ async def test_a_registry_serves_its_metrics(nursery: trio.Nursery, tmp_path: Pa
         - _sample(before, "kubeport_registry_requests_total", **ping)
         == 3
     )
+    timed = "kubeport_registry_request_duration_seconds_count"
+    assert _sample(after, timed, route="ping") - _sample(before, timed, route="ping") == 3
     missing = {"route": "resources", "method": "GET", "code": "404"}
     assert _sample(after, "kubeport_registry_requests_total", **missing) >= 1
     assert _sample(after, "kubeport_store_operation_duration_seconds_count", backend="SQLite", op="get") > 0

@@ -9,6 +9,7 @@ the flags and the key file.
 from __future__ import annotations
 
 import base64
+import functools
 import math
 import time
 from collections.abc import AsyncIterator
@@ -49,7 +50,7 @@ from registry.store.etcd_client import (
 )
 from registry.store.etcd_seal import Sealer, Unsealable, decode_key_file, encode_key_file, generate_key
 from tests.fakes.etcd_server import SKIP_REASON, EtcdServer, TLSFiles, find_etcd, free_port, shared_etcd, unique_prefix
-from tests.registry.store.store_helpers import FakeClock, cluster, revisions, take
+from tests.registry.store.store_helpers import START, FakeClock, cluster, revisions, take, wait_until
 
 
 @pytest.fixture
@@ -228,6 +229,44 @@ async def test_a_non_json_answer_is_a_connection_problem() -> None:
     await client.aclose()
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[1, 2]",  # JSON, not an object
+        b'{"header": {"revision": NaN}}',
+        b'{"header": {"revision": Infinity}}',
+        b'{"kvs": [{"key": "\\ud800"}]}',  # a lone surrogate escape
+        b'{"kvs": "\xff\xfe"}',  # not UTF-8
+        b"[" * 100_000 + b"]" * 100_000,  # nested far beyond any parser's stack
+        b'{"kvs": [{"key": "aw=="}]',  # truncated
+    ],
+)
+async def test_hostile_json_answers_are_connection_problems(body: bytes) -> None:
+    transport = httpx.MockTransport(lambda r: httpx.Response(200, content=body))
+    client = EtcdClient(["http://one:2379"], transport=transport, retry_for=0.2)
+    with pytest.raises(ConnectionProblem, match=r"not JSON|not a JSON object"):
+        await client.range(b"k")
+    await client.aclose()
+
+
+async def test_huge_integers_and_duplicate_keys_in_answers_are_refused_or_last_wins() -> None:
+    """An integer beyond 64 bits is never taken as a revision; a repeated key counts once (the last)."""
+    for digits in (30, 400):  # a float to the parser, or too long for one: never an int
+        huge = b'{"kvs": [{"key": "aw==", "mod_revision": ' + b"9" * digits + b"}]}"
+        transport = httpx.MockTransport(lambda r, body=huge: httpx.Response(200, content=body))
+        client = EtcdClient(["http://one:2379"], transport=transport, retry_for=0.2)
+        with pytest.raises(ConnectionProblem, match=r"integer|not JSON"):
+            await client.range(b"k")
+        await client.aclose()
+    twice = b'{"kvs": [{"key": "aw==", "mod_revision": "5", "mod_revision": "7"}], "count": "1"}'
+    client = EtcdClient(
+        ["http://one:2379"], transport=httpx.MockTransport(lambda r: httpx.Response(200, content=twice))
+    )
+    kvs, *_ = await client.range(b"k")
+    assert [(kv.key, kv.mod_revision) for kv in kvs] == [(b"k", 7)]
+    await client.aclose()
+
+
 def test_omitted_proto3_defaults_and_int64_strings_decode() -> None:
     assert decode_kvs({}) == []  # an empty range has no "kvs"
     (kv,) = decode_kvs({"kvs": [{"key": base64.b64encode(b"k").decode(), "mod_revision": "9007199254740993"}]})
@@ -242,6 +281,16 @@ def test_omitted_proto3_defaults_and_int64_strings_decode() -> None:
         {"kvs": "nope"},
         {"kvs": [{"key": "***"}]},
         {"kvs": [{"key": 5}]},
+        # base64 that is not strictly canonical: short or misplaced padding, whitespace, non-ASCII, data after '='
+        {"kvs": [{"key": "aw="}]},
+        {"kvs": [{"key": "aw"}]},
+        {"kvs": [{"key": "=aw="}]},
+        {"kvs": [{"key": "aw==aw=="}]},
+        {"kvs": [{"key": "a w=="}]},
+        {"kvs": [{"key": "aw==\n"}]},
+        {"kvs": [{"key": "aé=="}]},
+        {"kvs": [{"key": "a" * 4 + "\x00"}]},
+        {"kvs": [{"key": "aw==", "value": "-_8="}]},  # the URL-safe alphabet is not etcd's
         {"kvs": [{"key": "aw==", "mod_revision": "1e9"}]},
         {"kvs": [{"key": "aw==", "mod_revision": True}]},
         {"kvs": [{"key": "aw==", "mod_revision": "9" * 400}]},
@@ -329,6 +378,8 @@ async def test_creates_take_one_round_trip_and_stay_exact_when_another_registry_
         assert requests in (["write"], ["read", "write"])  # after a refusal: at most the read of old
         assert [r.name for r in await b.list("c")] == ["a1", "a2", "a3", "a4", "b1", "taken"]
         assert await a.revision() == await b.revision() == 6
+        # entries a kept for txns etcd refused matched no event (b's values) and are gone with the rest
+        assert a._own == {} and a._own_bytes == 0
 
 
 @pytest.mark.parametrize(("max_txn_ops", "sizes"), [(8, [1, 3, 4, 7]), (128, [1, 62, 63, 64, 300, 2000])])
@@ -433,6 +484,147 @@ async def test_a_silent_watch_is_noticed_and_the_feed_catches_up(etcd: EtcdServe
             await a.put("c", f"x{n}", cluster())
         assert revisions(await take(on_b, 3, timeout=5)) == [1, 2, 3]
         assert b.resyncs >= 1
+
+
+# --- the feed and this registry's own writes --------------------------------------------------------------
+
+
+async def _silence_feed(store: EtcdStore) -> Any:
+    """Make ``store``'s feed hang on a watch that never sends anything (a member cut off without closing
+    the connection), and wait until it does; return the real ``watch`` to put back. From then on writes
+    still commit, and none is published."""
+    real = store._client.watch
+    hanging = trio.Event()
+
+    @asynccontextmanager
+    async def silent(*args: Any, **kwargs: Any) -> AsyncIterator[AsyncIterator[Any]]:
+        async def nothing() -> AsyncIterator[Any]:
+            hanging.set()
+            await trio.sleep_forever()
+            yield
+
+        yield nothing()
+
+    store._client.watch = silent  # type: ignore[method-assign]
+    if store._kick_scope is not None:  # else the feed has yet to start its watch: it starts this one
+        store._kick_scope.cancel()
+    with trio.fail_after(10):
+        await hanging.wait()  # the feed re-read history and now waits on the silent watch
+    return real
+
+
+def _resume_feed(store: EtcdStore, real: Any) -> None:
+    store._client.watch = real  # type: ignore[method-assign]
+    assert store._kick_scope is not None
+    store._kick_scope.cancel()  # the feed re-reads what it missed (range reads), then watches again
+
+
+def _count_decodes(store: EtcdStore) -> list[int]:
+    """A counter of the history entries ``store`` unseals and decodes from etcd."""
+    calls = [0]
+    real = store._decode_change
+
+    def counting(kv: Any) -> Any:
+        calls[0] += 1
+        return real(kv)
+
+    store._decode_change = counting  # type: ignore[method-assign]
+    return calls
+
+
+async def _committed(store: EtcdStore, revision: int) -> None:
+    """Wait until ``store``'s own txn for ``revision`` came back (its feed may not have published it)."""
+    await wait_until(lambda: store._known is not None and store._known[0] >= revision)
+
+
+def _secret_cluster(kubeconfig: str) -> dict[str, Any]:
+    return {"kind": "kube_cluster", "metadata": {"labels": {"env": "prod"}}, "spec": {"kubeconfig": kubeconfig}}
+
+
+async def test_the_feed_publishes_its_own_writes_as_etcd_holds_them_without_decoding_them_again(
+    etcd: EtcdServer,
+) -> None:
+    """Own writes the feed publishes from memory are the events a replay decoded from etcd gives: updates,
+    a secret's redaction by a later write (the entry etcd holds is the redacted one), expiry, deletes."""
+    clock = FakeClock()
+    options: dict[str, Any] = {"clock": clock, "publish_timeout": 60.0, "watchdog_interval": 1000.0}
+    async with await EtcdStore.open(etcd.url, key=generate_key(), prefix=unique_prefix(), **options) as a:
+        await a.create("kube_cluster", "old", _secret_cluster("T0xE"))  # 1, published
+        async with a.watch(["c", "kube_cluster"]) as live:
+            real = await _silence_feed(a)
+            decodes = _count_decodes(a)
+            async with trio.open_nursery() as nursery:
+                steps: list[Any] = [
+                    functools.partial(a.update, "kube_cluster", "old", _secret_cluster("TkVX")),  # 2
+                    functools.partial(a.create, "kube_cluster", "k", _secret_cluster("QUFB")),  # 3
+                    functools.partial(a.update, "kube_cluster", "k", _secret_cluster("QkJC")),  # 4: redacts 3
+                    functools.partial(a.create, "c", "t", cluster(n=1), expires=START + 100),  # 5
+                    functools.partial(a.delete, "c", "t"),  # 6
+                ]
+                for revision, step in enumerate(steps, 2):
+                    nursery.start_soon(step)  # each waits for the silent feed: in the background
+                    await _committed(a, revision)
+                assert sorted(a._own) == [2, 3, 4, 5, 6] and a._revision == 1
+                _resume_feed(a, real)
+                published = await take(live, 5)
+            assert decodes == [0]  # every entry came from memory
+            assert a._own == {}
+        async with a.watch(["c", "kube_cluster"], since=1) as replay:
+            assert await take(replay, 5) == published  # decoded from etcd's history
+        assert decodes[0] == 5
+        assert "QUFB" not in repr(published)  # revision 3's kubeconfig was superseded: never shown
+
+
+@pytest.mark.parametrize(
+    ("max_entries", "max_bytes", "kept"),
+    [(3, 1 << 20, [6, 7, 8]), (100, 1, [])],  # bound by number, or by bytes (here: not even one entry)
+)
+async def test_own_writes_kept_for_the_feed_stay_bounded_when_it_lags(
+    etcd: EtcdServer, monkeypatch: pytest.MonkeyPatch, max_entries: int, max_bytes: int, kept: list[int]
+) -> None:
+    monkeypatch.setattr("registry.store.etcd._OWN_MAX", max_entries)
+    monkeypatch.setattr("registry.store.etcd._OWN_MAX_BYTES", max_bytes)
+    options: dict[str, Any] = {"publish_timeout": 60.0, "watchdog_interval": 1000.0}
+    async with await EtcdStore.open(etcd.url, key=generate_key(), prefix=unique_prefix(), **options) as a:
+        async with a.watch(["c"]) as live:
+            real = await _silence_feed(a)
+            decodes = _count_decodes(a)
+            async with trio.open_nursery() as nursery:
+                for n in range(8):
+                    nursery.start_soon(functools.partial(a.create, "c", f"x{n}", cluster(n=n)))
+                await _committed(a, 8)
+                assert sorted(a._own) == kept  # the newest; the feed decodes the others from etcd
+                assert a._own_bytes == sum(len(sealed) for sealed, _ in a._own.values())
+                _resume_feed(a, real)
+                published = await take(live, 8)
+            assert revisions(published) == list(range(1, 9))
+            assert decodes == [8 - len(kept)]
+            assert a._own == {} and a._own_bytes == 0
+        async with a.watch(["c"], since=0) as replay:
+            assert await take(replay, 8) == published
+
+
+async def test_a_writer_whose_feed_fell_behind_compaction_forgets_what_it_kept(etcd: EtcdServer) -> None:
+    options: dict[str, Any] = {"publish_timeout": 60.0, "watchdog_interval": 1000.0}
+    async with await EtcdStore.open(etcd.url, key=generate_key(), prefix=unique_prefix(), **options) as a:
+        async with a.watch(["c"]) as live:
+            real = await _silence_feed(a)
+            decodes = _count_decodes(a)
+            async with trio.open_nursery() as nursery:
+                for n in range(10):
+                    nursery.start_soon(functools.partial(a.create, "c", f"x{n}", cluster(n=n)))
+                await _committed(a, 10)
+                assert len(a._own) == 10
+                assert await a.compact(keep=4) == 6  # history up to 6 is gone before the feed saw it
+                _resume_feed(a, real)
+                with pytest.raises(Compacted):
+                    await take(live, 1, timeout=10)  # the watcher must relist
+            assert a._own == {} and await a.revision() == 10
+            assert decodes == [0]  # 7..10 published from memory
+        async with a.watch(["c"]) as again:
+            await a.create("c", "y", cluster())
+            assert revisions(await take(again, 1)) == [11]
+            assert a._own == {}
 
 
 async def test_one_sweep_removes_more_expired_records_than_one_txn_holds(etcd: EtcdServer) -> None:
