@@ -74,8 +74,16 @@ class EtcdServer:
     """One etcd member (a cluster of one) on 127.0.0.1."""
 
     def __init__(
-        self, binary: str, data_dir: Path, *, name: str = "t", tls: TLSFiles | None = None, no_fsync: bool = True
+        self,
+        binary: str,
+        data_dir: Path,
+        *,
+        name: str = "t",
+        tls: TLSFiles | None = None,
+        no_fsync: bool = True,
+        log_level: str = "error",
     ) -> None:
+        self.log_level = log_level
         self.initial_cluster: str | None = None  # set by EtcdCluster: every member's name=peer URL
         self.cluster_token = "kubeport-test"
         self.no_fsync = no_fsync
@@ -126,7 +134,7 @@ class EtcdServer:
                 "--initial-cluster-token", self.cluster_token,
                 # a test machine's disk is slow and shared: no fsync per write keeps the suite fast
                 *(["--unsafe-no-fsync"] if self.no_fsync else []),
-                "--log-level", "error",
+                "--log-level", self.log_level,
                 *self._tls_flags(),
             ],
             stdout=log,
@@ -192,7 +200,8 @@ class EtcdCluster:
     """``size`` members on 127.0.0.1 forming one etcd cluster (see the module docstring)."""
 
     def __init__(self, binary: str, root: Path, *, size: int = 3) -> None:
-        self.members = [EtcdServer(binary, root / f"m{i}", name=f"m{i}") for i in range(size)]
+        # warnings too: elections, lost peers and slow applies are what a failed fault test needs to show
+        self.members = [EtcdServer(binary, root / f"m{i}", name=f"m{i}", log_level="warn") for i in range(size)]
         initial = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
         token = f"kubeport-test-{uuid.uuid4().hex[:8]}"
         for member in self.members:
@@ -232,6 +241,47 @@ class EtcdCluster:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the etcd members do not agree on a leader within {timeout}s")
             time.sleep(0.05)  # polling the members' view with a deadline
+
+    def settle(self, *, timeout: float = 30.0) -> EtcdCluster:
+        """Every member running and healthy, agreeing on one leader, with the same raft index: a member
+        restarted after a kill has caught up (healthy alone only says it found a leader). Fault tests start
+        from here, so one test's kill cannot leave the next with a member still replaying its log."""
+        self.start(timeout=timeout)
+        deadline = time.monotonic() + timeout
+        while True:
+            self.leader(timeout=max(0.1, deadline - time.monotonic()))
+            try:
+                indexes = {int(m.status().get("raftIndex", 0)) for m in self.members}
+            except httpx.HTTPError:
+                indexes = {-1, -2}
+            if len(indexes) == 1:
+                return self
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the etcd members did not catch up within {timeout}s:\n{self.describe()}")
+            time.sleep(0.05)  # polling the members' raft indexes with a deadline
+
+    def describe(self) -> str:
+        """Each member's state (exit code or raft status) and the end of its log, for a failed test's report."""
+        parts = []
+        for member in self.members:
+            if not member.alive:
+                code = member.process.poll() if member.process is not None else None
+                state = f"not running (exit code {code})"
+            else:
+                try:
+                    status = member.status()
+                    state = (
+                        f"member {status.get('header', {}).get('member_id')} leader {status.get('leader')} "
+                        f"term {status.get('raftTerm')} index {status.get('raftIndex')}"
+                    )
+                except httpx.HTTPError as exc:
+                    state = f"status failed: {exc!r}"
+            try:
+                tail = Path(member._log).read_bytes()[-3000:].decode(errors="replace")
+            except (OSError, AttributeError) as exc:
+                tail = f"(no log: {exc})"
+            parts.append(f"--- etcd {member.name} at {member.endpoint}: {state}\n{tail}")
+        return "\n".join(parts)
 
     def follower(self) -> EtcdServer:
         leader = self.leader()

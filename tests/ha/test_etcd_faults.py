@@ -51,12 +51,21 @@ CLIENT_TIMEOUT = 5.0
 
 
 @pytest.fixture(scope="module")
-def etcd3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
+def etcd3_members(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
     root = tmp_path_factory.mktemp("etcd3")
     members = etcd_cluster(root)
     yield members
     members.kill()
     shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def etcd3(etcd3_members: EtcdCluster) -> Iterator[EtcdCluster]:
+    """The module's three members, settled before each test (all running, one leader, a restarted member
+    caught up); after the test their state and log tails are printed, which pytest shows when it failed."""
+    etcd3_members.settle()
+    yield etcd3_members
+    print(etcd3_members.describe())
 
 
 @dataclass
