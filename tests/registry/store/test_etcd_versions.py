@@ -1,10 +1,18 @@
-"""etcd releases with a known fault: the table the fault tests use to pick their etcd binary."""
+"""etcd releases with a known fault: the table's answers, and the warning a registry logs when it opens a
+store on such a member (against the real etcd the tests run)."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
+import registry.store.etcd as etcd_store
+from registry.store.etcd import EtcdStore
+from registry.store.etcd_client import EtcdClient
+from registry.store.etcd_seal import generate_key
 from registry.store.etcd_versions import known_problem, parse_version
+from tests.fakes.etcd_server import EtcdServer, shared_etcd, unique_prefix
 
 
 @pytest.mark.parametrize("version", ["3.5.0", "3.5.1", "3.5.2", "etcd Version: 3.5.1\nGit SHA: e8732fb5f"])
@@ -27,3 +35,50 @@ def test_an_unparsable_version_is_not_a_known_problem(version: str) -> None:
 def test_a_huge_version_string_is_read_only_at_its_start() -> None:
     assert parse_version("9" * 10_000_000) is None  # no X.Y.Z in the first 4 KiB: nothing, at once
     assert parse_version("x" * 100 + "3.5.1" + "y" * 10_000_000) == (3, 5, 1)
+
+
+@pytest.fixture
+def etcd() -> EtcdServer:
+    return shared_etcd()
+
+
+async def _member_version(etcd: EtcdServer) -> str:
+    client = EtcdClient([etcd.url], retry_for=2.0)
+    try:
+        return str((await client.call("maintenance/status", {}))["version"])
+    finally:
+        await client.aclose()
+
+
+async def test_opening_a_store_warns_about_the_member_release_exactly_when_the_table_knows_a_problem(
+    etcd: EtcdServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    version = await _member_version(etcd)
+    caplog.set_level(logging.WARNING, logger="registry.store.etcd")
+    async with await EtcdStore.open(etcd.url, key=generate_key(), prefix=unique_prefix()):
+        pass
+    warnings = [r.getMessage() for r in caplog.records if "13766" in r.getMessage()]
+    if known_problem(version) is None:
+        assert warnings == []
+    else:
+        assert warnings == [f"{known_problem(version)} (the member at {etcd.url})"]
+
+
+async def test_the_warning_names_the_member_and_does_not_stop_the_store(
+    etcd: EtcdServer, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[str] = []
+
+    def always(version: str) -> str:
+        seen.append(version)
+        return f"etcd {version} is on a test's list"
+
+    monkeypatch.setattr(etcd_store, "known_problem", always)
+    caplog.set_level(logging.WARNING, logger="registry.store.etcd")
+    async with await EtcdStore.open(etcd.url, key=generate_key(), prefix=unique_prefix()) as store:
+        await store.create("c", "a", {"kind": "c", "metadata": {"name": "a"}})
+        assert (await store.get("c", "a")).name == "a"
+    assert seen == [await _member_version(etcd)]
+    assert [r.getMessage() for r in caplog.records if "test's list" in r.getMessage()] == [
+        f"etcd {seen[0]} is on a test's list (the member at {etcd.url})"
+    ]
