@@ -537,6 +537,21 @@ async def _committed(store: EtcdStore, revision: int) -> None:
     await wait_until(lambda: store._known is not None and store._known[0] >= revision)
 
 
+# A feed held back for as long as a test needs (no publish deadline, no watchdog kick).
+_PATIENT: dict[str, Any] = {"publish_timeout": 60.0, "watchdog_interval": 1000.0}
+
+
+async def _creates_behind_a_silent_feed(store: EtcdStore, nursery: trio.Nursery, count: int) -> tuple[Any, list[int]]:
+    """Silence ``store``'s feed, start ``count`` creates of ``c/x<n>`` in ``nursery`` and wait until etcd
+    committed them all: (the real watch, for :func:`_resume_feed`; the decode counter)."""
+    real = await _silence_feed(store)
+    decodes = _count_decodes(store)
+    for n in range(count):
+        nursery.start_soon(functools.partial(store.create, "c", f"x{n}", cluster(n=n)))
+    await _committed(store, count)
+    return real, decodes
+
+
 def _secret_cluster(kubeconfig: str) -> dict[str, Any]:
     return {"kind": "kube_cluster", "metadata": {"labels": {"env": "prod"}}, "spec": {"kubeconfig": kubeconfig}}
 
@@ -547,7 +562,7 @@ async def test_the_feed_publishes_its_own_writes_as_etcd_holds_them_without_deco
     """Own writes the feed publishes from memory are the events a replay decoded from etcd gives: updates,
     a secret's redaction by a later write (the entry etcd holds is the redacted one), expiry, deletes."""
     clock = FakeClock()
-    options: dict[str, Any] = {"clock": clock, "publish_timeout": 60.0, "watchdog_interval": 1000.0}
+    options: dict[str, Any] = {"clock": clock, **_PATIENT}
     async with await EtcdStore.open(etcd.url, key=generate_key(), prefix=unique_prefix(), **options) as a:
         await a.create("kube_cluster", "old", _secret_cluster("T0xE"))  # 1, published
         async with a.watch(["c", "kube_cluster"]) as live:
@@ -584,15 +599,10 @@ async def test_own_writes_kept_for_the_feed_stay_bounded_when_it_lags(
 ) -> None:
     monkeypatch.setattr("registry.store.etcd._OWN_MAX", max_entries)
     monkeypatch.setattr("registry.store.etcd._OWN_MAX_BYTES", max_bytes)
-    options: dict[str, Any] = {"publish_timeout": 60.0, "watchdog_interval": 1000.0}
-    async with await EtcdStore.open(etcd.url, key=generate_key(), prefix=unique_prefix(), **options) as a:
+    async with await EtcdStore.open(etcd.url, key=generate_key(), prefix=unique_prefix(), **_PATIENT) as a:
         async with a.watch(["c"]) as live:
-            real = await _silence_feed(a)
-            decodes = _count_decodes(a)
             async with trio.open_nursery() as nursery:
-                for n in range(8):
-                    nursery.start_soon(functools.partial(a.create, "c", f"x{n}", cluster(n=n)))
-                await _committed(a, 8)
+                real, decodes = await _creates_behind_a_silent_feed(a, nursery, 8)
                 assert sorted(a._own) == kept  # the newest; the feed decodes the others from etcd
                 assert a._own_bytes == sum(len(sealed) for sealed, _ in a._own.values())
                 _resume_feed(a, real)
@@ -605,15 +615,10 @@ async def test_own_writes_kept_for_the_feed_stay_bounded_when_it_lags(
 
 
 async def test_a_writer_whose_feed_fell_behind_compaction_forgets_what_it_kept(etcd: EtcdServer) -> None:
-    options: dict[str, Any] = {"publish_timeout": 60.0, "watchdog_interval": 1000.0}
-    async with await EtcdStore.open(etcd.url, key=generate_key(), prefix=unique_prefix(), **options) as a:
+    async with await EtcdStore.open(etcd.url, key=generate_key(), prefix=unique_prefix(), **_PATIENT) as a:
         async with a.watch(["c"]) as live:
-            real = await _silence_feed(a)
-            decodes = _count_decodes(a)
             async with trio.open_nursery() as nursery:
-                for n in range(10):
-                    nursery.start_soon(functools.partial(a.create, "c", f"x{n}", cluster(n=n)))
-                await _committed(a, 10)
+                real, decodes = await _creates_behind_a_silent_feed(a, nursery, 10)
                 assert len(a._own) == 10
                 assert await a.compact(keep=4) == 6  # history up to 6 is gone before the feed saw it
                 _resume_feed(a, real)
