@@ -246,6 +246,7 @@ class EtcdStore(BaseStore):
         self._lease_check_wanted = False
         self._lease_check_wake = trio.Event()
         self._reaping = False
+        self._reap_seen = 0  # the highest store revision a lease-removal check read (see _start)
         self.lease_checks = 0
 
     @classmethod
@@ -305,8 +306,11 @@ class EtcdStore(BaseStore):
             async with self._lock:
                 state = (counter_kvs[0].mod_revision, counter, records)
                 changes = await self._reap_lease_removals(state, strict=False)
-            if changes:
-                await self._wait_published(changes[-1].revision)
+            # What this check wrote, or found another registry opening at the same time had written: in this
+            # store's revision() and watches before open returns.
+            last = max(changes[-1].revision if changes else 0, self._reap_seen)
+            if last > self._revision:
+                await self._wait_published(last)
 
     async def _warn_known_problem(self) -> None:
         """Log a warning when the etcd member this registry talks to runs a release with a known fault that
@@ -422,6 +426,7 @@ class EtcdStore(BaseStore):
             kvs, *_ = await self._client.range(
                 kvs[-1].key + b"\x00", prefix_end(self._hist), limit=_PAGE, revision=result.revision
             )
+        self._reap_seen = max(self._reap_seen, _decimal(counter_kvs))
         return _decimal(counter_kvs), touched
 
     async def _vanished_since(self, written_at: int) -> dict[tuple[str, str], Item]:
@@ -658,7 +663,7 @@ class EtcdStore(BaseStore):
             group.append(queue.pop(0))
             ops += slot_ops
             size += slot_size
-            slot.taken = True
+            slot.take()
         return group
 
     async def _commit_group(self) -> None:
