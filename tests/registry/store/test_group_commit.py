@@ -1,6 +1,7 @@
 """SQLite group commit: concurrent single writes share one transaction (one fsync) and each still gets its
 own outcome, revision and watch event; a failing op fails alone; a cancelled write is withdrawn or finished,
-never half-known."""
+never half-known. Then the queue both durable stores share: a writer learns the outcome its group's committer
+set without taking the lock in turn, and a cancelled writer whose unit was taken still waits for it."""
 
 from __future__ import annotations
 
@@ -9,9 +10,12 @@ from pathlib import Path
 import pytest
 import trio
 import trio.lowlevel
+import trio.testing
 
 from registry.core.errors import AlreadyExists, CompareFailed, NotFound
 from registry.store import SQLiteStore
+from registry.store._group import WriteQueue
+from registry.store._plan import WriteOp
 from tests.registry.store.store_helpers import take
 
 K = "kube_cluster"
@@ -136,3 +140,75 @@ async def test_a_group_failure_fails_every_op_and_writes_none(tmp_path: Path, mo
     assert await store.list(K) == [] and await store.revision() == 0
     assert (await store.create(K, "after", {})).revision == 1  # the store keeps working
     await store.aclose()
+
+
+# --- the queue itself (shared by SQLite and etcd) ----------------------------------------------------------
+
+
+def _op(name: str) -> WriteOp:
+    return WriteOp("create", K, name, "{}")
+
+
+async def test_a_writer_another_committed_for_returns_while_the_committer_still_holds_the_lock() -> None:
+    # The committer settles the group, then keeps the lock a while (as etcd's does for its shielded txn's
+    # aftermath): the other writers of the group must not have to take the lock, one after another, to learn
+    # an outcome they already have.
+    queue, lock, release = WriteQueue(), trio.Lock(), trio.Event()
+    returned: list[str] = []
+
+    async def commit() -> None:
+        for slot in queue.take_all():
+            slot.settle([])
+        await release.wait()
+
+    async def write(name: str) -> None:
+        await queue.submit((_op(name),), atomic=False, lock=lock, commit=commit)
+        returned.append(name)
+
+    async with trio.open_nursery() as nursery:
+        for name in ("a", "b", "c"):
+            nursery.start_soon(write, name)
+        await trio.testing.wait_all_tasks_blocked()
+        assert lock.locked() and len(returned) == 2  # all but the committer, whichever task that was
+        release.set()
+    assert sorted(returned) == ["a", "b", "c"] and not lock.locked()
+
+
+async def test_a_writer_cancelled_after_its_unit_was_taken_still_waits_for_the_outcome() -> None:
+    queue, lock = WriteQueue(), trio.Lock()
+    releases = [trio.Event(), trio.Event()]  # one per group commit, in order
+    settled: list[str] = []
+
+    async def commit() -> None:
+        group, release = queue.take_all(), releases[len(settled) and 1]
+        await release.wait()  # the group's commit is in flight
+        for slot in group:
+            slot.settle([])
+            settled.append(slot.ops[0].name)
+
+    async def write(name: str) -> None:
+        await queue.submit((_op(name),), atomic=False, lock=lock, commit=commit)
+
+    cancelled = trio.CancelScope()
+    outcome: list[str] = []
+
+    async def doomed() -> None:
+        with cancelled:
+            await write("doomed")
+        outcome.extend(["cancelled" if cancelled.cancelled_caught else "returned", ",".join(settled)])
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(write, "first")
+        await trio.testing.wait_all_tasks_blocked()  # the first group's commit is in flight
+        nursery.start_soon(write, "second")  # first in line for the lock: commits the second group
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(doomed)
+        await trio.testing.wait_all_tasks_blocked()
+        releases[0].set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert settled == ["first"] and queue.pending == [] and lock.locked()  # doomed's group in flight
+        cancelled.cancel()
+        await trio.testing.wait_all_tasks_blocked()
+        assert outcome == []  # taken: the cancel is seen only once the commit is done
+        releases[1].set()
+    assert outcome == ["cancelled", "first,second,doomed"]
