@@ -4,10 +4,12 @@ store on such a member (against the real etcd the tests run)."""
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import pytest
 
 import registry.store.etcd as etcd_store
+from registry.core.errors import ConnectionProblem
 from registry.store.etcd import EtcdStore
 from registry.store.etcd_client import EtcdClient
 from registry.store.etcd_seal import generate_key
@@ -82,3 +84,38 @@ async def test_the_warning_names_the_member_and_does_not_stop_the_store(
     assert [r.getMessage() for r in caplog.records if "test's list" in r.getMessage()] == [
         f"etcd {seen[0]} is on a test's list (the member at {etcd.url})"
     ]
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        ConnectionProblem("etcd refused the status call"),
+        {"version": {"major": 3}},
+        {"version": None},
+        {},
+        {"version": "3.5.1" + "\x00" * 1_000_000},
+    ],
+    ids=["refused", "not-a-string", "null", "absent", "huge"],
+)
+async def test_a_status_answer_that_is_refused_or_odd_never_stops_the_store(
+    etcd: EtcdServer, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, answer: object
+) -> None:
+    real = EtcdClient.call
+
+    async def odd_status(self: EtcdClient, path: str, body: dict[str, Any], **kw: Any) -> dict[str, Any]:
+        if path != "maintenance/status":
+            return await real(self, path, body, **kw)
+        if isinstance(answer, Exception):
+            raise answer
+        assert isinstance(answer, dict)
+        return answer
+
+    monkeypatch.setattr(EtcdClient, "call", odd_status)
+    caplog.set_level(logging.WARNING, logger="registry.store.etcd")
+    async with await EtcdStore.open(etcd.url, key=generate_key(), prefix=unique_prefix()) as store:
+        await store.create("c", "a", {"kind": "c", "metadata": {"name": "a"}})
+        assert (await store.get("c", "a")).name == "a"
+    warnings = [r.getMessage() for r in caplog.records if "13766" in r.getMessage()]
+    # a huge string is read at its start only, where it does say 3.5.1: the one case that warns
+    assert len(warnings) == (1 if answer == {"version": "3.5.1" + "\x00" * 1_000_000} else 0)
+    assert all(len(w) < 1000 for w in warnings)  # the member's own text is never echoed whole
