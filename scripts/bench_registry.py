@@ -4,7 +4,7 @@ store alone, in the same run.
     python scripts/bench_registry.py [--quick] [--store sqlite|etcd|both] [--etcd-binary PATH] [--json]
                                      [--clusters 1000,10000] [--watchers 1,10,100] [--agents 10]
                                      [--servers-per-agent 10000] [--keepalive-seconds 30]
-                                     [--only creates]
+                                     [--only creates] [--rounds 4]
 
 Prints one markdown table (issue 11 §3) with a row group per backend. Every operation is measured twice: the
 baseline calls the store directly in this process (no HTTP, no TLS, no validation, no audit); the API side
@@ -12,8 +12,12 @@ goes through ``RegistryClient`` to a ``kubeport registry start`` subprocess on t
 
 - creates/s: sequential (one client), then ``--concurrency`` clients each with its own TLS connection
   (baseline: as many tasks on one store). Connections are opened and warmed up before the clock starts.
-  An API create writes the kube_cluster and its audit event in one store commit. Target: the API with 8
-  clients at least 0.5x the store's own rate (a cost ratio of at most 2.0x).
+  An API create writes the kube_cluster and its audit event in one store commit. The concurrent creates run
+  in ``--rounds`` alternating rounds (store alone, API, store alone, ...; the baseline store stays open
+  beside the registry): the machine's speed drifts (by up to 2x within an hour on a shared VM), and two
+  sides measured minutes apart would compare the drift. Each side's rate is its creates over its summed
+  time; each round's API ÷ store rate is printed after the table. Target: the API with 8 clients at least
+  0.5x the store's own rate (a cost ratio of at most 2.0x).
 - heartbeats: ``--agents`` x ``--servers-per-agent`` kube_servers (default 10 x 10,000 = 100,000). The
   kube_clusters they name are put in the store before the registry starts. Announce: every agent sends all
   its kube_servers with the batch route (``POST /v1/kube_servers/{host_id}``, 512 per request), agents in
@@ -46,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import json
 import logging
 import math
@@ -134,6 +139,7 @@ class Config:
     work_dir: Path | None
     json: bool
     only_creates: bool = False
+    rounds: int = 4
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -158,6 +164,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--creates", type=positive(MAX_COUNT), metavar="N", help="creates per mode (default 500)")
     parser.add_argument(
         "--concurrency", type=positive(256), default=8, metavar="C", help="concurrent clients for creates (8)"
+    )
+    parser.add_argument(
+        "--rounds",
+        type=positive(100),
+        default=4,
+        metavar="R",
+        help="alternating store/API rounds the concurrent creates are split into (4)",
     )
     parser.add_argument(
         "--watch-events", type=positive(MAX_COUNT), metavar="K", help="creates watched per watcher count (50)"
@@ -205,6 +218,7 @@ def parse_config(argv: Sequence[str] | None) -> Config:
         work_dir=args.work_dir,
         json=args.json,
         only_creates=args.only == "creates",
+        rounds=args.rounds,
     )
 
 
@@ -219,6 +233,7 @@ class Row:
     store: float
     api: float
     target: str = ""
+    rounds: tuple[float, ...] = ()  # alternating rounds: API ÷ store rate of each
 
     @property
     def ratio(self) -> float | None:
@@ -289,12 +304,20 @@ def render(config: Config, rows: Sequence[Row], machine: str) -> str:
         *benchlib.table_lines(TABLE_HEADER, "|---|---|---:|---:|---:|---|", (row.cells() for row in rows)),
         "",
         f"creates: {config.creates} per mode; an API create writes the kube_cluster and its audit event in one "
-        "store commit. announce: agents in parallel, 512 kube_servers per request (store: write_many of 512). "
+        f"store commit; {config.concurrency} concurrent: in alternating rounds (store alone, then API), each side's "
+        f"creates over its summed time{_per_round(rows)}. announce: agents in parallel, 512 kube_servers per request "
+        "(store: write_many of 512). "
         f"keep-alive: TTL {config.heartbeat_ttl} s, each agent flushing what is due once a second, "
         f"{config.keepalive_seconds} s measured. watch: {config.watch_events} creates per watcher count, latency "
         "from the create call to each watcher's PUT event; every watcher has its own connection.",
     ]
     return "\n".join(lines)
+
+
+def _per_round(rows: Sequence[Row]) -> str:
+    """`` (API ÷ store per round: SQLite 0.21 0.19, etcd 0.52 0.47)``, or nothing without rounds."""
+    parts = [f"{row.backend} " + " ".join(f"{r:.2f}" for r in row.rounds) for row in rows if row.rounds]
+    return f" (API ÷ store per round: {', '.join(parts)})" if parts else ""
 
 
 def machine_info(config: Config) -> dict[str, Any]:
@@ -581,28 +604,13 @@ class Side:
     keepalive_cpu: float = 0.0  # % of one core (API side only)
     lists: dict[int, float] = field(default_factory=dict)
     watch: dict[int, list[float]] = field(default_factory=dict)
+    conc_rounds: list[float] = field(default_factory=list)  # API side: API ÷ store rate of each alternating round
 
 
-async def store_side_writes(backend: Backend, path: Path, config: Config, factory: ClusterFactory) -> Side:
-    side = Side()
+async def store_side_rest(backend: Backend, path: Path, config: Config, factory: ClusterFactory, *, side: Side) -> None:
+    """The store alone's announce and watch latencies into ``side`` (its creates: :func:`create_sides`)."""
     store = await backend.open_store(path)
     try:
-
-        async def create(prefix: str, i: int) -> None:
-            name = f"{prefix}-{i:06d}"
-            await store.create(KIND, name, factory.make(name))
-
-        side.creates_seq = await throughput(config.creates, 1, lambda _w, i: create("seq", i))
-        own_cpu, etcd_cpu = time.process_time(), backend.etcd_cpu()
-        side.creates_conc = await throughput(config.creates, config.concurrency, lambda _w, i: create("conc", i))
-        per_create = 1000.0 / config.creates
-        progress(
-            f"{backend.name} alone: {config.concurrency} tasks' creates: CPU per create: this process "
-            f"{(time.process_time() - own_cpu) * per_create:.2f} ms"
-            + (f", etcd {(backend.etcd_cpu() - etcd_cpu) * per_create:.2f} ms" if backend.etcd_pid else "")
-        )
-        if config.only_creates:
-            return side
         side.announce = await _store_announce(store, config, factory)
 
         async def watcher(_index: int, probe: LatencyProbe) -> None:
@@ -619,7 +627,6 @@ async def store_side_writes(backend: Backend, path: Path, config: Config, factor
             side.watch[w] = await watch_latency(w, config.watch_events, watcher, write, "store")
     finally:
         await store.aclose()
-    return side
 
 
 async def _store_announce(store: BaseStore, config: Config, factory: ClusterFactory) -> float:
@@ -643,8 +650,21 @@ async def _store_announce(store: BaseStore, config: Config, factory: ClusterFact
     return time.perf_counter() - start
 
 
-async def api_side_writes(backend: Backend, data_dir: Path, config: Config, factory: ClusterFactory) -> Side:
-    side = Side()
+@asynccontextmanager
+async def baseline_store(backend: Backend, path: Path) -> AsyncIterator[BaseStore]:
+    store = await backend.open_store(path)
+    try:
+        yield store
+    finally:
+        await store.aclose()
+
+
+@asynccontextmanager
+async def api_registry(
+    backend: Backend, data_dir: Path, config: Config, factory: ClusterFactory
+) -> AsyncIterator[tuple[Endpoint, list[RegistryClient]]]:
+    """The registry under test (its store pre-filled for the heartbeats unless ``--only creates``) and its
+    warmed-up clients: one per concurrent creator or agent."""
     store_config = backend.store_config()
     if not config.only_creates:
         progress(f"{backend.name}: filling {config.servers_per_agent:,} kube_clusters for the heartbeats")
@@ -652,35 +672,118 @@ async def api_side_writes(backend: Backend, data_dir: Path, config: Config, fact
     async with running_registry(data_dir, store_config) as endpoint:
         clients = await warm_clients(endpoint, max(config.concurrency, config.agents))
         try:
-
-            async def create(prefix: str, worker: int, i: int) -> None:
-                with trio.fail_after(STEP_TIMEOUT):
-                    await clients[worker].create(factory.make(f"{prefix}-{i:06d}"))
-
-            progress(f"{backend.name} API: creates (registry pid {endpoint.pid})")
-            side.creates_seq = await throughput(config.creates, 1, lambda w, i: create("seq", w, i))
-            (user, system), own_cpu = cpu_split(endpoint.pid), time.process_time()
-            etcd_cpu = backend.etcd_cpu()
-            side.creates_conc = await throughput(config.creates, config.concurrency, lambda w, i: create("conc", w, i))
-            per_create = 1000.0 / config.creates
-            user_after, system_after = cpu_split(endpoint.pid)
-            progress(
-                f"{backend.name} API: {config.concurrency} clients' creates: CPU per create: registry "
-                f"{(user_after + system_after - user - system) * per_create:.2f} ms "
-                f"(system {(system_after - system) * per_create:.2f}), "
-                f"clients (this process) {(time.process_time() - own_cpu) * per_create:.2f} ms"
-                + (f", etcd {(backend.etcd_cpu() - etcd_cpu) * per_create:.2f} ms" if backend.etcd_pid else "")
-            )
-            if config.only_creates:
-                return side
-            progress(f"{backend.name} API: heartbeats")
-            side.announce, side.keepalive_cpu = await _api_heartbeats(endpoint, clients, config, factory)
-            for w in config.watchers:
-                progress(f"{backend.name} API: watch latency, {_plural(w, 'watcher')}")
-                side.watch[w] = await _api_watch(endpoint, clients[0], w, config, factory)
+            yield endpoint, clients
         finally:
             await close_all(clients)
-    return side
+
+
+def round_sizes(config: Config) -> list[int]:
+    """Creates per alternating round of the concurrent rows: ``--rounds`` rounds (fewer when a round would
+    not give every client one create), the remainder in the last."""
+    rounds = max(1, min(config.rounds, config.creates // config.concurrency))
+    size = config.creates // rounds
+    return [size] * (rounds - 1) + [config.creates - size * (rounds - 1)]
+
+
+@dataclass
+class _Cpu:
+    """CPU seconds spent per process (this one, the registry, etcd) between two readings."""
+
+    backend: Backend
+    registry_pid: int = 0
+    own: float = 0.0
+    registry_user: float = 0.0
+    registry_system: float = 0.0
+    etcd: float = 0.0
+
+    def reading(self) -> tuple[float, float, float, float]:
+        user, system = cpu_split(self.registry_pid) if self.registry_pid else (0.0, 0.0)
+        return time.process_time(), user, system, self.backend.etcd_cpu()
+
+    async def over(self, run: Callable[..., Awaitable[float]], *args: Any) -> float:
+        """``await run(*args)``, its CPU added to the totals."""
+        before = self.reading()
+        result = await run(*args)
+        after = self.reading()
+        self.own += after[0] - before[0]
+        self.registry_user += after[1] - before[1]
+        self.registry_system += after[2] - before[2]
+        self.etcd += after[3] - before[3]
+        return result
+
+
+async def create_sides(
+    backend: Backend,
+    config: Config,
+    factory: ClusterFactory,
+    *,
+    store: BaseStore,
+    endpoint: Endpoint,
+    clients: Sequence[RegistryClient],
+    base: Side,
+    api: Side,
+) -> None:
+    """Both create rows into ``base`` and ``api``. Sequential: the store, then the API. Concurrent: in
+    alternating rounds (store, API, store, API, ...), so that both sides meet the same phases of a machine
+    whose speed drifts; each side's rate is its creates over its summed time, and each round's API ÷ store
+    rate goes into ``api.conc_rounds``."""
+
+    async def store_create(prefix: str, _worker: int, i: int) -> None:
+        name = f"{prefix}-{i:06d}"
+        await store.create(KIND, name, factory.make(name))
+
+    async def api_create(prefix: str, worker: int, i: int) -> None:
+        with trio.fail_after(STEP_TIMEOUT):
+            await clients[worker].create(factory.make(f"{prefix}-{i:06d}"))
+
+    progress(f"{backend.name}: creates, the store alone and through the API (registry pid {endpoint.pid})")
+    base.creates_seq = await throughput(config.creates, 1, lambda w, i: store_create("seq", w, i))
+    api.creates_seq = await throughput(config.creates, 1, lambda w, i: api_create("seq", w, i))
+    base_cpu, api_cpu = _Cpu(backend), _Cpu(backend, endpoint.pid)
+    base_time = api_time = 0.0
+    for index, size in enumerate(round_sizes(config)):
+        prefix = f"conc{index}"
+        base_rate = await base_cpu.over(throughput, size, config.concurrency, functools.partial(store_create, prefix))
+        api_rate = await api_cpu.over(throughput, size, config.concurrency, functools.partial(api_create, prefix))
+        base_time += size / base_rate
+        api_time += size / api_rate
+        api.conc_rounds.append(api_rate / base_rate)
+    base.creates_conc = config.creates / base_time
+    api.creates_conc = config.creates / api_time
+    per_create = 1000.0 / config.creates
+    etcd = backend.etcd_pid != 0
+    progress(
+        f"{backend.name} alone: {config.concurrency} tasks' creates: CPU per create: this process "
+        f"{base_cpu.own * per_create:.2f} ms" + (f", etcd {base_cpu.etcd * per_create:.2f} ms" if etcd else "")
+    )
+    progress(
+        f"{backend.name} API: {config.concurrency} clients' creates: CPU per create: registry "
+        f"{(api_cpu.registry_user + api_cpu.registry_system) * per_create:.2f} ms "
+        f"(system {api_cpu.registry_system * per_create:.2f}), "
+        f"clients (this process) {api_cpu.own * per_create:.2f} ms"
+        + (f", etcd {api_cpu.etcd * per_create:.2f} ms" if etcd else "")
+    )
+    progress(
+        f"{backend.name}: {config.concurrency}-client creates, API ÷ store per round: "
+        + " ".join(f"{ratio:.2f}" for ratio in api.conc_rounds)
+    )
+
+
+async def api_side_rest(
+    backend: Backend,
+    config: Config,
+    factory: ClusterFactory,
+    *,
+    endpoint: Endpoint,
+    clients: Sequence[RegistryClient],
+    side: Side,
+) -> None:
+    """The API's heartbeat and watch rows into ``side``."""
+    progress(f"{backend.name} API: heartbeats")
+    side.announce, side.keepalive_cpu = await _api_heartbeats(endpoint, clients, config, factory)
+    for w in config.watchers:
+        progress(f"{backend.name} API: watch latency, {_plural(w, 'watcher')}")
+        side.watch[w] = await _api_watch(endpoint, clients[0], w, config, factory)
 
 
 async def _fill(data_dir: Path, store_config: StoreConfig, count: int, factory: ClusterFactory, prefix: str) -> None:
@@ -833,7 +936,15 @@ def build_rows(config: Config, backend: str, store: Side, api: Side) -> list[Row
     labels = iter(row_labels(config))
     rows = [
         Row(backend, next(labels), "creates/s", store.creates_seq, api.creates_seq),
-        Row(backend, next(labels), "creates/s", store.creates_conc, api.creates_conc, "≤ 2.0x (API ≥ 0.5× store)"),
+        Row(
+            backend,
+            next(labels),
+            "creates/s",
+            store.creates_conc,
+            api.creates_conc,
+            "≤ 2.0x (API ≥ 0.5× store)",
+            tuple(api.conc_rounds),
+        ),
     ]
     if config.only_creates:
         return rows
@@ -852,13 +963,22 @@ def build_rows(config: Config, backend: str, store: Side, api: Side) -> list[Row
 
 
 async def measure(backend: Backend, work: Path, config: Config, factory: ClusterFactory) -> list[Row]:
-    progress(f"{backend.name} store alone: creates, heartbeats and watches")
-    store = await store_side_writes(backend, work / f"{backend.kind}-baseline.db", config, factory)
-    api = await api_side_writes(backend, work / f"{backend.kind}-api", config, factory)
-    if config.only_creates:
-        return build_rows(config, backend.name, store, api)
-    await list_sides(backend, work / f"{backend.kind}-lists", config, factory, store=store, api=api)
-    return build_rows(config, backend.name, store, api)
+    base, api = Side(), Side()
+    if not config.only_creates:
+        progress(f"{backend.name} store alone: heartbeats and watches")
+        await store_side_rest(backend, work / f"{backend.kind}-baseline-hb.db", config, factory, side=base)
+    async with (
+        baseline_store(backend, work / f"{backend.kind}-baseline.db") as store,
+        api_registry(backend, work / f"{backend.kind}-api", config, factory) as (endpoint, clients),
+    ):
+        await create_sides(
+            backend, config, factory, store=store, endpoint=endpoint, clients=clients, base=base, api=api
+        )
+        if not config.only_creates:
+            await api_side_rest(backend, config, factory, endpoint=endpoint, clients=clients, side=api)
+    if not config.only_creates:
+        await list_sides(backend, work / f"{backend.kind}-lists", config, factory, store=base, api=api)
+    return build_rows(config, backend.name, base, api)
 
 
 async def run(config: Config) -> str:

@@ -66,6 +66,14 @@ def test_quick_run_prints_every_row_and_cleans_up(store: str, tmp_path: Path) ->
     assert all(r["api"] > 0 for r in results if r["unit"] != "% core")
     assert all(r["store"] > 0 and r["ratio"] > 0 for r in results if r["unit"] != "% core")
     assert document["config"]["clusters"] == [20]
+    # The concurrent creates ran in alternating rounds (16 creates, 8 clients: two rounds of 8); each round's
+    # API ÷ store rate is in the JSON and after the table, and no other row has rounds.
+    for r in results:
+        if r["operation"] == "create, 8 concurrent clients":
+            assert len(r["rounds"]) == 2 and all(x > 0 for x in r["rounds"])
+            assert f"{r['backend']} " + " ".join(f"{x:.2f}" for x in r["rounds"]) in out
+        else:
+            assert r["rounds"] == []
     assert list(tmp_path.iterdir()) == []  # temporary data dirs (with a CA key) are gone
 
 
@@ -85,6 +93,7 @@ def test_quick_run_prints_every_row_and_cleans_up(store: str, tmp_path: Path) ->
         (["--agents", "0"], "out of range"),
         (["--servers-per-agent", "1e3"], "positive integers"),
         (["--keepalive-seconds", "99999"], "out of range"),
+        (["--rounds", "0"], "out of range"),
     ],
 )
 def test_bad_flags_exit_2_with_a_reason(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -140,3 +149,20 @@ def test_only_creates_prints_just_the_two_create_rows(tmp_path: Path) -> None:
     assert [row[1] for row in rows] == ["create, sequential (1 client)", "create, 8 concurrent clients"]
     assert "CPU per create: registry" in result.stderr and "(system " in result.stderr
     assert list(tmp_path.iterdir()) == []  # the run's directory is gone
+
+
+@pytest.mark.parametrize(
+    ("creates", "concurrency", "rounds", "sizes"),
+    [
+        (500, 8, 4, [125, 125, 125, 125]),
+        (502, 8, 4, [125, 125, 125, 127]),  # the remainder goes in the last round
+        (16, 8, 4, [8, 8]),  # no round smaller than one create per client
+        (5, 8, 4, [5]),  # fewer creates than clients: one round
+        (2000, 8, 1, [2000]),
+    ],
+)
+def test_concurrent_creates_are_split_into_alternating_rounds(
+    creates: int, concurrency: int, rounds: int, sizes: list[int]
+) -> None:
+    argv = ["--creates", str(creates), "--concurrency", str(concurrency), "--rounds", str(rounds)]
+    assert bench.round_sizes(bench.parse_config(argv)) == sizes
