@@ -72,8 +72,11 @@ def test_quick_run_prints_every_row_and_cleans_up(store: str, tmp_path: Path) ->
         if r["operation"] == "create, 8 concurrent clients":
             assert len(r["rounds"]) == 2 and all(x > 0 for x in r["rounds"])
             assert f"{r['backend']} " + " ".join(f"{x:.2f}" for x in r["rounds"]) in out
+            # and the store alone writing what an API create writes (cluster + audit event), for reading it
+            assert r["with_audit"] > 0
+            assert f"{r['backend']} {r['with_audit']:,.0f} /s (the API {r['api'] / r['with_audit']:.2f}x that)" in out
         else:
-            assert r["rounds"] == []
+            assert r["rounds"] == [] and r["with_audit"] == 0
     assert list(tmp_path.iterdir()) == []  # temporary data dirs (with a CA key) are gone
 
 
