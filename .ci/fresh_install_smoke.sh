@@ -14,7 +14,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-python3 -m venv "$work/venv"
+"${PYTHON:-python3}" -m venv "$work/venv"
 "$work/venv/bin/python" -m pip install --quiet --disable-pip-version-check .
 bin="$work/venv/bin"
 for program in kubeport kpctl kubeport-get-kubeconfig; do
