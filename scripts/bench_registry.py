@@ -749,8 +749,9 @@ async def create_sides(
     api: Side,
 ) -> None:
     """Both create rows into ``base`` and ``api``. Sequential: the store, then the API. Concurrent: in
-    alternating rounds (store, API, store, API, ...), so that both sides meet the same phases of a machine
-    whose speed drifts; each side's rate is its creates over its summed time, and each round's API ÷ store
+    alternating rounds, so that both sides meet the same phases of a machine whose speed drifts; a round is
+    the store's creates, the store writing what an API create writes (``base.conc_with_audit``, not judged),
+    then the API's creates. Each side's rate is its creates over its summed time, and each round's API ÷ store
     rate goes into ``api.conc_rounds``."""
 
     async def store_create(prefix: str, _worker: int, i: int) -> None:
