@@ -47,6 +47,11 @@ if kill -0 "$pid" 2>/dev/null; then
     echo "fresh install: kubeport start did not stop within 30 s of Ctrl-C" >&2
     exit 1
 fi
-wait "$pid" || true
+wait "$pid" || true  # its exit status after Ctrl-C is not the point; a crash on the way out is:
 pid=""
+if grep -q "Traceback" "$work/start.log"; then
+    echo "fresh install: kubeport start crashed while stopping:" >&2
+    cat "$work/start.log" >&2
+    exit 1
+fi
 echo "fresh install: pip install . && kubeport start works (kpctl status answered, Ctrl-C stopped it)"
